@@ -1,0 +1,134 @@
+//! The HTTP adapter (actix-web): routes, body limits, and the status code of an [`Answer`].
+//!
+//! Any POST on any path is a push; `GET /healthz` and `GET /metrics` are the only other
+//! routes. This module extracts what a push carries and hands it to the dispatcher; it decides
+//! nothing about hooks or processes.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::json;
+
+use crate::cmq::{PushHeaders, parse_push};
+use crate::config::Unmatched;
+use crate::dispatch::{Answer, Dispatcher, Verdict};
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves pushes on `listener` until the server is stopped (SIGTERM/SIGINT).
+pub async fn serve(listener: TcpListener, dispatcher: Arc<Dispatcher>) -> std::io::Result<()> {
+    let grace = dispatcher.config().server.shutdown_grace;
+    let state = web::Data::from(dispatcher);
+    HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .default_service(web::to(route))
+    })
+    .client_request_timeout(HEADER_READ_TIMEOUT)
+    .shutdown_timeout(grace.as_secs())
+    .listen(listener)?
+    .run()
+    .await
+}
+
+async fn route(
+    req: HttpRequest,
+    payload: web::Payload,
+    dispatcher: web::Data<Dispatcher>,
+) -> HttpResponse {
+    match (req.method(), req.path()) {
+        (&Method::POST, _) => push(&req, payload, &dispatcher).await,
+        (&Method::GET, "/healthz") => HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body("ok"),
+        _ => HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, "POST"))
+            .json(json!({"error": "pushes are POST requests"})),
+    }
+}
+
+async fn push(req: &HttpRequest, payload: web::Payload, dispatcher: &Dispatcher) -> HttpResponse {
+    let started = Instant::now();
+    let config = dispatcher.config();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
+    };
+    let headers = PushHeaders {
+        message_id: header("x-cmq-message-id"),
+        request_id: header("x-cmq-request-id"),
+        message_tag: header("x-cmq-message-tag"),
+    };
+    let path = config.redact(req.path());
+    let refuse = |status: StatusCode, error: String| {
+        tracing::info!(
+            msg_id = headers.message_id.unwrap_or(""),
+            request_id = headers.request_id.unwrap_or(""),
+            path = %path,
+            status = status.as_u16(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            error = %error,
+            "push refused"
+        );
+        HttpResponse::build(status).json(json!({ "error": error }))
+    };
+
+    let max_body = config.server.max_body;
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than max_body ({max_body} bytes)"),
+        )
+    };
+    let declared = header(header::CONTENT_LENGTH.as_str()).and_then(|len| len.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return too_large();
+    }
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = match payload.to_bytes_limited(limit).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(err)) => return refuse(StatusCode::BAD_REQUEST, format!("cannot read body: {err}")),
+        Err(_) => return too_large(),
+    };
+    let push = match parse_push(config.server.format, req.path(), headers, body) {
+        Ok(push) => push,
+        Err(err) => return refuse(StatusCode::BAD_REQUEST, err.to_string()),
+    };
+    let request_id = push.request_id.clone().unwrap_or_default();
+    let answer = dispatcher.dispatch(push).await;
+    let status = status_of(&answer);
+    let hooks: Vec<&str> = answer.results.iter().map(|r| r.hook.as_str()).collect();
+    tracing::info!(
+        msg_id = answer.msg_id.as_deref().unwrap_or(""),
+        request_id = %request_id,
+        path = %path,
+        hooks = %hooks.join(","),
+        status = status.as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "push"
+    );
+    let mut response = HttpResponse::build(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.insert_header((header::RETRY_AFTER, "5"));
+    }
+    if status.is_client_error() {
+        return response.json(json!({ "error": "no hook matched" }));
+    }
+    response.json(&answer)
+}
+
+/// The one place an answer becomes a status code (SPEC §4).
+fn status_of(answer: &Answer) -> StatusCode {
+    match answer.verdict {
+        Verdict::Succeeded | Verdict::Unmatched(Unmatched::Ack) => StatusCode::OK,
+        Verdict::Unmatched(Unmatched::Reject) => StatusCode::NOT_FOUND,
+        Verdict::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        Verdict::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+        Verdict::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}

@@ -1,0 +1,346 @@
+//! One command run: its own process group, stdin, output drain, timeout and outcome.
+//!
+//! The only module that touches processes. A run's outcome is data ([`RunOutcome`]), never an
+//! error. Deciding what a run means for the push is the dispatcher's business, not this one's.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Action, Hook};
+
+/// How much of the end of stdout and of stderr a report keeps.
+pub const TAIL_BYTES: usize = 4096;
+/// A line longer than this is logged in pieces, so that memory stays bounded.
+const MAX_LINE: usize = 4096;
+/// How often the group is polled while it is given time to exit after SIGTERM.
+const GROUP_POLL: Duration = Duration::from_millis(20);
+/// How long output still in the pipes may take to drain once every writer is gone.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// Everything needed to start one run of one hook.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub hook: Arc<Hook>,
+    /// `CMQ_*` and `CMQHOOK_*` variables, set over the hook's `env`.
+    pub env: Vec<(&'static str, String)>,
+    /// `None` gives the command `/dev/null`.
+    pub stdin: Option<Bytes>,
+    /// For log lines; empty when the push had none.
+    pub msg_id: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    Exited(i32),
+    Signalled(i32),
+    /// Hit the hook's `timeout`; its group was killed.
+    TimedOut,
+    /// Stopped by shutdown; its group was killed.
+    Interrupted,
+    SpawnFailed(String),
+}
+
+impl RunOutcome {
+    pub fn succeeded(&self) -> bool {
+        *self == RunOutcome::Exited(0)
+    }
+}
+
+/// A finished run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcome: RunOutcome,
+    pub duration: Duration,
+    pub pid: Option<u32>,
+    pub stdout_tail: Vec<u8>,
+    pub stderr_tail: Vec<u8>,
+    /// The command exited but processes it started were still running in its group.
+    pub left_behind: bool,
+}
+
+/// Runs `spec` to its outcome. The command gets its own process group; on `timeout`, or when
+/// `interrupt` fires, the group gets SIGTERM and, after `kill_grace`, SIGKILL. If this future
+/// is dropped before the command exits, the group is killed too. Background children still
+/// running when the command itself exits are left alone; their output is still drained.
+pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport {
+    let started = Instant::now();
+    let hook = &spec.hook;
+    let mut command = match &hook.action {
+        Action::Shell(script) => {
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(script);
+            command
+        }
+        Action::Argv(argv) => {
+            let mut command = Command::new(&argv[0]);
+            command.args(&argv[1..]);
+            command
+        }
+    };
+    command
+        .current_dir(&hook.workdir)
+        .envs(hook.env.iter().map(|(k, v)| (k, v)))
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so that a timeout reaches every process it started. std's
+        // process_group keeps the posix_spawn fast path, unlike a pre_exec setpgid.
+        .process_group(0);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            return RunReport {
+                outcome: RunOutcome::SpawnFailed(err.to_string()),
+                duration: started.elapsed(),
+                pid: None,
+                stdout_tail: Vec::new(),
+                stderr_tail: Vec::new(),
+                left_behind: false,
+            };
+        }
+    };
+    let pid = child.id();
+    let mut group = GroupGuard(
+        pid.and_then(|pid| i32::try_from(pid).ok())
+            .map(Pid::from_raw),
+    );
+    tracing::debug!(hook = %hook.name, msg_id = %spec.msg_id, pid, "started");
+
+    // stdin is written concurrently with draining stdout and stderr: a command that writes
+    // before reading would otherwise deadlock against us on a large body.
+    if let (Some(mut pipe), Some(body)) = (child.stdin.take(), spec.stdin.clone()) {
+        tokio::spawn(async move {
+            // BrokenPipe just means the command did not read it all; that is its right.
+            let _ = pipe.write_all(&body).await;
+        });
+    }
+    let who: Arc<(String, String)> = Arc::new((hook.name.clone(), spec.msg_id.clone()));
+    let mut stdout = Drain::start(child.stdout.take(), "stdout", &who);
+    let mut stderr = Drain::start(child.stderr.take(), "stderr", &who);
+
+    let ended = tokio::select! {
+        status = child.wait() => Ended::Exited(status),
+        () = tokio::time::sleep(hook.timeout) => Ended::TimedOut,
+        () = interrupt.cancelled() => Ended::Interrupted,
+    };
+    let outcome = match ended {
+        Ended::Exited(status) => outcome_of(status),
+        Ended::TimedOut => {
+            stop_group(&mut child, &group, hook.kill_grace).await;
+            RunOutcome::TimedOut
+        }
+        Ended::Interrupted => {
+            stop_group(&mut child, &group, hook.kill_grace).await;
+            RunOutcome::Interrupted
+        }
+    };
+    let duration = started.elapsed();
+    // From here on what is left in the group was started by the command and outlived it:
+    // it is not ours to kill.
+    let pgid = group.0.take();
+    let left_behind = pgid.is_some_and(|pgid| killpg(pgid, None).is_ok());
+    if !left_behind {
+        // Every writer is gone, so the pipes end as soon as what is in them is read.
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+            stdout.finished().await;
+            stderr.finished().await;
+        })
+        .await;
+    }
+    RunReport {
+        outcome,
+        duration,
+        pid,
+        stdout_tail: stdout.tail(),
+        stderr_tail: stderr.tail(),
+        left_behind,
+    }
+}
+
+enum Ended {
+    Exited(std::io::Result<ExitStatus>),
+    TimedOut,
+    Interrupted,
+}
+
+fn outcome_of(status: std::io::Result<ExitStatus>) -> RunOutcome {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => RunOutcome::Exited(code),
+            (None, Some(signal)) => RunOutcome::Signalled(signal),
+            (None, None) => RunOutcome::SpawnFailed(format!("unexpected status {status}")),
+        },
+        Err(err) => RunOutcome::SpawnFailed(format!("cannot wait for the command: {err}")),
+    }
+}
+
+/// SIGTERM to the group, time to exit, then SIGKILL to whatever is left; the leader is reaped.
+async fn stop_group(child: &mut Child, group: &GroupGuard, grace: Duration) {
+    let Some(pgid) = group.0 else {
+        let _ = child.kill().await;
+        return;
+    };
+    // SIGTERM first: deploy scripts deserve a chance to clean up.
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    let mut reaped = false;
+    while Instant::now() < deadline {
+        if !reaped {
+            reaped = tokio::time::timeout(GROUP_POLL, child.wait()).await.is_ok();
+        } else if killpg(pgid, None).is_err() {
+            return;
+        } else {
+            tokio::time::sleep(GROUP_POLL).await;
+        }
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait().await;
+}
+
+/// Kills the run's group with SIGKILL if dropped while still armed, so that no path (a
+/// cancelled future, a runtime shutting down) leaves a timed-out or abandoned command behind.
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// One output stream being read to its end, logged line by line; keeps its last bytes.
+struct Drain {
+    tail: Arc<Mutex<Tail>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drain {
+    fn start(
+        pipe: Option<impl AsyncRead + Unpin + Send + 'static>,
+        stream: &'static str,
+        who: &Arc<(String, String)>,
+    ) -> Drain {
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let task =
+            pipe.map(|pipe| tokio::spawn(drain(pipe, stream, Arc::clone(who), Arc::clone(&tail))));
+        Drain { tail, task }
+    }
+
+    /// Waits for the stream's end. Dropping this future leaves the drain running.
+    async fn finished(&mut self) {
+        if let Some(task) = self.task.as_mut() {
+            let _ = task.await;
+            self.task = None;
+        }
+    }
+
+    fn tail(&self) -> Vec<u8> {
+        self.tail
+            .lock()
+            .map(|tail| tail.0.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Tail(Vec<u8>);
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        if data.len() >= TAIL_BYTES {
+            self.0.clear();
+            self.0.extend_from_slice(&data[data.len() - TAIL_BYTES..]);
+            return;
+        }
+        self.0.extend_from_slice(data);
+        if self.0.len() > TAIL_BYTES {
+            let excess = self.0.len() - TAIL_BYTES;
+            self.0.drain(..excess);
+        }
+    }
+}
+
+async fn drain(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: &'static str,
+    who: Arc<(String, String)>,
+    tail: Arc<Mutex<Tail>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut line = Vec::with_capacity(256);
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Ok(mut tail) = tail.lock() {
+            tail.push(&buf[..n]);
+        }
+        for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
+            match piece.strip_suffix(b"\n") {
+                Some(end) => {
+                    line.extend_from_slice(end);
+                    log_line(&who, stream, &line);
+                    line.clear();
+                }
+                None => {
+                    line.extend_from_slice(piece);
+                    if line.len() >= MAX_LINE {
+                        log_line(&who, stream, &line);
+                        line.clear();
+                    }
+                }
+            }
+        }
+    }
+    if !line.is_empty() {
+        log_line(&who, stream, &line);
+    }
+}
+
+fn log_line(who: &(String, String), stream: &'static str, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (hook, msg_id) = who;
+    tracing::info!(
+        target: "cmqhook::output",
+        hook = %hook,
+        msg_id = %msg_id,
+        stream,
+        "{}",
+        String::from_utf8_lossy(line)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut tail = Tail::default();
+        tail.push(b"hello ");
+        tail.push(b"world");
+        assert_eq!(tail.0, b"hello world");
+        tail.push(&vec![b'x'; TAIL_BYTES - 2]);
+        assert_eq!(tail.0.len(), TAIL_BYTES);
+        assert!(tail.0.starts_with(b"ld"));
+        tail.push(&vec![b'y'; TAIL_BYTES * 3]);
+        assert_eq!(tail.0, vec![b'y'; TAIL_BYTES]);
+    }
+}
