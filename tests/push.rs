@@ -1,0 +1,551 @@
+//! Pushes through the built binary: parsing, routing, running, and the answer.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn serve(dir: &Dir, server: &str, hooks: &str) -> Server {
+    let config = dir.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n{hooks}\n"
+    ));
+    Server::start(dir, &config, &[])
+}
+
+#[test]
+fn seed_json_push_runs_the_hook_with_the_message_on_stdin_and_cmq_variables() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.deploy]\ntopic = \"MyTopic\"\ncommand = '{}'\nenv = {{ DEPLOY_ENV = \"prod\" }}",
+            dir.record(0)
+        ),
+    );
+    let response = server.post_seed("/cgi", "6942316962");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let json = response.json();
+    assert_eq!(json["msg_id"], "6942316962");
+    assert_eq!(json["results"][0]["hook"], "deploy");
+    assert_eq!(json["results"][0]["outcome"], "succeeded");
+    assert_eq!(json["results"][0]["exit_code"], 0);
+    assert_eq!(json["results"][0]["deduplicated"], false);
+
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run.stdin, b"test message");
+    for (name, value) in [
+        ("CMQ_MSG_ID", "6942316962"),
+        ("CMQ_REQUEST_ID", "2394928734"),
+        ("CMQ_TOPIC", "MyTopic"),
+        ("CMQ_SUBSCRIPTION", "mysubscription"),
+        ("CMQ_TOPIC_OWNER", "100015036"),
+        ("CMQ_PUBLISH_TIME", "11203432"),
+        ("CMQ_TAGS", "a,b"),
+        ("CMQ_FORMAT", "json"),
+        ("CMQHOOK_HOOK", "deploy"),
+        ("CMQHOOK_ATTEMPT", "1"),
+        ("DEPLOY_ENV", "prod"),
+    ] {
+        assert_eq!(run.var(name), Some(value), "{name}");
+    }
+    // The inherited environment is kept.
+    assert!(run.var("PATH").is_some());
+    let log = server.log_text();
+    assert!(
+        log.contains("6942316962") && log.contains("status=200"),
+        "{log}"
+    );
+}
+
+#[test]
+fn seed_simplified_push_runs_with_unknown_values_empty() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.raw]\npath = \"/cmq/raw\"\ncommand = '{}'",
+            dir.record(0)
+        ),
+    );
+    let response = server.post(
+        "/cmq/raw",
+        &[
+            ("x-cmq-message-id", "6942316962"),
+            ("x-cmq-request-id", "2394928734"),
+            ("x-cmq-message-tag", " a ,, b "),
+        ],
+        b"test message",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run.stdin, b"test message");
+    for (name, value) in [
+        ("CMQ_MSG_ID", "6942316962"),
+        ("CMQ_REQUEST_ID", "2394928734"),
+        ("CMQ_TOPIC", ""),
+        ("CMQ_SUBSCRIPTION", ""),
+        ("CMQ_TOPIC_OWNER", ""),
+        ("CMQ_PUBLISH_TIME", ""),
+        ("CMQ_TAGS", "a,b"),
+        ("CMQ_FORMAT", "simplified"),
+        ("CMQHOOK_HOOK", "raw"),
+    ] {
+        assert_eq!(run.var(name), Some(value), "{name}");
+    }
+}
+
+#[test]
+fn binary_bodies_reach_stdin_byte_exact() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    // E7: SIMPLIFIED with invalid UTF-8 and NUL bytes.
+    let raw: Vec<u8> = (0..=255u8).chain([0, 0xff, 0xc3, 0x28, 0]).collect();
+    assert_eq!(
+        server
+            .post("/raw", &[("x-cmq-message-id", "b1")], &raw)
+            .status,
+        200
+    );
+    // E6: JSON escapes for NUL, newline and an emoji.
+    let envelope = SEED_ENVELOPE
+        .replace("6942316962", "b2")
+        .replace("test message", r"nul\u0000 line\nrocket\ud83d\ude80");
+    let response = server.post("/json", &[("x-cmq-message-id", "b2")], envelope.as_bytes());
+    assert_eq!(response.status, 200);
+    // E8: an empty body is an empty SIMPLIFIED message.
+    assert_eq!(
+        server
+            .post("/empty", &[("x-cmq-message-id", "b3")], b"")
+            .status,
+        200
+    );
+
+    let runs = dir.recorded();
+    let by_id = |id: &str| {
+        runs.iter()
+            .find(|run| run.var("CMQ_MSG_ID") == Some(id))
+            .unwrap_or_else(|| panic!("no run for {id}"))
+    };
+    assert_eq!(by_id("b1").stdin, raw);
+    assert_eq!(by_id("b1").var("CMQ_FORMAT"), Some("simplified"));
+    assert_eq!(by_id("b2").stdin, "nul\0 line\nrocket🚀".as_bytes());
+    assert_eq!(by_id("b2").var("CMQ_FORMAT"), Some("json"));
+    assert_eq!(by_id("b3").stdin, b"");
+}
+
+#[test]
+fn upper_case_header_names_are_read_like_lower_case() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.tagged]\ntags = [\"b\"]\ncommand = '{}'",
+            dir.record(0)
+        ),
+    );
+    let response = server.post(
+        "/",
+        &[
+            ("X-CMQ-MESSAGE-ID", "UP1"),
+            ("X-CMQ-REQUEST-ID", "R1"),
+            ("X-CMQ-MESSAGE-TAG", "a,b"),
+        ],
+        b"x",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let runs = dir.recorded();
+    assert_eq!(runs[0].var("CMQ_MSG_ID"), Some("UP1"));
+    assert_eq!(runs[0].var("CMQ_REQUEST_ID"), Some("R1"));
+}
+
+#[test]
+fn every_matching_hook_runs_concurrently() {
+    let dir = Dir::new();
+    // Each hook waits (at most 10 s) for the other's mark: they only both succeed if they run
+    // at the same time.
+    let waiter = |me: &str, other: &str| {
+        format!(
+            "touch {d}/{me}; i=0; while [ ! -e {d}/{other} ]; do sleep 0.05; i=$((i+1)); [ $i -lt 200 ] || exit 9; done",
+            d = dir.path().display()
+        )
+    };
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.first]\ntopic = \"MyTopic\"\ncommand = '{}'\n\n[hooks.second]\nsubscription = \"my*\"\ncommand = '{}'\n\n[hooks.other]\ntopic = \"Other\"\ncommand = 'exit 1'",
+            waiter("a", "b"),
+            waiter("b", "a")
+        ),
+    );
+    let response = server.post_seed("/cgi", "fan1");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let json = response.json();
+    let hooks: Vec<&str> = json["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["hook"].as_str().expect("hook"))
+        .collect();
+    assert_eq!(hooks, ["first", "second"]);
+}
+
+#[test]
+fn tags_select_by_any_of() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.web]\ntags = [\"web\", \"all\"]\ncommand = '{}'",
+            dir.record(0)
+        ),
+    );
+    let tagged = |tags: &str| {
+        server
+            .post("/", &[("x-cmq-message-tag", tags)], b"x")
+            .status
+    };
+    assert_eq!(tagged("other, all"), 200);
+    assert_eq!(tagged("web"), 200);
+    assert_eq!(tagged("other"), 404);
+    assert_eq!(server.post("/", &[], b"x").status, 404);
+    assert_eq!(dir.recorded().len(), 2);
+}
+
+#[test]
+fn a_failing_command_answers_500() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!("[hooks.fails]\ncommand = '{}'", dir.record(3)),
+    );
+    let response = server.post_seed("/", "fail1");
+    assert_eq!(response.status, 500);
+    let json = response.json();
+    assert_eq!(json["results"][0]["outcome"], "failed");
+    assert_eq!(json["results"][0]["exit_code"], 3);
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn a_command_that_cannot_start_answers_500() {
+    let dir = Dir::new();
+    std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    let server = serve(
+        &dir,
+        "",
+        "[hooks.gone]\nargv = [\"/bin/sh\"]\nworkdir = \"sub\"",
+    );
+    // The workdir existed when the config was loaded, and is gone now.
+    std::fs::remove_dir(dir.path().join("sub")).expect("rmdir");
+    let response = server.post("/", &[], b"x");
+    assert_eq!(response.status, 500, "{}", response.text());
+    assert_eq!(response.json()["results"][0]["outcome"], "failed");
+    assert!(response.json()["results"][0]["error"].is_string());
+}
+
+#[test]
+fn a_command_killed_by_a_signal_answers_500() {
+    let dir = Dir::new();
+    let server = serve(&dir, "", "[hooks.killed]\ncommand = 'kill -9 $$'");
+    let response = server.post_seed("/", "sig1");
+    assert_eq!(response.status, 500);
+    let json = response.json();
+    assert_eq!(json["results"][0]["outcome"], "killed");
+    assert_eq!(json["results"][0]["signal"], 9);
+}
+
+#[test]
+fn a_timeout_answers_504_and_kills_the_whole_process_group() {
+    let dir = Dir::new();
+    let pids = dir.path().join("pids");
+    // A grandchild that ignores SIGTERM must still die (SIGKILL after kill_grace).
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.slow]\ntimeout = \"1s\"\nkill_grace = \"500ms\"\ncommand = '''\nsleep 300 & echo $! >> {p}\nsh -c \"trap \\\"\\\" TERM; sleep 300\" & echo $! >> {p}\nwait\n'''",
+            p = pids.display()
+        ),
+    );
+    let started = Instant::now();
+    let response = server.post_seed("/", "slow1");
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert_eq!(response.json()["results"][0]["outcome"], "timed_out");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let pids: Vec<u32> = std::fs::read_to_string(&pids)
+        .expect("pids")
+        .lines()
+        .map(|pid| pid.parse().expect("pid"))
+        .collect();
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        assert!(
+            wait_for(Duration::from_secs(5), || !alive(pid)),
+            "grandchild {pid} still alive"
+        );
+    }
+}
+
+#[test]
+fn a_background_child_holding_stdout_does_not_delay_the_answer() {
+    let dir = Dir::new();
+    let pid_file = dir.path().join("bg.pid");
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.starts-server]\ncommand = 'sleep 120 & echo $! > {}; echo started'",
+            pid_file.display()
+        ),
+    );
+    let started = Instant::now();
+    let response = server.post_seed("/", "bg1");
+    let took = started.elapsed();
+    assert_eq!(response.status, 200, "{}", response.text());
+    // Had the answer waited for stdout to close, it would have taken 120 s.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(pid), "the background child is left running");
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+}
+
+#[test]
+fn a_large_body_to_a_command_that_ignores_stdin_succeeds() {
+    let dir = Dir::new();
+    let server = serve(&dir, "", "[hooks.ignores]\nargv = [\"true\"]");
+    let body = vec![b'x'; 4 * 1024 * 1024];
+    let response = server.post("/", &[("x-cmq-message-id", "big1")], &body);
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
+#[test]
+fn huge_output_keeps_server_memory_flat() {
+    let dir = Dir::new();
+    let config = dir.write_config(
+        "[server]\nlisten = \"127.0.0.1:0\"\nrespond_within = \"300s\"\n\n[hooks.chatty]\ncommand = 'head -c 300000000 /dev/zero | tr \"\\\\0\" x; seq 1 100000'\n",
+    );
+    let server = Server::start_logging(&dir, &config, &[], false);
+    let idle = server.rss_kib();
+    let response = server.post("/", &[("x-cmq-message-id", "out1")], b"");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let peak = server.peak_rss_kib();
+    eprintln!("idle RSS {idle} KiB, peak RSS {peak} KiB after 300 MB of output");
+    assert!(peak < 100 * 1024, "peak RSS {peak} KiB");
+}
+
+#[test]
+fn unmatched_pushes_are_rejected_or_acked_as_configured() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        "[hooks.only]\npath = \"/only\"\nargv = [\"true\"]",
+    );
+    let response = server.post_seed("/elsewhere", "u1");
+    assert_eq!(response.status, 404);
+    assert!(response.json()["error"].is_string());
+    drop(server);
+
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "unmatched = \"ack\"",
+        "[hooks.only]\npath = \"/only\"\nargv = [\"true\"]",
+    );
+    assert_eq!(server.post_seed("/elsewhere", "u2").status, 200);
+}
+
+#[test]
+fn other_methods_get_405_and_healthz_answers() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    for method in ["GET", "PUT", "DELETE"] {
+        let request =
+            format!("{method} /cmq/deploy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let response = exchange(server.addr, request.as_bytes());
+        assert_eq!(response.status, 405, "{method}");
+        assert_eq!(response.header("allow"), Some("POST"));
+    }
+    let health = exchange(
+        server.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body, b"ok");
+    assert!(dir.recorded().is_empty());
+}
+
+#[test]
+fn a_body_over_max_body_gets_413_and_nothing_runs() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "max_body = \"1 KiB\"",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    let response = server.post("/", &[("x-cmq-message-id", "m1")], &[b'x'; 1025]);
+    assert_eq!(response.status, 413);
+    // Chunked, so the size is only known while reading.
+    let mut request =
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..3 {
+        request.extend_from_slice(b"200\r\n");
+        request.extend_from_slice(&[b'y'; 0x200]);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(exchange(server.addr, &request).status, 413);
+    // Exactly the limit is fine.
+    assert_eq!(server.post("/", &[], &[b'x'; 1024]).status, 200);
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn a_chunked_body_without_content_length_is_accepted() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    let request = b"POST /c HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: ch1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+    let response = exchange(server.addr, request);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(dir.recorded()[0].stdin, b"hello, world");
+}
+
+#[test]
+fn a_megabyte_of_control_characters_as_json_is_accepted() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    let message: String = (0..1_000_000u32)
+        .map(|i| char::from((i % 32) as u8))
+        .collect();
+    let body = serde_json::json!({
+        "TopicOwner": 1, "topicName": "t", "subscriptionName": "s",
+        "msgId": "e12", "msgBody": message, "publishTime": 1,
+    })
+    .to_string();
+    assert!(body.len() > 5_000_000);
+    let response = server.post("/", &[("x-cmq-message-id", "e12")], body.as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(dir.recorded()[0].stdin, message.as_bytes());
+}
+
+#[test]
+fn json_format_answers_400_to_what_is_not_an_envelope() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "format = \"json\"",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    let response = server.post("/", &[("x-cmq-message-id", "j1")], b"plain text");
+    assert_eq!(response.status, 400);
+    assert!(
+        response.json()["error"]
+            .as_str()
+            .expect("error")
+            .contains("envelope")
+    );
+    assert_eq!(server.post_seed("/", "j2").status, 200);
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn stdin_modes_give_envelope_or_nothing() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.envelope]\ntopic = \"MyTopic\"\nstdin = \"envelope\"\ncommand = '{r}'\n\n[hooks.none]\ntopic = \"MyTopic\"\nstdin = \"none\"\ncommand = '{r}'",
+            r = dir.record(0)
+        ),
+    );
+    assert_eq!(server.post_seed("/", "6942316962").status, 200);
+    let runs = dir.recorded();
+    let of = |hook: &str| {
+        runs.iter()
+            .find(|run| run.var("CMQHOOK_HOOK") == Some(hook))
+            .expect("run")
+    };
+    assert_eq!(of("envelope").stdin, SEED_ENVELOPE.as_bytes());
+    assert_eq!(of("none").stdin, b"");
+}
+
+#[test]
+fn many_pushes_at_once_are_handled_concurrently() {
+    let dir = Dir::new();
+    let server = serve(
+        &dir,
+        "",
+        &format!("[hooks.any]\ncommand = 'sleep 0.3; {}'", dir.record(0)),
+    );
+    let addr = server.addr;
+    let threads: Vec<_> = (0..24)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let id = format!("many{i}");
+                post(addr, "/", &[("x-cmq-message-id", &id)], id.as_bytes()).status
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().expect("thread"), 200);
+    }
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 24);
+    for run in runs {
+        assert_eq!(
+            Some(String::from_utf8_lossy(&run.stdin).as_ref()),
+            run.var("CMQ_MSG_ID")
+        );
+    }
+}
+
+#[test]
+fn argv_is_executed_without_a_shell() {
+    let dir = Dir::new();
+    let out = dir.path().join("argv.out");
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.direct]\nargv = [\"/bin/sh\", \"-c\", 'printf \"%s\" \"$1\" > {}', \"sh\", \"$HOME `id`\"]",
+            out.display()
+        ),
+    );
+    assert_eq!(server.post("/", &[], b"").status, 200);
+    assert_eq!(std::fs::read_to_string(out).expect("out"), "$HOME `id`");
+}
