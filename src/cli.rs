@@ -1,16 +1,13 @@
 //! The command line (clap derive): `serve` and `check`.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Hook};
-use crate::dispatch::Dispatcher;
-use crate::http;
+use crate::service;
 use crate::telemetry::{self, LogFormat};
 
 /// Runs shell commands for Tencent Cloud CMQ topic pushes, answering 2xx only when they
@@ -83,13 +80,15 @@ pub fn main() -> ExitCode {
 
 /// Each line of a config error, prefixed for the terminal.
 fn load(args: &ConfigArg) -> Result<Config, String> {
-    Config::load(&args.config).map_err(|err| {
-        err.to_string()
-            .lines()
-            .map(|line| format!("error: {line}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+    Config::load(&args.config).map_err(|err| error_lines(&err.to_string()))
+}
+
+fn error_lines(message: &str) -> String {
+    message
+        .lines()
+        .map(|line| format!("error: {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn check(args: &ConfigArg) -> Result<ExitCode, String> {
@@ -139,35 +138,7 @@ fn describe(hook: &Hook) -> String {
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, String> {
-    let config = load(&args.config)?;
-    for warning in config.warnings() {
-        tracing::warn!("{warning}");
-    }
-    let addr = args.listen.unwrap_or(config.server.listen);
-    let listener =
-        TcpListener::bind(addr).map_err(|err| format!("error: cannot listen on {addr}: {err}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|err| format!("error: {err}"))?;
-    let runs = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("cmqhook-run")
-        .enable_all()
-        .build()
-        .map_err(|err| format!("error: cannot start the runtime: {err}"))?;
-    let interrupt = CancellationToken::new();
-    let dispatcher = Arc::new(Dispatcher::new(
-        config,
-        runs.handle().clone(),
-        interrupt.clone(),
-    ));
-    tracing::info!(
-        hooks = dispatcher.config().hooks.len(),
-        "listening on http://{local}"
-    );
-    let served = actix_web::rt::System::new().block_on(http::serve(listener, dispatcher));
-    interrupt.cancel();
-    runs.shutdown_timeout(std::time::Duration::from_secs(10));
-    served.map_err(|err| format!("error: {err}"))?;
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    service::serve(&args.config.config, args.listen)
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(|err| error_lines(&err.to_string()))
 }

@@ -5,23 +5,37 @@
 //! HTTP request that started it. Knows nothing of HTTP: the status code is `http`'s choice,
 //! made from [`Verdict`].
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::runtime::Handle;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cmq::Push;
 use crate::config::{Config, Hook, StdinMode, Unmatched};
+use crate::journal::{Journal, PushRecord, RunEnd, RunStart};
 use crate::routing::match_hooks;
 use crate::runner::{RunOutcome, RunReport, RunSpec, run_hook};
 
 /// Runs hooks for pushes.
 pub struct Dispatcher {
     config: RwLock<Arc<Config>>,
+    journal: Option<Journal>,
+    ledger: Ledger,
+    /// Per hook name.
+    slots: Mutex<HashMap<String, Arc<Slots>>>,
+    /// `max_running`; replaced when a reload changes it.
+    global: RwLock<Arc<Semaphore>>,
     runs: Handle,
     interrupt: CancellationToken,
+    /// Runs spawned and not yet over (waiting for a slot or running).
+    active: AtomicUsize,
+    idle: Notify,
+    draining: AtomicBool,
 }
 
 /// What a push came to.
@@ -76,6 +90,21 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    /// The name used in answers and the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Killed => "killed",
+            Outcome::NotStarted => "not_started",
+            Outcome::Running => "running",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
 impl HookResult {
     fn from_report(hook: &Hook, report: &RunReport) -> HookResult {
         let (outcome, exit_code, signal, error) = match &report.outcome {
@@ -125,11 +154,76 @@ pub fn verdict(results: &[HookResult]) -> Verdict {
 
 impl Dispatcher {
     /// A dispatcher that starts runs on `runs`; `interrupt` stops them all (shutdown).
-    pub fn new(config: Config, runs: Handle, interrupt: CancellationToken) -> Dispatcher {
+    /// `journal` remembers runs across restarts; without it dedup lasts for the process's life.
+    pub fn new(
+        config: Config,
+        journal: Option<Journal>,
+        runs: Handle,
+        interrupt: CancellationToken,
+    ) -> Dispatcher {
+        let global = Arc::new(Semaphore::new(config.server.max_running));
         Dispatcher {
             config: RwLock::new(Arc::new(config)),
+            journal,
+            ledger: Ledger::default(),
+            slots: Mutex::new(HashMap::new()),
+            global: RwLock::new(global),
             runs,
             interrupt,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Swaps in a new configuration. Runs in progress keep the hooks they started with.
+    pub fn reload(&self, config: Config) {
+        if config.server.max_running != self.config().server.max_running {
+            let global = Arc::new(Semaphore::new(config.server.max_running));
+            match self.global.write() {
+                Ok(mut current) => *current = global,
+                Err(poisoned) => *poisoned.into_inner() = global,
+            }
+        }
+        let config = Arc::new(config);
+        match self.config.write() {
+            Ok(mut current) => *current = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+
+    fn global(&self) -> Arc<Semaphore> {
+        match self.global.read() {
+            Ok(global) => Arc::clone(&global),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// From now on pushes are refused (503) and `/healthz` says so.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Runs spawned and not over yet.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no run is active, at most `within`; true if none is.
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.idle.notified();
+            if self.active() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.active() == 0;
+            }
         }
     }
 
@@ -141,15 +235,33 @@ impl Dispatcher {
         }
     }
 
-    /// Runs every hook matching `push` and waits for their outcomes, at most `respond_within`.
-    /// Runs go on after this future returns or is dropped.
-    pub async fn dispatch(&self, push: Push) -> Answer {
+    /// The journal, if it is on.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// Journals a push that ran nothing (refused, or unmatched).
+    pub fn record_push(&self, record: PushRecord) {
+        if let Some(journal) = &self.journal {
+            journal.record_push(record);
+        }
+    }
+
+    /// Runs every hook matching `push`, at most once per (hook, message id), and waits for
+    /// their outcomes at most `respond_within`. Runs go on after this future returns or is
+    /// dropped; a run still waiting for a slot when the answer goes out is withdrawn.
+    pub async fn dispatch(self: &Arc<Self>, push: Push) -> Answer {
         let config = self.config();
         let hooks: Vec<Arc<Hook>> = match_hooks(&config.hooks, &push)
             .into_iter()
             .cloned()
             .collect();
         if hooks.is_empty() {
+            let status = match config.server.unmatched {
+                Unmatched::Reject => 404,
+                Unmatched::Ack => 200,
+            };
+            self.record_push(push_record(&config, &push, status, "unmatched"));
             return Answer {
                 verdict: Verdict::Unmatched(config.server.unmatched),
                 msg_id: push.msg_id,
@@ -159,19 +271,42 @@ impl Dispatcher {
         let started = tokio::time::Instant::now();
         let deadline = started + config.server.respond_within;
         let push = Arc::new(push);
-        let runs: Vec<_> = hooks
+        let pending: Vec<Pending> = hooks
             .iter()
-            .map(|hook| {
-                let spec = run_spec(hook, &push);
-                self.runs.spawn(run_hook(spec, self.interrupt.clone()))
-            })
+            .map(|hook| self.start(&config, hook, &push))
             .collect();
-        let mut results = Vec::with_capacity(hooks.len());
-        for (hook, run) in hooks.iter().zip(runs) {
-            let result = match tokio::time::timeout_at(deadline, run).await {
-                Ok(Ok(report)) => HookResult::from_report(hook, &report),
-                Ok(Err(_)) => HookResult::pending(hook, Outcome::Interrupted, started.elapsed()),
-                Err(_) => HookResult::pending(hook, Outcome::Running, started.elapsed()),
+        let mut results = Vec::with_capacity(pending.len());
+        for (hook, pending) in hooks.iter().zip(pending) {
+            let result = match pending {
+                Pending::Ready(result) => result,
+                Pending::Waiting {
+                    ticket,
+                    mut done,
+                    owner,
+                } => {
+                    match tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await {
+                        Ok(Ok(result)) => {
+                            let mut result = result.clone().unwrap_or_else(|| {
+                                HookResult::pending(hook, Outcome::Interrupted, started.elapsed())
+                            });
+                            result.deduplicated = !owner;
+                            result
+                        }
+                        Ok(Err(_)) => {
+                            HookResult::pending(hook, Outcome::Interrupted, started.elapsed())
+                        }
+                        Err(_) => {
+                            // Out of time: a run that has not started is withdrawn, so that what
+                            // CMQ's retry finds is the truth.
+                            let outcome = if owner && ticket.withdraw() {
+                                Outcome::NotStarted
+                            } else {
+                                Outcome::Running
+                            };
+                            HookResult::pending(hook, outcome, started.elapsed())
+                        }
+                    }
+                }
             };
             results.push(result);
         }
@@ -181,10 +316,460 @@ impl Dispatcher {
             results,
         }
     }
+
+    /// Claims (hook, message id) and, if this push is the one to run it, reserves a slot and
+    /// spawns the run.
+    fn start(self: &Arc<Self>, config: &Config, hook: &Arc<Hook>, push: &Arc<Push>) -> Pending {
+        let key = push
+            .msg_id
+            .clone()
+            .map(|msg_id| (hook.name.clone(), msg_id));
+        let dedup_for = config.server.dedup_for;
+        let (attempt, ticket) = match &key {
+            Some(key) => match self.ledger.claim(key, self.journal.as_ref(), dedup_for) {
+                Claim::Succeeded(result) => {
+                    tracing::debug!(hook = %hook.name, msg_id = %key.1, "already succeeded");
+                    return Pending::Ready(result);
+                }
+                Claim::Running(ticket) => {
+                    tracing::debug!(hook = %hook.name, msg_id = %key.1, "joining the running run");
+                    let done = ticket.done.subscribe();
+                    return Pending::Waiting {
+                        ticket,
+                        done,
+                        owner: false,
+                    };
+                }
+                Claim::Run { attempt, ticket } => (attempt, ticket),
+            },
+            None => (1, Arc::new(Ticket::default())),
+        };
+        let slot = match self.slots_for(hook).reserve(&self.global()) {
+            Some(slot) => slot,
+            None => {
+                tracing::warn!(hook = %hook.name, "queue full");
+                if let Some(key) = &key {
+                    self.ledger.withdraw(key, attempt);
+                }
+                let mut result = HookResult::pending(hook, Outcome::NotStarted, Duration::ZERO);
+                result.error = Some(format!("queue of hook `{}` is full", hook.name));
+                return Pending::Ready(result);
+            }
+        };
+        let done = ticket.done.subscribe();
+        let job = Job {
+            hook: Arc::clone(hook),
+            push: Arc::clone(push),
+            path: config.redact(&push.path),
+            key,
+            attempt,
+            ticket: Arc::clone(&ticket),
+        };
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.runs.spawn(Arc::clone(self).execute(job, slot));
+        Pending::Waiting {
+            ticket,
+            done,
+            owner: true,
+        }
+    }
+
+    /// One run's whole life, independent of the request that started it: wait for a slot
+    /// (unless withdrawn), journal, run, journal, remember, tell whoever waits.
+    async fn execute(self: Arc<Self>, job: Job, slot: Slot) {
+        let _active = Active(&self);
+        let hook = &job.hook;
+        let permits = tokio::select! {
+            permits = slot.acquire() => Some(permits),
+            () = job.ticket.withdrawn.cancelled() => None,
+            () = self.interrupt.cancelled() => None,
+        };
+        let Some(_permits) = permits.filter(|_| job.ticket.begin()) else {
+            if let Some(key) = &job.key {
+                self.ledger.withdraw(key, job.attempt);
+            }
+            let result = HookResult::pending(hook, Outcome::NotStarted, Duration::ZERO);
+            job.ticket.done.send_replace(Some(result));
+            return;
+        };
+        let push = &job.push;
+        let run_id = self.journal.as_ref().map(|journal| {
+            journal.record_start(RunStart {
+                hook: hook.name.clone(),
+                msg_id: push.msg_id.clone(),
+                request_id: push.request_id.clone(),
+                path: job.path.clone(),
+                topic: push.topic.clone(),
+                subscription: push.subscription.clone(),
+                tags: push.tags.join(","),
+                attempt: job.attempt,
+            })
+        });
+        let report = run_hook(run_spec(hook, push, job.attempt), self.interrupt.clone()).await;
+        let result = HookResult::from_report(hook, &report);
+        tracing::info!(
+            hook = %hook.name,
+            msg_id = push.msg_id.as_deref().unwrap_or(""),
+            attempt = job.attempt,
+            outcome = ?result.outcome,
+            exit_code = result.exit_code,
+            duration_ms = result.duration_ms,
+            left_behind = report.left_behind,
+            "run finished"
+        );
+        let seq = match (&self.journal, run_id) {
+            (Some(journal), Some(id)) => journal.record_end(id, run_end(&result, &report)),
+            _ => 0,
+        };
+        if let Some(key) = &job.key {
+            self.ledger.finish(key, job.attempt, &result, seq);
+        }
+        job.ticket.done.send_replace(Some(result));
+        self.ledger
+            .prune(self.journal.as_ref(), self.config().server.dedup_for);
+    }
+
+    fn slots_for(&self, hook: &Hook) -> Arc<Slots> {
+        let mut slots = match self.slots.lock() {
+            Ok(slots) => slots,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let current = slots
+            .get(&hook.name)
+            .filter(|slots| slots.concurrency == hook.concurrency && slots.queue == hook.queue);
+        match current {
+            Some(current) => Arc::clone(current),
+            None => {
+                let fresh = Arc::new(Slots::new(hook.concurrency, hook.queue));
+                slots.insert(hook.name.clone(), Arc::clone(&fresh));
+                fresh
+            }
+        }
+    }
+}
+
+/// Counts a run as active for as long as it lives.
+struct Active<'a>(&'a Dispatcher);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// What `start` left for `dispatch` to wait on.
+enum Pending {
+    Ready(HookResult),
+    Waiting {
+        ticket: Arc<Ticket>,
+        done: watch::Receiver<Option<HookResult>>,
+        /// This push started the run (and may withdraw it).
+        owner: bool,
+    },
+}
+
+/// A run to be executed.
+struct Job {
+    hook: Arc<Hook>,
+    push: Arc<Push>,
+    /// The request path, redacted.
+    path: String,
+    key: Option<Key>,
+    attempt: u32,
+    ticket: Arc<Ticket>,
+}
+
+/// One run's shared state: whether it started or was withdrawn, and its result.
+struct Ticket {
+    state: AtomicU8,
+    withdrawn: CancellationToken,
+    done: watch::Sender<Option<HookResult>>,
+}
+
+const WAITING: u8 = 0;
+const STARTED: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Default for Ticket {
+    fn default() -> Self {
+        Ticket {
+            state: AtomicU8::new(WAITING),
+            withdrawn: CancellationToken::new(),
+            done: watch::Sender::new(None),
+        }
+    }
+}
+
+impl Ticket {
+    /// The run may start: true unless it was withdrawn first.
+    fn begin(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Withdraws a run that has not started: true if it will not start.
+    fn withdraw(&self) -> bool {
+        let withdrawn = self
+            .state
+            .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if withdrawn {
+            self.withdrawn.cancel();
+        }
+        withdrawn
+    }
+}
+
+/// (hook name, message id).
+type Key = (String, String);
+
+/// What this process knows of each (hook, message id): running now, or finished recently.
+#[derive(Default)]
+struct Ledger {
+    entries: Mutex<HashMap<Key, Entry>>,
+    claims: AtomicU64,
+}
+
+enum Entry {
+    Running {
+        ticket: Arc<Ticket>,
+    },
+    Finished {
+        attempt: u32,
+        /// The result, when it succeeded: later pushes are answered with it.
+        success: Option<HookResult>,
+        /// The journal record of the outcome; 0 when there is no journal.
+        seq: u64,
+        at: Instant,
+    },
+}
+
+enum Claim {
+    /// Already succeeded: not run again.
+    Succeeded(HookResult),
+    /// Running now: wait for it.
+    Running(Arc<Ticket>),
+    /// Ours to run, as this attempt.
+    Run { attempt: u32, ticket: Arc<Ticket> },
+}
+
+/// How long a finished entry stays in memory after its journal record is committed; the
+/// journal answers for it after that.
+const LEDGER_LINGER: Duration = Duration::from_secs(30);
+
+impl Ledger {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+        match self.entries.lock() {
+            Ok(entries) => entries,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn claim(&self, key: &Key, journal: Option<&Journal>, dedup_for: Duration) -> Claim {
+        self.claims.fetch_add(1, Ordering::Relaxed);
+        // The look-up and the claim happen under one lock, so that two pushes of one message
+        // never both start it.
+        let mut entries = self.entries();
+        let attempt = match entries.get(key) {
+            Some(Entry::Running { ticket }) => return Claim::Running(Arc::clone(ticket)),
+            Some(Entry::Finished {
+                success: Some(result),
+                at,
+                ..
+            }) if at.elapsed() < dedup_for => {
+                let mut result = result.clone();
+                result.deduplicated = true;
+                return Claim::Succeeded(result);
+            }
+            Some(Entry::Finished { attempt, .. }) => attempt + 1,
+            None => match journal.and_then(|journal| journal.last_run(&key.0, &key.1, dedup_for)) {
+                Some(last) if last.outcome == "succeeded" => {
+                    return Claim::Succeeded(HookResult {
+                        hook: key.0.clone(),
+                        outcome: Outcome::Succeeded,
+                        exit_code: Some(0),
+                        signal: None,
+                        duration_ms: last.duration_ms,
+                        deduplicated: true,
+                        error: None,
+                    });
+                }
+                Some(last) => last.attempt + 1,
+                None => 1,
+            },
+        };
+        let ticket = Arc::new(Ticket::default());
+        entries.insert(
+            key.clone(),
+            Entry::Running {
+                ticket: Arc::clone(&ticket),
+            },
+        );
+        Claim::Run { attempt, ticket }
+    }
+
+    fn finish(&self, key: &Key, attempt: u32, result: &HookResult, seq: u64) {
+        let success = (result.outcome == Outcome::Succeeded).then(|| result.clone());
+        self.entries().insert(
+            key.clone(),
+            Entry::Finished {
+                attempt,
+                success,
+                seq,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// A claimed run did not start: forget the claim.
+    fn withdraw(&self, key: &Key, attempt: u32) {
+        let mut entries = self.entries();
+        if attempt > 1 {
+            let previous = Entry::Finished {
+                attempt: attempt - 1,
+                success: None,
+                seq: 0,
+                at: Instant::now(),
+            };
+            entries.insert(key.clone(), previous);
+        } else {
+            entries.remove(key);
+        }
+    }
+
+    /// Drops finished entries the journal now answers for (or, without a journal, that are
+    /// older than `dedup_for`), every so many claims.
+    fn prune(&self, journal: Option<&Journal>, dedup_for: Duration) {
+        if self.claims.load(Ordering::Relaxed) % 64 != 0 {
+            return;
+        }
+        let committed = journal.map(Journal::committed);
+        self.entries().retain(|_, entry| match entry {
+            Entry::Running { .. } => true,
+            Entry::Finished { seq, at, .. } => match committed {
+                Some(committed) => *seq > committed || at.elapsed() < LEDGER_LINGER,
+                None => at.elapsed() < dedup_for,
+            },
+        });
+    }
+}
+
+/// A hook's share of the run slots: its own `concurrency` limit and the bound on runs waiting.
+struct Slots {
+    concurrency: usize,
+    queue: usize,
+    own: Option<Arc<Semaphore>>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// A reserved place: either slots held already, or a place in the hook's queue.
+struct Slot {
+    own: Option<Arc<Semaphore>>,
+    global: Arc<Semaphore>,
+    held: Option<Permits>,
+    waiting: Option<Arc<AtomicUsize>>,
+}
+
+type Permits = (Option<OwnedSemaphorePermit>, OwnedSemaphorePermit);
+
+impl Slots {
+    fn new(concurrency: usize, queue: usize) -> Slots {
+        Slots {
+            concurrency,
+            queue,
+            own: (concurrency > 0).then(|| Arc::new(Semaphore::new(concurrency))),
+            waiting: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Takes the slots at once if they are free, else a place in the queue; `None` when the
+    /// queue is full.
+    fn reserve(&self, global: &Arc<Semaphore>) -> Option<Slot> {
+        let mut slot = Slot {
+            own: self.own.clone(),
+            global: Arc::clone(global),
+            held: None,
+            waiting: None,
+        };
+        let own = match &self.own {
+            Some(own) => Arc::clone(own).try_acquire_owned().ok().map(Some),
+            None => Some(None),
+        };
+        if let Some(own) = own
+            && let Ok(global) = Arc::clone(global).try_acquire_owned()
+        {
+            slot.held = Some((own, global));
+            return Some(slot);
+        }
+        let queued = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting < self.queue).then_some(waiting + 1)
+            });
+        queued.ok()?;
+        slot.waiting = Some(Arc::clone(&self.waiting));
+        Some(slot)
+    }
+}
+
+impl Slot {
+    /// The hook's slot first, then a global one, so that a run waiting for its hook holds
+    /// nothing that other hooks need.
+    async fn acquire(mut self) -> Permits {
+        if let Some(held) = self.held.take() {
+            return held;
+        }
+        let own = match self.own.take() {
+            Some(own) => own.acquire_owned().await.ok(),
+            None => None,
+        };
+        let global = Arc::clone(&self.global)
+            .acquire_owned()
+            .await
+            .expect("the run semaphore is never closed");
+        (own, global)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(waiting) = self.waiting.take() {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn push_record(config: &Config, push: &Push, status: u16, reason: &str) -> PushRecord {
+    PushRecord {
+        status,
+        reason: reason.to_owned(),
+        msg_id: push.msg_id.clone(),
+        request_id: push.request_id.clone(),
+        path: config.redact(&push.path),
+        topic: push.topic.clone(),
+        subscription: push.subscription.clone(),
+        tags: push.tags.join(","),
+    }
+}
+
+fn run_end(result: &HookResult, report: &RunReport) -> RunEnd {
+    RunEnd {
+        outcome: result.outcome.as_str(),
+        exit_code: result.exit_code,
+        signal: result.signal,
+        duration_ms: result.duration_ms,
+        left_behind: report.left_behind,
+        error: result.error.clone(),
+        stdout_tail: String::from_utf8_lossy(&report.stdout_tail).into_owned(),
+        stderr_tail: String::from_utf8_lossy(&report.stderr_tail).into_owned(),
+    }
 }
 
 /// The environment and stdin one hook gets for one push (SPEC §4).
-fn run_spec(hook: &Arc<Hook>, push: &Push) -> RunSpec {
+fn run_spec(hook: &Arc<Hook>, push: &Push, attempt: u32) -> RunSpec {
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
     let env = vec![
         ("CMQ_MSG_ID", text(&push.msg_id)),
@@ -196,7 +781,7 @@ fn run_spec(hook: &Arc<Hook>, push: &Push) -> RunSpec {
         ("CMQ_TAGS", push.tags.join(",")),
         ("CMQ_FORMAT", push.format.as_str().to_owned()),
         ("CMQHOOK_HOOK", hook.name.clone()),
-        ("CMQHOOK_ATTEMPT", "1".to_owned()),
+        ("CMQHOOK_ATTEMPT", attempt.to_string()),
     ];
     let stdin = match hook.stdin {
         StdinMode::Body => Some(push.body.clone()),

@@ -8,31 +8,36 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_web::dev::Server;
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::json;
 
-use crate::cmq::{PushHeaders, parse_push};
+use crate::cmq::{PushHeaders, parse_push, parse_tags};
 use crate::config::Unmatched;
 use crate::dispatch::{Answer, Dispatcher, Verdict};
+use crate::journal::PushRecord;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long, once runs are over, in-flight requests have to be answered at shutdown.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves pushes on `listener` until the server is stopped (SIGTERM/SIGINT).
-pub async fn serve(listener: TcpListener, dispatcher: Arc<Dispatcher>) -> std::io::Result<()> {
-    let grace = dispatcher.config().server.shutdown_grace;
+/// The HTTP server for `listener`, not yet started. It handles no signals: the caller stops
+/// it through its handle.
+pub fn server(listener: TcpListener, dispatcher: Arc<Dispatcher>) -> std::io::Result<Server> {
     let state = web::Data::from(dispatcher);
-    HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .default_service(web::to(route))
     })
     .client_request_timeout(HEADER_READ_TIMEOUT)
-    .shutdown_timeout(grace.as_secs())
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
     .listen(listener)?
-    .run()
-    .await
+    .run();
+    Ok(server)
 }
 
 async fn route(
@@ -41,7 +46,15 @@ async fn route(
     dispatcher: web::Data<Dispatcher>,
 ) -> HttpResponse {
     match (req.method(), req.path()) {
-        (&Method::POST, _) => push(&req, payload, &dispatcher).await,
+        (&Method::POST, _) if dispatcher.is_draining() => HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "5"))
+            .json(json!({"error": "shutting down"})),
+        (&Method::POST, _) => push(&req, payload, &dispatcher.into_inner()).await,
+        (&Method::GET, "/healthz") if dispatcher.is_draining() => {
+            HttpResponse::ServiceUnavailable()
+                .content_type("text/plain; charset=utf-8")
+                .body("draining")
+        }
         (&Method::GET, "/healthz") => HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             .body("ok"),
@@ -51,7 +64,11 @@ async fn route(
     }
 }
 
-async fn push(req: &HttpRequest, payload: web::Payload, dispatcher: &Dispatcher) -> HttpResponse {
+async fn push(
+    req: &HttpRequest,
+    payload: web::Payload,
+    dispatcher: &Arc<Dispatcher>,
+) -> HttpResponse {
     let started = Instant::now();
     let config = dispatcher.config();
     let header = |name: &str| {
@@ -65,7 +82,21 @@ async fn push(req: &HttpRequest, payload: web::Payload, dispatcher: &Dispatcher)
         message_tag: header("x-cmq-message-tag"),
     };
     let path = config.redact(req.path());
-    let refuse = |status: StatusCode, error: String| {
+    let refuse = |status: StatusCode, reason: &str, error: String| {
+        dispatcher.record_push(PushRecord {
+            status: status.as_u16(),
+            reason: reason.to_owned(),
+            msg_id: headers.message_id.map(str::to_owned),
+            request_id: headers.request_id.map(str::to_owned),
+            path: path.clone(),
+            topic: None,
+            subscription: None,
+            tags: headers
+                .message_tag
+                .map(parse_tags)
+                .unwrap_or_default()
+                .join(","),
+        });
         tracing::info!(
             msg_id = headers.message_id.unwrap_or(""),
             request_id = headers.request_id.unwrap_or(""),
@@ -82,6 +113,7 @@ async fn push(req: &HttpRequest, payload: web::Payload, dispatcher: &Dispatcher)
     let too_large = || {
         refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
             format!("body larger than max_body ({max_body} bytes)"),
         )
     };
@@ -92,12 +124,18 @@ async fn push(req: &HttpRequest, payload: web::Payload, dispatcher: &Dispatcher)
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let body = match payload.to_bytes_limited(limit).await {
         Ok(Ok(body)) => body,
-        Ok(Err(err)) => return refuse(StatusCode::BAD_REQUEST, format!("cannot read body: {err}")),
+        Ok(Err(err)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "unreadable",
+                format!("cannot read body: {err}"),
+            );
+        }
         Err(_) => return too_large(),
     };
     let push = match parse_push(config.server.format, req.path(), headers, body) {
         Ok(push) => push,
-        Err(err) => return refuse(StatusCode::BAD_REQUEST, err.to_string()),
+        Err(err) => return refuse(StatusCode::BAD_REQUEST, "not_envelope", err.to_string()),
     };
     let request_id = push.request_id.clone().unwrap_or_default();
     let answer = dispatcher.dispatch(push).await;

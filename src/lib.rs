@@ -14,6 +14,8 @@ pub mod cmq;
 pub mod config;
 pub mod dispatch;
 pub mod http;
+pub mod journal;
 pub mod routing;
 pub mod runner;
+pub mod service;
 pub mod telemetry;

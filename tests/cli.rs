@@ -102,14 +102,24 @@ fn the_config_defaults_to_cmqhook_config_then_hooks_toml() {
         .env("CMQHOOK_CONFIG", &config)
         .output()
         .expect("run");
-    assert_eq!(from_env.status.code(), Some(0), "{}", text(&from_env.stderr));
+    assert_eq!(
+        from_env.status.code(),
+        Some(0),
+        "{}",
+        text(&from_env.stderr)
+    );
     let from_cwd = Command::new(BIN)
         .arg("check")
         .env_remove("CMQHOOK_CONFIG")
         .current_dir(dir.path())
         .output()
         .expect("run");
-    assert_eq!(from_cwd.status.code(), Some(0), "{}", text(&from_cwd.stderr));
+    assert_eq!(
+        from_cwd.status.code(),
+        Some(0),
+        "{}",
+        text(&from_cwd.stderr)
+    );
     assert!(text(&from_cwd.stdout).contains("hooks.toml: valid"));
 }
 

@@ -1,0 +1,154 @@
+//! The `serve` command's life: bind, open the journal, run the HTTP server and the run
+//! runtime, reload on SIGHUP, and drain on SIGTERM/SIGINT.
+//!
+//! Drain: pushes and `/healthz` get 503 at once; running commands get `shutdown_grace` to
+//! finish; then their process groups are killed (journaled `interrupted`); in-flight requests
+//! are answered; the journal is flushed; exit 0.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::dispatch::Dispatcher;
+use crate::http;
+use crate::journal::{Journal, JournalError};
+
+/// How long killed runs may take to be reaped and journaled after the grace.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// Why `serve` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves `config_file` until SIGTERM or SIGINT, then drains. `listen` overrides the config.
+pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), ServeError> {
+    let config = Config::load(config_file)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let addr = listen.unwrap_or(config.server.listen);
+    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })?;
+    let local = listener.local_addr()?;
+    let journal = match &config.server.journal {
+        Some(path) => Some(Journal::open(path, config.server.dedup_for)?),
+        None => None,
+    };
+    // Runs live on their own runtime, apart from the HTTP workers: a run's life does not
+    // depend on the request that started it.
+    let runs = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("cmqhook-run")
+        .enable_all()
+        .build()?;
+    let interrupt = CancellationToken::new();
+    let dispatcher = Arc::new(Dispatcher::new(
+        config,
+        journal,
+        runs.handle().clone(),
+        interrupt.clone(),
+    ));
+    let hooks = dispatcher.config().hooks.len();
+    tracing::info!(hooks, "listening on http://{local}");
+    let system = actix_web::rt::System::new();
+    let served = system.block_on(run(
+        listener,
+        Arc::clone(&dispatcher),
+        config_file.to_owned(),
+        interrupt,
+    ));
+    runs.shutdown_timeout(Duration::from_secs(1));
+    if let Some(journal) = dispatcher.journal() {
+        journal.close();
+    }
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn run(
+    listener: TcpListener,
+    dispatcher: Arc<Dispatcher>,
+    config_file: PathBuf,
+    interrupt: CancellationToken,
+) -> std::io::Result<()> {
+    let server = http::server(listener, Arc::clone(&dispatcher))?;
+    let handle = server.handle();
+    let mut server = actix_web::rt::spawn(server);
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = int.recv() => break,
+            _ = hangup.recv() => reload(&dispatcher, &config_file),
+            ended = &mut server => return ended.unwrap_or_else(|err| Err(std::io::Error::other(err))),
+        }
+    }
+    let grace = dispatcher.config().server.shutdown_grace;
+    tracing::info!(
+        running = dispatcher.active(),
+        grace = %humantime::format_duration(grace),
+        "draining: new pushes get 503, running commands may finish"
+    );
+    dispatcher.start_draining();
+    if !dispatcher.wait_idle(grace).await {
+        tracing::warn!(
+            running = dispatcher.active(),
+            "shutdown_grace is over: killing the remaining commands"
+        );
+        interrupt.cancel();
+        dispatcher.wait_idle(KILL_WAIT).await;
+    }
+    // In-flight requests now have their outcomes; let them be answered.
+    handle.stop(true).await;
+    server
+        .await
+        .unwrap_or_else(|err| Err(std::io::Error::other(err)))
+}
+
+/// SIGHUP: read and validate the file, then swap it in; a broken file changes nothing.
+fn reload(dispatcher: &Dispatcher, config_file: &Path) {
+    match Config::load(config_file) {
+        Ok(config) => {
+            let old = dispatcher.config();
+            if config.server.listen != old.server.listen {
+                tracing::warn!(
+                    "`server.listen` changed: the new address takes effect only after a restart"
+                );
+            }
+            if config.server.journal != old.server.journal {
+                tracing::warn!(
+                    "`server.journal` changed: the new journal takes effect only after a restart"
+                );
+            }
+            for warning in config.warnings() {
+                tracing::warn!("{warning}");
+            }
+            let hooks = config.hooks.len();
+            dispatcher.reload(config);
+            tracing::info!(hooks, "config reloaded");
+        }
+        Err(err) => {
+            for line in err.to_string().lines() {
+                tracing::error!("config reload rejected, the running config stays: {line}");
+            }
+        }
+    }
+}
