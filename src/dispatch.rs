@@ -6,7 +6,7 @@
 //! made from [`Verdict`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -527,10 +527,18 @@ impl Ticket {
 type Key = (String, String);
 
 /// What this process knows of each (hook, message id): running now, or finished recently.
-#[derive(Default)]
 struct Ledger {
     entries: Mutex<HashMap<Key, Entry>>,
-    claims: AtomicU64,
+    last_prune: Mutex<Instant>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            entries: Mutex::default(),
+            last_prune: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 enum Entry {
@@ -559,6 +567,8 @@ enum Claim {
 /// How long a finished entry stays in memory after its journal record is committed; the
 /// journal answers for it after that.
 const LEDGER_LINGER: Duration = Duration::from_secs(30);
+/// How often the ledger is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 impl Ledger {
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
@@ -569,7 +579,6 @@ impl Ledger {
     }
 
     fn claim(&self, key: &Key, journal: Option<&Journal>, dedup_for: Duration) -> Claim {
-        self.claims.fetch_add(1, Ordering::Relaxed);
         // The look-up and the claim happen under one lock, so that two pushes of one message
         // never both start it.
         let mut entries = self.entries();
@@ -641,10 +650,11 @@ impl Ledger {
     }
 
     /// Drops finished entries the journal now answers for (or, without a journal, that are
-    /// older than `dedup_for`), every so many claims.
+    /// older than `dedup_for`), at most every [`PRUNE_EVERY`].
     fn prune(&self, journal: Option<&Journal>, dedup_for: Duration) {
-        if self.claims.load(Ordering::Relaxed) % 64 != 0 {
-            return;
+        match self.last_prune.lock() {
+            Ok(mut last) if last.elapsed() >= PRUNE_EVERY => *last = Instant::now(),
+            _ => return,
         }
         let committed = journal.map(Journal::committed);
         self.entries().retain(|_, entry| match entry {
