@@ -1,12 +1,22 @@
-//! The command line (clap derive): `serve` and `check`.
+//! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `history`.
 
+use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
+use crate::cmq::{Format, OutgoingPush};
 use crate::config::{Config, Hook};
+use crate::dispatch::{Dispatcher, Verdict};
+use crate::journal::{self, Delivery, HistoryFilter};
+use crate::routing::match_hooks;
+use crate::send::send_push;
 use crate::service;
 use crate::telemetry::{self, LogFormat};
 
@@ -34,6 +44,108 @@ enum Command {
     Serve(ServeArgs),
     /// Parse and validate the config; print each hook with its selectors and action.
     Check(ConfigArg),
+    /// Print the hooks a push with these attributes would run, one name a line, in config
+    /// order. Exit 1 if none.
+    Route(RouteArgs),
+    /// Run the hooks matching these attributes locally, exactly as `serve` would (same
+    /// environment; the body from --body-file or standard input). Not journaled.
+    Run(RunArgs),
+    /// Send one push to URL as CMQ would (x-cmq-* headers, envelope or raw body,
+    /// Content-Type: text/plain, CMQ's User-Agent); print the status and response body.
+    /// Exit 0 on 2xx.
+    Send(SendArgs),
+    /// List recent deliveries from the journal, newest first.
+    History(HistoryArgs),
+}
+
+/// What a push carries, given by hand. With --topic or --subscription it is a JSON push,
+/// otherwise a SIMPLIFIED one (whose topic and subscription are unknown).
+#[derive(Debug, Args)]
+struct PushArgs {
+    /// The request path.
+    #[arg(long, default_value = "/")]
+    path: String,
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long)]
+    subscription: Option<String>,
+    /// A message tag; repeat for several.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RouteArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    push: PushArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    push: PushArgs,
+    /// The message id [default: a new one]
+    #[arg(long)]
+    msg_id: Option<String>,
+    /// Read the message body from this file instead of standard input.
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// The endpoint, e.g. http://127.0.0.1:9000/cmq/deploy
+    url: String,
+    /// The subscription's message format.
+    #[arg(long, value_enum, default_value_t = WireFormat::Json)]
+    format: WireFormat,
+    #[arg(long, default_value = "")]
+    topic: String,
+    #[arg(long, default_value = "")]
+    subscription: String,
+    /// A message tag; repeat for several.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// [default: a new one]
+    #[arg(long)]
+    msg_id: Option<String>,
+    /// [default: a new one]
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Read the message body from this file instead of standard input.
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum WireFormat {
+    Json,
+    Simplified,
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only runs of this hook.
+    #[arg(long)]
+    hook: Option<String>,
+    /// Only this message id.
+    #[arg(long)]
+    msg_id: Option<String>,
+    /// Only runs that did not succeed, and pushes that were not answered 2xx.
+    #[arg(long)]
+    failed: bool,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// JSON Lines: one JSON object per line, newest first.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +183,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
+        Command::Route(args) => route(&args),
+        Command::Run(args) => run(&args),
+        Command::Send(args) => send(&args),
+        Command::History(args) => history(&args),
     };
     result.unwrap_or_else(|message| {
         eprintln!("{message}");
@@ -141,4 +257,228 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     service::serve(&args.config.config, args.listen)
         .map(|()| ExitCode::SUCCESS)
         .map_err(|err| error_lines(&err.to_string()))
+}
+
+fn route(args: &RouteArgs) -> Result<ExitCode, String> {
+    let config = load(&args.config)?;
+    let push = local_push(&args.push, new_id(), Bytes::new())
+        .parse(config.server.format, &args.push.path)
+        .map_err(|err| format!("error: {err}"))?;
+    let matched = match_hooks(&config.hooks, &push);
+    for hook in &matched {
+        println!("{}", hook.name);
+    }
+    Ok(if matched.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn run(args: &RunArgs) -> Result<ExitCode, String> {
+    let mut config = load(&args.config)?;
+    // A local run waits for its commands, however long they take.
+    config.server.respond_within = Duration::from_secs(365 * 24 * 3600);
+    let body = read_body(args.body_file.as_deref())?;
+    let msg_id = args.msg_id.clone().unwrap_or_else(new_id);
+    let push = local_push(&args.push, msg_id, body)
+        .parse(config.server.format, &args.push.path)
+        .map_err(|err| format!("error: {err}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("error: cannot start the runtime: {err}"))?;
+    let interrupt = CancellationToken::new();
+    let dispatcher = Arc::new(Dispatcher::new(
+        config,
+        None,
+        runtime.handle().clone(),
+        interrupt.clone(),
+    ));
+    let answer = runtime.block_on(async {
+        let answer = dispatcher.dispatch(push);
+        tokio::pin!(answer);
+        tokio::select! {
+            answer = &mut answer => answer,
+            _ = tokio::signal::ctrl_c() => {
+                // Ctrl-C: stop the commands' process groups, then report.
+                interrupt.cancel();
+                answer.await
+            }
+        }
+    });
+    if answer.results.is_empty() {
+        eprintln!("no hook matches this push");
+        return Ok(ExitCode::FAILURE);
+    }
+    for result in &answer.results {
+        let mut detail = Vec::new();
+        if let Some(code) = result.exit_code {
+            detail.push(format!("exit {code}"));
+        }
+        if let Some(signal) = result.signal {
+            detail.push(format!("signal {signal}"));
+        }
+        if let Some(error) = &result.error {
+            detail.push(error.clone());
+        }
+        detail.push(format!("{} ms", result.duration_ms));
+        println!(
+            "{}: {} ({})",
+            result.hook,
+            result.outcome.as_str(),
+            detail.join(", ")
+        );
+    }
+    Ok(if answer.verdict == Verdict::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn send(args: &SendArgs) -> Result<ExitCode, String> {
+    let push = OutgoingPush {
+        format: match args.format {
+            WireFormat::Json => Format::Json,
+            WireFormat::Simplified => Format::Simplified,
+        },
+        msg_id: args.msg_id.clone().unwrap_or_else(new_id),
+        request_id: args.request_id.clone().unwrap_or_else(new_request_id),
+        topic: args.topic.clone(),
+        subscription: args.subscription.clone(),
+        tags: args.tags.clone(),
+        publish_time: unix_seconds(),
+        body: read_body(args.body_file.as_deref())?,
+    };
+    let reply = send_push(&args.url, &push).map_err(|err| format!("error: {err}"))?;
+    println!("{} {}", reply.status, reply.reason);
+    println!("{}", String::from_utf8_lossy(&reply.body));
+    Ok(if (200..300).contains(&reply.status) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn history(args: &HistoryArgs) -> Result<ExitCode, String> {
+    let config = load(&args.config)?;
+    let Some(path) = &config.server.journal else {
+        return Err(format!(
+            "error: the journal is off in {}",
+            config.file.display()
+        ));
+    };
+    let filter = HistoryFilter {
+        hook: args.hook.clone(),
+        msg_id: args.msg_id.clone(),
+        failed: args.failed,
+        limit: args.limit,
+    };
+    let deliveries = journal::history(path, &filter).map_err(|err| format!("error: {err}"))?;
+    for delivery in &deliveries {
+        if args.json {
+            let line = serde_json::to_string(delivery).map_err(|err| format!("error: {err}"))?;
+            println!("{line}");
+        } else {
+            println!("{}", history_line(delivery));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn history_line(delivery: &Delivery) -> String {
+    let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+    let mut line = format!(
+        "{}  {:<4}  {:<16}  msg={}",
+        delivery.at,
+        delivery.kind,
+        or_dash(&delivery.hook),
+        or_dash(&delivery.msg_id)
+    );
+    if let Some(attempt) = delivery.attempt {
+        line.push_str(&format!("  attempt={attempt}"));
+    }
+    if let Some(status) = delivery.status {
+        line.push_str(&format!("  status={status}"));
+    }
+    line.push_str(&format!("  {}", delivery.outcome));
+    if let Some(code) = delivery.exit_code {
+        line.push_str(&format!("  exit={code}"));
+    }
+    if let Some(signal) = delivery.signal {
+        line.push_str(&format!("  signal={signal}"));
+    }
+    if let Some(ms) = delivery.duration_ms {
+        line.push_str(&format!("  {ms}ms"));
+    }
+    if delivery.left_behind == Some(true) {
+        line.push_str("  left-processes-behind");
+    }
+    if let Some(path) = &delivery.path {
+        line.push_str(&format!("  path={path}"));
+    }
+    line
+}
+
+/// The push `route` and `run` try: JSON when a topic or subscription is given.
+fn local_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {
+    let json = args.topic.is_some() || args.subscription.is_some();
+    OutgoingPush {
+        format: if json {
+            Format::Json
+        } else {
+            Format::Simplified
+        },
+        msg_id,
+        request_id: new_request_id(),
+        topic: args.topic.clone().unwrap_or_default(),
+        subscription: args.subscription.clone().unwrap_or_default(),
+        tags: args.tags.clone(),
+        publish_time: unix_seconds(),
+        body,
+    }
+}
+
+fn read_body(file: Option<&Path>) -> Result<Bytes, String> {
+    let body = match file {
+        Some(file) => std::fs::read(file)
+            .map_err(|err| format!("error: cannot read {}: {err}", file.display()))?,
+        None => {
+            let mut body = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .map_err(|err| format!("error: cannot read standard input: {err}"))?;
+            body
+        }
+    };
+    Ok(Bytes::from(body))
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per instance: enough for ids, no dependency.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
+/// A message id shaped like TDMQ's: 30 hex digits.
+fn new_id() -> String {
+    let id = format!("{:016X}{:016X}", random_u64(), random_u64());
+    id[..30].to_owned()
+}
+
+fn new_request_id() -> String {
+    (random_u64() % 10_000_000_000).to_string()
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -216,6 +216,73 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+/// The user agent CMQ's push service sends.
+pub const USER_AGENT: &str = "Qcloud Notification Service Agent";
+
+/// A push to be sent, or tried locally, as CMQ would send it (`send`, `route`, `run`).
+#[derive(Debug, Clone)]
+pub struct OutgoingPush {
+    pub format: Format,
+    pub msg_id: String,
+    pub request_id: String,
+    pub topic: String,
+    pub subscription: String,
+    pub tags: Vec<String>,
+    /// Seconds since the epoch, as classic CMQ sends it.
+    pub publish_time: u64,
+    pub body: Bytes,
+}
+
+impl OutgoingPush {
+    /// The `x-cmq-*` headers, as CMQ writes them (tags joined by `", "`).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            ("x-cmq-request-id", self.request_id.clone()),
+            ("x-cmq-message-id", self.msg_id.clone()),
+        ];
+        if !self.tags.is_empty() {
+            headers.push(("x-cmq-message-tag", self.tags.join(", ")));
+        }
+        headers
+    }
+
+    /// The request body: the JSON envelope, or the raw message for SIMPLIFIED. A JSON
+    /// `msgBody` is text, so invalid UTF-8 in the message is replaced there.
+    pub fn wire_body(&self) -> Bytes {
+        match self.format {
+            Format::Simplified => self.body.clone(),
+            Format::Json => {
+                let envelope = serde_json::json!({
+                    "TopicOwner": 0,
+                    "topicName": self.topic,
+                    "subscriptionName": self.subscription,
+                    "msgId": self.msg_id,
+                    "msgBody": String::from_utf8_lossy(&self.body),
+                    "publishTime": self.publish_time,
+                });
+                Bytes::from(envelope.to_string())
+            }
+        }
+    }
+
+    /// The [`Push`] that `serve` would read from this request under `setting`.
+    pub fn parse(&self, setting: FormatSetting, path: &str) -> Result<Push, PushError> {
+        let headers = self.headers();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        let headers = PushHeaders {
+            message_id: header("x-cmq-message-id"),
+            request_id: header("x-cmq-request-id"),
+            message_tag: header("x-cmq-message-tag"),
+        };
+        parse_push(setting, path, headers, self.wire_body())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +456,36 @@ mod tests {
         let err = parse(r#"{"msgId":"1","msgBody":"x"}"#).expect_err("incomplete");
         assert!(err.to_string().contains("topicName"), "{err}");
         assert!(parse(r#"{"msgId":"1","msgBody":{}}"#).is_err());
+    }
+
+    #[test]
+    fn an_outgoing_push_reads_back_as_sent() {
+        let outgoing = OutgoingPush {
+            format: Format::Json,
+            msg_id: "m1".to_owned(),
+            request_id: "r1".to_owned(),
+            topic: "deploy".to_owned(),
+            subscription: "web-1".to_owned(),
+            tags: vec!["a".to_owned(), "b".to_owned()],
+            publish_time: 1_700_000_000,
+            body: Bytes::from_static(b"line\n\0end"),
+        };
+        let push = outgoing.parse(FormatSetting::Auto, "/p").expect("parses");
+        assert_eq!(push.format, Format::Json);
+        assert_eq!(push.msg_id.as_deref(), Some("m1"));
+        assert_eq!(push.topic.as_deref(), Some("deploy"));
+        assert_eq!(push.subscription.as_deref(), Some("web-1"));
+        assert_eq!(push.publish_time.as_deref(), Some("1700000000"));
+        assert_eq!(push.tags, ["a", "b"]);
+        assert_eq!(&push.body[..], b"line\n\0end");
+        let simplified = OutgoingPush {
+            format: Format::Simplified,
+            ..outgoing
+        };
+        let push = simplified.parse(FormatSetting::Auto, "/p").expect("parses");
+        assert_eq!(push.format, Format::Simplified);
+        assert_eq!(push.topic, None);
+        assert_eq!(&push.body[..], b"line\n\0end");
     }
 
     #[test]

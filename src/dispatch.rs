@@ -411,7 +411,7 @@ impl Dispatcher {
             hook = %hook.name,
             msg_id = push.msg_id.as_deref().unwrap_or(""),
             attempt = job.attempt,
-            outcome = ?result.outcome,
+            outcome = result.outcome.as_str(),
             exit_code = result.exit_code,
             duration_ms = result.duration_ms,
             left_behind = report.left_behind,

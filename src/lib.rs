@@ -17,5 +17,6 @@ pub mod http;
 pub mod journal;
 pub mod routing;
 pub mod runner;
+pub mod send;
 pub mod service;
 pub mod telemetry;
