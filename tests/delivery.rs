@@ -1,0 +1,404 @@
+//! Delivery guarantees through the built binary: the journal, dedup across retries and
+//! restarts, answering within `respond_within`, and runs that outlive their requests.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(dir: &Dir, server: &str, hooks: &str) -> std::path::PathBuf {
+    dir.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n{hooks}\n"
+    ))
+}
+
+fn history(config: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let output = Command::new(BIN)
+        .arg("history")
+        .arg("-c")
+        .arg(config)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("history");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
+        .collect()
+}
+
+fn attempts(dir: &Dir) -> Vec<String> {
+    dir.recorded()
+        .iter()
+        .map(|run| run.var("CMQHOOK_ATTEMPT").unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_same_message_twice_runs_once_and_both_get_200() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    let first = server.post_seed("/", "dup1");
+    let second = server.post_seed("/", "dup1");
+    assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(first.json()["results"][0]["deduplicated"], false);
+    assert_eq!(second.json()["results"][0]["deduplicated"], true);
+    assert_eq!(second.json()["results"][0]["outcome"], "succeeded");
+    assert_eq!(dir.recorded().len(), 1);
+    // Another message id is another run.
+    assert_eq!(server.post_seed("/", "dup2").status, 200);
+    assert_eq!(dir.recorded().len(), 2);
+}
+
+#[test]
+fn concurrent_pushes_of_one_message_start_one_process() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!("[hooks.slow]\ncommand = 'sleep 1; {}'", dir.record(0)),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    let addr = server.addr;
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let body = SEED_ENVELOPE.replace("6942316962", "same1");
+                post(addr, "/", &[("x-cmq-message-id", "same1")], body.as_bytes())
+            })
+        })
+        .collect();
+    let responses: Vec<Response> = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    for response in &responses {
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let fresh = responses
+        .iter()
+        .filter(|r| r.json()["results"][0]["deduplicated"] == false)
+        .count();
+    assert_eq!(fresh, 1, "exactly one push ran it");
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn a_failed_run_is_retried_with_the_next_attempt_number() {
+    let dir = Dir::new();
+    let mark = dir.path().join("failed-once");
+    let config = config(
+        &dir,
+        "",
+        &format!(
+            "[hooks.flaky]\ncommand = 'if [ -e {m} ]; then {ok}; else touch {m}; {fail}; fi'",
+            m = mark.display(),
+            ok = dir.record(0),
+            fail = dir.record(1)
+        ),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post_seed("/", "flaky1").status, 500);
+    assert_eq!(server.post_seed("/", "flaky1").status, 200);
+    assert_eq!(server.post_seed("/", "flaky1").status, 200);
+    assert_eq!(attempts(&dir), ["1", "2"]);
+    let rows = history(&config, &["--msg-id", "flaky1"]);
+    let rows: Vec<(i64, &str)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row["attempt"].as_i64().expect("attempt"),
+                row["outcome"].as_str().expect("outcome"),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [(2, "succeeded"), (1, "failed")]);
+}
+
+#[test]
+fn a_success_is_remembered_across_a_restart() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+    );
+    let mut server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post_seed("/", "keep1").status, 200);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    let server = Server::start(&dir, &config, &[]);
+    let again = server.post_seed("/", "keep1");
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["results"][0]["deduplicated"], true);
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn an_outcome_not_known_within_respond_within_gets_503_and_the_retry_finds_it() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "respond_within = \"2s\"",
+        &format!("[hooks.slow]\ncommand = 'sleep 4; {}'", dir.record(0)),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    let started = Instant::now();
+    let first = server.post_seed("/", "late1");
+    let took = started.elapsed();
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert!(first.header("retry-after").is_some());
+    assert_eq!(first.json()["results"][0]["outcome"], "running");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        "answered after {took:?}"
+    );
+    // The run goes on without its request; CMQ's retry finds its outcome.
+    assert!(wait_for(Duration::from_secs(20), || dir.recorded().len() == 1));
+    let retry = server.post_seed("/", "late1");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["results"][0]["deduplicated"], true);
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn a_retry_while_the_run_is_still_going_waits_for_it() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "respond_within = \"1500ms\"",
+        &format!("[hooks.slow]\ncommand = 'sleep 2; {}'", dir.record(0)),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post_seed("/", "wait1").status, 503);
+    let retry = server.post_seed("/", "wait1");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn a_client_that_hangs_up_does_not_cancel_the_run() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!("[hooks.deploy]\ncommand = 'sleep 1; {}'", dir.record(0)),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    let body = SEED_ENVELOPE.replace("6942316962", "gone1");
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: gone1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream.write_all(request.as_bytes()).expect("send");
+    // Hang up as soon as the request is out, without reading the answer.
+    assert!(wait_for(Duration::from_secs(5), || !history(&config, &[]).is_empty()));
+    drop(stream);
+    assert!(wait_for(Duration::from_secs(10), || dir.recorded().len() == 1));
+    assert!(wait_for(Duration::from_secs(5), || {
+        history(&config, &["--msg-id", "gone1"])
+            .first()
+            .is_some_and(|row| row["outcome"] == "succeeded")
+    }));
+}
+
+#[test]
+fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
+    let dir = Dir::new();
+    let mark = dir.path().join("started");
+    let config = config(
+        &dir,
+        "",
+        &format!(
+            "[hooks.deploy]\ncommand = 'if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then echo $$ > {}; sleep 30; fi; {}'",
+            mark.display(),
+            dir.record(0)
+        ),
+    );
+    let mut server = Server::start(&dir, &config, &[]);
+    let addr = server.addr;
+    let push = std::thread::spawn(move || {
+        let body = SEED_ENVELOPE.replace("6942316962", "crash1");
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: crash1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(request.as_bytes());
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+        answer
+    });
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&mark).is_ok_and(|pid| pid.ends_with('\n'))
+    }));
+    let orphan = std::fs::read_to_string(&mark).expect("pid");
+    // The journal has the run as running before the crash.
+    assert!(wait_for(Duration::from_secs(5), || {
+        history(&config, &[])
+            .first()
+            .is_some_and(|row| row["outcome"] == "running")
+    }));
+    server.signal("KILL");
+    server.wait_exit(Duration::from_secs(10));
+    let answer = push.join().expect("thread");
+    assert!(!String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 2"));
+
+    let server = Server::start(&dir, &config, &[]);
+    let rows = history(&config, &["--msg-id", "crash1"]);
+    assert_eq!(rows[0]["outcome"], "interrupted");
+    let retry = server.post_seed("/", "crash1");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(attempts(&dir), ["2"]);
+    // The first attempt's process group outlived the crash; end it.
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", orphan.trim())])
+        .status();
+}
+
+#[test]
+fn history_lists_runs_and_refused_pushes_newest_first() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "max_body = \"1 KiB\"",
+        &format!(
+            "[hooks.ok]\ntopic = \"MyTopic\"\ncommand = '{}'\n\n[hooks.bad]\ntopic = \"MyTopic\"\ncommand = 'echo oops >&2; exit 7'",
+            dir.record(0)
+        ),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post_seed("/", "h1").status, 500);
+    assert_eq!(
+        server
+            .post("/nothing", &[("x-cmq-message-id", "h2")], b"x")
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .post("/", &[("x-cmq-message-id", "h3")], &[b'x'; 2048])
+            .status,
+        413
+    );
+    assert!(wait_for(Duration::from_secs(5), || history(&config, &[])
+        .len()
+        == 4));
+
+    let rows = history(&config, &[]);
+    let kinds: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row["kind"].as_str().expect("kind"),
+                row["outcome"].as_str().expect("outcome"),
+            )
+        })
+        .collect();
+    assert_eq!(kinds[0], ("push", "too_large"));
+    assert_eq!(kinds[1], ("push", "unmatched"));
+    assert!(kinds[2..].contains(&("run", "succeeded")));
+    assert!(kinds[2..].contains(&("run", "failed")));
+
+    let failed = history(&config, &["--failed", "--hook", "bad"]);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["hook"], "bad");
+    assert_eq!(failed[0]["exit_code"], 7);
+    assert_eq!(failed[0]["stderr_tail"], "oops\n");
+    assert_eq!(failed[0]["msg_id"], "h1");
+    assert_eq!(failed[0]["topic"], "MyTopic");
+    assert_eq!(history(&config, &["--limit", "1"]).len(), 1);
+
+    let text = Command::new(BIN)
+        .args(["history", "-c"])
+        .arg(&config)
+        .output()
+        .expect("history");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.contains("msg=h1") && text.contains("exit=7"), "{text}");
+}
+
+#[test]
+fn with_the_journal_off_dedup_still_works_in_memory() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "journal = \"off\"",
+        &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post_seed("/", "mem1").status, 200);
+    let again = server.post_seed("/", "mem1");
+    assert_eq!(again.json()["results"][0]["deduplicated"], true);
+    assert_eq!(dir.recorded().len(), 1);
+    assert!(!dir.path().join("cmqhook.db").exists());
+}
+
+#[test]
+fn a_push_without_a_message_id_runs_every_time() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post("/", &[], b"no id").status, 200);
+    assert_eq!(server.post("/", &[], b"no id").status, 200);
+    assert_eq!(dir.recorded().len(), 2);
+}
+
+#[test]
+fn the_journal_is_a_sqlite_file_with_a_versioned_schema() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post_seed("/", "sq1").status, 200);
+    assert!(wait_for(Duration::from_secs(5), || history(&config, &[])
+        .len()
+        == 1));
+    let db = dir.path().join("cmqhook.db");
+    assert!(db.exists());
+    let header = std::fs::read(&db).expect("db");
+    assert!(header.starts_with(b"SQLite format 3\0"));
+    // WAL mode: the write-ahead log sits beside the file while the server runs.
+    assert!(dir.path().join("cmqhook.db-wal").exists());
+    let sqlite = rusqlite::Connection::open(&db).expect("open");
+    let version: i64 = sqlite
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .expect("version");
+    assert_eq!(version, 1);
+    let mode: String = sqlite
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    let runs: i64 = sqlite
+        .query_row(
+            "SELECT COUNT(*) FROM runs WHERE msg_id = 'sq1' AND outcome = 'succeeded'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("runs");
+    assert_eq!(runs, 1);
+}
