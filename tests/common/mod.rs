@@ -377,3 +377,50 @@ pub fn parse_response(raw: &[u8]) -> Response {
         body: raw[end + 4..].to_vec(),
     }
 }
+
+/// `GET path` on the server.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    exchange(addr, request.as_bytes())
+}
+
+/// Runs `cmqhook ARGS` to the end with `stdin` on its standard input.
+pub fn cmqhook_with_stdin(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cmqhook");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    // Written from a thread: a command that does not read its stdin must not block us.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let output = child.wait_with_output().expect("wait for cmqhook");
+    let _ = writer.join();
+    output
+}
+
+/// `cmqhook history -c CONFIG --json ARGS`, one JSON object per row, newest first.
+pub fn history_json(config: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let output = Command::new(BIN)
+        .arg("history")
+        .arg("-c")
+        .arg(config)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("history");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
+        .collect()
+}

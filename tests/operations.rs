@@ -1,0 +1,762 @@
+//! Operating the built binary: per-hook concurrency and queues, the SIGTERM drain, SIGHUP
+//! reloads, JSON logs, and the `route`, `run` and `send` commands.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::{Arc, Barrier, mpsc};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(dir: &Dir, server: &str, hooks: &str) -> PathBuf {
+    dir.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n{hooks}\n"
+    ))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Stdout and stderr of a finished command, for assertions and their messages.
+fn both(output: &Output) -> String {
+    format!("{}{}", text(&output.stdout), text(&output.stderr))
+}
+
+/// `count` SIMPLIFIED pushes to `path` sent at the same moment from threads, message ids
+/// `{prefix}0`, `{prefix}1`, …; each answer with how long its own request took.
+fn push_at_once(
+    addr: SocketAddr,
+    path: &'static str,
+    prefix: &str,
+    count: usize,
+) -> Vec<(Response, Duration)> {
+    let barrier = Arc::new(Barrier::new(count));
+    let threads: Vec<_> = (0..count)
+        .map(|i| {
+            let barrier = Arc::clone(&barrier);
+            let msg_id = format!("{prefix}{i}");
+            std::thread::spawn(move || {
+                barrier.wait();
+                let sent = Instant::now();
+                let response = post(addr, path, &[("x-cmq-message-id", &msg_id)], b"x");
+                (response, sent.elapsed())
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| thread.join().expect("push thread"))
+        .collect()
+}
+
+/// Reads a pid a command wrote with `echo $$ > FILE`, once the line is complete.
+fn wait_for_pid(file: &Path) -> u32 {
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(file).is_ok_and(|pid| pid.ends_with('\n'))
+        }),
+        "{} was not written",
+        file.display()
+    );
+    std::fs::read_to_string(file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+#[test]
+fn a_hook_with_concurrency_1_runs_simultaneous_pushes_one_after_another() {
+    let dir = Dir::new();
+    let times = dir.path().join("times");
+    std::fs::create_dir(&times).expect("times dir");
+    let config = config(
+        &dir,
+        "respond_within = \"10s\"",
+        &format!(
+            "[hooks.serial]\nconcurrency = 1\ncommand = 's=$(date +%s.%N); sleep 0.3; e=$(date +%s.%N); echo \"$s $e\" > {}/\"$CMQ_MSG_ID\"'",
+            times.display()
+        ),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    for (response, _) in push_at_once(server.addr, "/", "serial", 3) {
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["results"][0]["outcome"], "succeeded");
+    }
+    let mut intervals: Vec<(f64, f64)> = (0..3)
+        .map(|i| {
+            let line = std::fs::read_to_string(times.join(format!("serial{i}")))
+                .expect("the run wrote its times");
+            let (start, end) = line.trim().split_once(' ').expect("start and end");
+            (
+                start.parse().expect("start time"),
+                end.parse().expect("end time"),
+            )
+        })
+        .collect();
+    intervals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for pair in intervals.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "runs overlap: {intervals:?} (concurrency = 1)"
+        );
+    }
+}
+
+#[test]
+fn a_full_hook_queue_answers_503_at_once_with_not_started() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        "[hooks.slow]\nconcurrency = 1\nqueue = 1\ncommand = 'sleep 2'",
+    );
+    let server = Server::start(&dir, &config, &[]);
+    let answers = push_at_once(server.addr, "/", "full", 4);
+    let summary: Vec<(u16, Duration)> = answers
+        .iter()
+        .map(|(response, took)| (response.status, *took))
+        .collect();
+    let refused: Vec<&(Response, Duration)> = answers
+        .iter()
+        .filter(|(response, _)| response.status == 503)
+        .collect();
+    // One runs, one waits in the queue; the other two do not fit.
+    assert_eq!(refused.len(), 2, "{summary:?}");
+    for (response, took) in refused {
+        assert!(*took < Duration::from_secs(1), "503 after {took:?}");
+        assert!(response.header("retry-after").is_some());
+        assert_eq!(
+            response.json()["results"][0]["outcome"],
+            "not_started",
+            "{}",
+            response.text()
+        );
+    }
+    let ran = answers
+        .iter()
+        .filter(|(response, _)| response.status == 200)
+        .count();
+    assert_eq!(
+        ran, 2,
+        "the running and the queued push succeed: {summary:?}"
+    );
+}
+
+#[test]
+fn sigterm_drains_a_running_command_refuses_new_pushes_and_exits_0() {
+    let dir = Dir::new();
+    let started = dir.path().join("started");
+    let config = config(
+        &dir,
+        "",
+        &format!(
+            "[hooks.deploy]\ncommand = 'touch {}; sleep 2; {}'",
+            started.display(),
+            dir.record(0)
+        ),
+    );
+    let mut server = Server::start(&dir, &config, &[]);
+    let addr = server.addr;
+    assert_eq!(get(addr, "/healthz").status, 200);
+    let push =
+        std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "drain1")], b"deploy"));
+    assert!(wait_for(Duration::from_secs(10), || started.exists()));
+    server.signal("TERM");
+
+    let mut health = None;
+    assert!(
+        wait_for(Duration::from_secs(1), || {
+            let response = get(addr, "/healthz");
+            let draining = response.status == 503;
+            health = Some(response);
+            draining
+        }),
+        "/healthz during the drain: {health:?}"
+    );
+    let late = post(addr, "/", &[("x-cmq-message-id", "drain2")], b"late");
+    // Both answers came while the command was still running.
+    assert!(
+        !push.is_finished() && dir.recorded().is_empty(),
+        "the command ended before the drain was checked"
+    );
+    assert_eq!(late.status, 503, "{}", late.text());
+
+    let response = push.join().expect("push thread");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["results"][0]["outcome"], "succeeded");
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 1, "the late push ran nothing");
+    assert_eq!(runs[0].var("CMQ_MSG_ID"), Some("drain1"));
+}
+
+#[test]
+fn sigterm_kills_a_command_that_outlives_shutdown_grace_and_journals_it_interrupted() {
+    let dir = Dir::new();
+    let pid_file = dir.path().join("pid");
+    let child_file = dir.path().join("child");
+    let config = config(
+        &dir,
+        "shutdown_grace = \"1s\"",
+        &format!(
+            "[hooks.stuck]\nkill_grace = \"200ms\"\ncommand = 'sleep 30 & echo $! > {}; echo $$ > {}; wait'",
+            child_file.display(),
+            pid_file.display()
+        ),
+    );
+    let mut server = Server::start(&dir, &config, &[]);
+    let addr = server.addr;
+    let push = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "stuck1")], b"x"));
+    let pid = wait_for_pid(&pid_file);
+    let child = wait_for_pid(&child_file);
+    assert!(alive(pid) && alive(child));
+
+    let signalled = Instant::now();
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(6)), Some(0));
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "exited after {took:?}, before shutdown_grace was over"
+    );
+    assert!(!alive(pid), "the command {pid} survived the shutdown");
+    assert!(!alive(child), "its child {child} survived the shutdown");
+
+    let response = push.join().expect("push thread");
+    assert!(
+        !(200..300).contains(&response.status),
+        "{} {}",
+        response.status,
+        response.text()
+    );
+    let rows = history_json(&config, &["--msg-id", "stuck1"]);
+    let outcomes: Vec<&str> = rows
+        .iter()
+        .filter(|row| row["hook"] == "stuck")
+        .map(|row| row["outcome"].as_str().expect("outcome"))
+        .collect();
+    assert_eq!(outcomes, ["interrupted"], "{rows:?}");
+}
+
+#[test]
+fn sighup_loads_a_new_hook() {
+    let dir = Dir::new();
+    let old = format!(
+        "[hooks.old]\npath = \"/old\"\ncommand = '{}'",
+        dir.record(0)
+    );
+    let config = config(&dir, "", &old);
+    let server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post("/new", &[], b"x").status, 404);
+
+    let new = format!(
+        "{old}\n\n[hooks.new]\npath = \"/new\"\ncommand = '{}'",
+        dir.record(0)
+    );
+    self::config(&dir, "", &new);
+    server.signal("HUP");
+    let mut last = 0;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            last = server.post("/new", &[], b"x").status;
+            last == 200
+        }),
+        "the new hook answered {last}; log:\n{}",
+        server.log_text()
+    );
+    assert_eq!(server.post("/old", &[], b"x").status, 200);
+    let hooks: Vec<String> = dir
+        .recorded()
+        .iter()
+        .filter_map(|run| run.var("CMQHOOK_HOOK").map(str::to_owned))
+        .collect();
+    assert!(hooks.contains(&"new".to_owned()), "{hooks:?}");
+}
+
+/// Whether `line` names `hooks.toml:LINE:COLUMN`.
+fn names_hooks_toml_position(line: &str) -> bool {
+    line.match_indices("hooks.toml:").any(|(at, found)| {
+        let mut parts = line[at + found.len()..].splitn(3, ':');
+        let number = |part: Option<&str>| {
+            part.is_some_and(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+        };
+        number(parts.next()) && number(parts.next())
+    })
+}
+
+#[test]
+fn sighup_with_a_broken_file_keeps_the_running_config() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!(
+            "[hooks.old]\npath = \"/old\"\ncommand = '{}'",
+            dir.record(0)
+        ),
+    );
+    let server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post("/old", &[], b"x").status, 200);
+
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.old\npath = \"/old\"\ncommand = 'true'\n",
+    )
+    .expect("break the config");
+    server.signal("HUP");
+    let error_line = || {
+        server
+            .log_text()
+            .lines()
+            .find(|line| line.contains("ERROR") && names_hooks_toml_position(line))
+            .map(str::to_owned)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || error_line().is_some()),
+        "no error line naming hooks.toml:LINE:COLUMN; log:\n{}",
+        server.log_text()
+    );
+    assert!(alive(server.pid()));
+    assert_eq!(server.post("/old", &[], b"x").status, 200);
+    assert_eq!(dir.recorded().len(), 2);
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_with_push_and_output_fields() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        "[hooks.say]\ncommand = 'echo first line; echo second line >&2'",
+    );
+    let mut server = Server::start(&dir, &config, &["--log-format", "json"]);
+    let response = server.post(
+        "/",
+        &[("x-cmq-message-id", "json1"), ("x-cmq-request-id", "req1")],
+        b"x",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    // Stop the server so that every line it wrote is in the log.
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    let mut lines = Vec::new();
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let log = server.log_text();
+            // The harness may still be writing the last line.
+            if !log.ends_with('\n') {
+                return false;
+            }
+            lines = log
+                .lines()
+                .map(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .filter(serde_json::Value::is_object)
+                        .unwrap_or_else(|| panic!("not a JSON object: {line:?}"))
+                })
+                .collect();
+            lines.iter().any(|line| line["message"] == "stopped")
+        }),
+        "the log did not reach `stopped`:\n{}",
+        server.log_text()
+    );
+
+    let push = lines
+        .iter()
+        .find(|line| line["message"] == "push")
+        .unwrap_or_else(|| panic!("no push line in {lines:#?}"));
+    assert_eq!(push["msg_id"], "json1", "{push}");
+    assert_eq!(push["request_id"], "req1", "{push}");
+    assert_eq!(push["hooks"], "say", "{push}");
+    assert_eq!(push["status"], 200, "{push}");
+    assert!(push["duration_ms"].is_u64(), "{push}");
+    for said in ["first line", "second line"] {
+        let output = lines
+            .iter()
+            .find(|line| line["message"] == said)
+            .unwrap_or_else(|| panic!("no line {said:?} in {lines:#?}"));
+        assert_eq!(output["hook"], "say", "{output}");
+        assert_eq!(output["msg_id"], "json1", "{output}");
+    }
+}
+
+#[test]
+fn route_prints_matching_hooks_in_config_order() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        "[hooks.zeta]\ntags = [\"web\"]\ncommand = 'true'\n\n\
+         [hooks.topical]\ntopic = \"MyTopic\"\ntags = [\"web\", \"rare\"]\ncommand = 'true'\n\n\
+         [hooks.alpha]\npath = \"/deploy\"\ncommand = 'true'",
+    );
+    let config = config.to_str().expect("utf-8 path");
+    let route = |args: &[&str]| {
+        let mut all = vec!["route", "-c", config];
+        all.extend_from_slice(args);
+        cmqhook_with_stdin(&all, b"")
+    };
+    for (args, expected) in [
+        (&["--path", "/deploy", "--tag", "web"][..], "zeta\nalpha\n"),
+        (&["--tag", "web"][..], "zeta\n"),
+        (&["--topic", "MyTopic", "--tag", "rare"][..], "topical\n"),
+        (
+            &["--path", "/deploy", "--topic", "MyTopic", "--tag", "web"][..],
+            "zeta\ntopical\nalpha\n",
+        ),
+    ] {
+        let output = route(args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", both(&output));
+        assert_eq!(text(&output.stdout), expected, "{args:?}");
+    }
+    // A hook with a topic selector never matches a push whose topic is unknown.
+    for args in [&["--tag", "rare"][..], &["--path", "/nowhere"][..]] {
+        let output = route(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {}", both(&output));
+        assert_eq!(text(&output.stdout), "", "{args:?}");
+    }
+}
+
+#[test]
+fn run_runs_the_hook_locally_as_serve_would() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!(
+            "[hooks.rec]\ntags = [\"r\"]\nenv = {{ EXTRA = \"yes\" }}\ncommand = '{}'\n\n\
+             [hooks.broken]\ntags = [\"bad\"]\ncommand = 'exit 3'",
+            dir.record(0)
+        ),
+    );
+    let config = config.to_str().expect("utf-8 path");
+    let body_file = dir.path().join("body");
+    std::fs::write(&body_file, b"from a file\n\0end").expect("body file");
+
+    let output = cmqhook_with_stdin(
+        &[
+            "run",
+            "-c",
+            config,
+            "--tag",
+            "r",
+            "--msg-id",
+            "RUN1",
+            "--body-file",
+            body_file.to_str().expect("utf-8 path"),
+        ],
+        b"not this",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    assert!(
+        text(&output.stdout).contains("rec: succeeded"),
+        "{}",
+        both(&output)
+    );
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].stdin, b"from a file\n\0end");
+    for (name, value) in [
+        ("CMQ_MSG_ID", "RUN1"),
+        ("CMQ_TOPIC", ""),
+        ("CMQ_SUBSCRIPTION", ""),
+        ("CMQ_TAGS", "r"),
+        ("CMQ_FORMAT", "simplified"),
+        ("CMQHOOK_HOOK", "rec"),
+        ("CMQHOOK_ATTEMPT", "1"),
+        ("EXTRA", "yes"),
+    ] {
+        assert_eq!(runs[0].var(name), Some(value), "{name}");
+    }
+    assert!(runs[0].var("CMQ_REQUEST_ID").is_some());
+
+    let output = cmqhook_with_stdin(
+        &[
+            "run",
+            "-c",
+            config,
+            "--topic",
+            "Orders",
+            "--subscription",
+            "billing",
+            "--tag",
+            "r",
+            "--tag",
+            "x",
+        ],
+        b"from stdin",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 2);
+    let run = &runs[1];
+    assert_eq!(run.stdin, b"from stdin");
+    for (name, value) in [
+        ("CMQ_TOPIC", "Orders"),
+        ("CMQ_SUBSCRIPTION", "billing"),
+        ("CMQ_TAGS", "r,x"),
+        ("CMQ_FORMAT", "json"),
+        ("CMQHOOK_HOOK", "rec"),
+    ] {
+        assert_eq!(run.var(name), Some(value), "{name}");
+    }
+    assert!(run.var("CMQ_MSG_ID").is_some_and(|id| !id.is_empty()));
+
+    let output = cmqhook_with_stdin(&["run", "-c", config, "--tag", "bad"], b"x");
+    assert_ne!(output.status.code(), Some(0), "{}", both(&output));
+    let said = both(&output);
+    assert!(said.contains("broken") && said.contains("failed"), "{said}");
+}
+
+/// A request as the capture server read it.
+#[derive(Debug)]
+struct Captured {
+    request_line: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Captured {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A one-request HTTP server on 127.0.0.1: answers with `status` and a small body, then hands
+/// the request back.
+fn capture_one(status: &'static str) -> (SocketAddr, mpsc::Receiver<Captured>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let n = stream.read(&mut buf).expect("read request");
+            assert!(n > 0, "connection closed in the request head");
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let head = text(&raw[..head_end]);
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default().to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("Content-Length");
+        let mut body = raw[head_end + 4..].to_vec();
+        while body.len() < length {
+            let n = stream.read(&mut buf).expect("read body");
+            assert!(n > 0, "connection closed in the body");
+            body.extend_from_slice(&buf[..n]);
+        }
+        let reply = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nthanks"
+        );
+        stream.write_all(reply.as_bytes()).expect("answer");
+        let _ = tx.send(Captured {
+            request_line,
+            headers,
+            body,
+        });
+    });
+    (addr, rx)
+}
+
+fn received(rx: &mpsc::Receiver<Captured>) -> Captured {
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the capture server got a request")
+}
+
+#[test]
+fn send_posts_a_json_push_as_cmq_does() {
+    let dir = Dir::new();
+    let body_file = dir.path().join("body");
+    std::fs::write(&body_file, "hello\nworld \u{1f680}").expect("body file");
+    let (addr, rx) = capture_one("200 OK");
+    let output = cmqhook_with_stdin(
+        &[
+            "send",
+            &format!("http://{addr}/cmq/deploy"),
+            "--topic",
+            "MyTopic",
+            "--subscription",
+            "mysubscription",
+            "--tag",
+            "a",
+            "--tag",
+            "b",
+            "--msg-id",
+            "M1",
+            "--request-id",
+            "R1",
+            "--body-file",
+            body_file.to_str().expect("utf-8 path"),
+        ],
+        b"",
+    );
+    let request = received(&rx);
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("200") && stdout.contains("thanks"),
+        "{stdout}"
+    );
+
+    assert_eq!(request.request_line, "POST /cmq/deploy HTTP/1.1");
+    assert_eq!(request.header("content-type"), Some("text/plain"));
+    assert_eq!(
+        request.header("user-agent"),
+        Some("Qcloud Notification Service Agent")
+    );
+    assert_eq!(request.header("x-cmq-message-id"), Some("M1"));
+    assert_eq!(request.header("x-cmq-request-id"), Some("R1"));
+    assert_eq!(request.header("x-cmq-message-tag"), Some("a, b"));
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&request.body).expect("a JSON envelope");
+    assert!(!envelope["TopicOwner"].is_null(), "TopicOwner: {envelope}");
+    assert_eq!(envelope["topicName"], "MyTopic");
+    assert_eq!(envelope["subscriptionName"], "mysubscription");
+    assert_eq!(envelope["msgId"], "M1");
+    assert_eq!(envelope["msgBody"], "hello\nworld \u{1f680}");
+    assert!(
+        envelope["publishTime"].is_u64() || envelope["publishTime"].is_string(),
+        "publishTime: {envelope}"
+    );
+}
+
+#[test]
+fn send_generates_ids_that_are_not_given() {
+    let (addr, rx) = capture_one("200 OK");
+    let output = cmqhook_with_stdin(
+        &["send", &format!("http://{addr}/"), "--topic", "T"],
+        b"from stdin",
+    );
+    let request = received(&rx);
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    let msg_id = request.header("x-cmq-message-id").unwrap_or_default();
+    assert!(!msg_id.is_empty(), "{request:?}");
+    assert!(
+        request
+            .header("x-cmq-request-id")
+            .is_some_and(|id| !id.is_empty()),
+        "{request:?}"
+    );
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&request.body).expect("a JSON envelope");
+    assert_eq!(envelope["msgId"], msg_id);
+    assert_eq!(envelope["msgBody"], "from stdin");
+}
+
+#[test]
+fn send_simplified_posts_the_raw_body() {
+    let (addr, rx) = capture_one("200 OK");
+    let body: Vec<u8> = b"raw {\"msgId\": 1}\n\0\xff end".to_vec();
+    let output = cmqhook_with_stdin(
+        &[
+            "send",
+            &format!("http://{addr}/cmq/simplified"),
+            "--format",
+            "simplified",
+            "--msg-id",
+            "S1",
+            "--tag",
+            "a",
+        ],
+        &body,
+    );
+    let request = received(&rx);
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    assert_eq!(request.request_line, "POST /cmq/simplified HTTP/1.1");
+    assert_eq!(request.body, body);
+    assert_eq!(request.header("content-type"), Some("text/plain"));
+    assert_eq!(request.header("x-cmq-message-id"), Some("S1"));
+    assert_eq!(request.header("x-cmq-message-tag"), Some("a"));
+}
+
+#[test]
+fn send_exits_1_when_the_endpoint_does_not_answer_2xx() {
+    let (addr, rx) = capture_one("500 Internal Server Error");
+    let output = cmqhook_with_stdin(&["send", &format!("http://{addr}/")], b"x");
+    received(&rx);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert!(text(&output.stdout).contains("500"), "{}", both(&output));
+}
+
+#[test]
+fn send_to_the_example_config_is_answered_200() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = Dir::new();
+    let example =
+        std::fs::read_to_string(repo.join("hooks.example.toml")).expect("hooks.example.toml");
+    assert!(example.contains("listen = \"127.0.0.1:9000\""));
+    let config = dir
+        .write_config(&example.replace("listen = \"127.0.0.1:9000\"", "listen = \"127.0.0.1:0\""));
+    std::fs::create_dir(dir.path().join("examples")).expect("examples dir");
+    // fs::copy keeps the executable bit.
+    std::fs::copy(
+        repo.join("examples/echo-message.sh"),
+        dir.path().join("examples/echo-message.sh"),
+    )
+    .expect("copy the example hook");
+    let server = Server::start(&dir, &config, &[]);
+
+    let output = cmqhook_with_stdin(
+        &[
+            "send",
+            &format!("http://{}/", server.addr),
+            "--topic",
+            "MyTopic",
+            "--subscription",
+            "mysubscription",
+            "--msg-id",
+            "EX1",
+        ],
+        b"hello example",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    assert!(text(&output.stdout).starts_with("200"), "{}", both(&output));
+
+    let output = cmqhook_with_stdin(
+        &[
+            "send",
+            &format!("http://{}/cmq/simplified", server.addr),
+            "--format",
+            "simplified",
+            "--msg-id",
+            "EX2",
+        ],
+        b"hello simplified",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let log = server.log_text();
+            log.contains("hook echo got message EX1")
+                && log.contains("hook echo-simplified got message EX2")
+        }),
+        "{}",
+        server.log_text()
+    );
+}
