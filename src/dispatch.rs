@@ -6,7 +6,7 @@
 //! made from [`Verdict`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use crate::config::{Config, Hook, StdinMode, Unmatched};
 use crate::journal::{Journal, PushRecord, RunEnd, RunStart};
 use crate::routing::match_hooks;
 use crate::runner::{RunOutcome, RunReport, RunSpec, run_hook};
+use crate::telemetry::metrics;
 
 /// Runs hooks for pushes.
 pub struct Dispatcher {
@@ -35,7 +36,7 @@ pub struct Dispatcher {
     /// Runs spawned and not yet over (waiting for a slot or running).
     active: AtomicUsize,
     idle: Notify,
-    draining: AtomicBool,
+    draining: CancellationToken,
 }
 
 /// What a push came to.
@@ -172,7 +173,7 @@ impl Dispatcher {
             interrupt,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
-            draining: AtomicBool::new(false),
+            draining: CancellationToken::new(),
         }
     }
 
@@ -201,11 +202,11 @@ impl Dispatcher {
 
     /// From now on pushes are refused (503) and `/healthz` says so.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.draining.cancel();
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.draining.is_cancelled()
     }
 
     /// Runs spawned and not over yet.
@@ -328,10 +329,12 @@ impl Dispatcher {
         let (attempt, ticket) = match &key {
             Some(key) => match self.ledger.claim(key, self.journal.as_ref(), dedup_for) {
                 Claim::Succeeded(result) => {
+                    metrics().dedup_hits.with_label_values(&[&hook.name]).inc();
                     tracing::debug!(hook = %hook.name, msg_id = %key.1, "already succeeded");
                     return Pending::Ready(result);
                 }
                 Claim::Running(ticket) => {
+                    metrics().dedup_hits.with_label_values(&[&hook.name]).inc();
                     tracing::debug!(hook = %hook.name, msg_id = %key.1, "joining the running run");
                     let done = ticket.done.subscribe();
                     return Pending::Waiting {
@@ -382,7 +385,9 @@ impl Dispatcher {
         let permits = tokio::select! {
             permits = slot.acquire() => Some(permits),
             () = job.ticket.withdrawn.cancelled() => None,
-            () = self.interrupt.cancelled() => None,
+            // Draining: only commands already running get the grace; queued runs are
+            // withdrawn so that CMQ retries them elsewhere or later.
+            () = self.draining.cancelled() => None,
         };
         let Some(_permits) = permits.filter(|_| job.ticket.begin()) else {
             if let Some(key) = &job.key {
@@ -405,8 +410,19 @@ impl Dispatcher {
                 attempt: job.attempt,
             })
         });
+        let running = metrics().running.with_label_values(&[&hook.name]);
+        running.inc();
         let report = run_hook(run_spec(hook, push, job.attempt), self.interrupt.clone()).await;
+        running.dec();
         let result = HookResult::from_report(hook, &report);
+        metrics()
+            .runs
+            .with_label_values(&[&hook.name, result.outcome.as_str()])
+            .inc();
+        metrics()
+            .run_duration
+            .with_label_values(&[&hook.name])
+            .observe(report.duration.as_secs_f64());
         tracing::info!(
             hook = %hook.name,
             msg_id = push.msg_id.as_deref().unwrap_or(""),
@@ -440,7 +456,7 @@ impl Dispatcher {
         match current {
             Some(current) => Arc::clone(current),
             None => {
-                let fresh = Arc::new(Slots::new(hook.concurrency, hook.queue));
+                let fresh = Arc::new(Slots::new(&hook.name, hook.concurrency, hook.queue));
                 slots.insert(hook.name.clone(), Arc::clone(&fresh));
                 fresh
             }
@@ -673,6 +689,7 @@ struct Slots {
     queue: usize,
     own: Option<Arc<Semaphore>>,
     waiting: Arc<AtomicUsize>,
+    depth: prometheus::IntGauge,
 }
 
 /// A reserved place: either slots held already, or a place in the hook's queue.
@@ -680,18 +697,19 @@ struct Slot {
     own: Option<Arc<Semaphore>>,
     global: Arc<Semaphore>,
     held: Option<Permits>,
-    waiting: Option<Arc<AtomicUsize>>,
+    waiting: Option<(Arc<AtomicUsize>, prometheus::IntGauge)>,
 }
 
 type Permits = (Option<OwnedSemaphorePermit>, OwnedSemaphorePermit);
 
 impl Slots {
-    fn new(concurrency: usize, queue: usize) -> Slots {
+    fn new(hook: &str, concurrency: usize, queue: usize) -> Slots {
         Slots {
             concurrency,
             queue,
             own: (concurrency > 0).then(|| Arc::new(Semaphore::new(concurrency))),
             waiting: Arc::new(AtomicUsize::new(0)),
+            depth: metrics().queued.with_label_values(&[hook]),
         }
     }
 
@@ -720,7 +738,8 @@ impl Slots {
                 (waiting < self.queue).then_some(waiting + 1)
             });
         queued.ok()?;
-        slot.waiting = Some(Arc::clone(&self.waiting));
+        self.depth.inc();
+        slot.waiting = Some((Arc::clone(&self.waiting), self.depth.clone()));
         Some(slot)
     }
 }
@@ -746,8 +765,9 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(waiting) = self.waiting.take() {
+        if let Some((waiting, depth)) = self.waiting.take() {
             waiting.fetch_sub(1, Ordering::AcqRel);
+            depth.dec();
         }
     }
 }

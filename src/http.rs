@@ -17,6 +17,7 @@ use crate::cmq::{PushHeaders, parse_push, parse_tags};
 use crate::config::Unmatched;
 use crate::dispatch::{Answer, Dispatcher, Verdict};
 use crate::journal::PushRecord;
+use crate::telemetry::metrics;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +56,9 @@ async fn route(
                 .content_type("text/plain; charset=utf-8")
                 .body("draining")
         }
+        (&Method::GET, "/metrics") => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(metrics().render()),
         (&Method::GET, "/healthz") => HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             .body("ok"),
@@ -83,6 +87,8 @@ async fn push(
     };
     let path = config.redact(req.path());
     let refuse = |status: StatusCode, reason: &str, error: String| {
+        metrics().rejected.with_label_values(&[reason]).inc();
+        metrics().pushes.with_label_values(&[status.as_str()]).inc();
         dispatcher.record_push(PushRecord {
             status: status.as_u16(),
             reason: reason.to_owned(),
@@ -140,6 +146,10 @@ async fn push(
     let request_id = push.request_id.clone().unwrap_or_default();
     let answer = dispatcher.dispatch(push).await;
     let status = status_of(&answer);
+    metrics().pushes.with_label_values(&[status.as_str()]).inc();
+    if answer.results.is_empty() {
+        metrics().rejected.with_label_values(&["unmatched"]).inc();
+    }
     let hooks: Vec<&str> = answer.results.iter().map(|r| r.hook.as_str()).collect();
     tracing::info!(
         msg_id = answer.msg_id.as_deref().unwrap_or(""),

@@ -760,3 +760,60 @@ fn send_to_the_example_config_is_answered_200() {
         server.log_text()
     );
 }
+
+#[test]
+fn metrics_expose_every_named_series_with_hook_labels() {
+    let dir = Dir::new();
+    let config = dir.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.deploy]\ncommand = '{}'\n",
+        dir.record(0)
+    ));
+    let server = Server::start(&dir, &config, &[]);
+    assert_eq!(server.post_seed("/", "met1").status, 200);
+    assert_eq!(server.post_seed("/", "met1").status, 200);
+    let response = get(server.addr, "/metrics");
+    assert_eq!(response.status, 200);
+    let text = response.text();
+    for series in [
+        "cmqhook_pushes_total{status=\"200\"} 2",
+        "cmqhook_runs_total{hook=\"deploy\",outcome=\"succeeded\"} 1",
+        "cmqhook_run_duration_seconds_count{hook=\"deploy\"} 1",
+        "cmqhook_running{hook=\"deploy\"} 0",
+        "cmqhook_dedup_hits_total{hook=\"deploy\"} 1",
+        "cmqhook_queue_depth",
+    ] {
+        assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_queued_run_is_withdrawn_when_draining_starts() {
+    let dir = Dir::new();
+    let mark = dir.path().join("first-started");
+    let config = dir.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.serial]\nconcurrency = 1\ncommand = 'if [ \"$CMQ_MSG_ID\" = A ]; then touch {}; sleep 1; fi; {}'\n",
+        mark.display(),
+        dir.record(0)
+    ));
+    let mut server = Server::start(&dir, &config, &[]);
+    let addr = server.addr;
+    let first = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "A")], b"a"));
+    assert!(wait_for(Duration::from_secs(10), || mark.exists()));
+    let second = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "B")], b"b"));
+    assert!(wait_for(Duration::from_secs(5), || {
+        get(addr, "/metrics")
+            .text()
+            .contains("cmqhook_queue_depth{hook=\"serial\"} 1")
+    }));
+    server.signal("TERM");
+    assert_eq!(first.join().expect("first").status, 200);
+    let second = second.join().expect("second");
+    assert_eq!(second.status, 503, "{}", second.text());
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    let ran: Vec<String> = dir
+        .recorded()
+        .iter()
+        .filter_map(|run| run.var("CMQ_MSG_ID").map(str::to_owned))
+        .collect();
+    assert_eq!(ran, ["A"]);
+}
