@@ -13,6 +13,7 @@ use actix_web::http::{Method, StatusCode, header};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::json;
 
+use crate::access::{allowed, client_address, presented_token, token_matches};
 use crate::cmq::{PushHeaders, parse_push, parse_tags};
 use crate::config::Unmatched;
 use crate::dispatch::{Answer, Dispatcher, Verdict};
@@ -115,6 +116,32 @@ async fn push(
         HttpResponse::build(status).json(json!({ "error": error }))
     };
 
+    let server = &config.server;
+    let peer = req.peer_addr().map(|addr| addr.ip());
+    if let Some(peer) = peer {
+        let client = client_address(peer, header("x-forwarded-for"), &server.trusted_proxies);
+        if !allowed(client, &server.allow) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("{client} is not allowed"),
+            );
+        }
+    }
+    if let Some(token) = &server.token {
+        let presented = presented_token(
+            req.query_string(),
+            header("x-cmqhook-token"),
+            header(header::AUTHORIZATION.as_str()),
+        );
+        if !token_matches(token, presented) {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong token".to_owned(),
+            );
+        }
+    }
     let max_body = config.server.max_body;
     let too_large = || {
         refuse(

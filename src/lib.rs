@@ -9,6 +9,7 @@
 //!
 //! [`cli`] is the command line; [`telemetry`] sets up logging.
 
+pub mod access;
 pub mod cli;
 pub mod cmq;
 pub mod config;

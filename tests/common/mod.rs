@@ -138,8 +138,20 @@ impl Server {
     /// As [`Server::start`]; with `keep_log = false` the log is read but not stored (for
     /// tests whose commands print hundreds of megabytes).
     pub fn start_logging(dir: &Dir, config: &Path, args: &[&str], keep_log: bool) -> Server {
+        Self::start_env(dir, config, args, keep_log, &[])
+    }
+
+    /// As [`Server::start_logging`], with extra environment variables.
+    pub fn start_env(
+        dir: &Dir,
+        config: &Path,
+        args: &[&str],
+        keep_log: bool,
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = dir.path().join("server.log");
         let mut child = Command::new(BIN)
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("-c")
             .arg(config)
