@@ -5,7 +5,6 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,26 +14,6 @@ fn config(dir: &Dir, server: &str, hooks: &str) -> std::path::PathBuf {
     dir.write_config(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n{hooks}\n"
     ))
-}
-
-fn history(config: &Path, args: &[&str]) -> Vec<serde_json::Value> {
-    let output = Command::new(BIN)
-        .arg("history")
-        .arg("-c")
-        .arg(config)
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("history");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
-        .collect()
 }
 
 fn attempts(dir: &Dir) -> Vec<String> {
@@ -117,7 +96,7 @@ fn a_failed_run_is_retried_with_the_next_attempt_number() {
     assert_eq!(server.post_seed("/", "flaky1").status, 200);
     assert_eq!(server.post_seed("/", "flaky1").status, 200);
     assert_eq!(attempts(&dir), ["1", "2"]);
-    let rows = history(&config, &["--msg-id", "flaky1"]);
+    let rows = history_json(&config, &["--msg-id", "flaky1"]);
     let rows: Vec<(i64, &str)> = rows
         .iter()
         .map(|row| {
@@ -208,11 +187,15 @@ fn a_client_that_hangs_up_does_not_cancel_the_run() {
     let mut stream = TcpStream::connect(server.addr).expect("connect");
     stream.write_all(request.as_bytes()).expect("send");
     // Hang up as soon as the request is out, without reading the answer.
-    assert!(wait_for(Duration::from_secs(5), || !history(&config, &[]).is_empty()));
+    assert!(wait_for(Duration::from_secs(5), || !history_json(
+        &config,
+        &[]
+    )
+    .is_empty()));
     drop(stream);
     assert!(wait_for(Duration::from_secs(10), || dir.recorded().len() == 1));
     assert!(wait_for(Duration::from_secs(5), || {
-        history(&config, &["--msg-id", "gone1"])
+        history_json(&config, &["--msg-id", "gone1"])
             .first()
             .is_some_and(|row| row["outcome"] == "succeeded")
     }));
@@ -251,7 +234,7 @@ fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
     let orphan = std::fs::read_to_string(&mark).expect("pid");
     // The journal has the run as running before the crash.
     assert!(wait_for(Duration::from_secs(5), || {
-        history(&config, &[])
+        history_json(&config, &[])
             .first()
             .is_some_and(|row| row["outcome"] == "running")
     }));
@@ -261,7 +244,7 @@ fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
     assert!(!String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 2"));
 
     let server = Server::start(&dir, &config, &[]);
-    let rows = history(&config, &["--msg-id", "crash1"]);
+    let rows = history_json(&config, &["--msg-id", "crash1"]);
     assert_eq!(rows[0]["outcome"], "interrupted");
     let retry = server.post_seed("/", "crash1");
     assert_eq!(retry.status, 200, "{}", retry.text());
@@ -297,11 +280,14 @@ fn history_lists_runs_and_refused_pushes_newest_first() {
             .status,
         413
     );
-    assert!(wait_for(Duration::from_secs(5), || history(&config, &[])
-        .len()
+    assert!(wait_for(Duration::from_secs(5), || history_json(
+        &config,
+        &[]
+    )
+    .len()
         == 4));
 
-    let rows = history(&config, &[]);
+    let rows = history_json(&config, &[]);
     let kinds: Vec<(&str, &str)> = rows
         .iter()
         .map(|row| {
@@ -316,14 +302,14 @@ fn history_lists_runs_and_refused_pushes_newest_first() {
     assert!(kinds[2..].contains(&("run", "succeeded")));
     assert!(kinds[2..].contains(&("run", "failed")));
 
-    let failed = history(&config, &["--failed", "--hook", "bad"]);
+    let failed = history_json(&config, &["--failed", "--hook", "bad"]);
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["hook"], "bad");
     assert_eq!(failed[0]["exit_code"], 7);
     assert_eq!(failed[0]["stderr_tail"], "oops\n");
     assert_eq!(failed[0]["msg_id"], "h1");
     assert_eq!(failed[0]["topic"], "MyTopic");
-    assert_eq!(history(&config, &["--limit", "1"]).len(), 1);
+    assert_eq!(history_json(&config, &["--limit", "1"]).len(), 1);
 
     let text = Command::new(BIN)
         .args(["history", "-c"])
@@ -375,8 +361,11 @@ fn the_journal_is_a_sqlite_file_with_a_versioned_schema() {
     );
     let server = Server::start(&dir, &config, &[]);
     assert_eq!(server.post_seed("/", "sq1").status, 200);
-    assert!(wait_for(Duration::from_secs(5), || history(&config, &[])
-        .len()
+    assert!(wait_for(Duration::from_secs(5), || history_json(
+        &config,
+        &[]
+    )
+    .len()
         == 1));
     let db = dir.path().join("cmqhook.db");
     assert!(db.exists());
