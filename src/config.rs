@@ -224,6 +224,25 @@ impl Config {
         if self.hooks.is_empty() {
             warnings.push("no hooks are configured: every push is unmatched".to_owned());
         }
+        if !self.server.listen.ip().is_loopback() {
+            let secret_path = self.hooks.iter().any(|hook| {
+                hook.path_shown
+                    .as_deref()
+                    .is_some_and(|path| path.contains("${"))
+            });
+            if self.server.token.is_none() && !secret_path {
+                warnings.push(format!(
+                    "`listen = \"{}\"` is not loopback, and there is neither a `token` nor a hook `path` with a `${{...}}` secret: anyone who finds the URL can run your hooks",
+                    self.server.listen
+                ));
+            }
+            if self.server.allow.is_empty() {
+                warnings.push(format!(
+                    "`allow` is open to every address while listening on `{}`",
+                    self.server.listen
+                ));
+            }
+        }
         for hook in &self.hooks {
             if hook.selector.is_empty() {
                 warnings.push(format!(

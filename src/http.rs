@@ -22,6 +22,10 @@ use crate::telemetry::metrics;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections open at once, per HTTP worker.
+const MAX_CONNECTIONS: usize = 4096;
 /// How long, once runs are over, in-flight requests have to be answered at shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -35,6 +39,8 @@ pub fn server(listener: TcpListener, dispatcher: Arc<Dispatcher>) -> std::io::Re
             .default_service(web::to(route))
     })
     .client_request_timeout(HEADER_READ_TIMEOUT)
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .max_connections(MAX_CONNECTIONS)
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
     .listen(listener)?
@@ -155,7 +161,18 @@ async fn push(
         return too_large();
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body = match payload.to_bytes_limited(limit).await {
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, payload.to_bytes_limited(limit)).await
+    {
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "slow_body",
+                "body not received in time".to_owned(),
+            );
+        }
+        Ok(body) => body,
+    };
+    let body = match body {
         Ok(Ok(body)) => body,
         Ok(Err(err)) => {
             return refuse(

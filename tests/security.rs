@@ -138,3 +138,96 @@ fn shell_syntax_in_topic_and_tags_never_executes() {
     assert_eq!(run.var("CMQ_TOPIC"), Some(evil.as_str()));
     assert!(!pwned.exists());
 }
+
+#[test]
+fn stalled_and_malformed_requests_do_not_stop_normal_pushes() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    let dir = Dir::new();
+    let server = server(
+        &dir,
+        "",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    // 100 clients that send half a request and then stall.
+    let stalled: Vec<TcpStream> = (0..100)
+        .map(|i| {
+            let mut stream = TcpStream::connect(server.addr).expect("connect");
+            let half = if i % 2 == 0 {
+                "POST / HTTP/1.1\r\nHost: x\r\nx-cmq-mess".to_owned()
+            } else {
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial".to_owned()
+            };
+            stream.write_all(half.as_bytes()).expect("send half");
+            stream
+        })
+        .collect();
+    let started = Instant::now();
+    let normal = server.post_seed("/", "normal1");
+    assert_eq!(normal.status, 200, "{}", normal.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    for garbage in [
+        b"\x00\xff\xfe garbage \r\n\r\n".to_vec(),
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\nx".to_vec(),
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbroken\r\n"
+            .to_vec(),
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+            "a".repeat(200_000)
+        )
+        .into_bytes(),
+    ] {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = stream.write_all(&garbage);
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+        assert!(!String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 2"));
+    }
+    // A huge tag list is a legitimate (if odd) push: it runs, or is refused as too large.
+    let tags = "t,".repeat(5_000);
+    let tagged = server.post(
+        "/",
+        &[("x-cmq-message-id", "tags1"), ("x-cmq-message-tag", &tags)],
+        b"",
+    );
+    assert!(matches!(tagged.status, 200 | 431), "{}", tagged.status);
+    let after = server.post_seed("/", "normal2");
+    assert_eq!(after.status, 200, "the server still answers");
+    drop(stalled);
+    let normal_runs = dir
+        .recorded()
+        .iter()
+        .filter(|run| {
+            run.var("CMQ_MSG_ID")
+                .is_some_and(|id| id.starts_with("normal"))
+        })
+        .count();
+    assert_eq!(normal_runs, 2);
+}
+
+#[test]
+fn check_warns_about_an_exposed_unprotected_listener() {
+    let dir = Dir::new();
+    let config = dir.write_config(
+        "[server]\nlisten = \"0.0.0.0:9000\"\n\n[hooks.x]\npath = \"/x\"\nargv = [\"true\"]\n",
+    );
+    let output = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("check");
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("neither a `token`"), "{stderr}");
+    assert!(stderr.contains("`allow` is open"), "{stderr}");
+}
