@@ -1,0 +1,80 @@
+//! Property tests: arbitrary bytes and headers to the push parser, arbitrary text to the
+//! config loader. Whatever comes in, nothing panics.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use cmqhook::cmq::{FormatSetting, PushHeaders, parse_push, parse_tags};
+use cmqhook::config::Config;
+use proptest::prelude::*;
+
+fn setting() -> impl Strategy<Value = FormatSetting> {
+    prop_oneof![
+        Just(FormatSetting::Auto),
+        Just(FormatSetting::Json),
+        Just(FormatSetting::Simplified)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn push_parsing_never_panics(
+        setting in setting(),
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+        id in proptest::option::of(".{0,40}"),
+        request in proptest::option::of(".{0,40}"),
+        tags in proptest::option::of(".{0,80}"),
+    ) {
+        let headers = PushHeaders {
+            message_id: id.as_deref(),
+            request_id: request.as_deref(),
+            message_tag: tags.as_deref(),
+        };
+        if let Ok(push) = parse_push(setting, "/p", headers, Bytes::from(body.clone())) {
+            prop_assert!(push.tags.iter().all(|tag| !tag.is_empty() && !tag.contains(',')));
+            if setting == FormatSetting::Simplified {
+                prop_assert_eq!(&push.body[..], &body[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn json_shaped_bodies_never_panic(
+        setting in setting(),
+        msg_id in prop_oneof![Just("\"1\"".to_owned()), Just("1".to_owned()), Just("null".to_owned()), "[-0-9.e]{1,12}"],
+        msg_body in prop_oneof![".{0,30}".prop_map(|s| serde_json::to_string(&s).unwrap_or_default()), Just("{}".to_owned()), Just("5".to_owned())],
+        owner in prop_oneof![Just("1e400".to_owned()), Just("-1".to_owned()), Just("\"x\"".to_owned()), Just("true".to_owned())],
+    ) {
+        let body = format!(
+            r#"{{"TopicOwner":{owner},"topicName":"t","subscriptionName":"s","msgId":{msg_id},"msgBody":{msg_body},"publishTime":{owner}}}"#
+        );
+        let headers = PushHeaders { message_id: Some("1"), ..PushHeaders::default() };
+        let _ = parse_push(setting, "/", headers, Bytes::from(body));
+    }
+
+    #[test]
+    fn tag_parsing_is_normalised(header in ".{0,100}") {
+        for tag in parse_tags(&header) {
+            prop_assert!(!tag.is_empty());
+            prop_assert_eq!(tag.trim_matches([' ', '\t']), tag.as_str());
+        }
+    }
+
+    #[test]
+    fn config_loading_never_panics(text in "(\\PC|\n){0,300}") {
+        let _ = Config::parse(Path::new("/nonexistent/hooks.toml"), &text, |_| None);
+    }
+
+    #[test]
+    fn toml_shaped_configs_never_panic(
+        key in "(listen|format|max_body|timeout|path|topic|tags|argv|command|token|allow|journal)",
+        value in "(\"[^\"\n]{0,20}\"|[0-9]{1,20}|\\[\\]|\\[\"[a-z$*{}]{0,8}\"\\]|true|\\{\\})",
+    ) {
+        for section in ["[server]", "[defaults]", "[hooks.h]"] {
+            let text = format!("{section}\n{key} = {value}\n");
+            let _ = Config::parse(Path::new("/nonexistent/hooks.toml"), &text, |_| Some("$".to_owned()));
+        }
+    }
+}
