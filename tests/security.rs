@@ -231,3 +231,44 @@ fn check_warns_about_an_exposed_unprotected_listener() {
     assert!(stderr.contains("neither a `token`"), "{stderr}");
     assert!(stderr.contains("`allow` is open"), "{stderr}");
 }
+
+#[test]
+fn check_names_an_unset_variable_and_never_prints_a_set_one() {
+    let dir = Dir::new();
+    let config = dir.write_config(
+        "[server]\ntoken = \"${CMQHOOK_TOKEN}\"\n\n[hooks.x]\npath = \"/cmq/${DEPLOY_SECRET}/${NOT_SET_ANYWHERE}\"\nargv = [\"true\"]\n",
+    );
+    let output = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .env("CMQHOOK_TOKEN", TOKEN)
+        .env("DEPLOY_SECRET", SECRET)
+        .env_remove("NOT_SET_ANYWHERE")
+        .output()
+        .expect("check");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("hooks.toml:5:8: hooks.x.path"), "{stderr}");
+    assert!(stderr.contains("`NOT_SET_ANYWHERE` is not set"), "{stderr}");
+
+    std::fs::write(
+        &config,
+        "[server]\ntoken = \"${CMQHOOK_TOKEN}\"\n\n[hooks.x]\npath = \"/cmq/${DEPLOY_SECRET}\"\nargv = [\"true\"]\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .env("CMQHOOK_TOKEN", TOKEN)
+        .env("DEPLOY_SECRET", SECRET)
+        .output()
+        .expect("check");
+    assert!(output.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(all.contains("path=/cmq/${DEPLOY_SECRET}"), "{all}");
+    assert!(!all.contains(TOKEN) && !all.contains(SECRET), "{all}");
+}
