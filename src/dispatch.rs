@@ -262,7 +262,12 @@ impl Dispatcher {
                 Unmatched::Reject => 404,
                 Unmatched::Ack => 200,
             };
-            self.record_push(push_record(&config, &push, status, "unmatched"));
+            self.record_push(push_record(
+                &config.redact(&push.path),
+                &push,
+                status,
+                "unmatched",
+            ));
             return Answer {
                 verdict: Verdict::Unmatched(config.server.unmatched),
                 msg_id: push.msg_id,
@@ -272,9 +277,11 @@ impl Dispatcher {
         let started = tokio::time::Instant::now();
         let deadline = started + config.server.respond_within;
         let push = Arc::new(push);
+        // Redacted once per push, for the journal rows of all its runs.
+        let path: Arc<str> = config.redact(&push.path).into();
         let pending: Vec<Pending> = hooks
             .iter()
-            .map(|hook| self.start(&config, hook, &push))
+            .map(|hook| self.start(&config, hook, &push, &path))
             .collect();
         let mut results = Vec::with_capacity(pending.len());
         for (hook, pending) in hooks.iter().zip(pending) {
@@ -320,7 +327,13 @@ impl Dispatcher {
 
     /// Claims (hook, message id) and, if this push is the one to run it, reserves a slot and
     /// spawns the run.
-    fn start(self: &Arc<Self>, config: &Config, hook: &Arc<Hook>, push: &Arc<Push>) -> Pending {
+    fn start(
+        self: &Arc<Self>,
+        config: &Config,
+        hook: &Arc<Hook>,
+        push: &Arc<Push>,
+        path: &Arc<str>,
+    ) -> Pending {
         let key = push
             .msg_id
             .clone()
@@ -363,7 +376,7 @@ impl Dispatcher {
         let job = Job {
             hook: Arc::clone(hook),
             push: Arc::clone(push),
-            path: config.redact(&push.path),
+            path: Arc::clone(path),
             key,
             attempt,
             ticket: Arc::clone(&ticket),
@@ -403,7 +416,7 @@ impl Dispatcher {
                 hook: hook.name.clone(),
                 msg_id: push.msg_id.clone(),
                 request_id: push.request_id.clone(),
-                path: job.path.clone(),
+                path: job.path.to_string(),
                 topic: push.topic.clone(),
                 subscription: push.subscription.clone(),
                 tags: push.tags.join(","),
@@ -491,7 +504,7 @@ struct Job {
     hook: Arc<Hook>,
     push: Arc<Push>,
     /// The request path, redacted.
-    path: String,
+    path: Arc<str>,
     key: Option<Key>,
     attempt: u32,
     ticket: Arc<Ticket>,
@@ -772,13 +785,13 @@ impl Drop for Slot {
     }
 }
 
-fn push_record(config: &Config, push: &Push, status: u16, reason: &str) -> PushRecord {
+fn push_record(path: &str, push: &Push, status: u16, reason: &str) -> PushRecord {
     PushRecord {
         status,
         reason: reason.to_owned(),
         msg_id: push.msg_id.clone(),
         request_id: push.request_id.clone(),
-        path: config.redact(&push.path),
+        path: path.to_owned(),
         topic: push.topic.clone(),
         subscription: push.subscription.clone(),
         tags: push.tags.join(","),

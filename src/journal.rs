@@ -144,13 +144,11 @@ enum Record {
 pub struct LastRun {
     pub attempt: u32,
     pub outcome: String,
-    pub exit_code: Option<i32>,
     pub duration_ms: u64,
 }
 
 /// An open journal with its writer thread.
 pub struct Journal {
-    path: PathBuf,
     sender: Mutex<Sender<(u64, Record)>>,
     reader: Mutex<Connection>,
     next_id: AtomicU64,
@@ -201,7 +199,6 @@ impl Journal {
             .spawn(move || write_loop(writer, receiver, &thread_committed, keep))
             .map_err(|err| sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(err))))?;
         Ok(Journal {
-            path: path.to_owned(),
             sender: Mutex::new(sender),
             reader: Mutex::new(reader),
             next_id: AtomicU64::new(u64::try_from(max_id).unwrap_or(0) + 1),
@@ -209,10 +206,6 @@ impl Journal {
             committed,
             writer: Mutex::new(Some(writer)),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn send(&self, record: Record) -> u64 {
@@ -265,7 +258,7 @@ impl Journal {
         let reader = self.reader.lock().ok()?;
         let found = reader
             .prepare_cached(
-                "SELECT attempt, outcome, exit_code, duration_ms FROM runs
+                "SELECT attempt, outcome, duration_ms FROM runs
                  WHERE hook = ?1 AND msg_id = ?2 AND started_at >= ?3
                  ORDER BY id DESC LIMIT 1",
             )
@@ -275,8 +268,7 @@ impl Journal {
                         Ok(LastRun {
                             attempt: row.get(0)?,
                             outcome: row.get(1)?,
-                            exit_code: row.get(2)?,
-                            duration_ms: row.get::<_, Option<u64>>(3)?.unwrap_or(0),
+                            duration_ms: row.get::<_, Option<u64>>(2)?.unwrap_or(0),
                         })
                     })
                     .optional()
