@@ -391,3 +391,31 @@ fn the_journal_is_a_sqlite_file_with_a_versioned_schema() {
         .expect("runs");
     assert_eq!(runs, 1);
 }
+
+#[test]
+fn rows_older_than_dedup_for_are_pruned_and_the_message_may_run_again() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "dedup_for = \"1s\"",
+        &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+    );
+    let mut server = Server::start(&dir, &config, &[]);
+    let pushed = Instant::now();
+    assert_eq!(server.post_seed("/", "old1").status, 200);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(history_json(&config, &[]).len(), 1);
+    // Outlive dedup_for; the journal prunes when it opens, then every minute.
+    std::thread::sleep(Duration::from_millis(1200).saturating_sub(pushed.elapsed()));
+    let server = Server::start(&dir, &config, &[]);
+    assert!(wait_for(Duration::from_secs(5), || history_json(
+        &config,
+        &[]
+    )
+    .is_empty()));
+    let again = server.post_seed("/", "old1");
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["results"][0]["deduplicated"], false);
+    assert_eq!(dir.recorded().len(), 2);
+}

@@ -817,3 +817,31 @@ fn a_queued_run_is_withdrawn_when_draining_starts() {
         .collect();
     assert_eq!(ran, ["A"]);
 }
+
+#[test]
+fn a_hook_removed_by_reload_finishes_its_running_run() {
+    let dir = Dir::new();
+    let mark = dir.path().join("started");
+    let config = dir.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.old]\npath = \"/old\"\ncommand = 'touch {}; sleep 1; {}'\n",
+        mark.display(),
+        dir.record(0)
+    ));
+    let server = Server::start(&dir, &config, &[]);
+    let addr = server.addr;
+    let push = std::thread::spawn(move || post(addr, "/old", &[("x-cmq-message-id", "r1")], b"x"));
+    assert!(wait_for(Duration::from_secs(10), || mark.exists()));
+    dir.write_config(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.new]\npath = \"/new\"\nargv = [\"true\"]\n",
+    );
+    server.signal("HUP");
+    assert!(wait_for(Duration::from_secs(10), || {
+        post(addr, "/new", &[], b"").status == 200
+    }));
+    assert_eq!(push.join().expect("push").status, 200);
+    assert_eq!(dir.recorded().len(), 1);
+    assert_eq!(
+        post(addr, "/old", &[("x-cmq-message-id", "r2")], b"x").status,
+        404
+    );
+}
