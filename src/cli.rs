@@ -15,7 +15,6 @@ use crate::cmq::{Format, OutgoingPush};
 use crate::config::{Config, Hook};
 use crate::dispatch::{Dispatcher, Verdict};
 use crate::journal::{self, Delivery, HistoryFilter};
-use crate::routing::match_hooks;
 use crate::send::send_push;
 use crate::service;
 use crate::telemetry::{self, LogFormat};
@@ -264,7 +263,7 @@ fn route(args: &RouteArgs) -> Result<ExitCode, String> {
     let push = local_push(&args.push, new_id(), Bytes::new())
         .parse(config.server.format, &args.push.path)
         .map_err(|err| format!("error: {err}"))?;
-    let matched = match_hooks(&config.hooks, &push);
+    let matched = config.route(&push);
     for hook in &matched {
         println!("{}", hook.name);
     }

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use crate::cmq::FormatSetting;
-use crate::routing::{Pattern, Selector};
+use crate::cmq::{FormatSetting, Push};
+use crate::routing::{Pattern, Router, Selector};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
@@ -32,6 +32,8 @@ pub struct Config {
     pub server: Server,
     /// In file order.
     pub hooks: Vec<std::sync::Arc<Hook>>,
+    /// `hooks`, indexed by selector.
+    router: Router,
     /// Values that must never be shown, with what to show instead.
     secrets: Vec<Secret>,
 }
@@ -211,6 +213,11 @@ impl Config {
                 Err(ConfigError::Invalid(loader.diagnostics))
             }
         }
+    }
+
+    /// The hooks whose selectors all match `push`, in config order.
+    pub fn route(&self, push: &Push) -> Vec<&std::sync::Arc<Hook>> {
+        self.router.route(&self.hooks, push)
     }
 
     /// `text` with every secret value replaced by `${NAME}` or `<token>`.
@@ -407,7 +414,7 @@ impl Loader<'_> {
                 );
             }
         }
-        let hooks = raw_hooks
+        let hooks: Vec<_> = raw_hooks
             .into_iter()
             .filter_map(|(name, span, raw)| self.hook(name, span, raw, &defaults))
             .map(std::sync::Arc::new)
@@ -415,6 +422,7 @@ impl Loader<'_> {
         Some(Config {
             file: PathBuf::new(),
             server: server?,
+            router: Router::new(&hooks),
             hooks,
             secrets: Vec::new(),
         })

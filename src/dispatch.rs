@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use crate::cmq::Push;
 use crate::config::{Config, Hook, StdinMode, Unmatched};
 use crate::journal::{Journal, PushRecord, RunEnd, RunStart};
-use crate::routing::match_hooks;
 use crate::runner::{RunOutcome, RunReport, RunSpec, run_hook};
 use crate::telemetry::metrics;
 
@@ -253,10 +252,7 @@ impl Dispatcher {
     /// dropped; a run still waiting for a slot when the answer goes out is withdrawn.
     pub async fn dispatch(self: &Arc<Self>, push: Push) -> Answer {
         let config = self.config();
-        let hooks: Vec<Arc<Hook>> = match_hooks(&config.hooks, &push)
-            .into_iter()
-            .cloned()
-            .collect();
+        let hooks: Vec<Arc<Hook>> = config.route(&push).into_iter().cloned().collect();
         if hooks.is_empty() {
             let status = match config.server.unmatched {
                 Unmatched::Reject => 404,

@@ -4,9 +4,11 @@
 //! the push carries any of them (CMQ FilterTag semantics). `topic` and `subscription` are exact
 //! or globs, and never match a SIMPLIFIED push, whose topic and subscription are unknown.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 
 use crate::cmq::Push;
 use crate::config::Hook;
@@ -86,7 +88,8 @@ fn matches_known(pattern: Option<&Pattern>, value: Option<&str>) -> bool {
     }
 }
 
-/// The hooks whose selectors all match `push`, in config order.
+/// The hooks whose selectors all match `push`, in config order, testing every hook. The
+/// reference [`Router`] is checked against.
 pub fn match_hooks<'a, H>(hooks: &'a [H], push: &Push) -> Vec<&'a H>
 where
     H: AsRef<Hook>,
@@ -95,6 +98,133 @@ where
         .iter()
         .filter(|hook| hook.as_ref().selector.matches(push))
         .collect()
+}
+
+/// Hooks indexed by their most selective selector, so that routing a push tests only the hooks
+/// that can match it: a hash look-up for exact topics, subscriptions, tags and paths, one
+/// [`GlobSet`] search for glob topics and subscriptions, and a scan of only the hooks with none
+/// of these. Candidates are then checked with [`Selector::matches`], so the result is exactly
+/// [`match_hooks`]'s.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    by_topic: HashMap<String, Vec<usize>>,
+    by_subscription: HashMap<String, Vec<usize>>,
+    by_tag: HashMap<String, Vec<usize>>,
+    by_path: HashMap<String, Vec<usize>>,
+    topic_globs: GlobIndex,
+    subscription_globs: GlobIndex,
+    /// Hooks with no indexable selector: tested for every push.
+    rest: Vec<usize>,
+}
+
+/// Glob patterns searched at once, and the hook each belongs to.
+#[derive(Debug, Clone, Default)]
+struct GlobIndex {
+    set: GlobSet,
+    hooks: Vec<usize>,
+}
+
+impl GlobIndex {
+    fn build(globs: Vec<(usize, Glob)>, rest: &mut Vec<usize>) -> GlobIndex {
+        let mut builder = GlobSetBuilder::new();
+        for (_, glob) in &globs {
+            builder.add(glob.clone());
+        }
+        let hooks: Vec<usize> = globs.into_iter().map(|(index, _)| index).collect();
+        match builder.build() {
+            Ok(set) => GlobIndex { set, hooks },
+            Err(_) => {
+                // Too big to search at once: test these hooks one by one instead.
+                rest.extend(hooks);
+                GlobIndex::default()
+            }
+        }
+    }
+
+    fn candidates(&self, value: &str, into: &mut Vec<usize>, scratch: &mut Vec<usize>) {
+        if self.hooks.is_empty() {
+            return;
+        }
+        self.set.matches_into(value, scratch);
+        into.extend(scratch.iter().map(|&glob| self.hooks[glob]));
+    }
+}
+
+impl Router {
+    /// The index of `hooks`; [`Router::route`] must be given the same slice.
+    pub fn new(hooks: &[Arc<Hook>]) -> Router {
+        let mut router = Router::default();
+        let mut topic_globs = Vec::new();
+        let mut subscription_globs = Vec::new();
+        for (index, hook) in hooks.iter().enumerate() {
+            let selector = &hook.selector;
+            let entry = |map: &mut HashMap<String, Vec<usize>>, key: &str| {
+                map.entry(key.to_owned()).or_default().push(index);
+            };
+            // The most selective selector the hook gives decides where it is filed.
+            match (
+                &selector.topic,
+                &selector.subscription,
+                &selector.tags,
+                &selector.path,
+            ) {
+                (Some(Pattern::Exact(topic)), ..) => entry(&mut router.by_topic, topic),
+                (_, Some(Pattern::Exact(sub)), ..) => entry(&mut router.by_subscription, sub),
+                (_, _, Some(tags), _) => {
+                    for tag in tags {
+                        entry(&mut router.by_tag, tag);
+                    }
+                }
+                (_, _, None, Some(path)) => entry(&mut router.by_path, path),
+                (Some(Pattern::Glob(glob)), _, None, None) => {
+                    topic_globs.push((index, glob.glob().clone()));
+                }
+                (None, Some(Pattern::Glob(glob)), None, None) => {
+                    subscription_globs.push((index, glob.glob().clone()));
+                }
+                (None, None, None, None) => router.rest.push(index),
+            }
+        }
+        router.topic_globs = GlobIndex::build(topic_globs, &mut router.rest);
+        router.subscription_globs = GlobIndex::build(subscription_globs, &mut router.rest);
+        router.rest.sort_unstable();
+        router
+    }
+
+    /// The hooks whose selectors all match `push`, in config order; `hooks` are the ones the
+    /// router was built from.
+    pub fn route<'a>(&self, hooks: &'a [Arc<Hook>], push: &Push) -> Vec<&'a Arc<Hook>> {
+        let mut candidates = Vec::new();
+        let mut scratch = Vec::new();
+        let lookup = |map: &HashMap<String, Vec<usize>>, key: &str, into: &mut Vec<usize>| {
+            if let Some(hooks) = map.get(key) {
+                into.extend_from_slice(hooks);
+            }
+        };
+        if let Some(topic) = &push.topic {
+            lookup(&self.by_topic, topic, &mut candidates);
+            self.topic_globs
+                .candidates(topic, &mut candidates, &mut scratch);
+        }
+        if let Some(subscription) = &push.subscription {
+            lookup(&self.by_subscription, subscription, &mut candidates);
+            self.subscription_globs
+                .candidates(subscription, &mut candidates, &mut scratch);
+        }
+        for tag in &push.tags {
+            lookup(&self.by_tag, tag, &mut candidates);
+        }
+        lookup(&self.by_path, &push.path, &mut candidates);
+        candidates.extend_from_slice(&self.rest);
+        // Config order; a hook found under two of a push's tags counts once.
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates
+            .into_iter()
+            .filter_map(|index| hooks.get(index))
+            .filter(|hook| hook.selector.matches(push))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,75 @@
 //! Property tests: arbitrary bytes and headers to the push parser, arbitrary text to the
-//! config loader. Whatever comes in, nothing panics.
+//! config loader. Whatever comes in, nothing panics. And the routing index finds exactly the
+//! hooks a test of every hook finds.
 
 use std::path::Path;
 
 use bytes::Bytes;
-use cmqhook::cmq::{FormatSetting, PushHeaders, parse_push, parse_tags};
+use cmqhook::cmq::{Format, FormatSetting, Push, PushHeaders, parse_push, parse_tags};
 use cmqhook::config::Config;
+use cmqhook::routing::match_hooks;
 use proptest::prelude::*;
+
+/// One hook's selectors, as TOML lines: any mix of exact and glob names, tags and paths.
+fn selector_lines() -> impl Strategy<Value = String> {
+    let name = || {
+        prop_oneof![
+            Just("t1"),
+            Just("t2"),
+            Just("t*"),
+            Just("?2"),
+            Just("[tu]1")
+        ]
+    };
+    (
+        proptest::option::of(prop_oneof![Just("/a"), Just("/b")]),
+        proptest::option::of(name()),
+        proptest::option::of(name()),
+        proptest::option::of(proptest::sample::subsequence(vec!["x", "y", "z"], 1..=2)),
+    )
+        .prop_map(|(path, topic, subscription, tags)| {
+            let mut lines = String::new();
+            if let Some(path) = path {
+                lines += &format!("path = \"{path}\"\n");
+            }
+            if let Some(topic) = topic {
+                lines += &format!("topic = \"{topic}\"\n");
+            }
+            if let Some(subscription) = subscription {
+                lines += &format!("subscription = \"{subscription}\"\n");
+            }
+            if let Some(tags) = tags {
+                lines += &format!("tags = {tags:?}\n");
+            }
+            lines
+        })
+}
+
+fn routed_push() -> impl Strategy<Value = Push> {
+    let name = || prop_oneof![Just("t1"), Just("t2"), Just("u1"), Just("zz")];
+    (
+        prop_oneof![Just("/a"), Just("/b"), Just("/c")],
+        proptest::option::of((name(), name())),
+        proptest::sample::subsequence(vec!["x", "y", "z", "w"], 0..=3),
+    )
+        .prop_map(|(path, names, tags)| Push {
+            path: path.to_owned(),
+            format: if names.is_some() {
+                Format::Json
+            } else {
+                Format::Simplified
+            },
+            msg_id: Some("1".to_owned()),
+            request_id: None,
+            tags: tags.into_iter().map(str::to_owned).collect(),
+            topic: names.map(|(topic, _)| topic.to_owned()),
+            subscription: names.map(|(_, subscription)| subscription.to_owned()),
+            topic_owner: None,
+            publish_time: None,
+            body: Bytes::new(),
+            envelope: Bytes::new(),
+        })
+}
 
 fn setting() -> impl Strategy<Value = FormatSetting> {
     prop_oneof![
@@ -75,6 +138,25 @@ proptest! {
         for section in ["[server]", "[defaults]", "[hooks.h]"] {
             let text = format!("{section}\n{key} = {value}\n");
             let _ = Config::parse(Path::new("/nonexistent/hooks.toml"), &text, |_| Some("$".to_owned()));
+        }
+    }
+
+    #[test]
+    fn the_routing_index_finds_what_testing_every_hook_finds(
+        selectors in proptest::collection::vec(selector_lines(), 0..12),
+        pushes in proptest::collection::vec(routed_push(), 1..8),
+    ) {
+        let mut text = String::new();
+        for (index, lines) in selectors.iter().enumerate() {
+            text += &format!("[hooks.h{index}]\nargv = [\"/bin/true\"]\n{lines}");
+        }
+        let config = Config::parse(Path::new("/nonexistent/hooks.toml"), &text, |_| None)
+            .map_err(|err| TestCaseError::fail(err.to_string()))?;
+        for push in &pushes {
+            let names = |hooks: Vec<&std::sync::Arc<cmqhook::config::Hook>>| -> Vec<String> {
+                hooks.iter().map(|hook| hook.name.clone()).collect()
+            };
+            prop_assert_eq!(names(config.route(push)), names(match_hooks(&config.hooks, push)));
         }
     }
 }
