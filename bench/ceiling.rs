@@ -4,7 +4,8 @@
 //!
 //! `parallelism` threads each spawn the command, feed it the body on stdin, and wait for it,
 //! again and again until `seconds` have passed. Prints one line of `key=value` figures:
-//! runs/s, p50 and p99 of one spawn-to-exit in ms, and this program's peak RSS in KiB.
+//! runs/s, p50 and p99 of one spawn-to-exit in ms, this program's peak RSS in KiB, and the CPU
+//! time this program (not its children) spent per run, in µs.
 //!
 //! Usage: ceiling PARALLELISM SECONDS BODY_FILE COMMAND [ARG...]
 
@@ -64,12 +65,13 @@ fn main() -> ExitCode {
         latencies[rank.saturating_sub(1).min(last)].as_secs_f64() * 1000.0
     };
     println!(
-        "runs={} rps={:.1} p50_ms={:.3} p99_ms={:.3} peak_rss_kib={}",
+        "runs={} rps={:.1} p50_ms={:.3} p99_ms={:.3} peak_rss_kib={} own_cpu_us_per_run={:.0}",
         latencies.len(),
         latencies.len() as f64 / elapsed.as_secs_f64(),
         percentile(50.0),
         percentile(99.0),
         peak_rss_kib().unwrap_or(0),
+        own_cpu_seconds().unwrap_or(f64::NAN) * 1e6 / latencies.len().max(1) as f64,
     );
     ExitCode::SUCCESS
 }
@@ -102,6 +104,16 @@ fn spawn_until(
         latencies.push(start.elapsed());
     }
     Ok(latencies)
+}
+
+/// The CPU time this process spent, user and system, its children not counted.
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks as f64 / 100.0)
 }
 
 /// This process's peak resident set (VmHWM), in KiB.

@@ -288,12 +288,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|err| format!("error: cannot start the runtime: {err}"))?;
     let interrupt = CancellationToken::new();
-    let dispatcher = Arc::new(Dispatcher::new(
-        config,
-        None,
-        runtime.handle().clone(),
-        interrupt.clone(),
-    ));
+    let dispatcher = Arc::new(Dispatcher::new(config, None, interrupt.clone()));
     let answer = runtime.block_on(async {
         let answer = dispatcher.dispatch(push);
         tokio::pin!(answer);

@@ -1,8 +1,9 @@
 //! From a [`Push`] to an [`Answer`]: fan-out to every matching hook, concurrently, and the
 //! verdict the answer carries.
 //!
-//! Runs are spawned on the dispatcher's own runtime, so a run's life does not depend on the
-//! HTTP request that started it. Knows nothing of HTTP: the status code is `http`'s choice,
+//! Runs are spawned as tasks of their own on the runtime of the caller (an HTTP worker), so a
+//! run's life does not depend on the HTTP request that started it, and a push is served from
+//! request to exit status on one thread, with no hand-over between threads. Knows nothing of HTTP: the status code is `http`'s choice,
 //! made from [`Verdict`].
 
 use std::collections::HashMap;
@@ -11,7 +12,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,6 @@ pub struct Dispatcher {
     slots: Mutex<HashMap<String, Arc<Slots>>>,
     /// `max_running`; replaced when a reload changes it.
     global: RwLock<Arc<Semaphore>>,
-    runs: Handle,
     interrupt: CancellationToken,
     /// Runs spawned and not yet over (waiting for a slot or running).
     active: AtomicUsize,
@@ -153,12 +152,11 @@ pub fn verdict(results: &[HookResult]) -> Verdict {
 }
 
 impl Dispatcher {
-    /// A dispatcher that starts runs on `runs`; `interrupt` stops them all (shutdown).
-    /// `journal` remembers runs across restarts; without it dedup lasts for the process's life.
+    /// A dispatcher; `interrupt` stops every run (shutdown). `journal` remembers runs across
+    /// restarts; without it dedup lasts for the process's life.
     pub fn new(
         config: Config,
         journal: Option<Journal>,
-        runs: Handle,
         interrupt: CancellationToken,
     ) -> Dispatcher {
         let global = Arc::new(Semaphore::new(config.server.max_running));
@@ -168,7 +166,6 @@ impl Dispatcher {
             ledger: Ledger::default(),
             slots: Mutex::new(HashMap::new()),
             global: RwLock::new(global),
-            runs,
             interrupt,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -378,7 +375,8 @@ impl Dispatcher {
             ticket: Arc::clone(&ticket),
         };
         self.active.fetch_add(1, Ordering::SeqCst);
-        self.runs.spawn(Arc::clone(self).execute(job, slot));
+        // A task of its own: it lives on when the request is dropped.
+        tokio::spawn(Arc::clone(self).execute(job, slot));
         Pending::Waiting {
             ticket,
             done,

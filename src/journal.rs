@@ -1,12 +1,15 @@
 //! The SQLite delivery journal: one row per run and one per unmatched or rejected push.
 //!
 //! Writes go through one writer thread that commits them in batches (group commit), never on
-//! the HTTP workers. Reads (dedup look-ups, `cmqhook history`) use their own connection; WAL
+//! the HTTP workers: it takes a record, lingers [`LINGER`] for more, and commits them all in
+//! one transaction; a run that started and ended within one batch is written as one row. Reads (dedup look-ups, `cmqhook history`) use their own connection; WAL
 //! lets them run beside the writer. The schema carries a version (`PRAGMA user_version`) and is
 //! migrated on open. This module stores and finds rows; what they mean is `dispatch`'s call.
 
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -56,6 +59,10 @@ CREATE INDEX pushes_by_time ON pushes (at);
 
 /// At most this many records go into one transaction.
 const BATCH: usize = 1024;
+/// How long the writer waits for more records after the first of a batch. Under load this
+/// turns a transaction (and a thread wake-up) per record into one per batch, and lets most
+/// short runs be written once, finished; it is also the most a record waits to be committed.
+pub const LINGER: Duration = Duration::from_millis(10);
 /// How often old rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -151,6 +158,7 @@ pub struct LastRun {
 pub struct Journal {
     sender: Mutex<Sender<(u64, Record)>>,
     reader: Mutex<Connection>,
+    seen: Arc<Seen>,
     next_id: AtomicU64,
     next_seq: AtomicU64,
     committed: Arc<AtomicU64>,
@@ -194,13 +202,19 @@ impl Journal {
         let (sender, receiver) = mpsc::channel();
         let committed = Arc::new(AtomicU64::new(0));
         let thread_committed = Arc::clone(&committed);
+        let seen = Arc::new(Seen::new());
+        let thread_seen = Arc::clone(&seen);
         let writer = std::thread::Builder::new()
             .name("cmqhook-journal".to_owned())
-            .spawn(move || write_loop(writer, receiver, &thread_committed, keep))
+            .spawn(move || {
+                thread_seen.load(&writer, keep);
+                write_loop(writer, receiver, &thread_committed, keep);
+            })
             .map_err(|err| sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(err))))?;
         Ok(Journal {
             sender: Mutex::new(sender),
             reader: Mutex::new(reader),
+            seen,
             next_id: AtomicU64::new(u64::try_from(max_id).unwrap_or(0) + 1),
             next_seq: AtomicU64::new(1),
             committed,
@@ -220,6 +234,9 @@ impl Journal {
 
     /// Journals a run as `running`; returns its row id.
     pub fn record_start(&self, run: RunStart) -> i64 {
+        if let Some(msg_id) = &run.msg_id {
+            self.seen.insert(&run.hook, msg_id);
+        }
         let id = i64::try_from(self.next_id.fetch_add(1, Ordering::Relaxed)).unwrap_or(i64::MAX);
         self.send(Record::Started {
             id,
@@ -254,6 +271,9 @@ impl Journal {
 
     /// The latest run of `hook` for `msg_id` that is not older than `within`.
     pub fn last_run(&self, hook: &str, msg_id: &str, within: Duration) -> Option<LastRun> {
+        if !self.seen.may_contain(hook, msg_id) {
+            return None;
+        }
         let since = timestamp(SystemTime::now().checked_sub(within)?);
         let reader = self.reader.lock().ok()?;
         let found = reader
@@ -339,6 +359,87 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), JournalError>
     Ok(())
 }
 
+/// Which (hook, message id) pairs may have a row: a Bloom filter, so that looking up a message
+/// never seen before, which nearly every push is, costs no query (and no contention with the
+/// writer). It holds the pairs of rows left by earlier processes, loaded by the writer thread
+/// at start, and every pair journaled since. Until the load is done every look-up queries; a
+/// filter filling up only makes more of them query. Assumes one `serve` per journal.
+struct Seen {
+    bits: Mutex<Vec<u64>>,
+    ready: AtomicBool,
+}
+
+/// 4 Mi bits, 512 KiB; with 3 bits per pair, under 1 % of never-seen messages are looked up
+/// while the filter holds fewer than 400,000 pairs.
+const SEEN_BITS: usize = 1 << 22;
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            // Zeroed memory from the allocator: pages become resident only as bits are set.
+            bits: Mutex::new(vec![0; SEEN_BITS / 64]),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    fn positions(hook: &str, msg_id: &str) -> [usize; 3] {
+        let mut hasher = DefaultHasher::new();
+        (hook, msg_id).hash(&mut hasher);
+        let hash = hasher.finish();
+        // Double hashing: three positions from two halves of one hash.
+        let (first, step) = ((hash & 0xffff_ffff) as usize, (hash >> 32) as usize | 1);
+        [0, 1, 2].map(|i| first.wrapping_add(i * step) % SEEN_BITS)
+    }
+
+    fn insert(&self, hook: &str, msg_id: &str) {
+        let mut bits = self
+            .bits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for bit in Self::positions(hook, msg_id) {
+            bits[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+
+    /// False only if no row of the pair can exist.
+    fn may_contain(&self, hook: &str, msg_id: &str) -> bool {
+        if !self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let bits = self
+            .bits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Self::positions(hook, msg_id)
+            .iter()
+            .all(|&bit| bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    /// Adds the pairs of the rows not older than `keep`; then the filter answers.
+    fn load(&self, connection: &Connection, keep: Duration) {
+        let since = timestamp(
+            SystemTime::now()
+                .checked_sub(keep)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        let loaded = connection
+            .prepare("SELECT hook, msg_id FROM runs WHERE started_at >= ?1 AND msg_id IS NOT NULL")
+            .and_then(|mut statement| {
+                let mut rows = statement.query(params![since])?;
+                while let Some(row) = rows.next()? {
+                    self.insert(&row.get::<_, String>(0)?, &row.get::<_, String>(1)?);
+                }
+                Ok(())
+            });
+        match loaded {
+            Ok(()) => self.ready.store(true, Ordering::Release),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the journal's messages: every push will be looked up")
+            }
+        }
+    }
+}
+
 /// The writer thread: waits for a record, takes whatever else is queued, commits it all in
 /// one transaction. Prunes old rows now and then.
 fn write_loop(
@@ -358,6 +459,9 @@ fn write_loop(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        // Sleeping, rather than waiting on the channel, lets senders add to the queue without
+        // waking this thread.
+        std::thread::sleep(LINGER);
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match receiver.try_recv() {
@@ -374,8 +478,33 @@ fn write_loop(
 }
 
 fn write_batch(connection: &mut Connection, batch: Vec<(u64, Record)>) -> rusqlite::Result<()> {
+    // A run that starts and ends within this batch is inserted finished, in one statement.
+    let started: HashSet<i64> = batch
+        .iter()
+        .filter_map(|(_, record)| match record {
+            Record::Started { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let mut ends = HashMap::new();
+    let mut records = Vec::with_capacity(batch.len());
+    for (_, record) in batch {
+        match record {
+            Record::Finished { id, at, end } if started.contains(&id) => {
+                ends.insert(id, (at, end));
+            }
+            record => records.push(record),
+        }
+    }
     let transaction = connection.transaction()?;
     {
+        let mut whole = transaction.prepare_cached(
+            "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
+                               subscription, tags, attempt, outcome, finished_at, exit_code,
+                               signal, duration_ms, left_behind, error, stdout_tail, stderr_tail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                     ?18, ?19)",
+        )?;
         let mut start = transaction.prepare_cached(
             "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
                                subscription, tags, attempt, outcome)
@@ -392,8 +521,34 @@ fn write_batch(connection: &mut Connection, batch: Vec<(u64, Record)>) -> rusqli
                                  subscription, tags)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
-        for (_, record) in batch {
+        for record in records {
             match record {
+                Record::Started { id, at, run } if ends.contains_key(&id) => {
+                    let Some((finished_at, end)) = ends.remove(&id) else {
+                        continue;
+                    };
+                    whole.execute(params![
+                        id,
+                        timestamp(at),
+                        run.hook,
+                        run.msg_id,
+                        run.request_id,
+                        run.path,
+                        run.topic,
+                        run.subscription,
+                        run.tags,
+                        run.attempt,
+                        end.outcome,
+                        timestamp(finished_at),
+                        end.exit_code,
+                        end.signal,
+                        end.duration_ms,
+                        end.left_behind,
+                        end.error,
+                        end.stdout_tail,
+                        end.stderr_tail,
+                    ])?;
+                }
                 Record::Started { id, at, run } => {
                     start.execute(params![
                         id,
@@ -676,6 +831,80 @@ mod tests {
         let rows = history(&path, &failed).expect("history");
         let outcomes: Vec<&str> = rows.iter().map(|d| d.outcome.as_str()).collect();
         assert_eq!(outcomes, ["interrupted", "failed"]);
+    }
+
+    #[test]
+    fn a_run_is_journaled_alike_whether_its_start_was_committed_first_or_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let journal = Journal::open(&path, Duration::from_secs(60)).expect("open");
+        // Two records, committed apart: an INSERT, then an UPDATE.
+        let apart = journal.record_start(start("deploy", "apart", 1));
+        wait_committed(&journal, journal.next_seq.load(Ordering::Relaxed) - 1);
+        let seq = journal.record_end(apart, end("failed", 3));
+        wait_committed(&journal, seq);
+        // Sent together: one batch, one finished INSERT.
+        let together = journal.record_start(start("deploy", "together", 1));
+        let seq = journal.record_end(together, end("failed", 3));
+        wait_committed(&journal, seq);
+        let rows = history(
+            &path,
+            &HistoryFilter {
+                limit: 10,
+                ..HistoryFilter::default()
+            },
+        )
+        .expect("history");
+        assert_eq!(rows.len(), 2);
+        let shape = |row: &Delivery| {
+            let mut json = serde_json::to_value(row).expect("json");
+            for field in ["id", "msg_id", "at", "started_at", "finished_at"] {
+                if let Some(object) = json.as_object_mut() {
+                    object.remove(field);
+                }
+            }
+            json
+        };
+        assert_eq!(shape(&rows[0]), shape(&rows[1]));
+        assert_eq!(rows[0].outcome, "failed");
+        assert_eq!(rows[0].exit_code, Some(3));
+        let finished: i64 = open_reader(&path)
+            .expect("reader")
+            .query_row(
+                "SELECT COUNT(*) FROM runs WHERE finished_at IS NOT NULL",
+                [],
+                |row| row.get(0),
+            )
+            .expect("count");
+        assert_eq!(finished, 2);
+    }
+
+    #[test]
+    fn the_seen_filter_holds_rows_of_earlier_processes_and_runs_since() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let day = Duration::from_secs(86_400);
+        {
+            let journal = Journal::open(&path, day).expect("open");
+            let id = journal.record_start(start("deploy", "old", 1));
+            journal.record_end(id, end("failed", 3));
+        }
+        let journal = Journal::open(&path, day).expect("reopen");
+        while !journal.seen.ready.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(journal.seen.may_contain("deploy", "old"));
+        let old = journal.last_run("deploy", "old", day).expect("found");
+        assert_eq!(old.outcome, "failed");
+        // One pair in 4 Mi bits: another is all but certainly absent.
+        assert!(!journal.seen.may_contain("deploy", "new"));
+        assert!(!journal.seen.may_contain("other", "old"));
+        let id = journal.record_start(start("deploy", "new", 1));
+        assert!(journal.seen.may_contain("deploy", "new"));
+        let seq = journal.record_end(id, end("succeeded", 0));
+        wait_committed(&journal, seq);
+        let new = journal.last_run("deploy", "new", day).expect("found");
+        assert_eq!(new.outcome, "succeeded");
     }
 
     #[test]

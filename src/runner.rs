@@ -3,14 +3,20 @@
 //! The only module that touches processes. A run's outcome is data ([`RunOutcome`]), never an
 //! error. Deciding what a run means for the push is the dispatcher's business, not this one's.
 
+use std::cell::RefCell;
+use std::io::{ErrorKind, PipeReader, Write};
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -86,32 +92,38 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
             command
         }
     };
+    let failed = |err: std::io::Error| RunReport {
+        outcome: RunOutcome::SpawnFailed(err.to_string()),
+        duration: started.elapsed(),
+        pid: None,
+        stdout_tail: Vec::new(),
+        stderr_tail: Vec::new(),
+        left_behind: false,
+    };
+    let (stdin, rest_of_stdin) = match &spec.stdin {
+        None => (Stdio::null(), None),
+        Some(body) => match stdin_pipe(body) {
+            Ok((reader, rest)) => (Stdio::from(reader), rest),
+            Err(err) => return failed(err),
+        },
+    };
     command
         .current_dir(&hook.workdir)
         .envs(hook.env.iter().map(|(k, v)| (k, v)))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group, so that a timeout reaches every process it started. std's
         // process_group keeps the posix_spawn fast path, unlike a pre_exec setpgid.
         .process_group(0);
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    // The command holds our copy of the stdin pipe's read end: without it, a command that
+    // stops reading gets its writer a broken pipe rather than a wait for ever.
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
-        Err(err) => {
-            return RunReport {
-                outcome: RunOutcome::SpawnFailed(err.to_string()),
-                duration: started.elapsed(),
-                pid: None,
-                stdout_tail: Vec::new(),
-                stderr_tail: Vec::new(),
-                left_behind: false,
-            };
-        }
+        Err(err) => return failed(err),
     };
     let pid = child.id();
     let mut group = GroupGuard(
@@ -120,12 +132,14 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
     );
     tracing::debug!(hook = %hook.name, msg_id = %spec.msg_id, pid, "started");
 
-    // stdin is written concurrently with draining stdout and stderr: a command that writes
-    // before reading would otherwise deadlock against us on a large body.
-    if let (Some(mut pipe), Some(body)) = (child.stdin.take(), spec.stdin.clone()) {
+    // What did not fit in the pipe is written concurrently with draining stdout and stderr:
+    // a command that writes before reading would otherwise deadlock against us.
+    if let Some((pipe, rest)) = rest_of_stdin {
         tokio::spawn(async move {
-            // BrokenPipe just means the command did not read it all; that is its right.
-            let _ = pipe.write_all(&body).await;
+            if let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(pipe) {
+                // BrokenPipe just means the command did not read it all; that is its right.
+                let _ = pipe.write_all(&rest).await;
+            }
         });
     }
     let who: Arc<(String, String)> = Arc::new((hook.name.clone(), spec.msg_id.clone()));
@@ -169,6 +183,26 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
         stderr_tail: stderr.tail(),
         left_behind,
     }
+}
+
+/// A pipe for a command's stdin with as much of `body` already in it as fits without
+/// blocking, which for most messages is all of it: the command finds its input there and its
+/// end, with no writer to schedule. Returns the read end, and the write end with what is left
+/// when the pipe is full.
+fn stdin_pipe(body: &Bytes) -> std::io::Result<(PipeReader, Option<(OwnedFd, Bytes)>)> {
+    let (reader, mut writer) = std::io::pipe()?;
+    fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let mut written = 0;
+    while written < body.len() {
+        match writer.write(&body[written..]) {
+            Ok(n) => written += n,
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+            Err(err) => return Err(err),
+        }
+    }
+    let rest = (written < body.len()).then(|| (OwnedFd::from(writer), body.slice(written..)));
+    Ok((reader, rest))
 }
 
 enum Ended {
@@ -276,23 +310,24 @@ impl Tail {
     }
 }
 
+thread_local! {
+    /// The read buffer of every drain on this thread. A drain reads into it and is done with
+    /// it before it yields, so a run waiting for output holds no buffer of its own.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 16 * 1024].into_boxed_slice());
+}
+
 async fn drain(
     mut pipe: impl AsyncRead + Unpin,
     stream: &'static str,
     who: Arc<(String, String)>,
     tail: Arc<Mutex<Tail>>,
 ) {
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut line = Vec::with_capacity(256);
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
+    let mut line = Vec::new();
+    let mut consume = |data: &[u8]| {
         if let Ok(mut tail) = tail.lock() {
-            tail.push(&buf[..n]);
+            tail.push(data);
         }
-        for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
+        for piece in data.split_inclusive(|&b| b == b'\n') {
             match piece.strip_suffix(b"\n") {
                 Some(end) => {
                     line.extend_from_slice(end);
@@ -308,7 +343,23 @@ async fn drain(
                 }
             }
         }
-    }
+    };
+    // Reads once; false at the end of the stream.
+    let mut read = |cx: &mut std::task::Context<'_>| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            match Pin::new(&mut pipe).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    consume(buf.filled());
+                    Poll::Ready(true)
+                }
+                // The end, or an error that ends it.
+                Poll::Ready(_) => Poll::Ready(false),
+            }
+        })
+    };
+    while std::future::poll_fn(&mut read).await {}
     if !line.is_empty() {
         log_line(&who, stream, &line);
     }

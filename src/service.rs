@@ -18,6 +18,8 @@ use crate::dispatch::Dispatcher;
 use crate::http;
 use crate::journal::{Journal, JournalError};
 
+/// The soft open-files limit `serve` raises itself to, if the hard limit allows.
+const OPEN_FILES: u64 = 65_536;
 /// How long killed runs may take to be reaped and journaled after the grace.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 
@@ -40,6 +42,7 @@ pub enum ServeError {
 /// Serves `config_file` until SIGTERM or SIGINT, then drains. `listen` overrides the config.
 pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), ServeError> {
     let config = Config::load(config_file)?;
+    raise_open_files_limit();
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -50,19 +53,8 @@ pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), Serve
         Some(path) => Some(Journal::open(path, config.server.dedup_for)?),
         None => None,
     };
-    // Runs live on their own runtime, apart from the HTTP workers: a run's life does not
-    // depend on the request that started it.
-    let runs = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("cmqhook-run")
-        .enable_all()
-        .build()?;
     let interrupt = CancellationToken::new();
-    let dispatcher = Arc::new(Dispatcher::new(
-        config,
-        journal,
-        runs.handle().clone(),
-        interrupt.clone(),
-    ));
+    let dispatcher = Arc::new(Dispatcher::new(config, journal, interrupt.clone()));
     let hooks = dispatcher.config().hooks.len();
     tracing::info!(hooks, "listening on http://{local}");
     let system = actix_web::rt::System::new();
@@ -72,7 +64,6 @@ pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), Serve
         config_file.to_owned(),
         interrupt,
     ));
-    runs.shutdown_timeout(Duration::from_secs(1));
     if let Some(journal) = dispatcher.journal() {
         journal.close();
     }
@@ -121,6 +112,25 @@ async fn run(
     server
         .await
         .unwrap_or_else(|err| Err(std::io::Error::other(err)))
+}
+
+/// Each push held open takes a socket and each run three pipes and a pidfd: a thousand
+/// pushes at once need more descriptors than the usual soft limit of 1024. The soft limit is
+/// raised towards the hard one, which needs no privilege, but not past [`OPEN_FILES`]:
+/// commands inherit it, and some old programs misbehave with a huge one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < OPEN_FILES.min(hard) => {
+            let raised = OPEN_FILES.min(hard);
+            match setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
+                Ok(()) => tracing::debug!(from = soft, to = raised, "raised the open files limit"),
+                Err(err) => tracing::warn!(soft, error = %err, "cannot raise the open files limit"),
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot read the open files limit"),
+    }
 }
 
 /// SIGHUP: read and validate the file, then swap it in; a broken file changes nothing.
