@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
 use actix_web::http::{Method, StatusCode, header};
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::access::{allowed, client_address, presented_token, token_matches};
@@ -73,6 +75,30 @@ async fn route(
             .insert_header((header::ALLOW, "POST"))
             .json(json!({"error": "pushes are POST requests"})),
     }
+}
+
+/// A request body, read whole.
+enum Body {
+    Read(Bytes),
+    TooLarge,
+    Broken(actix_web::error::PayloadError),
+}
+
+/// Reads `payload` into one buffer sized from Content-Length when there is one (actix's own
+/// `to_bytes_limited` doubles its buffer as the body comes, up to twice the body's size held
+/// per push in flight).
+async fn read_body(mut payload: web::Payload, expected: Option<usize>, limit: usize) -> Body {
+    // Not trusting a declared length past 1 MiB: a client that declares much and sends little
+    // must not make every connection reserve `max_body`.
+    let mut body = BytesMut::with_capacity(expected.unwrap_or(0).min(limit).min(1 << 20));
+    while let Some(chunk) = payload.next().await {
+        match chunk {
+            Ok(chunk) if body.len() + chunk.len() > limit => return Body::TooLarge,
+            Ok(chunk) => body.extend_from_slice(&chunk),
+            Err(err) => return Body::Broken(err),
+        }
+    }
+    Body::Read(body.freeze())
 }
 
 async fn push(
@@ -161,27 +187,28 @@ async fn push(
         return too_large();
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, payload.to_bytes_limited(limit)).await
-    {
-        Err(_) => {
-            return refuse(
-                StatusCode::REQUEST_TIMEOUT,
-                "slow_body",
-                "body not received in time".to_owned(),
-            );
-        }
-        Ok(body) => body,
-    };
+    let expected = declared.and_then(|len| usize::try_from(len).ok());
+    let body =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(payload, expected, limit)).await {
+            Err(_) => {
+                return refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "slow_body",
+                    "body not received in time".to_owned(),
+                );
+            }
+            Ok(body) => body,
+        };
     let body = match body {
-        Ok(Ok(body)) => body,
-        Ok(Err(err)) => {
+        Body::Read(body) => body,
+        Body::Broken(err) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 "unreadable",
                 format!("cannot read body: {err}"),
             );
         }
-        Err(_) => return too_large(),
+        Body::TooLarge => return too_large(),
     };
     let push = match parse_push(config.server.format, req.path(), headers, body) {
         Ok(push) => push,

@@ -177,7 +177,10 @@ impl Journal {
         let mut writer = Connection::open(path).map_err(sqlite)?;
         writer
             .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+                // Appends touch the last pages of the table and its indexes: a small cache
+                // (1 MiB, not SQLite's 2 MiB) holds them.
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
+                 PRAGMA cache_size = -1024;",
             )
             .map_err(sqlite)?;
         migrate(&mut writer, path)?;
@@ -330,6 +333,8 @@ fn open_reader(path: &Path) -> Result<Connection, JournalError> {
         source,
     })?;
     let _ = reader.busy_timeout(Duration::from_secs(5));
+    // Look-ups are rare (see `Seen`) and touch a few index pages.
+    let _ = reader.pragma_update(None, "cache_size", -256);
     Ok(reader)
 }
 

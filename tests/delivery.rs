@@ -96,7 +96,12 @@ fn a_failed_run_is_retried_with_the_next_attempt_number() {
     assert_eq!(server.post_seed("/", "flaky1").status, 200);
     assert_eq!(server.post_seed("/", "flaky1").status, 200);
     assert_eq!(attempts(&dir), ["1", "2"]);
-    let rows = history_json(&config, &["--msg-id", "flaky1"]);
+    // The journal commits a few milliseconds after the answer.
+    let mut rows = Vec::new();
+    assert!(wait_for(Duration::from_secs(5), || {
+        rows = history_json(&config, &["--msg-id", "flaky1"]);
+        rows.len() == 2 && rows.iter().all(|row| row["outcome"] != "running")
+    }));
     let rows: Vec<(i64, &str)> = rows
         .iter()
         .map(|row| {

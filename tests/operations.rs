@@ -327,21 +327,8 @@ fn sighup_with_a_broken_file_keeps_the_running_config() {
     assert_eq!(dir.recorded().len(), 2);
 }
 
-#[test]
-fn json_logs_are_one_object_a_line_with_push_and_output_fields() {
-    let dir = Dir::new();
-    let config = config(
-        &dir,
-        "",
-        "[hooks.say]\ncommand = 'echo first line; echo second line >&2'",
-    );
-    let mut server = Server::start(&dir, &config, &["--log-format", "json"]);
-    let response = server.post(
-        "/",
-        &[("x-cmq-message-id", "json1"), ("x-cmq-request-id", "req1")],
-        b"x",
-    );
-    assert_eq!(response.status, 200, "{}", response.text());
+/// Stops a server started with `--log-format json` and returns every line it logged.
+fn stopped_json_log(server: &mut Server) -> Vec<serde_json::Value> {
     // Stop the server so that every line it wrote is in the log.
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
@@ -367,7 +354,90 @@ fn json_logs_are_one_object_a_line_with_push_and_output_fields() {
         "the log did not reach `stopped`:\n{}",
         server.log_text()
     );
+    lines
+}
 
+#[test]
+fn a_run_has_a_log_line_of_its_own_only_when_the_push_line_cannot_tell_it() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "respond_within = \"1s\"",
+        &format!(
+            "[hooks.ok]\npath = \"/ok\"\ncommand = 'true'\n\n\
+             [hooks.bad]\npath = \"/bad\"\ncommand = 'exit 3'\n\n\
+             [hooks.late]\npath = \"/late\"\ncommand = 'sleep 2; {}'",
+            dir.record(0)
+        ),
+    );
+    let mut server = Server::start(&dir, &config, &["--log-format", "json"]);
+    assert_eq!(
+        server
+            .post("/ok", &[("x-cmq-message-id", "m-ok")], b"x")
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .post("/bad", &[("x-cmq-message-id", "m-bad")], b"x")
+            .status,
+        500
+    );
+    assert_eq!(
+        server
+            .post("/late", &[("x-cmq-message-id", "m-late")], b"x")
+            .status,
+        503
+    );
+    assert!(wait_for(Duration::from_secs(10), || dir.recorded().len() == 1));
+    let lines = stopped_json_log(&mut server);
+    let of = |message: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|line| line["message"] == message)
+            .map(|line| line["msg_id"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    // Every push has its line; a success answered in time has no other.
+    assert_eq!(of("push"), ["m-ok", "m-bad", "m-late"]);
+    assert_eq!(of("run finished"), ["m-bad", "m-late"]);
+}
+
+#[test]
+fn serve_raises_a_low_soft_open_files_limit() {
+    let dir = Dir::new();
+    let config = config(&dir, "", "[hooks.any]\ncommand = 'true'");
+    let server = Server::start_with_open_files(&dir, &config, 256);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).expect("limits");
+    let open_files: Vec<u64> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("an open files line")
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let (soft, hard) = (open_files[0], open_files[1]);
+    assert!(soft > 256, "soft limit still {soft}");
+    assert_eq!(soft, hard.min(65_536), "{limits}");
+    assert_eq!(server.post("/", &[], b"x").status, 200);
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_with_push_and_output_fields() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        "[hooks.say]\ncommand = 'echo first line; echo second line >&2'",
+    );
+    let mut server = Server::start(&dir, &config, &["--log-format", "json"]);
+    let response = server.post(
+        "/",
+        &[("x-cmq-message-id", "json1"), ("x-cmq-request-id", "req1")],
+        b"x",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let lines = stopped_json_log(&mut server);
     let push = lines
         .iter()
         .find(|line| line["message"] == "push")

@@ -149,13 +149,30 @@ impl Server {
         keep_log: bool,
         env: &[(&str, &str)],
     ) -> Server {
-        let log = dir.path().join("server.log");
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .envs(env.iter().copied())
             .arg("serve")
             .arg("-c")
             .arg(config)
-            .args(args)
+            .args(args);
+        Self::start_command(dir, command, keep_log)
+    }
+
+    /// `cmqhook serve -c CONFIG` started with a soft open-files limit of `soft`.
+    pub fn start_with_open_files(dir: &Dir, config: &Path, soft: u64) -> Server {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -Sn {soft} && exec \"$0\" serve -c \"$1\""))
+            .arg(BIN)
+            .arg(config);
+        Self::start_command(dir, command, true)
+    }
+
+    fn start_command(dir: &Dir, mut command: Command, keep_log: bool) -> Server {
+        let log = dir.path().join("server.log");
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
