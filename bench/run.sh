@@ -68,9 +68,9 @@ $server
 $hook
 TOML
     # stdout to /dev/null, or a $(...) around this would wait for the server.
-    # NOFILE: the soft open-files limit cmqhook starts with (it raises it itself).
+    # NOFILE: the soft open-files limit cmqhook starts with (it raises it itself); LOG: RUST_LOG.
     (ulimit -Sn "${NOFILE:-$(ulimit -Sn)}"
-     RUST_LOG=cmqhook::service=info exec "$bin" serve -c "$work/$name/hooks.toml" >/dev/null 2>"$work/$name/log") &
+     RUST_LOG=${LOG:-cmqhook::service=info} exec "$bin" serve -c "$work/$name/hooks.toml" >/dev/null 2>"$work/$name/log") &
     echo $! > "$work/$name/pid"
     addr=
     for _ in $(seq 200); do
@@ -217,7 +217,7 @@ sleep 1
 idle_rss=$(rss "$(cat "$work/idle/pid")")
 stop idle
 
-NOFILE=1024 start_cmqhook held cmqhook.db "$(printf 'command = "sleep 5"\nconcurrency = 0')" \
+NOFILE=1024 LOG=info start_cmqhook held cmqhook.db "$(printf 'command = "sleep 5"\nconcurrency = 0')" \
     "$(printf 'max_running = 1024\nrespond_within = "14s"')"
 held_pid=$(cat "$work/held/pid")
 held_out=$(RUN_ID=held HOOK_PATH=/ BODY_FILE="$work/push-true" \
@@ -228,6 +228,8 @@ held_ok=$(sqlite3 "$work/held/cmqhook.db" "SELECT COUNT(*) FROM runs WHERE outco
 held_emfile=$(grep -ci 'too many open files' "$work/held/log" || true)
 held_answered=$(awk '/requests in/ {print $1}' <<<"$held_out")
 held_errors=$(grep -E "Socket errors|Non-2xx" <<<"$held_out" | tr -s ' ' || true)
+# Answers that were not 2xx, and connect/read/write/timeout errors: all must be 0.
+held_bad=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/[^0-9 ]/, " "); for (i = 1; i <= NF; i++) n += $i} END {print n + 0}' <<<"$held_out")
 stop held
 
 # ---- routing ------------------------------------------------------------------------------
@@ -284,8 +286,19 @@ report() {
     echo
     echo "## Routing among 10,000 hooks"
     echo
+    echo "Mixed selectors (4 in 10 exact topics, 2 glob topics, 2 tags, 1 subscription, 1 path):"
+    echo "loading the config (\`load_ms\`, of which the routing index \`index_ms\`), and routing one"
+    echo "push with the index and with a test of every hook (\`scan_us_per_push\`)."
+    echo
     echo '```'
     echo "$routing_out"
     echo '```'
+    echo
+    echo "## Targets"
+    echo
+    awk -v idle="$idle_rss" -v held="$held_peak" -v emfile="$held_emfile" -v answered="${held_answered:-0}" -v bad="$held_bad" \
+        -v load="$(sed -E 's/.*load_ms=([^ ]+).*/\1/' <<<"$routing_out")" \
+        -v route="$(sed -E 's/.*route_us_per_push=([^ ]+).*/\1/' <<<"$routing_out")" \
+        -f bench/targets.awk "$results"
 }
 report | tee "$out"

@@ -10,9 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
@@ -63,6 +63,8 @@ const BATCH: usize = 1024;
 /// turns a transaction (and a thread wake-up) per record into one per batch, and lets most
 /// short runs be written once, finished; it is also the most a record waits to be committed.
 pub const LINGER: Duration = Duration::from_millis(10);
+/// After this long without a record the writer stops looking every [`LINGER`] and waits.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// How often old rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -453,20 +455,34 @@ fn write_loop(
     committed: &AtomicU64,
     keep: Duration,
 ) {
-    let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
+    let mut last_prune = Instant::now() - PRUNE_EVERY;
+    let mut last_record = Instant::now() - IDLE_AFTER;
     loop {
         if last_prune.elapsed() >= PRUNE_EVERY {
             prune(&connection, keep);
-            last_prune = std::time::Instant::now();
+            last_prune = Instant::now();
         }
-        let first = match receiver.recv_timeout(PRUNE_EVERY) {
-            Ok(record) => record,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+        let first = if last_record.elapsed() < IDLE_AFTER {
+            // Busy: look every LINGER. A sender finds this thread asleep, not waiting on the
+            // channel, so queueing a record never costs it a wake-up of this thread.
+            std::thread::sleep(LINGER);
+            match receiver.try_recv() {
+                Ok(record) => record,
+                Err(TryRecvError::Empty) => continue,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        } else {
+            // Idle: wait for the next record, then linger for the ones that follow it.
+            match receiver.recv_timeout(PRUNE_EVERY) {
+                Ok(record) => {
+                    std::thread::sleep(LINGER);
+                    record
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
         };
-        // Sleeping, rather than waiting on the channel, lets senders add to the queue without
-        // waking this thread.
-        std::thread::sleep(LINGER);
+        last_record = Instant::now();
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match receiver.try_recv() {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 
@@ -17,7 +17,24 @@ use crate::config::Hook;
 #[derive(Debug, Clone)]
 pub enum Pattern {
     Exact(String),
-    Glob(GlobMatcher),
+    Glob(LazyGlob),
+}
+
+/// A glob checked when the config is read, compiled to a matcher only when first used: most
+/// glob hooks are found through [`Router`]'s one [`GlobSet`], so a config of thousands of globs
+/// loads without compiling thousands of regexes.
+#[derive(Debug, Clone)]
+pub struct LazyGlob {
+    glob: Glob,
+    matcher: OnceLock<GlobMatcher>,
+}
+
+impl LazyGlob {
+    fn is_match(&self, value: &str) -> bool {
+        self.matcher
+            .get_or_init(|| self.glob.compile_matcher())
+            .is_match(value)
+    }
 }
 
 impl Pattern {
@@ -27,7 +44,10 @@ impl Pattern {
             return Ok(Pattern::Exact(text.to_owned()));
         }
         let glob = GlobBuilder::new(text).literal_separator(false).build()?;
-        Ok(Pattern::Glob(glob.compile_matcher()))
+        Ok(Pattern::Glob(LazyGlob {
+            glob,
+            matcher: OnceLock::new(),
+        }))
     }
 
     pub fn matches(&self, value: &str) -> bool {
@@ -42,7 +62,7 @@ impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Pattern::Exact(exact) => f.write_str(exact),
-            Pattern::Glob(glob) => f.write_str(glob.glob().glob()),
+            Pattern::Glob(lazy) => f.write_str(lazy.glob.glob()),
         }
     }
 }
@@ -176,11 +196,11 @@ impl Router {
                     }
                 }
                 (_, _, None, Some(path)) => entry(&mut router.by_path, path),
-                (Some(Pattern::Glob(glob)), _, None, None) => {
-                    topic_globs.push((index, glob.glob().clone()));
+                (Some(Pattern::Glob(lazy)), _, None, None) => {
+                    topic_globs.push((index, lazy.glob.clone()));
                 }
-                (None, Some(Pattern::Glob(glob)), None, None) => {
-                    subscription_globs.push((index, glob.glob().clone()));
+                (None, Some(Pattern::Glob(lazy)), None, None) => {
+                    subscription_globs.push((index, lazy.glob.clone()));
                 }
                 (None, None, None, None) => router.rest.push(index),
             }
