@@ -20,9 +20,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-cargo build --release --locked -q --bin cmqhook --example ceiling --example routing
+cargo build --release --locked -q --bin cmqhook --example ceiling --example routing --example bare
 bin=$PWD/target/release/cmqhook
 ceiling=$PWD/target/release/examples/ceiling
+bare=$PWD/target/release/examples/bare
 routing=$PWD/target/release/examples/routing
 
 work=$(mktemp -d)
@@ -111,6 +112,25 @@ JSON
     echo "webhook did not start:" >&2; cat "$work/$name/log" >&2; exit 1
 }
 
+# start_bare NAME WORKLOAD -> sets $addr: bench/bare.rs, the HTTP floor
+start_bare() {
+    local name=$1 workload=$2
+    rm -rf "${work:?}/$name"; mkdir -p "$work/$name"
+    if [ "$workload" = true ]; then
+        "$bare" 127.0.0.1:0 /bin/true >/dev/null 2>"$work/$name/log" &
+    else
+        "$bare" 127.0.0.1:0 /bin/sh -c 'cat >/dev/null' >/dev/null 2>"$work/$name/log" &
+    fi
+    echo $! > "$work/$name/pid"
+    addr=
+    for _ in $(seq 200); do
+        addr=$(grep -ao 'listening on http://[0-9.:]*' "$work/$name/log" 2>/dev/null | sed 's|.*http://||' || true)
+        [ -n "$addr" ] && return
+        sleep 0.05
+    done
+    echo "bare did not start:" >&2; cat "$work/$name/log" >&2; exit 1
+}
+
 stop() { # stop NAME
     local pid
     pid=$(cat "$work/$1/pid")
@@ -180,16 +200,18 @@ for workload in true cat; do
     for conc in 1 8 64; do
         echo "== $workload, concurrency $conc" >&2
         start_webhook webhook "$workload"; webhook_addr=$addr
+        start_bare bare "$workload"; bare_addr=$addr
         start_cmqhook on cmqhook.db "$(hook_for "$workload")" "$server_opts"; on_addr=$addr
         start_cmqhook off off "$(hook_for "$workload")" "$server_opts"; off_addr=$addr
         if [ "$conc" -gt "$cpus" ]; then
             start_cmqhook bounded cmqhook.db "$(bounded "$workload")" "$server_opts"; bounded_addr=$addr
         fi
-        : > "$work/r-ceiling"; : > "$work/r-webhook"; : > "$work/r-on"; : > "$work/r-off"; : > "$work/r-bounded"
+        : > "$work/r-ceiling"; : > "$work/r-webhook"; : > "$work/r-bare"; : > "$work/r-on"; : > "$work/r-off"; : > "$work/r-bounded"
         # Alternate the systems within each repetition, so that machine noise hits all alike.
         for rep in $(seq "$reps"); do
             spawn_ceiling "$workload" "$conc" >> "$work/r-ceiling"
             load "$webhook_addr" /hooks/bench "$body" "$conc" "${workload}-${conc}-w$rep" >> "$work/r-webhook"
+            load "$bare_addr" / "$body" "$conc" "${workload}-${conc}-bare$rep" >> "$work/r-bare"
             load "$on_addr" / "$body" "$conc" "${workload}-${conc}-on$rep" >> "$work/r-on"
             load "$off_addr" / "$body" "$conc" "${workload}-${conc}-off$rep" >> "$work/r-off"
             if [ "$conc" -gt "$cpus" ]; then
@@ -199,9 +221,10 @@ for workload in true cat; do
         record "$workload" "$conc" "ceiling" "$(awk '{print $4}' "$work/r-ceiling" | sort -g | tail -1)" \
             < <(cut -d' ' -f1-3 "$work/r-ceiling")
         record "$workload" "$conc" "webhook" "$(peak_rss "$(cat "$work/webhook/pid")")" < "$work/r-webhook"
+        record "$workload" "$conc" "bare actix handler" "$(peak_rss "$(cat "$work/bare/pid")")" < "$work/r-bare"
         record "$workload" "$conc" "cmqhook" "$(peak_rss "$(cat "$work/on/pid")")" < "$work/r-on"
         record "$workload" "$conc" "cmqhook, journal off" "$(peak_rss "$(cat "$work/off/pid")")" < "$work/r-off"
-        stop webhook; stop on; stop off
+        stop webhook; stop bare; stop on; stop off
         if [ "$conc" -gt "$cpus" ]; then
             record "$workload" "$conc" "cmqhook, concurrency = $cpus" \
                 "$(peak_rss "$(cat "$work/bounded/pid")")" < "$work/r-bounded"
@@ -253,9 +276,11 @@ report() {
     echo "webhook runs in synchronous mode (\`include-command-output-in-response\`); for \`cat\` it"
     echo "writes the body to a file the command reads, having no stdin for commands."
     echo "\`concurrency = $cpus\` is the hook setting that bounds a hook's children to one per CPU."
+    echo "The bare actix handler (\`bench/bare.rs\`) spawns the command for each POST and answers"
+    echo "its exit status, nothing else: what HTTP and the load generator cost on their own."
     echo
-    echo "| workload | concurrency | system | req/s | p50 ms | p99 ms | p99/p50 | peak RSS MiB | × ceiling | × webhook |"
-    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| workload | concurrency | system | req/s | p50 ms | p99 ms | p99/p50 | peak RSS MiB | × ceiling | × webhook | × bare |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' '
         { key = $1 SUBSEP $2; rps[key, $3] = $4; best[$1] = ($3 == "ceiling (best)") ? $4 : best[$1] }
         { rows[NR] = $0 }
@@ -264,13 +289,15 @@ report() {
                 split(rows[i], f, "\t")
                 key = f[1] SUBSEP f[2]
                 ceil = (f[3] ~ /concurrency =/) ? best[f[1]] : rps[key, "ceiling"]
-                vs_ceiling = (f[3] ~ /^cmqhook/ && ceil > 0) ? sprintf("%.2f", f[4] / ceil) : ""
-                vs_webhook = (f[3] ~ /^cmqhook/ && rps[key, "webhook"] > 0) ? sprintf("%.2f", f[4] / rps[key, "webhook"]) : ""
-                printf "| %s | %s | %s | %.0f | %.2f | %.2f | %.1f | %.1f | %s | %s |\n",
-                    f[1], f[2], f[3], f[4], f[5], f[6], (f[5] > 0 ? f[6] / f[5] : 0), f[7] / 1024, vs_ceiling, vs_webhook
+                vs_ceiling = (f[3] ~ /^(cmqhook|bare)/ && ceil > 0) ? sprintf("%.2f", f[4] / ceil) : ""
+                vs_webhook = (f[3] ~ /^(cmqhook|bare)/ && rps[key, "webhook"] > 0) ? sprintf("%.2f", f[4] / rps[key, "webhook"]) : ""
+                vs_bare = (f[3] ~ /^cmqhook/ && rps[key, "bare actix handler"] > 0) ? sprintf("%.2f", f[4] / rps[key, "bare actix handler"]) : ""
+                printf "| %s | %s | %s | %.0f | %.2f | %.2f | %.1f | %.1f | %s | %s | %s |\n",
+                    f[1], f[2], f[3], f[4], f[5], f[6], (f[5] > 0 ? f[6] / f[5] : 0), f[7] / 1024, vs_ceiling, vs_webhook, vs_bare
             }
         }' "$results"
     echo
+    echo "\`× bare\` compares with the bare actix handler: what cmqhook's own work costs."
     echo "\`× ceiling\` compares with the ceiling at the same parallelism, and for"
     echo "\`concurrency = $cpus\` with the best ceiling (parallelism = CPUs). Peak RSS of the ceiling"
     echo "is the spawning program's own."
