@@ -331,6 +331,32 @@ fn a_background_child_holding_stdout_does_not_delay_the_answer() {
 }
 
 #[test]
+fn a_body_larger_than_a_pipe_reaches_a_command_that_prints_before_it_reads() {
+    let dir = Dir::new();
+    // 300 KB of output before reading: more than a pipe holds, so the command blocks until it
+    // is drained, while the rest of its 1 MiB stdin (beyond what fits in the pipe at spawn)
+    // waits to be written.
+    let server = serve(
+        &dir,
+        "",
+        &format!(
+            "[hooks.chatty]\ncommand = 'head -c 300000 /dev/zero | tr \"\\0\" y; {}'",
+            dir.record(0)
+        ),
+    );
+    let body: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let response = server.post("/", &[("x-cmq-message-id", "pipe1")], &body);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 1);
+    assert!(
+        runs[0].stdin == body,
+        "stdin differs: {} bytes",
+        runs[0].stdin.len()
+    );
+}
+
+#[test]
 fn a_large_body_to_a_command_that_ignores_stdin_succeeds() {
     let dir = Dir::new();
     let server = serve(&dir, "", "[hooks.ignores]\nargv = [\"true\"]");
