@@ -4,7 +4,7 @@
 //! error. Deciding what a run means for the push is the dispatcher's business, not this one's.
 
 use std::cell::RefCell;
-use std::io::{ErrorKind, PipeReader, Write};
+use std::io::{ErrorKind, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
@@ -28,6 +28,9 @@ pub const TAIL_BYTES: usize = 4096;
 const MAX_LINE: usize = 4096;
 /// How often the group is polled while it is given time to exit after SIGTERM.
 const GROUP_POLL: Duration = Duration::from_millis(20);
+/// How long a command may run before its output is drained as it comes rather than read once
+/// it has exited.
+const EAGER: Duration = Duration::from_millis(10);
 /// How long output still in the pipes may take to drain once every writer is gone.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
@@ -107,19 +110,24 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
             Err(err) => return failed(err),
         },
     };
+    let ((out_read, out_write), (err_read, err_write)) = match (output_pipe(), output_pipe()) {
+        (Ok(out), Ok(err)) => (out, err),
+        (Err(err), _) | (_, Err(err)) => return failed(err),
+    };
     command
         .current_dir(&hook.workdir)
         .envs(hook.env.iter().map(|(k, v)| (k, v)))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(out_write))
+        .stderr(Stdio::from(err_write))
         // Its own group, so that a timeout reaches every process it started. std's
         // process_group keeps the posix_spawn fast path, unlike a pre_exec setpgid.
         .process_group(0);
     let spawned = command.spawn();
-    // The command holds our copy of the stdin pipe's read end: without it, a command that
-    // stops reading gets its writer a broken pipe rather than a wait for ever.
+    // The command holds our copies of the child's ends of the pipes. Without the stdin one, a
+    // command that stops reading gets its writer a broken pipe rather than a wait for ever;
+    // without the output ones, the output ends when the command's processes close it.
     drop(command);
     let mut child = match spawned {
         Ok(child) => child,
@@ -143,13 +151,30 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
         });
     }
     let who: Arc<(String, String)> = Arc::new((hook.name.clone(), spec.msg_id.clone()));
-    let mut stdout = Drain::start(child.stdout.take(), "stdout", &who);
-    let mut stderr = Drain::start(child.stderr.take(), "stderr", &who);
+    let mut stdout = Output::new(out_read, "stdout", &who);
+    let mut stderr = Output::new(err_read, "stderr", &who);
 
-    let ended = tokio::select! {
-        status = child.wait() => Ended::Exited(status),
-        () = tokio::time::sleep(hook.timeout) => Ended::TimedOut,
-        () = interrupt.cancelled() => Ended::Interrupted,
+    // Most commands are done in milliseconds: their output waits in the pipes and is read once
+    // they exit, with no drain to register and schedule. A command still running after EAGER
+    // gets its output drained as it comes, so that it never blocks on a full pipe for longer.
+    let now = tokio::time::Instant::now();
+    let deadline = now + hook.timeout;
+    let quick = tokio::select! {
+        status = child.wait() => Some(status),
+        () = tokio::time::sleep_until(now + EAGER.min(hook.timeout)) => None,
+        () = interrupt.cancelled() => None,
+    };
+    let ended = match quick {
+        Some(status) => Ended::Exited(status),
+        None => {
+            stdout.drain();
+            stderr.drain();
+            tokio::select! {
+                status = child.wait() => Ended::Exited(status),
+                () = tokio::time::sleep_until(deadline) => Ended::TimedOut,
+                () = interrupt.cancelled() => Ended::Interrupted,
+            }
+        }
     };
     let outcome = match ended {
         Ended::Exited(status) => outcome_of(status),
@@ -167,6 +192,10 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
     // it is not ours to kill.
     let pgid = group.0.take();
     let left_behind = pgid.is_some_and(|pgid| killpg(pgid, None).is_ok());
+    // What is in the pipes is read now; a pipe something still holds open is drained as it
+    // comes, for as long as it stays open.
+    stdout.settle();
+    stderr.settle();
     if !left_behind {
         // Every writer is gone, so the pipes end as soon as what is in them is read.
         let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
@@ -203,6 +232,13 @@ fn stdin_pipe(body: &Bytes) -> std::io::Result<(PipeReader, Option<(OwnedFd, Byt
     }
     let rest = (written < body.len()).then(|| (OwnedFd::from(writer), body.slice(written..)));
     Ok((reader, rest))
+}
+
+/// A pipe for a command's stdout or stderr; our read end does not block.
+fn output_pipe() -> std::io::Result<(PipeReader, PipeWriter)> {
+    let (reader, writer) = std::io::pipe()?;
+    fcntl(&reader, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok((reader, writer))
 }
 
 enum Ended {
@@ -258,25 +294,74 @@ impl Drop for GroupGuard {
     }
 }
 
-/// One output stream being read to its end, logged line by line; keeps its last bytes.
-struct Drain {
-    tail: Arc<Mutex<Tail>>,
+/// One output stream of a run, logged line by line, its last bytes kept. Read directly from
+/// the pipe once the command has exited, or handed to a drain task that reads it as it comes.
+struct Output {
+    /// The pipe and where its bytes go, until it ends or is handed to the drain task.
+    reading: Option<(PipeReader, Sink)>,
     task: Option<tokio::task::JoinHandle<()>>,
+    tail: Arc<Mutex<Tail>>,
 }
 
-impl Drain {
-    fn start(
-        pipe: Option<impl AsyncRead + Unpin + Send + 'static>,
-        stream: &'static str,
-        who: &Arc<(String, String)>,
-    ) -> Drain {
+impl Output {
+    fn new(pipe: PipeReader, stream: &'static str, who: &Arc<(String, String)>) -> Output {
         let tail = Arc::new(Mutex::new(Tail::default()));
-        let task =
-            pipe.map(|pipe| tokio::spawn(drain(pipe, stream, Arc::clone(who), Arc::clone(&tail))));
-        Drain { tail, task }
+        let sink = Sink {
+            stream,
+            who: Arc::clone(who),
+            tail: Arc::clone(&tail),
+            line: Vec::new(),
+        };
+        Output {
+            reading: Some((pipe, sink)),
+            task: None,
+            tail,
+        }
     }
 
-    /// Waits for the stream's end. Dropping this future leaves the drain running.
+    /// From now on a task reads the stream as it comes.
+    fn drain(&mut self) {
+        let Some((pipe, sink)) = self.reading.take() else {
+            return;
+        };
+        match tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(OwnedFd::from(pipe)) {
+            Ok(pipe) => self.task = Some(tokio::spawn(drain(pipe, sink))),
+            Err(err) => tracing::warn!(
+                hook = %sink.who.0,
+                msg_id = %sink.who.1,
+                error = %err,
+                "cannot read the command's {}",
+                sink.stream
+            ),
+        }
+    }
+
+    /// Reads what the pipe holds now; if something still holds it open, drains it as it comes.
+    fn settle(&mut self) {
+        let Some((pipe, sink)) = self.reading.as_mut() else {
+            return;
+        };
+        let ended = SCRATCH.with_borrow_mut(|scratch| {
+            loop {
+                match pipe.read(scratch) {
+                    Ok(0) => return true,
+                    Ok(n) => sink.consume(&scratch[..n]),
+                    Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => return false,
+                    Err(_) => return true,
+                }
+            }
+        });
+        if ended {
+            if let Some((_, mut sink)) = self.reading.take() {
+                sink.finish();
+            }
+        } else {
+            self.drain();
+        }
+    }
+
+    /// Waits for the drain task, if there is one. Dropping this future leaves it running.
     async fn finished(&mut self) {
         if let Some(task) = self.task.as_mut() {
             let _ = task.await;
@@ -289,6 +374,47 @@ impl Drain {
             .lock()
             .map(|tail| tail.0.clone())
             .unwrap_or_default()
+    }
+}
+
+/// Where a stream's bytes go: its tail, and the log, a line at a time.
+struct Sink {
+    stream: &'static str,
+    who: Arc<(String, String)>,
+    tail: Arc<Mutex<Tail>>,
+    /// The line read so far.
+    line: Vec<u8>,
+}
+
+impl Sink {
+    fn consume(&mut self, data: &[u8]) {
+        if let Ok(mut tail) = self.tail.lock() {
+            tail.push(data);
+        }
+        for piece in data.split_inclusive(|&b| b == b'\n') {
+            match piece.strip_suffix(b"\n") {
+                Some(end) => {
+                    self.line.extend_from_slice(end);
+                    log_line(&self.who, self.stream, &self.line);
+                    self.line.clear();
+                }
+                None => {
+                    self.line.extend_from_slice(piece);
+                    if self.line.len() >= MAX_LINE {
+                        log_line(&self.who, self.stream, &self.line);
+                        self.line.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The end of the stream: a last line without its newline is logged too.
+    fn finish(&mut self) {
+        if !self.line.is_empty() {
+            log_line(&self.who, self.stream, &self.line);
+            self.line.clear();
+        }
     }
 }
 
@@ -311,39 +437,13 @@ impl Tail {
 }
 
 thread_local! {
-    /// The read buffer of every drain on this thread. A drain reads into it and is done with
-    /// it before it yields, so a run waiting for output holds no buffer of its own.
+    /// The read buffer of every output stream read on this thread. A stream is read into it and
+    /// done with it before anything yields, so a run waiting for output holds no buffer of its
+    /// own.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 16 * 1024].into_boxed_slice());
 }
 
-async fn drain(
-    mut pipe: impl AsyncRead + Unpin,
-    stream: &'static str,
-    who: Arc<(String, String)>,
-    tail: Arc<Mutex<Tail>>,
-) {
-    let mut line = Vec::new();
-    let mut consume = |data: &[u8]| {
-        if let Ok(mut tail) = tail.lock() {
-            tail.push(data);
-        }
-        for piece in data.split_inclusive(|&b| b == b'\n') {
-            match piece.strip_suffix(b"\n") {
-                Some(end) => {
-                    line.extend_from_slice(end);
-                    log_line(&who, stream, &line);
-                    line.clear();
-                }
-                None => {
-                    line.extend_from_slice(piece);
-                    if line.len() >= MAX_LINE {
-                        log_line(&who, stream, &line);
-                        line.clear();
-                    }
-                }
-            }
-        }
-    };
+async fn drain(mut pipe: impl AsyncRead + Unpin, mut sink: Sink) {
     // Reads once; false at the end of the stream.
     let mut read = |cx: &mut std::task::Context<'_>| {
         SCRATCH.with_borrow_mut(|scratch| {
@@ -351,7 +451,7 @@ async fn drain(
             match Pin::new(&mut pipe).poll_read(cx, &mut buf) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                    consume(buf.filled());
+                    sink.consume(buf.filled());
                     Poll::Ready(true)
                 }
                 // The end, or an error that ends it.
@@ -360,9 +460,7 @@ async fn drain(
         })
     };
     while std::future::poll_fn(&mut read).await {}
-    if !line.is_empty() {
-        log_line(&who, stream, &line);
-    }
+    sink.finish();
 }
 
 fn log_line(who: &(String, String), stream: &'static str, line: &[u8]) {

@@ -404,6 +404,64 @@ fn a_run_has_a_log_line_of_its_own_only_when_the_push_line_cannot_tell_it() {
 }
 
 #[test]
+fn output_is_logged_and_kept_whether_the_command_exits_at_once_runs_on_or_leaves_a_child() {
+    let dir = Dir::new();
+    let config = config(
+        &dir,
+        "",
+        "[hooks.quick]\npath = \"/quick\"\ncommand = 'printf \"one\\ntwo\\nno newline\"; echo err >&2'\n\n\
+         [hooks.slow]\npath = \"/slow\"\ncommand = 'sleep 0.2; echo late'\n\n\
+         [hooks.parent]\npath = \"/parent\"\ncommand = '(sleep 0.3; echo from-background) & echo leader'",
+    );
+    let mut server = Server::start(&dir, &config, &["--log-format", "json"]);
+    for (path, id) in [
+        ("/quick", "o-quick"),
+        ("/slow", "o-slow"),
+        ("/parent", "o-parent"),
+    ] {
+        let response = server.post(path, &[("x-cmq-message-id", id)], b"x");
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    // The background child's line comes after its parent's answer.
+    assert!(wait_for(Duration::from_secs(10), || server
+        .log_text()
+        .contains("from-background")));
+    let lines = stopped_json_log(&mut server);
+    let said = |id: &str| -> Vec<(String, String)> {
+        lines
+            .iter()
+            .filter(|line| line["msg_id"] == id && line["stream"].is_string())
+            .map(|line| {
+                let text = |key: &str| line[key].as_str().unwrap_or("").to_owned();
+                (text("stream"), text("message"))
+            })
+            .collect()
+    };
+    let pair = |stream: &str, text: &str| (stream.to_owned(), text.to_owned());
+    let mut quick = said("o-quick");
+    quick.sort();
+    assert_eq!(
+        quick,
+        [
+            pair("stderr", "err"),
+            pair("stdout", "no newline"),
+            pair("stdout", "one"),
+            pair("stdout", "two")
+        ]
+    );
+    assert_eq!(said("o-slow"), [pair("stdout", "late")]);
+    assert_eq!(
+        said("o-parent"),
+        [pair("stdout", "leader"), pair("stdout", "from-background")]
+    );
+    let rows = history_json(&config, &["--msg-id", "o-quick"]);
+    assert_eq!(rows[0]["stdout_tail"], "one\ntwo\nno newline", "{rows:?}");
+    assert_eq!(rows[0]["stderr_tail"], "err\n", "{rows:?}");
+    let rows = history_json(&config, &["--msg-id", "o-slow"]);
+    assert_eq!(rows[0]["stdout_tail"], "late\n", "{rows:?}");
+}
+
+#[test]
 fn serve_raises_a_low_soft_open_files_limit() {
     let dir = Dir::new();
     let config = config(&dir, "", "[hooks.any]\ncommand = 'true'");
