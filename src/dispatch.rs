@@ -587,8 +587,9 @@ enum Entry {
     },
     Finished {
         attempt: u32,
-        /// The result, when it succeeded: later pushes are answered with it.
-        success: Option<HookResult>,
+        /// The result, when it succeeded: later pushes are answered with it. Boxed, to keep
+        /// the ledger's table small.
+        success: Option<Box<HookResult>>,
         /// The journal record of the outcome; 0 when there is no journal.
         seq: u64,
         at: Instant,
@@ -630,7 +631,7 @@ impl Ledger {
                 at,
                 ..
             }) if at.elapsed() < dedup_for => {
-                let mut result = result.clone();
+                let mut result = HookResult::clone(result);
                 result.deduplicated = true;
                 return Claim::Succeeded(result);
             }
@@ -662,7 +663,7 @@ impl Ledger {
     }
 
     fn finish(&self, key: &Key, attempt: u32, result: &HookResult, seq: u64) {
-        let success = (result.outcome == Outcome::Succeeded).then(|| result.clone());
+        let success = (result.outcome == Outcome::Succeeded).then(|| Box::new(result.clone()));
         self.entries().insert(
             key.clone(),
             Entry::Finished {
@@ -698,13 +699,19 @@ impl Ledger {
             _ => return,
         }
         let committed = journal.map(Journal::committed);
-        self.entries().retain(|_, entry| match entry {
+        let mut entries = self.entries();
+        entries.retain(|_, entry| match entry {
             Entry::Running { .. } => true,
             Entry::Finished { seq, at, .. } => match committed {
                 Some(committed) => *seq > committed || at.elapsed() < LEDGER_LINGER,
                 None => at.elapsed() < dedup_for,
             },
         });
+        // A burst leaves a big table behind; give the memory back once it has passed.
+        let len = entries.len();
+        if entries.capacity() > 4 * len.max(1024) {
+            entries.shrink_to(2 * len);
+        }
     }
 }
 

@@ -180,9 +180,9 @@ impl Journal {
         writer
             .execute_batch(
                 // Appends touch the last pages of the table and its indexes: a small cache
-                // (1 MiB, not SQLite's 2 MiB) holds them.
+                // (512 KiB, not SQLite's 2 MiB) holds them.
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
-                 PRAGMA cache_size = -1024;",
+                 PRAGMA cache_size = -512;",
             )
             .map_err(sqlite)?;
         migrate(&mut writer, path)?;
@@ -376,9 +376,9 @@ struct Seen {
     ready: AtomicBool,
 }
 
-/// 4 Mi bits, 512 KiB; with 3 bits per pair, under 1 % of never-seen messages are looked up
-/// while the filter holds fewer than 400,000 pairs.
-const SEEN_BITS: usize = 1 << 22;
+/// 2 Mi bits, 256 KiB; with 3 bits per pair, under 2 % of never-seen messages are looked up
+/// while the filter holds fewer than 200,000 pairs.
+const SEEN_BITS: usize = 1 << 21;
 
 impl Seen {
     fn new() -> Seen {
@@ -917,7 +917,7 @@ mod tests {
         assert!(journal.seen.may_contain("deploy", "old"));
         let old = journal.last_run("deploy", "old", day).expect("found");
         assert_eq!(old.outcome, "failed");
-        // One pair in 4 Mi bits: another is all but certainly absent.
+        // One pair in 2 Mi bits: another is all but certainly absent.
         assert!(!journal.seen.may_contain("deploy", "new"));
         assert!(!journal.seen.may_contain("other", "old"));
         let id = journal.record_start(start("deploy", "new", 1));
