@@ -56,6 +56,17 @@ free_port() {
 peak_rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
+# await_listening NAME -> sets $addr from the "listening on http://ADDR" line of $work/NAME/log
+await_listening() {
+    addr=
+    for _ in $(seq 200); do
+        addr=$(grep -ao 'listening on http://[0-9.:]*' "$work/$1/log" 2>/dev/null | sed 's|.*http://||' || true)
+        [ -n "$addr" ] && return
+        sleep 0.05
+    done
+    echo "$1 did not start:" >&2; cat "$work/$1/log" >&2; exit 1
+}
+
 # start_cmqhook NAME JOURNAL HOOK_TOML [SERVER_TOML] -> sets $addr; pid in $work/NAME/pid
 start_cmqhook() {
     local name=$1 journal=$2 hook=$3 server=${4:-}
@@ -73,13 +84,7 @@ TOML
     (ulimit -Sn "${NOFILE:-$(ulimit -Sn)}"
      RUST_LOG=${LOG:-cmqhook::service=info} exec "$bin" serve -c "$work/$name/hooks.toml" >/dev/null 2>"$work/$name/log") &
     echo $! > "$work/$name/pid"
-    addr=
-    for _ in $(seq 200); do
-        addr=$(grep -ao 'listening on http://[0-9.:]*' "$work/$name/log" 2>/dev/null | sed 's|.*http://||' || true)
-        [ -n "$addr" ] && return
-        sleep 0.05
-    done
-    echo "cmqhook $name did not start:" >&2; cat "$work/$name/log" >&2; exit 1
+    await_listening "$name"
 }
 
 # start_webhook NAME WORKLOAD -> sets $addr
@@ -122,13 +127,7 @@ start_bare() {
         "$bare" 127.0.0.1:0 /bin/sh -c 'cat >/dev/null' >/dev/null 2>"$work/$name/log" &
     fi
     echo $! > "$work/$name/pid"
-    addr=
-    for _ in $(seq 200); do
-        addr=$(grep -ao 'listening on http://[0-9.:]*' "$work/$name/log" 2>/dev/null | sed 's|.*http://||' || true)
-        [ -n "$addr" ] && return
-        sleep 0.05
-    done
-    echo "bare did not start:" >&2; cat "$work/$name/log" >&2; exit 1
+    await_listening "$name"
 }
 
 stop() { # stop NAME

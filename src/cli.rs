@@ -290,7 +290,8 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
     let interrupt = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(config, None, interrupt.clone()));
     let answer = runtime.block_on(async {
-        let answer = dispatcher.dispatch(push);
+        let path = dispatcher.config().redact(&push.path).into();
+        let answer = dispatcher.dispatch(push, path);
         tokio::pin!(answer);
         tokio::select! {
             answer = &mut answer => answer,

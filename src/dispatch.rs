@@ -3,8 +3,8 @@
 //!
 //! Runs are spawned as tasks of their own on the runtime of the caller (an HTTP worker), so a
 //! run's life does not depend on the HTTP request that started it, and a push is served from
-//! request to exit status on one thread, with no hand-over between threads. Knows nothing of HTTP: the status code is `http`'s choice,
-//! made from [`Verdict`].
+//! request to exit status on one thread, with no hand-over between threads. Knows nothing of
+//! HTTP: the status code is `http`'s choice, made from [`Verdict`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -247,7 +247,8 @@ impl Dispatcher {
     /// Runs every hook matching `push`, at most once per (hook, message id), and waits for
     /// their outcomes at most `respond_within`. Runs go on after this future returns or is
     /// dropped; a run still waiting for a slot when the answer goes out is withdrawn.
-    pub async fn dispatch(self: &Arc<Self>, push: Push) -> Answer {
+    /// `path` is the push's path with secrets redacted (`Config::redact`), for the journal.
+    pub async fn dispatch(self: &Arc<Self>, push: Push, path: Arc<str>) -> Answer {
         let config = self.config();
         let hooks: Vec<Arc<Hook>> = config.route(&push).into_iter().cloned().collect();
         if hooks.is_empty() {
@@ -255,12 +256,7 @@ impl Dispatcher {
                 Unmatched::Reject => 404,
                 Unmatched::Ack => 200,
             };
-            self.record_push(push_record(
-                &config.redact(&push.path),
-                &push,
-                status,
-                "unmatched",
-            ));
+            self.record_push(push_record(&path, &push, status, "unmatched"));
             return Answer {
                 verdict: Verdict::Unmatched(config.server.unmatched),
                 msg_id: push.msg_id,
@@ -275,8 +271,6 @@ impl Dispatcher {
             push.envelope = bytes::Bytes::new();
         }
         let push = Arc::new(push);
-        // Redacted once per push, for the journal rows of all its runs.
-        let path: Arc<str> = config.redact(&push.path).into();
         let pending: Vec<Pending> = hooks
             .iter()
             .map(|hook| self.start(&config, hook, &push, &path))

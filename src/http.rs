@@ -118,7 +118,8 @@ async fn push(
         request_id: header("x-cmq-request-id"),
         message_tag: header("x-cmq-message-tag"),
     };
-    let path = config.redact(req.path());
+    // Redacted once, for the log, the journal and every run's row.
+    let path: Arc<str> = config.redact(req.path()).into();
     let refuse = |status: StatusCode, reason: &str, error: String| {
         metrics().rejected.with_label_values(&[reason]).inc();
         metrics().pushes.with_label_values(&[status.as_str()]).inc();
@@ -127,7 +128,7 @@ async fn push(
             reason: reason.to_owned(),
             msg_id: headers.message_id.map(str::to_owned),
             request_id: headers.request_id.map(str::to_owned),
-            path: path.clone(),
+            path: path.to_string(),
             topic: None,
             subscription: None,
             tags: headers
@@ -215,7 +216,7 @@ async fn push(
         Err(err) => return refuse(StatusCode::BAD_REQUEST, "not_envelope", err.to_string()),
     };
     let request_id = push.request_id.clone().unwrap_or_default();
-    let answer = dispatcher.dispatch(push).await;
+    let answer = dispatcher.dispatch(push, Arc::clone(&path)).await;
     let status = status_of(&answer);
     metrics().pushes.with_label_values(&[status.as_str()]).inc();
     if answer.results.is_empty() {

@@ -14,7 +14,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_from_iter};
 use serde::Serialize;
 
 /// Each entry migrates the schema from version `index` to `index + 1`.
@@ -519,9 +519,11 @@ fn write_batch(connection: &mut Connection, batch: Vec<(u64, Record)>) -> rusqli
     }
     let transaction = connection.transaction()?;
     {
+        // A finished run's row: the start's columns, then the end's, in the order of the
+        // values `start_values` and `end_values` give.
         let mut whole = transaction.prepare_cached(
             "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
-                               subscription, tags, attempt, outcome, finished_at, exit_code,
+                               subscription, tags, attempt, finished_at, outcome, exit_code,
                                signal, duration_ms, left_behind, error, stdout_tail, stderr_tail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                      ?18, ?19)",
@@ -544,59 +546,25 @@ fn write_batch(connection: &mut Connection, batch: Vec<(u64, Record)>) -> rusqli
         )?;
         for record in records {
             match record {
-                Record::Started { id, at, run } if ends.contains_key(&id) => {
-                    let Some((finished_at, end)) = ends.remove(&id) else {
-                        continue;
-                    };
-                    whole.execute(params![
-                        id,
-                        timestamp(at),
-                        run.hook,
-                        run.msg_id,
-                        run.request_id,
-                        run.path,
-                        run.topic,
-                        run.subscription,
-                        run.tags,
-                        run.attempt,
-                        end.outcome,
-                        timestamp(finished_at),
-                        end.exit_code,
-                        end.signal,
-                        end.duration_ms,
-                        end.left_behind,
-                        end.error,
-                        end.stdout_tail,
-                        end.stderr_tail,
-                    ])?;
-                }
                 Record::Started { id, at, run } => {
-                    start.execute(params![
-                        id,
-                        timestamp(at),
-                        run.hook,
-                        run.msg_id,
-                        run.request_id,
-                        run.path,
-                        run.topic,
-                        run.subscription,
-                        run.tags,
-                        run.attempt,
-                    ])?;
+                    let started_at = timestamp(at);
+                    let started = start_values(&id, &started_at, &run);
+                    match ends.remove(&id) {
+                        Some((at, run_end)) => {
+                            let finished_at = timestamp(at);
+                            let ended = end_values(&finished_at, &run_end);
+                            whole.execute(params_from_iter(started.into_iter().chain(ended)))?;
+                        }
+                        None => {
+                            start.execute(started)?;
+                        }
+                    }
                 }
                 Record::Finished { id, at, end: run } => {
-                    end.execute(params![
-                        id,
-                        timestamp(at),
-                        run.outcome,
-                        run.exit_code,
-                        run.signal,
-                        run.duration_ms,
-                        run.left_behind,
-                        run.error,
-                        run.stdout_tail,
-                        run.stderr_tail,
-                    ])?;
+                    let finished_at = timestamp(at);
+                    let ended = end_values(&finished_at, &run);
+                    let id: &dyn ToSql = &id;
+                    end.execute(params_from_iter(std::iter::once(id).chain(ended)))?;
                 }
                 Record::Push { at, push: record } => {
                     push.execute(params![
@@ -615,6 +583,37 @@ fn write_batch(connection: &mut Connection, batch: Vec<(u64, Record)>) -> rusqli
         }
     }
     transaction.commit()
+}
+
+/// A run's start columns, from `id` to `attempt`.
+fn start_values<'a>(id: &'a i64, at: &'a dyn ToSql, run: &'a RunStart) -> [&'a dyn ToSql; 10] {
+    [
+        id,
+        at,
+        &run.hook,
+        &run.msg_id,
+        &run.request_id,
+        &run.path,
+        &run.topic,
+        &run.subscription,
+        &run.tags,
+        &run.attempt,
+    ]
+}
+
+/// A run's end columns, from `finished_at` to `stderr_tail`.
+fn end_values<'a>(at: &'a dyn ToSql, end: &'a RunEnd) -> [&'a dyn ToSql; 9] {
+    [
+        at,
+        &end.outcome,
+        &end.exit_code,
+        &end.signal,
+        &end.duration_ms,
+        &end.left_behind,
+        &end.error,
+        &end.stdout_tail,
+        &end.stderr_tail,
+    ]
 }
 
 fn prune(connection: &Connection, keep: Duration) {
