@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cmq::{Format, OutgoingPush};
 use crate::config::{Config, Hook};
+use crate::delivery::{self, Deliveries, HistoryFilter, HistoryRow};
 use crate::dispatch::{Dispatcher, Verdict};
-use crate::journal::{self, Delivery, HistoryFilter};
 use crate::send::send_push;
 use crate::service;
 use crate::telemetry::{self, LogFormat};
@@ -288,7 +288,8 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|err| format!("error: cannot start the runtime: {err}"))?;
     let interrupt = CancellationToken::new();
-    let dispatcher = Arc::new(Dispatcher::new(config, None, interrupt.clone()));
+    let deliveries = Deliveries::in_memory(config.server.dedup_capacity);
+    let dispatcher = Arc::new(Dispatcher::new(config, deliveries, interrupt.clone()));
     let answer = runtime.block_on(async {
         let path = dispatcher.config().redact(&push.path).into();
         let answer = dispatcher.dispatch(push, path);
@@ -370,7 +371,7 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, String> {
         failed: args.failed,
         limit: args.limit,
     };
-    let deliveries = journal::history(path, &filter).map_err(|err| format!("error: {err}"))?;
+    let deliveries = delivery::history(path, &filter).map_err(|err| format!("error: {err}"))?;
     for delivery in &deliveries {
         if args.json {
             let line = serde_json::to_string(delivery).map_err(|err| format!("error: {err}"))?;
@@ -382,7 +383,7 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn history_line(delivery: &Delivery) -> String {
+fn history_line(delivery: &HistoryRow) -> String {
     let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
     let mut line = format!(
         "{}  {:<4}  {:<16}  msg={}",

@@ -23,6 +23,8 @@ use crate::routing::{Pattern, Router, Selector};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
+/// `journal = "off"`: (hook, message id) outcomes kept in memory, oldest finished evicted first.
+const DEFAULT_DEDUP_CAPACITY: usize = 100_000;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ pub struct Server {
     /// `None` when `journal = "off"`.
     pub journal: Option<PathBuf>,
     pub dedup_for: Duration,
+    /// `journal = "off"` only: how many (hook, message id) outcomes are kept in memory.
+    pub dedup_capacity: usize,
     pub shutdown_grace: Duration,
     pub token: Option<String>,
     /// Empty means everyone.
@@ -273,6 +277,7 @@ struct RawServer {
     unmatched: Option<Unmatched>,
     journal: Option<String>,
     dedup_for: Option<RawDuration>,
+    dedup_capacity: Option<Spanned<usize>>,
     shutdown_grace: Option<RawDuration>,
     token: Option<Spanned<String>>,
     allow: Option<Vec<Spanned<String>>>,
@@ -468,6 +473,14 @@ impl Loader<'_> {
         let max_body = raw
             .max_body
             .map_or(8 * 1024 * 1024, |size| size.get_ref().as_u64());
+        let dedup_capacity = match raw.dedup_capacity {
+            Some(n) if *n.get_ref() == 0 => {
+                self.error(n.span(), "server.dedup_capacity: must be at least 1");
+                1
+            }
+            Some(n) => n.into_inner(),
+            None => DEFAULT_DEDUP_CAPACITY,
+        };
         let journal = match raw.journal.as_deref() {
             Some("off") => None,
             Some(path) => Some(self.dir.join(path)),
@@ -486,6 +499,7 @@ impl Loader<'_> {
             unmatched: raw.unmatched.unwrap_or_default(),
             journal,
             dedup_for: duration(raw.dedup_for, Duration::from_secs(25 * 3600)),
+            dedup_capacity,
             shutdown_grace: duration(raw.shutdown_grace, Duration::from_secs(30)),
             token,
             allow: self.networks("server.allow", raw.allow),

@@ -18,8 +18,7 @@ use serde_json::json;
 use crate::access::{allowed, client_address, presented_token, token_matches};
 use crate::cmq::{PushHeaders, parse_push, parse_tags};
 use crate::config::Unmatched;
-use crate::dispatch::{Answer, Dispatcher, Verdict};
-use crate::journal::PushRecord;
+use crate::dispatch::{Answer, Dispatcher, Refusal, Refused, Verdict};
 use crate::telemetry::metrics;
 
 /// How long a client may take to send its request headers.
@@ -56,21 +55,19 @@ async fn route(
     dispatcher: web::Data<Dispatcher>,
 ) -> HttpResponse {
     match (req.method(), req.path()) {
-        (&Method::POST, _) if dispatcher.is_draining() => HttpResponse::ServiceUnavailable()
-            .insert_header((header::RETRY_AFTER, "5"))
-            .json(json!({"error": "shutting down"})),
         (&Method::POST, _) => push(&req, payload, &dispatcher.into_inner()).await,
-        (&Method::GET, "/healthz") if dispatcher.is_draining() => {
-            HttpResponse::ServiceUnavailable()
-                .content_type("text/plain; charset=utf-8")
-                .body("draining")
-        }
         (&Method::GET, "/metrics") => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
             .body(metrics().render()),
-        (&Method::GET, "/healthz") => HttpResponse::Ok()
-            .content_type("text/plain; charset=utf-8")
-            .body("ok"),
+        (&Method::GET, "/healthz") => match dispatcher.health() {
+            Ok(()) => HttpResponse::Ok()
+                .content_type("text/plain; charset=utf-8")
+                .body("ok"),
+            Err(reason) => HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, "5"))
+                .content_type("text/plain; charset=utf-8")
+                .body(reason),
+        },
         _ => HttpResponse::MethodNotAllowed()
             .insert_header((header::ALLOW, "POST"))
             .json(json!({"error": "pushes are POST requests"})),
@@ -120,23 +117,22 @@ async fn push(
     };
     // Redacted once, for the log, the journal and every run's row.
     let path: Arc<str> = config.redact(req.path()).into();
-    let refuse = |status: StatusCode, reason: &str, error: String| {
-        metrics().rejected.with_label_values(&[reason]).inc();
+    let refuse = |refusal: Refusal, error: String| {
+        let status = status_of_refusal(refusal);
+        metrics()
+            .rejected
+            .with_label_values(&[refusal.reason()])
+            .inc();
         metrics().pushes.with_label_values(&[status.as_str()]).inc();
-        dispatcher.record_push(PushRecord {
-            status: status.as_u16(),
-            reason: reason.to_owned(),
-            msg_id: headers.message_id.map(str::to_owned),
-            request_id: headers.request_id.map(str::to_owned),
-            path: path.to_string(),
-            topic: None,
-            subscription: None,
-            tags: headers
-                .message_tag
-                .map(parse_tags)
-                .unwrap_or_default()
-                .join(","),
-        });
+        dispatcher.refuse(
+            refusal,
+            &Refused {
+                msg_id: headers.message_id,
+                request_id: headers.request_id,
+                path: &path,
+                tags: headers.message_tag.map(parse_tags).unwrap_or_default(),
+            },
+        );
         tracing::info!(
             msg_id = headers.message_id.unwrap_or(""),
             request_id = headers.request_id.unwrap_or(""),
@@ -146,19 +142,23 @@ async fn push(
             error = %error,
             "push refused"
         );
-        HttpResponse::build(status).json(json!({ "error": error }))
+        let mut response = HttpResponse::build(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "5"));
+        }
+        response.json(json!({ "error": error }))
     };
+
+    if dispatcher.is_draining() {
+        return refuse(Refusal::Draining, "shutting down".to_owned());
+    }
 
     let server = &config.server;
     let peer = req.peer_addr().map(|addr| addr.ip());
     if let Some(peer) = peer {
         let client = client_address(peer, header("x-forwarded-for"), &server.trusted_proxies);
         if !allowed(client, &server.allow) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("{client} is not allowed"),
-            );
+            return refuse(Refusal::Forbidden, format!("{client} is not allowed"));
         }
     }
     if let Some(token) = &server.token {
@@ -168,18 +168,13 @@ async fn push(
             header(header::AUTHORIZATION.as_str()),
         );
         if !token_matches(token, presented) {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong token".to_owned(),
-            );
+            return refuse(Refusal::Unauthorized, "missing or wrong token".to_owned());
         }
     }
     let max_body = config.server.max_body;
     let too_large = || {
         refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            Refusal::TooLarge,
             format!("body larger than max_body ({max_body} bytes)"),
         )
     };
@@ -192,28 +187,20 @@ async fn push(
     let body =
         match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(payload, expected, limit)).await {
             Err(_) => {
-                return refuse(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "slow_body",
-                    "body not received in time".to_owned(),
-                );
+                return refuse(Refusal::SlowBody, "body not received in time".to_owned());
             }
             Ok(body) => body,
         };
     let body = match body {
         Body::Read(body) => body,
         Body::Broken(err) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "unreadable",
-                format!("cannot read body: {err}"),
-            );
+            return refuse(Refusal::Unreadable, format!("cannot read body: {err}"));
         }
         Body::TooLarge => return too_large(),
     };
     let push = match parse_push(config.server.format, req.path(), headers, body) {
         Ok(push) => push,
-        Err(err) => return refuse(StatusCode::BAD_REQUEST, "not_envelope", err.to_string()),
+        Err(err) => return refuse(Refusal::NotEnvelope, err.to_string()),
     };
     let request_id = push.request_id.clone().unwrap_or_default();
     let answer = dispatcher.dispatch(push, Arc::clone(&path)).await;
@@ -240,6 +227,11 @@ async fn push(
         return response.json(json!({ "error": "no hook matched" }));
     }
     response.json(&answer)
+}
+
+/// The status of a refused push.
+fn status_of_refusal(refusal: Refusal) -> StatusCode {
+    StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 /// The one place an answer becomes a status code (SPEC §4).

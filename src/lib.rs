@@ -1,21 +1,29 @@
 //! cmqhook turns Tencent Cloud CMQ topic pushes into shell commands.
 //!
-//! A push's path through the crate:
-//! 1. [`http`] accepts a POST, enforces the body limit, and reads the CMQ headers;
-//! 2. [`cmq`] turns headers and body into a [`cmq::Push`] (JSON envelope or SIMPLIFIED);
-//! 3. [`routing`] picks every hook of the [`config`] whose selectors match;
-//! 4. [`dispatch`] starts a [`runner`] run per hook on its own runtime and waits for outcomes;
-//! 5. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0.
+//! A push's path through the crate, in the order it meets the modules:
+//! 1. [`service`] binds the listener, opens the journal, and runs the server until shutdown;
+//! 2. [`http`] accepts a POST, enforces limits, and checks access with [`access`];
+//! 3. [`cmq`] turns headers and body into a [`cmq::Push`] (JSON envelope or SIMPLIFIED);
+//! 4. [`routing`] picks every hook of the [`config`] whose selectors match;
+//! 5. [`dispatch`] fans out: per hook, a claim of (hook, message id) through [`delivery`], a
+//!    slot, and a run spawned as a task on the caller's runtime (the HTTP worker's);
+//! 6. [`runner`] runs one command in its own process group and reports its outcome;
+//! 7. [`delivery`] journals the outcome and settles it for its waiters once committed;
+//! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0
+//!    and that is journaled.
 //!
-//! [`cli`] is the command line; [`telemetry`] sets up logging.
+//! Beside the path: [`orphans`] finds and stops the commands of a `serve` that died; [`cli`]
+//! is the command line, and [`send`] its CMQ-like client; [`telemetry`] sets up logs and
+//! metrics.
 
 pub mod access;
 pub mod cli;
 pub mod cmq;
 pub mod config;
+pub mod delivery;
 pub mod dispatch;
 pub mod http;
-pub mod journal;
+pub mod orphans;
 pub mod routing;
 pub mod runner;
 pub mod send;

@@ -6,7 +6,7 @@
 //! are answered; the journal is flushed; exit 0.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,14 +14,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::delivery::{Deliveries, JournalError};
 use crate::dispatch::Dispatcher;
 use crate::http;
-use crate::journal::{Journal, JournalError};
 
 /// The soft open-files limit `serve` raises itself to, if the hard limit allows.
 const OPEN_FILES: u64 = 65_536;
 /// How long killed runs may take to be reaped and journaled after the grace.
 const KILL_WAIT: Duration = Duration::from_secs(30);
+/// How long orphaned commands get after SIGTERM when no hook says (`kill_grace`'s default).
+const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why `serve` could not run.
 #[derive(Debug, thiserror::Error)]
@@ -46,51 +48,77 @@ pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), Serve
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    // The journal first: it may refuse (another serve owns it), and commands a dead serve
+    // left running are stopped before anything can run again.
+    let deliveries = open_deliveries(&config)?;
     let addr = listen.unwrap_or(config.server.listen);
     let listener = TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })?;
     let local = listener.local_addr()?;
-    let journal = match &config.server.journal {
-        Some(path) => Some(Journal::open(path, config.server.dedup_for)?),
-        None => None,
-    };
-    let interrupt = CancellationToken::new();
-    let dispatcher = Arc::new(Dispatcher::new(config, journal, interrupt.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(
+        config,
+        deliveries,
+        CancellationToken::new(),
+    ));
     let hooks = dispatcher.config().hooks.len();
     tracing::info!(hooks, "listening on http://{local}");
     let system = actix_web::rt::System::new();
-    let served = system.block_on(run(
-        listener,
-        Arc::clone(&dispatcher),
-        config_file.to_owned(),
-        interrupt,
-    ));
-    if let Some(journal) = dispatcher.journal() {
-        journal.close();
-    }
+    let served = system.block_on(async {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let reloader = Arc::clone(&dispatcher);
+        let config_file = config_file.to_owned();
+        actix_web::rt::spawn(async move {
+            while hangup.recv().await.is_some() {
+                reload(&reloader, &config_file);
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        run(listener, Arc::clone(&dispatcher), shutdown).await
+    });
+    dispatcher.close();
     served?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn run(
+/// The delivery state `config` asks for: the SQLite journal, or memory only.
+fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
+    let server = &config.server;
+    match &server.journal {
+        Some(path) => {
+            // Orphans get the longest grace any hook would give its command.
+            let grace = config
+                .hooks
+                .iter()
+                .map(|hook| hook.kill_grace)
+                .max()
+                .unwrap_or(DEFAULT_ORPHAN_GRACE);
+            Deliveries::open_sqlite(path, server.dedup_for, grace)
+        }
+        None => Ok(Deliveries::in_memory(server.dedup_capacity)),
+    }
+}
+
+/// Serves pushes on `listener` until `shutdown` completes, then drains: pushes get 503,
+/// running commands get `shutdown_grace`, then their groups are killed, and in-flight requests
+/// are answered. Handles no signals itself, so a test can run it in-process on `127.0.0.1:0`.
+pub async fn run(
     listener: TcpListener,
     dispatcher: Arc<Dispatcher>,
-    config_file: PathBuf,
-    interrupt: CancellationToken,
+    shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let server = http::server(listener, Arc::clone(&dispatcher))?;
     let handle = server.handle();
     let mut server = actix_web::rt::spawn(server);
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => break,
-            _ = int.recv() => break,
-            _ = hangup.recv() => reload(&dispatcher, &config_file),
-            ended = &mut server => return ended.unwrap_or_else(|err| Err(std::io::Error::other(err))),
-        }
+    tokio::select! {
+        () = shutdown => {}
+        ended = &mut server => return ended.unwrap_or_else(|err| Err(std::io::Error::other(err))),
     }
     let grace = dispatcher.config().server.shutdown_grace;
     tracing::info!(
@@ -104,7 +132,7 @@ async fn run(
             running = dispatcher.active(),
             "shutdown_grace is over: killing the remaining commands"
         );
-        interrupt.cancel();
+        dispatcher.interrupt();
         dispatcher.wait_idle(KILL_WAIT).await;
     }
     // In-flight requests now have their outcomes; let them be answered.

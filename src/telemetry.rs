@@ -42,6 +42,7 @@ pub struct Metrics {
     pub running: prometheus::IntGaugeVec,
     pub dedup_hits: prometheus::IntCounterVec,
     pub queued: prometheus::IntGaugeVec,
+    pub dedup_evictions: prometheus::IntCounter,
 }
 
 /// The process's metrics, registered on first use.
@@ -96,6 +97,14 @@ pub fn metrics() -> &'static Metrics {
             "Runs waiting for a slot, by hook.",
             &["hook"],
         );
+        let dedup_evictions = prometheus::IntCounter::new(
+            "cmqhook_dedup_evictions_total",
+            "Outcomes forgotten early because the in-memory dedup table was full (journal off).",
+        )
+        .expect("metric names are valid");
+        registry
+            .register(Box::new(dedup_evictions.clone()))
+            .expect("each metric is registered once");
         let run_duration = prometheus::HistogramVec::new(
             HistogramOpts::new(
                 "cmqhook_run_duration_seconds",
@@ -119,6 +128,7 @@ pub fn metrics() -> &'static Metrics {
             running,
             dedup_hits,
             queued,
+            dedup_evictions,
         }
     })
 }

@@ -1,0 +1,630 @@
+//! The owner of delivery state: what became of each (hook, message id).
+//!
+//! Claiming a (hook, message id) for a run, joining a run in flight, recording a run's start
+//! and end, answering duplicates, and forgetting outcomes older than `dedup_for` all happen
+//! here, behind one type, [`Deliveries`], over a backend:
+//!
+//! - memory (`journal = "off"`): a bounded table, forgotten on restart;
+//! - SQLite ([`sqlite`]): the embedded journal, one owner per file, written by one thread.
+//!
+//! A claim is one atomic operation (claim-or-observe): the look-up and the claim happen under
+//! one lock, so two pushes of one message never both start it. What the state promises, under
+//! faults too (SPEC §5): an outcome is settled for its waiters only once it is committed; while
+//! the journal cannot be written nothing new starts; outcomes not yet written stay in memory
+//! and answer retries.
+
+pub mod sqlite;
+mod table;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use sqlite::{HistoryFilter, HistoryRow, JournalError, history};
+use table::Table;
+
+/// A run's outcome, as answered and journaled; converted to and from the journal's text here
+/// and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Killed,
+    NotStarted,
+    Running,
+    Interrupted,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 7] = [
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::TimedOut,
+        Outcome::Killed,
+        Outcome::NotStarted,
+        Outcome::Running,
+        Outcome::Interrupted,
+    ];
+
+    /// The name used in answers, logs, metrics and the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Killed => "killed",
+            Outcome::NotStarted => "not_started",
+            Outcome::Running => "running",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// The outcome a journal text names.
+    pub fn parse(text: &str) -> Option<Outcome> {
+        Outcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text)
+    }
+}
+
+/// (hook name, message id).
+pub type Key = (String, String);
+
+/// What a run came to, as far as delivery state is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunResult {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    /// The outcome is committed to the journal (always, without one). A result that is not
+    /// may not be answered 2xx.
+    pub recorded: bool,
+}
+
+impl RunResult {
+    /// A result with no run behind it (withdrawn, refused, interrupted before an outcome).
+    pub fn without_run(outcome: Outcome, waited: Duration, error: Option<String>) -> RunResult {
+        RunResult {
+            outcome,
+            exit_code: None,
+            signal: None,
+            duration_ms: millis(waited),
+            error,
+            recorded: true,
+        }
+    }
+}
+
+/// Whole milliseconds, saturating.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One run's shared state: whether it started or was withdrawn, and its settled result.
+pub struct Ticket {
+    state: AtomicU8,
+    withdrawn: CancellationToken,
+    done: watch::Sender<Option<RunResult>>,
+}
+
+const WAITING: u8 = 0;
+const STARTED: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Default for Ticket {
+    fn default() -> Self {
+        Ticket {
+            state: AtomicU8::new(WAITING),
+            withdrawn: CancellationToken::new(),
+            done: watch::Sender::new(None),
+        }
+    }
+}
+
+impl Ticket {
+    /// The run may start: true unless it was withdrawn first.
+    pub fn begin(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Withdraws a run that has not started: true if it will not start.
+    pub fn withdraw(&self) -> bool {
+        let withdrawn = self
+            .state
+            .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if withdrawn {
+            self.withdrawn.cancel();
+        }
+        withdrawn
+    }
+
+    /// Fires when the run is withdrawn before it started.
+    pub fn withdrawn(&self) -> &CancellationToken {
+        &self.withdrawn
+    }
+
+    /// Waits for the settled result.
+    pub fn subscribe(&self) -> watch::Receiver<Option<RunResult>> {
+        self.done.subscribe()
+    }
+
+    /// No push waits for this run any more.
+    pub fn unwatched(&self) -> bool {
+        self.done.is_closed()
+    }
+
+    /// Publishes the result to every push waiting for it.
+    fn settle(&self, result: RunResult) {
+        self.done.send_replace(Some(result));
+    }
+}
+
+/// What a claim found.
+pub enum Claim {
+    /// Already succeeded within `dedup_for`: not run again.
+    Succeeded(RunResult),
+    /// Running now: wait for it.
+    Running(Arc<Ticket>),
+    /// Ours to run, as this attempt.
+    Run { attempt: u32, ticket: Arc<Ticket> },
+    /// Nothing may start now (the journal cannot be written, or an earlier outcome of this
+    /// message is not written yet): answer 503 and let the sender retry.
+    Unavailable(String),
+}
+
+/// What a run was started with, for the journal.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    pub hook: String,
+    pub msg_id: Option<String>,
+    pub request_id: Option<String>,
+    /// Already redacted.
+    pub path: String,
+    pub topic: Option<String>,
+    pub subscription: Option<String>,
+    pub tags: String,
+    pub attempt: u32,
+}
+
+/// How a run ended, for the journal.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub left_behind: bool,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+}
+
+/// A push that ran nothing (refused, or unmatched).
+#[derive(Debug, Clone)]
+pub struct PushRecord {
+    pub status: u16,
+    /// `unmatched`, `too_large`, `not_envelope`, …
+    pub reason: &'static str,
+    pub msg_id: Option<String>,
+    pub request_id: Option<String>,
+    pub path: String,
+    pub topic: Option<String>,
+    pub subscription: Option<String>,
+    pub tags: String,
+}
+
+/// A run between its claim and its end.
+pub struct RunHandle {
+    id: i64,
+    attempt: u32,
+    key: Option<Key>,
+    ticket: Arc<Ticket>,
+    start: Option<(SystemTime, Box<RunStart>)>,
+}
+
+impl RunHandle {
+    /// The value of `CMQHOOK_RUN` for this run's command: which `serve` and which run it
+    /// belongs to, so that a later `serve` finds its processes if this one dies.
+    pub fn marker(&self, deliveries: &Deliveries) -> String {
+        format!("{}:{}", deliveries.boot, self.id)
+    }
+}
+
+/// The backends.
+enum Store {
+    Memory,
+    Sqlite(sqlite::Journal),
+}
+
+/// The owner of every (hook, message id)'s state.
+pub struct Deliveries {
+    table: Arc<Table>,
+    store: Store,
+    /// This process's identity in run markers.
+    boot: String,
+    next_id: std::sync::atomic::AtomicI64,
+}
+
+impl Deliveries {
+    /// In memory only (`journal = "off"`): at most `capacity` finished outcomes are kept,
+    /// oldest first evicted; running ones never are.
+    pub fn in_memory(capacity: usize) -> Deliveries {
+        Deliveries {
+            table: Arc::new(Table::new(1, Some(capacity))),
+            store: Store::Memory,
+            boot: sqlite::new_token(),
+            next_id: std::sync::atomic::AtomicI64::new(1),
+        }
+    }
+
+    /// The SQLite journal at `path`, which this process then owns (see [`sqlite::Journal::open`]).
+    pub fn open_sqlite(
+        path: &std::path::Path,
+        keep: Duration,
+        orphan_grace: Duration,
+    ) -> Result<Deliveries, JournalError> {
+        let journal = sqlite::Journal::open(path, keep, orphan_grace)?;
+        Ok(Deliveries {
+            table: Arc::new(Table::new(16, None)),
+            boot: journal.boot().to_owned(),
+            next_id: std::sync::atomic::AtomicI64::new(journal.first_free_id()),
+            store: Store::Sqlite(journal),
+        })
+    }
+
+    /// Whether outcomes outlive the process.
+    pub fn is_journaled(&self) -> bool {
+        matches!(self.store, Store::Sqlite(_))
+    }
+
+    /// `Ok` while new runs may start; else why not.
+    pub fn health(&self) -> Result<(), String> {
+        match &self.store {
+            Store::Memory => Ok(()),
+            Store::Sqlite(journal) => journal.health(),
+        }
+    }
+
+    /// Claims (hook, message id) for a run, or observes what is there: a success (not run
+    /// again), a run in flight (wait for it), or a reason nothing may start now. A push without
+    /// a message id always gets a run of its own, attempt 1, unless nothing may start.
+    pub fn claim(&self, hook: &str, msg_id: Option<&str>, dedup_for: Duration) -> Claim {
+        let Some(msg_id) = msg_id else {
+            return match self.health() {
+                Ok(()) => Claim::Run {
+                    attempt: 1,
+                    ticket: Arc::new(Ticket::default()),
+                },
+                Err(reason) => Claim::Unavailable(reason),
+            };
+        };
+        let key = (hook.to_owned(), msg_id.to_owned());
+        self.table.claim(key, dedup_for, |key| match &self.store {
+            Store::Memory => Ok(None),
+            Store::Sqlite(journal) => {
+                journal.health()?;
+                journal.last(&key.0, &key.1, dedup_for)
+            }
+        })
+    }
+
+    /// A claimed run that will not start: the claim is let go, and pushes that joined it are
+    /// told it did not start.
+    pub fn withdraw(&self, hook: &str, msg_id: Option<&str>, attempt: u32, ticket: &Ticket) {
+        if let Some(msg_id) = msg_id {
+            let key = (hook.to_owned(), msg_id.to_owned());
+            self.table.withdraw(&key, attempt, !self.is_journaled());
+        }
+        ticket.settle(RunResult::without_run(
+            Outcome::NotStarted,
+            Duration::ZERO,
+            None,
+        ));
+    }
+
+    /// A claimed run is about to start. Its start is journaled by [`Deliveries::started`] (or
+    /// together with its end, for a short run).
+    pub fn begin(&self, start: RunStart, ticket: Arc<Ticket>) -> RunHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        RunHandle {
+            id,
+            attempt: start.attempt,
+            key: start
+                .msg_id
+                .clone()
+                .map(|msg_id| (start.hook.clone(), msg_id)),
+            ticket,
+            start: Some((SystemTime::now(), Box::new(start))),
+        }
+    }
+
+    /// Journals the start of a run still going (it is not waited for).
+    pub fn started(&self, run: &mut RunHandle) {
+        if let (Store::Sqlite(journal), Some((at, start))) = (&self.store, run.start.take()) {
+            journal.record_start(run.id, at, start);
+        }
+    }
+
+    /// Records how a run ended. Its waiters get the result once it is committed (at once
+    /// without a journal); if the journal cannot be written, they get it marked unrecorded,
+    /// and the outcome stays in memory, answering retries, until it is written.
+    pub fn end(&self, run: RunHandle, result: RunResult, end: RunEnd, dedup_for: Duration) {
+        let RunHandle {
+            id,
+            attempt,
+            key,
+            ticket,
+            start,
+        } = run;
+        let stamp = key
+            .as_ref()
+            .map(|key| self.table.finish(key, attempt, &result, dedup_for));
+        match &self.store {
+            Store::Memory => ticket.settle(result),
+            Store::Sqlite(journal) => {
+                let table = Arc::clone(&self.table);
+                let outcome = result.clone();
+                let commit_key = key.clone();
+                let on_commit = move |committed: bool| {
+                    if committed && let (Some(key), Some(stamp)) = (&commit_key, stamp) {
+                        table.committed(key, stamp);
+                    }
+                    ticket.settle(RunResult {
+                        recorded: committed,
+                        ..outcome.clone()
+                    });
+                };
+                journal.record_end(sqlite::Ended {
+                    id,
+                    attempt,
+                    at: SystemTime::now(),
+                    start,
+                    key,
+                    result,
+                    end,
+                    on_commit: Box::new(on_commit),
+                });
+            }
+        }
+    }
+
+    /// Journals a push that ran nothing.
+    pub fn record_push(&self, push: PushRecord) {
+        if let Store::Sqlite(journal) = &self.store {
+            journal.record_push(push);
+        }
+    }
+
+    /// Commits what is queued and lets the journal go.
+    pub fn close(&self) {
+        if let Store::Sqlite(journal) = &self.store {
+            journal.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn start(hook: &str, msg_id: &str, attempt: u32) -> RunStart {
+        RunStart {
+            hook: hook.to_owned(),
+            msg_id: Some(msg_id.to_owned()),
+            request_id: None,
+            path: "/".to_owned(),
+            topic: None,
+            subscription: None,
+            tags: String::new(),
+            attempt,
+        }
+    }
+
+    fn result(outcome: Outcome) -> RunResult {
+        RunResult {
+            outcome,
+            exit_code: None,
+            signal: None,
+            duration_ms: 5,
+            error: None,
+            recorded: true,
+        }
+    }
+
+    fn end() -> RunEnd {
+        RunEnd {
+            left_behind: false,
+            stdout_tail: "out".to_owned(),
+            stderr_tail: String::new(),
+        }
+    }
+
+    /// Claims `msg_id` for hook `deploy`, runs nothing, ends it with `outcome`, and waits until
+    /// the outcome is settled; returns the attempt.
+    fn run_once(deliveries: &Deliveries, msg_id: &str, outcome: Outcome) -> u32 {
+        let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some(msg_id), DAY) else {
+            panic!("expected a run of {msg_id}");
+        };
+        let handle = deliveries.begin(start("deploy", msg_id, attempt), Arc::clone(&ticket));
+        let done = ticket.subscribe();
+        deliveries.end(handle, result(outcome), end(), DAY);
+        settled(&done);
+        attempt
+    }
+
+    fn settled(done: &watch::Receiver<Option<RunResult>>) -> RunResult {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(result) = done.borrow().clone() {
+                return result;
+            }
+            assert!(std::time::Instant::now() < deadline, "never settled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn journaled_outcomes_survive_reopening_and_runs_left_running_are_interrupted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        {
+            let deliveries = Deliveries::open_sqlite(&path, DAY, Duration::ZERO).expect("open");
+            assert_eq!(run_once(&deliveries, "m1", Outcome::Failed), 1);
+            assert_eq!(run_once(&deliveries, "m1", Outcome::Succeeded), 2);
+            assert!(matches!(
+                deliveries.claim("deploy", Some("m1"), DAY),
+                Claim::Succeeded(_)
+            ));
+            // Started and journaled as running, never ended: as if the process died.
+            let Claim::Run { ticket, .. } = deliveries.claim("deploy", Some("m2"), DAY) else {
+                panic!("expected a run");
+            };
+            let mut handle = deliveries.begin(start("deploy", "m2", 1), ticket);
+            deliveries.started(&mut handle);
+            deliveries.close();
+        }
+        let deliveries = Deliveries::open_sqlite(&path, DAY, Duration::ZERO).expect("reopen");
+        match deliveries.claim("deploy", Some("m1"), DAY) {
+            Claim::Succeeded(result) => assert_eq!(result.duration_ms, 5),
+            _ => panic!("a success is remembered across a restart"),
+        }
+        assert!(matches!(
+            deliveries.claim("deploy", Some("m2"), DAY),
+            Claim::Run { attempt: 2, .. }
+        ));
+        let rows = history(
+            &path,
+            &HistoryFilter {
+                limit: 10,
+                ..HistoryFilter::default()
+            },
+        )
+        .expect("history");
+        let outcomes: Vec<&str> = rows.iter().map(|row| row.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["interrupted", "succeeded", "failed"]);
+    }
+
+    #[test]
+    fn the_memory_backend_evicts_the_oldest_finished_outcomes_beyond_its_capacity() {
+        let deliveries = Deliveries::in_memory(10);
+        let before = crate::telemetry::metrics().dedup_evictions.get();
+        // A run still going is never evicted, however many finish meanwhile.
+        let Claim::Run { .. } = deliveries.claim("deploy", Some("long"), DAY) else {
+            panic!("expected a run");
+        };
+        for n in 0..100 {
+            run_once(&deliveries, &format!("m{n}"), Outcome::Succeeded);
+        }
+        assert!(crate::telemetry::metrics().dedup_evictions.get() - before >= 90);
+        assert!(matches!(
+            deliveries.claim("deploy", Some("long"), DAY),
+            Claim::Running(_)
+        ));
+        for n in 90..100 {
+            assert!(
+                matches!(
+                    deliveries.claim("deploy", Some(&format!("m{n}")), DAY),
+                    Claim::Succeeded(_)
+                ),
+                "m{n} is among the newest 10"
+            );
+        }
+        assert!(matches!(
+            deliveries.claim("deploy", Some("m0"), DAY),
+            Claim::Run { attempt: 1, .. }
+        ));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Claim a key; `expired`: as if `dedup_for` had passed since its last outcome.
+        Claim { key: u8, expired: bool },
+        /// End the key's run, if one is running.
+        End { key: u8, succeeded: bool },
+        /// Withdraw the key's run before it started, if one is claimed.
+        Withdraw { key: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3u8, any::<bool>()).prop_map(|(key, expired)| Op::Claim { key, expired }),
+            (0..3u8, any::<bool>()).prop_map(|(key, succeeded)| Op::End { key, succeeded }),
+            (0..3u8).prop_map(|key| Op::Withdraw { key }),
+        ]
+    }
+
+    /// What the model says of a key.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Model {
+        Running(u32),
+        Done { attempt: u32, succeeded: bool },
+    }
+
+    proptest! {
+        #[test]
+        fn in_memory_claims_follow_the_dedup_rules(ops in prop::collection::vec(op(), 1..60)) {
+            let deliveries = Deliveries::in_memory(1000);
+            let mut model: HashMap<u8, Model> = HashMap::new();
+            let mut runs: HashMap<u8, (u32, Arc<Ticket>)> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Claim { key, expired } => {
+                        let within = if expired { Duration::ZERO } else { DAY };
+                        let claim = deliveries.claim("h", Some(&key.to_string()), within);
+                        match (model.get(&key).copied(), claim) {
+                            (Some(Model::Running(_)), Claim::Running(ticket)) => {
+                                prop_assert!(Arc::ptr_eq(&ticket, &runs[&key].1));
+                            }
+                            (Some(Model::Done { succeeded: true, .. }), Claim::Succeeded(_)) if !expired => {}
+                            (Some(Model::Done { attempt, succeeded }), Claim::Run { attempt: got, ticket })
+                                if !succeeded || expired =>
+                            {
+                                prop_assert_eq!(got, attempt + 1);
+                                model.insert(key, Model::Running(got));
+                                runs.insert(key, (got, ticket));
+                            }
+                            (None, Claim::Run { attempt, ticket }) => {
+                                prop_assert_eq!(attempt, 1);
+                                model.insert(key, Model::Running(1));
+                                runs.insert(key, (1, ticket));
+                            }
+                            (state, _) => prop_assert!(false, "claim of {} in {:?}: unexpected", key, state),
+                        }
+                    }
+                    Op::End { key, succeeded } => {
+                        if let Some((attempt, ticket)) = runs.remove(&key) {
+                            let handle = deliveries.begin(start("h", &key.to_string(), attempt), Arc::clone(&ticket));
+                            let outcome = if succeeded { Outcome::Succeeded } else { Outcome::Failed };
+                            deliveries.end(handle, result(outcome), end(), DAY);
+                            prop_assert_eq!(ticket.subscribe().borrow().as_ref().map(|r| r.outcome), Some(outcome));
+                            model.insert(key, Model::Done { attempt, succeeded });
+                        }
+                    }
+                    Op::Withdraw { key } => {
+                        if let Some((attempt, ticket)) = runs.remove(&key) {
+                            prop_assert!(ticket.withdraw());
+                            deliveries.withdraw("h", Some(&key.to_string()), attempt, &ticket);
+                            if attempt > 1 {
+                                model.insert(key, Model::Done { attempt: attempt - 1, succeeded: false });
+                            } else {
+                                model.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1191 @@
+//! The SQLite journal: one row per run and one per push that ran nothing, plus a claims table
+//! keyed by (hook, message id) that dedup look-ups read.
+//!
+//! One `serve` owns a journal file: it holds an exclusive `flock` on `FILE.lock` beside it.
+//! Writes go through one writer thread that commits in groups, never on the HTTP workers: it
+//! sleeps while idle, is woken by the first record, takes everything queued, commits it in one
+//! transaction, and tells each run's waiters once their record is committed (WAL with
+//! `synchronous = NORMAL`: a commit survives a crash of the process). A commit that fails
+//! (locked by another process, disk full) is retried until it succeeds; meanwhile
+//! [`Journal::health`] says why, so that nothing new starts. The writer also notices when the
+//! file is deleted and restores it from the open database. Reads (dedup look-ups,
+//! `cmqhook history`) use their own connection; WAL lets them run beside the writer.
+//!
+//! The schema carries a version (`PRAGMA user_version`) and is migrated on open; migrations
+//! only add, and a newer schema is used as long as it says it is compatible with this one.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_from_iter};
+use serde::Serialize;
+
+use super::table::Last;
+use super::{Key, Outcome, PushRecord, RunEnd, RunResult, RunStart};
+use crate::orphans;
+
+/// Each entry migrates the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    r"
+CREATE TABLE runs (
+    id           INTEGER PRIMARY KEY,
+    started_at   TEXT NOT NULL,
+    finished_at  TEXT,
+    hook         TEXT NOT NULL,
+    msg_id       TEXT,
+    request_id   TEXT,
+    path         TEXT,
+    topic        TEXT,
+    subscription TEXT,
+    tags         TEXT,
+    attempt      INTEGER NOT NULL,
+    outcome      TEXT NOT NULL,
+    exit_code    INTEGER,
+    signal       INTEGER,
+    duration_ms  INTEGER,
+    left_behind  INTEGER NOT NULL DEFAULT 0,
+    error        TEXT,
+    stdout_tail  TEXT,
+    stderr_tail  TEXT
+);
+CREATE INDEX runs_by_message ON runs (hook, msg_id, id);
+CREATE INDEX runs_by_time ON runs (started_at);
+CREATE TABLE pushes (
+    id           INTEGER PRIMARY KEY,
+    at           TEXT NOT NULL,
+    status       INTEGER NOT NULL,
+    reason       TEXT NOT NULL,
+    msg_id       TEXT,
+    request_id   TEXT,
+    path         TEXT,
+    topic        TEXT,
+    subscription TEXT,
+    tags         TEXT
+);
+CREATE INDEX pushes_by_time ON pushes (at);
+",
+    // The claim of each (hook, message id): its latest attempt and outcome, under a unique key.
+    // `boots` names the `serve` processes whose commands may still run (see `orphans`);
+    // `meta.compatible_from` is the oldest schema version whose code may use this journal.
+    r"
+CREATE TABLE claims (
+    hook         TEXT NOT NULL,
+    msg_id       TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    outcome      TEXT NOT NULL,
+    run_id       INTEGER,
+    duration_ms  INTEGER,
+    updated_at   TEXT NOT NULL,
+    PRIMARY KEY (hook, msg_id)
+) WITHOUT ROWID;
+INSERT INTO claims (hook, msg_id, attempt, outcome, run_id, duration_ms, updated_at)
+    SELECT hook, msg_id, attempt, outcome, id, duration_ms, COALESCE(finished_at, started_at)
+    FROM runs AS r
+    WHERE msg_id IS NOT NULL
+      AND id = (SELECT MAX(id) FROM runs WHERE hook = r.hook AND msg_id = r.msg_id);
+CREATE INDEX claims_by_time ON claims (updated_at);
+CREATE TABLE boots (
+    token        TEXT PRIMARY KEY,
+    pid          INTEGER NOT NULL,
+    started_at   TEXT NOT NULL
+);
+CREATE TABLE meta (
+    key          TEXT PRIMARY KEY,
+    value        INTEGER NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('compatible_from', 1);
+",
+];
+
+/// At most this many records go into one transaction.
+const BATCH: usize = 1024;
+/// How long a write waits for another process's lock before the commit counts as failed.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a failed commit is retried.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+/// How often the writer checks that the path still names its file.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often old rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// At close, how long a failing journal is retried before what it holds is given up.
+const CLOSE_GIVE_UP: Duration = Duration::from_secs(5);
+/// While failing, at most this many records wait; pushes that ran nothing are dropped
+/// beyond it (runs are not: nothing new starts while failing).
+const MAX_PENDING: usize = 100_000;
+
+/// Why the journal cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal `{}`: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("journal `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "journal `{}` has schema version {found}, which this cmqhook (schema {known}) cannot use",
+        path.display()
+    )]
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        known: usize,
+    },
+    #[error(
+        "journal `{}` is in use by another `cmqhook serve`{}; one serve owns a journal",
+        path.display(),
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    Locked { path: PathBuf, holder: Option<u32> },
+    #[error("journal `{}` does not exist", path.display())]
+    Missing { path: PathBuf },
+}
+
+/// A run's end, as sent to the writer.
+pub struct Ended {
+    pub id: i64,
+    pub at: SystemTime,
+    pub attempt: u32,
+    /// The start, when it was not journaled yet: the run is written as one row.
+    pub start: Option<(SystemTime, Box<RunStart>)>,
+    pub key: Option<Key>,
+    pub result: RunResult,
+    pub end: RunEnd,
+    /// Called with `true` once the record is committed; with `false` when a commit of it
+    /// failed (it is retried).
+    pub on_commit: Box<dyn Fn(bool) + Send>,
+}
+
+enum Record {
+    Started {
+        id: i64,
+        at: SystemTime,
+        start: Box<RunStart>,
+    },
+    Ended(Box<Ended>),
+    Push {
+        at: SystemTime,
+        push: Box<PushRecord>,
+    },
+}
+
+/// Whether the journal can be written now, and if not, why.
+#[derive(Default)]
+struct Health {
+    bad: AtomicBool,
+    /// (a commit failed, the file is missing), each with its reason.
+    problems: Mutex<(Option<String>, Option<String>)>,
+}
+
+impl Health {
+    fn check(&self) -> Result<(), String> {
+        if !self.bad.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let problems = self.problems();
+        match (&problems.0, &problems.1) {
+            (_, Some(reason)) | (Some(reason), None) => Err(reason.clone()),
+            (None, None) => Ok(()),
+        }
+    }
+
+    fn problems(&self) -> MutexGuard<'_, (Option<String>, Option<String>)> {
+        match self.problems.lock() {
+            Ok(problems) => problems,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn set(&self, update: impl FnOnce(&mut (Option<String>, Option<String>))) {
+        let mut problems = self.problems();
+        let was = problems.0.is_some() || problems.1.is_some();
+        update(&mut problems);
+        let is = problems.0.is_some() || problems.1.is_some();
+        self.bad.store(is, Ordering::Release);
+        if was && !is {
+            tracing::warn!("journal is writable again; pushes are taken again");
+        }
+    }
+
+    fn commit_failed(&self, reason: String) {
+        self.set(|problems| problems.0 = Some(reason));
+    }
+
+    fn committed(&self) {
+        if self.bad.load(Ordering::Acquire) {
+            self.set(|problems| problems.0 = None);
+        }
+    }
+
+    fn file_missing(&self, reason: Option<String>) {
+        self.set(|problems| problems.1 = reason);
+    }
+}
+
+/// An open journal with its writer thread.
+pub struct Journal {
+    sender: Mutex<Sender<Record>>,
+    reader: Arc<Mutex<Connection>>,
+    health: Arc<Health>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    boot: String,
+    first_free_id: i64,
+}
+
+impl Journal {
+    /// Opens (creating or migrating) the journal at `path` and takes ownership of it (an
+    /// exclusive lock on `path.lock`; a second owner is refused). The commands of runs that a
+    /// previous owner left running are killed (SIGTERM, `orphan_grace`, SIGKILL) and those
+    /// runs marked `interrupted`; then the writer thread starts. Rows older than `keep` are
+    /// pruned in the background.
+    pub fn open(
+        path: &Path,
+        keep: Duration,
+        orphan_grace: Duration,
+    ) -> Result<Journal, JournalError> {
+        let sqlite = |source| JournalError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let lock = lock(path)?;
+        let mut writer = open_writer(path).map_err(sqlite)?;
+        migrate(&mut writer, path)?;
+        let boot = new_token();
+        take_over(&writer, &boot, orphan_grace).map_err(sqlite)?;
+        let max_id: i64 = writer
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM runs", [], |row| {
+                row.get(0)
+            })
+            .map_err(sqlite)?;
+        let reader = Arc::new(Mutex::new(open_reader(path).map_err(sqlite)?));
+        let identity = identity(path).map_err(|source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let health = Arc::new(Health::default());
+        let (sender, receiver) = mpsc::channel();
+        let state = Writer {
+            connection: writer,
+            reader: Arc::clone(&reader),
+            path: path.to_owned(),
+            identity,
+            lock,
+            health: Arc::clone(&health),
+            keep,
+        };
+        let writer = std::thread::Builder::new()
+            .name("cmqhook-journal".to_owned())
+            .spawn(move || state.write_loop(&receiver))
+            .map_err(|source| JournalError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Journal {
+            sender: Mutex::new(sender),
+            reader,
+            health,
+            writer: Mutex::new(Some(writer)),
+            boot,
+            first_free_id: max_id + 1,
+        })
+    }
+
+    /// This owner's token in run markers.
+    pub fn boot(&self) -> &str {
+        &self.boot
+    }
+
+    /// The first run id no earlier run used.
+    pub fn first_free_id(&self) -> i64 {
+        self.first_free_id
+    }
+
+    /// `Ok` while the journal can be written; else why not.
+    pub fn health(&self) -> Result<(), String> {
+        self.health.check()
+    }
+
+    fn send(&self, record: Record) {
+        let sent = match self.sender.lock() {
+            Ok(sender) => sender.send(record),
+            Err(poisoned) => poisoned.into_inner().send(record),
+        };
+        if let Err(mpsc::SendError(record)) = sent {
+            tracing::error!("journal writer has stopped; a record is not written");
+            if let Record::Ended(ended) = record {
+                (ended.on_commit)(false);
+            }
+        }
+    }
+
+    /// Journals a run as `running`.
+    pub fn record_start(&self, id: i64, at: SystemTime, start: Box<RunStart>) {
+        self.send(Record::Started { id, at, start });
+    }
+
+    /// Journals how a run ended; its `on_commit` tells when that is committed.
+    pub fn record_end(&self, ended: Ended) {
+        self.send(Record::Ended(Box::new(ended)));
+    }
+
+    /// Journals a push that ran nothing.
+    pub fn record_push(&self, push: PushRecord) {
+        self.send(Record::Push {
+            at: SystemTime::now(),
+            push: Box::new(push),
+        });
+    }
+
+    /// The claim of (`hook`, `msg_id`) if it is not older than `within`.
+    pub fn last(&self, hook: &str, msg_id: &str, within: Duration) -> Result<Option<Last>, String> {
+        let since = timestamp(
+            SystemTime::now()
+                .checked_sub(within)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        let reader = match self.reader.lock() {
+            Ok(reader) => reader,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let found = reader
+            .prepare_cached(
+                "SELECT attempt, outcome, duration_ms FROM claims
+                 WHERE hook = ?1 AND msg_id = ?2 AND updated_at >= ?3",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![hook, msg_id, since], |row| {
+                        Ok((
+                            row.get::<_, u32>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, Option<u64>>(2)?,
+                        ))
+                    })
+                    .optional()
+            });
+        match found {
+            Ok(None) => Ok(None),
+            Ok(Some((attempt, outcome, duration_ms))) => match Outcome::parse(&outcome) {
+                Some(outcome) => Ok(Some(Last {
+                    attempt,
+                    outcome,
+                    duration_ms: duration_ms.unwrap_or(0),
+                })),
+                None => Err(format!(
+                    "journal holds an outcome this cmqhook does not know: `{outcome}`"
+                )),
+            },
+            Err(err) => {
+                tracing::error!(error = %err, "journal look-up failed");
+                Err(format!("journal look-up failed: {err}"))
+            }
+        }
+    }
+
+    /// Stops the writer after it has committed everything sent so far (or, if the journal
+    /// keeps failing, given up on it after a while).
+    pub fn close(&self) {
+        match self.sender.lock() {
+            // Dropping the only sender ends the writer loop once the queue is written.
+            Ok(mut sender) => *sender = mpsc::channel().0,
+            Err(poisoned) => *poisoned.into_inner() = mpsc::channel().0,
+        }
+        if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A random token naming one `serve` process in run markers.
+pub fn new_token() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let seed = (
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}", RandomState::new().hash_one(seed))
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the exclusive lock beside the journal, writing this process's id into it.
+fn lock(path: &Path) -> Result<Flock<File>, JournalError> {
+    use std::io::{Read, Seek, Write};
+    let lock_path = lock_path(path);
+    let io = |source| JournalError::Io {
+        path: lock_path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut locked) => {
+            locked.set_len(0).map_err(io)?;
+            locked.rewind().map_err(io)?;
+            write!(locked, "{}", std::process::id()).map_err(io)?;
+            Ok(locked)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(JournalError::Locked {
+                path: path.to_owned(),
+                holder: holder.trim().parse().ok(),
+            })
+        }
+        Err((_, errno)) => Err(io(std::io::Error::from(errno))),
+    }
+}
+
+/// (device, inode) of the file `path` names now.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let writer = Connection::open(path)?;
+    writer.busy_timeout(BUSY_TIMEOUT)?;
+    // Appends touch the last pages of the tables and their indexes: a small cache (512 KiB,
+    // not SQLite's 2 MiB) holds them.
+    writer.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -512;",
+    )?;
+    Ok(writer)
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let reader = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    reader.busy_timeout(BUSY_TIMEOUT)?;
+    // Look-ups touch a few index pages.
+    reader.pragma_update(None, "cache_size", -256)?;
+    Ok(reader)
+}
+
+fn migrate(connection: &mut Connection, path: &Path) -> Result<(), JournalError> {
+    let sqlite = |source| JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let version: usize = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(sqlite)?;
+    let known = MIGRATIONS.len();
+    if version > known {
+        // Written by a newer cmqhook: usable as long as its changes only added to what this
+        // one knows.
+        let compatible_from: Option<usize> = connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'compatible_from'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        return match compatible_from {
+            Some(from) if from <= known => {
+                tracing::info!(
+                    schema = version,
+                    known,
+                    "the journal's schema is newer and compatible with this cmqhook"
+                );
+                Ok(())
+            }
+            _ => Err(JournalError::TooNew {
+                path: path.to_owned(),
+                found: version,
+                known,
+            }),
+        };
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let transaction = connection.transaction().map_err(sqlite)?;
+        transaction.execute_batch(migration).map_err(sqlite)?;
+        transaction
+            .pragma_update(None, "user_version", index + 1)
+            .map_err(sqlite)?;
+        transaction.commit().map_err(sqlite)?;
+    }
+    Ok(())
+}
+
+/// Before this process writes: the commands of runs that earlier owners left running are
+/// killed, those runs marked `interrupted`, and this owner's token recorded.
+fn take_over(connection: &Connection, boot: &str, grace: Duration) -> rusqlite::Result<()> {
+    let tokens: HashSet<String> = connection
+        .prepare("SELECT token FROM boots")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !tokens.is_empty() {
+        let mut finished =
+            connection.prepare("SELECT outcome != 'running' FROM runs WHERE id = ?1")?;
+        let mut orphans = Vec::new();
+        for found in orphans::find(&tokens) {
+            // A finished run's background processes were left on purpose (SPEC §4); a run
+            // with no row at all started and was never journaled.
+            let done: Option<bool> = finished
+                .query_row(params![found.run], |row| row.get(0))
+                .optional()?;
+            if done != Some(true) {
+                orphans.push(found);
+            }
+        }
+        if !orphans.is_empty() {
+            tracing::warn!(
+                processes = orphans.len(),
+                "killing the commands of runs a previous cmqhook left running"
+            );
+            orphans::kill(&orphans, grace);
+        }
+    }
+    let now = timestamp(SystemTime::now());
+    let interrupted = connection.execute(
+        "UPDATE runs SET outcome = 'interrupted', finished_at = ?1 WHERE outcome = 'running'",
+        params![now],
+    )?;
+    connection.execute(
+        "UPDATE claims SET outcome = 'interrupted', updated_at = ?1 WHERE outcome = 'running'",
+        params![now],
+    )?;
+    if interrupted > 0 {
+        tracing::warn!(
+            runs = interrupted,
+            "runs left running by a previous process are marked interrupted"
+        );
+    }
+    connection.execute("DELETE FROM boots", [])?;
+    connection.execute(
+        "INSERT INTO boots (token, pid, started_at) VALUES (?1, ?2, ?3)",
+        params![boot, std::process::id(), now],
+    )?;
+    Ok(())
+}
+
+/// The writer thread's state.
+struct Writer {
+    connection: Connection,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    /// (device, inode) of the file the connections have open.
+    identity: (u64, u64),
+    lock: Flock<File>,
+    health: Arc<Health>,
+    keep: Duration,
+}
+
+impl Writer {
+    /// Waits for a record, takes whatever else is queued, commits it all in one transaction,
+    /// and tells the waiters. A failed commit is kept and retried, and the waiters told.
+    fn write_loop(mut self, receiver: &Receiver<Record>) {
+        let mut pending: Vec<Record> = Vec::new();
+        // Records of `pending` whose waiters were told of a failure.
+        let mut told = 0;
+        let mut open = true;
+        let mut last_check = Instant::now();
+        let mut last_prune = Instant::now() - PRUNE_EVERY;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            if pending.is_empty() {
+                if !open {
+                    return;
+                }
+                match receiver.recv_timeout(CHECK_EVERY) {
+                    Ok(record) => pending.push(record),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            while open && pending.len() < told + BATCH {
+                match receiver.try_recv() {
+                    Ok(record) => pending.push(record),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            let file_ok = if last_check.elapsed() >= CHECK_EVERY {
+                last_check = Instant::now();
+                self.check_file()
+            } else {
+                self.health.problems().1.is_none()
+            };
+            if last_prune.elapsed() >= PRUNE_EVERY && file_ok {
+                prune(&self.connection, self.keep);
+                last_prune = Instant::now();
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            // While the file is gone, a commit would go to a file nobody will find again.
+            let written = if file_ok {
+                write_batch(&mut self.connection, &pending).map_err(|err| err.to_string())
+            } else {
+                Err("the journal file is missing".to_owned())
+            };
+            match written {
+                Ok(()) => {
+                    self.health.committed();
+                    failing_since = None;
+                    for record in pending.drain(..) {
+                        if let Record::Ended(ended) = record {
+                            (ended.on_commit)(true);
+                        }
+                    }
+                    told = 0;
+                }
+                Err(err) => {
+                    if failing_since.is_none() {
+                        tracing::error!(
+                            error = %err,
+                            "journal write failed: new pushes get 503 until it can be written; \
+                             nothing written is lost, outcomes wait in memory"
+                        );
+                    }
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    self.health
+                        .commit_failed(format!("journal cannot be written: {err}"));
+                    for record in &pending[told..] {
+                        if let Record::Ended(ended) = record {
+                            (ended.on_commit)(false);
+                        }
+                    }
+                    if pending.len() > MAX_PENDING {
+                        let before = pending.len();
+                        let mut index = 0;
+                        pending.retain(|record| {
+                            index += 1;
+                            index <= told || !matches!(record, Record::Push { .. })
+                        });
+                        tracing::warn!(
+                            dropped = before - pending.len(),
+                            "journal still failing: records of pushes that ran nothing are dropped"
+                        );
+                    }
+                    told = pending.len();
+                    if !open && since.elapsed() >= CLOSE_GIVE_UP {
+                        tracing::error!(
+                            records = pending.len(),
+                            "closing while the journal cannot be written: these records are lost"
+                        );
+                        return;
+                    }
+                    std::thread::sleep(RETRY_EVERY);
+                }
+            }
+        }
+    }
+
+    /// Whether the journal's path still names the open file; a deleted one is restored from
+    /// the open database. Also keeps the lock file in place.
+    fn check_file(&mut self) -> bool {
+        if !lock_path(&self.path).exists() {
+            match lock(&self.path) {
+                Ok(lock) => {
+                    tracing::warn!("the journal's lock file was deleted; it is taken again");
+                    self.lock = lock;
+                }
+                Err(err) => tracing::error!(error = %err, "cannot take the journal's lock again"),
+            }
+        }
+        match identity(&self.path) {
+            Ok(identity) if identity == self.identity => {
+                self.health.file_missing(None);
+                true
+            }
+            Ok(_) => {
+                let reason = format!(
+                    "journal `{}` now names another file; restart cmqhook to use it",
+                    self.path.display()
+                );
+                if self.health.problems().1.is_none() {
+                    tracing::error!("{reason}");
+                }
+                self.health.file_missing(Some(reason));
+                false
+            }
+            Err(_) => {
+                tracing::error!(
+                    path = %self.path.display(),
+                    "the journal file was deleted: restoring it from the open database"
+                );
+                self.health.file_missing(Some(format!(
+                    "journal `{}` was deleted and is being restored",
+                    self.path.display()
+                )));
+                match self.restore() {
+                    Ok(()) => {
+                        tracing::warn!(path = %self.path.display(), "journal file restored");
+                        self.health.file_missing(None);
+                        true
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot restore the journal file");
+                        self.health.file_missing(Some(format!(
+                            "journal `{}` was deleted and cannot be restored: {err}",
+                            self.path.display()
+                        )));
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies the open database (SQLite's online backup) to a new file at the journal's path
+    /// and reopens both connections on it.
+    fn restore(&mut self) -> Result<(), JournalError> {
+        let sqlite = |source| JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        // Everything into the (deleted) main file first, so that the copy is whole and no
+        // WAL is left to confuse the new file.
+        self.connection
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(sqlite)?;
+        let mut copy_path = self.path.as_os_str().to_owned();
+        copy_path.push(".restore");
+        let copy_path = PathBuf::from(copy_path);
+        let _ = std::fs::remove_file(&copy_path);
+        {
+            let mut copy = Connection::open(&copy_path).map_err(sqlite)?;
+            rusqlite::backup::Backup::new(&self.connection, &mut copy)
+                .and_then(|backup| backup.run_to_completion(1024, Duration::ZERO, None))
+                .map_err(sqlite)?;
+        }
+        let mut reader = match self.reader.lock() {
+            Ok(reader) => reader,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // The old connections go before the new file takes the name: closing them removes
+        // the old `-wal` by name.
+        *reader = Connection::open_in_memory().map_err(sqlite)?;
+        self.connection = Connection::open_in_memory().map_err(sqlite)?;
+        std::fs::rename(&copy_path, &self.path).map_err(|source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.connection = open_writer(&self.path).map_err(sqlite)?;
+        *reader = open_reader(&self.path).map_err(sqlite)?;
+        self.identity = identity(&self.path).map_err(|source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
+    let transaction = connection.transaction()?;
+    {
+        // A finished run's row: the start's columns, then the end's, in the order of the
+        // values `start_values` and `end_values` give.
+        let mut whole = transaction.prepare_cached(
+            "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
+                               subscription, tags, attempt, finished_at, outcome, exit_code,
+                               signal, duration_ms, left_behind, error, stdout_tail, stderr_tail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                     ?18, ?19)",
+        )?;
+        let mut start = transaction.prepare_cached(
+            "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
+                               subscription, tags, attempt, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running')",
+        )?;
+        let mut end = transaction.prepare_cached(
+            "UPDATE runs SET finished_at = ?2, outcome = ?3, exit_code = ?4, signal = ?5,
+                             duration_ms = ?6, left_behind = ?7, error = ?8,
+                             stdout_tail = ?9, stderr_tail = ?10
+             WHERE id = ?1",
+        )?;
+        let mut claim = transaction.prepare_cached(
+            "INSERT INTO claims (hook, msg_id, attempt, outcome, run_id, duration_ms, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (hook, msg_id) DO UPDATE SET
+                 attempt = excluded.attempt, outcome = excluded.outcome,
+                 run_id = excluded.run_id, duration_ms = excluded.duration_ms,
+                 updated_at = excluded.updated_at",
+        )?;
+        let mut push = transaction.prepare_cached(
+            "INSERT INTO pushes (at, status, reason, msg_id, request_id, path, topic,
+                                 subscription, tags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for record in batch {
+            match record {
+                Record::Started { id, at, start: run } => {
+                    let started_at = timestamp(*at);
+                    start.execute(start_values(id, &started_at, run))?;
+                    if let Some(msg_id) = &run.msg_id {
+                        claim.execute(params![
+                            run.hook,
+                            msg_id,
+                            run.attempt,
+                            Outcome::Running.as_str(),
+                            id,
+                            None::<u64>,
+                            started_at
+                        ])?;
+                    }
+                }
+                Record::Ended(ended) => {
+                    let finished_at = timestamp(ended.at);
+                    let ended_values = end_values(&finished_at, &ended.result, &ended.end);
+                    match &ended.start {
+                        Some((at, run)) => {
+                            let started_at = timestamp(*at);
+                            let started = start_values(&ended.id, &started_at, run);
+                            whole.execute(params_from_iter(
+                                started.into_iter().chain(ended_values),
+                            ))?;
+                        }
+                        None => {
+                            let id: &dyn ToSql = &ended.id;
+                            end.execute(params_from_iter(std::iter::once(id).chain(ended_values)))?;
+                        }
+                    }
+                    if let Some((hook, msg_id)) = &ended.key {
+                        claim.execute(params![
+                            hook,
+                            msg_id,
+                            ended.attempt,
+                            ended.result.outcome.as_str(),
+                            ended.id,
+                            ended.result.duration_ms,
+                            finished_at
+                        ])?;
+                    }
+                }
+                Record::Push { at, push: record } => {
+                    push.execute(params![
+                        timestamp(*at),
+                        record.status,
+                        record.reason,
+                        record.msg_id,
+                        record.request_id,
+                        record.path,
+                        record.topic,
+                        record.subscription,
+                        record.tags,
+                    ])?;
+                }
+            }
+        }
+    }
+    transaction.commit()
+}
+
+/// A run's start columns, from `id` to `attempt`.
+fn start_values<'a>(id: &'a i64, at: &'a dyn ToSql, run: &'a RunStart) -> [&'a dyn ToSql; 10] {
+    [
+        id,
+        at,
+        &run.hook,
+        &run.msg_id,
+        &run.request_id,
+        &run.path,
+        &run.topic,
+        &run.subscription,
+        &run.tags,
+        &run.attempt,
+    ]
+}
+
+/// A run's end columns, from `finished_at` to `stderr_tail`.
+fn end_values<'a>(at: &'a dyn ToSql, result: &'a RunResult, end: &'a RunEnd) -> [&'a dyn ToSql; 9] {
+    [
+        at,
+        outcome_sql(result.outcome),
+        &result.exit_code,
+        &result.signal,
+        &result.duration_ms,
+        &end.left_behind,
+        &result.error,
+        &end.stdout_tail,
+        &end.stderr_tail,
+    ]
+}
+
+/// An outcome as the journal stores it.
+fn outcome_sql(outcome: Outcome) -> &'static dyn ToSql {
+    match outcome {
+        Outcome::Succeeded => &"succeeded",
+        Outcome::Failed => &"failed",
+        Outcome::TimedOut => &"timed_out",
+        Outcome::Killed => &"killed",
+        Outcome::NotStarted => &"not_started",
+        Outcome::Running => &"running",
+        Outcome::Interrupted => &"interrupted",
+    }
+}
+
+fn prune(connection: &Connection, keep: Duration) {
+    let Some(before) = SystemTime::now().checked_sub(keep) else {
+        return;
+    };
+    let before = timestamp(before);
+    let pruned = connection
+        .execute(
+            "DELETE FROM runs WHERE started_at < ?1 AND outcome != 'running'",
+            params![before],
+        )
+        .and_then(|runs| {
+            let pushes = connection.execute("DELETE FROM pushes WHERE at < ?1", params![before])?;
+            let claims = connection.execute(
+                "DELETE FROM claims WHERE updated_at < ?1 AND outcome != 'running'",
+                params![before],
+            )?;
+            Ok(runs + pushes + claims)
+        });
+    match pruned {
+        Ok(0) => {}
+        Ok(rows) => tracing::debug!(rows, "pruned old journal rows"),
+        Err(err) => tracing::error!(error = %err, "journal prune failed"),
+    }
+}
+
+/// RFC 3339 UTC with milliseconds: sorts as text, reads well in `sqlite3`.
+fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// One line of `cmqhook history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    pub at: String,
+    /// `run` or `push` (a push that ran nothing).
+    pub kind: &'static str,
+    pub hook: Option<String>,
+    pub msg_id: Option<String>,
+    pub request_id: Option<String>,
+    pub path: Option<String>,
+    pub topic: Option<String>,
+    pub subscription: Option<String>,
+    pub tags: Option<String>,
+    pub attempt: Option<u32>,
+    /// A run's outcome, or a push's reason (`unmatched`, …).
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration_ms: Option<u64>,
+    pub left_behind: Option<bool>,
+    pub error: Option<String>,
+    pub stdout_tail: Option<String>,
+    pub stderr_tail: Option<String>,
+}
+
+/// What `cmqhook history` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub hook: Option<String>,
+    pub msg_id: Option<String>,
+    pub failed: bool,
+    pub limit: usize,
+}
+
+/// Recent deliveries, newest first, read from the journal file at `path` (which may be in use
+/// by a running server).
+pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, JournalError> {
+    if !path.exists() {
+        return Err(JournalError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let sqlite = |source| JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let reader = open_reader(path).map_err(sqlite)?;
+    let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+    let mut runs = reader
+        .prepare(
+            "SELECT started_at, hook, msg_id, request_id, path, topic, subscription, tags,
+                    attempt, outcome, exit_code, signal, duration_ms, left_behind, error,
+                    stdout_tail, stderr_tail
+             FROM runs
+             WHERE (?1 IS NULL OR hook = ?1) AND (?2 IS NULL OR msg_id = ?2)
+               AND (?3 = 0 OR outcome NOT IN ('succeeded', 'running'))
+             ORDER BY started_at DESC, id DESC LIMIT ?4",
+        )
+        .map_err(sqlite)?;
+    let mut found: Vec<HistoryRow> = runs
+        .query_map(
+            params![filter.hook, filter.msg_id, filter.failed, limit],
+            |row| {
+                Ok(HistoryRow {
+                    at: row.get(0)?,
+                    kind: "run",
+                    hook: row.get(1)?,
+                    msg_id: row.get(2)?,
+                    request_id: row.get(3)?,
+                    path: row.get(4)?,
+                    topic: row.get(5)?,
+                    subscription: row.get(6)?,
+                    tags: row.get(7)?,
+                    attempt: row.get(8)?,
+                    outcome: row.get(9)?,
+                    status: None,
+                    exit_code: row.get(10)?,
+                    signal: row.get(11)?,
+                    duration_ms: row.get(12)?,
+                    left_behind: row.get(13)?,
+                    error: row.get(14)?,
+                    stdout_tail: row.get(15)?,
+                    stderr_tail: row.get(16)?,
+                })
+            },
+        )
+        .and_then(Iterator::collect)
+        .map_err(sqlite)?;
+    if filter.hook.is_none() {
+        let mut pushes = reader
+            .prepare(
+                "SELECT at, status, reason, msg_id, request_id, path, topic, subscription, tags
+                 FROM pushes
+                 WHERE (?1 IS NULL OR msg_id = ?1) AND (?2 = 0 OR status >= 300)
+                 ORDER BY at DESC, id DESC LIMIT ?3",
+            )
+            .map_err(sqlite)?;
+        let pushes = pushes
+            .query_map(params![filter.msg_id, filter.failed, limit], |row| {
+                Ok(HistoryRow {
+                    at: row.get(0)?,
+                    kind: "push",
+                    hook: None,
+                    msg_id: row.get(3)?,
+                    request_id: row.get(4)?,
+                    path: row.get(5)?,
+                    topic: row.get(6)?,
+                    subscription: row.get(7)?,
+                    tags: row.get(8)?,
+                    attempt: None,
+                    outcome: row.get(2)?,
+                    status: row.get(1)?,
+                    exit_code: None,
+                    signal: None,
+                    duration_ms: None,
+                    left_behind: None,
+                    error: None,
+                    stdout_tail: None,
+                    stderr_tail: None,
+                })
+            })
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            .map_err(sqlite)?;
+        found.extend(pushes);
+        found.sort_by(|a, b| b.at.cmp(&a.at));
+        found.truncate(filter.limit);
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn a_second_owner_is_refused_and_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let first = Journal::open(&path, DAY, Duration::ZERO).expect("open");
+        let err = Journal::open(&path, DAY, Duration::ZERO)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, JournalError::Locked { holder: Some(pid), .. } if pid == std::process::id()),
+            "{err}"
+        );
+        first.close();
+        drop(first);
+        Journal::open(&path, DAY, Duration::ZERO).expect("free again once the owner is gone");
+    }
+
+    #[test]
+    fn a_newer_schema_is_used_if_it_says_it_is_compatible_and_refused_if_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        drop(Journal::open(&path, DAY, Duration::ZERO).expect("create"));
+        let newer = |compatible_from: usize| {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .pragma_update(None, "user_version", MIGRATIONS.len() + 1)
+                .expect("pragma");
+            connection
+                .execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'compatible_from'",
+                    params![compatible_from],
+                )
+                .expect("meta");
+        };
+        newer(MIGRATIONS.len());
+        let journal = Journal::open(&path, DAY, Duration::ZERO).expect("additive: usable");
+        drop(journal);
+        newer(MIGRATIONS.len() + 1);
+        let err = Journal::open(&path, DAY, Duration::ZERO)
+            .err()
+            .expect("breaking: refused");
+        assert!(matches!(err, JournalError::TooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_claims_of_a_version_1_journal_are_migrated_from_its_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let connection = Connection::open(&path).expect("open");
+        connection.execute_batch(MIGRATIONS[0]).expect("v1");
+        connection
+            .execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO runs (id, started_at, hook, msg_id, attempt, outcome, duration_ms)
+                 VALUES (1, '2099-01-01T00:00:00.000Z', 'deploy', 'm1', 1, 'failed', 3),
+                        (2, '2099-01-01T00:00:01.000Z', 'deploy', 'm1', 2, 'succeeded', 4);",
+            )
+            .expect("rows");
+        drop(connection);
+        let journal = Journal::open(&path, DAY, Duration::ZERO).expect("migrate");
+        let last = journal.last("deploy", "m1", DAY).expect("look-up");
+        assert_eq!(
+            last,
+            Some(Last {
+                attempt: 2,
+                outcome: Outcome::Succeeded,
+                duration_ms: 4
+            })
+        );
+        assert_eq!(journal.first_free_id(), 3);
+    }
+}

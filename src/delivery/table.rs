@@ -1,0 +1,250 @@
+//! The in-memory part of delivery state: runs in flight, outcomes not yet committed, and,
+//! without a journal, every outcome for `dedup_for` (bounded by a capacity).
+//!
+//! Split into shards by key, so that pushes of different messages rarely wait for each other;
+//! a claim holds its shard's lock across the look-up in the journal, which makes
+//! claim-or-observe one atomic step.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{Claim, Key, Outcome, RunResult, Ticket};
+use crate::telemetry::metrics;
+
+/// What the journal knows of a key: its latest attempt and outcome (and how long it ran).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Last {
+    pub attempt: u32,
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+}
+
+pub(super) struct Table {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    /// Finished outcomes kept per shard (memory backend); `None`: finished entries stay only
+    /// until their journal record is committed.
+    capacity: Option<usize>,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<Key, Entry>,
+    /// Finished entries, oldest first, by stamp (memory backend only). A stamp that no longer
+    /// matches its entry is stale and skipped.
+    order: VecDeque<(Key, u64)>,
+    /// Entries that are `Running`.
+    running: usize,
+    next_stamp: u64,
+}
+
+enum Entry {
+    Running {
+        ticket: Arc<Ticket>,
+    },
+    Finished {
+        attempt: u32,
+        /// The result, when it succeeded: later pushes are answered with it. Boxed, to keep
+        /// the table small.
+        success: Option<Box<RunResult>>,
+        /// Its journal record is committed (always, without a journal).
+        committed: bool,
+        at: Instant,
+        stamp: u64,
+    },
+}
+
+impl Table {
+    pub(super) fn new(shards: usize, capacity: Option<usize>) -> Table {
+        let shards = shards.max(1);
+        Table {
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            capacity: capacity.map(|capacity| capacity.div_ceil(shards).max(1)),
+        }
+    }
+
+    fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(key) % self.shards.len() as u64) as usize;
+        match self.shards[index].lock() {
+            Ok(shard) => shard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Claim-or-observe under the key's lock; `journal` is asked only when memory knows
+    /// nothing of the key.
+    pub(super) fn claim(
+        &self,
+        key: Key,
+        dedup_for: Duration,
+        journal: impl FnOnce(&Key) -> Result<Option<Last>, String>,
+    ) -> Claim {
+        let mut shard = self.shard(&key);
+        let attempt = match shard.entries.get(&key) {
+            Some(Entry::Running { ticket }) => return Claim::Running(Arc::clone(ticket)),
+            Some(Entry::Finished {
+                committed: false, ..
+            }) => {
+                return Claim::Unavailable(
+                    "the previous outcome of this message is not journaled yet".to_owned(),
+                );
+            }
+            Some(Entry::Finished {
+                success: Some(result),
+                at,
+                ..
+            }) if at.elapsed() < dedup_for => return Claim::Succeeded(RunResult::clone(result)),
+            Some(Entry::Finished { attempt, .. }) => attempt + 1,
+            None => match journal(&key) {
+                Ok(Some(last)) if last.outcome == Outcome::Succeeded => {
+                    return Claim::Succeeded(RunResult {
+                        outcome: Outcome::Succeeded,
+                        exit_code: Some(0),
+                        signal: None,
+                        duration_ms: last.duration_ms,
+                        error: None,
+                        recorded: true,
+                    });
+                }
+                Ok(Some(last)) => last.attempt + 1,
+                Ok(None) => 1,
+                Err(reason) => return Claim::Unavailable(reason),
+            },
+        };
+        let ticket = Arc::new(Ticket::default());
+        shard.replace(
+            key,
+            Entry::Running {
+                ticket: Arc::clone(&ticket),
+            },
+        );
+        Claim::Run { attempt, ticket }
+    }
+
+    /// A claimed run did not start. `keep_failure`: memory is the only record, so the
+    /// previous attempt is remembered as failed (else the journal still knows it).
+    pub(super) fn withdraw(&self, key: &Key, attempt: u32, keep_failure: bool) {
+        let mut shard = self.shard(key);
+        if keep_failure && attempt > 1 {
+            let stamp = shard.stamp();
+            let failed = Entry::Finished {
+                attempt: attempt - 1,
+                success: None,
+                committed: true,
+                at: Instant::now(),
+                stamp,
+            };
+            shard.replace(key.clone(), failed);
+            shard.order.push_back((key.clone(), stamp));
+        } else {
+            shard.remove(key);
+        }
+    }
+
+    /// Attempt `attempt` of `key` ended with `result`; returns the entry's stamp. Without a
+    /// journal (`capacity` set) the entry is committed at once and kept for `dedup_for`;
+    /// with one, it waits for [`Table::committed`].
+    pub(super) fn finish(
+        &self,
+        key: &Key,
+        attempt: u32,
+        result: &RunResult,
+        dedup_for: Duration,
+    ) -> u64 {
+        let mut shard = self.shard(key);
+        let stamp = shard.stamp();
+        let success = (result.outcome == Outcome::Succeeded).then(|| Box::new(result.clone()));
+        let finished = Entry::Finished {
+            attempt,
+            success,
+            committed: self.capacity.is_some(),
+            at: Instant::now(),
+            stamp,
+        };
+        shard.replace(key.clone(), finished);
+        if let Some(capacity) = self.capacity {
+            shard.order.push_back((key.clone(), stamp));
+            shard.expire(dedup_for);
+            shard.evict(capacity);
+        }
+        stamp
+    }
+
+    /// The journal record of `key`'s entry `stamp` is committed: the journal answers for it
+    /// from now on, so memory lets it go (unless a newer run took its place).
+    pub(super) fn committed(&self, key: &Key, stamp: u64) {
+        let mut shard = self.shard(key);
+        if matches!(shard.entries.get(key), Some(Entry::Finished { stamp: s, .. }) if *s == stamp) {
+            shard.remove(key);
+            let len = shard.entries.len();
+            // A burst leaves a big table behind; give the memory back once it has passed.
+            if shard.entries.capacity() > 4 * len.max(256) {
+                shard.entries.shrink_to(2 * len);
+            }
+        }
+    }
+}
+
+impl Shard {
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    fn replace(&mut self, key: Key, entry: Entry) {
+        let running = matches!(entry, Entry::Running { .. });
+        let was_running = matches!(self.entries.insert(key, entry), Some(Entry::Running { .. }));
+        self.running = self.running + usize::from(running) - usize::from(was_running);
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if matches!(self.entries.remove(key), Some(Entry::Running { .. })) {
+            self.running -= 1;
+        }
+    }
+
+    /// The entry `stamp` names in `order`, if it is still the key's entry.
+    fn is_current(&self, key: &Key, stamp: u64) -> Option<Instant> {
+        match self.entries.get(key) {
+            Some(Entry::Finished { stamp: s, at, .. }) if *s == stamp => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// Drops finished entries older than `dedup_for` from the front of `order`.
+    fn expire(&mut self, dedup_for: Duration) {
+        while let Some((key, stamp)) = self.order.front().cloned() {
+            if let Some(at) = self.is_current(&key, stamp) {
+                if at.elapsed() < dedup_for {
+                    break;
+                }
+                self.remove(&key);
+            }
+            self.order.pop_front();
+        }
+    }
+
+    /// Evicts the oldest finished entries beyond `capacity`; running ones are never counted
+    /// nor evicted.
+    fn evict(&mut self, capacity: usize) {
+        while self.entries.len() - self.running > capacity {
+            let Some((key, stamp)) = self.order.pop_front() else {
+                break;
+            };
+            if self.is_current(&key, stamp).is_some() {
+                self.remove(&key);
+                metrics().dedup_evictions.inc();
+            }
+        }
+        // Stale stamps pile up when messages are retried; drop them once they dominate.
+        if self.order.len() > 2 * capacity.max(64) {
+            let entries = &self.entries;
+            self.order.retain(|(key, stamp)| {
+                matches!(entries.get(key), Some(Entry::Finished { stamp: s, .. }) if s == stamp)
+            });
+        }
+    }
+}

@@ -1,0 +1,691 @@
+//! From a [`Push`] to an [`Answer`]: fan-out to every matching hook, concurrently, and the
+//! verdict the answer carries.
+//!
+//! Each hook's (hook, message id) is claimed through [`Deliveries`], which owns what became of
+//! it; a run is spawned as a task of its own on the caller's runtime (an HTTP worker), so a
+//! run's life does not depend on the HTTP request that started it, and a push is served from
+//! request to exit status on one thread. Waits for outcomes at most `respond_within`. Maps a
+//! `Hook` × `Push` to the plain command the [`runner`](crate::runner) runs. Knows nothing of
+//! HTTP: the status code is `http`'s choice, made from [`Verdict`] or [`Refusal`].
+
+mod slots;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::cmq::Push;
+use crate::config::{Config, Hook, StdinMode, Unmatched};
+use crate::delivery::{
+    Claim, Deliveries, Outcome, PushRecord, RunEnd, RunResult, RunStart, Ticket, millis,
+};
+use crate::orphans::MARKER;
+use crate::runner::{RunOutcome, RunReport, RunSpec, run_hook};
+use crate::telemetry::metrics;
+use slots::{Slot, Slots};
+
+/// A run still going after this long has its start journaled; a shorter one is journaled once,
+/// finished.
+const JOURNAL_START_AFTER: Duration = Duration::from_millis(10);
+
+/// Runs hooks for pushes.
+pub struct Dispatcher {
+    config: RwLock<Arc<Config>>,
+    deliveries: Deliveries,
+    /// Per hook name.
+    slots: Mutex<HashMap<String, Arc<Slots>>>,
+    /// `max_running`; replaced when a reload changes it.
+    global: RwLock<Arc<Semaphore>>,
+    interrupt: CancellationToken,
+    /// Runs spawned and not yet over (waiting for a slot or running).
+    active: AtomicUsize,
+    idle: Notify,
+    draining: CancellationToken,
+}
+
+/// What a push came to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    #[serde(skip)]
+    pub verdict: Verdict,
+    pub msg_id: Option<String>,
+    pub results: Vec<HookResult>,
+}
+
+/// The one fact the HTTP status of a dispatched push is decided from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every matched hook succeeded, and that is journaled.
+    Succeeded,
+    /// No hook matched.
+    Unmatched(Unmatched),
+    /// The first hook (in config order) that did not succeed exited non-zero, was killed by a
+    /// signal, or could not start.
+    Failed,
+    /// The first hook that did not succeed hit its timeout.
+    TimedOut,
+    /// The first hook that did not succeed has no outcome yet, was interrupted, or its
+    /// outcome could not be journaled.
+    Unavailable,
+}
+
+/// A push refused before any hook was considered; recorded in the journal like every push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The peer is not in `allow`.
+    Forbidden,
+    /// The token is missing or wrong.
+    Unauthorized,
+    /// The body is larger than `max_body`.
+    TooLarge,
+    /// The body did not arrive in time.
+    SlowBody,
+    /// The body could not be read.
+    Unreadable,
+    /// `format = "json"` and the body is not a CMQ envelope.
+    NotEnvelope,
+    /// Shutting down.
+    Draining,
+}
+
+impl Refusal {
+    /// The HTTP status of the answer.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::Forbidden => 403,
+            Refusal::Unauthorized => 401,
+            Refusal::TooLarge => 413,
+            Refusal::SlowBody => 408,
+            Refusal::Unreadable | Refusal::NotEnvelope => 400,
+            Refusal::Draining => 503,
+        }
+    }
+
+    /// The reason, as journaled and counted in `cmqhook_rejected_pushes_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Forbidden => "forbidden",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::TooLarge => "too_large",
+            Refusal::SlowBody => "slow_body",
+            Refusal::Unreadable => "unreadable",
+            Refusal::NotEnvelope => "not_envelope",
+            Refusal::Draining => "draining",
+        }
+    }
+}
+
+/// What is known of a refused push.
+#[derive(Debug, Clone, Default)]
+pub struct Refused<'a> {
+    pub msg_id: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    /// Already redacted.
+    pub path: &'a str,
+    pub tags: Vec<String>,
+}
+
+/// One hook's part in an answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookResult {
+    pub hook: String,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub duration_ms: u64,
+    pub deduplicated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The outcome is journaled: only then may a success be answered 2xx.
+    #[serde(skip)]
+    pub recorded: bool,
+}
+
+impl HookResult {
+    fn new(hook: &Hook, result: RunResult, deduplicated: bool) -> HookResult {
+        let error = match (&result.error, result.recorded) {
+            (_, false) => Some("the outcome could not be journaled yet; retry".to_owned()),
+            (error, true) => error.clone(),
+        };
+        HookResult {
+            hook: hook.name.clone(),
+            outcome: result.outcome,
+            exit_code: result.exit_code,
+            signal: result.signal,
+            duration_ms: result.duration_ms,
+            deduplicated,
+            error,
+            recorded: result.recorded,
+        }
+    }
+
+    fn without_run(hook: &Hook, outcome: Outcome, waited: Duration, error: Option<String>) -> Self {
+        HookResult::new(hook, RunResult::without_run(outcome, waited, error), false)
+    }
+}
+
+/// The verdict of a set of results: the first that did not succeed (or whose success is not
+/// journaled), in config order, decides.
+pub fn verdict(results: &[HookResult]) -> Verdict {
+    let first_failure = results
+        .iter()
+        .find(|result| result.outcome != Outcome::Succeeded || !result.recorded);
+    match first_failure {
+        None => Verdict::Succeeded,
+        Some(result) if !result.recorded => Verdict::Unavailable,
+        Some(result) => match result.outcome {
+            Outcome::Succeeded => Verdict::Succeeded,
+            Outcome::Failed | Outcome::Killed => Verdict::Failed,
+            Outcome::TimedOut => Verdict::TimedOut,
+            Outcome::NotStarted | Outcome::Running | Outcome::Interrupted => Verdict::Unavailable,
+        },
+    }
+}
+
+/// How a runner's report reads as a delivery outcome.
+fn run_result(report: &RunReport) -> RunResult {
+    let (outcome, exit_code, signal, error) = match &report.outcome {
+        RunOutcome::Exited(0) => (Outcome::Succeeded, Some(0), None, None),
+        RunOutcome::Exited(code) => (Outcome::Failed, Some(*code), None, None),
+        RunOutcome::Signalled(signal) => (Outcome::Killed, None, Some(*signal), None),
+        RunOutcome::TimedOut => (Outcome::TimedOut, None, None, None),
+        RunOutcome::Interrupted => (Outcome::Interrupted, None, None, None),
+        RunOutcome::SpawnFailed(err) => (Outcome::Failed, None, None, Some(err.clone())),
+    };
+    RunResult {
+        outcome,
+        exit_code,
+        signal,
+        duration_ms: millis(report.duration),
+        error,
+        recorded: true,
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over `deliveries`; `interrupt` stops every run (shutdown).
+    pub fn new(config: Config, deliveries: Deliveries, interrupt: CancellationToken) -> Dispatcher {
+        let global = Arc::new(Semaphore::new(config.server.max_running));
+        Dispatcher {
+            config: RwLock::new(Arc::new(config)),
+            deliveries,
+            slots: Mutex::new(HashMap::new()),
+            global: RwLock::new(global),
+            interrupt,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            draining: CancellationToken::new(),
+        }
+    }
+
+    /// Swaps in a new configuration. Runs in progress keep the hooks they started with.
+    pub fn reload(&self, config: Config) {
+        if config.server.max_running != self.config().server.max_running {
+            let global = Arc::new(Semaphore::new(config.server.max_running));
+            match self.global.write() {
+                Ok(mut current) => *current = global,
+                Err(poisoned) => *poisoned.into_inner() = global,
+            }
+        }
+        let config = Arc::new(config);
+        match self.config.write() {
+            Ok(mut current) => *current = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+
+    fn global(&self) -> Arc<Semaphore> {
+        match self.global.read() {
+            Ok(global) => Arc::clone(&global),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// From now on pushes are refused (503) and `/healthz` says so.
+    pub fn start_draining(&self) {
+        self.draining.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// `Ok` while pushes are taken; else why not (draining, or the journal cannot be written).
+    pub fn health(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining".to_owned());
+        }
+        self.deliveries.health()
+    }
+
+    /// Runs spawned and not over yet.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no run is active, at most `within`; true if none is.
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.idle.notified();
+            if self.active() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.active() == 0;
+            }
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(config) => Arc::clone(&config),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Stops every run now: their groups are killed (shutdown after the grace).
+    pub fn interrupt(&self) {
+        self.interrupt.cancel();
+    }
+
+    /// Commits what the journal has queued and lets it go.
+    pub fn close(&self) {
+        self.deliveries.close();
+    }
+
+    /// Journals a push refused before dispatch.
+    pub fn refuse(&self, refusal: Refusal, push: &Refused<'_>) {
+        self.deliveries.record_push(PushRecord {
+            status: refusal.status(),
+            reason: refusal.reason(),
+            msg_id: push.msg_id.map(str::to_owned),
+            request_id: push.request_id.map(str::to_owned),
+            path: push.path.to_owned(),
+            topic: None,
+            subscription: None,
+            tags: push.tags.join(","),
+        });
+    }
+
+    /// Runs every hook matching `push`, at most once per (hook, message id), and waits for
+    /// their outcomes at most `respond_within`. Runs go on after this future returns or is
+    /// dropped; a run still waiting for a slot when the answer goes out is withdrawn.
+    /// `path` is the push's path with secrets redacted (`Config::redact`), for the journal.
+    pub async fn dispatch(self: &Arc<Self>, push: Push, path: Arc<str>) -> Answer {
+        let config = self.config();
+        let hooks: Vec<Arc<Hook>> = config.route(&push).into_iter().cloned().collect();
+        if hooks.is_empty() {
+            let status = match config.server.unmatched {
+                Unmatched::Reject => 404,
+                Unmatched::Ack => 200,
+            };
+            self.deliveries.record_push(PushRecord {
+                status,
+                reason: "unmatched",
+                msg_id: push.msg_id.clone(),
+                request_id: push.request_id.clone(),
+                path: path.to_string(),
+                topic: push.topic.clone(),
+                subscription: push.subscription.clone(),
+                tags: push.tags.join(","),
+            });
+            return Answer {
+                verdict: Verdict::Unmatched(config.server.unmatched),
+                msg_id: push.msg_id,
+                results: Vec::new(),
+            };
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = started + config.server.respond_within;
+        let mut push = push;
+        if !hooks.iter().any(|hook| hook.stdin == StdinMode::Envelope) {
+            // Nobody reads the raw body: let its memory go now, not when the runs end.
+            push.envelope = bytes::Bytes::new();
+        }
+        let push = Arc::new(push);
+        let pending: Vec<Pending> = hooks
+            .iter()
+            .map(|hook| self.start(&config, hook, &push, &path))
+            .collect();
+        let mut results = Vec::with_capacity(pending.len());
+        for (hook, pending) in hooks.iter().zip(pending) {
+            let result = match pending {
+                Pending::Ready(result) => result,
+                Pending::Waiting { ticket, owner } => {
+                    let mut done = ticket.subscribe();
+                    match tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await {
+                        Ok(Ok(result)) => match result.clone() {
+                            Some(result) => HookResult::new(hook, result, !owner),
+                            None => HookResult::without_run(
+                                hook,
+                                Outcome::Interrupted,
+                                started.elapsed(),
+                                None,
+                            ),
+                        },
+                        Ok(Err(_)) => HookResult::without_run(
+                            hook,
+                            Outcome::Interrupted,
+                            started.elapsed(),
+                            None,
+                        ),
+                        Err(_) => {
+                            // Out of time: a run that has not started is withdrawn, so that what
+                            // CMQ's retry finds is the truth.
+                            let outcome = if owner && ticket.withdraw() {
+                                Outcome::NotStarted
+                            } else {
+                                Outcome::Running
+                            };
+                            HookResult::without_run(hook, outcome, started.elapsed(), None)
+                        }
+                    }
+                }
+            };
+            results.push(result);
+        }
+        Answer {
+            verdict: verdict(&results),
+            msg_id: push.msg_id.clone(),
+            results,
+        }
+    }
+
+    /// Claims (hook, message id) and, if this push is the one to run it, reserves a slot and
+    /// spawns the run.
+    fn start(
+        self: &Arc<Self>,
+        config: &Config,
+        hook: &Arc<Hook>,
+        push: &Arc<Push>,
+        path: &Arc<str>,
+    ) -> Pending {
+        let msg_id = push.msg_id.as_deref();
+        let dedup_for = config.server.dedup_for;
+        let (attempt, ticket) = match self.deliveries.claim(&hook.name, msg_id, dedup_for) {
+            Claim::Succeeded(result) => {
+                metrics().dedup_hits.with_label_values(&[&hook.name]).inc();
+                tracing::debug!(hook = %hook.name, msg_id, "already succeeded");
+                return Pending::Ready(HookResult::new(hook, result, true));
+            }
+            Claim::Running(ticket) => {
+                metrics().dedup_hits.with_label_values(&[&hook.name]).inc();
+                tracing::debug!(hook = %hook.name, msg_id, "joining the running run");
+                return Pending::Waiting {
+                    ticket,
+                    owner: false,
+                };
+            }
+            Claim::Unavailable(reason) => {
+                tracing::debug!(hook = %hook.name, msg_id, reason, "not started");
+                return Pending::Ready(HookResult::without_run(
+                    hook,
+                    Outcome::NotStarted,
+                    Duration::ZERO,
+                    Some(reason),
+                ));
+            }
+            Claim::Run { attempt, ticket } => (attempt, ticket),
+        };
+        let Some(slot) = self.slots_for(hook).reserve(&self.global()) else {
+            tracing::warn!(hook = %hook.name, "queue full");
+            self.deliveries
+                .withdraw(&hook.name, msg_id, attempt, &ticket);
+            return Pending::Ready(HookResult::without_run(
+                hook,
+                Outcome::NotStarted,
+                Duration::ZERO,
+                Some(format!("queue of hook `{}` is full", hook.name)),
+            ));
+        };
+        let job = Job {
+            hook: Arc::clone(hook),
+            push: Arc::clone(push),
+            path: Arc::clone(path),
+            attempt,
+            ticket: Arc::clone(&ticket),
+            dedup_for,
+        };
+        self.active.fetch_add(1, Ordering::SeqCst);
+        // A task of its own: it lives on when the request is dropped.
+        tokio::spawn(Arc::clone(self).execute(job, slot));
+        Pending::Waiting {
+            ticket,
+            owner: true,
+        }
+    }
+
+    /// One run's whole life, independent of the request that started it: wait for a slot
+    /// (unless withdrawn), run, record; whoever waits is told once the outcome is journaled.
+    async fn execute(self: Arc<Self>, job: Job, slot: Slot) {
+        let _active = Active(&self);
+        let hook = &job.hook;
+        let push = &job.push;
+        let permits = tokio::select! {
+            permits = slot.acquire() => Some(permits),
+            () = job.ticket.withdrawn().cancelled() => None,
+            // Draining: only commands already running get the grace; queued runs are
+            // withdrawn so that CMQ retries them elsewhere or later.
+            () = self.draining.cancelled() => None,
+        };
+        let Some(_permits) = permits.filter(|_| job.ticket.begin()) else {
+            self.deliveries
+                .withdraw(&hook.name, push.msg_id.as_deref(), job.attempt, &job.ticket);
+            return;
+        };
+        let start = RunStart {
+            hook: hook.name.clone(),
+            msg_id: push.msg_id.clone(),
+            request_id: push.request_id.clone(),
+            path: job.path.to_string(),
+            topic: push.topic.clone(),
+            subscription: push.subscription.clone(),
+            tags: push.tags.join(","),
+            attempt: job.attempt,
+        };
+        let mut handle = self.deliveries.begin(start, Arc::clone(&job.ticket));
+        let spec = run_spec(hook, push, job.attempt, handle.marker(&self.deliveries));
+        let running = metrics().running.with_label_values(&[&hook.name]);
+        running.inc();
+        let run = run_hook(spec, self.interrupt.clone());
+        tokio::pin!(run);
+        let report = tokio::select! {
+            biased;
+            report = &mut run => report,
+            () = tokio::time::sleep(JOURNAL_START_AFTER) => {
+                self.deliveries.started(&mut handle);
+                run.await
+            }
+        };
+        running.dec();
+        let result = run_result(&report);
+        metrics()
+            .runs
+            .with_label_values(&[&hook.name, result.outcome.as_str()])
+            .inc();
+        metrics()
+            .run_duration
+            .with_label_values(&[&hook.name])
+            .observe(report.duration.as_secs_f64());
+        // The push's own log line tells a success answered in time; a run is worth a line of
+        // its own when it failed, left processes behind, or ended after its push was answered.
+        macro_rules! finished {
+            ($level:ident) => {
+                tracing::$level!(
+                    hook = %hook.name,
+                    msg_id = push.msg_id.as_deref().unwrap_or(""),
+                    attempt = job.attempt,
+                    outcome = result.outcome.as_str(),
+                    exit_code = result.exit_code,
+                    duration_ms = result.duration_ms,
+                    left_behind = report.left_behind,
+                    "run finished"
+                )
+            };
+        }
+        if result.outcome != Outcome::Succeeded || report.left_behind || job.ticket.unwatched() {
+            finished!(info);
+        } else {
+            finished!(debug);
+        }
+        let end = RunEnd {
+            left_behind: report.left_behind,
+            stdout_tail: String::from_utf8_lossy(&report.stdout_tail).into_owned(),
+            stderr_tail: String::from_utf8_lossy(&report.stderr_tail).into_owned(),
+        };
+        self.deliveries.end(handle, result, end, job.dedup_for);
+    }
+
+    fn slots_for(&self, hook: &Hook) -> Arc<Slots> {
+        let mut slots = match self.slots.lock() {
+            Ok(slots) => slots,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let current = slots
+            .get(&hook.name)
+            .filter(|slots| slots.concurrency == hook.concurrency && slots.queue == hook.queue);
+        match current {
+            Some(current) => Arc::clone(current),
+            None => {
+                let fresh = Arc::new(Slots::new(&hook.name, hook.concurrency, hook.queue));
+                slots.insert(hook.name.clone(), Arc::clone(&fresh));
+                fresh
+            }
+        }
+    }
+}
+
+/// Counts a run as active for as long as it lives.
+struct Active<'a>(&'a Dispatcher);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// What `start` left for `dispatch` to wait on.
+enum Pending {
+    Ready(HookResult),
+    Waiting {
+        ticket: Arc<Ticket>,
+        /// This push started the run (and may withdraw it).
+        owner: bool,
+    },
+}
+
+/// A run to be executed.
+struct Job {
+    hook: Arc<Hook>,
+    push: Arc<Push>,
+    /// The request path, redacted.
+    path: Arc<str>,
+    attempt: u32,
+    ticket: Arc<Ticket>,
+    dedup_for: Duration,
+}
+
+/// The environment and stdin one hook gets for one push (SPEC §4); `marker` identifies the
+/// run in its processes' environment.
+fn run_spec(hook: &Arc<Hook>, push: &Push, attempt: u32, marker: String) -> RunSpec {
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    let env = vec![
+        ("CMQ_MSG_ID", text(&push.msg_id)),
+        ("CMQ_REQUEST_ID", text(&push.request_id)),
+        ("CMQ_TOPIC", text(&push.topic)),
+        ("CMQ_SUBSCRIPTION", text(&push.subscription)),
+        ("CMQ_TOPIC_OWNER", text(&push.topic_owner)),
+        ("CMQ_PUBLISH_TIME", text(&push.publish_time)),
+        ("CMQ_TAGS", push.tags.join(",")),
+        ("CMQ_FORMAT", push.format.as_str().to_owned()),
+        ("CMQHOOK_HOOK", hook.name.clone()),
+        ("CMQHOOK_ATTEMPT", attempt.to_string()),
+        (MARKER, marker),
+    ];
+    let stdin = match hook.stdin {
+        StdinMode::Body => Some(push.body.clone()),
+        StdinMode::Envelope => Some(push.envelope.clone()),
+        StdinMode::None => None,
+    };
+    RunSpec {
+        hook: Arc::clone(hook),
+        env,
+        stdin,
+        msg_id: text(&push.msg_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(outcome: Outcome, recorded: bool) -> HookResult {
+        HookResult {
+            hook: "h".to_owned(),
+            outcome,
+            exit_code: None,
+            signal: None,
+            duration_ms: 0,
+            deduplicated: false,
+            error: None,
+            recorded,
+        }
+    }
+
+    #[test]
+    fn the_first_failure_in_config_order_decides() {
+        use Outcome::*;
+        let cases = [
+            (vec![], Verdict::Succeeded),
+            (vec![Succeeded, Succeeded], Verdict::Succeeded),
+            (vec![Succeeded, Failed, TimedOut], Verdict::Failed),
+            (vec![TimedOut, Failed], Verdict::TimedOut),
+            (vec![Killed], Verdict::Failed),
+            (vec![Succeeded, Running, Failed], Verdict::Unavailable),
+            (vec![NotStarted], Verdict::Unavailable),
+            (vec![Interrupted], Verdict::Unavailable),
+        ];
+        for (outcomes, expected) in cases {
+            let results: Vec<_> = outcomes.iter().map(|o| result(*o, true)).collect();
+            assert_eq!(verdict(&results), expected, "{outcomes:?}");
+        }
+    }
+
+    #[test]
+    fn a_success_not_yet_journaled_is_never_answered_as_one() {
+        use Outcome::*;
+        let results = [result(Succeeded, true), result(Succeeded, false)];
+        assert_eq!(verdict(&results), Verdict::Unavailable);
+        // Before it, in config order, a journaled failure still decides.
+        let results = [result(Failed, true), result(Succeeded, false)];
+        assert_eq!(verdict(&results), Verdict::Failed);
+    }
+
+    #[test]
+    fn every_refusal_has_a_client_or_unavailable_status() {
+        use Refusal::*;
+        for refusal in [
+            Forbidden,
+            Unauthorized,
+            TooLarge,
+            SlowBody,
+            Unreadable,
+            NotEnvelope,
+            Draining,
+        ] {
+            let status = refusal.status();
+            assert!((400..500).contains(&status) || status == 503, "{refusal:?}");
+            assert!(!refusal.reason().is_empty());
+        }
+    }
+}
