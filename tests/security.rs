@@ -91,6 +91,31 @@ fn a_token_is_required_in_one_of_three_places_and_never_shown() {
 }
 
 #[test]
+fn a_percent_encoded_query_token_and_any_case_bearer_are_accepted() {
+    let dir = Dir::new();
+    let config = dir.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{CMQHOOK_TOKEN}}\"\n\n[hooks.any]\ncommand = '{}'\n",
+        dir.record(0)
+    ));
+    let server = Server::start_env(&dir, &config, &[], true, &[("CMQHOOK_TOKEN", "a+b/c")]);
+    let encoded = server.post("/?token=a%2Bb%2Fc", &[("x-cmq-message-id", "q1")], b"x");
+    assert_eq!(encoded.status, 200, "{}", encoded.text());
+    // Form encoding: a literal `+` in a query string is a space.
+    let raw = server.post("/?token=a+b/c", &[("x-cmq-message-id", "q2")], b"x");
+    assert_eq!(raw.status, 401, "{}", raw.text());
+    let upper = server.post(
+        "/",
+        &[
+            ("x-cmq-message-id", "q3"),
+            ("Authorization", "BEARER a+b/c"),
+        ],
+        b"x",
+    );
+    assert_eq!(upper.status, 200, "{}", upper.text());
+    assert_eq!(dir.recorded().len(), 2);
+}
+
+#[test]
 fn peers_outside_allow_get_403_and_forwarded_for_is_believed_only_from_trusted_proxies() {
     let dir = Dir::new();
     let closed = server(
