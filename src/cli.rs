@@ -100,8 +100,8 @@ struct SendArgs {
     /// The endpoint, e.g. http://127.0.0.1:9000/cmq/deploy
     url: String,
     /// The subscription's message format.
-    #[arg(long, value_enum, default_value_t = WireFormat::Json)]
-    format: WireFormat,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
     #[arg(long, default_value = "")]
     topic: String,
     #[arg(long, default_value = "")]
@@ -118,12 +118,6 @@ struct SendArgs {
     /// Read the message body from this file instead of standard input.
     #[arg(long)]
     body_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum WireFormat {
-    Json,
-    Simplified,
 }
 
 #[derive(Debug, Args)]
@@ -334,10 +328,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
 
 fn send(args: &SendArgs) -> Result<ExitCode, String> {
     let push = OutgoingPush {
-        format: match args.format {
-            WireFormat::Json => Format::Json,
-            WireFormat::Simplified => Format::Simplified,
-        },
+        format: args.format,
         msg_id: args.msg_id.clone().unwrap_or_else(new_id),
         request_id: args.request_id.clone().unwrap_or_else(new_request_id),
         topic: args.topic.clone(),
