@@ -11,12 +11,12 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::cmq::{Format, OutgoingPush};
-use crate::config::{Config, Hook};
+use crate::cmq::{Format, OutgoingPush, PushError};
+use crate::config::{Config, ConfigError, Hook};
 use crate::dispatch::{Dispatcher, Verdict};
-use crate::journal::{self, Delivery, HistoryFilter};
-use crate::send::send_push;
-use crate::service;
+use crate::journal::{self, Delivery, HistoryFilter, JournalError};
+use crate::send::{SendError, send_push};
+use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
 
 /// Runs shell commands for Tencent Cloud CMQ topic pushes, answering 2xx only when they
@@ -164,6 +164,60 @@ struct ServeArgs {
     listen: Option<SocketAddr>,
 }
 
+/// Why a command could not do its work. Printed by [`main`] as `error: ` lines on stderr.
+///
+/// That a command ran and found a "no" (no hook matched, a hook failed, a non-2xx answer) is
+/// not an error: those commands return their exit status themselves.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config cannot be read or is invalid: one `file:line:column: …` line a problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("cannot read the message body from {}: {source}", file.display())]
+    BodyFile {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the message body from standard input: {0}")]
+    Stdin(std::io::Error),
+    #[error("serve would refuse this push: {0}")]
+    Push(#[from] PushError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error(
+        "the journal is off in {}: set `journal` in [server] to a file (the default is \"cmqhook.db\") to turn it on",
+        file.display()
+    )]
+    JournalOff { file: PathBuf },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot write a delivery as JSON: {0}")]
+    HistoryJson(#[from] serde_json::Error),
+}
+
+impl CliError {
+    /// The process's exit status for this error: 1 for every one of them (SPEC §1); clap's
+    /// own usage errors exit 2 before any command runs.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_)
+            | CliError::Serve(_)
+            | CliError::BodyFile { .. }
+            | CliError::Stdin(_)
+            | CliError::Push(_)
+            | CliError::Runtime(_)
+            | CliError::Send(_)
+            | CliError::JournalOff { .. }
+            | CliError::Journal(_)
+            | CliError::HistoryJson(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
 /// Parses the command line, runs the command, and maps its result to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -181,27 +235,17 @@ pub fn main() -> ExitCode {
         Command::Send(args) => send(&args),
         Command::History(args) => history(&args),
     };
-    result.unwrap_or_else(|message| {
-        eprintln!("{message}");
-        ExitCode::FAILURE
+    result.unwrap_or_else(|err| {
+        // A config error is one diagnostic a line; each gets the prefix.
+        for line in err.to_string().lines() {
+            eprintln!("error: {line}");
+        }
+        err.exit_code()
     })
 }
 
-/// Each line of a config error, prefixed for the terminal.
-fn load(args: &ConfigArg) -> Result<Config, String> {
-    Config::load(&args.config).map_err(|err| error_lines(&err.to_string()))
-}
-
-fn error_lines(message: &str) -> String {
-    message
-        .lines()
-        .map(|line| format!("error: {line}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn check(args: &ConfigArg) -> Result<ExitCode, String> {
-    let config = load(args)?;
+fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
+    let config = Config::load(&args.config)?;
     println!(
         "{}: valid, {} hook{}",
         config.file.display(),
@@ -246,17 +290,15 @@ fn describe(hook: &Hook) -> String {
     )
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode, String> {
-    service::serve(&args.config.config, args.listen)
-        .map(|()| ExitCode::SUCCESS)
-        .map_err(|err| error_lines(&err.to_string()))
+fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
+    service::serve(&args.config.config, args.listen)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn route(args: &RouteArgs) -> Result<ExitCode, String> {
-    let config = load(&args.config)?;
+fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
+    let config = Config::load(&args.config.config)?;
     let push = local_push(&args.push, new_id(), Bytes::new())
-        .parse(config.server.format, &args.push.path)
-        .map_err(|err| format!("error: {err}"))?;
+        .parse(config.server.format, &args.push.path)?;
     let matched = config.route(&push);
     for hook in &matched {
         println!("{}", hook.name);
@@ -268,19 +310,17 @@ fn route(args: &RouteArgs) -> Result<ExitCode, String> {
     })
 }
 
-fn run(args: &RunArgs) -> Result<ExitCode, String> {
-    let mut config = load(&args.config)?;
+fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
+    let mut config = Config::load(&args.config.config)?;
     // A local run waits for its commands, however long they take.
     config.server.respond_within = Duration::from_secs(365 * 24 * 3600);
     let body = read_body(args.body_file.as_deref())?;
     let msg_id = args.msg_id.clone().unwrap_or_else(new_id);
-    let push = local_push(&args.push, msg_id, body)
-        .parse(config.server.format, &args.push.path)
-        .map_err(|err| format!("error: {err}"))?;
+    let push = local_push(&args.push, msg_id, body).parse(config.server.format, &args.push.path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|err| format!("error: cannot start the runtime: {err}"))?;
+        .map_err(CliError::Runtime)?;
     let interrupt = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(config, None, interrupt.clone()));
     let answer = runtime.block_on(async {
@@ -326,7 +366,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
     })
 }
 
-fn send(args: &SendArgs) -> Result<ExitCode, String> {
+fn send(args: &SendArgs) -> Result<ExitCode, CliError> {
     let push = OutgoingPush {
         format: args.format,
         msg_id: args.msg_id.clone().unwrap_or_else(new_id),
@@ -337,7 +377,7 @@ fn send(args: &SendArgs) -> Result<ExitCode, String> {
         publish_time: unix_seconds(),
         body: read_body(args.body_file.as_deref())?,
     };
-    let reply = send_push(&args.url, &push).map_err(|err| format!("error: {err}"))?;
+    let reply = send_push(&args.url, &push)?;
     println!("{} {}", reply.status, reply.reason);
     println!("{}", String::from_utf8_lossy(&reply.body));
     Ok(if (200..300).contains(&reply.status) {
@@ -347,13 +387,12 @@ fn send(args: &SendArgs) -> Result<ExitCode, String> {
     })
 }
 
-fn history(args: &HistoryArgs) -> Result<ExitCode, String> {
-    let config = load(&args.config)?;
+fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
+    let config = Config::load(&args.config.config)?;
     let Some(path) = &config.server.journal else {
-        return Err(format!(
-            "error: the journal is off in {}",
-            config.file.display()
-        ));
+        return Err(CliError::JournalOff {
+            file: config.file.clone(),
+        });
     };
     let filter = HistoryFilter {
         hook: args.hook.clone(),
@@ -361,10 +400,10 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, String> {
         failed: args.failed,
         limit: args.limit,
     };
-    let deliveries = journal::history(path, &filter).map_err(|err| format!("error: {err}"))?;
+    let deliveries = journal::history(path, &filter)?;
     for delivery in &deliveries {
         if args.json {
-            let line = serde_json::to_string(delivery).map_err(|err| format!("error: {err}"))?;
+            let line = serde_json::to_string(delivery)?;
             println!("{line}");
         } else {
             println!("{}", history_line(delivery));
@@ -426,15 +465,17 @@ fn local_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {
     }
 }
 
-fn read_body(file: Option<&Path>) -> Result<Bytes, String> {
+fn read_body(file: Option<&Path>) -> Result<Bytes, CliError> {
     let body = match file {
-        Some(file) => std::fs::read(file)
-            .map_err(|err| format!("error: cannot read {}: {err}", file.display()))?,
+        Some(file) => std::fs::read(file).map_err(|source| CliError::BodyFile {
+            file: file.to_owned(),
+            source,
+        })?,
         None => {
             let mut body = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut body)
-                .map_err(|err| format!("error: cannot read standard input: {err}"))?;
+                .map_err(CliError::Stdin)?;
             body
         }
     };
