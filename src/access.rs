@@ -15,6 +15,10 @@ pub enum Denied {
     Address,
 }
 
+/// The header that carries the token, `X-Cmqhook-Token`, in the lower case that
+/// `HeaderName::from_static` requires (header names are case-insensitive).
+pub const TOKEN_HEADER: &str = "x-cmqhook-token";
+
 /// The token a push carries, from `X-Cmqhook-Token`, `Authorization: Bearer` (the scheme in
 /// any case) or `?token=` (form-urlencoded, so `%2B` is `+` and `+` is a space), in that order.
 pub fn presented_token<'a>(

@@ -15,7 +15,7 @@ use crate::cmq::{Format, OutgoingPush, PushError};
 use crate::config::{Config, ConfigError, Hook};
 use crate::dispatch::{Dispatcher, Verdict};
 use crate::journal::{self, Delivery, HistoryFilter, JournalError};
-use crate::send::{SendError, send_push};
+use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
 
@@ -27,13 +27,19 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, display_order = 100)]
     log_format: LogFormat,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 100)]
     verbose: u8,
     /// Less logging: warnings and errors only.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        display_order = 100
+    )]
     quiet: bool,
 }
 
@@ -64,8 +70,10 @@ struct PushArgs {
     /// The request path.
     #[arg(long, default_value = "/")]
     path: String,
+    /// The topic name; makes the push a JSON one.
     #[arg(long)]
     topic: Option<String>,
+    /// The subscription name; makes the push a JSON one.
     #[arg(long)]
     subscription: Option<String>,
     /// A message tag; repeat for several.
@@ -102,22 +110,31 @@ struct SendArgs {
     /// The subscription's message format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
+    /// The envelope's `topicName` (JSON only).
     #[arg(long, default_value = "")]
     topic: String,
+    /// The envelope's `subscriptionName` (JSON only).
     #[arg(long, default_value = "")]
     subscription: String,
-    /// A message tag; repeat for several.
+    /// A message tag (x-cmq-message-tag); repeat for several.
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
-    /// [default: a new one]
+    /// The message id (x-cmq-message-id, and the envelope's `msgId`) [default: a new one]
     #[arg(long)]
     msg_id: Option<String>,
-    /// [default: a new one]
+    /// The request id (x-cmq-request-id) [default: a new one]
     #[arg(long)]
     request_id: Option<String>,
     /// Read the message body from this file instead of standard input.
     #[arg(long)]
     body_file: Option<PathBuf>,
+    /// Add a request header, e.g. 'Authorization: Bearer s3cret'; repeat for several. A name
+    /// given here replaces CMQ's header of that name.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<ExtraHeader>,
+    /// Send this token as X-Cmqhook-Token, for a server with `token` set.
+    #[arg(long, value_name = "TOKEN", value_parser = ExtraHeader::token)]
+    token: Option<ExtraHeader>,
 }
 
 #[derive(Debug, Args)]
@@ -377,8 +394,12 @@ fn send(args: &SendArgs) -> Result<ExitCode, CliError> {
         publish_time: unix_seconds(),
         body: read_body(args.body_file.as_deref())?,
     };
-    let reply = send_push(&args.url, &push)?;
-    println!("{} {}", reply.status, reply.reason);
+    let headers: Vec<ExtraHeader> = args.token.iter().chain(&args.headers).cloned().collect();
+    let reply = send_push(&args.url, &push, &headers)?;
+    println!(
+        "{}",
+        format!("{} {}", reply.status, reply.reason).trim_end()
+    );
     println!("{}", String::from_utf8_lossy(&reply.body));
     Ok(if (200..300).contains(&reply.status) {
         ExitCode::SUCCESS

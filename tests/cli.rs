@@ -168,3 +168,12 @@ fn command_errors_are_one_error_line_naming_the_thing_and_exit_1() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
+
+#[test]
+fn send_header_without_a_colon_is_a_usage_error() {
+    let output = cmqhook(&["send", "http://127.0.0.1:9/", "--header", "X-Token"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("`X-Token` has no colon"), "{stderr}");
+    assert!(stderr.contains("--header"), "{stderr}");
+}

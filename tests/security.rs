@@ -116,6 +116,35 @@ fn a_percent_encoded_query_token_and_any_case_bearer_are_accepted() {
 }
 
 #[test]
+fn send_carries_the_token_by_flag_or_by_header() {
+    let dir = Dir::new();
+    let server = server(
+        &dir,
+        "token = \"${CMQHOOK_TOKEN}\"",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    let url = format!("http://{}/", server.addr);
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let header = format!("X-Cmqhook-Token: {TOKEN}");
+    for (id, extra) in [
+        ("s1", vec!["--token", TOKEN]),
+        ("s2", vec!["--header", &bearer]),
+        ("s3", vec!["--header", "X-Other: 1", "--header", &header]),
+    ] {
+        let mut args = vec!["send", &url, "--format", "simplified", "--msg-id", id];
+        args.extend(extra);
+        let output = cmqhook_with_stdin(&args, b"x");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stdout}");
+        assert!(stdout.starts_with("200"), "{stdout}");
+    }
+    let without = cmqhook_with_stdin(&["send", &url, "--format", "simplified"], b"x");
+    assert_eq!(without.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&without.stdout).starts_with("401"));
+    assert_eq!(dir.recorded().len(), 3);
+}
+
+#[test]
 fn peers_outside_allow_get_403_and_forwarded_for_is_believed_only_from_trusted_proxies() {
     let dir = Dir::new();
     let closed = server(
