@@ -1,5 +1,6 @@
 //! Who may push: the shared token and the peer CIDR allowlist (SPEC §6). Pure functions.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -14,31 +15,36 @@ pub enum Denied {
     Address,
 }
 
-/// The token a push carries, from `?token=`, `X-Cmqhook-Token` or `Authorization: Bearer`.
+/// The header that carries the token, `X-Cmqhook-Token`, in the lower case that
+/// `HeaderName::from_static` requires (header names are case-insensitive).
+pub const TOKEN_HEADER: &str = "x-cmqhook-token";
+
+/// The token a push carries, from `X-Cmqhook-Token`, `Authorization: Bearer` (the scheme in
+/// any case) or `?token=` (form-urlencoded, so `%2B` is `+` and `+` is a space), in that order.
 pub fn presented_token<'a>(
     query: &'a str,
     header: Option<&'a str>,
     authorization: Option<&'a str>,
-) -> Option<&'a str> {
-    let from_query = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="));
+) -> Option<Cow<'a, str>> {
     let bearer = authorization.and_then(|value| {
-        value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
+        let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim_start_matches([' ', '\t']))
     });
-    header.or(bearer).or(from_query)
+    header.or(bearer).map(Cow::Borrowed).or_else(|| {
+        form_urlencoded::parse(query.as_bytes())
+            .find_map(|(key, value)| (key == "token").then_some(value))
+    })
 }
 
 /// Compares in constant time. Both sides are hashed-length-free: the comparison covers the
 /// longer length so that timing does not reveal where they differ or how long the token is.
-pub fn token_matches(expected: &str, presented: Option<&str>) -> bool {
+pub fn token_matches(expected: &str, presented: Option<impl AsRef<str>>) -> bool {
     let Some(presented) = presented else {
         return false;
     };
-    let (a, b) = (expected.as_bytes(), presented.as_bytes());
+    let (a, b) = (expected.as_bytes(), presented.as_ref().as_bytes());
     let len = a.len().max(b.len());
     let mut padded_a = vec![0u8; len];
     let mut padded_b = vec![0u8; len];
@@ -99,22 +105,56 @@ mod tests {
         text.parse().expect("ip")
     }
 
-    #[test]
-    fn the_token_is_found_in_each_place() {
-        assert_eq!(presented_token("a=1&token=s3", None, None), Some("s3"));
-        assert_eq!(presented_token("", Some("h"), None), Some("h"));
-        assert_eq!(presented_token("", None, Some("Bearer b")), Some("b"));
-        assert_eq!(presented_token("", None, Some("Basic b")), None);
-        assert_eq!(presented_token("", None, None), None);
+    fn presented<'a>(
+        query: &'a str,
+        header: Option<&'a str>,
+        authorization: Option<&'a str>,
+    ) -> Option<String> {
+        presented_token(query, header, authorization).map(Cow::into_owned)
     }
 
     #[test]
-    fn tokens_compare_exactly() {
-        assert!(token_matches("secret", Some("secret")));
-        assert!(!token_matches("secret", Some("secre")));
-        assert!(!token_matches("secret", Some("secret2")));
-        assert!(!token_matches("secret", Some("")));
-        assert!(!token_matches("secret", None));
+    fn the_token_is_found_in_each_place() {
+        assert_eq!(presented("a=1&token=s3", None, None).as_deref(), Some("s3"));
+        assert_eq!(presented("", Some("h"), None).as_deref(), Some("h"));
+        assert_eq!(presented("", None, Some("Bearer b")).as_deref(), Some("b"));
+        assert_eq!(presented("", None, Some("Basic b")), None);
+        assert_eq!(presented("", None, None), None);
+    }
+
+    #[test]
+    fn the_query_token_is_percent_decoded() {
+        assert_eq!(
+            presented("token=a%2Bb%2Fc", None, None).as_deref(),
+            Some("a+b/c")
+        );
+        assert_eq!(
+            presented("x=1&token=a+b", None, None).as_deref(),
+            Some("a b")
+        );
+        assert_eq!(presented("tok%65n=s3", None, None).as_deref(), Some("s3"));
+        assert_eq!(presented("notoken=s3", None, None), None);
+        assert!(token_matches(
+            "a+b/c",
+            presented_token("token=a%2Bb%2Fc", None, None)
+        ));
+        assert!(!token_matches(
+            "a+b/c",
+            presented_token("token=a+b/c", None, None)
+        ));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for authorization in ["bearer b", "BEARER b", "BeArEr  b", "Bearer\tb"] {
+            assert_eq!(
+                presented("", None, Some(authorization)).as_deref(),
+                Some("b"),
+                "{authorization}"
+            );
+        }
+        assert_eq!(presented("", None, Some("Bearerb")), None);
+        assert_eq!(presented("", None, Some("Bearer")), None);
     }
 
     #[test]

@@ -11,12 +11,12 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::cmq::{Format, OutgoingPush};
-use crate::config::{Config, Hook};
-use crate::delivery::{self, Deliveries, HistoryFilter, HistoryRow};
+use crate::cmq::{Format, OutgoingPush, PushError};
+use crate::config::{Config, ConfigError, Hook};
 use crate::dispatch::{Dispatcher, Verdict};
-use crate::send::send_push;
-use crate::service;
+use crate::delivery::{self, Deliveries, HistoryFilter, HistoryRow, JournalError};
+use crate::send::{ExtraHeader, SendError, send_push};
+use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
 
 /// Runs shell commands for Tencent Cloud CMQ topic pushes, answering 2xx only when they
@@ -27,13 +27,19 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, display_order = 100)]
     log_format: LogFormat,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 100)]
     verbose: u8,
     /// Less logging: warnings and errors only.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        display_order = 100
+    )]
     quiet: bool,
 }
 
@@ -64,8 +70,10 @@ struct PushArgs {
     /// The request path.
     #[arg(long, default_value = "/")]
     path: String,
+    /// The topic name; makes the push a JSON one.
     #[arg(long)]
     topic: Option<String>,
+    /// The subscription name; makes the push a JSON one.
     #[arg(long)]
     subscription: Option<String>,
     /// A message tag; repeat for several.
@@ -100,30 +108,33 @@ struct SendArgs {
     /// The endpoint, e.g. http://127.0.0.1:9000/cmq/deploy
     url: String,
     /// The subscription's message format.
-    #[arg(long, value_enum, default_value_t = WireFormat::Json)]
-    format: WireFormat,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// The envelope's `topicName` (JSON only).
     #[arg(long, default_value = "")]
     topic: String,
+    /// The envelope's `subscriptionName` (JSON only).
     #[arg(long, default_value = "")]
     subscription: String,
-    /// A message tag; repeat for several.
+    /// A message tag (x-cmq-message-tag); repeat for several.
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
-    /// [default: a new one]
+    /// The message id (x-cmq-message-id, and the envelope's `msgId`) [default: a new one]
     #[arg(long)]
     msg_id: Option<String>,
-    /// [default: a new one]
+    /// The request id (x-cmq-request-id) [default: a new one]
     #[arg(long)]
     request_id: Option<String>,
     /// Read the message body from this file instead of standard input.
     #[arg(long)]
     body_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum WireFormat {
-    Json,
-    Simplified,
+    /// Add a request header, e.g. 'Authorization: Bearer s3cret'; repeat for several. A name
+    /// given here replaces CMQ's header of that name.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<ExtraHeader>,
+    /// Send this token as X-Cmqhook-Token, for a server with `token` set.
+    #[arg(long, value_name = "TOKEN", value_parser = ExtraHeader::token)]
+    token: Option<ExtraHeader>,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +181,60 @@ struct ServeArgs {
     listen: Option<SocketAddr>,
 }
 
+/// Why a command could not do its work. Printed by [`main`] as `error: ` lines on stderr.
+///
+/// That a command ran and found a "no" (no hook matched, a hook failed, a non-2xx answer) is
+/// not an error: those commands return their exit status themselves.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config cannot be read or is invalid: one `file:line:column: …` line a problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("cannot read the message body from {}: {source}", file.display())]
+    BodyFile {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the message body from standard input: {0}")]
+    Stdin(std::io::Error),
+    #[error("serve would refuse this push: {0}")]
+    Push(#[from] PushError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error(
+        "the journal is off in {}: set `journal` in [server] to a file (the default is \"cmqhook.db\") to turn it on",
+        file.display()
+    )]
+    JournalOff { file: PathBuf },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot write a delivery as JSON: {0}")]
+    HistoryJson(#[from] serde_json::Error),
+}
+
+impl CliError {
+    /// The process's exit status for this error: 1 for every one of them (SPEC §1); clap's
+    /// own usage errors exit 2 before any command runs.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_)
+            | CliError::Serve(_)
+            | CliError::BodyFile { .. }
+            | CliError::Stdin(_)
+            | CliError::Push(_)
+            | CliError::Runtime(_)
+            | CliError::Send(_)
+            | CliError::JournalOff { .. }
+            | CliError::Journal(_)
+            | CliError::HistoryJson(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
 /// Parses the command line, runs the command, and maps its result to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -187,27 +252,17 @@ pub fn main() -> ExitCode {
         Command::Send(args) => send(&args),
         Command::History(args) => history(&args),
     };
-    result.unwrap_or_else(|message| {
-        eprintln!("{message}");
-        ExitCode::FAILURE
+    result.unwrap_or_else(|err| {
+        // A config error is one diagnostic a line; each gets the prefix.
+        for line in err.to_string().lines() {
+            eprintln!("error: {line}");
+        }
+        err.exit_code()
     })
 }
 
-/// Each line of a config error, prefixed for the terminal.
-fn load(args: &ConfigArg) -> Result<Config, String> {
-    Config::load(&args.config).map_err(|err| error_lines(&err.to_string()))
-}
-
-fn error_lines(message: &str) -> String {
-    message
-        .lines()
-        .map(|line| format!("error: {line}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn check(args: &ConfigArg) -> Result<ExitCode, String> {
-    let config = load(args)?;
+fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
+    let config = Config::load(&args.config)?;
     println!(
         "{}: valid, {} hook{}",
         config.file.display(),
@@ -252,17 +307,15 @@ fn describe(hook: &Hook) -> String {
     )
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode, String> {
-    service::serve(&args.config.config, args.listen)
-        .map(|()| ExitCode::SUCCESS)
-        .map_err(|err| error_lines(&err.to_string()))
+fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
+    service::serve(&args.config.config, args.listen)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn route(args: &RouteArgs) -> Result<ExitCode, String> {
-    let config = load(&args.config)?;
+fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
+    let config = Config::load(&args.config.config)?;
     let push = local_push(&args.push, new_id(), Bytes::new())
-        .parse(config.server.format, &args.push.path)
-        .map_err(|err| format!("error: {err}"))?;
+        .parse(config.server.format, &args.push.path)?;
     let matched = config.route(&push);
     for hook in &matched {
         println!("{}", hook.name);
@@ -274,19 +327,17 @@ fn route(args: &RouteArgs) -> Result<ExitCode, String> {
     })
 }
 
-fn run(args: &RunArgs) -> Result<ExitCode, String> {
-    let mut config = load(&args.config)?;
+fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
+    let mut config = Config::load(&args.config.config)?;
     // A local run waits for its commands, however long they take.
     config.server.respond_within = Duration::from_secs(365 * 24 * 3600);
     let body = read_body(args.body_file.as_deref())?;
     let msg_id = args.msg_id.clone().unwrap_or_else(new_id);
-    let push = local_push(&args.push, msg_id, body)
-        .parse(config.server.format, &args.push.path)
-        .map_err(|err| format!("error: {err}"))?;
+    let push = local_push(&args.push, msg_id, body).parse(config.server.format, &args.push.path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|err| format!("error: cannot start the runtime: {err}"))?;
+        .map_err(CliError::Runtime)?;
     let interrupt = CancellationToken::new();
     let deliveries = Deliveries::in_memory(config.server.dedup_capacity);
     let dispatcher = Arc::new(Dispatcher::new(config, deliveries, interrupt.clone()));
@@ -333,12 +384,9 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
     })
 }
 
-fn send(args: &SendArgs) -> Result<ExitCode, String> {
+fn send(args: &SendArgs) -> Result<ExitCode, CliError> {
     let push = OutgoingPush {
-        format: match args.format {
-            WireFormat::Json => Format::Json,
-            WireFormat::Simplified => Format::Simplified,
-        },
+        format: args.format,
         msg_id: args.msg_id.clone().unwrap_or_else(new_id),
         request_id: args.request_id.clone().unwrap_or_else(new_request_id),
         topic: args.topic.clone(),
@@ -347,8 +395,12 @@ fn send(args: &SendArgs) -> Result<ExitCode, String> {
         publish_time: unix_seconds(),
         body: read_body(args.body_file.as_deref())?,
     };
-    let reply = send_push(&args.url, &push).map_err(|err| format!("error: {err}"))?;
-    println!("{} {}", reply.status, reply.reason);
+    let headers: Vec<ExtraHeader> = args.token.iter().chain(&args.headers).cloned().collect();
+    let reply = send_push(&args.url, &push, &headers)?;
+    println!(
+        "{}",
+        format!("{} {}", reply.status, reply.reason).trim_end()
+    );
     println!("{}", String::from_utf8_lossy(&reply.body));
     Ok(if (200..300).contains(&reply.status) {
         ExitCode::SUCCESS
@@ -357,13 +409,12 @@ fn send(args: &SendArgs) -> Result<ExitCode, String> {
     })
 }
 
-fn history(args: &HistoryArgs) -> Result<ExitCode, String> {
-    let config = load(&args.config)?;
+fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
+    let config = Config::load(&args.config.config)?;
     let Some(path) = &config.server.journal else {
-        return Err(format!(
-            "error: the journal is off in {}",
-            config.file.display()
-        ));
+        return Err(CliError::JournalOff {
+            file: config.file.clone(),
+        });
     };
     let filter = HistoryFilter {
         hook: args.hook.clone(),
@@ -371,10 +422,10 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, String> {
         failed: args.failed,
         limit: args.limit,
     };
-    let deliveries = delivery::history(path, &filter).map_err(|err| format!("error: {err}"))?;
+    let deliveries = delivery::history(path, &filter)?;
     for delivery in &deliveries {
         if args.json {
-            let line = serde_json::to_string(delivery).map_err(|err| format!("error: {err}"))?;
+            let line = serde_json::to_string(delivery)?;
             println!("{line}");
         } else {
             println!("{}", history_line(delivery));
@@ -436,15 +487,17 @@ fn local_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {
     }
 }
 
-fn read_body(file: Option<&Path>) -> Result<Bytes, String> {
+fn read_body(file: Option<&Path>) -> Result<Bytes, CliError> {
     let body = match file {
-        Some(file) => std::fs::read(file)
-            .map_err(|err| format!("error: cannot read {}: {err}", file.display()))?,
+        Some(file) => std::fs::read(file).map_err(|source| CliError::BodyFile {
+            file: file.to_owned(),
+            source,
+        })?,
         None => {
             let mut body = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut body)
-                .map_err(|err| format!("error: cannot read standard input: {err}"))?;
+                .map_err(CliError::Stdin)?;
             body
         }
     };

@@ -19,10 +19,12 @@ pub enum FormatSetting {
     Simplified,
 }
 
-/// How one push was actually read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How one push was actually read, and how `cmqhook send` writes one (its `--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// The CMQ JSON envelope, the message in `msgBody`.
     Json,
+    /// The message as the whole body, untouched.
     Simplified,
 }
 

@@ -138,3 +138,42 @@ fn the_example_config_is_valid() {
     let output = cmqhook(&["check", "-c", example]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
 }
+
+#[test]
+fn command_errors_are_one_error_line_naming_the_thing_and_exit_1() {
+    let dir = Dir::new();
+    let config = dir.write_config(
+        "[server]\njournal = \"off\"\n\n[hooks.x]\npath = \"/x\"\nargv = [\"true\"]\n",
+    );
+    let config = config.to_str().expect("utf-8");
+    let missing_body = dir.path().join("no-such-body");
+    for (args, says) in [
+        (vec!["history", "-c", config], "set `journal` in [server]"),
+        (
+            vec![
+                "run",
+                "-c",
+                config,
+                "--body-file",
+                missing_body.to_str().expect("utf-8"),
+            ],
+            "no-such-body",
+        ),
+    ] {
+        let output = cmqhook(&args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = text(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
+#[test]
+fn send_header_without_a_colon_is_a_usage_error() {
+    let output = cmqhook(&["send", "http://127.0.0.1:9/", "--header", "X-Token"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("`X-Token` has no colon"), "{stderr}");
+    assert!(stderr.contains("--header"), "{stderr}");
+}

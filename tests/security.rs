@@ -91,6 +91,60 @@ fn a_token_is_required_in_one_of_three_places_and_never_shown() {
 }
 
 #[test]
+fn a_percent_encoded_query_token_and_any_case_bearer_are_accepted() {
+    let dir = Dir::new();
+    let config = dir.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{CMQHOOK_TOKEN}}\"\n\n[hooks.any]\ncommand = '{}'\n",
+        dir.record(0)
+    ));
+    let server = Server::start_env(&dir, &config, &[], true, &[("CMQHOOK_TOKEN", "a+b/c")]);
+    let encoded = server.post("/?token=a%2Bb%2Fc", &[("x-cmq-message-id", "q1")], b"x");
+    assert_eq!(encoded.status, 200, "{}", encoded.text());
+    // Form encoding: a literal `+` in a query string is a space.
+    let raw = server.post("/?token=a+b/c", &[("x-cmq-message-id", "q2")], b"x");
+    assert_eq!(raw.status, 401, "{}", raw.text());
+    let upper = server.post(
+        "/",
+        &[
+            ("x-cmq-message-id", "q3"),
+            ("Authorization", "BEARER a+b/c"),
+        ],
+        b"x",
+    );
+    assert_eq!(upper.status, 200, "{}", upper.text());
+    assert_eq!(dir.recorded().len(), 2);
+}
+
+#[test]
+fn send_carries_the_token_by_flag_or_by_header() {
+    let dir = Dir::new();
+    let server = server(
+        &dir,
+        "token = \"${CMQHOOK_TOKEN}\"",
+        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+    );
+    let url = format!("http://{}/", server.addr);
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let header = format!("X-Cmqhook-Token: {TOKEN}");
+    for (id, extra) in [
+        ("s1", vec!["--token", TOKEN]),
+        ("s2", vec!["--header", &bearer]),
+        ("s3", vec!["--header", "X-Other: 1", "--header", &header]),
+    ] {
+        let mut args = vec!["send", &url, "--format", "simplified", "--msg-id", id];
+        args.extend(extra);
+        let output = cmqhook_with_stdin(&args, b"x");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stdout}");
+        assert!(stdout.starts_with("200"), "{stdout}");
+    }
+    let without = cmqhook_with_stdin(&["send", &url, "--format", "simplified"], b"x");
+    assert_eq!(without.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&without.stdout).starts_with("401"));
+    assert_eq!(dir.recorded().len(), 3);
+}
+
+#[test]
 fn peers_outside_allow_get_403_and_forwarded_for_is_believed_only_from_trusted_proxies() {
     let dir = Dir::new();
     let closed = server(
