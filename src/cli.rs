@@ -15,6 +15,7 @@ use crate::cmq::{Format, OutgoingPush};
 use crate::config::{Config, Hook};
 use crate::dispatch::{Dispatcher, Verdict};
 use crate::journal::{self, Delivery, HistoryFilter};
+use crate::routing::RoutedConfig;
 use crate::send::send_push;
 use crate::service;
 use crate::telemetry::{self, LogFormat};
@@ -259,7 +260,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
 }
 
 fn route(args: &RouteArgs) -> Result<ExitCode, String> {
-    let config = load(&args.config)?;
+    let config = RoutedConfig::new(load(&args.config)?);
     let push = local_push(&args.push, new_id(), Bytes::new())
         .parse(config.server.format, &args.push.path)
         .map_err(|err| format!("error: {err}"))?;

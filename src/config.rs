@@ -3,7 +3,8 @@
 //! Every error names `file:line:column` and the key, and all of them are reported, not only the
 //! first. `${NAME}` is expanded in `listen`, `token` and `path` only, and every value taken from
 //! the environment is remembered as a secret so that [`Config::redact`] can hide it again.
-//! This module does not run anything: it only checks that workdirs and programs exist.
+//! This module does not run anything: it only checks that workdirs and programs exist. Nor does
+//! it route: a hook's [`Selector`] says what it matches, and [`crate::routing`] indexes them.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,8 +19,11 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use crate::cmq::{FormatSetting, Push};
-use crate::routing::{Pattern, Router, Selector};
+use crate::cmq::FormatSetting;
+
+mod selector;
+
+pub use selector::{LazyGlob, Pattern, Selector};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
@@ -32,8 +36,6 @@ pub struct Config {
     pub server: Server,
     /// In file order.
     pub hooks: Vec<std::sync::Arc<Hook>>,
-    /// `hooks`, indexed by selector.
-    router: Router,
     /// Values that must never be shown, with what to show instead.
     secrets: Vec<Secret>,
 }
@@ -113,12 +115,6 @@ pub struct Hook {
     /// 0: only `max_running` limits.
     pub concurrency: usize,
     pub queue: usize,
-}
-
-impl AsRef<Hook> for Hook {
-    fn as_ref(&self) -> &Hook {
-        self
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -213,11 +209,6 @@ impl Config {
                 Err(ConfigError::Invalid(loader.diagnostics))
             }
         }
-    }
-
-    /// The hooks whose selectors all match `push`, in config order.
-    pub fn route(&self, push: &Push) -> Vec<&std::sync::Arc<Hook>> {
-        self.router.route(&self.hooks, push)
     }
 
     /// `text` with every secret value replaced by `${NAME}` or `<token>`.
@@ -422,7 +413,6 @@ impl Loader<'_> {
         Some(Config {
             file: PathBuf::new(),
             server: server?,
-            router: Router::new(&hooks),
             hooks,
             secrets: Vec::new(),
         })

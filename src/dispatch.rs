@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::cmq::Push;
 use crate::config::{Config, Hook, StdinMode, Unmatched};
 use crate::journal::{Journal, PushRecord, RunEnd, RunStart};
+use crate::routing::RoutedConfig;
 use crate::runner::{RunOutcome, RunReport, RunSpec, run_hook};
 use crate::telemetry::metrics;
 
 /// Runs hooks for pushes.
 pub struct Dispatcher {
-    config: RwLock<Arc<Config>>,
+    config: RwLock<Arc<RoutedConfig>>,
     journal: Option<Journal>,
     ledger: Ledger,
     /// Per hook name.
@@ -161,7 +162,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         let global = Arc::new(Semaphore::new(config.server.max_running));
         Dispatcher {
-            config: RwLock::new(Arc::new(config)),
+            config: RwLock::new(Arc::new(RoutedConfig::new(config))),
             journal,
             ledger: Ledger::default(),
             slots: Mutex::new(HashMap::new()),
@@ -182,7 +183,7 @@ impl Dispatcher {
                 Err(poisoned) => *poisoned.into_inner() = global,
             }
         }
-        let config = Arc::new(config);
+        let config = Arc::new(RoutedConfig::new(config));
         match self.config.write() {
             Ok(mut current) => *current = config,
             Err(poisoned) => *poisoned.into_inner() = config,
@@ -225,7 +226,7 @@ impl Dispatcher {
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
+    pub fn config(&self) -> Arc<RoutedConfig> {
         match self.config.read() {
             Ok(config) => Arc::clone(&config),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
