@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -35,7 +36,7 @@ pub struct Config {
     pub file: PathBuf,
     pub server: Server,
     /// In file order.
-    pub hooks: Vec<std::sync::Arc<Hook>>,
+    pub hooks: Vec<Arc<Hook>>,
     /// Values that must never be shown, with what to show instead.
     secrets: Vec<Secret>,
 }
@@ -85,9 +86,9 @@ pub enum StdinMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Run as `/bin/sh -c COMMAND`.
-    Shell(String),
-    /// Executed directly, no shell.
-    Argv(Vec<String>),
+    Shell(Arc<str>),
+    /// Executed directly, no shell; never empty.
+    Argv(Arc<[String]>),
 }
 
 impl fmt::Display for Action {
@@ -107,8 +108,9 @@ pub struct Hook {
     /// The `path` selector as written (with `${NAME}`), for display.
     pub path_shown: Option<String>,
     pub action: Action,
-    pub workdir: PathBuf,
-    pub env: Vec<(String, String)>,
+    pub workdir: Arc<Path>,
+    /// In order; shared by every run of the hook.
+    pub env: Arc<[(String, String)]>,
     pub stdin: StdinMode,
     pub timeout: Duration,
     pub kill_grace: Duration,
@@ -408,7 +410,7 @@ impl Loader<'_> {
         let hooks: Vec<_> = raw_hooks
             .into_iter()
             .filter_map(|(name, span, raw)| self.hook(name, span, raw, &defaults))
-            .map(std::sync::Arc::new)
+            .map(Arc::new)
             .collect();
         Some(Config {
             file: PathBuf::new(),
@@ -535,12 +537,12 @@ impl Loader<'_> {
                 );
                 None
             }
-            (Some(command), None) => Some(Action::Shell(command.into_inner())),
+            (Some(command), None) => Some(Action::Shell(command.into_inner().into())),
             (None, Some(argv)) if argv.get_ref().is_empty() => {
                 self.error(argv.span(), format!("{}: must not be empty", key("argv")));
                 None
             }
-            (None, Some(argv)) => Some(Action::Argv(argv.into_inner())),
+            (None, Some(argv)) => Some(Action::Argv(argv.into_inner().into())),
         };
         let workdir = match raw.workdir.or_else(|| defaults.workdir.clone()) {
             Some(workdir) => {
@@ -614,8 +616,8 @@ impl Loader<'_> {
             },
             path_shown,
             action: action?,
-            workdir,
-            env,
+            workdir: workdir.into(),
+            env: env.into(),
             stdin: raw.stdin.or(defaults.stdin).unwrap_or_default(),
             timeout: duration(raw.timeout.or(defaults.timeout), Duration::from_secs(300)),
             kill_grace: duration(
@@ -910,11 +912,8 @@ argv = ["./run.sh", "--quiet"]
             web.selector.tags.as_deref(),
             Some(&["web".to_owned(), "all".to_owned()][..])
         );
-        assert_eq!(
-            web.action,
-            Action::Shell("./scripts/deploy.sh prod".to_owned())
-        );
-        assert_eq!(web.workdir, dir.path());
+        assert_eq!(web.action, Action::Shell("./scripts/deploy.sh prod".into()));
+        assert_eq!(&*web.workdir, dir.path());
         assert_eq!(
             env_of(web),
             [("SHARED", "1"), ("DEPLOY_ENV", "prod"), ("EXTRA", "x")]
@@ -931,9 +930,9 @@ argv = ["./run.sh", "--quiet"]
         assert_eq!(notify.path_shown, None);
         assert_eq!(
             notify.action,
-            Action::Argv(vec!["./run.sh".to_owned(), "--quiet".to_owned()])
+            Action::Argv(vec!["./run.sh".to_owned(), "--quiet".to_owned()].into())
         );
-        assert_eq!(notify.workdir, dir.path().join("work"));
+        assert_eq!(&*notify.workdir, dir.path().join("work"));
         assert_eq!(env_of(notify), [("SHARED", "1"), ("DEPLOY_ENV", "default")]);
         assert_eq!(notify.stdin, StdinMode::Envelope);
         assert_eq!(notify.timeout, Duration::from_secs(300));
@@ -973,8 +972,8 @@ argv = ["./run.sh", "--quiet"]
     fn a_hook_gets_the_documented_defaults() {
         let config = parse("[hooks.a]\ncommand = \"true\"\n");
         let a = hook(&config, "a");
-        assert_eq!(a.action, Action::Shell("true".to_owned()));
-        assert_eq!(a.workdir, Path::new("/some/dir"));
+        assert_eq!(a.action, Action::Shell("true".into()));
+        assert_eq!(&*a.workdir, Path::new("/some/dir"));
         assert!(a.env.is_empty());
         assert_eq!(a.stdin, StdinMode::Body);
         assert_eq!(a.timeout, Duration::from_secs(300));
@@ -1086,7 +1085,7 @@ env = { B = "from-hook", C = "from-hook" }
 "#;
         let config = parse(text);
         let inherits = hook(&config, "inherits");
-        assert_eq!(inherits.action, Action::Shell("echo default".to_owned()));
+        assert_eq!(inherits.action, Action::Shell("echo default".into()));
         assert_eq!(inherits.timeout, Duration::from_secs(60));
         assert_eq!(inherits.kill_grace, Duration::from_secs(1));
         assert_eq!(inherits.stdin, StdinMode::None);
@@ -1099,7 +1098,10 @@ env = { B = "from-hook", C = "from-hook" }
 
         // `argv` in the hook replaces the default `command`, not a conflict.
         let overrides = hook(&config, "overrides");
-        assert_eq!(overrides.action, Action::Argv(vec!["/bin/true".to_owned()]));
+        assert_eq!(
+            overrides.action,
+            Action::Argv(vec!["/bin/true".to_owned()].into())
+        );
         assert_eq!(overrides.timeout, Duration::from_secs(90));
         assert_eq!(overrides.kill_grace, Duration::from_millis(250));
         assert_eq!(overrides.stdin, StdinMode::Envelope);
@@ -1133,9 +1135,9 @@ argv = ["bin/true"]
 argv = ["true"]
 "#;
         let config = parse_at(&dir.path().join("hooks.toml"), text);
-        assert_eq!(hook(&config, "rel").workdir, dir.path().join("jobs"));
-        assert_eq!(hook(&config, "abs").workdir, Path::new("/"));
-        assert_eq!(hook(&config, "path").workdir, dir.path());
+        assert_eq!(&*hook(&config, "rel").workdir, dir.path().join("jobs"));
+        assert_eq!(&*hook(&config, "abs").workdir, Path::new("/"));
+        assert_eq!(&*hook(&config, "path").workdir, dir.path());
     }
 
     #[test]
@@ -1633,18 +1635,21 @@ argv = ["/bin/true", "${NO_SUCH_ARG}", "$$"]
         let sh = hook(&config, "sh");
         assert_eq!(
             sh.action,
-            Action::Shell("echo $HOME ${NO_SUCH_VAR} $$ > \"$CMQ_MSG_ID\"".to_owned())
+            Action::Shell("echo $HOME ${NO_SUCH_VAR} $$ > \"$CMQ_MSG_ID\"".into())
         );
         assert_eq!(env_of(sh), [("V", "${NO_SUCH_VAR}")]);
         let topic = sh.selector.topic.as_ref().expect("topic");
         assert!(topic.matches("${NO_SUCH_TOPIC}"));
         assert_eq!(
             hook(&config, "exec").action,
-            Action::Argv(vec![
-                "/bin/true".to_owned(),
-                "${NO_SUCH_ARG}".to_owned(),
-                "$$".to_owned()
-            ])
+            Action::Argv(
+                vec![
+                    "/bin/true".to_owned(),
+                    "${NO_SUCH_ARG}".to_owned(),
+                    "$$".to_owned()
+                ]
+                .into()
+            )
         );
     }
 
@@ -1769,7 +1774,7 @@ command = "true"
         std::fs::write(&file, "[hooks.a]\ncommand = \"true\"\n").expect("write config");
         let config = Config::load(&file).expect("valid");
         assert_eq!(config.file, file);
-        assert_eq!(hook(&config, "a").workdir, dir.path());
+        assert_eq!(&*hook(&config, "a").workdir, dir.path());
         assert_eq!(
             config.server.journal.as_deref(),
             Some(dir.path().join("cmqhook.db").as_path())

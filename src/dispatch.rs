@@ -16,10 +16,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cmq::Push;
-use crate::config::{Config, Hook, StdinMode, Unmatched};
+use crate::config::{Action, Config, Hook, StdinMode, Unmatched};
 use crate::journal::{Journal, PushRecord, RunEnd, RunStart};
 use crate::routing::RoutedConfig;
-use crate::runner::{RunOutcome, RunReport, RunSpec, run_hook};
+use crate::runner::{CommandSpec, Program, RunLabel, RunOutcome, RunReport, run_command};
 use crate::telemetry::metrics;
 
 /// Runs hooks for pushes.
@@ -419,7 +419,7 @@ impl Dispatcher {
         });
         let running = metrics().running.with_label_values(&[&hook.name]);
         running.inc();
-        let report = run_hook(run_spec(hook, push, job.attempt), self.interrupt.clone()).await;
+        let report = run_command(run_spec(hook, push, job.attempt), self.interrupt.clone()).await;
         running.dec();
         let result = HookResult::from_report(hook, &report);
         metrics()
@@ -825,10 +825,10 @@ fn run_end(result: &HookResult, report: &RunReport) -> RunEnd {
     }
 }
 
-/// The environment and stdin one hook gets for one push (SPEC §4).
-fn run_spec(hook: &Arc<Hook>, push: &Push, attempt: u32) -> RunSpec {
+/// The command one hook runs for one push, with its environment and stdin (SPEC §4).
+fn run_spec(hook: &Hook, push: &Push, attempt: u32) -> CommandSpec {
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
-    let env = vec![
+    let run_env = vec![
         ("CMQ_MSG_ID", text(&push.msg_id)),
         ("CMQ_REQUEST_ID", text(&push.request_id)),
         ("CMQ_TOPIC", text(&push.topic)),
@@ -845,11 +845,21 @@ fn run_spec(hook: &Arc<Hook>, push: &Push, attempt: u32) -> RunSpec {
         StdinMode::Envelope => Some(push.envelope.clone()),
         StdinMode::None => None,
     };
-    RunSpec {
-        hook: Arc::clone(hook),
-        env,
+    CommandSpec {
+        program: match &hook.action {
+            Action::Shell(script) => Program::Shell(Arc::clone(script)),
+            Action::Argv(argv) => Program::Argv(Arc::clone(argv)),
+        },
+        workdir: Arc::clone(&hook.workdir),
+        env: Arc::clone(&hook.env),
+        run_env,
         stdin,
-        msg_id: text(&push.msg_id),
+        timeout: hook.timeout,
+        kill_grace: hook.kill_grace,
+        label: RunLabel {
+            hook: hook.name.clone(),
+            msg_id: text(&push.msg_id),
+        },
     }
 }
 
