@@ -1,5 +1,5 @@
 //! Routing among many hooks: how long a config of N hooks takes to load, and what routing one
-//! push costs, with the index ([`Config::route`]) and with a test of every hook
+//! push costs, with the index ([`RoutedConfig::route`]) and with a test of every hook
 //! ([`match_hooks`]). The hooks mix exact and glob topics, exact subscriptions, tags and paths.
 //!
 //! Usage: routing [HOOKS]   (default 10000)
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cmqhook::cmq::{Format, Push};
 use cmqhook::config::Config;
-use cmqhook::routing::{Router, match_hooks};
+use cmqhook::routing::{RoutedConfig, Router, match_hooks};
 
 fn main() -> ExitCode {
     let count: usize = match std::env::args().nth(1).map(|n| n.parse()) {
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     let mut config = None;
     for _ in 0..7 {
         let started = Instant::now();
-        match Config::parse(file, &text, |_| None) {
+        match Config::parse(file, &text, |_| None).map(RoutedConfig::new) {
             Ok(loaded) => config = Some(black_box(loaded)),
             Err(err) => {
                 eprintln!("routing: the generated config is invalid:\n{err}");

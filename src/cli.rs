@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cmq::{Format, OutgoingPush, PushError};
 use crate::config::{Config, ConfigError, Hook};
-use crate::dispatch::{Dispatcher, Verdict};
 use crate::delivery::{self, Deliveries, HistoryFilter, HistoryRow, JournalError};
+use crate::dispatch::{Dispatcher, Verdict};
+use crate::routing::RoutedConfig;
 use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
@@ -313,7 +314,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
 }
 
 fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
-    let config = Config::load(&args.config.config)?;
+    let config = RoutedConfig::new(Config::load(&args.config.config)?);
     let push = local_push(&args.push, new_id(), Bytes::new())
         .parse(config.server.format, &args.push.path)?;
     let matched = config.route(&push);

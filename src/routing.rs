@@ -1,129 +1,62 @@
-//! Which hooks a push runs: pure functions from a [`Push`] and the configured hooks.
+//! Which hooks a push runs: the configured hooks, indexed by their selectors.
 //!
-//! Every selector a hook gives must match; an omitted one matches anything. `tags` matches if
-//! the push carries any of them (CMQ FilterTag semantics). `topic` and `subscription` are exact
-//! or globs, and never match a SIMPLIFIED push, whose topic and subscription are unknown.
+//! Depends on the config, never the reverse: [`Config`] holds the hooks and their
+//! [`Selector`](crate::config::Selector)s (and what matching one means); this module builds the
+//! index that finds them fast ([`Router`]), and [`RoutedConfig`] keeps a config and its index
+//! together for whoever serves pushes.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::ops::Deref;
+use std::sync::Arc;
 
-use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::cmq::Push;
-use crate::config::Hook;
+use crate::config::{Config, Hook, Pattern};
 
-/// An exact name, or a glob with `*`, `?` and `[..]`.
+/// A configuration with its routing index, built once per load, so that a reload swaps both
+/// at once. Dereferences to the [`Config`] (read-only: the index must stay the config's).
 #[derive(Debug, Clone)]
-pub enum Pattern {
-    Exact(String),
-    Glob(LazyGlob),
+pub struct RoutedConfig {
+    config: Config,
+    router: Router,
 }
 
-/// A glob checked when the config is read, compiled to a matcher only when first used: most
-/// glob hooks are found through [`Router`]'s one [`GlobSet`], so a config of thousands of globs
-/// loads without compiling thousands of regexes.
-#[derive(Debug, Clone)]
-pub struct LazyGlob {
-    glob: Glob,
-    matcher: OnceLock<GlobMatcher>,
-}
+impl RoutedConfig {
+    /// Indexes `config`'s hooks.
+    pub fn new(config: Config) -> RoutedConfig {
+        let router = Router::new(&config.hooks);
+        RoutedConfig { config, router }
+    }
 
-impl LazyGlob {
-    fn is_match(&self, value: &str) -> bool {
-        self.matcher
-            .get_or_init(|| self.glob.compile_matcher())
-            .is_match(value)
+    /// The hooks whose selectors all match `push`, in config order.
+    pub fn route(&self, push: &Push) -> Vec<&Arc<Hook>> {
+        self.router.route(&self.config.hooks, push)
     }
 }
 
-impl Pattern {
-    /// Compiles `text`; only text containing `*`, `?` or `[` is a glob.
-    pub fn new(text: &str) -> Result<Self, globset::Error> {
-        if !text.contains(['*', '?', '[']) {
-            return Ok(Pattern::Exact(text.to_owned()));
-        }
-        let glob = GlobBuilder::new(text).literal_separator(false).build()?;
-        Ok(Pattern::Glob(LazyGlob {
-            glob,
-            matcher: OnceLock::new(),
-        }))
-    }
+impl Deref for RoutedConfig {
+    type Target = Config;
 
-    pub fn matches(&self, value: &str) -> bool {
-        match self {
-            Pattern::Exact(exact) => exact == value,
-            Pattern::Glob(glob) => glob.is_match(value),
-        }
-    }
-}
-
-impl fmt::Display for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Pattern::Exact(exact) => f.write_str(exact),
-            Pattern::Glob(lazy) => f.write_str(lazy.glob.glob()),
-        }
-    }
-}
-
-/// A hook's selectors; `None` matches anything.
-#[derive(Debug, Clone, Default)]
-pub struct Selector {
-    /// Exact request path, compared with the expanded value.
-    pub path: Option<String>,
-    pub topic: Option<Pattern>,
-    pub subscription: Option<Pattern>,
-    /// Non-empty; any of them must be on the push.
-    pub tags: Option<Vec<String>>,
-}
-
-impl Selector {
-    /// True when no selector is given: the hook catches every push.
-    pub fn is_empty(&self) -> bool {
-        self.path.is_none()
-            && self.topic.is_none()
-            && self.subscription.is_none()
-            && self.tags.is_none()
-    }
-
-    pub fn matches(&self, push: &Push) -> bool {
-        let path = self.path.as_ref().is_none_or(|path| *path == push.path);
-        let topic = matches_known(self.topic.as_ref(), push.topic.as_deref());
-        let subscription = matches_known(self.subscription.as_ref(), push.subscription.as_deref());
-        let tags = self
-            .tags
-            .as_ref()
-            .is_none_or(|wanted| wanted.iter().any(|tag| push.tags.contains(tag)));
-        path && topic && subscription && tags
-    }
-}
-
-/// An unknown value (SIMPLIFIED) never matches a given pattern.
-fn matches_known(pattern: Option<&Pattern>, value: Option<&str>) -> bool {
-    match (pattern, value) {
-        (None, _) => true,
-        (Some(pattern), Some(value)) => pattern.matches(value),
-        (Some(_), None) => false,
+    fn deref(&self) -> &Config {
+        &self.config
     }
 }
 
 /// The hooks whose selectors all match `push`, in config order, testing every hook. The
 /// reference [`Router`] is checked against.
-pub fn match_hooks<'a, H>(hooks: &'a [H], push: &Push) -> Vec<&'a H>
-where
-    H: AsRef<Hook>,
-{
+pub fn match_hooks<'a>(hooks: &'a [Arc<Hook>], push: &Push) -> Vec<&'a Arc<Hook>> {
     hooks
         .iter()
-        .filter(|hook| hook.as_ref().selector.matches(push))
+        .filter(|hook| hook.selector.matches(push))
         .collect()
 }
 
 /// Hooks indexed by their most selective selector, so that routing a push tests only the hooks
 /// that can match it: a hash look-up for exact topics, subscriptions, tags and paths, one
 /// [`GlobSet`] search for glob topics and subscriptions, and a scan of only the hooks with none
-/// of these. Candidates are then checked with [`Selector::matches`], so the result is exactly
+/// of these. Candidates are then checked with
+/// [`Selector::matches`](crate::config::Selector::matches), so the result is exactly
 /// [`match_hooks`]'s.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
@@ -171,7 +104,8 @@ impl GlobIndex {
 }
 
 impl Router {
-    /// The index of `hooks`; [`Router::route`] must be given the same slice.
+    /// The index of `hooks`; [`Router::route`] must be given the same slice, which
+    /// [`RoutedConfig`] sees to.
     pub fn new(hooks: &[Arc<Hook>]) -> Router {
         let mut router = Router::default();
         let mut topic_globs = Vec::new();
@@ -197,10 +131,10 @@ impl Router {
                 }
                 (_, _, None, Some(path)) => entry(&mut router.by_path, path),
                 (Some(Pattern::Glob(lazy)), _, None, None) => {
-                    topic_globs.push((index, lazy.glob.clone()));
+                    topic_globs.push((index, lazy.glob().clone()));
                 }
                 (None, Some(Pattern::Glob(lazy)), None, None) => {
-                    subscription_globs.push((index, lazy.glob.clone()));
+                    subscription_globs.push((index, lazy.glob().clone()));
                 }
                 (None, None, None, None) => router.rest.push(index),
             }
@@ -249,20 +183,22 @@ impl Router {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use bytes::Bytes;
 
     use super::*;
     use crate::cmq::Format;
 
-    fn push(format: Format, topic: Option<&str>, sub: Option<&str>, tags: &[&str]) -> Push {
+    fn push(path: &str, topic: &str, sub: &str, tags: &[&str]) -> Push {
         Push {
-            path: "/cmq".to_owned(),
-            format,
+            path: path.to_owned(),
+            format: Format::Json,
             msg_id: Some("1".to_owned()),
             request_id: None,
             tags: tags.iter().map(|t| t.to_string()).collect(),
-            topic: topic.map(str::to_owned),
-            subscription: sub.map(str::to_owned),
+            topic: Some(topic.to_owned()),
+            subscription: Some(sub.to_owned()),
             topic_owner: None,
             publish_time: None,
             body: Bytes::new(),
@@ -270,79 +206,65 @@ mod tests {
         }
     }
 
-    fn json(topic: &str, sub: &str, tags: &[&str]) -> Push {
-        push(Format::Json, Some(topic), Some(sub), tags)
-    }
-
-    fn pattern(text: &str) -> Option<Pattern> {
-        Some(Pattern::new(text).expect("valid glob"))
-    }
-
     #[test]
-    fn empty_selector_matches_everything() {
-        let selector = Selector::default();
-        assert!(selector.is_empty());
-        assert!(selector.matches(&json("t", "s", &[])));
-        assert!(selector.matches(&push(Format::Simplified, None, None, &[])));
-    }
-
-    #[test]
-    fn every_given_selector_must_match() {
-        let selector = Selector {
-            path: Some("/cmq".to_owned()),
-            topic: pattern("deploy"),
-            subscription: pattern("web-*"),
-            tags: Some(vec!["web".to_owned()]),
+    fn the_index_finds_hooks_of_every_kind_in_config_order() {
+        let text = r#"
+[hooks.any]
+command = "true"
+[hooks.topic]
+topic = "deploy"
+command = "true"
+[hooks.topic-glob]
+topic = "dep*"
+command = "true"
+[hooks.sub]
+subscription = "web-1"
+command = "true"
+[hooks.sub-glob]
+subscription = "web-?"
+command = "true"
+[hooks.tags]
+tags = ["a", "b"]
+command = "true"
+[hooks.path]
+path = "/cmq"
+command = "true"
+[hooks.all]
+path = "/cmq"
+topic = "deploy"
+subscription = "web-*"
+tags = ["b"]
+command = "true"
+"#;
+        let config = Config::parse(Path::new("/nonexistent/hooks.toml"), text, |_| None)
+            .map(RoutedConfig::new)
+            .expect("a valid config");
+        let names = |push: &Push| -> Vec<String> {
+            let routed: Vec<String> = config.route(push).iter().map(|h| h.name.clone()).collect();
+            let scanned: Vec<String> = match_hooks(&config.hooks, push)
+                .iter()
+                .map(|h| h.name.clone())
+                .collect();
+            assert_eq!(routed, scanned, "{push:?}");
+            routed
         };
-        assert!(selector.matches(&json("deploy", "web-1", &["web"])));
-        assert!(!selector.matches(&json("deploy2", "web-1", &["web"])));
-        assert!(!selector.matches(&json("deploy", "db-1", &["web"])));
-        assert!(!selector.matches(&json("deploy", "web-1", &["db"])));
-        let mut other_path = json("deploy", "web-1", &["web"]);
-        other_path.path = "/other".to_owned();
-        assert!(!selector.matches(&other_path));
-    }
-
-    #[test]
-    fn tags_match_any_of() {
-        let selector = Selector {
-            tags: Some(vec!["web".to_owned(), "all".to_owned()]),
-            ..Selector::default()
-        };
-        assert!(selector.matches(&json("t", "s", &["x", "all"])));
-        assert!(selector.matches(&json("t", "s", &["web"])));
-        assert!(!selector.matches(&json("t", "s", &["x"])));
-        assert!(!selector.matches(&json("t", "s", &[])));
-    }
-
-    #[test]
-    fn globs_support_star_question_and_classes() {
-        let glob = pattern("web-[0-9]?*").expect("pattern");
-        assert!(glob.matches("web-12"));
-        assert!(glob.matches("web-1x-y/z"));
-        assert!(!glob.matches("web-x1"));
-        assert!(!glob.matches("web-1"));
-        assert!(matches!(pattern("plain"), Some(Pattern::Exact(_))));
-        assert!(Pattern::new("[unclosed").is_err());
-    }
-
-    #[test]
-    fn topic_or_subscription_never_match_a_simplified_push() {
-        let by_topic = Selector {
-            topic: pattern("*"),
-            ..Selector::default()
-        };
-        let by_sub = Selector {
-            subscription: pattern("*"),
-            ..Selector::default()
-        };
-        let simplified = push(Format::Simplified, None, None, &["a"]);
-        assert!(!by_topic.matches(&simplified));
-        assert!(!by_sub.matches(&simplified));
-        let by_tag = Selector {
-            tags: Some(vec!["a".to_owned()]),
-            ..Selector::default()
-        };
-        assert!(by_tag.matches(&simplified));
+        assert_eq!(
+            names(&push("/cmq", "deploy", "web-1", &["a", "b"])),
+            [
+                "any",
+                "topic",
+                "topic-glob",
+                "sub",
+                "sub-glob",
+                "tags",
+                "path",
+                "all"
+            ]
+        );
+        assert_eq!(names(&push("/x", "other", "db", &[])), ["any"]);
+        assert_eq!(
+            names(&push("/x", "depot", "web-2", &["b"])),
+            ["any", "topic-glob", "sub-glob", "tags"]
+        );
     }
 }

@@ -1,11 +1,14 @@
 //! One command run: its own process group, stdin, output drain, timeout and outcome.
 //!
-//! The only module that touches processes. A run's outcome is data ([`RunOutcome`]), never an
-//! error. Deciding what a run means for the push is the dispatcher's business, not this one's.
+//! The only module that touches processes. It runs a plain [`CommandSpec`] and knows nothing
+//! of the config, hooks or pushes: what to run for a hook and a push is the dispatcher's
+//! business, and so is what a run means for the push. A run's outcome is data
+//! ([`RunOutcome`]), never an error.
 
 use std::cell::RefCell;
 use std::io::{ErrorKind, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,8 +23,6 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Action, Hook};
-
 /// How much of the end of stdout and of stderr a report keeps.
 pub const TAIL_BYTES: usize = 4096;
 /// A line longer than this is logged in pieces, so that memory stays bounded.
@@ -34,15 +35,39 @@ const EAGER: Duration = Duration::from_millis(10);
 /// How long output still in the pipes may take to drain once every writer is gone.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
-/// Everything needed to start one run of one hook.
+/// Everything needed to start one command. The shared parts are `Arc`s, so that building one
+/// for each run copies no more than that run's own values.
 #[derive(Debug, Clone)]
-pub struct RunSpec {
-    pub hook: Arc<Hook>,
-    /// `CMQ_*` and `CMQHOOK_*` variables, set over the hook's `env`.
-    pub env: Vec<(&'static str, String)>,
+pub struct CommandSpec {
+    pub program: Program,
+    pub workdir: Arc<Path>,
+    /// Added to the inherited environment, in order.
+    pub env: Arc<[(String, String)]>,
+    /// This run's own variables, added after `env`: where a name is in both, these win.
+    pub run_env: Vec<(&'static str, String)>,
     /// `None` gives the command `/dev/null`.
     pub stdin: Option<Bytes>,
-    /// For log lines; empty when the push had none.
+    /// Then SIGTERM to the group, and SIGKILL after `kill_grace`.
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+    /// Names the run in log lines; nothing else.
+    pub label: RunLabel,
+}
+
+/// What to execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// Run as `/bin/sh -c SCRIPT`.
+    Shell(Arc<str>),
+    /// The program, then its arguments, executed directly. Empty: the run fails to start.
+    Argv(Arc<[String]>),
+}
+
+/// The `hook` and `msg_id` fields of a run's log lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunLabel {
+    pub hook: String,
+    /// Empty when there is none.
     pub msg_id: String,
 }
 
@@ -51,7 +76,7 @@ pub struct RunSpec {
 pub enum RunOutcome {
     Exited(i32),
     Signalled(i32),
-    /// Hit the hook's `timeout`; its group was killed.
+    /// Hit its `timeout`; its group was killed.
     TimedOut,
     /// Stopped by shutdown; its group was killed.
     Interrupted,
@@ -79,22 +104,11 @@ pub struct RunReport {
 /// Runs `spec` to its outcome. The command gets its own process group; on `timeout`, or when
 /// `interrupt` fires, the group gets SIGTERM and, after `kill_grace`, SIGKILL. If this future
 /// is dropped before the command exits, the group is killed too. Background children still
-/// running when the command itself exits are left alone; their output is still drained.
-pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport {
+/// running when the command itself exits are left alone; their output is still drained. A
+/// command that cannot be started (an empty argv, a missing program or workdir) is
+/// [`RunOutcome::SpawnFailed`].
+pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> RunReport {
     let started = Instant::now();
-    let hook = &spec.hook;
-    let mut command = match &hook.action {
-        Action::Shell(script) => {
-            let mut command = Command::new("/bin/sh");
-            command.arg("-c").arg(script);
-            command
-        }
-        Action::Argv(argv) => {
-            let mut command = Command::new(&argv[0]);
-            command.args(&argv[1..]);
-            command
-        }
-    };
     let failed = |err: std::io::Error| RunReport {
         outcome: RunOutcome::SpawnFailed(err.to_string()),
         duration: started.elapsed(),
@@ -102,6 +116,21 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
         stdout_tail: Vec::new(),
         stderr_tail: Vec::new(),
         left_behind: false,
+    };
+    let mut command = match &spec.program {
+        Program::Shell(script) => {
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(&**script);
+            command
+        }
+        Program::Argv(argv) => match argv.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args);
+                command
+            }
+            None => return failed(std::io::Error::other("empty argv")),
+        },
     };
     let (stdin, rest_of_stdin) = match &spec.stdin {
         None => (Stdio::null(), None),
@@ -115,9 +144,9 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
         (Err(err), _) | (_, Err(err)) => return failed(err),
     };
     command
-        .current_dir(&hook.workdir)
-        .envs(hook.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.workdir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .envs(spec.run_env.iter().map(|(k, v)| (k, v)))
         .stdin(stdin)
         .stdout(Stdio::from(out_write))
         .stderr(Stdio::from(err_write))
@@ -138,7 +167,8 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
         pid.and_then(|pid| i32::try_from(pid).ok())
             .map(Pid::from_raw),
     );
-    tracing::debug!(hook = %hook.name, msg_id = %spec.msg_id, pid, "started");
+    let label = Arc::new(spec.label);
+    tracing::debug!(hook = %label.hook, msg_id = %label.msg_id, pid, "started");
 
     // What did not fit in the pipe is written concurrently with draining stdout and stderr:
     // a command that writes before reading would otherwise deadlock against us.
@@ -150,18 +180,17 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
             }
         });
     }
-    let who: Arc<(String, String)> = Arc::new((hook.name.clone(), spec.msg_id.clone()));
-    let mut stdout = Output::new(out_read, "stdout", &who);
-    let mut stderr = Output::new(err_read, "stderr", &who);
+    let mut stdout = Output::new(out_read, "stdout", &label);
+    let mut stderr = Output::new(err_read, "stderr", &label);
 
     // Most commands are done in milliseconds: their output waits in the pipes and is read once
     // they exit, with no drain to register and schedule. A command still running after EAGER
     // gets its output drained as it comes, so that it never blocks on a full pipe for longer.
     let now = tokio::time::Instant::now();
-    let deadline = now + hook.timeout;
+    let deadline = now + spec.timeout;
     let quick = tokio::select! {
         status = child.wait() => Some(status),
-        () = tokio::time::sleep_until(now + EAGER.min(hook.timeout)) => None,
+        () = tokio::time::sleep_until(now + EAGER.min(spec.timeout)) => None,
         () = interrupt.cancelled() => None,
     };
     let ended = match quick {
@@ -179,11 +208,11 @@ pub async fn run_hook(spec: RunSpec, interrupt: CancellationToken) -> RunReport 
     let outcome = match ended {
         Ended::Exited(status) => outcome_of(status),
         Ended::TimedOut => {
-            stop_group(&mut child, &group, hook.kill_grace).await;
+            stop_group(&mut child, &group, spec.kill_grace).await;
             RunOutcome::TimedOut
         }
         Ended::Interrupted => {
-            stop_group(&mut child, &group, hook.kill_grace).await;
+            stop_group(&mut child, &group, spec.kill_grace).await;
             RunOutcome::Interrupted
         }
     };
@@ -304,11 +333,11 @@ struct Output {
 }
 
 impl Output {
-    fn new(pipe: PipeReader, stream: &'static str, who: &Arc<(String, String)>) -> Output {
+    fn new(pipe: PipeReader, stream: &'static str, label: &Arc<RunLabel>) -> Output {
         let tail = Arc::new(Mutex::new(Tail::default()));
         let sink = Sink {
             stream,
-            who: Arc::clone(who),
+            label: Arc::clone(label),
             tail: Arc::clone(&tail),
             line: Vec::new(),
         };
@@ -327,8 +356,8 @@ impl Output {
         match tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(OwnedFd::from(pipe)) {
             Ok(pipe) => self.task = Some(tokio::spawn(drain(pipe, sink))),
             Err(err) => tracing::warn!(
-                hook = %sink.who.0,
-                msg_id = %sink.who.1,
+                hook = %sink.label.hook,
+                msg_id = %sink.label.msg_id,
                 error = %err,
                 "cannot read the command's {}",
                 sink.stream
@@ -380,7 +409,7 @@ impl Output {
 /// Where a stream's bytes go: its tail, and the log, a line at a time.
 struct Sink {
     stream: &'static str,
-    who: Arc<(String, String)>,
+    label: Arc<RunLabel>,
     tail: Arc<Mutex<Tail>>,
     /// The line read so far.
     line: Vec<u8>,
@@ -395,13 +424,13 @@ impl Sink {
             match piece.strip_suffix(b"\n") {
                 Some(end) => {
                     self.line.extend_from_slice(end);
-                    log_line(&self.who, self.stream, &self.line);
+                    log_line(&self.label, self.stream, &self.line);
                     self.line.clear();
                 }
                 None => {
                     self.line.extend_from_slice(piece);
                     if self.line.len() >= MAX_LINE {
-                        log_line(&self.who, self.stream, &self.line);
+                        log_line(&self.label, self.stream, &self.line);
                         self.line.clear();
                     }
                 }
@@ -412,7 +441,7 @@ impl Sink {
     /// The end of the stream: a last line without its newline is logged too.
     fn finish(&mut self) {
         if !self.line.is_empty() {
-            log_line(&self.who, self.stream, &self.line);
+            log_line(&self.label, self.stream, &self.line);
             self.line.clear();
         }
     }
@@ -463,13 +492,12 @@ async fn drain(mut pipe: impl AsyncRead + Unpin, mut sink: Sink) {
     sink.finish();
 }
 
-fn log_line(who: &(String, String), stream: &'static str, line: &[u8]) {
+fn log_line(label: &RunLabel, stream: &'static str, line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let (hook, msg_id) = who;
     tracing::info!(
         target: "cmqhook::output",
-        hook = %hook,
-        msg_id = %msg_id,
+        hook = %label.hook,
+        msg_id = %label.msg_id,
         stream,
         "{}",
         String::from_utf8_lossy(line)
@@ -479,6 +507,91 @@ fn log_line(who: &(String, String), stream: &'static str, line: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(program: Program) -> CommandSpec {
+        CommandSpec {
+            program,
+            workdir: Path::new("/").into(),
+            env: Arc::new([]),
+            run_env: Vec::new(),
+            stdin: None,
+            timeout: Duration::from_secs(10),
+            kill_grace: Duration::from_millis(100),
+            label: RunLabel::default(),
+        }
+    }
+
+    fn shell(script: &str) -> CommandSpec {
+        spec(Program::Shell(script.into()))
+    }
+
+    async fn run(spec: CommandSpec) -> RunReport {
+        run_command(spec, CancellationToken::new()).await
+    }
+
+    #[tokio::test]
+    async fn a_shell_command_runs_in_its_workdir_with_its_stdin() {
+        let dir = tempfile::tempdir().expect("a temporary directory can be created");
+        let report = run(CommandSpec {
+            workdir: dir.path().into(),
+            stdin: Some(Bytes::from_static(b"body\0bytes")),
+            ..shell("pwd; cat; exit 3")
+        })
+        .await;
+        assert_eq!(report.outcome, RunOutcome::Exited(3));
+        // `pwd` prints the physical path.
+        let workdir = dir.path().canonicalize().expect("the directory exists");
+        let expected = format!("{}\nbody\0bytes", workdir.display());
+        assert_eq!(report.stdout_tail, expected.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn an_argv_runs_without_a_shell() {
+        let report = run(spec(Program::Argv(
+            vec!["echo".to_owned(), "$HOME".to_owned(), "a b".to_owned()].into(),
+        )))
+        .await;
+        assert!(report.outcome.succeeded(), "{:?}", report.outcome);
+        assert_eq!(report.stdout_tail, b"$HOME a b\n");
+    }
+
+    #[tokio::test]
+    async fn the_run_env_wins_over_the_shared_env() {
+        let report = run(CommandSpec {
+            env: vec![
+                ("A".to_owned(), "shared".to_owned()),
+                ("B".to_owned(), "shared".to_owned()),
+            ]
+            .into(),
+            run_env: vec![("A", "run".to_owned())],
+            ..shell("printf '%s %s' \"$A\" \"$B\"")
+        })
+        .await;
+        assert_eq!(report.stdout_tail, b"run shared");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_cannot_start_is_spawn_failed() {
+        let empty = run(spec(Program::Argv(Vec::new().into()))).await;
+        assert!(matches!(empty.outcome, RunOutcome::SpawnFailed(_)));
+        let missing = run(spec(Program::Argv(
+            vec!["/nonexistent/program".to_owned()].into(),
+        )))
+        .await;
+        assert!(matches!(missing.outcome, RunOutcome::SpawnFailed(_)));
+        assert_eq!(missing.pid, None);
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_timeout_is_killed() {
+        let report = run(CommandSpec {
+            timeout: Duration::from_millis(100),
+            ..shell("sleep 30")
+        })
+        .await;
+        assert_eq!(report.outcome, RunOutcome::TimedOut);
+        assert!(report.duration < Duration::from_secs(5), "{report:?}");
+    }
 
     #[test]
     fn tail_keeps_the_last_bytes() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use cmqhook::cmq::{Format, FormatSetting, Push, PushHeaders, parse_push, parse_tags};
 use cmqhook::config::Config;
-use cmqhook::routing::match_hooks;
+use cmqhook::routing::{RoutedConfig, match_hooks};
 use proptest::prelude::*;
 
 /// One hook's selectors, as TOML lines: any mix of exact and glob names, tags and paths.
@@ -151,6 +151,7 @@ proptest! {
             text += &format!("[hooks.h{index}]\nargv = [\"/bin/true\"]\n{lines}");
         }
         let config = Config::parse(Path::new("/nonexistent/hooks.toml"), &text, |_| None)
+            .map(RoutedConfig::new)
             .map_err(|err| TestCaseError::fail(err.to_string()))?;
         for push in &pushes {
             let names = |hooks: Vec<&std::sync::Arc<cmqhook::config::Hook>>| -> Vec<String> {

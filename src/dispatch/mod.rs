@@ -20,12 +20,13 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::cmq::Push;
-use crate::config::{Config, Hook, StdinMode, Unmatched};
+use crate::config::{Action, Config, Hook, StdinMode, Unmatched};
 use crate::delivery::{
     Claim, Deliveries, Outcome, PushRecord, RunEnd, RunResult, RunStart, Ticket, millis,
 };
 use crate::orphans::MARKER;
-use crate::runner::{RunOutcome, RunReport, RunSpec, run_hook};
+use crate::routing::RoutedConfig;
+use crate::runner::{CommandSpec, Program, RunLabel, RunOutcome, RunReport, run_command};
 use crate::telemetry::metrics;
 use slots::{Slot, Slots};
 
@@ -35,7 +36,7 @@ const JOURNAL_START_AFTER: Duration = Duration::from_millis(10);
 
 /// Runs hooks for pushes.
 pub struct Dispatcher {
-    config: RwLock<Arc<Config>>,
+    config: RwLock<Arc<RoutedConfig>>,
     deliveries: Deliveries,
     /// Per hook name.
     slots: Mutex<HashMap<String, Arc<Slots>>>,
@@ -213,7 +214,7 @@ impl Dispatcher {
     pub fn new(config: Config, deliveries: Deliveries, interrupt: CancellationToken) -> Dispatcher {
         let global = Arc::new(Semaphore::new(config.server.max_running));
         Dispatcher {
-            config: RwLock::new(Arc::new(config)),
+            config: RwLock::new(Arc::new(RoutedConfig::new(config))),
             deliveries,
             slots: Mutex::new(HashMap::new()),
             global: RwLock::new(global),
@@ -233,7 +234,7 @@ impl Dispatcher {
                 Err(poisoned) => *poisoned.into_inner() = global,
             }
         }
-        let config = Arc::new(config);
+        let config = Arc::new(RoutedConfig::new(config));
         match self.config.write() {
             Ok(mut current) => *current = config,
             Err(poisoned) => *poisoned.into_inner() = config,
@@ -284,7 +285,7 @@ impl Dispatcher {
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
+    pub fn config(&self) -> Arc<RoutedConfig> {
         match self.config.read() {
             Ok(config) => Arc::clone(&config),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -495,7 +496,7 @@ impl Dispatcher {
         let spec = run_spec(hook, push, job.attempt, handle.marker(&self.deliveries));
         let running = metrics().running.with_label_values(&[&hook.name]);
         running.inc();
-        let run = run_hook(spec, self.interrupt.clone());
+        let run = run_command(spec, self.interrupt.clone());
         tokio::pin!(run);
         let report = tokio::select! {
             biased;
@@ -595,11 +596,11 @@ struct Job {
     dedup_for: Duration,
 }
 
-/// The environment and stdin one hook gets for one push (SPEC §4); `marker` identifies the
-/// run in its processes' environment.
-fn run_spec(hook: &Arc<Hook>, push: &Push, attempt: u32, marker: String) -> RunSpec {
+/// The command one hook runs for one push, with its environment and stdin (SPEC §4);
+/// `marker` identifies the run in its processes' environment.
+fn run_spec(hook: &Hook, push: &Push, attempt: u32, marker: String) -> CommandSpec {
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
-    let env = vec![
+    let run_env = vec![
         ("CMQ_MSG_ID", text(&push.msg_id)),
         ("CMQ_REQUEST_ID", text(&push.request_id)),
         ("CMQ_TOPIC", text(&push.topic)),
@@ -617,11 +618,21 @@ fn run_spec(hook: &Arc<Hook>, push: &Push, attempt: u32, marker: String) -> RunS
         StdinMode::Envelope => Some(push.envelope.clone()),
         StdinMode::None => None,
     };
-    RunSpec {
-        hook: Arc::clone(hook),
-        env,
+    CommandSpec {
+        program: match &hook.action {
+            Action::Shell(script) => Program::Shell(Arc::clone(script)),
+            Action::Argv(argv) => Program::Argv(Arc::clone(argv)),
+        },
+        workdir: Arc::clone(&hook.workdir),
+        env: Arc::clone(&hook.env),
+        run_env,
         stdin,
-        msg_id: text(&push.msg_id),
+        timeout: hook.timeout,
+        kill_grace: hook.kill_grace,
+        label: RunLabel {
+            hook: hook.name.clone(),
+            msg_id: text(&push.msg_id),
+        },
     }
 }
 
