@@ -12,7 +12,7 @@
 //! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0
 //!    and that is journaled.
 //!
-//! Beside the path: [`orphans`] finds and stops the commands of a `serve` that died; [`cli`]
+//! Beside the path: [`runner::orphans`] finds and stops the commands of a `serve` that died; [`cli`]
 //! is the command line, and [`send`] its CMQ-like client; [`telemetry`] sets up logs and
 //! metrics.
 
@@ -23,7 +23,6 @@ pub mod config;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;
-pub mod orphans;
 pub mod routing;
 pub mod runner;
 pub mod send;

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use super::table::Last;
 use super::{Key, Outcome, PushRecord, RunEnd, RunResult, RunStart};
-use crate::orphans;
+use crate::runner::orphans;
 
 /// Each entry migrates the schema from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[

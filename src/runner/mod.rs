@@ -5,6 +5,8 @@
 //! business, and so is what a run means for the push. A run's outcome is data
 //! ([`RunOutcome`]), never an error.
 
+pub mod orphans;
+
 use std::cell::RefCell;
 use std::io::{ErrorKind, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::OwnedFd;
