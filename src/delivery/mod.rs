@@ -305,13 +305,14 @@ impl Deliveries {
             };
         };
         let key = (hook.to_owned(), msg_id.to_owned());
-        self.table.claim(key, dedup_for, |key| match &self.store {
+        let journal = |key: &Key| match &self.store {
             Store::Memory => Ok(None),
-            Store::Sqlite(journal) => {
-                journal.health()?;
-                journal.last(&key.0, &key.1, dedup_for)
-            }
-        })
+            Store::Sqlite(journal) => journal.last(&key.0, &key.1, dedup_for),
+        };
+        // A success already journaled is answered even while the journal cannot be written;
+        // nothing new starts then.
+        self.table
+            .claim(key, dedup_for, journal, || self.health())
     }
 
     /// A claimed run that will not start: the claim is let go, and pushes that joined it are

@@ -75,12 +75,13 @@ impl Table {
     }
 
     /// Claim-or-observe under the key's lock; `journal` is asked only when memory knows
-    /// nothing of the key.
+    /// nothing of the key, and `may_start` only when the claim would start a run.
     pub(super) fn claim(
         &self,
         key: Key,
         dedup_for: Duration,
         journal: impl FnOnce(&Key) -> Result<Option<Last>, String>,
+        may_start: impl FnOnce() -> Result<(), String>,
     ) -> Claim {
         let mut shard = self.shard(&key);
         let attempt = match shard.entries.get(&key) {
@@ -114,6 +115,9 @@ impl Table {
                 Err(reason) => return Claim::Unavailable(reason),
             },
         };
+        if let Err(reason) = may_start() {
+            return Claim::Unavailable(reason);
+        }
         let ticket = Arc::new(Ticket::default());
         shard.replace(
             key,
