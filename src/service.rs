@@ -190,3 +190,47 @@ fn reload(dispatcher: &Dispatcher, config_file: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    #[test]
+    fn the_server_runs_in_process_on_a_bound_listener_until_its_shutdown_future() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("hooks.toml");
+        std::fs::write(&file, "[hooks.ok]\nargv = [\"/bin/true\"]\n").expect("config");
+        let config = Config::load(&file).expect("config");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let dispatcher = Arc::new(Dispatcher::new(
+            config,
+            Deliveries::in_memory(100),
+            CancellationToken::new(),
+        ));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(run(listener, dispatcher, async {
+                let _ = stopped.await;
+            }))
+        });
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .write_all(
+                b"POST /x HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: m1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+            )
+            .expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(r#""outcome":"succeeded""#), "{answer}");
+        stop.send(()).expect("server still running");
+        server.join().expect("thread").expect("clean stop");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "no longer listening"
+        );
+    }
+}

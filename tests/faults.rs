@@ -83,7 +83,10 @@ fn a_push_answered_200_never_runs_again_after_a_sigkill_of_the_server() {
         assert_eq!(again.json()["results"][0]["deduplicated"], true, "{id}");
     }
     let counts = runs(&dir);
-    let twice: Vec<_> = acked.iter().filter(|id| counts.get(*id) != Some(&1)).collect();
+    let twice: Vec<_> = acked
+        .iter()
+        .filter(|id| counts.get(*id) != Some(&1))
+        .collect();
     assert!(
         twice.is_empty(),
         "of {} pushes answered 200, these ran again or never: {twice:?}",
@@ -162,7 +165,11 @@ fn a_locked_journal_fails_closed_keeps_outcomes_in_memory_and_recovers() {
     assert_eq!(locked.status, 503, "{}", locked.text());
     assert!(locked.header("retry-after").is_some());
     assert_eq!(healthz(&server), 503);
-    assert!(get(server.addr, "/healthz").text().contains("journal cannot be written"));
+    assert!(
+        get(server.addr, "/healthz")
+            .text()
+            .contains("journal cannot be written")
+    );
     // While failing, nothing new starts, and the retry of the run above is not run again.
     assert_eq!(server.post_seed("/", "new").status, 503);
     assert_eq!(server.post_seed("/", "during").status, 503);
@@ -180,7 +187,10 @@ fn a_locked_journal_fails_closed_keeps_outcomes_in_memory_and_recovers() {
     assert_eq!(retry.json()["results"][0]["deduplicated"], true);
     assert_eq!(server.post_seed("/", "new").status, 200);
     let counts = runs(&dir);
-    assert_eq!((counts["during"], counts["new"], counts["before"]), (1, 1, 1));
+    assert_eq!(
+        (counts["during"], counts["new"], counts["before"]),
+        (1, 1, 1)
+    );
     drop(server);
     // And it was written for good: a new process remembers it.
     let server = Server::start(&dir, &config, &[]);
@@ -257,7 +267,12 @@ fn a_full_disk_fails_closed_and_nothing_runs_twice_once_there_is_room_again() {
     }
     let counts = runs(&dir);
     for (id, _) in &answers {
-        assert_eq!(counts.get(id), Some(&1), "{id} ran {:?} times", counts.get(id));
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "{id} ran {:?} times",
+            counts.get(id)
+        );
     }
     drop(server);
     let server = Server::start(&dir, &config, &[]);
@@ -300,7 +315,11 @@ command = "sleep 60 > /dev/null 2>&1 & echo $! > {left}"
     ));
     let mut server = Server::start(&dir, &config, &[]);
     let tagged = |server: &Server, id: &str, tag: &str| {
-        server.post("/", &[("x-cmq-message-id", id), ("x-cmq-message-tag", tag)], b"x")
+        server.post(
+            "/",
+            &[("x-cmq-message-id", id), ("x-cmq-message-tag", tag)],
+            b"x",
+        )
     };
     assert_eq!(tagged(&server, "q1", "quick").status, 200);
     assert_eq!(tagged(&server, "o1", "long").status, 503);
@@ -319,14 +338,24 @@ command = "sleep 60 > /dev/null 2>&1 & echo $! > {left}"
         .expect("pid");
     server.signal("KILL");
     server.wait_exit(Duration::from_secs(10));
-    assert!(orphans.iter().all(|&pid| alive(pid)), "they outlive the server");
+    assert!(
+        orphans.iter().all(|&pid| alive(pid)),
+        "they outlive the server"
+    );
 
     let server = Server::start(&dir, &config, &[]);
     // Listening means the orphans are gone already.
     let still: Vec<u32> = orphans.iter().copied().filter(|&pid| alive(pid)).collect();
     assert!(still.is_empty(), "still running after restart: {still:?}");
-    assert!(alive(left_behind), "a finished run's background process is left alone");
-    assert!(server.log_text().contains("killing the commands of runs a previous cmqhook left running"));
+    assert!(
+        alive(left_behind),
+        "a finished run's background process is left alone"
+    );
+    assert!(
+        server
+            .log_text()
+            .contains("killing the commands of runs a previous cmqhook left running")
+    );
     let retry = tagged(&server, "o1", "long");
     assert_eq!(retry.status, 200, "{}", retry.text());
     let rows = history_json(&config, &["--msg-id", "o1"]);
@@ -334,7 +363,10 @@ command = "sleep 60 > /dev/null 2>&1 & echo $! > {left}"
         .iter()
         .map(|row| (row["attempt"].as_u64(), row["outcome"].as_str()))
         .collect();
-    assert_eq!(outcomes, [(Some(2), Some("succeeded")), (Some(1), Some("interrupted"))]);
+    assert_eq!(
+        outcomes,
+        [(Some(2), Some("succeeded")), (Some(1), Some("interrupted"))]
+    );
     let _ = Command::new("kill").arg(left_behind.to_string()).status();
 }
 

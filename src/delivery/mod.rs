@@ -311,8 +311,7 @@ impl Deliveries {
         };
         // A success already journaled is answered even while the journal cannot be written;
         // nothing new starts then.
-        self.table
-            .claim(key, dedup_for, journal, || self.health())
+        self.table.claim(key, dedup_for, journal, || self.health())
     }
 
     /// A claimed run that will not start: the claim is let go, and pushes that joined it are

@@ -24,8 +24,8 @@ use crate::config::{Action, Config, Hook, StdinMode, Unmatched};
 use crate::delivery::{
     Claim, Deliveries, Outcome, PushRecord, RunEnd, RunResult, RunStart, Ticket, millis,
 };
-use crate::runner::orphans::MARKER;
 use crate::routing::RoutedConfig;
+use crate::runner::orphans::MARKER;
 use crate::runner::{CommandSpec, Program, RunLabel, RunOutcome, RunReport, run_command};
 use crate::telemetry::metrics;
 use slots::{Slot, Slots};

@@ -98,3 +98,59 @@ impl Drop for Slot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_free_slot_is_held_at_once_and_a_busy_one_queues_up_to_its_bound() {
+        let global = Arc::new(Semaphore::new(8));
+        let slots = Slots::new("slots-test-queue", 1, 2);
+        let first = slots.reserve(&global).expect("free");
+        assert!(first.held.is_some(), "taken at once");
+        let permits = first.acquire().await;
+        // Busy: two places in the queue, then none.
+        let queued = [slots.reserve(&global), slots.reserve(&global)];
+        assert!(
+            queued
+                .iter()
+                .all(|slot| slot.as_ref().is_some_and(|s| s.held.is_none()))
+        );
+        assert!(slots.reserve(&global).is_none(), "the queue is full");
+        // A place given back (a withdrawn run) makes room.
+        drop(queued);
+        assert!(slots.reserve(&global).is_some());
+        drop(permits);
+    }
+
+    #[tokio::test]
+    async fn max_running_bounds_runs_across_hooks() {
+        let global = Arc::new(Semaphore::new(1));
+        let a = Slots::new("slots-test-a", 0, 4);
+        let b = Slots::new("slots-test-b", 0, 4);
+        let held = a.reserve(&global).expect("free").acquire().await;
+        let waiting = b.reserve(&global).expect("queued");
+        assert!(waiting.held.is_none(), "b waits for a's global slot");
+        let acquire = tokio::spawn(waiting.acquire());
+        tokio::task::yield_now().await;
+        assert!(!acquire.is_finished());
+        drop(held);
+        let permits = tokio::time::timeout(std::time::Duration::from_secs(5), acquire)
+            .await
+            .expect("b runs once a is done")
+            .expect("task");
+        assert!(permits.0.is_none(), "no per-hook limit");
+    }
+
+    #[test]
+    fn the_queue_depth_gauge_counts_waiting_runs() {
+        let global = Arc::new(Semaphore::new(0));
+        let slots = Slots::new("slots-test-gauge", 0, 3);
+        let gauge = metrics().queued.with_label_values(&["slots-test-gauge"]);
+        let queued: Vec<_> = (0..3).filter_map(|_| slots.reserve(&global)).collect();
+        assert_eq!(gauge.get(), 3);
+        drop(queued);
+        assert_eq!(gauge.get(), 0);
+    }
+}
