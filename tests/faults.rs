@@ -375,13 +375,23 @@ fn a_second_serve_on_the_same_journal_is_refused() {
     let dir = Dir::new();
     let config = appending_config(&dir, "", "");
     let server = Server::start(&dir, &config, &[]);
-    let second = Command::new(BIN)
-        .args(["serve", "-c"])
+    let mut second = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "-c"])
         .arg(&config)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("second serve");
-    assert_eq!(second.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&second.stderr);
+    let exited = wait_for(Duration::from_secs(10), || {
+        second.try_wait().expect("try_wait").is_some()
+    });
+    if !exited {
+        let _ = second.kill();
+    }
+    let output = second.wait_with_output().expect("output");
+    assert!(exited, "a second serve on the same journal kept running");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("in use by another `cmqhook serve`")
             && stderr.contains(&server.pid().to_string()),
