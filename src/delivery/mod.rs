@@ -183,18 +183,25 @@ pub enum Claim {
     Unavailable(String),
 }
 
-/// What a run was started with, for the journal.
-#[derive(Debug, Clone)]
-pub struct RunStart {
-    pub hook: String,
+/// What the journal keeps of the push behind a run or a refusal.
+#[derive(Debug, Clone, Default)]
+pub struct PushFacts {
     pub msg_id: Option<String>,
     pub request_id: Option<String>,
     /// Already redacted.
     pub path: String,
     pub topic: Option<String>,
     pub subscription: Option<String>,
+    /// Comma-joined.
     pub tags: String,
+}
+
+/// What a run was started with, for the journal.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    pub hook: String,
     pub attempt: u32,
+    pub push: PushFacts,
 }
 
 /// How a run ended, for the journal.
@@ -211,12 +218,7 @@ pub struct PushRecord {
     pub status: u16,
     /// `unmatched`, `too_large`, `not_envelope`, …
     pub reason: &'static str,
-    pub msg_id: Option<String>,
-    pub request_id: Option<String>,
-    pub path: String,
-    pub topic: Option<String>,
-    pub subscription: Option<String>,
-    pub tags: String,
+    pub push: PushFacts,
 }
 
 /// A run between its claim and its end.
@@ -336,6 +338,7 @@ impl Deliveries {
             id,
             attempt: start.attempt,
             key: start
+                .push
                 .msg_id
                 .clone()
                 .map(|msg_id| (start.hook.clone(), msg_id)),
@@ -422,13 +425,12 @@ mod tests {
     fn start(hook: &str, msg_id: &str, attempt: u32) -> RunStart {
         RunStart {
             hook: hook.to_owned(),
-            msg_id: Some(msg_id.to_owned()),
-            request_id: None,
-            path: "/".to_owned(),
-            topic: None,
-            subscription: None,
-            tags: String::new(),
             attempt,
+            push: PushFacts {
+                msg_id: Some(msg_id.to_owned()),
+                path: "/".to_owned(),
+                ..PushFacts::default()
+            },
         }
     }
 

@@ -28,7 +28,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_f
 use serde::Serialize;
 
 use super::table::Last;
-use super::{Key, Outcome, PushRecord, RunEnd, RunResult, RunStart};
+use super::{Key, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart};
 use crate::runner::orphans;
 
 /// Each entry migrates the schema from version `index` to `index + 1`.
@@ -846,8 +846,8 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
             match record {
                 Record::Started { id, at, start: run } => {
                     let started_at = timestamp(*at);
-                    start.execute(start_values(id, &started_at, run))?;
-                    if let Some(msg_id) = &run.msg_id {
+                    start.execute(params_from_iter(start_values(id, &started_at, run)))?;
+                    if let Some(msg_id) = &run.push.msg_id {
                         claim.execute(params![
                             run.hook,
                             msg_id,
@@ -888,17 +888,11 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
                     }
                 }
                 Record::Push { at, push: record } => {
-                    push.execute(params![
-                        timestamp(*at),
-                        record.status,
-                        record.reason,
-                        record.msg_id,
-                        record.request_id,
-                        record.path,
-                        record.topic,
-                        record.subscription,
-                        record.tags,
-                    ])?;
+                    let at = timestamp(*at);
+                    let head: [&dyn ToSql; 3] = [&at, &record.status, &record.reason];
+                    push.execute(params_from_iter(
+                        head.into_iter().chain(facts(&record.push)),
+                    ))?;
                 }
             }
         }
@@ -906,20 +900,28 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
     transaction.commit()
 }
 
-/// A run's start columns, from `id` to `attempt`.
-fn start_values<'a>(id: &'a i64, at: &'a dyn ToSql, run: &'a RunStart) -> [&'a dyn ToSql; 10] {
+/// A push's columns, from `msg_id` to `tags`, as in both `runs` and `pushes`.
+fn facts(push: &PushFacts) -> [&dyn ToSql; 6] {
     [
-        id,
-        at,
-        &run.hook,
-        &run.msg_id,
-        &run.request_id,
-        &run.path,
-        &run.topic,
-        &run.subscription,
-        &run.tags,
-        &run.attempt,
+        &push.msg_id,
+        &push.request_id,
+        &push.path,
+        &push.topic,
+        &push.subscription,
+        &push.tags,
     ]
+}
+
+/// A run's start columns, from `id` to `attempt`.
+fn start_values<'a>(
+    id: &'a i64,
+    at: &'a dyn ToSql,
+    run: &'a RunStart,
+) -> impl Iterator<Item = &'a dyn ToSql> {
+    let head: [&dyn ToSql; 3] = [id, at, &run.hook];
+    head.into_iter()
+        .chain(facts(&run.push))
+        .chain(std::iter::once(&run.attempt as &dyn ToSql))
 }
 
 /// A run's end columns, from `finished_at` to `stderr_tail`.

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cmq::Push;
 use crate::config::{Action, Config, Hook, StdinMode, Unmatched};
 use crate::delivery::{
-    Claim, Deliveries, Outcome, PushRecord, RunEnd, RunResult, RunStart, Ticket, millis,
+    Claim, Deliveries, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart, Ticket, millis,
 };
 use crate::routing::RoutedConfig;
 use crate::runner::orphans::MARKER;
@@ -307,12 +307,14 @@ impl Dispatcher {
         self.deliveries.record_push(PushRecord {
             status: refusal.status(),
             reason: refusal.reason(),
-            msg_id: push.msg_id.map(str::to_owned),
-            request_id: push.request_id.map(str::to_owned),
-            path: push.path.to_owned(),
-            topic: None,
-            subscription: None,
-            tags: push.tags.join(","),
+            push: PushFacts {
+                msg_id: push.msg_id.map(str::to_owned),
+                request_id: push.request_id.map(str::to_owned),
+                path: push.path.to_owned(),
+                topic: None,
+                subscription: None,
+                tags: push.tags.join(","),
+            },
         });
     }
 
@@ -331,12 +333,7 @@ impl Dispatcher {
             self.deliveries.record_push(PushRecord {
                 status,
                 reason: "unmatched",
-                msg_id: push.msg_id.clone(),
-                request_id: push.request_id.clone(),
-                path: path.to_string(),
-                topic: push.topic.clone(),
-                subscription: push.subscription.clone(),
-                tags: push.tags.join(","),
+                push: facts(&push, &path),
             });
             return Answer {
                 verdict: Verdict::Unmatched(config.server.unmatched),
@@ -484,13 +481,8 @@ impl Dispatcher {
         };
         let start = RunStart {
             hook: hook.name.clone(),
-            msg_id: push.msg_id.clone(),
-            request_id: push.request_id.clone(),
-            path: job.path.to_string(),
-            topic: push.topic.clone(),
-            subscription: push.subscription.clone(),
-            tags: push.tags.join(","),
             attempt: job.attempt,
+            push: facts(push, &job.path),
         };
         let mut handle = self.deliveries.begin(start, Arc::clone(&job.ticket));
         let spec = run_spec(hook, push, job.attempt, handle.marker(&self.deliveries));
@@ -594,6 +586,18 @@ struct Job {
     attempt: u32,
     ticket: Arc<Ticket>,
     dedup_for: Duration,
+}
+
+/// What the journal keeps of `push`, whose redacted path is `path`.
+fn facts(push: &Push, path: &str) -> PushFacts {
+    PushFacts {
+        msg_id: push.msg_id.clone(),
+        request_id: push.request_id.clone(),
+        path: path.to_owned(),
+        topic: push.topic.clone(),
+        subscription: push.subscription.clone(),
+        tags: push.tags.join(","),
+    }
 }
 
 /// The command one hook runs for one push, with its environment and stdin (SPEC §4);
