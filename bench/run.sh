@@ -323,7 +323,7 @@ report() {
     echo "## Targets"
     echo
     awk -v idle="$idle_rss" -v held="$held_peak" -v emfile="$held_emfile" -v answered="${held_answered:-0}" -v bad="$held_bad" \
-        -v load="$(sed -E 's/.*load_ms=([^ ]+).*/\1/' <<<"$routing_out")" \
+        -v load_ms="$(sed -E 's/.*load_ms=([^ ]+).*/\1/' <<<"$routing_out")" \
         -v route="$(sed -E 's/.*route_us_per_push=([^ ]+).*/\1/' <<<"$routing_out")" \
         -f bench/targets.awk "$results"
 }
