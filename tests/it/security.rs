@@ -1,25 +1,19 @@
 //! Access control and secrets through the built binary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 const TOKEN: &str = "tok-8f2a9c1e77d0";
 const SECRET: &str = "path-secret-5b3e91d2";
 
+/// A server with `CMQHOOK_TOKEN` and `DEPLOY_SECRET` in its environment.
 fn server(dir: &Dir, server: &str, hooks: &str) -> Server {
-    let config = dir.write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n{hooks}\n"
-    ));
-    Server::start_env(
-        dir,
-        &config,
-        &[],
-        true,
-        &[("CMQHOOK_TOKEN", TOKEN), ("DEPLOY_SECRET", SECRET)],
-    )
+    Server::builder(dir)
+        .config(&config(server, hooks))
+        .env("CMQHOOK_TOKEN", TOKEN)
+        .env("DEPLOY_SECRET", SECRET)
+        .start()
 }
 
 #[test]

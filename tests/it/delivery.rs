@@ -1,37 +1,23 @@
 //! Delivery guarantees through the built binary: the journal, dedup across retries and
 //! restarts, answering within `respond_within`, and runs that outlive their requests.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn config(dir: &Dir, server: &str, hooks: &str) -> std::path::PathBuf {
-    dir.write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n{hooks}\n"
-    ))
-}
-
-fn attempts(dir: &Dir) -> Vec<String> {
-    dir.recorded()
-        .iter()
-        .map(|run| run.var("CMQHOOK_ATTEMPT").unwrap_or("").to_owned())
-        .collect()
-}
+use crate::harness::*;
 
 #[test]
 fn the_same_message_twice_runs_once_and_both_get_200() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "",
-        &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+        &config(
+            "",
+            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+        ),
     );
-    let server = Server::start(&dir, &config, &[]);
     let first = server.post_seed("/", "dup1");
     let second = server.post_seed("/", "dup1");
     assert_eq!((first.status, second.status), (200, 200));
@@ -47,12 +33,13 @@ fn the_same_message_twice_runs_once_and_both_get_200() {
 #[test]
 fn concurrent_pushes_of_one_message_start_one_process() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "",
-        &format!("[hooks.slow]\ncommand = 'sleep 1; {}'", dir.record(0)),
+        &config(
+            "",
+            &format!("[hooks.slow]\ncommand = 'sleep 1; {}'", dir.record(0)),
+        ),
     );
-    let server = Server::start(&dir, &config, &[]);
     let addr = server.addr;
     let threads: Vec<_> = (0..3)
         .map(|_| {
@@ -81,25 +68,26 @@ fn concurrent_pushes_of_one_message_start_one_process() {
 fn a_failed_run_is_retried_with_the_next_attempt_number() {
     let dir = Dir::new();
     let mark = dir.path().join("failed-once");
-    let config = config(
+    let server = Server::start(
         &dir,
-        "",
-        &format!(
-            "[hooks.flaky]\ncommand = 'if [ -e {m} ]; then {ok}; else touch {m}; {fail}; fi'",
-            m = mark.display(),
-            ok = dir.record(0),
-            fail = dir.record(1)
+        &config(
+            "",
+            &format!(
+                "[hooks.flaky]\ncommand = 'if [ -e {m} ]; then {ok}; else touch {m}; {fail}; fi'",
+                m = mark.display(),
+                ok = dir.record(0),
+                fail = dir.record(1)
+            ),
         ),
     );
-    let server = Server::start(&dir, &config, &[]);
     assert_eq!(server.post_seed("/", "flaky1").status, 500);
     assert_eq!(server.post_seed("/", "flaky1").status, 200);
     assert_eq!(server.post_seed("/", "flaky1").status, 200);
-    assert_eq!(attempts(&dir), ["1", "2"]);
+    assert_eq!(dir.attempts(), ["1", "2"]);
     // The journal commits a few milliseconds after the answer.
     let mut rows = Vec::new();
     assert!(wait_for(Duration::from_secs(5), || {
-        rows = history_json(&config, &["--msg-id", "flaky1"]);
+        rows = dir.history(&["--msg-id", "flaky1"]);
         rows.len() == 2 && rows.iter().all(|row| row["outcome"] != "running")
     }));
     let rows: Vec<(i64, &str)> = rows
@@ -117,16 +105,17 @@ fn a_failed_run_is_retried_with_the_next_attempt_number() {
 #[test]
 fn a_success_is_remembered_across_a_restart() {
     let dir = Dir::new();
-    let config = config(
+    let mut server = Server::start(
         &dir,
-        "",
-        &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+        &config(
+            "",
+            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+        ),
     );
-    let mut server = Server::start(&dir, &config, &[]);
     assert_eq!(server.post_seed("/", "keep1").status, 200);
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::builder(&dir).start();
     let again = server.post_seed("/", "keep1");
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["results"][0]["deduplicated"], true);
@@ -136,12 +125,13 @@ fn a_success_is_remembered_across_a_restart() {
 #[test]
 fn an_outcome_not_known_within_respond_within_gets_503_and_the_retry_finds_it() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "respond_within = \"2s\"",
-        &format!("[hooks.slow]\ncommand = 'sleep 4; {}'", dir.record(0)),
+        &config(
+            "respond_within = \"2s\"",
+            &format!("[hooks.slow]\ncommand = 'sleep 4; {}'", dir.record(0)),
+        ),
     );
-    let server = Server::start(&dir, &config, &[]);
     let started = Instant::now();
     let first = server.post_seed("/", "late1");
     let took = started.elapsed();
@@ -163,12 +153,13 @@ fn an_outcome_not_known_within_respond_within_gets_503_and_the_retry_finds_it() 
 #[test]
 fn a_retry_while_the_run_is_still_going_waits_for_it() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "respond_within = \"1500ms\"",
-        &format!("[hooks.slow]\ncommand = 'sleep 2; {}'", dir.record(0)),
+        &config(
+            "respond_within = \"1500ms\"",
+            &format!("[hooks.slow]\ncommand = 'sleep 2; {}'", dir.record(0)),
+        ),
     );
-    let server = Server::start(&dir, &config, &[]);
     assert_eq!(server.post_seed("/", "wait1").status, 503);
     let retry = server.post_seed("/", "wait1");
     assert_eq!(retry.status, 200, "{}", retry.text());
@@ -178,12 +169,13 @@ fn a_retry_while_the_run_is_still_going_waits_for_it() {
 #[test]
 fn a_client_that_hangs_up_does_not_cancel_the_run() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "",
-        &format!("[hooks.deploy]\ncommand = 'sleep 1; {}'", dir.record(0)),
+        &config(
+            "",
+            &format!("[hooks.deploy]\ncommand = 'sleep 1; {}'", dir.record(0)),
+        ),
     );
-    let server = Server::start(&dir, &config, &[]);
     let body = SEED_ENVELOPE.replace("6942316962", "gone1");
     let request = format!(
         "POST / HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: gone1\r\nContent-Length: {}\r\n\r\n{body}",
@@ -192,15 +184,13 @@ fn a_client_that_hangs_up_does_not_cancel_the_run() {
     let mut stream = TcpStream::connect(server.addr).expect("connect");
     stream.write_all(request.as_bytes()).expect("send");
     // Hang up as soon as the request is out, without reading the answer.
-    assert!(wait_for(Duration::from_secs(5), || !history_json(
-        &config,
-        &[]
-    )
-    .is_empty()));
+    assert!(wait_for(Duration::from_secs(5), || !dir
+        .history(&[])
+        .is_empty()));
     drop(stream);
     assert!(wait_for(Duration::from_secs(10), || dir.recorded().len() == 1));
     assert!(wait_for(Duration::from_secs(5), || {
-        history_json(&config, &["--msg-id", "gone1"])
+        dir.history(&["--msg-id", "gone1"])
             .first()
             .is_some_and(|row| row["outcome"] == "succeeded")
     }));
@@ -210,16 +200,17 @@ fn a_client_that_hangs_up_does_not_cancel_the_run() {
 fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
     let dir = Dir::new();
     let mark = dir.path().join("started");
-    let config = config(
+    let mut server = Server::start(
         &dir,
-        "",
-        &format!(
-            "[hooks.deploy]\ncommand = 'if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then echo $$ > {}; sleep 30; fi; {}'",
-            mark.display(),
-            dir.record(0)
+        &config(
+            "",
+            &format!(
+                "[hooks.deploy]\ncommand = 'if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then echo $$ > {}; sleep 30; fi; {}'",
+                mark.display(),
+                dir.record(0)
+            ),
         ),
     );
-    let mut server = Server::start(&dir, &config, &[]);
     let addr = server.addr;
     let push = std::thread::spawn(move || {
         let body = SEED_ENVELOPE.replace("6942316962", "crash1");
@@ -239,7 +230,7 @@ fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
     let orphan = std::fs::read_to_string(&mark).expect("pid");
     // The journal has the run as running before the crash.
     assert!(wait_for(Duration::from_secs(5), || {
-        history_json(&config, &[])
+        dir.history(&[])
             .first()
             .is_some_and(|row| row["outcome"] == "running")
     }));
@@ -248,12 +239,12 @@ fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
     let answer = push.join().expect("thread");
     assert!(!String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 2"));
 
-    let server = Server::start(&dir, &config, &[]);
-    let rows = history_json(&config, &["--msg-id", "crash1"]);
+    let server = Server::builder(&dir).start();
+    let rows = dir.history(&["--msg-id", "crash1"]);
     assert_eq!(rows[0]["outcome"], "interrupted");
     let retry = server.post_seed("/", "crash1");
     assert_eq!(retry.status, 200, "{}", retry.text());
-    assert_eq!(attempts(&dir), ["2"]);
+    assert_eq!(dir.attempts(), ["2"]);
     // The first attempt's process group outlived the crash; end it.
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{}", orphan.trim())])
@@ -263,15 +254,16 @@ fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
 #[test]
 fn history_lists_runs_and_refused_pushes_newest_first() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "max_body = \"1 KiB\"",
-        &format!(
-            "[hooks.ok]\ntopic = \"MyTopic\"\ncommand = '{}'\n\n[hooks.bad]\ntopic = \"MyTopic\"\ncommand = 'echo oops >&2; exit 7'",
-            dir.record(0)
+        &config(
+            "max_body = \"1 KiB\"",
+            &format!(
+                "[hooks.ok]\ntopic = \"MyTopic\"\ncommand = '{}'\n\n[hooks.bad]\ntopic = \"MyTopic\"\ncommand = 'echo oops >&2; exit 7'",
+                dir.record(0)
+            ),
         ),
     );
-    let server = Server::start(&dir, &config, &[]);
     assert_eq!(server.post_seed("/", "h1").status, 500);
     assert_eq!(
         server
@@ -285,14 +277,9 @@ fn history_lists_runs_and_refused_pushes_newest_first() {
             .status,
         413
     );
-    assert!(wait_for(Duration::from_secs(5), || history_json(
-        &config,
-        &[]
-    )
-    .len()
-        == 4));
+    assert!(wait_for(Duration::from_secs(5), || dir.history(&[]).len() == 4));
 
-    let rows = history_json(&config, &[]);
+    let rows = dir.history(&[]);
     let kinds: Vec<(&str, &str)> = rows
         .iter()
         .map(|row| {
@@ -307,21 +294,21 @@ fn history_lists_runs_and_refused_pushes_newest_first() {
     assert!(kinds[2..].contains(&("run", "succeeded")));
     assert!(kinds[2..].contains(&("run", "failed")));
 
-    let failed = history_json(&config, &["--failed", "--hook", "bad"]);
+    let failed = dir.history(&["--failed", "--hook", "bad"]);
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["hook"], "bad");
     assert_eq!(failed[0]["exit_code"], 7);
     assert_eq!(failed[0]["stderr_tail"], "oops\n");
     assert_eq!(failed[0]["msg_id"], "h1");
     assert_eq!(failed[0]["topic"], "MyTopic");
-    assert_eq!(history_json(&config, &["--limit", "1"]).len(), 1);
+    assert_eq!(dir.history(&["--limit", "1"]).len(), 1);
 
-    let text = Command::new(BIN)
-        .args(["history", "-c"])
-        .arg(&config)
-        .output()
-        .expect("history");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let config = dir.config_file();
+    let output = cmqhook(
+        &["history", "-c", config.to_str().expect("utf-8 path")],
+        b"",
+    );
+    let text = text(&output.stdout);
     assert_eq!(text.lines().count(), 4, "{text}");
     assert!(text.contains("msg=h1") && text.contains("exit=7"), "{text}");
 }
@@ -329,12 +316,13 @@ fn history_lists_runs_and_refused_pushes_newest_first() {
 #[test]
 fn with_the_journal_off_dedup_still_works_in_memory() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "journal = \"off\"",
-        &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+        &config(
+            "journal = \"off\"",
+            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+        ),
     );
-    let server = Server::start(&dir, &config, &[]);
     assert_eq!(server.post_seed("/", "mem1").status, 200);
     let again = server.post_seed("/", "mem1");
     assert_eq!(again.json()["results"][0]["deduplicated"], true);
@@ -345,12 +333,10 @@ fn with_the_journal_off_dedup_still_works_in_memory() {
 #[test]
 fn a_push_without_a_message_id_runs_every_time() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "",
-        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+        &config("", &format!("[hooks.any]\ncommand = '{}'", dir.record(0))),
     );
-    let server = Server::start(&dir, &config, &[]);
     assert_eq!(server.post("/", &[], b"no id").status, 200);
     assert_eq!(server.post("/", &[], b"no id").status, 200);
     assert_eq!(dir.recorded().len(), 2);
@@ -359,19 +345,12 @@ fn a_push_without_a_message_id_runs_every_time() {
 #[test]
 fn the_journal_is_a_sqlite_file_with_a_versioned_schema() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "",
-        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+        &config("", &format!("[hooks.any]\ncommand = '{}'", dir.record(0))),
     );
-    let server = Server::start(&dir, &config, &[]);
     assert_eq!(server.post_seed("/", "sq1").status, 200);
-    assert!(wait_for(Duration::from_secs(5), || history_json(
-        &config,
-        &[]
-    )
-    .len()
-        == 1));
+    assert!(wait_for(Duration::from_secs(5), || dir.history(&[]).len() == 1));
     let db = dir.path().join("cmqhook.db");
     assert!(db.exists());
     let header = std::fs::read(&db).expect("db");
@@ -400,25 +379,24 @@ fn the_journal_is_a_sqlite_file_with_a_versioned_schema() {
 #[test]
 fn rows_older_than_dedup_for_are_pruned_and_the_message_may_run_again() {
     let dir = Dir::new();
-    let config = config(
+    let mut server = Server::start(
         &dir,
-        "dedup_for = \"1s\"",
-        &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+        &config(
+            "dedup_for = \"1s\"",
+            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+        ),
     );
-    let mut server = Server::start(&dir, &config, &[]);
     let pushed = Instant::now();
     assert_eq!(server.post_seed("/", "old1").status, 200);
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
-    assert_eq!(history_json(&config, &[]).len(), 1);
+    assert_eq!(dir.history(&[]).len(), 1);
     // Outlive dedup_for; the journal prunes when it opens, then every minute.
     std::thread::sleep(Duration::from_millis(1200).saturating_sub(pushed.elapsed()));
-    let server = Server::start(&dir, &config, &[]);
-    assert!(wait_for(Duration::from_secs(5), || history_json(
-        &config,
-        &[]
-    )
-    .is_empty()));
+    let server = Server::builder(&dir).start();
+    assert!(wait_for(Duration::from_secs(5), || dir
+        .history(&[])
+        .is_empty()));
     let again = server.post_seed("/", "old1");
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["results"][0]["deduplicated"], false);

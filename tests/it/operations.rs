@@ -1,31 +1,13 @@
 //! Operating the built binary: per-hook concurrency and queues, the SIGTERM drain, SIGHUP
 //! reloads, JSON logs, and the `route`, `run` and `send` commands.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn config(dir: &Dir, server: &str, hooks: &str) -> PathBuf {
-    dir.write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n{hooks}\n"
-    ))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Stdout and stderr of a finished command, for assertions and their messages.
-fn both(output: &Output) -> String {
-    format!("{}{}", text(&output.stdout), text(&output.stderr))
-}
+use crate::harness::*;
 
 /// `count` SIMPLIFIED pushes to `path` sent at the same moment from threads, message ids
 /// `{prefix}0`, `{prefix}1`, …; each answer with how long its own request took.
@@ -54,69 +36,44 @@ fn push_at_once(
         .collect()
 }
 
-/// Reads a pid a command wrote with `echo $$ > FILE`, once the line is complete.
-fn wait_for_pid(file: &Path) -> u32 {
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            std::fs::read_to_string(file).is_ok_and(|pid| pid.ends_with('\n'))
-        }),
-        "{} was not written",
-        file.display()
-    );
-    std::fs::read_to_string(file)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("a pid")
-}
-
 #[test]
 fn a_hook_with_concurrency_1_runs_simultaneous_pushes_one_after_another() {
     let dir = Dir::new();
-    let times = dir.path().join("times");
-    std::fs::create_dir(&times).expect("times dir");
-    let config = config(
+    let server = Server::start(
         &dir,
-        "respond_within = \"10s\"",
-        &format!(
-            "[hooks.serial]\nconcurrency = 1\ncommand = 's=$(date +%s.%N); sleep 0.3; e=$(date +%s.%N); echo \"$s $e\" > {}/\"$CMQ_MSG_ID\"'",
-            times.display()
+        &config(
+            "respond_within = \"10s\"",
+            &format!(
+                "[hooks.serial]\nconcurrency = 1\ncommand = '{}'",
+                dir.timed("0.3")
+            ),
         ),
     );
-    let server = Server::start(&dir, &config, &[]);
     for (response, _) in push_at_once(server.addr, "/", "serial", 3) {
         assert_eq!(response.status, 200, "{}", response.text());
         assert_eq!(response.json()["results"][0]["outcome"], "succeeded");
     }
-    let mut intervals: Vec<(f64, f64)> = (0..3)
-        .map(|i| {
-            let line = std::fs::read_to_string(times.join(format!("serial{i}")))
-                .expect("the run wrote its times");
-            let (start, end) = line.trim().split_once(' ').expect("start and end");
-            (
-                start.parse().expect("start time"),
-                end.parse().expect("end time"),
-            )
-        })
-        .collect();
-    intervals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_one_at_a_time(&dir.intervals(), 3);
+}
+
+/// `count` intervals, none overlapping another.
+fn assert_one_at_a_time(intervals: &[(f64, f64)], count: usize) {
+    assert_eq!(intervals.len(), count, "{intervals:?}");
     for pair in intervals.windows(2) {
-        assert!(
-            pair[0].1 <= pair[1].0,
-            "runs overlap: {intervals:?} (concurrency = 1)"
-        );
+        assert!(pair[0].1 <= pair[1].0, "runs overlap: {intervals:?}");
     }
 }
 
 #[test]
 fn a_full_hook_queue_answers_503_at_once_with_not_started() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "",
-        "[hooks.slow]\nconcurrency = 1\nqueue = 1\ncommand = 'sleep 2'",
+        &config(
+            "",
+            "[hooks.slow]\nconcurrency = 1\nqueue = 1\ncommand = 'sleep 2'",
+        ),
     );
-    let server = Server::start(&dir, &config, &[]);
     let answers = push_at_once(server.addr, "/", "full", 4);
     let summary: Vec<(u16, Duration)> = answers
         .iter()
@@ -152,16 +109,17 @@ fn a_full_hook_queue_answers_503_at_once_with_not_started() {
 fn sigterm_drains_a_running_command_refuses_new_pushes_and_exits_0() {
     let dir = Dir::new();
     let started = dir.path().join("started");
-    let config = config(
+    let mut server = Server::start(
         &dir,
-        "",
-        &format!(
-            "[hooks.deploy]\ncommand = 'touch {}; sleep 2; {}'",
-            started.display(),
-            dir.record(0)
+        &config(
+            "",
+            &format!(
+                "[hooks.deploy]\ncommand = 'touch {}; sleep 2; {}'",
+                started.display(),
+                dir.record(0)
+            ),
         ),
     );
-    let mut server = Server::start(&dir, &config, &[]);
     let addr = server.addr;
     assert_eq!(get(addr, "/healthz").status, 200);
     let push =
@@ -201,16 +159,17 @@ fn sigterm_kills_a_command_that_outlives_shutdown_grace_and_journals_it_interrup
     let dir = Dir::new();
     let pid_file = dir.path().join("pid");
     let child_file = dir.path().join("child");
-    let config = config(
+    let mut server = Server::start(
         &dir,
-        "shutdown_grace = \"1s\"",
-        &format!(
-            "[hooks.stuck]\nkill_grace = \"200ms\"\ncommand = 'sleep 30 & echo $! > {}; echo $$ > {}; wait'",
-            child_file.display(),
-            pid_file.display()
+        &config(
+            "shutdown_grace = \"1s\"",
+            &format!(
+                "[hooks.stuck]\nkill_grace = \"200ms\"\ncommand = 'sleep 30 & echo $! > {}; echo $$ > {}; wait'",
+                child_file.display(),
+                pid_file.display()
+            ),
         ),
     );
-    let mut server = Server::start(&dir, &config, &[]);
     let addr = server.addr;
     let push = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "stuck1")], b"x"));
     let pid = wait_for_pid(&pid_file);
@@ -235,7 +194,7 @@ fn sigterm_kills_a_command_that_outlives_shutdown_grace_and_journals_it_interrup
         response.status,
         response.text()
     );
-    let rows = history_json(&config, &["--msg-id", "stuck1"]);
+    let rows = dir.history(&["--msg-id", "stuck1"]);
     let outcomes: Vec<&str> = rows
         .iter()
         .filter(|row| row["hook"] == "stuck")
@@ -251,15 +210,14 @@ fn sighup_loads_a_new_hook() {
         "[hooks.old]\npath = \"/old\"\ncommand = '{}'",
         dir.record(0)
     );
-    let config = config(&dir, "", &old);
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::start(&dir, &config("", &old));
     assert_eq!(server.post("/new", &[], b"x").status, 404);
 
     let new = format!(
         "{old}\n\n[hooks.new]\npath = \"/new\"\ncommand = '{}'",
         dir.record(0)
     );
-    self::config(&dir, "", &new);
+    dir.write_config(&config("", &new));
     server.signal("HUP");
     let mut last = 0;
     assert!(
@@ -293,22 +251,19 @@ fn names_hooks_toml_position(line: &str) -> bool {
 #[test]
 fn sighup_with_a_broken_file_keeps_the_running_config() {
     let dir = Dir::new();
-    let config = config(
+    let server = Server::start(
         &dir,
-        "",
-        &format!(
-            "[hooks.old]\npath = \"/old\"\ncommand = '{}'",
-            dir.record(0)
+        &config(
+            "",
+            &format!(
+                "[hooks.old]\npath = \"/old\"\ncommand = '{}'",
+                dir.record(0)
+            ),
         ),
     );
-    let server = Server::start(&dir, &config, &[]);
     assert_eq!(server.post("/old", &[], b"x").status, 200);
 
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.old\npath = \"/old\"\ncommand = 'true'\n",
-    )
-    .expect("break the config");
+    dir.write_config(&config("", "[hooks.old\npath = \"/old\"\ncommand = 'true'"));
     server.signal("HUP");
     let error_line = || {
         server
@@ -329,48 +284,35 @@ fn sighup_with_a_broken_file_keeps_the_running_config() {
 
 /// Stops a server started with `--log-format json` and returns every line it logged.
 fn stopped_json_log(server: &mut Server) -> Vec<serde_json::Value> {
-    // Stop the server so that every line it wrote is in the log.
-    server.signal("TERM");
-    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
-    let mut lines = Vec::new();
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            let log = server.log_text();
-            // The harness may still be writing the last line.
-            if !log.ends_with('\n') {
-                return false;
-            }
-            lines = log
-                .lines()
-                .map(|line| {
-                    serde_json::from_str::<serde_json::Value>(line)
-                        .ok()
-                        .filter(serde_json::Value::is_object)
-                        .unwrap_or_else(|| panic!("not a JSON object: {line:?}"))
-                })
-                .collect();
-            lines.iter().any(|line| line["message"] == "stopped")
-        }),
-        "the log did not reach `stopped`:\n{}",
-        server.log_text()
-    );
-    lines
+    assert_eq!(server.stop(), Some(0));
+    server
+        .log_text()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| panic!("not a JSON object: {line:?}"))
+        })
+        .collect()
 }
 
 #[test]
 fn a_run_has_a_log_line_of_its_own_only_when_the_push_line_cannot_tell_it() {
     let dir = Dir::new();
-    let config = config(
-        &dir,
-        "respond_within = \"1s\"",
-        &format!(
-            "[hooks.ok]\npath = \"/ok\"\ncommand = 'true'\n\n\
+    let mut server = Server::builder(&dir)
+        .config(&config(
+            "respond_within = \"1s\"",
+            &format!(
+                "[hooks.ok]\npath = \"/ok\"\ncommand = 'true'\n\n\
              [hooks.bad]\npath = \"/bad\"\ncommand = 'exit 3'\n\n\
              [hooks.late]\npath = \"/late\"\ncommand = 'sleep 2; {}'",
-            dir.record(0)
-        ),
-    );
-    let mut server = Server::start(&dir, &config, &["--log-format", "json"]);
+                dir.record(0)
+            ),
+        ))
+        .arg("--log-format")
+        .arg("json")
+        .start();
     assert_eq!(
         server
             .post("/ok", &[("x-cmq-message-id", "m-ok")], b"x")
@@ -406,14 +348,9 @@ fn a_run_has_a_log_line_of_its_own_only_when_the_push_line_cannot_tell_it() {
 #[test]
 fn output_is_logged_and_kept_whether_the_command_exits_at_once_runs_on_or_leaves_a_child() {
     let dir = Dir::new();
-    let config = config(
-        &dir,
-        "",
-        "[hooks.quick]\npath = \"/quick\"\ncommand = 'printf \"one\\ntwo\\nno newline\"; echo err >&2'\n\n\
+    let mut server = Server::builder(&dir).config(&config("", "[hooks.quick]\npath = \"/quick\"\ncommand = 'printf \"one\\ntwo\\nno newline\"; echo err >&2'\n\n\
          [hooks.slow]\npath = \"/slow\"\ncommand = 'sleep 0.2; echo late'\n\n\
-         [hooks.parent]\npath = \"/parent\"\ncommand = '(sleep 0.3; echo from-background) & echo leader'",
-    );
-    let mut server = Server::start(&dir, &config, &["--log-format", "json"]);
+         [hooks.parent]\npath = \"/parent\"\ncommand = '(sleep 0.3; echo from-background) & echo leader'")).arg("--log-format").arg("json").start();
     for (path, id) in [
         ("/quick", "o-quick"),
         ("/slow", "o-slow"),
@@ -454,18 +391,20 @@ fn output_is_logged_and_kept_whether_the_command_exits_at_once_runs_on_or_leaves
         said("o-parent"),
         [pair("stdout", "leader"), pair("stdout", "from-background")]
     );
-    let rows = history_json(&config, &["--msg-id", "o-quick"]);
+    let rows = dir.history(&["--msg-id", "o-quick"]);
     assert_eq!(rows[0]["stdout_tail"], "one\ntwo\nno newline", "{rows:?}");
     assert_eq!(rows[0]["stderr_tail"], "err\n", "{rows:?}");
-    let rows = history_json(&config, &["--msg-id", "o-slow"]);
+    let rows = dir.history(&["--msg-id", "o-slow"]);
     assert_eq!(rows[0]["stdout_tail"], "late\n", "{rows:?}");
 }
 
 #[test]
 fn serve_raises_a_low_soft_open_files_limit() {
     let dir = Dir::new();
-    let config = config(&dir, "", "[hooks.any]\ncommand = 'true'");
-    let server = Server::start_with_open_files(&dir, &config, 256);
+    let server = Server::builder(&dir)
+        .config(&config("", "[hooks.any]\ncommand = 'true'"))
+        .open_files(256)
+        .start();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).expect("limits");
     let open_files: Vec<u64> = limits
         .lines()
@@ -483,12 +422,14 @@ fn serve_raises_a_low_soft_open_files_limit() {
 #[test]
 fn json_logs_are_one_object_a_line_with_push_and_output_fields() {
     let dir = Dir::new();
-    let config = config(
-        &dir,
-        "",
-        "[hooks.say]\ncommand = 'echo first line; echo second line >&2'",
-    );
-    let mut server = Server::start(&dir, &config, &["--log-format", "json"]);
+    let mut server = Server::builder(&dir)
+        .config(&config(
+            "",
+            "[hooks.say]\ncommand = 'echo first line; echo second line >&2'",
+        ))
+        .arg("--log-format")
+        .arg("json")
+        .start();
     let response = server.post(
         "/",
         &[("x-cmq-message-id", "json1"), ("x-cmq-request-id", "req1")],
@@ -518,18 +459,17 @@ fn json_logs_are_one_object_a_line_with_push_and_output_fields() {
 #[test]
 fn route_prints_matching_hooks_in_config_order() {
     let dir = Dir::new();
-    let config = config(
-        &dir,
+    let config = dir.write_config(&config(
         "",
         "[hooks.zeta]\ntags = [\"web\"]\ncommand = 'true'\n\n\
          [hooks.topical]\ntopic = \"MyTopic\"\ntags = [\"web\", \"rare\"]\ncommand = 'true'\n\n\
          [hooks.alpha]\npath = \"/deploy\"\ncommand = 'true'",
-    );
+    ));
     let config = config.to_str().expect("utf-8 path");
     let route = |args: &[&str]| {
         let mut all = vec!["route", "-c", config];
         all.extend_from_slice(args);
-        cmqhook_with_stdin(&all, b"")
+        cmqhook(&all, b"")
     };
     for (args, expected) in [
         (&["--path", "/deploy", "--tag", "web"][..], "zeta\nalpha\n"),
@@ -555,20 +495,19 @@ fn route_prints_matching_hooks_in_config_order() {
 #[test]
 fn run_runs_the_hook_locally_as_serve_would() {
     let dir = Dir::new();
-    let config = config(
-        &dir,
+    let config = dir.write_config(&config(
         "",
         &format!(
             "[hooks.rec]\ntags = [\"r\"]\nenv = {{ EXTRA = \"yes\" }}\ncommand = '{}'\n\n\
              [hooks.broken]\ntags = [\"bad\"]\ncommand = 'exit 3'",
             dir.record(0)
         ),
-    );
+    ));
     let config = config.to_str().expect("utf-8 path");
     let body_file = dir.path().join("body");
     std::fs::write(&body_file, b"from a file\n\0end").expect("body file");
 
-    let output = cmqhook_with_stdin(
+    let output = cmqhook(
         &[
             "run",
             "-c",
@@ -591,7 +530,7 @@ fn run_runs_the_hook_locally_as_serve_would() {
     let runs = dir.recorded();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].stdin, b"from a file\n\0end");
-    for (name, value) in [
+    runs[0].assert_vars(&[
         ("CMQ_MSG_ID", "RUN1"),
         ("CMQ_TOPIC", ""),
         ("CMQ_SUBSCRIPTION", ""),
@@ -600,12 +539,10 @@ fn run_runs_the_hook_locally_as_serve_would() {
         ("CMQHOOK_HOOK", "rec"),
         ("CMQHOOK_ATTEMPT", "1"),
         ("EXTRA", "yes"),
-    ] {
-        assert_eq!(runs[0].var(name), Some(value), "{name}");
-    }
+    ]);
     assert!(runs[0].var("CMQ_REQUEST_ID").is_some());
 
-    let output = cmqhook_with_stdin(
+    let output = cmqhook(
         &[
             "run",
             "-c",
@@ -626,18 +563,16 @@ fn run_runs_the_hook_locally_as_serve_would() {
     assert_eq!(runs.len(), 2);
     let run = &runs[1];
     assert_eq!(run.stdin, b"from stdin");
-    for (name, value) in [
+    run.assert_vars(&[
         ("CMQ_TOPIC", "Orders"),
         ("CMQ_SUBSCRIPTION", "billing"),
         ("CMQ_TAGS", "r,x"),
         ("CMQ_FORMAT", "json"),
         ("CMQHOOK_HOOK", "rec"),
-    ] {
-        assert_eq!(run.var(name), Some(value), "{name}");
-    }
+    ]);
     assert!(run.var("CMQ_MSG_ID").is_some_and(|id| !id.is_empty()));
 
-    let output = cmqhook_with_stdin(&["run", "-c", config, "--tag", "bad"], b"x");
+    let output = cmqhook(&["run", "-c", config, "--tag", "bad"], b"x");
     assert_ne!(output.status.code(), Some(0), "{}", both(&output));
     let said = both(&output);
     assert!(said.contains("broken") && said.contains("failed"), "{said}");
@@ -723,7 +658,7 @@ fn send_posts_a_json_push_as_cmq_does() {
     let body_file = dir.path().join("body");
     std::fs::write(&body_file, "hello\nworld \u{1f680}").expect("body file");
     let (addr, rx) = capture_one("200 OK");
-    let output = cmqhook_with_stdin(
+    let output = cmqhook(
         &[
             "send",
             &format!("http://{addr}/cmq/deploy"),
@@ -777,7 +712,7 @@ fn send_posts_a_json_push_as_cmq_does() {
 #[test]
 fn send_generates_ids_that_are_not_given() {
     let (addr, rx) = capture_one("200 OK");
-    let output = cmqhook_with_stdin(
+    let output = cmqhook(
         &["send", &format!("http://{addr}/"), "--topic", "T"],
         b"from stdin",
     );
@@ -801,7 +736,7 @@ fn send_generates_ids_that_are_not_given() {
 fn send_simplified_posts_the_raw_body() {
     let (addr, rx) = capture_one("200 OK");
     let body: Vec<u8> = b"raw {\"msgId\": 1}\n\0\xff end".to_vec();
-    let output = cmqhook_with_stdin(
+    let output = cmqhook(
         &[
             "send",
             &format!("http://{addr}/cmq/simplified"),
@@ -826,7 +761,7 @@ fn send_simplified_posts_the_raw_body() {
 #[test]
 fn send_exits_1_when_the_endpoint_does_not_answer_2xx() {
     let (addr, rx) = capture_one("500 Internal Server Error");
-    let output = cmqhook_with_stdin(&["send", &format!("http://{addr}/")], b"x");
+    let output = cmqhook(&["send", &format!("http://{addr}/")], b"x");
     received(&rx);
     assert_eq!(output.status.code(), Some(1), "{}", both(&output));
     assert!(text(&output.stdout).contains("500"), "{}", both(&output));
@@ -839,8 +774,7 @@ fn send_to_the_example_config_is_answered_200() {
     let example =
         std::fs::read_to_string(repo.join("hooks.example.toml")).expect("hooks.example.toml");
     assert!(example.contains("listen = \"127.0.0.1:9000\""));
-    let config = dir
-        .write_config(&example.replace("listen = \"127.0.0.1:9000\"", "listen = \"127.0.0.1:0\""));
+    dir.write_config(&example.replace("listen = \"127.0.0.1:9000\"", "listen = \"127.0.0.1:0\""));
     std::fs::create_dir(dir.path().join("examples")).expect("examples dir");
     // fs::copy keeps the executable bit.
     std::fs::copy(
@@ -848,9 +782,9 @@ fn send_to_the_example_config_is_answered_200() {
         dir.path().join("examples/echo-message.sh"),
     )
     .expect("copy the example hook");
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::builder(&dir).start();
 
-    let output = cmqhook_with_stdin(
+    let output = cmqhook(
         &[
             "send",
             &format!("http://{}/", server.addr),
@@ -866,7 +800,7 @@ fn send_to_the_example_config_is_answered_200() {
     assert_eq!(output.status.code(), Some(0), "{}", both(&output));
     assert!(text(&output.stdout).starts_with("200"), "{}", both(&output));
 
-    let output = cmqhook_with_stdin(
+    let output = cmqhook(
         &[
             "send",
             &format!("http://{}/cmq/simplified", server.addr),
@@ -892,14 +826,16 @@ fn send_to_the_example_config_is_answered_200() {
 #[test]
 fn metrics_expose_every_named_series_with_hook_labels() {
     let dir = Dir::new();
-    let config = dir.write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.deploy]\ncommand = '{}'\n",
-        dir.record(0)
-    ));
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::start(
+        &dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.deploy]\ncommand = '{}'\n",
+            dir.record(0)
+        ),
+    );
     assert_eq!(server.post_seed("/", "met1").status, 200);
     assert_eq!(server.post_seed("/", "met1").status, 200);
-    let response = get(server.addr, "/metrics");
+    let response = server.get("/metrics");
     assert_eq!(response.status, 200);
     let text = response.text();
     for series in [
@@ -918,12 +854,14 @@ fn metrics_expose_every_named_series_with_hook_labels() {
 fn a_queued_run_is_withdrawn_when_draining_starts() {
     let dir = Dir::new();
     let mark = dir.path().join("first-started");
-    let config = dir.write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.serial]\nconcurrency = 1\ncommand = 'if [ \"$CMQ_MSG_ID\" = A ]; then touch {}; sleep 1; fi; {}'\n",
-        mark.display(),
-        dir.record(0)
-    ));
-    let mut server = Server::start(&dir, &config, &[]);
+    let mut server = Server::start(
+        &dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.serial]\nconcurrency = 1\ncommand = 'if [ \"$CMQ_MSG_ID\" = A ]; then touch {}; sleep 1; fi; {}'\n",
+            mark.display(),
+            dir.record(0)
+        ),
+    );
     let addr = server.addr;
     let first = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "A")], b"a"));
     assert!(wait_for(Duration::from_secs(10), || mark.exists()));
@@ -950,12 +888,14 @@ fn a_queued_run_is_withdrawn_when_draining_starts() {
 fn a_hook_removed_by_reload_finishes_its_running_run() {
     let dir = Dir::new();
     let mark = dir.path().join("started");
-    let config = dir.write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.old]\npath = \"/old\"\ncommand = 'touch {}; sleep 1; {}'\n",
-        mark.display(),
-        dir.record(0)
-    ));
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::start(
+        &dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.old]\npath = \"/old\"\ncommand = 'touch {}; sleep 1; {}'\n",
+            mark.display(),
+            dir.record(0)
+        ),
+    );
     let addr = server.addr;
     let push = std::thread::spawn(move || post(addr, "/old", &[("x-cmq-message-id", "r1")], b"x"));
     assert!(wait_for(Duration::from_secs(10), || mark.exists()));

@@ -1,22 +1,6 @@
 //! `cmqhook check` and the start-up of `serve`, through the built binary.
 
-mod common;
-
-use std::process::{Command, Output};
-
-use common::*;
-
-fn cmqhook(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("CMQHOOK_CONFIG")
-        .output()
-        .expect("run cmqhook")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::harness::*;
 
 const BROKEN: &str = r#"[server]
 listen = "127.0.0.1:0"
@@ -38,7 +22,7 @@ commnd = "true"
 fn check_reports_every_error_with_file_line_column_and_key() {
     let dir = Dir::new();
     let config = dir.write_config(BROKEN);
-    let output = cmqhook(&["check", "-c", config.to_str().expect("utf-8")]);
+    let output = cmqhook(&["check", "-c", config.to_str().expect("utf-8")], b"");
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     let file = config.display().to_string();
@@ -63,8 +47,8 @@ fn serve_refuses_a_broken_config_with_the_same_message() {
     let dir = Dir::new();
     let config = dir.write_config(BROKEN);
     let path = config.to_str().expect("utf-8");
-    let check = cmqhook(&["check", "-c", path]);
-    let serve = cmqhook(&["serve", "-c", path]);
+    let check = cmqhook(&["check", "-c", path], b"");
+    let serve = cmqhook(&["serve", "-c", path], b"");
     assert_eq!(serve.status.code(), Some(1));
     assert_eq!(text(&serve.stderr), text(&check.stderr));
 }
@@ -75,7 +59,7 @@ fn check_prints_hooks_and_warns_about_catch_alls() {
     let config = dir.write_config(
         "[hooks.deploy-web]\npath = \"/cmq/deploy\"\ntopic = \"deploy\"\nsubscription = \"web-*\"\ntags = [\"web\", \"all\"]\ncommand = \"./deploy.sh prod\"\n\n[hooks.everything]\nargv = [\"true\"]\n",
     );
-    let output = cmqhook(&["check", "-c", config.to_str().expect("utf-8")]);
+    let output = cmqhook(&["check", "-c", config.to_str().expect("utf-8")], b"");
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(stdout.contains("2 hooks"), "{stdout}");
@@ -97,23 +81,18 @@ fn check_prints_hooks_and_warns_about_catch_alls() {
 fn the_config_defaults_to_cmqhook_config_then_hooks_toml() {
     let dir = Dir::new();
     let config = dir.write_config("[hooks.x]\npath = \"/x\"\nargv = [\"true\"]\n");
-    let from_env = Command::new(BIN)
-        .arg("check")
-        .env("CMQHOOK_CONFIG", &config)
-        .output()
-        .expect("run");
+    let mut command = cmqhook_command(&["check"]);
+    command.env("CMQHOOK_CONFIG", &config);
+    let from_env = output_of(command, b"");
     assert_eq!(
         from_env.status.code(),
         Some(0),
         "{}",
         text(&from_env.stderr)
     );
-    let from_cwd = Command::new(BIN)
-        .arg("check")
-        .env_remove("CMQHOOK_CONFIG")
-        .current_dir(dir.path())
-        .output()
-        .expect("run");
+    let mut command = cmqhook_command(&["check"]);
+    command.current_dir(dir.path());
+    let from_cwd = output_of(command, b"");
     assert_eq!(
         from_cwd.status.code(),
         Some(0),
@@ -125,7 +104,7 @@ fn the_config_defaults_to_cmqhook_config_then_hooks_toml() {
 
 #[test]
 fn a_missing_config_is_one_clear_line() {
-    let output = cmqhook(&["check", "-c", "/nonexistent/hooks.toml"]);
+    let output = cmqhook(&["check", "-c", "/nonexistent/hooks.toml"], b"");
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -135,6 +114,6 @@ fn a_missing_config_is_one_clear_line() {
 #[test]
 fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks.example.toml");
-    let output = cmqhook(&["check", "-c", example]);
+    let output = cmqhook(&["check", "-c", example], b"");
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
 }
