@@ -103,6 +103,17 @@ impl Dir {
         intervals
     }
 
+    /// A shell snippet that marks this run as started, then waits until `count` runs have,
+    /// polling every 50 ms; exits 9 if they have not within `seconds`. Runs that get past it
+    /// were running at the same time.
+    pub fn barrier(&self, count: usize, seconds: u32) -> String {
+        format!(
+            "touch {d}/started.$$; i=0; while :; do set -- {d}/started.*; [ $# -ge {count} ] && break; i=$((i+1)); [ $i -lt {polls} ] || exit 9; sleep 0.05; done",
+            d = self.path().display(),
+            polls = seconds * 20
+        )
+    }
+
     pub fn write_script(&self, name: &str, text: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = self.file(name);
@@ -551,6 +562,14 @@ impl Response {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// `results[0].outcome` of a push's answer.
+    pub fn outcome(&self) -> String {
+        self.json()["results"][0]["outcome"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no outcome in {}", self.text()))
+            .to_owned()
     }
 }
 
