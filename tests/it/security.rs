@@ -1,6 +1,8 @@
 //! Access control and secrets through the built binary.
 
-use std::time::Duration;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -133,80 +135,139 @@ fn shell_syntax_in_topic_and_tags_never_executes() {
     assert!(!pwned.exists());
 }
 
-#[test]
-fn stalled_and_malformed_requests_do_not_stop_normal_pushes() {
-    use std::io::Write;
-    use std::net::TcpStream;
-    use std::time::Instant;
-
-    let dir = Dir::new();
-    let server = server(
-        &dir,
+/// A server whose one hook records every push.
+fn recording_server(dir: &Dir) -> Server {
+    server(
+        dir,
         "",
         &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
-    );
+    )
+}
+
+#[test]
+fn stalled_connections_do_not_delay_normal_pushes() {
+    let dir = Dir::new();
+    let server = recording_server(&dir);
     // 100 clients that send half a request and then stall.
     let stalled: Vec<TcpStream> = (0..100)
         .map(|i| {
             let mut stream = TcpStream::connect(server.addr).expect("connect");
-            let half = if i % 2 == 0 {
-                "POST / HTTP/1.1\r\nHost: x\r\nx-cmq-mess".to_owned()
+            let half: &[u8] = if i % 2 == 0 {
+                b"POST / HTTP/1.1\r\nHost: x\r\nx-cmq-mess"
             } else {
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial".to_owned()
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial"
             };
-            stream.write_all(half.as_bytes()).expect("send half");
+            stream.write_all(half).expect("send half");
             stream
         })
         .collect();
-    let started = Instant::now();
+    let sent = Instant::now();
     let normal = server.post_seed("/", "normal1");
     assert_eq!(normal.status, 200, "{}", normal.text());
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        sent.elapsed() < Duration::from_secs(2),
         "took {:?}",
-        started.elapsed()
+        sent.elapsed()
     );
+    drop(stalled);
+    assert_eq!(server.post_seed("/", "normal2").status, 200);
+    assert_eq!(dir.recorded().len(), 2);
+}
 
-    for garbage in [
-        b"\x00\xff\xfe garbage \r\n\r\n".to_vec(),
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\nx".to_vec(),
-        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbroken\r\n"
-            .to_vec(),
-        format!(
-            "POST / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
-            "a".repeat(200_000)
-        )
-        .into_bytes(),
+#[test]
+fn malformed_requests_get_400_or_431_at_once_and_run_nothing() {
+    let dir = Dir::new();
+    let server = recording_server(&dir);
+    let huge_header = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    for (what, request, status) in [
+        ("garbage", &b"\x00\xff\xfe garbage \r\n\r\n"[..], 400),
+        (
+            "an unreadable Content-Length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\nx",
+            400,
+        ),
+        (
+            "a broken chunk",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbroken\r\n",
+            400,
+        ),
+        // actix-web refuses a head of more than 128 KiB.
+        ("a 200 KB header", huge_header.as_bytes(), 431),
     ] {
-        let mut stream = TcpStream::connect(server.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let _ = stream.write_all(&garbage);
-        let mut answer = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
-        assert!(!String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 2"));
+        let sent = Instant::now();
+        let response = exchange_within(server.addr, request, Duration::from_secs(5));
+        assert_eq!(response.status, status, "{what}: {}", response.text());
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "{what}: answered after {:?}",
+            sent.elapsed()
+        );
     }
-    // A huge tag list is a legitimate (if odd) push: it runs, or is refused as too large.
+    assert!(dir.recorded().is_empty());
+    assert_eq!(server.post_seed("/", "after1").status, 200);
+}
+
+#[test]
+fn a_long_tag_list_is_a_push_like_any_other() {
+    let dir = Dir::new();
+    let server = recording_server(&dir);
     let tags = "t,".repeat(5_000);
-    let tagged = server.post(
+    let response = server.post(
         "/",
         &[("x-cmq-message-id", "tags1"), ("x-cmq-message-tag", &tags)],
         b"",
     );
-    assert!(matches!(tagged.status, 200 | 431), "{}", tagged.status);
-    let after = server.post_seed("/", "normal2");
-    assert_eq!(after.status, 200, "the server still answers");
-    drop(stalled);
-    let normal_runs = dir
-        .recorded()
-        .iter()
-        .filter(|run| {
-            run.var("CMQ_MSG_ID")
-                .is_some_and(|id| id.starts_with("normal"))
-        })
-        .count();
-    assert_eq!(normal_runs, 2);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let expected = vec!["t"; 5_000].join(",");
+    dir.recorded()[0].assert_vars(&[("CMQ_TAGS", &expected)]);
+}
+
+#[test]
+fn headers_not_received_within_10_seconds_get_408() {
+    let dir = Dir::new();
+    let server = recording_server(&dir);
+    let mut half = TcpStream::connect(server.addr).expect("connect");
+    half.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nx-cmq-mess")
+        .expect("send half");
+    let mut silent = TcpStream::connect(server.addr).expect("connect");
+    let sent = Instant::now();
+    for stream in [&mut half, &mut silent] {
+        let response =
+            read_response(stream, Duration::from_secs(14)).unwrap_or_else(|err| panic!("{err}"));
+        let took = sent.elapsed();
+        assert_eq!(response.status, 408, "{}", response.text());
+        // actix-web's timers tick every half second or so.
+        assert!(
+            took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+            "408 after {took:?}"
+        );
+    }
+    assert!(dir.recorded().is_empty());
+}
+
+/// Takes about 30 s: the body timeout is not configurable.
+#[test]
+fn a_body_not_received_within_30_seconds_gets_408() {
+    let dir = Dir::new();
+    let server = recording_server(&dir);
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: slow1\r\nContent-Length: 1000\r\n\r\npartial")
+        .expect("send half");
+    let sent = Instant::now();
+    let response =
+        read_response(&mut stream, Duration::from_secs(34)).unwrap_or_else(|err| panic!("{err}"));
+    let took = sent.elapsed();
+    assert_eq!(response.status, 408, "{}", response.text());
+    assert!(response.json()["error"].is_string(), "{}", response.text());
+    assert!(
+        took >= Duration::from_secs(29) && took < Duration::from_secs(33),
+        "408 after {took:?}"
+    );
+    assert!(dir.recorded().is_empty());
 }
 
 #[test]
