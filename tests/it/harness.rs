@@ -114,6 +114,30 @@ impl Dir {
         )
     }
 
+    /// A shell snippet that marks that a command reached the gate `name`, then waits (polling
+    /// every 50 ms) until the test opens it; exits 9 if that takes more than `seconds`.
+    pub fn gate(&self, name: &str, seconds: u32) -> String {
+        format!(
+            "touch {d}/{name}.reached; i=0; while [ ! -e {d}/{name}.open ]; do i=$((i+1)); [ $i -lt {polls} ] || exit 9; sleep 0.05; done",
+            d = self.path().display(),
+            polls = seconds * 20
+        )
+    }
+
+    /// Waits (at most 10 s, else panics) until a command reached the gate `name`.
+    pub fn wait_at_gate(&self, name: &str) {
+        let reached = self.file(&format!("{name}.reached"));
+        assert!(
+            wait_for(Duration::from_secs(10), || reached.exists()),
+            "no command reached the gate {name}"
+        );
+    }
+
+    /// Lets the commands waiting at the gate `name` go on.
+    pub fn open_gate(&self, name: &str) {
+        std::fs::write(self.file(&format!("{name}.open")), b"").expect("open the gate");
+    }
+
     pub fn write_script(&self, name: &str, text: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = self.file(name);
@@ -408,6 +432,13 @@ impl Server {
 
     pub fn get(&self, path: &str) -> Response {
         get(self.addr, path)
+    }
+
+    /// `GET /metrics`, read.
+    pub fn metrics(&self) -> Metrics {
+        let response = self.get("/metrics");
+        assert_eq!(response.status, 200, "{}", response.text());
+        Metrics::parse(&response.text())
     }
 
     /// What the server logged so far (all of it once [`Server::wait_exit`] returned).
@@ -761,4 +792,95 @@ pub fn text(bytes: &[u8]) -> String {
 /// Stdout and stderr of a finished command, for assertions and their messages.
 pub fn both(output: &Output) -> String {
     format!("{}{}", text(&output.stdout), text(&output.stderr))
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A Prometheus text exposition, read line by line.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Metrics {
+    /// Reads every sample line (`name{label="value",…} number`); comments are skipped.
+    pub fn parse(text: &str) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(|line| {
+                let (series, value) = line
+                    .rsplit_once(' ')
+                    .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+                let value: f64 = value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("not a number: {line:?}"));
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (
+                        name,
+                        parse_labels(labels.strip_suffix('}').expect("labels end with }")),
+                    ),
+                    None => (series, Vec::new()),
+                };
+                Sample {
+                    name: name.to_owned(),
+                    labels,
+                    value,
+                }
+            })
+            .collect();
+        Metrics {
+            samples,
+            text: text.to_owned(),
+        }
+    }
+
+    /// The value of the sample `name` with exactly `labels` (in any order).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|sample| {
+                sample.name == name
+                    && sample.labels.len() == labels.len()
+                    && labels.iter().all(|(key, value)| {
+                        sample.labels.iter().any(|(k, v)| k == key && v == value)
+                    })
+            })
+            .map(|sample| sample.value)
+    }
+}
+
+/// `a="x",b="y \"q\""` as pairs, escapes undone.
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, other)) => value.push(other),
+                    None => {}
+                },
+                '"' => {
+                    end = at + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(',').to_owned(), value));
+        rest = &after[end..];
+    }
+    labels
 }

@@ -105,53 +105,68 @@ fn a_full_hook_queue_answers_503_at_once_with_not_started() {
     );
 }
 
-#[test]
-fn sigterm_drains_a_running_command_refuses_new_pushes_and_exits_0() {
+/// `signal` drains: a running command finishes, `/healthz` and new pushes get 503 (with
+/// `Retry-After`) meanwhile, and the server exits 0.
+fn drains_on(signal: &str) {
     let dir = Dir::new();
-    let started = dir.path().join("started");
     let mut server = Server::start(
         &dir,
         &config(
             "",
             &format!(
-                "[hooks.deploy]\ncommand = 'touch {}; sleep 2; {}'",
-                started.display(),
+                "[hooks.deploy]\ncommand = '{}; {}'",
+                dir.gate("deploy", 20),
                 dir.record(0)
             ),
         ),
     );
     let addr = server.addr;
-    assert_eq!(get(addr, "/healthz").status, 200);
+    assert_eq!(server.get("/healthz").status, 200);
     let push =
         std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "drain1")], b"deploy"));
-    assert!(wait_for(Duration::from_secs(10), || started.exists()));
-    server.signal("TERM");
+    dir.wait_at_gate("deploy");
+    server.signal(signal);
 
     let mut health = None;
     assert!(
-        wait_for(Duration::from_secs(1), || {
-            let response = get(addr, "/healthz");
+        wait_for(Duration::from_secs(5), || {
+            let response = server.get("/healthz");
             let draining = response.status == 503;
             health = Some(response);
             draining
         }),
         "/healthz during the drain: {health:?}"
     );
-    let late = post(addr, "/", &[("x-cmq-message-id", "drain2")], b"late");
-    // Both answers came while the command was still running.
-    assert!(
-        !push.is_finished() && dir.recorded().is_empty(),
-        "the command ended before the drain was checked"
-    );
+    let late = server.post("/", &[("x-cmq-message-id", "drain2")], b"late");
     assert_eq!(late.status, 503, "{}", late.text());
+    let retry_after = late.header("retry-after").unwrap_or_default();
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|seconds| seconds > 0),
+        "Retry-After: {retry_after:?}"
+    );
+    assert!(
+        !push.is_finished(),
+        "the push was answered before its run ended"
+    );
+    dir.open_gate("deploy");
 
     let response = push.join().expect("push thread");
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(response.json()["results"][0]["outcome"], "succeeded");
+    assert_eq!(response.outcome(), "succeeded");
     assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
     let runs = dir.recorded();
     assert_eq!(runs.len(), 1, "the late push ran nothing");
     assert_eq!(runs[0].var("CMQ_MSG_ID"), Some("drain1"));
+}
+
+#[test]
+fn sigterm_drains_a_running_command_refuses_new_pushes_and_exits_0() {
+    drains_on("TERM");
+}
+
+#[test]
+fn sigint_drains_like_sigterm() {
+    drains_on("INT");
 }
 
 #[test]
@@ -188,12 +203,9 @@ fn sigterm_kills_a_command_that_outlives_shutdown_grace_and_journals_it_interrup
     assert!(!alive(child), "its child {child} survived the shutdown");
 
     let response = push.join().expect("push thread");
-    assert!(
-        !(200..300).contains(&response.status),
-        "{} {}",
-        response.status,
-        response.text()
-    );
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert!(response.header("retry-after").is_some());
+    assert_eq!(response.outcome(), "interrupted");
     let rows = dir.history(&["--msg-id", "stuck1"]);
     let outcomes: Vec<&str> = rows
         .iter()
@@ -824,29 +836,90 @@ fn send_to_the_example_config_is_answered_200() {
 }
 
 #[test]
-fn metrics_expose_every_named_series_with_hook_labels() {
+fn metrics_count_pushes_runs_dedup_hits_and_rejections_with_their_labels() {
     let dir = Dir::new();
     let server = Server::start(
         &dir,
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.deploy]\ncommand = '{}'\n",
-            dir.record(0)
+        &config(
+            "max_body = \"1 KiB\"",
+            &format!(
+                "[hooks.deploy]\npath = \"/\"\ncommand = '{}'\n\n[hooks.other]\npath = \"/other\"\nargv = [\"true\"]",
+                dir.record(0)
+            ),
         ),
     );
     assert_eq!(server.post_seed("/", "met1").status, 200);
     assert_eq!(server.post_seed("/", "met1").status, 200);
-    let response = server.get("/metrics");
-    assert_eq!(response.status, 200);
-    let text = response.text();
-    for series in [
-        "cmqhook_pushes_total{status=\"200\"} 2",
-        "cmqhook_runs_total{hook=\"deploy\",outcome=\"succeeded\"} 1",
-        "cmqhook_run_duration_seconds_count{hook=\"deploy\"} 1",
-        "cmqhook_running{hook=\"deploy\"} 0",
-        "cmqhook_dedup_hits_total{hook=\"deploy\"} 1",
-        "cmqhook_queue_depth",
+    assert_eq!(server.post_seed("/nowhere", "met2").status, 404);
+    assert_eq!(server.post("/", &[], &[b'x'; 2048]).status, 413);
+    let metrics = server.metrics();
+    let deploy = [("hook", "deploy")];
+    for (name, labels, value) in [
+        ("cmqhook_pushes_total", &[("status", "200")][..], 2.0),
+        ("cmqhook_pushes_total", &[("status", "404")], 1.0),
+        ("cmqhook_pushes_total", &[("status", "413")], 1.0),
+        (
+            "cmqhook_runs_total",
+            &[("hook", "deploy"), ("outcome", "succeeded")],
+            1.0,
+        ),
+        ("cmqhook_run_duration_seconds_count", &deploy, 1.0),
+        ("cmqhook_running", &deploy, 0.0),
+        ("cmqhook_dedup_hits_total", &deploy, 1.0),
+        ("cmqhook_queue_depth", &deploy, 0.0),
+        (
+            "cmqhook_rejected_pushes_total",
+            &[("reason", "unmatched")],
+            1.0,
+        ),
+        (
+            "cmqhook_rejected_pushes_total",
+            &[("reason", "too_large")],
+            1.0,
+        ),
     ] {
-        assert!(text.contains(series), "missing {series} in:\n{text}");
+        assert_eq!(
+            metrics.get(name, labels),
+            Some(value),
+            "{name}{labels:?} in:\n{}",
+            metrics.text
+        );
+    }
+    // Nothing else was counted.
+    let pushes: f64 = metrics
+        .samples
+        .iter()
+        .filter(|sample| sample.name == "cmqhook_pushes_total")
+        .map(|sample| sample.value)
+        .sum();
+    assert_eq!(pushes, 4.0, "{}", metrics.text);
+}
+
+#[test]
+#[ignore = "bug: per-hook series appear only after a hook's first run (SPEC §7: they exist at 0 from start)"]
+fn per_hook_series_exist_at_0_from_start() {
+    let dir = Dir::new();
+    let server = Server::start(
+        &dir,
+        &config(
+            "",
+            "[hooks.deploy]\npath = \"/deploy\"\nargv = [\"true\"]\n\n[hooks.notify]\npath = \"/notify\"\nargv = [\"true\"]",
+        ),
+    );
+    let metrics = server.metrics();
+    for hook in ["deploy", "notify"] {
+        for name in [
+            "cmqhook_running",
+            "cmqhook_dedup_hits_total",
+            "cmqhook_run_duration_seconds_count",
+        ] {
+            assert_eq!(
+                metrics.get(name, &[("hook", hook)]),
+                Some(0.0),
+                "{name}{{hook={hook}}} in:\n{}",
+                metrics.text
+            );
+        }
     }
 }
 
@@ -856,10 +929,13 @@ fn a_queued_run_is_withdrawn_when_draining_starts() {
     let mark = dir.path().join("first-started");
     let mut server = Server::start(
         &dir,
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.serial]\nconcurrency = 1\ncommand = 'if [ \"$CMQ_MSG_ID\" = A ]; then touch {}; sleep 1; fi; {}'\n",
-            mark.display(),
-            dir.record(0)
+        &config(
+            "",
+            &format!(
+                "[hooks.serial]\nconcurrency = 1\ncommand = 'if [ \"$CMQ_MSG_ID\" = A ]; then touch {}; sleep 1; fi; {}'",
+                mark.display(),
+                dir.record(0)
+            ),
         ),
     );
     let addr = server.addr;
@@ -867,9 +943,10 @@ fn a_queued_run_is_withdrawn_when_draining_starts() {
     assert!(wait_for(Duration::from_secs(10), || mark.exists()));
     let second = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "B")], b"b"));
     assert!(wait_for(Duration::from_secs(5), || {
-        get(addr, "/metrics")
-            .text()
-            .contains("cmqhook_queue_depth{hook=\"serial\"} 1")
+        server
+            .metrics()
+            .get("cmqhook_queue_depth", &[("hook", "serial")])
+            == Some(1.0)
     }));
     server.signal("TERM");
     assert_eq!(first.join().expect("first").status, 200);
@@ -890,18 +967,22 @@ fn a_hook_removed_by_reload_finishes_its_running_run() {
     let mark = dir.path().join("started");
     let server = Server::start(
         &dir,
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.old]\npath = \"/old\"\ncommand = 'touch {}; sleep 1; {}'\n",
-            mark.display(),
-            dir.record(0)
+        &config(
+            "",
+            &format!(
+                "[hooks.old]\npath = \"/old\"\ncommand = 'touch {}; sleep 1; {}'",
+                mark.display(),
+                dir.record(0)
+            ),
         ),
     );
     let addr = server.addr;
     let push = std::thread::spawn(move || post(addr, "/old", &[("x-cmq-message-id", "r1")], b"x"));
     assert!(wait_for(Duration::from_secs(10), || mark.exists()));
-    dir.write_config(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[hooks.new]\npath = \"/new\"\nargv = [\"true\"]\n",
-    );
+    dir.write_config(&config(
+        "",
+        "[hooks.new]\npath = \"/new\"\nargv = [\"true\"]",
+    ));
     server.signal("HUP");
     assert!(wait_for(Duration::from_secs(10), || {
         post(addr, "/new", &[], b"").status == 200
