@@ -5,7 +5,7 @@
 //! Every wait here has a deadline: a regression fails a test, it never hangs the suite.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -247,6 +247,8 @@ pub struct ServerBuilder<'a> {
     config: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    rust_log: Option<String>,
+    listen: Option<SocketAddr>,
     keep_log: bool,
     open_files: Option<u64>,
 }
@@ -268,6 +270,22 @@ impl ServerBuilder<'_> {
     /// An environment variable for the server (and so for its commands).
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// `RUST_LOG` for the server: `Some(filter)`, or `None` to leave it unset so that `-v`
+    /// and `-q` decide. Default: `Some("info")`.
+    pub fn rust_log(mut self, filter: Option<&str>) -> Self {
+        self.rust_log = filter.map(str::to_owned);
+        self
+    }
+
+    /// `--listen ADDR`. The server is known to be up once ADDR accepts connections, so this
+    /// also serves when the log level hides the `listening on` line.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.args.push("--listen".to_owned());
+        self.args.push(addr.to_string());
+        self.listen = Some(addr);
         self
     }
 
@@ -309,11 +327,13 @@ impl ServerBuilder<'_> {
             .args(&self.args)
             .env_remove("RUST_LOG")
             .env_remove("CMQHOOK_CONFIG")
-            .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(filter) = &self.rust_log {
+            command.env("RUST_LOG", filter);
+        }
         let log = dir.file("server.log");
         let mut child = command.spawn().expect("start cmqhook");
         let (found, listening) = mpsc::channel();
@@ -369,6 +389,11 @@ impl ServerBuilder<'_> {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+            if let Some(addr) = self.listen
+                && TcpStream::connect(addr).is_ok()
+            {
+                break addr;
+            }
             if let Some(status) = server.child.try_wait().expect("try_wait") {
                 server.wait_exit(Duration::from_secs(5));
                 panic!(
@@ -403,6 +428,8 @@ impl Server {
             config: None,
             args: Vec::new(),
             env: Vec::new(),
+            rust_log: Some("info".to_owned()),
+            listen: None,
             keep_log: true,
             open_files: None,
         }
@@ -512,6 +539,13 @@ pub fn seed_headers(msg_id: &str) -> [(&str, &str); 3] {
         ("x-cmq-request-id", "2394928734"),
         ("x-cmq-message-tag", "a, b"),
     ]
+}
+
+/// An address on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
 }
 
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
