@@ -402,3 +402,236 @@ fn rows_older_than_dedup_for_are_pruned_and_the_message_may_run_again() {
     assert_eq!(again.json()["results"][0]["deduplicated"], false);
     assert_eq!(dir.recorded().len(), 2);
 }
+
+/// Takes about a minute: the journal prunes when it opens, then every minute.
+#[test]
+fn rows_older_than_dedup_for_are_pruned_while_serving() {
+    let dir = Dir::new();
+    let server = Server::start(
+        &dir,
+        &config(
+            "dedup_for = \"1s\"",
+            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
+        ),
+    );
+    assert_eq!(server.post_seed("/", "aging1").status, 200);
+    assert_eq!(dir.settled_history(&[], Duration::from_secs(5)).len(), 1);
+    let mut rows = Vec::new();
+    // Once a second: each look starts a `cmqhook history`.
+    assert!(
+        poll(Duration::from_secs(75), Duration::from_secs(1), || {
+            rows = dir.history(&[]);
+            rows.is_empty()
+        }),
+        "still in the journal after 75 s: {rows:#?}"
+    );
+    assert!(alive(server.pid()), "the server was running all along");
+}
+
+#[test]
+fn a_run_still_waiting_for_a_slot_at_respond_within_is_withdrawn_and_never_runs() {
+    let dir = Dir::new();
+    let server = Server::start(
+        &dir,
+        &config(
+            "respond_within = \"1s\"",
+            &format!(
+                "[hooks.serial]\nconcurrency = 1\ncommand = 'if [ \"$CMQ_MSG_ID\" = first ]; then {}; fi; {}'",
+                dir.gate("first", 20),
+                dir.record(0)
+            ),
+        ),
+    );
+    let addr = server.addr;
+    let first = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "first")], b"1"));
+    dir.wait_at_gate("first");
+
+    let sent = Instant::now();
+    let second = server.post("/", &[("x-cmq-message-id", "second")], b"2");
+    let took = sent.elapsed();
+    assert_eq!(second.status, 503, "{}", second.text());
+    assert!(second.header("retry-after").is_some());
+    assert_eq!(second.outcome(), "not_started");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "answered after {took:?}"
+    );
+    let first = first.join().expect("first push");
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert_eq!(first.outcome(), "running");
+
+    // The slot frees; had the second run stayed queued, it would take it now.
+    dir.open_gate("first");
+    let third = server.post("/", &[("x-cmq-message-id", "third")], b"3");
+    assert!(
+        third.status == 200 || third.outcome() == "running",
+        "{}",
+        third.text()
+    );
+    assert!(wait_for(Duration::from_secs(10), || {
+        let metrics = server.metrics();
+        let serial = [("hook", "serial")];
+        dir.recorded().len() >= 2
+            && metrics.get("cmqhook_running", &serial) == Some(0.0)
+            && metrics.get("cmqhook_queue_depth", &serial) == Some(0.0)
+    }));
+    let ran: Vec<String> = dir
+        .recorded()
+        .iter()
+        .filter_map(|run| run.var("CMQ_MSG_ID").map(str::to_owned))
+        .collect();
+    assert_eq!(ran, ["first", "third"]);
+    assert!(dir.history(&["--msg-id", "second"]).is_empty());
+
+    // CMQ's retry runs it, as its first attempt.
+    let retry = server.post("/", &[("x-cmq-message-id", "second")], b"2");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    let last = dir.recorded().pop().expect("a run");
+    last.assert_vars(&[("CMQ_MSG_ID", "second"), ("CMQHOOK_ATTEMPT", "1")]);
+}
+
+#[test]
+fn after_a_partial_failure_only_the_failed_hook_runs_again() {
+    let dir = Dir::new();
+    let mark = dir.file("failed-once");
+    let server = Server::start(
+        &dir,
+        &config(
+            "",
+            &format!(
+                "[hooks.good]\ntopic = \"MyTopic\"\ncommand = '{ok}'\n\n\
+                 [hooks.flaky]\ntopic = \"MyTopic\"\ncommand = 'if [ -e {m} ]; then {ok}; else touch {m}; {fail}; fi'",
+                m = mark.display(),
+                ok = dir.record(0),
+                fail = dir.record(1)
+            ),
+        ),
+    );
+    let first = server.post_seed("/", "part1");
+    assert_eq!(first.status, 500, "{}", first.text());
+    let outcomes = |response: &Response| -> Vec<(String, String, bool)> {
+        response.json()["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|result| {
+                (
+                    result["hook"].as_str().expect("hook").to_owned(),
+                    result["outcome"].as_str().expect("outcome").to_owned(),
+                    result["deduplicated"].as_bool().expect("deduplicated"),
+                )
+            })
+            .collect()
+    };
+    let result = |hook: &str, outcome: &str, deduplicated: bool| {
+        (hook.to_owned(), outcome.to_owned(), deduplicated)
+    };
+    assert_eq!(
+        outcomes(&first),
+        [
+            result("good", "succeeded", false),
+            result("flaky", "failed", false)
+        ]
+    );
+    let retry = server.post_seed("/", "part1");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(
+        outcomes(&retry),
+        [
+            result("good", "succeeded", true),
+            result("flaky", "succeeded", false)
+        ]
+    );
+    let mut runs: Vec<(String, String)> = dir
+        .recorded()
+        .iter()
+        .map(|run| {
+            (
+                run.var("CMQHOOK_HOOK").unwrap_or("").to_owned(),
+                run.var("CMQHOOK_ATTEMPT").unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    runs.sort();
+    let run = |hook: &str, attempt: &str| (hook.to_owned(), attempt.to_owned());
+    assert_eq!(
+        runs,
+        [run("flaky", "1"), run("flaky", "2"), run("good", "1")]
+    );
+}
+
+#[test]
+fn a_timed_out_run_is_retried_with_the_next_attempt_number() {
+    let dir = Dir::new();
+    let server = Server::start(
+        &dir,
+        &config(
+            "",
+            &format!(
+                "[hooks.slow-once]\ntimeout = \"1s\"\nkill_grace = \"200ms\"\ncommand = 'if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then sleep 30; fi; {}'",
+                dir.record(0)
+            ),
+        ),
+    );
+    let first = server.post_seed("/", "slow1");
+    assert_eq!(first.status, 504, "{}", first.text());
+    assert_eq!(first.outcome(), "timed_out");
+    let retry = server.post_seed("/", "slow1");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["results"][0]["deduplicated"], false);
+    assert_eq!(dir.attempts(), ["2"]);
+    let rows: Vec<(i64, String)> = dir
+        .settled_history(&["--msg-id", "slow1"], Duration::from_secs(5))
+        .iter()
+        .map(|row| {
+            (
+                row["attempt"].as_i64().expect("attempt"),
+                row["outcome"].as_str().expect("outcome").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [(2, "succeeded".to_owned()), (1, "timed_out".to_owned())]
+    );
+}
+
+#[test]
+fn the_journal_notes_a_run_that_left_processes_behind() {
+    let dir = Dir::new();
+    let bg = dir.file("bg.pid");
+    let server = Server::start(
+        &dir,
+        &config(
+            "",
+            &format!(
+                "[hooks.leaves]\npath = \"/leaves\"\ncommand = 'sleep 30 & echo $! > {}'\n\n\
+                 [hooks.tidy]\npath = \"/tidy\"\ncommand = 'sleep 0.1'",
+                bg.display()
+            ),
+        ),
+    );
+    for (path, msg_id) in [("/leaves", "lb1"), ("/tidy", "lb2")] {
+        let response = server.post(path, &[("x-cmq-message-id", msg_id)], b"");
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let rows = dir.settled_history(&[], Duration::from_secs(5));
+    let left_behind = |hook: &str| {
+        rows.iter()
+            .find(|row| row["hook"] == hook)
+            .map(|row| row["left_behind"].clone())
+    };
+    assert_eq!(
+        left_behind("leaves"),
+        Some(serde_json::json!(true)),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        left_behind("tidy"),
+        Some(serde_json::json!(false)),
+        "{rows:#?}"
+    );
+    let _ = Command::new("kill")
+        .arg(wait_for_pid(&bg).to_string())
+        .status();
+}

@@ -195,6 +195,17 @@ impl Dir {
             .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
             .collect()
     }
+
+    /// Waits (at most `within`) until `history ARGS` has rows and none of them is `running`.
+    pub fn settled_history(&self, args: &[&str], within: Duration) -> Vec<serde_json::Value> {
+        let mut rows = Vec::new();
+        let settled = wait_for(within, || {
+            rows = self.history(args);
+            !rows.is_empty() && rows.iter().all(|row| row["outcome"] != "running")
+        });
+        assert!(settled, "history {args:?} did not settle: {rows:#?}");
+        rows
+    }
 }
 
 /// What one recorder run saved.
@@ -573,7 +584,12 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// Polls `condition` every 20 ms until it holds or `within` passes.
-pub fn wait_for(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub fn wait_for(within: Duration, condition: impl FnMut() -> bool) -> bool {
+    poll(within, Duration::from_millis(20), condition)
+}
+
+/// Polls `condition` every `every` until it holds or `within` passes; true if it held.
+pub fn poll(within: Duration, every: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
         if condition() {
@@ -582,7 +598,7 @@ pub fn wait_for(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
