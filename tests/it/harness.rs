@@ -484,6 +484,20 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits at most `within` for a log line holding every one of `needles`; returns it.
+    pub fn wait_for_log_line(&self, within: Duration, needles: &[&str]) -> Option<String> {
+        let mut found = None;
+        wait_for(within, || {
+            found = self
+                .log_text()
+                .lines()
+                .find(|line| needles.iter().all(|needle| line.contains(needle)))
+                .map(str::to_owned);
+            found.is_some()
+        });
+        found
+    }
+
     /// The server's peak resident set size in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
         proc_status_kib(self.pid(), "VmHWM:")

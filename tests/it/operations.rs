@@ -2,7 +2,7 @@
 //! reloads, JSON logs, and the `route`, `run` and `send` commands.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
@@ -62,6 +62,67 @@ fn assert_one_at_a_time(intervals: &[(f64, f64)], count: usize) {
     for pair in intervals.windows(2) {
         assert!(pair[0].1 <= pair[1].0, "runs overlap: {intervals:?}");
     }
+}
+
+#[test]
+fn max_running_bounds_commands_across_hooks() {
+    let dir = Dir::new();
+    let server = Server::start(
+        &dir,
+        &config(
+            "max_running = 1\nrespond_within = \"10s\"",
+            &format!(
+                "[hooks.one]\ncommand = '{t}'\n\n[hooks.two]\ncommand = '{t}'",
+                t = dir.timed("0.3")
+            ),
+        ),
+    );
+    // Each push matches both hooks, which run at once but for max_running.
+    for (response, _) in push_at_once(server.addr, "/", "mr", 2) {
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    assert_one_at_a_time(&dir.intervals(), 4);
+}
+
+#[test]
+fn a_reload_that_changes_listen_or_journal_is_logged_as_needing_a_restart() {
+    let dir = Dir::new();
+    let hooks = format!("[hooks.any]\ncommand = '{}'", dir.record(0));
+    let server = Server::start(&dir, &config("", &hooks));
+    let elsewhere = free_addr();
+    dir.write_config(&format!(
+        "[server]\nlisten = \"{elsewhere}\"\njournal = \"other.db\"\n\n{hooks}\n"
+    ));
+    server.signal("HUP");
+    for key in ["listen", "journal"] {
+        let line = server.wait_for_log_line(Duration::from_secs(10), &["WARN", key, "restart"]);
+        assert!(
+            line.is_some(),
+            "no warning that a new {key} needs a restart; log:\n{}",
+            server.log_text()
+        );
+    }
+    assert!(
+        server
+            .wait_for_log_line(Duration::from_secs(10), &["config reloaded"])
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    // Still where it was, journaling where it did.
+    assert_eq!(server.post_seed("/", "rl1").status, 200);
+    assert!(TcpStream::connect(elsewhere).is_err());
+    let journal = rusqlite::Connection::open(dir.file("cmqhook.db")).expect("open");
+    assert!(wait_for(Duration::from_secs(5), || {
+        journal
+            .query_row(
+                "SELECT COUNT(*) FROM runs WHERE msg_id = 'rl1' AND outcome = 'succeeded'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .is_ok_and(|count| count == 1)
+    }));
+    assert!(!dir.file("other.db").exists());
 }
 
 #[test]
