@@ -19,7 +19,7 @@ fn server(dir: &Dir, server: &str, hooks: &str) -> Server {
 }
 
 #[test]
-fn a_token_is_required_in_one_of_three_places_and_never_shown() {
+fn a_token_is_required_in_one_of_three_places() {
     let dir = Dir::new();
     let server = server(
         &dir,
@@ -63,27 +63,247 @@ fn a_token_is_required_in_one_of_three_places_and_never_shown() {
     let literal = server.post("/cmq/${DEPLOY_SECRET}", &[("X-Cmqhook-Token", TOKEN)], b"x");
     assert_eq!(literal.status, 404);
     assert_eq!(dir.recorded().len(), 3);
+}
 
-    // Neither secret appears in anything the process wrote.
-    let config = dir.path().join("hooks.toml");
-    assert!(wait_for(Duration::from_secs(5), || {
-        std::process::Command::new(BIN)
-            .args(["history", "-c"])
-            .arg(&config)
-            .env("CMQHOOK_TOKEN", TOKEN)
-            .env("DEPLOY_SECRET", SECRET)
-            .output()
-            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).lines().count() >= 6)
-    }));
-    let log = server.log_text();
-    assert!(log.contains("path=/cmq/${DEPLOY_SECRET}"), "{log}");
-    let mut written = log.into_bytes();
-    for file in ["cmqhook.db", "cmqhook.db-wal"] {
-        written.extend(std::fs::read(dir.path().join(file)).unwrap_or_default());
+/// `cmqhook ARGS -c hooks.toml` with the secrets' variables set.
+fn cmqhook_with_secrets(dir: &Dir, args: &[&str]) -> std::process::Output {
+    let config = dir.config_file();
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["-c", config.to_str().expect("utf-8 path")]);
+    let mut command = cmqhook_command(&all);
+    command
+        .env("CMQHOOK_TOKEN", TOKEN)
+        .env("DEPLOY_SECRET", SECRET);
+    output_of(command, b"")
+}
+
+/// Whether `text` holds the token or the secret path.
+fn leaks(text: &str) -> bool {
+    text.contains(TOKEN) || text.contains(SECRET)
+}
+
+#[test]
+fn secrets_are_redacted_in_answers_logs_and_the_journal() {
+    let dir = Dir::new();
+    let server = Server::builder(&dir)
+        .config(&config(
+            "token = \"${CMQHOOK_TOKEN}\"\nmax_body = \"1 KiB\"",
+            &format!(
+                "[hooks.deploy]\npath = \"/cmq/${{DEPLOY_SECRET}}\"\ncommand = '{}'",
+                dir.record(0)
+            ),
+        ))
+        .env("CMQHOOK_TOKEN", TOKEN)
+        .env("DEPLOY_SECRET", SECRET)
+        .rust_log(Some("debug"))
+        .start();
+    let path = format!("/cmq/{SECRET}");
+    let with_token = format!("{path}?token={TOKEN}");
+    let other = format!("{path}/other?token={TOKEN}");
+    let bearer = format!("Bearer {TOKEN}");
+    let big = [b'x'; 2048];
+    for (what, response, status) in [
+        (
+            "a run",
+            server.post(&with_token, &[("x-cmq-message-id", "s1")], b"x"),
+            200,
+        ),
+        (
+            "a bearer token",
+            server.post(
+                &path,
+                &[("x-cmq-message-id", "s2"), ("Authorization", &bearer)],
+                b"x",
+            ),
+            200,
+        ),
+        (
+            "no hook",
+            server.post(&other, &[("x-cmq-message-id", "s3")], b"x"),
+            404,
+        ),
+        (
+            "no token",
+            server.post(&path, &[("x-cmq-message-id", "s4")], b"x"),
+            401,
+        ),
+        (
+            "too large",
+            server.post(&with_token, &[("x-cmq-message-id", "s5")], &big),
+            413,
+        ),
+        ("a GET", server.get(&with_token), 405),
+    ] {
+        assert_eq!(response.status, status, "{what}: {}", response.text());
+        let answer = format!("{:?} {}", response.headers, response.text());
+        assert!(!leaks(&answer), "{what}: {answer}");
     }
-    let written = String::from_utf8_lossy(&written);
-    assert!(!written.contains(TOKEN), "the token leaked");
-    assert!(!written.contains(SECRET), "the secret path leaked");
+    assert_eq!(dir.recorded().len(), 2);
+
+    // Every push has a line, with the path as the config wrote it.
+    let log = server.log_text();
+    for needle in [
+        "path=/cmq/${DEPLOY_SECRET} ",
+        "path=/cmq/${DEPLOY_SECRET}/other ",
+    ] {
+        assert!(log.contains(needle), "no {needle:?} in:\n{log}");
+    }
+    assert!(!leaks(&log), "{log}");
+
+    let mut rows = Vec::new();
+    assert!(wait_for(Duration::from_secs(5), || {
+        let output = cmqhook_with_secrets(&dir, &["history", "--json"]);
+        rows = text(&output.stdout).lines().map(str::to_owned).collect();
+        rows.len() == 5
+    }));
+    assert!(
+        rows.iter()
+            .all(|row| row.contains("\"path\":\"/cmq/${DEPLOY_SECRET}")),
+        "{rows:#?}"
+    );
+    let history = both(&cmqhook_with_secrets(&dir, &["history"]));
+    assert!(!leaks(&history), "{history}");
+    let mut files = Vec::new();
+    for file in ["cmqhook.db", "cmqhook.db-wal"] {
+        files.extend(std::fs::read(dir.file(file)).unwrap_or_default());
+    }
+    assert!(
+        !leaks(&String::from_utf8_lossy(&files)),
+        "the journal holds a secret"
+    );
+}
+
+#[test]
+#[ignore = "bug: command output is logged and kept as printed (SPEC §6: secret values of 6 characters or more are redacted in logged command output and journal tails)"]
+fn secrets_a_command_prints_are_redacted_in_the_log_and_the_journal() {
+    let dir = Dir::new();
+    std::fs::write(
+        dir.file("deploy.conf"),
+        format!("endpoint /cmq/{SECRET}\ntoken {TOKEN}\n"),
+    )
+    .expect("write deploy.conf");
+    let server = server(
+        &dir,
+        "token = \"${CMQHOOK_TOKEN}\"",
+        &format!(
+            "[hooks.deploy]\npath = \"/cmq/${{DEPLOY_SECRET}}\"\ncommand = 'cat {}'",
+            dir.file("deploy.conf").display()
+        ),
+    );
+    let response = server.post(
+        &format!("/cmq/{SECRET}?token={TOKEN}"),
+        &[("x-cmq-message-id", "out1")],
+        b"x",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        server
+            .wait_for_log_line(Duration::from_secs(5), &["endpoint /cmq/"])
+            .is_some()
+    );
+    let log = server.log_text();
+    assert!(!leaks(&log), "{log}");
+    let output = cmqhook_with_secrets(&dir, &["history", "--json"]);
+    assert!(!leaks(&both(&output)), "{}", both(&output));
+}
+
+#[test]
+#[ignore = "bug: commands inherit the variables secrets were taken from (SPEC §6: removed from their environment unless a hook lists them in pass_env)"]
+fn the_variables_secrets_came_from_are_not_passed_to_commands() {
+    let dir = Dir::new();
+    let server = server(
+        &dir,
+        "token = \"${CMQHOOK_TOKEN}\"",
+        &format!(
+            "[hooks.deploy]\npath = \"/cmq/${{DEPLOY_SECRET}}\"\ncommand = '{}'",
+            dir.record(0)
+        ),
+    );
+    let response = server.post(&format!("/cmq/{SECRET}?token={TOKEN}"), &[], b"x");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let run = &dir.recorded()[0];
+    assert_eq!(run.var("CMQHOOK_TOKEN"), None);
+    assert_eq!(run.var("DEPLOY_SECRET"), None);
+}
+
+#[test]
+fn message_data_never_reaches_a_command_line() {
+    let dir = Dir::new();
+    let script = format!(
+        "echo $$ > {}/$CMQHOOK_HOOK.pid; {}",
+        dir.path().display(),
+        dir.gate("held", 20)
+    );
+    let server = server(
+        &dir,
+        "",
+        &format!(
+            "[hooks.shell]\ncommand = '{script}'\n\n[hooks.direct]\nargv = [\"/bin/sh\", \"-c\", '{script}']"
+        ),
+    );
+    let data = [
+        "MSGID-93ab1",
+        "REQID-4d2c7",
+        "TOPIC-5e2f",
+        "SUB-8b3a",
+        "TAG-1a9c",
+        "BODY-7c1d",
+    ];
+    let envelope = r#"{"TopicOwner":1,"topicName":"TOPIC-5e2f","subscriptionName":"SUB-8b3a","msgId":"MSGID-93ab1","msgBody":"BODY-7c1d","publishTime":1}"#;
+    let request = post_request(
+        server.addr,
+        "/",
+        &[
+            ("x-cmq-message-id", "MSGID-93ab1"),
+            ("x-cmq-request-id", "REQID-4d2c7"),
+            ("x-cmq-message-tag", "TAG-1a9c"),
+        ],
+        envelope.as_bytes(),
+    );
+    let addr = server.addr;
+    let push = std::thread::spawn(move || exchange(addr, &request));
+    for hook in ["shell", "direct"] {
+        let leader = wait_for_pid(&dir.file(&format!("{hook}.pid")));
+        let group = process_group(leader);
+        assert!(group.contains(&leader), "{group:?}");
+        for pid in group {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue; // it ended meanwhile
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            for item in data {
+                assert!(!cmdline.contains(item), "{hook}: {item} in {cmdline:?}");
+            }
+        }
+        // The data is there, in the environment.
+        let environ = std::fs::read(format!("/proc/{leader}/environ")).expect("environ");
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(
+            environ.contains("CMQ_MSG_ID=MSGID-93ab1"),
+            "{hook}: {environ}"
+        );
+    }
+    dir.open_gate("held");
+    let response = push.join().expect("push");
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
+/// The processes whose process group is `pgid`.
+fn process_group(pgid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(2))
+                    .and_then(|pgrp| pgrp.parse::<u32>().ok())
+                    == Some(pgid)
+            })
+        })
+        .collect()
 }
 
 #[test]
@@ -276,11 +496,7 @@ fn check_warns_about_an_exposed_unprotected_listener() {
     let config = dir.write_config(
         "[server]\nlisten = \"0.0.0.0:9000\"\n\n[hooks.x]\npath = \"/x\"\nargv = [\"true\"]\n",
     );
-    let output = std::process::Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .expect("check");
+    let output = cmqhook(&["check", "-c", config.to_str().expect("utf-8 path")], b"");
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("neither a `token`"), "{stderr}");
@@ -293,14 +509,12 @@ fn check_names_an_unset_variable_and_never_prints_a_set_one() {
     let config = dir.write_config(
         "[server]\ntoken = \"${CMQHOOK_TOKEN}\"\n\n[hooks.x]\npath = \"/cmq/${DEPLOY_SECRET}/${NOT_SET_ANYWHERE}\"\nargv = [\"true\"]\n",
     );
-    let output = std::process::Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&config)
+    let mut command = cmqhook_command(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    command
         .env("CMQHOOK_TOKEN", TOKEN)
         .env("DEPLOY_SECRET", SECRET)
-        .env_remove("NOT_SET_ANYWHERE")
-        .output()
-        .expect("check");
+        .env_remove("NOT_SET_ANYWHERE");
+    let output = output_of(command, b"");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("hooks.toml:5:8: hooks.x.path"), "{stderr}");
@@ -311,13 +525,7 @@ fn check_names_an_unset_variable_and_never_prints_a_set_one() {
         "[server]\ntoken = \"${CMQHOOK_TOKEN}\"\n\n[hooks.x]\npath = \"/cmq/${DEPLOY_SECRET}\"\nargv = [\"true\"]\n",
     )
     .expect("write");
-    let output = std::process::Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&config)
-        .env("CMQHOOK_TOKEN", TOKEN)
-        .env("DEPLOY_SECRET", SECRET)
-        .output()
-        .expect("check");
+    let output = cmqhook_with_secrets(&dir, &["check"]);
     assert!(output.status.success());
     let all = format!(
         "{}{}",
