@@ -196,12 +196,13 @@ fn a_client_that_hangs_up_does_not_cancel_the_run() {
     }));
 }
 
-#[test]
-fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
-    let dir = Dir::new();
-    let mark = dir.path().join("started");
+/// Starts a server whose hook sleeps on its first attempt, pushes `crash1`, and SIGKILLs the
+/// server while that run is going (and journaled `running`); the push gets no answer at all.
+/// Returns the orphaned command's pid, which leads its process group.
+fn crash_during_a_run(dir: &Dir) -> u32 {
+    let mark = dir.file("started");
     let mut server = Server::start(
-        &dir,
+        dir,
         &config(
             "",
             &format!(
@@ -211,24 +212,15 @@ fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
             ),
         ),
     );
-    let addr = server.addr;
-    let push = std::thread::spawn(move || {
-        let body = SEED_ENVELOPE.replace("6942316962", "crash1");
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        let request = format!(
-            "POST / HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: crash1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(request.as_bytes());
-        let mut answer = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
-        answer
-    });
-    assert!(wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(&mark).is_ok_and(|pid| pid.ends_with('\n'))
-    }));
-    let orphan = std::fs::read_to_string(&mark).expect("pid");
-    // The journal has the run as running before the crash.
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    let request = post_request(
+        server.addr,
+        "/",
+        &seed_headers("crash1"),
+        seed_envelope("crash1").as_bytes(),
+    );
+    stream.write_all(&request).expect("send the push");
+    let orphan = wait_for_pid(&mark);
     assert!(wait_for(Duration::from_secs(5), || {
         dir.history(&[])
             .first()
@@ -236,19 +228,41 @@ fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
     }));
     server.signal("KILL");
     server.wait_exit(Duration::from_secs(10));
-    let answer = push.join().expect("thread");
-    assert!(!String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 2"));
+    let answer = read_response(&mut stream, Duration::from_secs(10));
+    assert!(answer.is_err(), "{answer:?}");
+    orphan
+}
 
+/// Kills the process group `pgid`.
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status();
+}
+
+#[test]
+fn a_run_cut_short_by_a_crash_runs_again_after_restart() {
+    let dir = Dir::new();
+    let orphan = crash_during_a_run(&dir);
     let server = Server::builder(&dir).start();
     let rows = dir.history(&["--msg-id", "crash1"]);
     assert_eq!(rows[0]["outcome"], "interrupted");
     let retry = server.post_seed("/", "crash1");
     assert_eq!(retry.status, 200, "{}", retry.text());
     assert_eq!(dir.attempts(), ["2"]);
-    // The first attempt's process group outlived the crash; end it.
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", orphan.trim())])
-        .status();
+    kill_group(orphan);
+}
+
+#[test]
+#[ignore = "bug: a restarted serve leaves the commands of runs the crashed one left running alive (SPEC §5: they are killed before anything runs again)"]
+fn commands_a_crashed_serve_left_running_are_killed_at_start() {
+    let dir = Dir::new();
+    let orphan = crash_during_a_run(&dir);
+    assert!(alive(orphan));
+    let _server = Server::builder(&dir).start();
+    let killed = wait_for(Duration::from_secs(5), || !alive(orphan));
+    kill_group(orphan);
+    assert!(killed, "the orphaned command {orphan} is still running");
 }
 
 #[test]
