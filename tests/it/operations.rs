@@ -840,27 +840,62 @@ fn send_exits_1_when_the_endpoint_does_not_answer_2xx() {
     assert!(text(&output.stdout).contains("500"), "{}", both(&output));
 }
 
-#[test]
-fn send_to_the_example_config_is_answered_200() {
+/// The secret the example configs' hooks take their path from.
+const EXAMPLE_SECRET: &str = "example-secret-3f9c";
+
+/// Serves the repository's example config `file` (relative to the repository) from a copy in
+/// `dir`, with `examples/echo-message.sh` where the config expects it, on a free port.
+fn serve_example(dir: &Dir, file: &str) -> Server {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = Dir::new();
-    let example =
-        std::fs::read_to_string(repo.join("hooks.example.toml")).expect("hooks.example.toml");
-    assert!(example.contains("listen = \"127.0.0.1:9000\""));
-    dir.write_config(&example.replace("listen = \"127.0.0.1:9000\"", "listen = \"127.0.0.1:0\""));
-    std::fs::create_dir(dir.path().join("examples")).expect("examples dir");
+    let text = std::fs::read_to_string(repo.join(file)).expect("the example config");
+    let scripts = if file.starts_with("examples/") {
+        dir.path().to_owned()
+    } else {
+        dir.file("examples")
+    };
+    std::fs::create_dir_all(&scripts).expect("scripts dir");
     // fs::copy keeps the executable bit.
     std::fs::copy(
         repo.join("examples/echo-message.sh"),
-        dir.path().join("examples/echo-message.sh"),
+        scripts.join("echo-message.sh"),
     )
     .expect("copy the example hook");
-    let server = Server::builder(&dir).start();
+    Server::builder(dir)
+        .config(&text)
+        .env("DEPLOY_SECRET", EXAMPLE_SECRET)
+        .listen(free_addr())
+        .start()
+}
 
-    let output = cmqhook(
+/// `cmqhook send URL ARGS` with `body`: the status line, and the hooks the answer names.
+fn send(url: &str, args: &[&str], body: &[u8]) -> (String, Vec<String>) {
+    let mut all = vec!["send", url];
+    all.extend_from_slice(args);
+    let output = cmqhook(&all, body);
+    let stdout = text(&output.stdout);
+    let mut lines = stdout.lines();
+    let status = lines.next().unwrap_or_default().to_owned();
+    let answer: serde_json::Value =
+        serde_json::from_str(lines.next().unwrap_or_default()).unwrap_or_default();
+    let hooks = answer["results"]
+        .as_array()
+        .map(|results| {
+            results
+                .iter()
+                .filter_map(|result| result["hook"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, hooks)
+}
+
+#[test]
+fn send_to_the_example_config_is_answered_200() {
+    let dir = Dir::new();
+    let server = serve_example(&dir, "hooks.example.toml");
+    let (status, hooks) = send(
+        &format!("http://{}/", server.addr),
         &[
-            "send",
-            &format!("http://{}/", server.addr),
             "--topic",
             "MyTopic",
             "--subscription",
@@ -870,27 +905,85 @@ fn send_to_the_example_config_is_answered_200() {
         ],
         b"hello example",
     );
-    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
-    assert!(text(&output.stdout).starts_with("200"), "{}", both(&output));
-
-    let output = cmqhook(
-        &[
-            "send",
-            &format!("http://{}/cmq/simplified", server.addr),
-            "--format",
-            "simplified",
-            "--msg-id",
-            "EX2",
-        ],
+    assert_eq!(
+        (status.as_str(), &hooks[..]),
+        ("200 OK", &["echo".to_owned()][..])
+    );
+    let (status, hooks) = send(
+        &format!("http://{}/cmq/simplified", server.addr),
+        &["--format", "simplified", "--msg-id", "EX2"],
         b"hello simplified",
     );
-    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    assert_eq!(
+        (status.as_str(), &hooks[..]),
+        ("200 OK", &["echo-simplified".to_owned()][..])
+    );
+    for said in [
+        "hook echo got message EX1",
+        "hook echo-simplified got message EX2",
+    ] {
+        assert!(
+            server
+                .wait_for_log_line(Duration::from_secs(5), &[said])
+                .is_some(),
+            "{}",
+            server.log_text()
+        );
+    }
+}
+
+#[test]
+fn the_production_example_routes_deploys_and_alerts_as_its_comments_say() {
+    let dir = Dir::new();
+    let server = serve_example(&dir, "examples/production.toml");
+    let url = format!("http://{}/cmq/{EXAMPLE_SECRET}", server.addr);
+    for (id, topic, subscription, tag, expected) in [
+        ("P1", "deploy", "web-prod", "web", &["deploy-web"][..]),
+        ("P2", "deploy", "api-prod", "all", &["deploy-api"]),
+        (
+            "P3",
+            "ops-alerts",
+            "oncall",
+            "critical",
+            &["page-oncall", "archive-alerts"],
+        ),
+        ("P4", "ops-alerts", "oncall", "info", &["archive-alerts"]),
+    ] {
+        let (status, hooks) = send(
+            &url,
+            &[
+                "--topic",
+                topic,
+                "--subscription",
+                subscription,
+                "--tag",
+                tag,
+                "--msg-id",
+                id,
+            ],
+            b"release 42",
+        );
+        assert_eq!(status, "200 OK", "{id}");
+        assert_eq!(hooks, expected, "{id}");
+    }
+    // Without the secret, nothing matches.
+    let (status, _) = send(
+        &format!("http://{}/cmq/guess", server.addr),
+        &[
+            "--topic",
+            "deploy",
+            "--subscription",
+            "web-prod",
+            "--tag",
+            "web",
+        ],
+        b"x",
+    );
+    assert_eq!(status, "404 Not Found");
     assert!(
-        wait_for(Duration::from_secs(5), || {
-            let log = server.log_text();
-            log.contains("hook echo got message EX1")
-                && log.contains("hook echo-simplified got message EX2")
-        }),
+        server
+            .wait_for_log_line(Duration::from_secs(5), &["hook deploy-web got message P1"])
+            .is_some(),
         "{}",
         server.log_text()
     );
