@@ -30,6 +30,21 @@ fn the_same_message_twice_runs_once_and_both_get_200() {
     assert_eq!(dir.recorded().len(), 2);
 }
 
+/// Waits (at most 10 s) until the server counted `count` dedup hits for `hook`: pushes that
+/// joined a running run or found a success.
+fn wait_for_dedup_hits(server: &Server, hook: &str, count: f64) {
+    let mut hits = None;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            hits = server
+                .metrics()
+                .get("cmqhook_dedup_hits_total", &[("hook", hook)]);
+            hits == Some(count)
+        }),
+        "dedup hits of {hook}: {hits:?}, not {count}"
+    );
+}
+
 #[test]
 fn concurrent_pushes_of_one_message_start_one_process() {
     let dir = Dir::new();
@@ -37,18 +52,30 @@ fn concurrent_pushes_of_one_message_start_one_process() {
         &dir,
         &config(
             "",
-            &format!("[hooks.slow]\ncommand = 'sleep 1; {}'", dir.record(0)),
+            &format!(
+                "[hooks.slow]\ncommand = '{}; {}'",
+                dir.gate("run", 20),
+                dir.record(0)
+            ),
         ),
     );
     let addr = server.addr;
     let threads: Vec<_> = (0..3)
         .map(|_| {
             std::thread::spawn(move || {
-                let body = SEED_ENVELOPE.replace("6942316962", "same1");
-                post(addr, "/", &[("x-cmq-message-id", "same1")], body.as_bytes())
+                post(
+                    addr,
+                    "/",
+                    &seed_headers("same1"),
+                    seed_envelope("same1").as_bytes(),
+                )
             })
         })
         .collect();
+    // All three are in: one runs it (held at the gate), two joined that run.
+    dir.wait_at_gate("run");
+    wait_for_dedup_hits(&server, "slow", 2.0);
+    dir.open_gate("run");
     let responses: Vec<Response> = threads
         .into_iter()
         .map(|t| t.join().expect("thread"))
@@ -156,13 +183,31 @@ fn a_retry_while_the_run_is_still_going_waits_for_it() {
     let server = Server::start(
         &dir,
         &config(
-            "respond_within = \"1500ms\"",
-            &format!("[hooks.slow]\ncommand = 'sleep 2; {}'", dir.record(0)),
+            "respond_within = \"1s\"",
+            &format!(
+                "[hooks.slow]\ncommand = '{}; {}'",
+                dir.gate("run", 20),
+                dir.record(0)
+            ),
         ),
     );
-    assert_eq!(server.post_seed("/", "wait1").status, 503);
-    let retry = server.post_seed("/", "wait1");
+    let first = server.post_seed("/", "wait1");
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert_eq!(first.outcome(), "running");
+    let addr = server.addr;
+    let retry = std::thread::spawn(move || {
+        post(
+            addr,
+            "/",
+            &seed_headers("wait1"),
+            seed_envelope("wait1").as_bytes(),
+        )
+    });
+    wait_for_dedup_hits(&server, "slow", 1.0);
+    dir.open_gate("run");
+    let retry = retry.join().expect("retry");
     assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["results"][0]["deduplicated"], true);
     assert_eq!(dir.recorded().len(), 1);
 }
 

@@ -1080,21 +1080,20 @@ fn per_hook_series_exist_at_0_from_start() {
 #[test]
 fn a_queued_run_is_withdrawn_when_draining_starts() {
     let dir = Dir::new();
-    let mark = dir.path().join("first-started");
     let mut server = Server::start(
         &dir,
         &config(
             "",
             &format!(
-                "[hooks.serial]\nconcurrency = 1\ncommand = 'if [ \"$CMQ_MSG_ID\" = A ]; then touch {}; sleep 1; fi; {}'",
-                mark.display(),
+                "[hooks.serial]\nconcurrency = 1\ncommand = 'if [ \"$CMQ_MSG_ID\" = A ]; then {}; fi; {}'",
+                dir.gate("a", 20),
                 dir.record(0)
             ),
         ),
     );
     let addr = server.addr;
     let first = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "A")], b"a"));
-    assert!(wait_for(Duration::from_secs(10), || mark.exists()));
+    dir.wait_at_gate("a");
     let second = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "B")], b"b"));
     assert!(wait_for(Duration::from_secs(5), || {
         server
@@ -1103,9 +1102,13 @@ fn a_queued_run_is_withdrawn_when_draining_starts() {
             == Some(1.0)
     }));
     server.signal("TERM");
-    assert_eq!(first.join().expect("first").status, 200);
+    // Answered while A still runs: the drain withdrew it.
     let second = second.join().expect("second");
     assert_eq!(second.status, 503, "{}", second.text());
+    assert_eq!(second.outcome(), "not_started");
+    assert!(!first.is_finished());
+    dir.open_gate("a");
+    assert_eq!(first.join().expect("first").status, 200);
     assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
     let ran: Vec<String> = dir
         .recorded()
@@ -1118,33 +1121,36 @@ fn a_queued_run_is_withdrawn_when_draining_starts() {
 #[test]
 fn a_hook_removed_by_reload_finishes_its_running_run() {
     let dir = Dir::new();
-    let mark = dir.path().join("started");
     let server = Server::start(
         &dir,
         &config(
             "",
             &format!(
-                "[hooks.old]\npath = \"/old\"\ncommand = 'touch {}; sleep 1; {}'",
-                mark.display(),
+                "[hooks.old]\npath = \"/old\"\ncommand = '{}; {}'",
+                dir.gate("old", 20),
                 dir.record(0)
             ),
         ),
     );
     let addr = server.addr;
     let push = std::thread::spawn(move || post(addr, "/old", &[("x-cmq-message-id", "r1")], b"x"));
-    assert!(wait_for(Duration::from_secs(10), || mark.exists()));
+    dir.wait_at_gate("old");
     dir.write_config(&config(
         "",
         "[hooks.new]\npath = \"/new\"\nargv = [\"true\"]",
     ));
     server.signal("HUP");
     assert!(wait_for(Duration::from_secs(10), || {
-        post(addr, "/new", &[], b"").status == 200
+        server.post("/new", &[], b"").status == 200
     }));
+    assert!(!push.is_finished());
+    dir.open_gate("old");
     assert_eq!(push.join().expect("push").status, 200);
     assert_eq!(dir.recorded().len(), 1);
     assert_eq!(
-        post(addr, "/old", &[("x-cmq-message-id", "r2")], b"x").status,
+        server
+            .post("/old", &[("x-cmq-message-id", "r2")], b"x")
+            .status,
         404
     );
 }
