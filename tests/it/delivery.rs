@@ -11,13 +11,7 @@ use crate::harness::*;
 #[test]
 fn the_same_message_twice_runs_once_and_both_get_200() {
     let dir = Dir::new();
-    let server = Server::start(
-        &dir,
-        &config(
-            "",
-            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
-        ),
-    );
+    let server = Server::start(&dir, &config("", &dir.recorder_hook("deploy")));
     let first = server.post_seed("/", "dup1");
     let second = server.post_seed("/", "dup1");
     assert_eq!((first.status, second.status), (200, 200));
@@ -52,11 +46,7 @@ fn concurrent_pushes_of_one_message_start_one_process() {
         &dir,
         &config(
             "",
-            &format!(
-                "[hooks.slow]\ncommand = '{}; {}'",
-                dir.gate("run", 20),
-                dir.record(0)
-            ),
+            &format!("[hooks.slow]\ncommand = '{}'", dir.held_record("run")),
         ),
     );
     let addr = server.addr;
@@ -132,13 +122,7 @@ fn a_failed_run_is_retried_with_the_next_attempt_number() {
 #[test]
 fn a_success_is_remembered_across_a_restart() {
     let dir = Dir::new();
-    let mut server = Server::start(
-        &dir,
-        &config(
-            "",
-            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
-        ),
-    );
+    let mut server = Server::start(&dir, &config("", &dir.recorder_hook("deploy")));
     assert_eq!(server.post_seed("/", "keep1").status, 200);
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
@@ -184,11 +168,7 @@ fn a_retry_while_the_run_is_still_going_waits_for_it() {
         &dir,
         &config(
             "respond_within = \"1s\"",
-            &format!(
-                "[hooks.slow]\ncommand = '{}; {}'",
-                dir.gate("run", 20),
-                dir.record(0)
-            ),
+            &format!("[hooks.slow]\ncommand = '{}'", dir.held_record("run")),
         ),
     );
     let first = server.post_seed("/", "wait1");
@@ -377,10 +357,7 @@ fn with_the_journal_off_dedup_still_works_in_memory() {
     let dir = Dir::new();
     let server = Server::start(
         &dir,
-        &config(
-            "journal = \"off\"",
-            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
-        ),
+        &config("journal = \"off\"", &dir.recorder_hook("deploy")),
     );
     assert_eq!(server.post_seed("/", "mem1").status, 200);
     let again = server.post_seed("/", "mem1");
@@ -392,10 +369,7 @@ fn with_the_journal_off_dedup_still_works_in_memory() {
 #[test]
 fn a_push_without_a_message_id_runs_every_time() {
     let dir = Dir::new();
-    let server = Server::start(
-        &dir,
-        &config("", &format!("[hooks.any]\ncommand = '{}'", dir.record(0))),
-    );
+    let server = Server::start(&dir, &config("", &dir.recorder_hook("any")));
     assert_eq!(server.post("/", &[], b"no id").status, 200);
     assert_eq!(server.post("/", &[], b"no id").status, 200);
     assert_eq!(dir.recorded().len(), 2);
@@ -404,10 +378,7 @@ fn a_push_without_a_message_id_runs_every_time() {
 #[test]
 fn the_journal_is_a_sqlite_file_with_a_versioned_schema() {
     let dir = Dir::new();
-    let server = Server::start(
-        &dir,
-        &config("", &format!("[hooks.any]\ncommand = '{}'", dir.record(0))),
-    );
+    let server = Server::start(&dir, &config("", &dir.recorder_hook("any")));
     assert_eq!(server.post_seed("/", "sq1").status, 200);
     assert!(wait_for(Duration::from_secs(5), || dir.history(&[]).len() == 1));
     let db = dir.path().join("cmqhook.db");
@@ -440,10 +411,7 @@ fn rows_older_than_dedup_for_are_pruned_and_the_message_may_run_again() {
     let dir = Dir::new();
     let mut server = Server::start(
         &dir,
-        &config(
-            "dedup_for = \"1s\"",
-            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
-        ),
+        &config("dedup_for = \"1s\"", &dir.recorder_hook("deploy")),
     );
     let pushed = Instant::now();
     assert_eq!(server.post_seed("/", "old1").status, 200);
@@ -468,10 +436,7 @@ fn rows_older_than_dedup_for_are_pruned_while_serving() {
     let dir = Dir::new();
     let server = Server::start(
         &dir,
-        &config(
-            "dedup_for = \"1s\"",
-            &format!("[hooks.deploy]\ncommand = '{}'", dir.record(0)),
-        ),
+        &config("dedup_for = \"1s\"", &dir.recorder_hook("deploy")),
     );
     assert_eq!(server.post_seed("/", "aging1").status, 200);
     assert_eq!(dir.settled_history(&[], Duration::from_secs(5)).len(), 1);

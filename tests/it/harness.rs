@@ -77,6 +77,11 @@ impl Dir {
         )
     }
 
+    /// A hook `name` that matches every push and runs the recorder, exiting 0.
+    pub fn recorder_hook(&self, name: &str) -> String {
+        format!("[hooks.{name}]\ncommand = '{}'", self.record(0))
+    }
+
     /// A shell snippet that notes when it starts and ends, around `sleep SECONDS`, for
     /// [`Dir::intervals`].
     pub fn timed(&self, seconds: &str) -> String {
@@ -122,6 +127,11 @@ impl Dir {
             d = self.path().display(),
             polls = seconds * 20
         )
+    }
+
+    /// A shell snippet: wait at the gate `name` (20 s at most), then run the recorder.
+    pub fn held_record(&self, name: &str) -> String {
+        format!("{}; {}", self.gate(name, 20), self.record(0))
     }
 
     /// Waits (at most 10 s, else panics) until a command reached the gate `name`.

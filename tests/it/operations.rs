@@ -87,7 +87,7 @@ fn max_running_bounds_commands_across_hooks() {
 #[test]
 fn a_reload_that_changes_listen_or_journal_is_logged_as_needing_a_restart() {
     let dir = Dir::new();
-    let hooks = format!("[hooks.any]\ncommand = '{}'", dir.record(0));
+    let hooks = dir.recorder_hook("any");
     let server = Server::start(&dir, &config("", &hooks));
     let elsewhere = free_addr();
     dir.write_config(&format!(
@@ -174,11 +174,7 @@ fn drains_on(signal: &str) {
         &dir,
         &config(
             "",
-            &format!(
-                "[hooks.deploy]\ncommand = '{}; {}'",
-                dir.gate("deploy", 20),
-                dir.record(0)
-            ),
+            &format!("[hooks.deploy]\ncommand = '{}'", dir.held_record("deploy")),
         ),
     );
     let addr = server.addr;
@@ -1126,9 +1122,8 @@ fn a_hook_removed_by_reload_finishes_its_running_run() {
         &config(
             "",
             &format!(
-                "[hooks.old]\npath = \"/old\"\ncommand = '{}; {}'",
-                dir.gate("old", 20),
-                dir.record(0)
+                "[hooks.old]\npath = \"/old\"\ncommand = '{}'",
+                dir.held_record("old")
             ),
         ),
     );

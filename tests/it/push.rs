@@ -96,10 +96,7 @@ fn seed_simplified_push_runs_with_unknown_values_empty() {
 #[test]
 fn binary_bodies_reach_stdin_byte_exact() {
     let dir = Dir::new();
-    let server = Server::start(
-        &dir,
-        &config("", &format!("[hooks.any]\ncommand = '{}'", dir.record(0))),
-    );
+    let server = Server::start(&dir, &config("", &dir.recorder_hook("any")));
     // E7: SIMPLIFIED with invalid UTF-8 and NUL bytes.
     let raw: Vec<u8> = (0..=255u8).chain([0, 0xff, 0xc3, 0x28, 0]).collect();
     assert_eq!(
@@ -436,10 +433,7 @@ fn unmatched_pushes_are_rejected_or_acked_as_configured() {
 #[test]
 fn other_methods_get_405_and_healthz_answers() {
     let dir = Dir::new();
-    let server = Server::start(
-        &dir,
-        &config("", &format!("[hooks.any]\ncommand = '{}'", dir.record(0))),
-    );
+    let server = Server::start(&dir, &config("", &dir.recorder_hook("any")));
     for method in ["GET", "PUT", "DELETE"] {
         let request =
             format!("{method} /cmq/deploy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -461,10 +455,7 @@ fn a_body_over_max_body_gets_413_and_nothing_runs() {
     let dir = Dir::new();
     let server = Server::start(
         &dir,
-        &config(
-            "max_body = \"1 KiB\"",
-            &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
-        ),
+        &config("max_body = \"1 KiB\"", &dir.recorder_hook("any")),
     );
     let response = server.post("/", &[("x-cmq-message-id", "m1")], &[b'x'; 1025]);
     assert_eq!(response.status, 413);
@@ -487,10 +478,7 @@ fn a_body_over_max_body_gets_413_and_nothing_runs() {
 #[test]
 fn a_chunked_body_without_content_length_is_accepted() {
     let dir = Dir::new();
-    let server = Server::start(
-        &dir,
-        &config("", &format!("[hooks.any]\ncommand = '{}'", dir.record(0))),
-    );
+    let server = Server::start(&dir, &config("", &dir.recorder_hook("any")));
     let request = b"POST /c HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: ch1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
     let response = exchange(server.addr, request);
     assert_eq!(response.status, 200, "{}", response.text());
@@ -500,10 +488,7 @@ fn a_chunked_body_without_content_length_is_accepted() {
 #[test]
 fn a_megabyte_of_control_characters_as_json_is_accepted() {
     let dir = Dir::new();
-    let server = Server::start(
-        &dir,
-        &config("", &format!("[hooks.any]\ncommand = '{}'", dir.record(0))),
-    );
+    let server = Server::start(&dir, &config("", &dir.recorder_hook("any")));
     let message: String = (0..1_000_000u32)
         .map(|i| char::from((i % 32) as u8))
         .collect();
@@ -523,10 +508,7 @@ fn json_format_answers_400_to_what_is_not_an_envelope() {
     let dir = Dir::new();
     let server = Server::start(
         &dir,
-        &config(
-            "format = \"json\"",
-            &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
-        ),
+        &config("format = \"json\"", &dir.recorder_hook("any")),
     );
     let response = server.post("/", &[("x-cmq-message-id", "j1")], b"plain text");
     assert_eq!(response.status, 400);

@@ -9,26 +9,32 @@ use crate::harness::*;
 const TOKEN: &str = "tok-8f2a9c1e77d0";
 const SECRET: &str = "path-secret-5b3e91d2";
 
+/// `[server]` keys: the token from `CMQHOOK_TOKEN`.
+const WITH_TOKEN: &str = "token = \"${CMQHOOK_TOKEN}\"";
+
+/// A hook `deploy` on the secret path `/cmq/${DEPLOY_SECRET}` that runs the recorder.
+fn secret_path_hook(dir: &Dir) -> String {
+    format!(
+        "[hooks.deploy]\npath = \"/cmq/${{DEPLOY_SECRET}}\"\ncommand = '{}'",
+        dir.record(0)
+    )
+}
+
 /// A server with `CMQHOOK_TOKEN` and `DEPLOY_SECRET` in its environment.
-fn server(dir: &Dir, server: &str, hooks: &str) -> Server {
+fn with_secrets(dir: &Dir) -> ServerBuilder<'_> {
     Server::builder(dir)
-        .config(&config(server, hooks))
         .env("CMQHOOK_TOKEN", TOKEN)
         .env("DEPLOY_SECRET", SECRET)
-        .start()
+}
+
+fn server(dir: &Dir, server: &str, hooks: &str) -> Server {
+    with_secrets(dir).config(&config(server, hooks)).start()
 }
 
 #[test]
 fn a_token_is_required_in_one_of_three_places() {
     let dir = Dir::new();
-    let server = server(
-        &dir,
-        "token = \"${CMQHOOK_TOKEN}\"",
-        &format!(
-            "[hooks.deploy]\npath = \"/cmq/${{DEPLOY_SECRET}}\"\ncommand = '{}'",
-            dir.record(0)
-        ),
-    );
+    let server = server(&dir, WITH_TOKEN, &secret_path_hook(&dir));
     let path = format!("/cmq/{SECRET}");
     let no_token = server.post(&path, &[("x-cmq-message-id", "t0")], b"x");
     assert_eq!(no_token.status, 401);
@@ -85,16 +91,11 @@ fn leaks(text: &str) -> bool {
 #[test]
 fn secrets_are_redacted_in_answers_logs_and_the_journal() {
     let dir = Dir::new();
-    let server = Server::builder(&dir)
+    let server = with_secrets(&dir)
         .config(&config(
-            "token = \"${CMQHOOK_TOKEN}\"\nmax_body = \"1 KiB\"",
-            &format!(
-                "[hooks.deploy]\npath = \"/cmq/${{DEPLOY_SECRET}}\"\ncommand = '{}'",
-                dir.record(0)
-            ),
+            &format!("{WITH_TOKEN}\nmax_body = \"1 KiB\""),
+            &secret_path_hook(&dir),
         ))
-        .env("CMQHOOK_TOKEN", TOKEN)
-        .env("DEPLOY_SECRET", SECRET)
         .rust_log(Some("debug"))
         .start();
     let path = format!("/cmq/{SECRET}");
@@ -184,7 +185,7 @@ fn secrets_a_command_prints_are_redacted_in_the_log_and_the_journal() {
     .expect("write deploy.conf");
     let server = server(
         &dir,
-        "token = \"${CMQHOOK_TOKEN}\"",
+        WITH_TOKEN,
         &format!(
             "[hooks.deploy]\npath = \"/cmq/${{DEPLOY_SECRET}}\"\ncommand = 'cat {}'",
             dir.file("deploy.conf").display()
@@ -211,14 +212,7 @@ fn secrets_a_command_prints_are_redacted_in_the_log_and_the_journal() {
 #[ignore = "bug: commands inherit the variables secrets were taken from (SPEC §6: removed from their environment unless a hook lists them in pass_env)"]
 fn the_variables_secrets_came_from_are_not_passed_to_commands() {
     let dir = Dir::new();
-    let server = server(
-        &dir,
-        "token = \"${CMQHOOK_TOKEN}\"",
-        &format!(
-            "[hooks.deploy]\npath = \"/cmq/${{DEPLOY_SECRET}}\"\ncommand = '{}'",
-            dir.record(0)
-        ),
-    );
+    let server = server(&dir, WITH_TOKEN, &secret_path_hook(&dir));
     let response = server.post(&format!("/cmq/{SECRET}?token={TOKEN}"), &[], b"x");
     assert_eq!(response.status, 200, "{}", response.text());
     let run = &dir.recorded()[0];
@@ -309,11 +303,7 @@ fn process_group(pgid: u32) -> Vec<u32> {
 #[test]
 fn peers_outside_allow_get_403_and_forwarded_for_is_believed_only_from_trusted_proxies() {
     let dir = Dir::new();
-    let closed = server(
-        &dir,
-        "allow = [\"10.0.0.0/8\"]",
-        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
-    );
+    let closed = server(&dir, "allow = [\"10.0.0.0/8\"]", &dir.recorder_hook("any"));
     assert_eq!(closed.post("/", &[], b"x").status, 403);
     assert!(dir.recorded().is_empty());
     drop(closed);
@@ -322,7 +312,7 @@ fn peers_outside_allow_get_403_and_forwarded_for_is_believed_only_from_trusted_p
     let proxied = server(
         &dir,
         "allow = [\"1.2.3.4/32\"]\ntrusted_proxies = [\"127.0.0.1\"]",
-        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
+        &dir.recorder_hook("any"),
     );
     let via_proxy = proxied.post("/", &[("X-Forwarded-For", "9.9.9.9, 1.2.3.4")], b"x");
     assert_eq!(via_proxy.status, 200, "{}", via_proxy.text());
@@ -335,11 +325,7 @@ fn peers_outside_allow_get_403_and_forwarded_for_is_believed_only_from_trusted_p
 fn shell_syntax_in_topic_and_tags_never_executes() {
     let dir = Dir::new();
     let pwned = dir.path().join("pwned");
-    let server = server(
-        &dir,
-        "",
-        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
-    );
+    let server = server(&dir, "", &dir.recorder_hook("any"));
     let evil = format!("$(touch {p})`touch {p}`", p = pwned.display());
     let body = SEED_ENVELOPE
         .replace("MyTopic", &evil.replace('"', "\\\""))
@@ -357,11 +343,7 @@ fn shell_syntax_in_topic_and_tags_never_executes() {
 
 /// A server whose one hook records every push.
 fn recording_server(dir: &Dir) -> Server {
-    server(
-        dir,
-        "",
-        &format!("[hooks.any]\ncommand = '{}'", dir.record(0)),
-    )
+    server(dir, "", &dir.recorder_hook("any"))
 }
 
 #[test]
@@ -445,6 +427,20 @@ fn a_long_tag_list_is_a_push_like_any_other() {
     dir.recorded()[0].assert_vars(&[("CMQ_TAGS", &expected)]);
 }
 
+/// Reads the answer on `stream`, whose request stalled at `sent`: a 408 that came `seconds`
+/// later.
+fn timed_out(stream: &mut TcpStream, sent: Instant, seconds: std::ops::Range<u64>) -> Response {
+    let within = Duration::from_secs(seconds.end + 1);
+    let response = read_response(stream, within).unwrap_or_else(|err| panic!("{err}"));
+    let took = sent.elapsed();
+    assert_eq!(response.status, 408, "{}", response.text());
+    assert!(
+        took >= Duration::from_secs(seconds.start) && took < Duration::from_secs(seconds.end),
+        "408 after {took:?}"
+    );
+    response
+}
+
 #[test]
 fn headers_not_received_within_10_seconds_get_408() {
     let dir = Dir::new();
@@ -455,15 +451,8 @@ fn headers_not_received_within_10_seconds_get_408() {
     let mut silent = TcpStream::connect(server.addr).expect("connect");
     let sent = Instant::now();
     for stream in [&mut half, &mut silent] {
-        let response =
-            read_response(stream, Duration::from_secs(14)).unwrap_or_else(|err| panic!("{err}"));
-        let took = sent.elapsed();
-        assert_eq!(response.status, 408, "{}", response.text());
         // actix-web's timers tick every half second or so.
-        assert!(
-            took >= Duration::from_secs(9) && took < Duration::from_secs(13),
-            "408 after {took:?}"
-        );
+        timed_out(stream, sent, 9..13);
     }
     assert!(dir.recorded().is_empty());
 }
@@ -477,16 +466,8 @@ fn a_body_not_received_within_30_seconds_gets_408() {
     stream
         .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: slow1\r\nContent-Length: 1000\r\n\r\npartial")
         .expect("send half");
-    let sent = Instant::now();
-    let response =
-        read_response(&mut stream, Duration::from_secs(34)).unwrap_or_else(|err| panic!("{err}"));
-    let took = sent.elapsed();
-    assert_eq!(response.status, 408, "{}", response.text());
+    let response = timed_out(&mut stream, Instant::now(), 29..33);
     assert!(response.json()["error"].is_string(), "{}", response.text());
-    assert!(
-        took >= Duration::from_secs(29) && took < Duration::from_secs(33),
-        "408 after {took:?}"
-    );
     assert!(dir.recorded().is_empty());
 }
 
