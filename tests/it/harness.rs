@@ -428,8 +428,31 @@ impl ServerBuilder<'_> {
                 server.log_text()
             );
         };
+        // serve says it listens before it handles signals, and until it does, a signal kills
+        // it (see operations::a_signal_as_soon_as_serve_says_it_listens_is_handled).
+        let ready = wait_for(deadline.saturating_duration_since(Instant::now()), || {
+            handles_signals(server.pid(), &[1, 2, 15])
+        });
+        assert!(
+            ready,
+            "cmqhook does not handle SIGHUP, SIGINT and SIGTERM; log:\n{}",
+            server.log_text()
+        );
         server
     }
+}
+
+/// Whether process `pid` has a handler for each of `signals` (by number): its SigCgt mask.
+pub fn handles_signals(pid: u32, signals: &[u32]) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let caught = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0);
+    signals
+        .iter()
+        .all(|signal| caught & (1 << (signal - 1)) != 0)
 }
 
 /// A running `cmqhook serve`. Killed on drop.
