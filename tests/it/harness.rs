@@ -1,6 +1,9 @@
-//! The harness: the built `cmqhook` binary on 127.0.0.1 with a config in a temp dir, a raw
-//! HTTP/1.1 client (raw bytes on a socket, so that malformed requests can be sent), a recorder
-//! script that saves its stdin, environment and pid, and a Prometheus text reader.
+//! The harness: the built `cmqhook` binary on 127.0.0.1 with a config in a temp dir
+//! ([`config`], [`Dir`], [`Server::builder`]), a raw HTTP/1.1 client (raw bytes on a socket,
+//! so that malformed requests can be sent), a recorder script that saves its stdin and
+//! environment ([`Dir::record`]), shell snippets with which commands wait for each other
+//! ([`Dir::barrier`]), for the test ([`Dir::gate`]) or note their times ([`Dir::timed`]), and a
+//! Prometheus text reader ([`Metrics`]).
 //!
 //! Every wait here has a deadline: a regression fails a test, it never hangs the suite.
 
