@@ -60,12 +60,13 @@ pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), Serve
         CancellationToken::new(),
     ));
     let hooks = dispatcher.config().hooks.len();
-    tracing::info!(hooks, "listening on http://{local}");
     let system = actix_web::rt::System::new();
     let served = system.block_on(async {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
+        // Only now: whoever waits for this line may signal at once.
+        tracing::info!(hooks, "listening on http://{local}");
         let reloader = Arc::clone(&dispatcher);
         let config_file = config_file.to_owned();
         actix_web::rt::spawn(async move {

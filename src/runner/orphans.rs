@@ -120,7 +120,13 @@ mod tests {
             .spawn()
             .expect("sleep");
         let tokens = HashSet::from([token]);
-        let found = find(&tokens);
+        // Until `sleep` is exec'd, its /proc/PID/environ is still the test's own.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut found = find(&tokens);
+        while found.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+            found = find(&tokens);
+        }
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].run, 42);
         assert_eq!(u32::try_from(found[0].pid).ok(), Some(marked.id()));

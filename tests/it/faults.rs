@@ -1,8 +1,6 @@
 //! The exactly-once promise under real faults: a SIGKILL of the server, another process
 //! holding the SQLite lock, a full filesystem, a deleted journal file, a second `serve`.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -10,15 +8,18 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 
 /// A config with `server` lines and one hook `record` that appends its message id to
-/// `dir/ran` (one line per run) after running `before`.
-fn appending_config(dir: &Dir, server: &str, before: &str) -> PathBuf {
-    dir.write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n[hooks.record]\ncommand = '''{before}printf '%s\\n' \"$CMQ_MSG_ID\" >> {}'''\n",
-        dir.path().join("ran").display()
-    ))
+/// `dir/ran` (one line per run).
+fn appending_config(dir: &Dir, server: &str) -> String {
+    config(
+        server,
+        &format!(
+            "[hooks.record]\ncommand = '''printf '%s\\n' \"$CMQ_MSG_ID\" >> {}'''",
+            dir.path().join("ran").display()
+        ),
+    )
 }
 
 /// How many times each message id ran.
@@ -40,8 +41,8 @@ fn healthz(server: &Server) -> u16 {
 #[test]
 fn a_push_answered_200_never_runs_again_after_a_sigkill_of_the_server() {
     let dir = Dir::new();
-    let config = appending_config(&dir, "", "");
-    let mut server = Server::start(&dir, &config, &[]);
+    let config = appending_config(&dir, "");
+    let mut server = Server::start(&dir, &config);
     let addr = server.addr;
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -76,7 +77,7 @@ fn a_push_answered_200_never_runs_again_after_a_sigkill_of_the_server() {
         sender.join().expect("sender");
     }
     let acked = acked.lock().expect("lock").clone();
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::start(&dir, &config);
     for id in &acked {
         let again = server.post_seed("/", id);
         assert_eq!(again.status, 200, "{id}: {}", again.text());
@@ -155,8 +156,8 @@ impl Drop for Holder {
 #[test]
 fn a_locked_journal_fails_closed_keeps_outcomes_in_memory_and_recovers() {
     let dir = Dir::new();
-    let config = appending_config(&dir, "", "");
-    let server = Server::start(&dir, &config, &[]);
+    let config = appending_config(&dir, "");
+    let server = Server::start(&dir, &config);
     assert_eq!(server.post_seed("/", "before").status, 200);
     let holder = Holder::lock(&dir.path().join("cmqhook.db"));
 
@@ -193,7 +194,7 @@ fn a_locked_journal_fails_closed_keeps_outcomes_in_memory_and_recovers() {
     );
     drop(server);
     // And it was written for good: a new process remembers it.
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::start(&dir, &config);
     assert_eq!(server.post_seed("/", "during").status, 200);
     assert_eq!(runs(&dir)["during"], 1);
 }
@@ -226,8 +227,8 @@ fn a_full_disk_fails_closed_and_nothing_runs_twice_once_there_is_room_again() {
         return;
     }
     let _mounted = Mounted(state.clone());
-    let config = appending_config(&dir, "journal = \"state/cmqhook.db\"", "");
-    let server = Server::start(&dir, &config, &[]);
+    let config = appending_config(&dir, "journal = \"state/cmqhook.db\"");
+    let server = Server::start(&dir, &config);
     assert_eq!(server.post_seed("/", "room").status, 200);
     // Fill what is left of the filesystem.
     let mut filler = std::fs::File::create(state.join("filler")).expect("filler");
@@ -275,7 +276,7 @@ fn a_full_disk_fails_closed_and_nothing_runs_twice_once_there_is_room_again() {
         );
     }
     drop(server);
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::start(&dir, &config);
     for (id, _) in &answers {
         assert_eq!(server.post_seed("/", id).status, 200, "{id}");
     }
@@ -287,7 +288,7 @@ fn the_commands_of_a_sigkilled_server_are_killed_before_a_new_one_runs_anything(
     let dir = Dir::new();
     let pids = dir.path().join("pids");
     let left = dir.path().join("left");
-    let config = dir.write_config(&format!(
+    let config = format!(
         r#"[server]
 listen = "127.0.0.1:0"
 respond_within = "300ms"
@@ -312,8 +313,8 @@ command = "sleep 60 > /dev/null 2>&1 & echo $! > {left}"
 "#,
         pids = pids.display(),
         left = left.display()
-    ));
-    let mut server = Server::start(&dir, &config, &[]);
+    );
+    let mut server = Server::start(&dir, &config);
     let tagged = |server: &Server, id: &str, tag: &str| {
         server.post(
             "/",
@@ -343,7 +344,7 @@ command = "sleep 60 > /dev/null 2>&1 & echo $! > {left}"
         "they outlive the server"
     );
 
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::start(&dir, &config);
     // Listening means the orphans are gone already.
     let still: Vec<u32> = orphans.iter().copied().filter(|&pid| alive(pid)).collect();
     assert!(still.is_empty(), "still running after restart: {still:?}");
@@ -358,7 +359,7 @@ command = "sleep 60 > /dev/null 2>&1 & echo $! > {left}"
     );
     let retry = tagged(&server, "o1", "long");
     assert_eq!(retry.status, 200, "{}", retry.text());
-    let rows = history_json(&config, &["--msg-id", "o1"]);
+    let rows = dir.history(&["--msg-id", "o1"]);
     let outcomes: Vec<_> = rows
         .iter()
         .map(|row| (row["attempt"].as_u64(), row["outcome"].as_str()))
@@ -373,11 +374,11 @@ command = "sleep 60 > /dev/null 2>&1 & echo $! > {left}"
 #[test]
 fn a_second_serve_on_the_same_journal_is_refused() {
     let dir = Dir::new();
-    let config = appending_config(&dir, "", "");
-    let server = Server::start(&dir, &config, &[]);
+    let config = appending_config(&dir, "");
+    let server = Server::start(&dir, &config);
     let mut second = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "-c"])
-        .arg(&config)
+        .arg(dir.config_file())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -403,8 +404,8 @@ fn a_second_serve_on_the_same_journal_is_refused() {
 #[test]
 fn a_deleted_journal_is_restored_from_the_open_database_and_remembered_after_restart() {
     let dir = Dir::new();
-    let config = appending_config(&dir, "", "");
-    let mut server = Server::start(&dir, &config, &[]);
+    let config = appending_config(&dir, "");
+    let mut server = Server::start(&dir, &config);
     let before: Vec<String> = (0..5).map(|n| format!("d{n}")).collect();
     for id in &before {
         assert_eq!(server.post_seed("/", id).status, 200);
@@ -425,7 +426,7 @@ fn a_deleted_journal_is_restored_from_the_open_database_and_remembered_after_res
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
 
-    let server = Server::start(&dir, &config, &[]);
+    let server = Server::start(&dir, &config);
     for id in before.iter().chain([&"after".to_owned()]) {
         let again = server.post_seed("/", id);
         assert_eq!(again.status, 200, "{id}");
@@ -437,8 +438,8 @@ fn a_deleted_journal_is_restored_from_the_open_database_and_remembered_after_res
 #[test]
 fn with_the_journal_off_the_oldest_outcomes_are_evicted_beyond_dedup_capacity() {
     let dir = Dir::new();
-    let config = appending_config(&dir, "journal = \"off\"\ndedup_capacity = 10", "");
-    let server = Server::start(&dir, &config, &[]);
+    let config = appending_config(&dir, "journal = \"off\"\ndedup_capacity = 10");
+    let server = Server::start(&dir, &config);
     for n in 0..50 {
         assert_eq!(server.post_seed("/", &format!("e{n}")).status, 200);
     }

@@ -1,0 +1,12 @@
+//! The integration tests, one binary (Cargo's `it` target) so that the harness is built once:
+//! the built `cmqhook` over real HTTP on 127.0.0.1, real processes, real SQLite.
+
+mod harness;
+
+mod cli;
+mod delivery;
+mod faults;
+mod operations;
+mod properties;
+mod push;
+mod security;
