@@ -321,7 +321,7 @@ impl Deliveries {
     pub fn withdraw(&self, hook: &str, msg_id: Option<&str>, attempt: u32, ticket: &Ticket) {
         if let Some(msg_id) = msg_id {
             let key = (hook.to_owned(), msg_id.to_owned());
-            self.table.withdraw(&key, attempt, !self.is_journaled());
+            self.table.withdraw(&key, attempt);
         }
         ticket.settle(RunResult::without_run(
             Outcome::NotStarted,
@@ -372,15 +372,13 @@ impl Deliveries {
             Store::Memory => ticket.settle(result),
             Store::Sqlite(journal) => {
                 let table = Arc::clone(&self.table);
-                let outcome = result.clone();
-                let commit_key = key.clone();
-                let on_commit = move |committed: bool| {
-                    if committed && let (Some(key), Some(stamp)) = (&commit_key, stamp) {
+                let on_commit = move |committed: bool, key: Option<&Key>, result: &RunResult| {
+                    if committed && let (Some(key), Some(stamp)) = (key, stamp) {
                         table.committed(key, stamp);
                     }
                     ticket.settle(RunResult {
                         recorded: committed,
-                        ..outcome.clone()
+                        ..result.clone()
                     });
                 };
                 journal.record_end(sqlite::Ended {

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
+use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_from_iter};
 use serde::Serialize;
 
@@ -163,8 +164,17 @@ pub struct Ended {
     pub result: RunResult,
     pub end: RunEnd,
     /// Called with `true` once the record is committed; with `false` when a commit of it
-    /// failed (it is retried).
-    pub on_commit: Box<dyn Fn(bool) + Send>,
+    /// failed (it is retried). Gets the record's `key` and `result`.
+    pub on_commit: OnCommit,
+}
+
+/// What the writer calls when an end record's commit succeeded or failed.
+pub type OnCommit = Box<dyn Fn(bool, Option<&Key>, &RunResult) + Send>;
+
+impl Ended {
+    fn tell(&self, committed: bool) {
+        (self.on_commit)(committed, self.key.as_ref(), &self.result);
+    }
 }
 
 enum Record {
@@ -281,6 +291,7 @@ impl Journal {
             path: path.to_owned(),
             identity,
             lock,
+            file_ok: true,
             health: Arc::clone(&health),
             keep,
         };
@@ -324,7 +335,7 @@ impl Journal {
         if let Err(mpsc::SendError(record)) = sent {
             tracing::error!("journal writer has stopped; a record is not written");
             if let Record::Ended(ended) = record {
-                (ended.on_commit)(false);
+                ended.tell(false);
             }
         }
     }
@@ -426,16 +437,17 @@ pub fn new_token() -> String {
     format!("{:016x}", RandomState::new().hash_one(seed))
 }
 
-fn lock_path(path: &Path) -> PathBuf {
+/// The file `path` + `suffix`, beside the journal.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
+    name.push(suffix);
     PathBuf::from(name)
 }
 
 /// Takes the exclusive lock beside the journal, writing this process's id into it.
 fn lock(path: &Path) -> Result<Flock<File>, JournalError> {
     use std::io::{Read, Seek, Write};
-    let lock_path = lock_path(path);
+    let lock_path = beside(path, ".lock");
     let io = |source| JournalError::Io {
         path: lock_path.clone(),
         source,
@@ -601,6 +613,8 @@ struct Writer {
     /// (device, inode) of the file the connections have open.
     identity: (u64, u64),
     lock: Flock<File>,
+    /// The path names the file the connections have open (as of the last check).
+    file_ok: bool,
     health: Arc<Health>,
     keep: Duration,
 }
@@ -634,13 +648,11 @@ impl Writer {
                     Err(TryRecvError::Disconnected) => open = false,
                 }
             }
-            let file_ok = if last_check.elapsed() >= CHECK_EVERY {
+            if last_check.elapsed() >= CHECK_EVERY {
                 last_check = Instant::now();
-                self.check_file()
-            } else {
-                self.health.problems().1.is_none()
-            };
-            if last_prune.elapsed() >= PRUNE_EVERY && file_ok {
+                self.check_file();
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY && self.file_ok {
                 prune(&self.connection, self.keep);
                 last_prune = Instant::now();
             }
@@ -648,7 +660,7 @@ impl Writer {
                 continue;
             }
             // While the file is gone, a commit would go to a file nobody will find again.
-            let written = if file_ok {
+            let written = if self.file_ok {
                 write_batch(&mut self.connection, &pending).map_err(|err| err.to_string())
             } else {
                 Err("the journal file is missing".to_owned())
@@ -659,7 +671,7 @@ impl Writer {
                     failing_since = None;
                     for record in pending.drain(..) {
                         if let Record::Ended(ended) = record {
-                            (ended.on_commit)(true);
+                            ended.tell(true);
                         }
                     }
                     told = 0;
@@ -677,16 +689,12 @@ impl Writer {
                         .commit_failed(format!("journal cannot be written: {err}"));
                     for record in &pending[told..] {
                         if let Record::Ended(ended) = record {
-                            (ended.on_commit)(false);
+                            ended.tell(false);
                         }
                     }
                     if pending.len() > MAX_PENDING {
                         let before = pending.len();
-                        let mut index = 0;
-                        pending.retain(|record| {
-                            index += 1;
-                            index <= told || !matches!(record, Record::Push { .. })
-                        });
+                        pending.retain(|record| !matches!(record, Record::Push { .. }));
                         tracing::warn!(
                             dropped = before - pending.len(),
                             "journal still failing: records of pushes that ran nothing are dropped"
@@ -706,10 +714,14 @@ impl Writer {
         }
     }
 
-    /// Whether the journal's path still names the open file; a deleted one is restored from
-    /// the open database. Also keeps the lock file in place.
-    fn check_file(&mut self) -> bool {
-        if !lock_path(&self.path).exists() {
+    /// Whether the journal's path still names the open file (kept in `file_ok`); a deleted
+    /// one is restored from the open database. Also keeps the lock file in place.
+    fn check_file(&mut self) {
+        self.file_ok = self.file_names_the_journal();
+    }
+
+    fn file_names_the_journal(&mut self) -> bool {
+        if !beside(&self.path, ".lock").exists() {
             match lock(&self.path) {
                 Ok(lock) => {
                     tracing::warn!("the journal's lock file was deleted; it is taken again");
@@ -728,7 +740,7 @@ impl Writer {
                     "journal `{}` now names another file; restart cmqhook to use it",
                     self.path.display()
                 );
-                if self.health.problems().1.is_none() {
+                if self.file_ok {
                     tracing::error!("{reason}");
                 }
                 self.health.file_missing(Some(reason));
@@ -774,9 +786,7 @@ impl Writer {
         self.connection
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
             .map_err(sqlite)?;
-        let mut copy_path = self.path.as_os_str().to_owned();
-        copy_path.push(".restore");
-        let copy_path = PathBuf::from(copy_path);
+        let copy_path = beside(&self.path, ".restore");
         let _ = std::fs::remove_file(&copy_path);
         {
             let mut copy = Connection::open(&copy_path).map_err(sqlite)?;
@@ -852,7 +862,7 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
                             run.hook,
                             msg_id,
                             run.attempt,
-                            Outcome::Running.as_str(),
+                            Outcome::Running,
                             id,
                             None::<u64>,
                             started_at
@@ -880,7 +890,7 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
                             hook,
                             msg_id,
                             ended.attempt,
-                            ended.result.outcome.as_str(),
+                            ended.result.outcome,
                             ended.id,
                             ended.result.duration_ms,
                             finished_at
@@ -928,7 +938,7 @@ fn start_values<'a>(
 fn end_values<'a>(at: &'a dyn ToSql, result: &'a RunResult, end: &'a RunEnd) -> [&'a dyn ToSql; 9] {
     [
         at,
-        outcome_sql(result.outcome),
+        &result.outcome,
         &result.exit_code,
         &result.signal,
         &result.duration_ms,
@@ -939,16 +949,10 @@ fn end_values<'a>(at: &'a dyn ToSql, result: &'a RunResult, end: &'a RunEnd) -> 
     ]
 }
 
-/// An outcome as the journal stores it.
-fn outcome_sql(outcome: Outcome) -> &'static dyn ToSql {
-    match outcome {
-        Outcome::Succeeded => &"succeeded",
-        Outcome::Failed => &"failed",
-        Outcome::TimedOut => &"timed_out",
-        Outcome::Killed => &"killed",
-        Outcome::NotStarted => &"not_started",
-        Outcome::Running => &"running",
-        Outcome::Interrupted => &"interrupted",
+/// An outcome is stored as its name ([`Outcome::as_str`]).
+impl ToSql for Outcome {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
     }
 }
 

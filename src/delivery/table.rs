@@ -128,11 +128,11 @@ impl Table {
         Claim::Run { attempt, ticket }
     }
 
-    /// A claimed run did not start. `keep_failure`: memory is the only record, so the
-    /// previous attempt is remembered as failed (else the journal still knows it).
-    pub(super) fn withdraw(&self, key: &Key, attempt: u32, keep_failure: bool) {
+    /// A claimed run did not start. Without a journal, memory is the only record, so the
+    /// previous attempt is remembered as failed; with one, the journal still knows it.
+    pub(super) fn withdraw(&self, key: &Key, attempt: u32) {
         let mut shard = self.shard(key);
-        if keep_failure && attempt > 1 {
+        if self.capacity.is_some() && attempt > 1 {
             let stamp = shard.stamp();
             let failed = Entry::Finished {
                 attempt: attempt - 1,
@@ -220,14 +220,14 @@ impl Shard {
 
     /// Drops finished entries older than `dedup_for` from the front of `order`.
     fn expire(&mut self, dedup_for: Duration) {
-        while let Some((key, stamp)) = self.order.front().cloned() {
+        while let Some((key, stamp)) = self.order.pop_front() {
             if let Some(at) = self.is_current(&key, stamp) {
                 if at.elapsed() < dedup_for {
+                    self.order.push_front((key, stamp));
                     break;
                 }
                 self.remove(&key);
             }
-            self.order.pop_front();
         }
     }
 
@@ -245,10 +245,9 @@ impl Shard {
         }
         // Stale stamps pile up when messages are retried; drop them once they dominate.
         if self.order.len() > 2 * capacity.max(64) {
-            let entries = &self.entries;
-            self.order.retain(|(key, stamp)| {
-                matches!(entries.get(key), Some(Entry::Finished { stamp: s, .. }) if s == stamp)
-            });
+            let mut order = std::mem::take(&mut self.order);
+            order.retain(|(key, stamp)| self.is_current(key, *stamp).is_some());
+            self.order = order;
         }
     }
 }

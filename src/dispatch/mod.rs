@@ -490,13 +490,18 @@ impl Dispatcher {
         running.inc();
         let run = run_command(spec, self.interrupt.clone());
         tokio::pin!(run);
-        let report = tokio::select! {
-            biased;
-            report = &mut run => report,
-            () = tokio::time::sleep(JOURNAL_START_AFTER) => {
-                self.deliveries.started(&mut handle);
-                run.await
+        // Without a journal there is no start to record, and no timer to set for it.
+        let report = if self.deliveries.is_journaled() {
+            tokio::select! {
+                biased;
+                report = &mut run => report,
+                () = tokio::time::sleep(JOURNAL_START_AFTER) => {
+                    self.deliveries.started(&mut handle);
+                    run.await
+                }
             }
+        } else {
+            run.await
         };
         running.dec();
         let result = run_result(&report);
