@@ -462,3 +462,77 @@ fn with_the_journal_off_the_oldest_outcomes_are_evicted_beyond_dedup_capacity() 
     let distinct: HashSet<_> = counts.keys().collect();
     assert_eq!(distinct.len(), 50);
 }
+
+#[test]
+fn while_a_deleted_journal_cannot_be_restored_pushes_get_503_and_it_recovers_by_itself() {
+    let dir = Dir::new();
+    let config = appending_config(&dir, "");
+    let server = Server::start(&dir, &config);
+    assert_eq!(server.post_seed("/", "kept").status, 200);
+    // A directory where the restore writes its copy: the restore fails until it is gone.
+    let blocker = dir.path().join("cmqhook.db.restore");
+    std::fs::create_dir(&blocker).expect("blocker");
+    std::fs::remove_file(dir.path().join("cmqhook.db")).expect("rm cmqhook.db");
+    assert!(wait_for(Duration::from_secs(10), || healthz(&server) == 503));
+    assert!(
+        get(server.addr, "/healthz")
+            .text()
+            .contains("cannot be restored")
+    );
+    let refused = server.post_seed("/", "blocked");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(runs(&dir).get("blocked"), None, "nothing new starts");
+
+    std::fs::remove_dir(&blocker).expect("unblock");
+    assert!(wait_for(Duration::from_secs(10), || healthz(&server) == 200));
+    assert_eq!(server.post_seed("/", "blocked").status, 200);
+    assert_eq!(server.post_seed("/", "kept").status, 200);
+    assert_eq!((runs(&dir)["kept"], runs(&dir)["blocked"]), (1, 1));
+}
+
+#[test]
+fn a_journal_path_that_now_names_another_file_is_not_overwritten_and_pushes_get_503() {
+    let dir = Dir::new();
+    let config = appending_config(&dir, "");
+    let server = Server::start(&dir, &config);
+    assert_eq!(server.post_seed("/", "before").status, 200);
+    let db = dir.path().join("cmqhook.db");
+    std::fs::rename(&db, dir.path().join("moved.db")).expect("mv");
+    std::fs::write(&db, b"someone else's file").expect("another file");
+    assert!(wait_for(Duration::from_secs(10), || healthz(&server) == 503));
+    assert!(
+        get(server.addr, "/healthz")
+            .text()
+            .contains("now names another file")
+    );
+    assert_eq!(server.post_seed("/", "after").status, 503);
+    assert_eq!(runs(&dir).get("after"), None);
+    assert_eq!(
+        std::fs::read(&db).expect("still there"),
+        b"someone else's file",
+        "not overwritten"
+    );
+}
+
+#[test]
+fn a_serve_stopped_while_its_journal_is_locked_still_exits() {
+    let dir = Dir::new();
+    let config = appending_config(&dir, "");
+    let mut server = Server::start(&dir, &config);
+    let holder = Holder::lock(&dir.path().join("cmqhook.db"));
+    assert_eq!(server.post_seed("/", "unwritten").status, 503);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(
+        server
+            .log_text()
+            .contains("closing while the journal cannot be written"),
+        "{}",
+        server.log_text()
+    );
+    drop(holder);
+    // Never answered 200, so running it again is right.
+    let server = Server::start(&dir, &config);
+    assert_eq!(server.post_seed("/", "unwritten").status, 200);
+    assert_eq!(runs(&dir)["unwritten"], 2);
+}
