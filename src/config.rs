@@ -1,10 +1,11 @@
 //! The TOML configuration: raw structs as written (`raw`), checked and completed into a
 //! [`Config`] (`load`), with a [`Diagnostic`] for each problem (`diagnostic`); `${NAME}`
-//! expansion and redaction in `secrets`; a hook's selectors in `selector`.
+//! expansion and redaction in [`crate::secrets`]; a hook's selectors in `selector`.
 //!
 //! Every error names `file:line:column` and the key, and all of them are reported, not only the
-//! first. `${NAME}` is expanded in `listen`, `token` and `path` only, and every value taken from
-//! the environment is remembered as a secret so that [`Config::redact`] can hide it again.
+//! first. `${NAME}` is expanded in `listen`, `token`, `path` and `journal` only; every value the
+//! last three take from the environment is a secret that [`Config::redact`] hides again, and
+//! the variables it came from are not passed to commands unless a hook lists them in `pass_env`.
 //! This module does not run anything: it only checks that workdirs and programs exist. Nor does
 //! it route: a hook's [`Selector`] says what it matches, and [`crate::routing`] indexes them.
 
@@ -22,7 +23,6 @@ use crate::cmq::FormatSetting;
 mod diagnostic;
 mod load;
 mod raw;
-mod secrets;
 mod selector;
 #[cfg(test)]
 mod tests;
@@ -30,7 +30,7 @@ mod tests;
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use selector::{LazyGlob, Pattern, Selector};
 
-use secrets::Secret;
+use crate::secrets::{self, Secrets};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -41,7 +41,9 @@ pub struct Config {
     /// In file order.
     pub hooks: Vec<Arc<Hook>>,
     /// Values that must never be shown, with what to show instead.
-    secrets: Vec<Secret>,
+    secrets: Secrets,
+    /// The variables they came from.
+    secret_vars: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +118,12 @@ pub struct Hook {
     pub workdir: Arc<Path>,
     /// In order; shared by every run of the hook.
     pub env: Arc<[(String, String)]>,
+    /// Variables secrets came from that this hook still gets.
+    pub pass_env: Vec<String>,
+    /// Variables secrets came from, removed from this hook's environment.
+    pub hidden_env: Arc<[String]>,
+    /// The secrets looked for in its output (those of 6 characters or more).
+    pub output_secrets: Secrets,
     pub stdin: StdinMode,
     pub timeout: Duration,
     pub kill_grace: Duration,
@@ -144,8 +152,8 @@ impl Config {
     }
 
     /// `text` with every secret value replaced by `${NAME}` or `<token>`.
-    pub fn redact(&self, text: &str) -> String {
-        secrets::redact(&self.secrets, text)
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        self.secrets.redact(text)
     }
 
     /// Things that are allowed but probably not meant.
@@ -173,7 +181,24 @@ impl Config {
                 ));
             }
         }
+        for secret in self.secrets.list() {
+            if !secrets::is_long(&secret.value) {
+                warnings.push(format!(
+                    "the secret shown as `{}` is shorter than {} characters: command output is not searched for it, so a command that prints it shows it",
+                    secret.shown,
+                    secrets::MIN_OUTPUT_LEN
+                ));
+            }
+        }
         for hook in &self.hooks {
+            for name in &hook.pass_env {
+                if !self.secret_vars.contains(name) {
+                    warnings.push(format!(
+                        "hook `{}`: pass_env names `{name}`, which no secret came from (commands inherit it anyway)",
+                        hook.name
+                    ));
+                }
+            }
             if hook.selector.is_empty() {
                 warnings.push(format!(
                     "hook `{}` has no selector: it catches every push",

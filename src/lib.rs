@@ -13,7 +13,8 @@
 //!    and that is journaled.
 //!
 //! Beside the path: [`runner::orphans`] finds and stops the commands of a `serve` that died; [`cli`]
-//! is the command line, and [`send`] its CMQ-like client; [`telemetry`] sets up logs and
+//! is the command line, and [`send`] its CMQ-like client; [`secrets`] hides what the config took
+//! from the environment; [`telemetry`] sets up logs and
 //! metrics.
 
 pub mod access;
@@ -25,6 +26,7 @@ pub mod dispatch;
 pub mod http;
 pub mod routing;
 pub mod runner;
+pub mod secrets;
 pub mod send;
 pub mod service;
 pub mod telemetry;

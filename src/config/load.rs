@@ -12,8 +12,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::raw::{RawDuration, RawHook, RawServer};
-use super::secrets::{Secret, expand_vars, redact};
 use super::{Action, Config, ConfigError, Diagnostic, Hook, Pattern, Selector, Server};
+use crate::secrets::{Secret, Secrets, expand_vars};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
@@ -37,18 +37,29 @@ pub(super) fn parse(
         env,
         diagnostics: Vec::new(),
         secrets: Vec::new(),
+        secret_vars: Vec::new(),
     };
     let config = loader.load();
-    // Longest first, so that a secret containing another is hidden whole.
-    loader
-        .secrets
-        .sort_by_key(|secret| std::cmp::Reverse(secret.value.len()));
     match config {
-        Some(config) if loader.diagnostics.is_empty() => Ok(Config {
-            file: file.to_owned(),
-            secrets: loader.secrets,
-            ..config
-        }),
+        Some(mut config) if loader.diagnostics.is_empty() => {
+            let secrets = Secrets::new(loader.secrets);
+            let output_secrets = secrets.for_output();
+            // Every hook's environment loses the variables any secret came from, but those it
+            // asks to keep; its output is searched for the secrets long enough to tell.
+            for hook in &mut config.hooks {
+                let hook = Arc::make_mut(hook);
+                let hidden = loader.secret_vars.iter();
+                let hidden = hidden.filter(|name| !hook.pass_env.contains(name));
+                hook.hidden_env = hidden.cloned().collect();
+                hook.output_secrets = output_secrets.clone();
+            }
+            Ok(Config {
+                file: file.to_owned(),
+                secrets,
+                secret_vars: loader.secret_vars,
+                ..config
+            })
+        }
         _ => {
             // In file order, whichever check found them.
             loader
@@ -66,6 +77,8 @@ struct Loader<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     diagnostics: Vec<Diagnostic>,
     secrets: Vec<Secret>,
+    /// The variables secrets were taken from, in the order met.
+    secret_vars: Vec<String>,
 }
 
 impl Loader<'_> {
@@ -183,7 +196,8 @@ impl Loader<'_> {
             file: PathBuf::new(),
             server: server?,
             hooks,
-            secrets: Vec::new(),
+            secrets: Secrets::default(),
+            secret_vars: Vec::new(),
         })
     }
 
@@ -191,11 +205,13 @@ impl Loader<'_> {
         let listen = match raw.listen {
             Some(listen) => {
                 let span = listen.span();
-                let text = self.expand("server.listen", &listen);
+                // A port is no secret: what `listen` takes from the environment is not hidden.
+                let text = self.expand("server.listen", &listen, false);
                 text.and_then(|text| match text.parse() {
                     Ok(addr) => Some(addr),
                     Err(_) => {
-                        let shown = self.redact(&text);
+                        // As written: what a variable holds is not shown.
+                        let shown = listen.get_ref();
                         let message = format!("server.listen: `{shown}` is not an IP:PORT address");
                         self.error(span, message);
                         None
@@ -205,7 +221,7 @@ impl Loader<'_> {
             None => None,
         };
         let token = raw.token.and_then(|token| {
-            let value = self.expand("server.token", &token)?;
+            let value = self.expand("server.token", &token, true)?;
             if value.is_empty() {
                 self.error(token.span(), "server.token: must not be empty");
                 return None;
@@ -235,9 +251,12 @@ impl Loader<'_> {
             Some(n) => n.into_inner(),
             None => DEFAULT_DEDUP_CAPACITY,
         };
-        let journal = match raw.journal.as_deref() {
-            Some("off") => None,
-            Some(path) => Some(self.dir.join(path)),
+        let journal = match raw.journal {
+            Some(journal) => match self.expand("server.journal", &journal, true).as_deref() {
+                Some("off") => None,
+                Some(path) => Some(self.dir.join(path)),
+                None => None,
+            },
             None => Some(self.dir.join(DEFAULT_JOURNAL)),
         };
         Server {
@@ -342,7 +361,7 @@ impl Loader<'_> {
             self.error(span.clone(), message);
         }
         let path = raw.path.and_then(|path| {
-            let value = self.expand(&key("path"), &path)?;
+            let value = self.expand(&key("path"), &path, true)?;
             if !value.starts_with('/') {
                 let message = format!("{}: must start with `/`", key("path"));
                 self.error(path.span(), message);
@@ -394,6 +413,12 @@ impl Loader<'_> {
             action: action?,
             workdir: workdir.into(),
             env: env.into(),
+            pass_env: raw
+                .pass_env
+                .or_else(|| defaults.pass_env.clone())
+                .unwrap_or_default(),
+            hidden_env: Arc::new([]),
+            output_secrets: Secrets::default(),
             stdin: raw.stdin.or(defaults.stdin).unwrap_or_default(),
             timeout: duration(raw.timeout.or(defaults.timeout), Duration::from_secs(300)),
             kill_grace: duration(
@@ -417,16 +442,18 @@ impl Loader<'_> {
         }
     }
 
-    /// Expands `${NAME}` and `$$` in `text`, recording each value taken as a secret.
-    fn expand(&mut self, key: &str, text: &Spanned<String>) -> Option<String> {
+    /// Expands `${NAME}` and `$$` in `text`; with `secret`, records each value taken as a
+    /// secret and its variable as one that commands do not inherit.
+    fn expand(&mut self, key: &str, text: &Spanned<String>, secret: bool) -> Option<String> {
         match expand_vars(text.get_ref(), self.env) {
             Ok((value, taken)) => {
-                for (name, taken) in taken {
-                    if !taken.is_empty() && !self.secrets.iter().any(|s| s.value == taken) {
-                        self.secrets.push(Secret {
-                            value: taken,
-                            shown: format!("${{{name}}}"),
-                        });
+                for (name, taken) in taken.into_iter().filter(|_| secret) {
+                    self.secrets.push(Secret {
+                        value: taken,
+                        shown: format!("${{{name}}}"),
+                    });
+                    if !self.secret_vars.contains(&name) {
+                        self.secret_vars.push(name);
                     }
                 }
                 Some(value)
@@ -436,13 +463,6 @@ impl Loader<'_> {
                 None
             }
         }
-    }
-
-    fn redact(&self, text: &str) -> String {
-        // Longest first, as in `parse`: a secret containing another is hidden whole.
-        let mut secrets = self.secrets.clone();
-        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.value.len()));
-        redact(&secrets, text)
     }
 }
 

@@ -825,6 +825,49 @@ command = "true"
 }
 
 #[test]
+fn the_variables_of_secrets_are_hidden_from_hooks_unless_passed() {
+    let text = r#"
+[server]
+listen = "${LISTEN_HOST}:9000"
+token = "${CMQHOOK_TOKEN}"
+journal = "${INNER}/j.db"
+
+[defaults]
+pass_env = ["INNER"]
+
+[hooks.a]
+path = "/cmq/${DEPLOY_SECRET}"
+command = "true"
+
+[hooks.b]
+pass_env = ["DEPLOY_SECRET", "HOME"]
+command = "true"
+"#;
+    let config = parse(text);
+    assert_eq!(
+        config.server.journal.as_deref(),
+        Some(Path::new("/some/dir/ab12/j.db"))
+    );
+    let hidden = |name: &str| hook(&config, name).hidden_env.to_vec();
+    assert_eq!(hidden("a"), ["CMQHOOK_TOKEN", "DEPLOY_SECRET"]);
+    assert_eq!(hidden("b"), ["CMQHOOK_TOKEN", "INNER"]);
+    let warnings = config.warnings().join("\n");
+    assert!(
+        warnings.contains("hook `b`: pass_env names `HOME`"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("`DEPLOY_SECRET`"), "{warnings}");
+    // INNER (4 characters) is too short to look for in output; the others are not.
+    assert!(
+        warnings.contains("`${INNER}` is shorter than 6"),
+        "{warnings}"
+    );
+    assert_eq!(warnings.matches("is shorter than").count(), 1, "{warnings}");
+    let output = &hook(&config, "a").output_secrets;
+    assert_eq!(output.redact("ab12 d3pl0y-s3cr3t"), "ab12 ${DEPLOY_SECRET}");
+}
+
+#[test]
 fn a_double_dollar_is_a_literal_dollar() {
     let text = "[server]\ntoken = \"a$$b$$${CMQHOOK_TOKEN}$c\"\n\
                 [hooks.a]\npath = \"/x/$$y\"\ncommand = \"true\"\n";
@@ -880,9 +923,6 @@ fn malformed_references_are_errors() {
 #[test]
 fn nothing_else_is_expanded() {
     let text = r#"
-[server]
-journal = "${NO_SUCH_DIR}/j.db"
-
 [defaults]
 env = { V = "${NO_SUCH_VAR}" }
 
@@ -894,10 +934,6 @@ command = "echo $HOME ${NO_SUCH_VAR} $$ > \"$CMQ_MSG_ID\""
 argv = ["/bin/true", "${NO_SUCH_ARG}", "$$"]
 "#;
     let config = parse(text);
-    assert_eq!(
-        config.server.journal.as_deref(),
-        Some(Path::new("/some/dir/${NO_SUCH_DIR}/j.db"))
-    );
     let sh = hook(&config, "sh");
     assert_eq!(
         sh.action,
@@ -933,7 +969,8 @@ command = "true"
     let config = parse(text);
     assert_eq!(
         config.redact("POST /cmq/d3pl0y-s3cr3t?token=literal-token-value from 127.0.0.2"),
-        "POST /cmq/${DEPLOY_SECRET}?token=<token> from ${LISTEN_HOST}"
+        "POST /cmq/${DEPLOY_SECRET}?token=<token> from 127.0.0.2",
+        "a listen address is no secret"
     );
     assert_eq!(config.redact("nothing secret"), "nothing secret");
 }

@@ -634,6 +634,7 @@ fn run_spec(hook: &Hook, push: &Push, attempt: u32, marker: String) -> CommandSp
         },
         workdir: Arc::clone(&hook.workdir),
         env: Arc::clone(&hook.env),
+        hidden_env: Arc::clone(&hook.hidden_env),
         run_env,
         stdin,
         timeout: hook.timeout,
@@ -642,6 +643,7 @@ fn run_spec(hook: &Hook, push: &Push, attempt: u32, marker: String) -> CommandSp
             hook: hook.name.clone(),
             msg_id: text(&push.msg_id),
         },
+        secrets: hook.output_secrets.clone(),
     }
 }
 

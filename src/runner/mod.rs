@@ -25,6 +25,8 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::secrets::Secrets;
+
 /// How much of the end of stdout and of stderr a report keeps.
 pub const TAIL_BYTES: usize = 4096;
 /// A line longer than this is logged in pieces, so that memory stays bounded.
@@ -45,6 +47,8 @@ pub struct CommandSpec {
     pub workdir: Arc<Path>,
     /// Added to the inherited environment, in order.
     pub env: Arc<[(String, String)]>,
+    /// Removed from the inherited environment.
+    pub hidden_env: Arc<[String]>,
     /// This run's own variables, added after `env`: where a name is in both, these win.
     pub run_env: Vec<(&'static str, String)>,
     /// `None` gives the command `/dev/null`.
@@ -54,6 +58,8 @@ pub struct CommandSpec {
     pub kill_grace: Duration,
     /// Names the run in log lines; nothing else.
     pub label: RunLabel,
+    /// Hidden in the output's log lines and tails.
+    pub secrets: Secrets,
 }
 
 /// What to execute.
@@ -145,6 +151,9 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         (Ok(out), Ok(err)) => (out, err),
         (Err(err), _) | (_, Err(err)) => return failed(err),
     };
+    for name in spec.hidden_env.iter() {
+        command.env_remove(name);
+    }
     command
         .current_dir(&spec.workdir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -182,8 +191,8 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
             }
         });
     }
-    let mut stdout = Output::new(out_read, "stdout", &label);
-    let mut stderr = Output::new(err_read, "stderr", &label);
+    let mut stdout = Output::new(out_read, "stdout", &label, &spec.secrets);
+    let mut stderr = Output::new(err_read, "stderr", &label, &spec.secrets);
 
     // Most commands are done in milliseconds: their output waits in the pipes and is read once
     // they exit, with no drain to register and schedule. A command still running after EAGER
@@ -335,13 +344,19 @@ struct Output {
 }
 
 impl Output {
-    fn new(pipe: PipeReader, stream: &'static str, label: &Arc<RunLabel>) -> Output {
+    fn new(
+        pipe: PipeReader,
+        stream: &'static str,
+        label: &Arc<RunLabel>,
+        secrets: &Secrets,
+    ) -> Output {
         let tail = Arc::new(Mutex::new(Tail::default()));
         let sink = Sink {
             stream,
             label: Arc::clone(label),
             tail: Arc::clone(&tail),
             line: Vec::new(),
+            secrets: secrets.clone(),
         };
         Output {
             reading: Some((pipe, sink)),
@@ -403,52 +418,63 @@ impl Output {
     fn tail(&self) -> Vec<u8> {
         self.tail
             .lock()
-            .map(|tail| tail.0.clone())
+            .map(|tail| tail.last().to_vec())
             .unwrap_or_default()
     }
 }
 
-/// Where a stream's bytes go: its tail, and the log, a line at a time.
+/// Where a stream's bytes go, a line at a time: the log and the tail, secrets redacted in both.
 struct Sink {
     stream: &'static str,
     label: Arc<RunLabel>,
     tail: Arc<Mutex<Tail>>,
     /// The line read so far.
     line: Vec<u8>,
+    secrets: Secrets,
 }
 
 impl Sink {
     fn consume(&mut self, data: &[u8]) {
-        if let Ok(mut tail) = self.tail.lock() {
-            tail.push(data);
-        }
         for piece in data.split_inclusive(|&b| b == b'\n') {
             match piece.strip_suffix(b"\n") {
                 Some(end) => {
                     self.line.extend_from_slice(end);
-                    log_line(&self.label, self.stream, &self.line);
-                    self.line.clear();
+                    self.emit(self.line.len(), b"\n");
                 }
                 None => {
                     self.line.extend_from_slice(piece);
                     if self.line.len() >= MAX_LINE {
-                        log_line(&self.label, self.stream, &self.line);
-                        self.line.clear();
+                        // Cut before what might be the start of a secret, so that it is
+                        // redacted whole in the next piece.
+                        let held = self.secrets.unfinished_suffix(&self.line);
+                        self.emit(self.line.len() - held, b"");
                     }
                 }
             }
         }
     }
 
+    /// Logs and keeps the first `len` bytes of the line, followed in the tail by `end`.
+    fn emit(&mut self, len: usize, end: &[u8]) {
+        let line = self.secrets.redact_bytes(&self.line[..len]);
+        log_line(&self.label, self.stream, &line);
+        if let Ok(mut tail) = self.tail.lock() {
+            tail.push(&line);
+            tail.push(end);
+        }
+        self.line.drain(..len);
+    }
+
     /// The end of the stream: a last line without its newline is logged too.
     fn finish(&mut self) {
         if !self.line.is_empty() {
-            log_line(&self.label, self.stream, &self.line);
-            self.line.clear();
+            self.emit(self.line.len(), b"");
         }
     }
 }
 
+/// The last [`TAIL_BYTES`] of a stream. Holds up to twice that, so that dropping the oldest
+/// bytes costs one move per [`TAIL_BYTES`] pushed, not one per line.
 #[derive(Default)]
 struct Tail(Vec<u8>);
 
@@ -459,11 +485,15 @@ impl Tail {
             self.0.extend_from_slice(&data[data.len() - TAIL_BYTES..]);
             return;
         }
-        self.0.extend_from_slice(data);
-        if self.0.len() > TAIL_BYTES {
+        if self.0.len() + data.len() > 2 * TAIL_BYTES {
             let excess = self.0.len() - TAIL_BYTES;
             self.0.drain(..excess);
         }
+        self.0.extend_from_slice(data);
+    }
+
+    fn last(&self) -> &[u8] {
+        &self.0[self.0.len().saturating_sub(TAIL_BYTES)..]
     }
 }
 
@@ -496,6 +526,9 @@ async fn drain(mut pipe: impl AsyncRead + Unpin, mut sink: Sink) {
 
 fn log_line(label: &RunLabel, stream: &'static str, line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return;
+    }
     tracing::info!(
         target: "cmqhook::output",
         hook = %label.hook,
@@ -515,11 +548,13 @@ mod tests {
             program,
             workdir: Path::new("/").into(),
             env: Arc::new([]),
+            hidden_env: Arc::new([]),
             run_env: Vec::new(),
             stdin: None,
             timeout: Duration::from_secs(10),
             kill_grace: Duration::from_millis(100),
             label: RunLabel::default(),
+            secrets: Secrets::default(),
         }
     }
 
@@ -600,11 +635,51 @@ mod tests {
         let mut tail = Tail::default();
         tail.push(b"hello ");
         tail.push(b"world");
-        assert_eq!(tail.0, b"hello world");
+        assert_eq!(tail.last(), b"hello world");
         tail.push(&vec![b'x'; TAIL_BYTES - 2]);
-        assert_eq!(tail.0.len(), TAIL_BYTES);
-        assert!(tail.0.starts_with(b"ld"));
+        assert_eq!(tail.last().len(), TAIL_BYTES);
+        assert!(tail.last().starts_with(b"ld"));
         tail.push(&vec![b'y'; TAIL_BYTES * 3]);
-        assert_eq!(tail.0, vec![b'y'; TAIL_BYTES]);
+        assert_eq!(tail.last(), vec![b'y'; TAIL_BYTES]);
+        for n in 0..10_000u32 {
+            tail.push(format!("{n}\n").as_bytes());
+            assert!(tail.0.len() <= 2 * TAIL_BYTES);
+        }
+        assert!(tail.last().ends_with(b"9998\n9999\n"));
+        assert_eq!(tail.last().len(), TAIL_BYTES);
+    }
+
+    #[tokio::test]
+    async fn secrets_are_redacted_in_the_tail_also_across_a_long_line() {
+        use crate::secrets::Secret;
+        let secret = "s3cr3t-value";
+        // The secret straddles the point where a long line is cut into pieces.
+        let script = format!(
+            "head -c {} /dev/zero | tr '\\0' x; printf '{secret}\\n{secret} end\\n'",
+            MAX_LINE - 4
+        );
+        let report = run(CommandSpec {
+            secrets: Secrets::new(vec![Secret {
+                value: secret.to_owned(),
+                shown: "${S}".to_owned(),
+            }]),
+            ..shell(&script)
+        })
+        .await;
+        assert!(report.outcome.succeeded(), "{:?}", report.outcome);
+        let tail = String::from_utf8_lossy(&report.stdout_tail);
+        assert!(tail.ends_with("x${S}\n${S} end\n"), "{tail}");
+        assert!(!tail.contains("s3cr"), "{tail}");
+    }
+
+    #[tokio::test]
+    async fn hidden_variables_are_not_inherited() {
+        let report = run(CommandSpec {
+            env: Arc::new([("KEPT".to_owned(), "k".to_owned())]),
+            hidden_env: Arc::new(["HOME".to_owned()]),
+            ..shell("printf '%s/%s' \"${HOME-unset}\" \"$KEPT\"")
+        })
+        .await;
+        assert_eq!(report.stdout_tail, b"unset/k");
     }
 }
