@@ -54,35 +54,62 @@ pub fn token_matches(expected: &str, presented: Option<impl AsRef<str>>) -> bool
     same_bytes & (a.len() == b.len())
 }
 
+/// Why a trusted proxy's `X-Forwarded-For` cannot be believed: the push is refused (400)
+/// rather than taken as coming from the proxy itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadForwardedFor {
+    #[error("X-Forwarded-For from a trusted proxy is not valid UTF-8")]
+    NotText,
+    #[error("X-Forwarded-For from a trusted proxy has an entry that is not an IP address")]
+    NotAnAddress,
+}
+
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the rightmost
-/// `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+/// `X-Forwarded-For` entry that is not itself a trusted proxy. `forwarded_for` is every line
+/// of the header joined into one list ([`crate::cmq::header_text`]).
+pub fn client_address(
+    peer: IpAddr,
+    forwarded_for: Result<Option<&str>, std::str::Utf8Error>,
+    trusted: &[IpNet],
+) -> Result<IpAddr, BadForwardedFor> {
     let peer = canonical(peer);
     if !trusted.iter().any(|net| net.contains(&peer)) {
-        return peer;
+        return Ok(peer);
     }
-    let Some(header) = forwarded_for else {
-        return peer;
-    };
+    let header = forwarded_for.map_err(|_| BadForwardedFor::NotText)?;
     let mut client = peer;
-    for entry in header.rsplit(',') {
-        match entry.trim().parse::<IpAddr>() {
-            Ok(address) => {
-                client = canonical(address);
-                if !trusted.iter().any(|net| net.contains(&client)) {
-                    return client;
-                }
-            }
-            // An unparsable entry ends what can be believed.
-            Err(_) => return client,
+    // Empty list items are ignored (RFC 9110 §5.6.1).
+    let entries = header.unwrap_or_default().rsplit(',').map(str::trim);
+    for entry in entries.filter(|entry| !entry.is_empty()) {
+        // Some proxies add the client's port.
+        let address = entry
+            .parse::<IpAddr>()
+            .or_else(|_| entry.parse::<std::net::SocketAddr>().map(|addr| addr.ip()))
+            .map_err(|_| BadForwardedFor::NotAnAddress)?;
+        client = canonical(address);
+        if !trusted.iter().any(|net| net.contains(&client)) {
+            return Ok(client);
         }
     }
-    client
+    Ok(client)
 }
 
 /// Whether `client` may push; an empty allowlist admits everyone.
 pub fn allowed(client: IpAddr, allow: &[IpNet]) -> bool {
     allow.is_empty() || allow.iter().any(|net| net.contains(&canonical(client)))
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it maps
+/// (`10.0.0.0/8`), so that it matches IPv4 clients, which are compared as IPv4.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map_or(net, |v4| IpNet::V4(v4.trunc())),
+            None => net,
+        },
+        other => other,
+    }
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) as IPv4.
@@ -160,17 +187,54 @@ mod tests {
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted = nets(&["10.0.0.0/8"]);
+        let client = |peer: &str, xff: Option<&str>| client_address(ip(peer), Ok(xff), &trusted);
         let xff = Some("6.6.6.6, 1.2.3.4, 10.0.0.2");
-        assert_eq!(client_address(ip("10.0.0.1"), xff, &trusted), ip("1.2.3.4"));
-        assert_eq!(client_address(ip("8.8.8.8"), xff, &trusted), ip("8.8.8.8"));
+        assert_eq!(client("10.0.0.1", xff), Ok(ip("1.2.3.4")));
+        assert_eq!(client("8.8.8.8", xff), Ok(ip("8.8.8.8")));
+        assert_eq!(client("10.0.0.1", None), Ok(ip("10.0.0.1")));
         assert_eq!(
-            client_address(ip("10.0.0.1"), None, &trusted),
-            ip("10.0.0.1")
+            client("::ffff:10.0.0.1", Some("1.2.3.4")),
+            Ok(ip("1.2.3.4"))
+        );
+        // Two header lines, joined: the rightmost untrusted entry is the second line's.
+        assert_eq!(
+            client("10.0.0.1", Some("10.0.0.5, 6.6.6.6")),
+            Ok(ip("6.6.6.6"))
         );
         assert_eq!(
-            client_address(ip("::ffff:10.0.0.1"), Some("1.2.3.4"), &trusted),
-            ip("1.2.3.4")
+            client("10.0.0.1", Some("1.2.3.4:5678, ,")),
+            Ok(ip("1.2.3.4"))
         );
+        assert_eq!(client("10.0.0.1", Some("[::1]:80")), Ok(ip("::1")));
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarded_for_that_cannot_be_read_fails_closed() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let not_text = std::str::from_utf8(b"\xff").map(Some);
+        assert_eq!(
+            client_address(ip("10.0.0.1"), not_text, &trusted),
+            Err(BadForwardedFor::NotText)
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), Ok(Some("1.2.3.4, unknown")), &trusted),
+            Err(BadForwardedFor::NotAnAddress)
+        );
+        // From anyone else it is not read at all.
+        assert_eq!(
+            client_address(ip("8.8.8.8"), not_text, &trusted),
+            Ok(ip("8.8.8.8"))
+        );
+    }
+
+    #[test]
+    fn mapped_networks_are_read_as_ipv4() {
+        let net = |text: &str| canonical_net(text.parse().expect("cidr"));
+        assert_eq!(net("::ffff:127.0.0.1/128"), nets(&["127.0.0.1/32"])[0]);
+        assert_eq!(net("::ffff:10.1.2.3/104"), nets(&["10.0.0.0/8"])[0]);
+        assert_eq!(net("2001:db8::/32"), nets(&["2001:db8::/32"])[0]);
+        assert_eq!(net("10.0.0.0/8"), nets(&["10.0.0.0/8"])[0]);
+        assert!(allowed(ip("127.0.0.1"), &[net("::ffff:127.0.0.1/128")]));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `history`.
 
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -215,13 +215,31 @@ pub enum CliError {
     Journal(#[from] JournalError),
     #[error("cannot write a delivery as JSON: {0}")]
     HistoryJson(#[from] serde_json::Error),
+    /// Standard output cannot be written; a reader that went away is [`CliError::is_closed_stdout`].
+    #[error("cannot write to standard output: {0}")]
+    Stdout(std::io::Error),
+}
+
+/// `println!` that returns an error instead of panicking when standard output is closed, as it
+/// is for `cmqhook history | head -1`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(CliError::Stdout)
+    };
 }
 
 impl CliError {
+    /// Whether this is standard output closed by its reader.
+    pub fn is_closed_stdout(&self) -> bool {
+        matches!(self, CliError::Stdout(err) if err.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+
     /// The process's exit status for this error: 1 for every one of them (SPEC §1); clap's
-    /// own usage errors exit 2 before any command runs.
+    /// own usage errors exit 2 before any command runs, and a closed standard output exits
+    /// 141, as a shell reports a command killed by SIGPIPE.
     pub fn exit_code(&self) -> ExitCode {
         match self {
+            err if err.is_closed_stdout() => ExitCode::from(141),
             CliError::Config(_)
             | CliError::Serve(_)
             | CliError::BodyFile { .. }
@@ -231,7 +249,8 @@ impl CliError {
             | CliError::Send(_)
             | CliError::JournalOff { .. }
             | CliError::Journal(_)
-            | CliError::HistoryJson(_) => ExitCode::FAILURE,
+            | CliError::HistoryJson(_)
+            | CliError::Stdout(_) => ExitCode::FAILURE,
         }
     }
 }
@@ -254,6 +273,10 @@ pub fn main() -> ExitCode {
         Command::History(args) => history(&args),
     };
     result.unwrap_or_else(|err| {
+        // The reader left (`| head -1`): nothing to say about it.
+        if err.is_closed_stdout() {
+            return err.exit_code();
+        }
         // A config error is one diagnostic a line; each gets the prefix.
         for line in err.to_string().lines() {
             eprintln!("error: {line}");
@@ -264,14 +287,14 @@ pub fn main() -> ExitCode {
 
 fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
     let config = Config::load(&args.config)?;
-    println!(
+    say!(
         "{}: valid, {} hook{}",
         config.file.display(),
         config.hooks.len(),
         if config.hooks.len() == 1 { "" } else { "s" }
-    );
+    )?;
     for hook in &config.hooks {
-        println!("{}", describe(hook));
+        say!("{}", describe(hook))?;
     }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
@@ -319,7 +342,7 @@ fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
         .parse(config.server.format, &args.push.path)?;
     let matched = config.route(&push);
     for hook in &matched {
-        println!("{}", hook.name);
+        say!("{}", hook.name)?;
     }
     Ok(if matched.is_empty() {
         ExitCode::FAILURE
@@ -371,12 +394,12 @@ fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
             detail.push(error.clone());
         }
         detail.push(format!("{} ms", result.duration_ms));
-        println!(
+        say!(
             "{}: {} ({})",
             result.hook,
             result.outcome.as_str(),
             detail.join(", ")
-        );
+        )?;
     }
     Ok(if answer.verdict == Verdict::Succeeded {
         ExitCode::SUCCESS
@@ -398,11 +421,11 @@ fn send(args: &SendArgs) -> Result<ExitCode, CliError> {
     };
     let headers: Vec<ExtraHeader> = args.token.iter().chain(&args.headers).cloned().collect();
     let reply = send_push(&args.url, &push, &headers)?;
-    println!(
+    say!(
         "{}",
         format!("{} {}", reply.status, reply.reason).trim_end()
-    );
-    println!("{}", String::from_utf8_lossy(&reply.body));
+    )?;
+    say!("{}", String::from_utf8_lossy(&reply.body))?;
     Ok(if (200..300).contains(&reply.status) {
         ExitCode::SUCCESS
     } else {
@@ -427,9 +450,9 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
     for delivery in &deliveries {
         if args.json {
             let line = serde_json::to_string(delivery)?;
-            println!("{line}");
+            say!("{line}")?;
         } else {
-            println!("{}", history_line(delivery));
+            say!("{}", telemetry::escaped(&history_line(delivery)))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -465,6 +488,12 @@ fn history_line(delivery: &HistoryRow) -> String {
     }
     if let Some(path) = &delivery.path {
         line.push_str(&format!("  path={path}"));
+    }
+    if let Some(topic) = &delivery.topic {
+        line.push_str(&format!("  topic={topic}"));
+    }
+    if let Some(subscription) = &delivery.subscription {
+        line.push_str(&format!("  subscription={subscription}"));
     }
     line
 }

@@ -4,6 +4,8 @@
 //! (CMQ-PROTOCOL.md). Knows nothing of HTTP frameworks, hooks or processes: bodies are bytes
 //! throughout, and the message handed on is byte-exact.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
@@ -38,7 +40,27 @@ impl Format {
     }
 }
 
-/// The three CMQ headers, already looked up case-insensitively by the caller.
+/// The longest message id read: CMQ's are short, and a longer one could not be passed to a
+/// command (`CMQ_MSG_ID`) or journaled at every retry.
+pub const MAX_MESSAGE_ID: usize = 1024;
+
+/// A header's value: its lines, in order, joined into one comma-separated list (RFC 9110
+/// §5.3); `Ok(None)` when it is absent, an error when a line is not UTF-8.
+pub fn header_text<'a>(
+    lines: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<Cow<'a, str>>, std::str::Utf8Error> {
+    let mut text: Option<Cow<'a, str>> = None;
+    for line in lines {
+        let line = std::str::from_utf8(line)?;
+        text = Some(match text {
+            None => Cow::Borrowed(line),
+            Some(joined) => Cow::Owned(format!("{joined}, {line}")),
+        });
+    }
+    Ok(text)
+}
+
+/// The three CMQ headers, already looked up case-insensitively and read by [`header_text`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PushHeaders<'a> {
     pub message_id: Option<&'a str>,
@@ -73,6 +95,9 @@ pub struct Push {
 pub enum PushError {
     #[error("body is not a CMQ JSON envelope: {0}")]
     NotEnvelope(String),
+    /// The message id cannot be run or journaled as it is.
+    #[error("message id {0}")]
+    BadMessageId(&'static str),
 }
 
 /// Reads one push. Only `format = "json"` can fail; `auto` falls back to SIMPLIFIED.
@@ -121,8 +146,37 @@ pub fn parse_push(
         push.subscription = envelope.subscription_name;
         push.topic_owner = envelope.topic_owner.map(|Scalar(owner)| owner);
         push.publish_time = envelope.publish_time.map(|Scalar(time)| time);
+        let passed = [
+            &push.topic,
+            &push.subscription,
+            &push.topic_owner,
+            &push.publish_time,
+        ];
+        if passed
+            .into_iter()
+            .flatten()
+            .any(|value| value.contains('\0'))
+        {
+            return Err(PushError::NotEnvelope(
+                "a field passed to commands holds a NUL byte".to_owned(),
+            ));
+        }
+    }
+    if let Some(id) = &push.msg_id {
+        check_message_id(id)?;
     }
     Ok(push)
+}
+
+/// A message id must fit in the environment and on one log line.
+fn check_message_id(id: &str) -> Result<(), PushError> {
+    if id.len() > MAX_MESSAGE_ID {
+        return Err(PushError::BadMessageId("is longer than 1024 bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(PushError::BadMessageId("holds control characters"));
+    }
+    Ok(())
 }
 
 /// Splits `x-cmq-message-tag` on `,`, trims spaces and tabs, drops empty items.
@@ -488,6 +542,49 @@ mod tests {
         assert_eq!(push.format, Format::Simplified);
         assert_eq!(push.topic, None);
         assert_eq!(&push.body[..], b"line\n\0end");
+    }
+
+    #[test]
+    fn repeated_header_lines_are_one_list_and_bytes_that_are_not_utf8_an_error() {
+        let none: [&[u8]; 0] = [];
+        assert_eq!(header_text(none), Ok(None));
+        let one = header_text([&b"a, b"[..]]).expect("utf-8");
+        assert!(matches!(one, Some(Cow::Borrowed("a, b"))));
+        let two = header_text([&b"a"[..], b"b, c"]).expect("utf-8");
+        assert_eq!(two.as_deref(), Some("a, b, c"));
+        assert!(header_text([&b"a"[..], b"\xff"]).is_err());
+    }
+
+    #[test]
+    fn a_message_id_too_long_or_with_control_characters_is_refused() {
+        let parse = |id: &str, body: &[u8]| {
+            parse_push(
+                FormatSetting::Auto,
+                "/",
+                headers(Some(id)),
+                Bytes::copy_from_slice(body),
+            )
+        };
+        let longest = "i".repeat(MAX_MESSAGE_ID);
+        assert!(parse(&longest, b"x").is_ok());
+        let too_long = "i".repeat(MAX_MESSAGE_ID + 1);
+        assert!(matches!(
+            parse(&too_long, b"x"),
+            Err(PushError::BadMessageId(_))
+        ));
+        for id in ["a\nb", "a\rb", "a\u{1b}[31m", "a\0b", "a\u{7f}"] {
+            assert!(
+                matches!(parse(id, b"x"), Err(PushError::BadMessageId(_))),
+                "{id:?}"
+            );
+        }
+        // The envelope's msgId too, and NUL in a field that becomes a variable.
+        let envelope = SEED.replace("6942316962", "69\\n42");
+        let err = parse("69\n42", envelope.as_bytes()).expect_err("control");
+        assert!(matches!(err, PushError::BadMessageId(_)), "{err}");
+        let nul_topic = SEED.replace("MyTopic", "My\\u0000Topic");
+        let err = parse("6942316962", nul_topic.as_bytes()).expect_err("NUL");
+        assert!(err.to_string().contains("NUL"), "{err}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::access::{allowed, client_address, presented_token, token_matches};
-use crate::cmq::{PushHeaders, parse_push, parse_tags};
+use crate::cmq::{MAX_MESSAGE_ID, PushError, PushHeaders, header_text, parse_push, parse_tags};
 use crate::config::Unmatched;
 use crate::dispatch::{Answer, Dispatcher, Refusal, Refused, Verdict};
 use crate::telemetry::metrics;
@@ -105,15 +105,23 @@ async fn push(
 ) -> HttpResponse {
     let started = Instant::now();
     let config = dispatcher.config();
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
-    };
-    let headers = PushHeaders {
-        message_id: header("x-cmq-message-id"),
-        request_id: header("x-cmq-request-id"),
-        message_tag: header("x-cmq-message-tag"),
+    let lines = |name: &str| req.headers().get_all(name).map(|value| value.as_bytes());
+    // Every line of a header, as one list; `Err` when a line is not UTF-8.
+    let header = |name: &str| header_text(lines(name));
+    let (message_id, request_id, message_tag) = (
+        header("x-cmq-message-id"),
+        header("x-cmq-request-id"),
+        header("x-cmq-message-tag"),
+    );
+    // What a refusal records of them: readable, and no more of an id than a valid one holds.
+    let shown = |name: &str| {
+        let text =
+            String::from_utf8_lossy(&lines(name).collect::<Vec<_>>().join(&b", "[..])).into_owned();
+        let mut end = text.len().min(MAX_MESSAGE_ID);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        (!text.is_empty()).then(|| text[..end].to_owned())
     };
     // Redacted once, for the log, the journal and every run's row.
     let path: Arc<str> = config.redact(req.path()).into();
@@ -124,18 +132,20 @@ async fn push(
             .with_label_values(&[refusal.reason()])
             .inc();
         metrics().pushes.with_label_values(&[status.as_str()]).inc();
+        let (msg_id, request_id) = (shown("x-cmq-message-id"), shown("x-cmq-request-id"));
+        let tags = shown("x-cmq-message-tag");
         dispatcher.refuse(
             refusal,
             &Refused {
-                msg_id: headers.message_id,
-                request_id: headers.request_id,
+                msg_id: msg_id.as_deref(),
+                request_id: request_id.as_deref(),
                 path: &path,
-                tags: headers.message_tag.map(parse_tags).unwrap_or_default(),
+                tags: tags.as_deref().map(parse_tags).unwrap_or_default(),
             },
         );
         tracing::info!(
-            msg_id = headers.message_id.unwrap_or(""),
-            request_id = headers.request_id.unwrap_or(""),
+            msg_id = msg_id.as_deref().unwrap_or(""),
+            request_id = request_id.as_deref().unwrap_or(""),
             path = %path,
             status = status.as_u16(),
             duration_ms = started.elapsed().as_millis() as u64,
@@ -156,16 +166,29 @@ async fn push(
     let server = &config.server;
     let peer = req.peer_addr().map(|addr| addr.ip());
     if let Some(peer) = peer {
-        let client = client_address(peer, header("x-forwarded-for"), &server.trusted_proxies);
+        let forwarded_for = header("x-forwarded-for");
+        let forwarded_for = forwarded_for
+            .as_ref()
+            .map(Option::as_deref)
+            .map_err(|err| *err);
+        let client = match client_address(peer, forwarded_for, &server.trusted_proxies) {
+            Ok(client) => client,
+            Err(err) => return refuse(Refusal::BadHeader, err.to_string()),
+        };
         if !allowed(client, &server.allow) {
             return refuse(Refusal::Forbidden, format!("{client} is not allowed"));
         }
     }
     if let Some(token) = &server.token {
+        // A token header that is not text carries no token.
+        let (token_header, authorization) = (
+            header("x-cmqhook-token").ok().flatten(),
+            header(header::AUTHORIZATION.as_str()).ok().flatten(),
+        );
         let presented = presented_token(
             req.query_string(),
-            header("x-cmqhook-token"),
-            header(header::AUTHORIZATION.as_str()),
+            token_header.as_deref(),
+            authorization.as_deref(),
         );
         if !token_matches(token, presented) {
             return refuse(Refusal::Unauthorized, "missing or wrong token".to_owned());
@@ -178,7 +201,10 @@ async fn push(
             format!("body larger than max_body ({max_body} bytes)"),
         )
     };
-    let declared = header(header::CONTENT_LENGTH.as_str()).and_then(|len| len.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|len| len.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body) {
         return too_large();
     }
@@ -198,9 +224,25 @@ async fn push(
         }
         Body::TooLarge => return too_large(),
     };
+    let unreadable = |name: &str| format!("header {name} is not valid UTF-8");
+    let headers = match (&message_id, &request_id, &message_tag) {
+        (Ok(message_id), Ok(request_id), Ok(message_tag)) => PushHeaders {
+            message_id: message_id.as_deref(),
+            request_id: request_id.as_deref(),
+            message_tag: message_tag.as_deref(),
+        },
+        (Err(_), _, _) => return refuse(Refusal::BadHeader, unreadable("x-cmq-message-id")),
+        (_, Err(_), _) => return refuse(Refusal::BadHeader, unreadable("x-cmq-request-id")),
+        (_, _, Err(_)) => return refuse(Refusal::BadHeader, unreadable("x-cmq-message-tag")),
+    };
     let push = match parse_push(config.server.format, req.path(), headers, body) {
         Ok(push) => push,
-        Err(err) => return refuse(Refusal::NotEnvelope, err.to_string()),
+        Err(err @ PushError::NotEnvelope(_)) => {
+            return refuse(Refusal::NotEnvelope, err.to_string());
+        }
+        Err(err @ PushError::BadMessageId(_)) => {
+            return refuse(Refusal::BadMessageId, err.to_string());
+        }
     };
     let request_id = push.request_id.clone().unwrap_or_default();
     let answer = dispatcher.dispatch(push, Arc::clone(&path)).await;

@@ -1,6 +1,16 @@
 //! Logging: the `tracing` subscriber, text or JSON, filtered by `RUST_LOG` or `-v`/`-q`.
+//!
+//! Text lines escape every control character in every field ([`EscapedFields`]), so that
+//! neither a command's output nor a push's data can forge a log line or reach a terminal as an
+//! escape sequence; JSON lines are escaped by JSON itself.
 
+use std::fmt;
+
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -27,9 +37,98 @@ pub fn init(format: LogFormat, verbosity: i8) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(EscapedFields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Writes an event's fields as `message name="text" name=value`: strings quoted, and every
+/// control character of every value escaped (`\n`, `\r`, `\t`, `\x1b`, `\u{85}`).
+pub struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = FieldWriter {
+            writer,
+            result: Ok(()),
+            first: true,
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct FieldWriter<'writer> {
+    writer: Writer<'writer>,
+    result: fmt::Result,
+    first: bool,
+}
+
+impl FieldWriter<'_> {
+    fn write(&mut self, field: &Field, value: &str, quoted: bool) {
+        if self.result.is_err() {
+            return;
+        }
+        let first = std::mem::replace(&mut self.first, false);
+        self.result = (|| {
+            if !first {
+                self.writer.write_char(' ')?;
+            }
+            let message = field.name() == "message";
+            if !message {
+                write!(self.writer, "{}=", field.name())?;
+            }
+            let quote = quoted && !message;
+            if quote {
+                self.writer.write_char('"')?;
+            }
+            write_escaped(&mut self.writer, value, quote)?;
+            if quote {
+                self.writer.write_char('"')?;
+            }
+            Ok(())
+        })();
+    }
+}
+
+impl Visit for FieldWriter<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.write(field, value, true);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        self.write(field, &text, false);
+    }
+}
+
+/// `text` with control characters escaped; inside quotes, quotes and backslashes too.
+pub fn write_escaped(out: &mut impl fmt::Write, text: &str, quoted: bool) -> fmt::Result {
+    for ch in text.chars() {
+        match ch {
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            '"' | '\\' if quoted => {
+                out.write_char('\\')?;
+                out.write_char(ch)?;
+            }
+            ch if ch.is_control() && (ch as u32) < 0x100 => write!(out, "\\x{:02x}", ch as u32)?,
+            ch if ch.is_control() => write!(out, "\\u{{{:x}}}", ch as u32)?,
+            ch => out.write_char(ch)?,
+        }
+    }
+    Ok(())
+}
+
+/// `text` with control characters escaped, for a terminal.
+pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let _ = write_escaped(&mut out, text, false);
+    std::borrow::Cow::Owned(out)
 }
 
 /// The Prometheus series of SPEC §7, plus queue depth and rejected pushes by reason.
@@ -142,5 +241,22 @@ impl Metrics {
             tracing::error!(error = %err, "cannot encode metrics");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escaped("plain"), "plain");
+        assert_eq!(
+            escaped("a\nb\r\tc\u{1b}[31m\u{7f}\u{85}"),
+            "a\\nb\\r\\tc\\x1b[31m\\x7f\\x85"
+        );
+        let mut quoted = String::new();
+        write_escaped(&mut quoted, "say \"hi\" \\ \n", true).expect("writes");
+        assert_eq!(quoted, "say \\\"hi\\\" \\\\ \\n");
     }
 }

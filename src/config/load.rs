@@ -288,7 +288,8 @@ impl Loader<'_> {
                 .parse::<IpNet>()
                 .or_else(|_| text.get_ref().parse::<std::net::IpAddr>().map(IpNet::from));
             match parsed {
-                Ok(net) => networks.push(net),
+                // IPv4 clients are compared as IPv4, so a mapped network is written as one.
+                Ok(net) => networks.push(crate::access::canonical_net(net)),
                 Err(_) => {
                     let message =
                         format!("{key}: `{}` is not a CIDR or IP address", text.get_ref());

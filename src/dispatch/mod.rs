@@ -90,6 +90,10 @@ pub enum Refusal {
     Unreadable,
     /// `format = "json"` and the body is not a CMQ envelope.
     NotEnvelope,
+    /// A CMQ header, or `X-Forwarded-For` from a trusted proxy, cannot be read.
+    BadHeader,
+    /// The message id is too long or holds control characters.
+    BadMessageId,
     /// Shutting down.
     Draining,
 }
@@ -102,7 +106,10 @@ impl Refusal {
             Refusal::Unauthorized => 401,
             Refusal::TooLarge => 413,
             Refusal::SlowBody => 408,
-            Refusal::Unreadable | Refusal::NotEnvelope => 400,
+            Refusal::Unreadable
+            | Refusal::NotEnvelope
+            | Refusal::BadHeader
+            | Refusal::BadMessageId => 400,
             Refusal::Draining => 503,
         }
     }
@@ -116,6 +123,8 @@ impl Refusal {
             Refusal::SlowBody => "slow_body",
             Refusal::Unreadable => "unreadable",
             Refusal::NotEnvelope => "not_envelope",
+            Refusal::BadHeader => "bad_header",
+            Refusal::BadMessageId => "bad_message_id",
             Refusal::Draining => "draining",
         }
     }

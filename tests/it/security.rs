@@ -362,7 +362,12 @@ fn shell_syntax_in_topic_and_tags_never_executes() {
 
 /// A server whose one hook records every push.
 fn recording_server(dir: &Dir) -> Server {
-    server(dir, "", &dir.recorder_hook("any"))
+    recording_server_with(dir, "")
+}
+
+/// A server with these `[server]` keys and one catch-all hook running the recorder.
+fn recording_server_with(dir: &Dir, server_keys: &str) -> Server {
+    server(dir, server_keys, &dir.recorder_hook("any"))
 }
 
 #[test]
@@ -583,4 +588,236 @@ fn send_carries_the_token_by_flag_or_by_header() {
     assert_eq!(without.status.code(), Some(1));
     assert!(text(&without.stdout).starts_with("401"));
     assert_eq!(dir.recorded().len(), 3);
+}
+
+/// `request` with the first `@@` replaced by `bytes`: header values a client library would
+/// refuse to send.
+fn with_raw(request: Vec<u8>, bytes: &[u8]) -> Vec<u8> {
+    let at = request
+        .windows(2)
+        .position(|pair| pair == b"@@")
+        .expect("a @@ placeholder");
+    [&request[..at], bytes, &request[at + 2..]].concat()
+}
+
+#[test]
+fn repeated_forwarded_for_lines_are_one_list() {
+    let dir = Dir::new();
+    let server = recording_server_with(
+        &dir,
+        "allow = [\"10.0.0.0/8\"]\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    );
+    let lines = |first: &str, second: &str| {
+        server.post(
+            "/",
+            &[("X-Forwarded-For", first), ("X-Forwarded-For", second)],
+            b"x",
+        )
+    };
+    // A proxy appended the real client on a second line: it is the rightmost entry.
+    let appended = lines("10.0.0.5", "6.6.6.6");
+    assert_eq!(appended.status, 403, "{}", appended.text());
+    assert!(dir.recorded().is_empty());
+    let inside = lines("6.6.6.6", "10.0.0.5");
+    assert_eq!(inside.status, 200, "{}", inside.text());
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn a_trusted_proxys_forwarded_for_that_cannot_be_read_is_400_not_the_proxy_itself() {
+    let dir = Dir::new();
+    // The proxy is inside `allow`: read as "no header", its pushes would be admitted.
+    let server = recording_server_with(
+        &dir,
+        "allow = [\"127.0.0.1/32\"]\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    );
+    for (what, value) in [
+        ("not UTF-8", &b"\xff\xfe6.6.6.6"[..]),
+        ("not an address", b"unknown"),
+        (
+            "a second line not UTF-8",
+            b"127.0.0.1\r\nX-Forwarded-For: \xc3\x28",
+        ),
+    ] {
+        let request = post_request(server.addr, "/", &[("X-Forwarded-For", "@@")], b"x");
+        let response = exchange(server.addr, &with_raw(request, value));
+        assert_eq!(response.status, 400, "{what}: {}", response.text());
+        assert!(response.text().contains("X-Forwarded-For"), "{what}");
+    }
+    assert!(dir.recorded().is_empty());
+    let metrics = server.metrics();
+    let refused = metrics.get("cmqhook_rejected_pushes_total", &[("reason", "bad_header")]);
+    assert_eq!(refused, Some(3.0));
+    // Without the header, the proxy is the client, and it is allowed.
+    assert_eq!(server.post("/", &[], b"x").status, 200);
+}
+
+#[test]
+fn cmq_headers_that_are_not_utf8_get_400_and_run_nothing() {
+    let dir = Dir::new();
+    let server = recording_server(&dir);
+    for name in ["x-cmq-message-id", "x-cmq-request-id", "x-cmq-message-tag"] {
+        let request = post_request(server.addr, "/", &[(name, "@@")], b"x");
+        let response = exchange(server.addr, &with_raw(request, b"id-\xff\xfe"));
+        assert_eq!(response.status, 400, "{name}: {}", response.text());
+        assert!(response.text().contains(name), "{}", response.text());
+    }
+    // A valid id next to an unreadable tag line is no better: the push is not run.
+    let request = post_request(
+        server.addr,
+        "/",
+        &[
+            ("x-cmq-message-id", "m1"),
+            ("x-cmq-message-tag", "a"),
+            ("x-cmq-message-tag", "@@"),
+        ],
+        b"x",
+    );
+    assert_eq!(
+        exchange(server.addr, &with_raw(request, b"\x80")).status,
+        400
+    );
+    assert!(dir.recorded().is_empty());
+    let mut rows = Vec::new();
+    // Refusals are journaled in the background.
+    wait_for(Duration::from_secs(10), || {
+        rows = dir.history(&[]);
+        rows.len() == 4
+    });
+    assert_eq!(rows.len(), 4, "{rows:#?}");
+    let refused = |row: &serde_json::Value| row["outcome"] == "bad_header" && row["status"] == 400;
+    assert!(rows.iter().all(refused), "{rows:#?}");
+}
+
+#[test]
+fn absurd_message_ids_get_400_run_nothing_and_are_kept_truncated() {
+    let dir = Dir::new();
+    let server = recording_server(&dir);
+    let long = "i".repeat(2048);
+    let response = server.post("/", &[("x-cmq-message-id", &long)], b"x");
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("longer than 1024"),
+        "{}",
+        response.text()
+    );
+    let envelope = |id: &str| {
+        serde_json::json!({
+            "TopicOwner": 1, "topicName": "t", "subscriptionName": "s",
+            "msgId": id, "msgBody": "x", "publishTime": 1,
+        })
+        .to_string()
+    };
+    for id in [
+        "x".repeat(1 << 20),
+        "forged\nINFO line".to_owned(),
+        "esc\u{1b}[2J".to_owned(),
+        "nul\0".to_owned(),
+    ] {
+        let response = server.post("/", &[], envelope(&id).as_bytes());
+        assert_eq!(response.status, 400, "{id:.20?}: {}", response.text());
+    }
+    assert!(dir.recorded().is_empty());
+    let mut rows = Vec::new();
+    wait_for(Duration::from_secs(10), || {
+        rows = dir.history(&[]);
+        rows.len() == 5
+    });
+    assert_eq!(rows.len(), 5, "{rows:#?}");
+    for row in &rows {
+        let id = row["msg_id"].as_str().unwrap_or("");
+        assert!(
+            id.len() <= 1024,
+            "a refused id is kept whole: {} bytes",
+            id.len()
+        );
+    }
+    // A valid id of exactly 1 KiB runs.
+    let longest = "i".repeat(1024);
+    assert_eq!(
+        server
+            .post("/", &[("x-cmq-message-id", &longest)], b"x")
+            .status,
+        200
+    );
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn an_ipv4_mapped_allow_entry_admits_its_ipv4_client() {
+    let dir = Dir::new();
+    let server = recording_server_with(&dir, "allow = [\"::ffff:127.0.0.1/128\"]");
+    let response = server.post("/", &[], b"x");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let other = Dir::new();
+    let closed = recording_server_with(&other, "allow = [\"::ffff:10.0.0.0/104\"]");
+    assert_eq!(closed.post("/", &[], b"x").status, 403);
+}
+
+#[test]
+fn control_characters_from_a_push_or_a_command_are_escaped_in_text_logs_and_history() {
+    let dir = Dir::new();
+    // The command prints the topic it was given, escape sequences and a carriage return.
+    let server = server(
+        &dir,
+        "",
+        "[hooks.echo]\ncommand = 'printf \"%s|\\033[2J|a\\rb\\n\" \"$CMQ_TOPIC\"'",
+    );
+    let envelope = serde_json::json!({
+        "TopicOwner": 1, "topicName": "evil\u{1b}]0;owned\u{7}", "subscriptionName": "s\u{9b}31m",
+        "msgId": "m1", "msgBody": "x", "publishTime": 1,
+    });
+    let response = server.post("/", &[], envelope.to_string().as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let line = server
+        .wait_for_log_line(Duration::from_secs(5), &["cmqhook::output"])
+        .expect("the output is logged");
+    assert!(
+        line.contains(r"evil\x1b]0;owned\x07|\x1b[2J|a\rb"),
+        "{line:?}"
+    );
+    let log = server.log_text();
+    for control in ['\u{1b}', '\u{7}', '\r', '\u{9b}'] {
+        assert!(
+            !log.contains(control),
+            "{control:?} reached the log: {log:?}"
+        );
+    }
+    let config = dir.config_file();
+    let config = config.to_str().expect("utf-8 path");
+    let history = cmqhook(&["history", "-c", config], b"");
+    let shown = text(&history.stdout);
+    assert!(history.status.success(), "{}", text(&history.stderr));
+    assert_eq!(shown.lines().count(), 1, "{shown:?}");
+    assert!(shown.contains(r"topic=evil\x1b]0;owned\x07"), "{shown:?}");
+    assert!(shown.contains(r"subscription=s\x9b31m"), "{shown:?}");
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{9b}'),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn a_closed_standard_output_ends_a_command_quietly_with_141() {
+    let dir = Dir::new();
+    let server = recording_server(&dir);
+    assert_eq!(server.post("/", &[], b"x").status, 200);
+    drop(server);
+    let config = dir.config_file();
+    let config = config.to_str().expect("utf-8 path");
+    for args in [
+        &["check", "-c", config][..],
+        &["history", "-c", config, "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        // The reader has gone before the first line is written, as `| head -0` would.
+        drop(reader);
+        let output = cmqhook_command(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run cmqhook");
+        assert_eq!(output.status.code(), Some(141), "{args:?}");
+        assert_eq!(text(&output.stderr), "", "{args:?}");
+    }
 }
