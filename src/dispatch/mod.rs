@@ -12,11 +12,11 @@ mod slots;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmq::Push;
@@ -28,7 +28,7 @@ use crate::routing::RoutedConfig;
 use crate::runner::orphans::MARKER;
 use crate::runner::{CommandSpec, Program, RunLabel, RunOutcome, RunReport, run_command};
 use crate::telemetry::metrics;
-use slots::{Slot, Slots};
+use slots::{Limit, Slot, Slots};
 
 /// A run still going after this long has its start journaled; a shorter one is journaled once,
 /// finished.
@@ -38,10 +38,10 @@ const JOURNAL_START_AFTER: Duration = Duration::from_millis(10);
 pub struct Dispatcher {
     config: RwLock<Arc<RoutedConfig>>,
     deliveries: Deliveries,
-    /// Per hook name.
+    /// Per hook name, whatever config it came from: a reload changes their bounds in place.
     slots: Mutex<HashMap<String, Arc<Slots>>>,
-    /// `max_running`; replaced when a reload changes it.
-    global: RwLock<Arc<Semaphore>>,
+    /// `max_running`.
+    global: Arc<Limit>,
     interrupt: CancellationToken,
     /// Runs spawned and not yet over (waiting for a slot or running).
     active: AtomicUsize,
@@ -221,28 +221,26 @@ fn run_result(report: &RunReport) -> RunResult {
 impl Dispatcher {
     /// A dispatcher over `deliveries`; `interrupt` stops every run (shutdown).
     pub fn new(config: Config, deliveries: Deliveries, interrupt: CancellationToken) -> Dispatcher {
-        let global = Arc::new(Semaphore::new(config.server.max_running));
-        Dispatcher {
+        let dispatcher = Dispatcher {
+            global: Limit::new(config.server.max_running),
             config: RwLock::new(Arc::new(RoutedConfig::new(config))),
             deliveries,
             slots: Mutex::new(HashMap::new()),
-            global: RwLock::new(global),
             interrupt,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             draining: CancellationToken::new(),
-        }
+        };
+        dispatcher.apply_bounds(&dispatcher.config());
+        dispatcher
     }
 
-    /// Swaps in a new configuration. Runs in progress keep the hooks they started with.
+    /// Swaps in a new configuration. Runs in progress keep the hooks they started with; its
+    /// `max_running`, `concurrency` and `queue` bound the runs that start from now on,
+    /// counting those still going (SPEC §7).
     pub fn reload(&self, config: Config) {
-        if config.server.max_running != self.config().server.max_running {
-            let global = Arc::new(Semaphore::new(config.server.max_running));
-            match self.global.write() {
-                Ok(mut current) => *current = global,
-                Err(poisoned) => *poisoned.into_inner() = global,
-            }
-        }
+        // Before the swap, so that every hook of the config in force has its slots.
+        self.apply_bounds(&config);
         let config = Arc::new(RoutedConfig::new(config));
         match self.config.write() {
             Ok(mut current) => *current = config,
@@ -250,10 +248,12 @@ impl Dispatcher {
         }
     }
 
-    fn global(&self) -> Arc<Semaphore> {
-        match self.global.read() {
-            Ok(global) => Arc::clone(&global),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+    /// Sets the bounds `config` gives, keeping the slots (and runs) of each hook name.
+    fn apply_bounds(&self, config: &Config) {
+        self.global.set(config.server.max_running);
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        for hook in &config.hooks {
+            slots_of(&mut slots, hook).set_bounds(hook.concurrency, hook.queue);
         }
     }
 
@@ -442,7 +442,7 @@ impl Dispatcher {
             }
             Claim::Run { attempt, ticket } => (attempt, ticket),
         };
-        let Some(slot) = self.slots_for(hook).reserve(&self.global()) else {
+        let Some(slot) = self.slots_for(hook).reserve(&self.global) else {
             tracing::warn!(hook = %hook.name, "queue full");
             self.deliveries
                 .withdraw(&hook.name, msg_id, attempt, &ticket);
@@ -552,22 +552,16 @@ impl Dispatcher {
     }
 
     fn slots_for(&self, hook: &Hook) -> Arc<Slots> {
-        let mut slots = match self.slots.lock() {
-            Ok(slots) => slots,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let current = slots
-            .get(&hook.name)
-            .filter(|slots| slots.concurrency == hook.concurrency && slots.queue == hook.queue);
-        match current {
-            Some(current) => Arc::clone(current),
-            None => {
-                let fresh = Arc::new(Slots::new(&hook.name, hook.concurrency, hook.queue));
-                slots.insert(hook.name.clone(), Arc::clone(&fresh));
-                fresh
-            }
-        }
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(slots_of(&mut slots, hook))
     }
+}
+
+/// `hook`'s slots, made with its bounds if its name has none yet.
+fn slots_of<'a>(slots: &'a mut HashMap<String, Arc<Slots>>, hook: &Hook) -> &'a Arc<Slots> {
+    slots
+        .entry(hook.name.clone())
+        .or_insert_with(|| Arc::new(Slots::new(&hook.name, hook.concurrency, hook.queue)))
 }
 
 /// Counts a run as active for as long as it lives.

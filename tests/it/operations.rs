@@ -1106,12 +1106,7 @@ fn a_queued_run_is_withdrawn_when_draining_starts() {
     dir.open_gate("a");
     assert_eq!(first.join().expect("first").status, 200);
     assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
-    let ran: Vec<String> = dir
-        .recorded()
-        .iter()
-        .filter_map(|run| run.var("CMQ_MSG_ID").map(str::to_owned))
-        .collect();
-    assert_eq!(ran, ["A"]);
+    assert_eq!(recorded_ids(&dir), ["A"]);
 }
 
 #[test]
@@ -1148,6 +1143,162 @@ fn a_hook_removed_by_reload_finishes_its_running_run() {
             .status,
         404
     );
+}
+
+/// A command for the reload tests of slots: notes when it starts (`started.ID`, ID being its
+/// message id), waits at the gate `gate.ID`, notes when it got past it (`passed.ID`), then
+/// runs the recorder.
+fn gated_by_msg_id(dir: &Dir) -> String {
+    let d = dir.path().display();
+    format!(
+        "date +%s.%N > {d}/started.$CMQ_MSG_ID; {}; date +%s.%N > {d}/passed.$CMQ_MSG_ID; {}",
+        dir.gate("gate.$CMQ_MSG_ID", 20),
+        dir.record(0)
+    )
+}
+
+/// The time, in seconds, that a [`gated_by_msg_id`] run noted in `what.ID` (`started`,
+/// `passed`).
+fn noted_time(dir: &Dir, what: &str, id: &str) -> f64 {
+    wait_for_line(&dir.file(&format!("{what}.{id}")))
+        .parse()
+        .expect("a time")
+}
+
+/// Writes `text` to `hooks.toml`, sends SIGHUP and waits until the server logged that it
+/// reloaded once more.
+fn reload_with(server: &Server, dir: &Dir, text: &str) {
+    let reloads = || server.log_text().matches("config reloaded").count();
+    let before = reloads();
+    dir.write_config(text);
+    server.signal("HUP");
+    assert!(
+        wait_for(Duration::from_secs(10), || reloads() > before),
+        "no new `config reloaded` line; log:\n{}",
+        server.log_text()
+    );
+}
+
+/// Waits until the [`gated_by_msg_id`] run `id` of `hook` waits in the hook's queue, or
+/// started; asserts that it has not started: `why` if it has.
+fn assert_waits_for_a_slot(server: &Server, dir: &Dir, hook: &str, id: &str, why: &str) {
+    let started = dir.file(&format!("started.{id}"));
+    let queued = || {
+        server
+            .metrics()
+            .get("cmqhook_queue_depth", &[("hook", hook)])
+            == Some(1.0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || started.exists() || queued()),
+        "run {id} neither started nor waits for a slot; log:\n{}",
+        server.log_text()
+    );
+    assert!(!started.exists(), "{why}");
+}
+
+/// A push with message id (and body) `id` to `/`, sent from a thread of its own: join it for
+/// the answer.
+fn push_from_a_thread(addr: SocketAddr, id: &'static str) -> std::thread::JoinHandle<Response> {
+    std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", id)], id.as_bytes()))
+}
+
+/// The message ids the recorder saw, oldest first.
+fn recorded_ids(dir: &Dir) -> Vec<String> {
+    dir.recorded()
+        .iter()
+        .filter_map(|run| run.var("CMQ_MSG_ID").map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_reload_that_changes_queue_keeps_concurrency_1_while_a_run_is_going() {
+    let dir = Dir::new();
+    let command = gated_by_msg_id(&dir);
+    let with_queue = |queue: usize| {
+        config(
+            "respond_within = \"30s\"",
+            &format!("[hooks.serial]\nconcurrency = 1\nqueue = {queue}\ncommand = '{command}'"),
+        )
+    };
+    let server = Server::start(&dir, &with_queue(1));
+    let push = |id| push_from_a_thread(server.addr, id);
+    let first = push("A");
+    dir.wait_at_gate("gate.A");
+    reload_with(&server, &dir, &with_queue(5));
+
+    let second = push("B");
+    assert_waits_for_a_slot(
+        &server,
+        &dir,
+        "serial",
+        "B",
+        "B started while A still runs: the reload lost `concurrency = 1`",
+    );
+    dir.open_gate("gate.A");
+    assert_eq!(first.join().expect("push A").status, 200);
+    // Once A is over, B runs.
+    dir.wait_at_gate("gate.B");
+    dir.open_gate("gate.B");
+    assert_eq!(second.join().expect("push B").status, 200);
+    assert!(noted_time(&dir, "started", "B") >= noted_time(&dir, "passed", "A"));
+    assert_eq!(recorded_ids(&dir), ["A", "B"]);
+}
+
+#[test]
+fn max_running_changed_by_reload_counts_the_runs_still_going() {
+    let dir = Dir::new();
+    let command = gated_by_msg_id(&dir);
+    let with_max_running = |max_running: usize| {
+        config(
+            &format!("max_running = {max_running}\nrespond_within = \"30s\""),
+            &format!("[hooks.held]\ncommand = '{command}'"),
+        )
+    };
+    let server = Server::start(&dir, &with_max_running(1));
+    let push = |id| push_from_a_thread(server.addr, id);
+    let a = push("A");
+    dir.wait_at_gate("gate.A");
+    let b = push("B");
+    assert_waits_for_a_slot(
+        &server,
+        &dir,
+        "held",
+        "B",
+        "B started beside A: max_running = 1",
+    );
+
+    // 1 -> 2: the run waiting starts at once, beside A.
+    reload_with(&server, &dir, &with_max_running(2));
+    dir.wait_at_gate("gate.B");
+
+    // 2 -> 1 with two running: nothing new starts until both are over.
+    reload_with(&server, &dir, &with_max_running(1));
+    let c = push("C");
+    assert_waits_for_a_slot(
+        &server,
+        &dir,
+        "held",
+        "C",
+        "C started beside A and B after max_running went back to 1",
+    );
+    dir.open_gate("gate.A");
+    assert_eq!(a.join().expect("push A").status, 200);
+    assert!(
+        !dir.file("started.C").exists(),
+        "C started beside B, with max_running = 1"
+    );
+    dir.open_gate("gate.B");
+    assert_eq!(b.join().expect("push B").status, 200);
+    dir.wait_at_gate("gate.C");
+    dir.open_gate("gate.C");
+    assert_eq!(c.join().expect("push C").status, 200);
+    // Not merely after A's answer: after B got past its gate too.
+    assert!(
+        noted_time(&dir, "started", "C") >= noted_time(&dir, "passed", "B"),
+        "C started while B still ran"
+    );
+    assert_eq!(recorded_ids(&dir), ["A", "B", "C"]);
 }
 
 #[test]
