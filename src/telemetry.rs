@@ -42,8 +42,9 @@ pub fn init(format: LogFormat, verbosity: i8) {
     };
 }
 
-/// Writes an event's fields as `message name="text" name=value`: strings quoted, and every
-/// control character of every value escaped (`\n`, `\r`, `\t`, `\x1b`, `\u{85}`).
+/// Writes an event's fields as `message name="text" name=12`: every value but numbers and
+/// booleans quoted (whether recorded as a string, `%value` or `?value`), and every control
+/// character of every field escaped (`\n`, `\r`, `\t`, `\x1b`).
 pub struct EscapedFields;
 
 impl<'writer> FormatFields<'writer> for EscapedFields {
@@ -96,9 +97,26 @@ impl Visit for FieldWriter<'_> {
         self.write(field, value, true);
     }
 
+    /// Text given by `%value` (Display) or `?value` (Debug): quoted like a string.
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let text = format!("{value:?}");
-        self.write(field, &text, false);
+        self.write(field, &text, true);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.write(field, &value.to_string(), false);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.write(field, &value.to_string(), false);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.write(field, &value.to_string(), false);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.write(field, if value { "true" } else { "false" }, false);
     }
 }
 
@@ -233,6 +251,17 @@ pub fn metrics() -> &'static Metrics {
 }
 
 impl Metrics {
+    /// Creates `hook`'s series at 0, so that an alert on them works before its first event.
+    pub fn declare_hook(&self, hook: &str) {
+        for outcome in ["succeeded", "failed", "timed_out"] {
+            self.runs.with_label_values(&[hook, outcome]);
+        }
+        self.run_duration.with_label_values(&[hook]);
+        self.running.with_label_values(&[hook]);
+        self.dedup_hits.with_label_values(&[hook]);
+        self.queued.with_label_values(&[hook]);
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         let mut out = String::new();

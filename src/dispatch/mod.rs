@@ -56,6 +56,18 @@ pub struct Answer {
     pub verdict: Verdict,
     pub msg_id: Option<String>,
     pub results: Vec<HookResult>,
+    /// What a push no hook matched carried, so that its log line can say why.
+    #[serde(skip)]
+    pub unmatched: Option<Box<Unrouted>>,
+}
+
+/// The routing facts of a push that no hook matched.
+#[derive(Debug, Clone)]
+pub struct Unrouted {
+    pub format: crate::cmq::Format,
+    pub topic: Option<String>,
+    pub subscription: Option<String>,
+    pub tags: Vec<String>,
 }
 
 /// The one fact the HTTP status of a dispatched push is decided from.
@@ -248,12 +260,14 @@ impl Dispatcher {
         }
     }
 
-    /// Sets the bounds `config` gives, keeping the slots (and runs) of each hook name.
+    /// Sets the bounds `config` gives, keeping the slots (and runs) of each hook name, and
+    /// makes every hook's metric series exist.
     fn apply_bounds(&self, config: &Config) {
         self.global.set(config.server.max_running);
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         for hook in &config.hooks {
             slots_of(&mut slots, hook).set_bounds(hook.concurrency, hook.queue);
+            metrics().declare_hook(&hook.name);
         }
     }
 
@@ -348,6 +362,12 @@ impl Dispatcher {
                 verdict: Verdict::Unmatched(config.server.unmatched),
                 msg_id: push.msg_id,
                 results: Vec::new(),
+                unmatched: Some(Box::new(Unrouted {
+                    format: push.format,
+                    topic: push.topic,
+                    subscription: push.subscription,
+                    tags: push.tags,
+                })),
             };
         }
         let started = tokio::time::Instant::now();
@@ -403,6 +423,7 @@ impl Dispatcher {
             verdict: verdict(&results),
             msg_id: push.msg_id.clone(),
             results,
+            unmatched: None,
         }
     }
 
@@ -538,7 +559,15 @@ impl Dispatcher {
                 )
             };
         }
-        if result.outcome != Outcome::Succeeded || report.left_behind || job.ticket.unwatched() {
+        if matches!(
+            result.outcome,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Killed
+        ) {
+            finished!(warn);
+        } else if result.outcome != Outcome::Succeeded
+            || report.left_behind
+            || job.ticket.unwatched()
+        {
             finished!(info);
         } else {
             finished!(debug);

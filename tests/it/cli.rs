@@ -274,7 +274,6 @@ fn rust_log_overrides_verbose_and_quiet() {
 }
 
 #[test]
-#[ignore = "issue 12: a 5xx push and a failed run log at INFO, so -q hides them (SPEC §7: they log at WARN)"]
 fn quiet_still_shows_a_5xx_push_and_its_failed_run() {
     let dir = Dir::new();
     let mut server = Server::builder(&dir)
@@ -296,6 +295,78 @@ fn quiet_still_shows_a_5xx_push_and_its_failed_run() {
         has_line(&warn, &["run finished", "q500", "outcome=\"failed\""]),
         "{log}"
     );
+}
+
+#[test]
+fn a_404_push_line_names_what_the_push_carried_with_secrets_redacted() {
+    let dir = Dir::new();
+    let secret = "s3cret-path-0a9f";
+    let mut server = Server::builder(&dir)
+        .env("DEPLOY_SECRET", secret)
+        .config(&config(
+            "",
+            "[hooks.deploy]\npath = \"/cmq/${DEPLOY_SECRET}\"\ntopic = \"deploy-*\"\nargv = [\"true\"]",
+        ))
+        .start();
+    // MyTopic does not match deploy-*; the subscription carries the secret.
+    let envelope = seed_envelope("nomatch1").replace("mysubscription", secret);
+    let path = format!("/cmq/{secret}");
+    let response = server.post(&path, &seed_headers("nomatch1"), envelope.as_bytes());
+    assert_eq!(response.status, 404, "{}", response.text());
+    assert_eq!(server.stop(), Some(0));
+    let log = server.log_text();
+    assert!(!log.contains(secret), "{log}");
+    let info = at_level(&log, "INFO");
+    let needles = [
+        "msg_id=\"nomatch1\"",
+        "request_id=\"2394928734\"",
+        "path=\"/cmq/${DEPLOY_SECRET}\"",
+        "format=\"json\"",
+        "topic=\"MyTopic\"",
+        "subscription=\"${DEPLOY_SECRET}\"",
+        "tags=\"a,b\"",
+        "status=404",
+    ];
+    assert!(has_line(&info, &needles), "{log}");
+}
+
+#[test]
+fn text_logs_quote_free_text_and_skip_empty_output_lines() {
+    let dir = Dir::new();
+    let mut server = Server::builder(&dir)
+        .config(&config(
+            "",
+            "[hooks.talks]\ncommand = 'printf \"one\\n\\n\\r\\ntwo\\n\"'",
+        ))
+        .start();
+    // No request id: an empty value is still a quoted one.
+    let response = server.post("/", &[("x-cmq-message-id", "q1")], b"x");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(server.stop(), Some(0));
+    let log = server.log_text();
+    assert!(
+        has_line(
+            &at_level(&log, "INFO"),
+            &[
+                "push",
+                "msg_id=\"q1\"",
+                "request_id=\"\"",
+                "hooks=\"talks\"",
+                "status=200"
+            ]
+        ),
+        "{log}"
+    );
+    let output: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("cmqhook::output"))
+        .collect();
+    assert_eq!(output.len(), 2, "{log}");
+    assert!(
+        output[0].contains("output: one hook=\"talks\" msg_id=\"q1\""),
+        "{log}"
+    );
+    assert!(output[1].contains("output: two "), "{log}");
 }
 
 #[test]

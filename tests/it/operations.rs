@@ -1046,21 +1046,15 @@ fn metrics_count_pushes_runs_dedup_hits_and_rejections_with_their_labels() {
 }
 
 #[test]
-#[ignore = "issue 12: per-hook series appear only after a hook's first run (SPEC §7: they exist at 0 from start)"]
-fn per_hook_series_exist_at_0_from_start() {
+fn per_hook_series_exist_at_0_from_start_and_for_hooks_a_reload_adds() {
     let dir = Dir::new();
-    let server = Server::start(
-        &dir,
-        &config(
-            "",
-            "[hooks.deploy]\npath = \"/deploy\"\nargv = [\"true\"]\n\n[hooks.notify]\npath = \"/notify\"\nargv = [\"true\"]",
-        ),
-    );
-    let metrics = server.metrics();
-    for hook in ["deploy", "notify"] {
+    let hooks = "[hooks.deploy]\npath = \"/deploy\"\nargv = [\"true\"]\n\n[hooks.notify]\npath = \"/notify\"\nargv = [\"true\"]";
+    let server = Server::start(&dir, &config("", hooks));
+    let at_0 = |metrics: &Metrics, hook: &str| {
         for name in [
             "cmqhook_running",
             "cmqhook_dedup_hits_total",
+            "cmqhook_queue_depth",
             "cmqhook_run_duration_seconds_count",
         ] {
             assert_eq!(
@@ -1070,7 +1064,34 @@ fn per_hook_series_exist_at_0_from_start() {
                 metrics.text
             );
         }
-    }
+        for outcome in ["succeeded", "failed", "timed_out"] {
+            assert_eq!(
+                metrics.get(
+                    "cmqhook_runs_total",
+                    &[("hook", hook), ("outcome", outcome)]
+                ),
+                Some(0.0),
+                "runs_total{{hook={hook},outcome={outcome}}} in:\n{}",
+                metrics.text
+            );
+        }
+    };
+    let metrics = server.metrics();
+    at_0(&metrics, "deploy");
+    at_0(&metrics, "notify");
+    dir.write_config(&config(
+        "",
+        &format!("{hooks}\n\n[hooks.later]\npath = \"/later\"\nargv = [\"true\"]"),
+    ));
+    server.signal("HUP");
+    assert!(
+        server
+            .wait_for_log_line(Duration::from_secs(10), &["reloaded"])
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    at_0(&server.metrics(), "later");
 }
 
 #[test]
