@@ -1373,3 +1373,53 @@ fn a_signal_as_soon_as_serve_says_it_listens_is_handled() {
     assert_eq!(status, None, "the SIGHUP ended serve");
     assert!(reloaded, "no `config reloaded` line");
 }
+
+#[test]
+fn the_systemd_unit_verifies_and_stays_sandboxed() {
+    let Ok(version) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    assert!(version.status.success());
+    let dir = Dir::new();
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/cmqhook.service"),
+    )
+    .expect("read the unit");
+    // verify checks that the programs exist: point them at the built binary.
+    let unit = unit.replace("/usr/local/bin/cmqhook", BIN);
+    assert!(
+        unit.contains(&format!("ExecStartPre={BIN} check")),
+        "{unit}"
+    );
+    let file = dir.file("cmqhook.service");
+    std::fs::write(&file, unit).expect("write the unit");
+    let file = file.to_str().expect("utf-8 path");
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["verify", file])
+        .output()
+        .expect("run systemd-analyze verify");
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        text(&verify.stderr)
+    );
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", file])
+        .output()
+        .expect("run systemd-analyze security");
+    let report = text(&security.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|line| {
+            line.split("Overall exposure level for cmqhook.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|score| score.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}{}", text(&security.stderr)));
+    assert!(exposure <= 2.0, "exposure {exposure}:\n{report}");
+}
