@@ -216,8 +216,8 @@ fn run_result(report: &RunReport) -> RunResult {
         RunOutcome::Exited(0) => (Outcome::Succeeded, Some(0), None, None),
         RunOutcome::Exited(code) => (Outcome::Failed, Some(*code), None, None),
         RunOutcome::Signalled(signal) => (Outcome::Killed, None, Some(*signal), None),
-        RunOutcome::TimedOut => (Outcome::TimedOut, None, None, None),
-        RunOutcome::Interrupted => (Outcome::Interrupted, None, None, None),
+        RunOutcome::TimedOut { signal } => (Outcome::TimedOut, None, Some(*signal), None),
+        RunOutcome::Interrupted { signal } => (Outcome::Interrupted, None, Some(*signal), None),
         RunOutcome::SpawnFailed(err) => (Outcome::Failed, None, None, Some(err.clone())),
     };
     RunResult {

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill as signal};
 use nix::unistd::Pid;
 
+use super::procfs;
+
 /// The variable that marks a command with its run.
 pub const MARKER: &str = "CMQHOOK_RUN";
 
@@ -92,14 +94,7 @@ fn is_alive(process: &Found) -> bool {
     let Ok(pid) = u32::try_from(process.pid) else {
         return false;
     };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the command name, which is in parentheses and may hold anything.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    state != Some('Z') && marker_of(pid).as_deref() == Some(process.marker.as_slice())
+    procfs::is_alive(pid) && marker_of(pid).as_deref() == Some(process.marker.as_slice())
 }
 
 #[cfg(test)]

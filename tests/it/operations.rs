@@ -227,6 +227,40 @@ fn sigint_drains_like_sigterm() {
 }
 
 #[test]
+fn an_idle_serve_exits_promptly_on_sigterm() {
+    let dir = Dir::new();
+    let mut server = Server::start(
+        &dir,
+        &config(
+            "",
+            "[hooks.quick]\npath = \"/quick\"\ncommand = \"true\"\n\n\
+             [hooks.slow]\npath = \"/slow\"\ncommand = \"sleep 30\"\ntimeout = \"200ms\"",
+        ),
+    );
+    // The journal has been written to, and a timed-out run has left zombies to PID 1.
+    assert_eq!(
+        server
+            .post("/quick", &[("x-cmq-message-id", "idle1")], b"x")
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .post("/slow", &[("x-cmq-message-id", "idle2")], b"x")
+            .status,
+        504
+    );
+    let signalled = Instant::now();
+    server.signal("TERM");
+    // Measured as the parent sees it (waitpid): an observer that polls with `kill -0` also
+    // sees the exited process as long as it stays a zombie, which PID 1 may let it be for
+    // seconds when cmqhook's parent is gone.
+    assert_eq!(server.wait_exit(Duration::from_secs(1)), Some(0));
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+    assert!(server.log_text().contains("stopped"));
+}
+
+#[test]
 fn sigterm_kills_a_command_that_outlives_shutdown_grace_and_journals_it_interrupted() {
     let dir = Dir::new();
     let pid_file = dir.path().join("pid");
