@@ -46,11 +46,9 @@ fn seed_json_push_runs_the_hook_with_the_message_on_stdin_and_cmq_variables() {
     ]);
     // The inherited environment is kept.
     assert!(run.var("PATH").is_some());
-    let log = server.log_text();
-    assert!(
-        log.contains("6942316962") && log.contains("status=200"),
-        "{log}"
-    );
+    // The push's line is written as it is answered; the log file may get it a moment later.
+    let line = server.wait_for_log_line(Duration::from_secs(10), &["6942316962", "status=200"]);
+    assert!(line.is_some(), "{}", server.log_text());
 }
 
 #[test]
