@@ -1089,7 +1089,6 @@ fn per_hook_series_exist_at_0_from_start_and_for_hooks_a_reload_adds() {
             "cmqhook_running",
             "cmqhook_dedup_hits_total",
             "cmqhook_queue_depth",
-            "cmqhook_run_duration_seconds_count",
         ] {
             assert_eq!(
                 metrics.get(name, &[("hook", hook)]),
