@@ -54,8 +54,15 @@ pub struct Server {
     pub max_running: usize,
     pub respond_within: Duration,
     pub unmatched: Unmatched,
-    /// `None` when `journal = "off"`.
+    /// The SQLite journal; `None` when `journal = "off"` or a PostgreSQL URL.
     pub journal: Option<PathBuf>,
+    /// `journal = "postgres://…"`: the database several instances share (SPEC §8). Holds a
+    /// password: never show it (the secrets it was expanded from are redacted).
+    pub postgres: Option<String>,
+    /// This instance's name in a shared journal; default: the host name.
+    pub instance: String,
+    /// How long a claim in a shared journal lives without renewal.
+    pub lease: Duration,
     pub dedup_for: Duration,
     /// `journal = "off"` only: how many (hook, message id) outcomes are kept in memory.
     pub dedup_capacity: usize,

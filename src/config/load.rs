@@ -17,6 +17,8 @@ use crate::secrets::{Secret, Secrets, expand_vars};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
+/// A claim's lease in a shared journal.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// `journal = "off"`: (hook, message id) outcomes kept in memory, oldest finished evicted first.
 const DEFAULT_DEDUP_CAPACITY: usize = 100_000;
 
@@ -251,13 +253,38 @@ impl Loader<'_> {
             Some(n) => n.into_inner(),
             None => DEFAULT_DEDUP_CAPACITY,
         };
+        let mut postgres = None;
         let journal = match raw.journal {
-            Some(journal) => match self.expand("server.journal", &journal, true).as_deref() {
-                Some("off") => None,
+            Some(journal) => match self.expand("server.journal", &journal, true) {
+                Some(off) if off == "off" => None,
+                Some(url) if crate::delivery::postgres::is_url(&url) => {
+                    // The URL holds a password: the error does not quote it.
+                    if let Err(reason) = crate::delivery::postgres::parse_url(&url) {
+                        self.error(journal.span(), format!("server.journal: {reason}"));
+                    }
+                    postgres = Some(url);
+                    None
+                }
                 Some(path) => Some(self.dir.join(path)),
                 None => None,
             },
             None => Some(self.dir.join(DEFAULT_JOURNAL)),
+        };
+        let lease = match raw.lease {
+            Some(lease) if lease.get_ref().into_inner() < Duration::from_secs(1) => {
+                self.error(lease.span(), "server.lease: must be at least 1s");
+                DEFAULT_LEASE
+            }
+            Some(lease) => lease.into_inner().into_inner(),
+            None => DEFAULT_LEASE,
+        };
+        let instance = match raw.instance {
+            Some(instance) if instance.get_ref().trim().is_empty() => {
+                self.error(instance.span(), "server.instance: must not be empty");
+                String::new()
+            }
+            Some(instance) => instance.into_inner(),
+            None => host_name(),
         };
         Server {
             listen: listen.unwrap_or_else(|| {
@@ -271,6 +298,9 @@ impl Loader<'_> {
             respond_within: duration(raw.respond_within, Duration::from_secs(10)),
             unmatched: raw.unmatched.unwrap_or_default(),
             journal,
+            postgres,
+            instance,
+            lease,
             dedup_for: duration(raw.dedup_for, Duration::from_secs(25 * 3600)),
             dedup_capacity,
             shutdown_grace: duration(raw.shutdown_grace, Duration::from_secs(30)),
@@ -474,6 +504,15 @@ fn program_exists(program: &str, workdir: &Path) -> bool {
     }
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// The host's name, for `instance`.
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "cmqhook".to_owned())
 }
 
 fn duration(raw: Option<RawDuration>, default: Duration) -> Duration {

@@ -26,6 +26,8 @@ pub(super) struct RawServer {
     pub(super) token: Option<Spanned<String>>,
     pub(super) allow: Option<Vec<Spanned<String>>>,
     pub(super) trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub(super) instance: Option<Spanned<String>>,
+    pub(super) lease: Option<Spanned<RawDuration>>,
 }
 
 pub(super) type RawDuration = humantime_serde::Serde<Duration>;

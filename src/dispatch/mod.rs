@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cmq::Push;
 use crate::config::{Action, Config, Hook, StdinMode, Unmatched};
 use crate::delivery::{
-    Claim, Deliveries, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart, Ticket, millis,
+    Acquired, Claim, Deliveries, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart,
+    Ticket, millis,
 };
 use crate::routing::RoutedConfig;
 use crate::runner::orphans::MARKER;
@@ -181,7 +182,7 @@ impl HookResult {
             exit_code: result.exit_code,
             signal: result.signal,
             duration_ms: result.duration_ms,
-            deduplicated,
+            deduplicated: deduplicated || result.elsewhere,
             error,
             recorded: result.recorded,
         }
@@ -227,6 +228,7 @@ fn run_result(report: &RunReport) -> RunResult {
         duration_ms: millis(report.duration),
         error,
         recorded: true,
+        elsewhere: false,
     }
 }
 
@@ -493,8 +495,21 @@ impl Dispatcher {
 
     /// One run's whole life, independent of the request that started it: wait for a slot
     /// (unless withdrawn), run, record; whoever waits is told once the outcome is journaled.
-    async fn execute(self: Arc<Self>, job: Job, slot: Slot) {
+    async fn execute(self: Arc<Self>, mut job: Job, slot: Slot) {
         let _active = Active(&self);
+        let run_id = self.deliveries.new_run_id();
+        let shared = match job.push.msg_id.as_deref() {
+            Some(msg_id) => self.claim_shared(&job, msg_id, run_id).await,
+            None => Shared::Local,
+        };
+        let claimed = match shared {
+            Shared::Settled => return,
+            Shared::Local => false,
+            Shared::Claimed(attempt) => {
+                job.attempt = attempt;
+                true
+            }
+        };
         let hook = &job.hook;
         let push = &job.push;
         let permits = tokio::select! {
@@ -505,8 +520,12 @@ impl Dispatcher {
             () = self.draining.cancelled() => None,
         };
         let Some(_permits) = permits.filter(|_| job.ticket.begin()) else {
+            let msg_id = push.msg_id.as_deref();
             self.deliveries
-                .withdraw(&hook.name, push.msg_id.as_deref(), job.attempt, &job.ticket);
+                .withdraw(&hook.name, msg_id, job.attempt, &job.ticket);
+            if let (true, Some(msg_id)) = (claimed, msg_id) {
+                self.deliveries.release(&hook.name, msg_id, job.attempt);
+            }
             return;
         };
         let start = RunStart {
@@ -514,7 +533,9 @@ impl Dispatcher {
             attempt: job.attempt,
             push: facts(push, &job.path),
         };
-        let mut handle = self.deliveries.begin(start, Arc::clone(&job.ticket));
+        let mut handle = self
+            .deliveries
+            .begin(run_id, start, Arc::clone(&job.ticket));
         let spec = run_spec(hook, push, job.attempt, handle.marker(&self.deliveries));
         let running = metrics().running.with_label_values(&[&hook.name]);
         running.inc();
@@ -591,6 +612,64 @@ fn slots_of<'a>(slots: &'a mut HashMap<String, Arc<Slots>>, hook: &Hook) -> &'a 
     slots
         .entry(hook.name.clone())
         .or_insert_with(|| Arc::new(Slots::new(&hook.name, hook.concurrency, hook.queue)))
+}
+
+/// What the shared database said to a run this process claimed.
+enum Shared {
+    /// No shared database: the local claim is the claim.
+    Local,
+    /// Claimed there too, as this attempt.
+    Claimed(u32),
+    /// Not to run here: its waiters have their answer.
+    Settled,
+}
+
+/// How often a message that another instance runs is looked at again.
+const ELSEWHERE_POLL: Duration = Duration::from_millis(100);
+
+impl Dispatcher {
+    /// With a shared database, claims the message there too, waiting while another instance
+    /// runs it: until its outcome is known (a success is answered, anything else is run here),
+    /// its lease expires (it is taken over), or no push waits any more.
+    async fn claim_shared(&self, job: &Job, msg_id: &str, run_id: i64) -> Shared {
+        let hook = &job.hook.name;
+        loop {
+            // Never cancelled midway: a claim the database granted must be known here.
+            let acquired = self
+                .deliveries
+                .acquire(hook, msg_id, run_id, job.dedup_for)
+                .await;
+            let settle = |result: RunResult| {
+                self.deliveries
+                    .settle_elsewhere(hook, msg_id, job.attempt, &job.ticket, result);
+                Shared::Settled
+            };
+            match acquired {
+                None => return Shared::Local,
+                Some(Acquired::Run { attempt }) => return Shared::Claimed(attempt),
+                Some(Acquired::Succeeded(result)) => {
+                    metrics().dedup_hits.with_label_values(&[hook]).inc();
+                    return settle(result);
+                }
+                Some(Acquired::Unavailable(reason)) => {
+                    let result =
+                        RunResult::without_run(Outcome::NotStarted, Duration::ZERO, Some(reason));
+                    return settle(result);
+                }
+                Some(Acquired::Elsewhere) => {}
+            }
+            let gone = tokio::select! {
+                () = tokio::time::sleep(ELSEWHERE_POLL) => false,
+                () = job.ticket.withdrawn().cancelled() => true,
+                () = self.draining.cancelled() => true,
+            };
+            if gone {
+                self.deliveries
+                    .withdraw(hook, Some(msg_id), job.attempt, &job.ticket);
+                return Shared::Settled;
+            }
+        }
+    }
 }
 
 /// Counts a run as active for as long as it lives.

@@ -24,6 +24,8 @@ const POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub pid: i32,
+    /// The token of the `serve` that started it.
+    pub token: String,
     /// The run id of its marker.
     pub run: i64,
     /// The whole marker value, to check the pid still names the same process.
@@ -48,6 +50,7 @@ pub fn find(tokens: &HashSet<String>) -> Vec<Found> {
                 return None;
             }
             Some(Found {
+                token: token.to_owned(),
                 pid: i32::try_from(pid).ok()?,
                 run: run.parse().ok()?,
                 marker,
