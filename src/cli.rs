@@ -286,7 +286,7 @@ pub fn main() -> ExitCode {
 }
 
 fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
-    let config = Config::load(&args.config)?;
+    let config = Config::load_for_serve(&args.config)?;
     say!(
         "{}: valid, {} hook{}",
         config.file.display(),

@@ -43,7 +43,7 @@ pub enum ServeError {
 
 /// Serves `config_file` until SIGTERM or SIGINT, then drains. `listen` overrides the config.
 pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), ServeError> {
-    let config = Config::load(config_file)?;
+    let config = Config::load_for_serve(config_file)?;
     raise_open_files_limit();
     for warning in config.warnings() {
         tracing::warn!("{warning}");

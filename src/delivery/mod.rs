@@ -553,7 +553,7 @@ mod tests {
         let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some(msg_id), DAY) else {
             panic!("expected a run of {msg_id}");
         };
-        let handle = deliveries.begin(start("deploy", msg_id, attempt), Arc::clone(&ticket));
+        let handle = deliveries.begin(deliveries.new_run_id(), start("deploy", msg_id, attempt), Arc::clone(&ticket));
         let done = ticket.subscribe();
         deliveries.end(handle, result(outcome), end(), DAY);
         settled(&done);
@@ -587,7 +587,7 @@ mod tests {
             let Claim::Run { ticket, .. } = deliveries.claim("deploy", Some("m2"), DAY) else {
                 panic!("expected a run");
             };
-            let mut handle = deliveries.begin(start("deploy", "m2", 1), ticket);
+            let mut handle = deliveries.begin(deliveries.new_run_id(), start("deploy", "m2", 1), ticket);
             deliveries.started(&mut handle);
             deliveries.close();
         }
@@ -701,7 +701,7 @@ mod tests {
                     }
                     Op::End { key, succeeded } => {
                         if let Some((attempt, ticket)) = runs.remove(&key) {
-                            let handle = deliveries.begin(start("h", &key.to_string(), attempt), Arc::clone(&ticket));
+                            let handle = deliveries.begin(deliveries.new_run_id(), start("h", &key.to_string(), attempt), Arc::clone(&ticket));
                             let outcome = if succeeded { Outcome::Succeeded } else { Outcome::Failed };
                             deliveries.end(handle, result(outcome), end(), DAY);
                             prop_assert_eq!(ticket.subscribe().borrow().as_ref().map(|r| r.outcome), Some(outcome));

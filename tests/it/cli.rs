@@ -1,6 +1,8 @@
 //! `cmqhook check` and the start-up of `serve`, through the built binary.
 
 use std::net::TcpListener;
+use std::path::Path;
+use std::process::Output;
 
 use crate::harness::*;
 
@@ -143,6 +145,125 @@ fn every_example_config_is_valid_and_warns_about_nothing() {
             both(&output)
         );
     }
+}
+
+/// `cmqhook check -c CONFIG`, run to its end.
+fn check(config: &Path) -> Output {
+    cmqhook(&["check", "-c", config.to_str().expect("utf-8")], b"")
+}
+
+/// One `[server]` and one hook with three mistakes each: serde's derive stopped at the first
+/// of each table, so this took four runs of `check` to find.
+const MANY_ERRORS_IN_ONE_TABLE: &str = r#"[server]
+jornal = "x"
+unmatched = "rejct"
+max_running = 0
+
+[hooks.deploy]
+topc = "deploy"
+timeout = "forever"
+stdin = "all"
+command = "true"
+"#;
+
+#[test]
+fn check_reports_every_error_of_a_table_in_one_run_with_a_suggestion() {
+    let dir = Dir::new();
+    let config = dir.write_config(MANY_ERRORS_IN_ONE_TABLE);
+    let output = check(&config);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let stderr = text(&output.stderr);
+    let file = config.display();
+    let expected = [
+        format!(
+            "error: {file}:2:1: server.jornal: unknown field `jornal`, did you mean `journal`?"
+        ),
+        format!("error: {file}:3:13: server.unmatched: unknown variant `rejct`"),
+        format!("error: {file}:4:15: server.max_running: must be at least 1"),
+        format!(
+            "error: {file}:7:1: hooks.deploy.topc: unknown field `topc`, did you mean `topic`?"
+        ),
+        format!("error: {file}:8:11: hooks.deploy.timeout: "),
+        format!("error: {file}:9:9: hooks.deploy.stdin: unknown variant `all`"),
+    ];
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, expected) in lines.iter().zip(&expected) {
+        assert!(line.starts_with(expected), "{line}\nis not\n{expected}…");
+    }
+    assert!(output.stdout.is_empty(), "{}", both(&output));
+}
+
+#[test]
+fn check_suggests_the_section_meant() {
+    let dir = Dir::new();
+    let config = dir.write_config("[hook.deploy]\ncommand = \"true\"\n");
+    let output = check(&config);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "error: {}:1:2: unknown section `hook`, did you mean `hooks`?\n",
+            config.display()
+        )
+    );
+}
+
+#[test]
+fn check_without_a_config_names_the_flag_and_the_variable() {
+    let dir = Dir::new();
+    let mut command = cmqhook_command(&["check"]);
+    command.current_dir(dir.path());
+    let output = output_of(command, b"");
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert_eq!(
+        text(&output.stderr),
+        "error: no config at ./hooks.toml (use -c FILE or CMQHOOK_CONFIG)\n"
+    );
+}
+
+#[test]
+fn check_and_serve_refuse_a_journal_in_a_missing_directory() {
+    let dir = Dir::new();
+    let config = dir.write_config(&config(
+        "journal = \"state/cmqhook.db\"",
+        "[hooks.x]\npath = \"/x\"\nargv = [\"true\"]",
+    ));
+    let checked = check(&config);
+    assert_eq!(checked.status.code(), Some(1), "{}", both(&checked));
+    let state = dir.file("state");
+    assert_eq!(
+        text(&checked.stderr),
+        format!(
+            "error: {}:3:11: server.journal: directory `{}` does not exist\n",
+            config.display(),
+            state.display()
+        )
+    );
+    let serve = cmqhook(&["serve", "-c", config.to_str().expect("utf-8")], b"");
+    assert_eq!(serve.status.code(), Some(1), "{}", both(&serve));
+    assert_eq!(text(&serve.stderr), text(&checked.stderr));
+    // Once the directory is there, all is well.
+    std::fs::create_dir(&state).expect("create state");
+    let checked = check(&config);
+    assert_eq!(checked.status.code(), Some(0), "{}", both(&checked));
+}
+
+#[test]
+fn check_warns_about_a_command_whose_program_is_not_found() {
+    let dir = Dir::new();
+    let config = dir.write_config(
+        "[server]\njournal = \"off\"\n\n[hooks.typo]\npath = \"/t\"\ncommand = \"FOO=1 cmqhook-no-such-deploy --now\"\n\n[hooks.builtin]\npath = \"/b\"\ncommand = \"cd /tmp && exit 0\"\n",
+    );
+    let output = check(&config);
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "warning: {}:6:11: hooks.typo.command: program `cmqhook-no-such-deploy` not found on PATH: unless the shell defines it, every run fails (exit 127)\n",
+            config.display()
+        )
+    );
 }
 
 #[test]
