@@ -215,6 +215,9 @@ pub enum CliError {
     Journal(#[from] JournalError),
     #[error("cannot write a delivery as JSON: {0}")]
     HistoryJson(#[from] serde_json::Error),
+    /// A message already made safe to show (secrets redacted).
+    #[error("{0}")]
+    Shown(String),
     /// Standard output cannot be written; a reader that went away is [`CliError::is_closed_stdout`].
     #[error("cannot write to standard output: {0}")]
     Stdout(std::io::Error),
@@ -250,6 +253,7 @@ impl CliError {
             | CliError::JournalOff { .. }
             | CliError::Journal(_)
             | CliError::HistoryJson(_)
+            | CliError::Shown(_)
             | CliError::Stdout(_) => ExitCode::FAILURE,
         }
     }
@@ -298,6 +302,15 @@ fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
     }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
+    }
+    // A database that is down now must not block a start (ExecStartPre): a warning only.
+    if let Some(url) = &config.server.postgres
+        && let Err(err) = delivery::postgres::probe(url)
+    {
+        eprintln!(
+            "warning: cannot reach the journal database now ({}); serve will start anyway and answer 503 until it can",
+            config.redact(&err)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -435,18 +448,22 @@ fn send(args: &SendArgs) -> Result<ExitCode, CliError> {
 
 fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
     let config = Config::load(&args.config.config)?;
-    let Some(path) = &config.server.journal else {
-        return Err(CliError::JournalOff {
-            file: config.file.clone(),
-        });
-    };
     let filter = HistoryFilter {
         hook: args.hook.clone(),
         msg_id: args.msg_id.clone(),
         failed: args.failed,
         limit: args.limit,
     };
-    let deliveries = delivery::history(path, &filter)?;
+    let deliveries = match (&config.server.postgres, &config.server.journal) {
+        (Some(url), _) => delivery::postgres::history(url, &filter)
+            .map_err(|err| CliError::Shown(config.redact(&err.to_string()).into_owned()))?,
+        (None, Some(path)) => delivery::history(path, &filter)?,
+        (None, None) => {
+            return Err(CliError::JournalOff {
+                file: config.file.clone(),
+            });
+        }
+    };
     for delivery in &deliveries {
         if args.json {
             let line = serde_json::to_string(delivery)?;

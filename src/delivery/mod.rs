@@ -553,7 +553,11 @@ mod tests {
         let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some(msg_id), DAY) else {
             panic!("expected a run of {msg_id}");
         };
-        let handle = deliveries.begin(deliveries.new_run_id(), start("deploy", msg_id, attempt), Arc::clone(&ticket));
+        let handle = deliveries.begin(
+            deliveries.new_run_id(),
+            start("deploy", msg_id, attempt),
+            Arc::clone(&ticket),
+        );
         let done = ticket.subscribe();
         deliveries.end(handle, result(outcome), end(), DAY);
         settled(&done);
@@ -587,7 +591,8 @@ mod tests {
             let Claim::Run { ticket, .. } = deliveries.claim("deploy", Some("m2"), DAY) else {
                 panic!("expected a run");
             };
-            let mut handle = deliveries.begin(deliveries.new_run_id(), start("deploy", "m2", 1), ticket);
+            let mut handle =
+                deliveries.begin(deliveries.new_run_id(), start("deploy", "m2", 1), ticket);
             deliveries.started(&mut handle);
             deliveries.close();
         }

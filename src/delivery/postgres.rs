@@ -21,7 +21,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use super::sqlite::{Ended, HistoryFilter, HistoryRow, JournalError};
-use super::{Outcome, PushRecord, RunResult, millis};
+use super::{Outcome, PushRecord, RunResult};
 use crate::runner::orphans;
 
 /// Connections kept open to the database.
@@ -33,6 +33,8 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 /// How often journaled rows older than `dedup_for` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// The health before the first connection.
+const NOT_CONNECTED: &str = "journal unreachable: not connected yet";
 /// How often a record that could not be written is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 
@@ -209,7 +211,7 @@ impl Postgres {
             lease,
             keep,
             orphan_grace,
-            health: Mutex::new(Err("journal unreachable: not connected yet".to_owned())),
+            health: Mutex::new(Err(NOT_CONNECTED.to_owned())),
             ready: AtomicBool::new(false),
             closing: tokio_util::sync::CancellationToken::new(),
         });
@@ -366,7 +368,9 @@ impl State {
                 reason = reason.as_str(),
                 "journal unreachable: nothing new starts"
             ),
-            (Err(_), Ok(())) => tracing::warn!("journal reachable again; pushes are taken again"),
+            (Err(before), Ok(())) if before != NOT_CONNECTED => {
+                tracing::warn!("journal reachable again; pushes are taken again");
+            }
             _ => {}
         }
         *current = health;
@@ -441,7 +445,7 @@ impl State {
                             (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
                              owner_pid, run_id, lease_until)
                         VALUES ($1, $2, 1, 'running', $3, $4, $5, $6, $7,
-                                now() + $8 * interval '1 millisecond')
+                                now() + $8::float8 * interval '1 second')
                         ON CONFLICT (hook, msg_id) DO UPDATE
                         SET attempt = c.attempt + 1, outcome = 'running',
                             instance = EXCLUDED.instance, owner_boot = EXCLUDED.owner_boot,
@@ -451,7 +455,7 @@ impl State {
                         WHERE c.outcome NOT IN ('running', 'succeeded')
                            OR (c.outcome = 'running' AND c.lease_until < now())
                            OR (c.outcome = 'succeeded'
-                               AND c.ended_at < now() - $9 * interval '1 millisecond')
+                               AND c.ended_at < now() - $9::float8 * interval '1 second')
                         RETURNING c.attempt
                      )
                      SELECT true, attempt, NULL::text, NULL::bigint FROM taken
@@ -466,8 +470,8 @@ impl State {
                         &self.owner.host,
                         &self.owner.pid,
                         &run_id,
-                        &millis_i64(self.lease),
-                        &millis_i64(dedup_for),
+                        &seconds(self.lease),
+                        &seconds(dedup_for),
                     ],
                 )
                 .await;
@@ -728,26 +732,26 @@ impl State {
 
     async fn renew(&self) -> Result<(), String> {
         self.execute(
-            "UPDATE cmqhook_claims SET lease_until = now() + $1 * interval '1 millisecond'
+            "UPDATE cmqhook_claims SET lease_until = now() + $1::float8 * interval '1 second'
              WHERE owner_boot = $2 AND outcome = 'running'",
-            &[&millis_i64(self.lease), &self.owner.boot],
+            &[&seconds(self.lease), &self.owner.boot],
         )
         .await
         .map(drop)
     }
 
     async fn prune(&self) -> Result<(), String> {
-        let keep = millis_i64(self.keep);
+        let keep = seconds(self.keep);
         for table in ["cmqhook_runs WHERE ended_at", "cmqhook_pushes WHERE at"] {
             self.execute(
-                &format!("DELETE FROM {table} < now() - $1 * interval '1 millisecond'"),
+                &format!("DELETE FROM {table} < now() - $1::float8 * interval '1 second'"),
                 &[&keep],
             )
             .await?;
         }
         self.execute(
             "DELETE FROM cmqhook_claims
-             WHERE outcome <> 'running' AND ended_at < now() - $1 * interval '1 millisecond'",
+             WHERE outcome <> 'running' AND ended_at < now() - $1::float8 * interval '1 second'",
             &[&keep],
         )
         .await
@@ -899,8 +903,9 @@ fn signed(attempt: u32) -> i32 {
     i32::try_from(attempt).unwrap_or(i32::MAX)
 }
 
-fn millis_i64(duration: Duration) -> i64 {
-    i64::try_from(millis(duration)).unwrap_or(i64::MAX)
+/// A duration as a statement's `float8` seconds.
+fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
 }
 
 fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
