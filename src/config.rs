@@ -212,6 +212,16 @@ impl Config {
                 ));
             }
         }
+        if self.server.postgres.is_some() {
+            let longest = self.hooks.iter().map(|hook| hook.kill_grace).max();
+            if let Some(longest) = longest.filter(|grace| self.server.lease < *grace * 3) {
+                warnings.push(format!(
+                    "`lease` ({}) is shorter than 3 x the longest kill_grace ({}): a command stopped because its lease cannot be renewed may outlive the lease",
+                    humantime::format_duration(self.server.lease),
+                    humantime::format_duration(longest)
+                ));
+            }
+        }
         for secret in self.secrets.list() {
             if !secrets::is_long(&secret.value) {
                 warnings.push(format!(

@@ -331,6 +331,15 @@ impl Deliveries {
         }
     }
 
+    /// With a shared database: changes when this instance could not renew its claims' leases
+    /// for so long that they may soon be taken over; its running commands must stop then.
+    pub fn fence(&self) -> Option<watch::Receiver<u64>> {
+        match &self.store {
+            Store::Postgres(journal) => Some(journal.fence()),
+            Store::Memory | Store::Sqlite(_) => None,
+        }
+    }
+
     /// The id of a run about to be claimed: its part of the run's `CMQHOOK_RUN` marker.
     pub fn new_run_id(&self) -> i64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)

@@ -142,6 +142,10 @@ struct State {
     /// The schema is in place and this host's orphans are taken care of.
     ready: AtomicBool,
     closing: tokio_util::sync::CancellationToken,
+    /// When this process's leases were last renewed.
+    renewed: Mutex<Instant>,
+    /// Bumped when running commands must stop (self-fencing).
+    fence: tokio::sync::watch::Sender<u64>,
 }
 
 /// `journal` values that name a PostgreSQL database.
@@ -214,6 +218,8 @@ impl Postgres {
             health: Mutex::new(Err(NOT_CONNECTED.to_owned())),
             ready: AtomicBool::new(false),
             closing: tokio_util::sync::CancellationToken::new(),
+            renewed: Mutex::new(Instant::now()),
+            fence: tokio::sync::watch::Sender::new(0),
         });
         let handle = runtime.handle().clone();
         handle.spawn(Arc::clone(&state).monitor());
@@ -239,6 +245,12 @@ impl Postgres {
     /// `Ok` while new runs may start; else why not.
     pub fn health(&self) -> Result<(), String> {
         self.state.health()
+    }
+
+    /// Changes when running commands must stop: their leases could not be renewed for two
+    /// thirds of a lease, so another instance may take their messages over soon.
+    pub fn fence(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.fence.subscribe()
     }
 
     /// Claims (`hook`, `msg_id`) for a run as `run_id`, or says what holds it.
@@ -585,6 +597,7 @@ impl State {
     async fn monitor(self: Arc<Self>) {
         let mut last_prune: Option<Instant> = None;
         let mut said_down = false;
+        let mut fenced = false;
         loop {
             let ready = self.ready.load(Ordering::Acquire);
             let outcome = if ready {
@@ -594,6 +607,8 @@ impl State {
             };
             let wait = match outcome {
                 Ok(()) => {
+                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+                    fenced = false;
                     if !ready {
                         self.ready.store(true, Ordering::Release);
                         if said_down {
@@ -618,6 +633,13 @@ impl State {
                         said_down = true;
                     }
                     self.set_health(Err(reason));
+                    // Leases run out `lease` after their last renewal, by the database's
+                    // clock: stop our commands with a third of it to spare.
+                    let renewed = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+                    if ready && !fenced && renewed.elapsed() >= self.lease * 2 / 3 {
+                        fenced = true;
+                        self.fence.send_modify(|epoch| *epoch += 1);
+                    }
                     RECONNECT_EVERY
                 }
             };

@@ -539,20 +539,50 @@ impl Dispatcher {
         let spec = run_spec(hook, push, job.attempt, handle.marker(&self.deliveries));
         let running = metrics().running.with_label_values(&[&hook.name]);
         running.inc();
-        let run = run_command(spec, self.interrupt.clone());
+        // Stopped at shutdown, or when this instance can no longer keep its claims in a
+        // shared database (self-fencing: before another instance may take the message over).
+        let stop = self.interrupt.child_token();
+        let run = run_command(spec, stop.clone());
         tokio::pin!(run);
-        // Without a journal there is no start to record, and no timer to set for it.
-        let report = if self.deliveries.is_journaled() {
+        let journaled = self.deliveries.is_journaled();
+        // Without a journal there is no start to record, and no timer is set for it.
+        let start_after = async {
+            if journaled {
+                tokio::time::sleep(JOURNAL_START_AFTER).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(start_after);
+        let mut fence = self.deliveries.fence();
+        let fenced = async {
+            let changed = match fence.as_mut() {
+                Some(fence) => fence.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(fenced);
+        let mut start_recorded = false;
+        let report = loop {
             tokio::select! {
                 biased;
-                report = &mut run => report,
-                () = tokio::time::sleep(JOURNAL_START_AFTER) => {
+                report = &mut run => break report,
+                () = &mut start_after, if !start_recorded => {
+                    start_recorded = true;
                     self.deliveries.started(&mut handle);
-                    run.await
+                }
+                () = &mut fenced, if !stop.is_cancelled() => {
+                    tracing::error!(
+                        hook = hook.name.as_str(),
+                        msg_id = push.msg_id.as_deref().unwrap_or(""),
+                        "the claim's lease cannot be renewed: stopping the command before another instance may take it over"
+                    );
+                    stop.cancel();
                 }
             }
-        } else {
-            run.await
         };
         running.dec();
         let result = run_result(&report);
