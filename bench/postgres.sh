@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The shared journal's cost: `/bin/true` pushes at concurrency 1, 8 and 64 with the journal on
+# SQLite, on PostgreSQL (the same machine), and with two instances sharing that PostgreSQL
+# database (each behind its own wrk, half the connections each; their throughputs are added).
+# Measured in one run, round-robin over the setups, `reps` times; prints requests/s and p50
+# for each, and the ratios PostgreSQL / SQLite. Traffic goes to 127.0.0.1 only.
+#
+# PostgreSQL fsyncs every commit by default (synchronous_commit = on); the SQLite journal does
+# not (WAL, synchronous = NORMAL): a PostgreSQL commit survives power loss, a SQLite one a crash
+# of the process.
+#
+# Usage: bench/postgres.sh [seconds-per-measurement] [repetitions]
+#   CMQHOOK_TEST_POSTGRES   a database URL the bench may create databases with
+#                           (default postgres://root@127.0.0.1:5432/test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-3}
+reps=${2:-3}
+admin=${CMQHOOK_TEST_POSTGRES:-postgres://root@127.0.0.1:5432/test}
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+command -v psql >/dev/null || { echo "needs psql (apt-get install postgresql-client)" >&2; exit 1; }
+cargo build --release --locked -q --bin cmqhook
+bin=$PWD/target/release/cmqhook
+work=$(mktemp -d)
+db="cmqhook_bench_$$"
+base=${admin%/*}
+cleanup() {
+    for pidfile in "$work"/*/pid; do
+        [ -e "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+psql "$admin" -qc "CREATE DATABASE $db" >/dev/null
+printf '{"TopicOwner":1,"topicName":"MyTopic","subscriptionName":"sub","msgId":"@ID@","msgBody":"test message","publishTime":1}' > "$work/push"
+
+# start NAME JOURNAL [INSTANCE] -> $addr
+start() {
+    local name=$1 journal=$2 instance=${3:-$1}
+    mkdir -p "$work/$name"
+    cat > "$work/$name/hooks.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+journal = "$journal"
+instance = "$instance"
+[hooks.bench]
+argv = ["/bin/true"]
+TOML
+    RUST_LOG=cmqhook::service=info "$bin" serve -c "$work/$name/hooks.toml" >/dev/null 2>"$work/$name/log" &
+    echo $! > "$work/$name/pid"
+    addr=
+    for _ in $(seq 200); do
+        addr=$(grep -ao 'listening on http://[0-9.:]*' "$work/$name/log" | sed 's|.*http://||' || true)
+        [ -n "$addr" ] && break
+        sleep 0.05
+    done
+    [ -n "$addr" ] || { echo "$name did not start:" >&2; cat "$work/$name/log" >&2; exit 1; }
+    echo "$addr" > "$work/$name/addr"
+}
+
+# load ADDR CONNS RUN_ID -> "requests/s p50_ms"
+load() {
+    local addr=$1 conns=$2 threads
+    threads=$(( conns < 2 ? 1 : 2 ))
+    RUN_ID=$3 BODY_FILE=$work/push wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 20s \
+        --latency -s bench/push.lua "http://$addr/" 2>&1 |
+        awk '/Requests\/sec/ {rps = $2}
+             /^ +50%/ {v = $2; if (v ~ /us$/) {sub(/us/, "", v); v /= 1000}
+                       else if (v ~ /ms$/) {sub(/ms/, "", v)}
+                       else if (v ~ /s$/) {sub(/s/, "", v); v *= 1000}; p50 = v}
+             END {printf "%.0f %.3f\n", rps, p50}'
+}
+
+start sqlite "$work/sqlite.db"
+start pg "$base/$db" pg
+start pg-a "$base/$db" pg-a
+start pg-b "$base/$db" pg-b
+results=$work/results
+: > "$results"
+for rep in $(seq "$reps"); do
+    for conns in 1 8 64; do
+        echo "sqlite $conns $(load "$(cat "$work/sqlite/addr")" "$conns" "s$rep-$conns")" >> "$results"
+        echo "pg $conns $(load "$(cat "$work/pg/addr")" "$conns" "p$rep-$conns")" >> "$results"
+        if [ "$conns" -gt 1 ]; then
+            half=$(( conns / 2 ))
+            load "$(cat "$work/pg-a/addr")" "$half" "a$rep-$conns" > "$work/a.out" &
+            load "$(cat "$work/pg-b/addr")" "$half" "b$rep-$conns" > "$work/b.out"
+            wait
+            read -r ra pa < "$work/a.out"
+            read -r rb pb < "$work/b.out"
+            echo "pg-two $conns $((ra + rb)) $(awk -v a="$pa" -v b="$pb" 'BEGIN {printf "%.3f", (a + b) / 2}')" >> "$results"
+        fi
+    done
+done
+runs=$(psql "$base/$db" -Atc "SELECT count(*), count(DISTINCT (hook, msg_id)) FROM cmqhook_runs")
+echo "PostgreSQL journal: $runs (runs, distinct messages: equal when nothing ran twice)"
+echo
+printf '%-8s %6s %28s %28s\n' setup conns "requests/s (min med max)" "p50 ms (min med max)"
+for setup in sqlite pg pg-two; do
+    for conns in 1 8 64; do
+        awk -v s="$setup" -v c="$conns" '$1 == s && $2 == c {print $3, $4}' "$results" > "$work/one"
+        [ -s "$work/one" ] || continue
+        rps=$(cut -d' ' -f1 "$work/one" | sort -n | awk '{a[NR] = $1} END {printf "%d %d %d", a[1], a[int((NR + 1) / 2)], a[NR]}')
+        p50=$(cut -d' ' -f2 "$work/one" | sort -n | awk '{a[NR] = $1} END {printf "%.2f %.2f %.2f", a[1], a[int((NR + 1) / 2)], a[NR]}')
+        printf '%-8s %6s %28s %28s\n' "$setup" "$conns" "$rps" "$p50"
+    done
+done
+echo
+for conns in 1 8 64; do
+    awk -v c="$conns" '$2 == c && $1 == "sqlite" {s[++n] = $3; sp[n] = $4}
+                       $2 == c && $1 == "pg" {p[++m] = $3; pp[m] = $4}
+                       END {for (i = 1; i <= n && i <= m; i++) {
+                                printf "c%-3s round %d: pg/sqlite throughput %.2f, p50 %+.2f ms\n",
+                                       c, i, p[i] / s[i], pp[i] - sp[i]}}' "$results"
+done
