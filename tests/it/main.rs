@@ -2,11 +2,13 @@
 //! the built `cmqhook` over real HTTP on 127.0.0.1, real processes, real SQLite.
 
 mod harness;
+mod pg;
 
 mod cli;
 mod delivery;
 mod faults;
 mod operations;
+mod postgres;
 mod properties;
 mod push;
 mod security;
