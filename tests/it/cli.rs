@@ -335,7 +335,10 @@ fn serve_logs_at_info_by_default() {
         has_line(&info, &["push", "msg_id=\"lv1\"", "status=200"]),
         "{log}"
     );
-    assert!(has_line(&info, &["said-by-the-hook", "hook=say"]), "{log}");
+    assert!(
+        has_line(&info, &["said-by-the-hook", "hook=\"say\""]),
+        "{log}"
+    );
     assert!(
         has_line(&at_level(&log, "WARN"), &["has no selector"]),
         "{log}"
@@ -363,7 +366,7 @@ fn verbose_adds_debug_lines_with_every_run_finished() {
     assert!(
         has_line(
             &debug,
-            &["run finished", "hook=say", "outcome=\"succeeded\""]
+            &["run finished", "hook=\"say\"", "outcome=\"succeeded\""]
         ),
         "{log}"
     );

@@ -144,8 +144,8 @@ fn secrets_are_redacted_in_answers_logs_and_the_journal() {
     // Every push has a line, with the path as the config wrote it.
     let log = server.log_text();
     for needle in [
-        "path=/cmq/${DEPLOY_SECRET} ",
-        "path=/cmq/${DEPLOY_SECRET}/other ",
+        "path=\"/cmq/${DEPLOY_SECRET}\" ",
+        "path=\"/cmq/${DEPLOY_SECRET}/other\" ",
     ] {
         assert!(log.contains(needle), "no {needle:?} in:\n{log}");
     }
