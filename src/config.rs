@@ -10,7 +10,6 @@
 //! it route: a hook's [`Selector`] says what it matches, and [`crate::routing`] indexes them.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use serde::Deserialize;
 use crate::cmq::FormatSetting;
 
 mod diagnostic;
+mod listen;
 mod load;
 mod raw;
 mod selector;
@@ -28,7 +28,8 @@ mod selector;
 mod tests;
 
 pub use diagnostic::{ConfigError, Diagnostic};
-pub use selector::{LazyGlob, Pattern, Selector};
+pub use listen::{Listen, ListenError};
+pub use selector::{LazyGlob, Mismatch, Pattern, Selector};
 
 use crate::secrets::{self, Secrets};
 
@@ -48,7 +49,7 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct Server {
-    pub listen: SocketAddr,
+    pub listen: Listen,
     pub format: FormatSetting,
     pub max_body: u64,
     pub max_running: usize,
@@ -162,7 +163,7 @@ impl Config {
         if self.hooks.is_empty() {
             warnings.push("no hooks are configured: every push is unmatched".to_owned());
         }
-        if !self.server.listen.ip().is_loopback() {
+        if !self.server.listen.is_loopback() {
             let secret_path = self.hooks.iter().any(|hook| {
                 hook.path_shown
                     .as_deref()
