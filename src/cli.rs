@@ -254,6 +254,9 @@ pub enum CliError {
     },
     #[error("cannot write a delivery as JSON: {0}")]
     HistoryJson(#[from] serde_json::Error),
+    /// A message already made safe to show (secrets redacted).
+    #[error("{0}")]
+    Shown(String),
     /// Standard output cannot be written; a reader that went away is [`CliError::is_closed_stdout`].
     #[error("cannot write to standard output: {0}")]
     Stdout(std::io::Error),
@@ -291,6 +294,7 @@ impl CliError {
             | CliError::InitExists { .. }
             | CliError::InitWrite { .. }
             | CliError::HistoryJson(_)
+            | CliError::Shown(_)
             | CliError::Stdout(_) => ExitCode::FAILURE,
         }
     }
@@ -330,7 +334,7 @@ pub fn main() -> ExitCode {
 }
 
 fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
-    let config = Config::load(&args.config)?;
+    let config = Config::load_for_serve(&args.config)?;
     say!(
         "{}: valid, {} hook{}",
         config.file.display(),
@@ -342,6 +346,15 @@ fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
     }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
+    }
+    // A database that is down now must not block a start (ExecStartPre): a warning only.
+    if let Some(url) = &config.server.postgres
+        && let Err(err) = delivery::postgres::probe(url)
+    {
+        eprintln!(
+            "warning: cannot reach the journal database now ({}); serve will start anyway and answer 503 until it can",
+            config.redact(&err)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -519,28 +532,32 @@ fn send(args: &SendArgs) -> Result<ExitCode, CliError> {
 
 fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
     let config = Config::load(&args.config.config)?;
-    let Some(path) = &config.server.journal else {
-        return Err(CliError::JournalOff {
-            file: config.file.clone(),
-        });
-    };
     let filter = HistoryFilter {
         hook: args.hook.clone(),
         msg_id: args.msg_id.clone(),
         failed: args.failed,
         limit: args.limit,
     };
-    let deliveries = match delivery::history(path, &filter) {
-        Err(JournalError::Missing { .. }) => {
-            // `serve` creates the journal: a fresh install has simply seen nothing yet.
-            let path = path.display().to_string();
-            eprintln!(
-                "no deliveries yet: the journal {} does not exist yet (`cmqhook serve` creates it)",
-                config.redact(&path)
-            );
-            return Ok(ExitCode::SUCCESS);
+    let deliveries = match (&config.server.postgres, &config.server.journal) {
+        (Some(url), _) => delivery::postgres::history(url, &filter)
+            .map_err(|err| CliError::Shown(config.redact(&err.to_string()).into_owned()))?,
+        (None, Some(path)) => match delivery::history(path, &filter) {
+            Err(JournalError::Missing { .. }) => {
+                // `serve` creates the journal: a fresh install has simply seen nothing yet.
+                let path = path.display().to_string();
+                eprintln!(
+                    "no deliveries yet: the journal {} does not exist yet (`cmqhook serve` creates it)",
+                    config.redact(&path)
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            found => found?,
+        },
+        (None, None) => {
+            return Err(CliError::JournalOff {
+                file: config.file.clone(),
+            });
         }
-        found => found?,
     };
     if deliveries.is_empty() {
         let filtered = args.hook.is_some() || args.msg_id.is_some() || args.failed;

@@ -6,8 +6,10 @@
 //! first. `${NAME}` is expanded in `listen`, `token`, `path` and `journal` only; every value the
 //! last three take from the environment is a secret that [`Config::redact`] hides again, and
 //! the variables it came from are not passed to commands unless a hook lists them in `pass_env`.
-//! This module does not run anything: it only checks that workdirs and programs exist. Nor does
-//! it route: a hook's [`Selector`] says what it matches, and [`crate::routing`] indexes them.
+//! This module does not run anything: it only checks that workdirs and programs exist (and, for
+//! `check` and `serve`, that the journal can be created and whether shell commands' programs
+//! are found). Nor does it route: a hook's [`Selector`] says what it matches, and
+//! [`crate::routing`] indexes them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ mod tests;
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use listen::{Listen, ListenError};
+use load::Scope;
 pub use selector::{LazyGlob, Mismatch, Pattern, Selector};
 
 use crate::secrets::{self, Secrets};
@@ -45,6 +48,8 @@ pub struct Config {
     secrets: Secrets,
     /// The variables they came from.
     secret_vars: Vec<String>,
+    /// Found while loading, at their line: shell commands whose program is not found.
+    located_warnings: Vec<Diagnostic>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,8 +60,15 @@ pub struct Server {
     pub max_running: usize,
     pub respond_within: Duration,
     pub unmatched: Unmatched,
-    /// `None` when `journal = "off"`.
+    /// The SQLite journal; `None` when `journal = "off"` or a PostgreSQL URL.
     pub journal: Option<PathBuf>,
+    /// `journal = "postgres://…"`: the database several instances share (SPEC §8). Holds a
+    /// password: never show it (the secrets it was expanded from are redacted).
+    pub postgres: Option<String>,
+    /// This instance's name in a shared journal; default: the host name.
+    pub instance: String,
+    /// How long a claim in a shared journal lives without renewal.
+    pub lease: Duration,
     pub dedup_for: Duration,
     /// `journal = "off"` only: how many (hook, message id) outcomes are kept in memory.
     pub dedup_capacity: usize,
@@ -136,11 +148,30 @@ pub struct Hook {
 impl Config {
     /// Reads and validates `file`.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.to_owned(),
-            source,
+        Self::read_and_parse(file, Scope::File)
+    }
+
+    /// As [`Config::load`], and also checks what `serve` needs beyond the file: an error if
+    /// the journal cannot be created in its directory, and a warning for each shell `command`
+    /// whose program is not found (see [`Config::warnings`]). For `check` and `serve`.
+    pub fn load_for_serve(file: &Path) -> Result<Config, ConfigError> {
+        Self::read_and_parse(file, Scope::Serve)
+    }
+
+    fn read_and_parse(file: &Path, scope: Scope) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    file: file.to_owned(),
+                }
+            } else {
+                ConfigError::Read {
+                    file: file.to_owned(),
+                    source,
+                }
+            }
         })?;
-        Self::parse(file, &text, |name| std::env::var(name).ok())
+        load::parse(file, &text, &|name| std::env::var(name).ok(), scope)
     }
 
     /// Validates `text` as if read from `file`; `env` looks up variables for `${NAME}`.
@@ -149,7 +180,7 @@ impl Config {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        load::parse(file, text, &env)
+        load::parse(file, text, &env, Scope::File)
     }
 
     /// `text` with every secret value replaced by `${NAME}` or `<token>`.
@@ -182,6 +213,16 @@ impl Config {
                 ));
             }
         }
+        if self.server.postgres.is_some() {
+            let longest = self.hooks.iter().map(|hook| hook.kill_grace).max();
+            if let Some(longest) = longest.filter(|grace| self.server.lease < *grace * 3) {
+                warnings.push(format!(
+                    "`lease` ({}) is shorter than 3 x the longest kill_grace ({}): a command stopped because its lease cannot be renewed may outlive the lease",
+                    humantime::format_duration(self.server.lease),
+                    humantime::format_duration(longest)
+                ));
+            }
+        }
         for secret in self.secrets.list() {
             if !secrets::is_long(&secret.value) {
                 warnings.push(format!(
@@ -207,6 +248,7 @@ impl Config {
                 ));
             }
         }
+        warnings.extend(self.located_warnings.iter().map(ToString::to_string));
         warnings
     }
 }

@@ -145,15 +145,24 @@ async fn push(
                 tags: tags.as_deref().map(parse_tags).unwrap_or_default(),
             },
         );
-        tracing::info!(
-            msg_id = msg_id.as_deref().unwrap_or(""),
-            request_id = request_id.as_deref().unwrap_or(""),
-            path = %path,
-            status = status.as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            error = %error,
-            "push refused"
-        );
+        macro_rules! refused_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    msg_id = msg_id.as_deref().unwrap_or(""),
+                    request_id = request_id.as_deref().unwrap_or(""),
+                    path = &*path,
+                    status = status.as_u16(),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    error = error.as_str(),
+                    "push refused"
+                )
+            };
+        }
+        if status.is_server_error() {
+            refused_line!(warn);
+        } else {
+            refused_line!(info);
+        }
         let mut response = HttpResponse::build(status);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, "5"));
@@ -254,15 +263,35 @@ async fn push(
         metrics().rejected.with_label_values(&["unmatched"]).inc();
     }
     let hooks: Vec<&str> = answer.results.iter().map(|r| r.hook.as_str()).collect();
-    tracing::info!(
-        msg_id = answer.msg_id.as_deref().unwrap_or(""),
-        request_id = %request_id,
-        path = %path,
-        hooks = %hooks.join(","),
-        status = status.as_u16(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "push"
-    );
+    let hooks = hooks.join(",");
+    let (msg_id, request_id, path) = (answer.msg_id.as_deref().unwrap_or(""), &*request_id, &*path);
+    let (status_code, duration_ms) = (status.as_u16(), started.elapsed().as_millis() as u64);
+    macro_rules! push_line {
+        ($level:ident $(, $field:ident = $value:expr)*) => {
+            tracing::$level!(
+                msg_id,
+                request_id,
+                path,
+                hooks = hooks.as_str(),
+                $($field = $value,)*
+                status = status_code,
+                duration_ms,
+                "push"
+            )
+        };
+    }
+    match &answer.unmatched {
+        // What it carried, so that the operator sees why no hook matched.
+        Some(carried) => push_line!(
+            info,
+            format = carried.format.as_str(),
+            topic = &*config.redact(carried.topic.as_deref().unwrap_or("")),
+            subscription = &*config.redact(carried.subscription.as_deref().unwrap_or("")),
+            tags = &*config.redact(&carried.tags.join(","))
+        ),
+        None if status.is_server_error() => push_line!(warn),
+        None => push_line!(info),
+    }
     let mut response = HttpResponse::build(status);
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response.insert_header((header::RETRY_AFTER, "5"));

@@ -20,6 +20,8 @@ use crate::http;
 
 /// The soft open-files limit `serve` raises itself to, if the hard limit allows.
 const OPEN_FILES: u64 = 65_536;
+/// How long `serve` waits at start for a shared database before serving without it.
+const DATABASE_WAIT: Duration = Duration::from_secs(3);
 /// How long killed runs may take to be reaped and journaled after the grace.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 /// How long orphaned commands get after SIGTERM when no hook says (`kill_grace`'s default).
@@ -48,7 +50,7 @@ pub enum ServeError {
 
 /// Serves `config_file` until SIGTERM or SIGINT, then drains. `listen` overrides the config.
 pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeError> {
-    let config = Config::load(config_file)?;
+    let config = Config::load_for_serve(config_file)?;
     raise_open_files_limit();
     for warning in config.warnings() {
         tracing::warn!("{warning}");
@@ -130,20 +132,42 @@ fn bind(listen: &Listen) -> Result<Vec<TcpListener>, ServeError> {
     Ok(listeners)
 }
 
-/// The delivery state `config` asks for: the SQLite journal, or memory only.
+/// The delivery state `config` asks for: the SQLite journal, a PostgreSQL database shared
+/// with other instances, or memory only.
 fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
     let server = &config.server;
-    match &server.journal {
-        Some(path) => {
-            // Orphans get the longest grace any hook would give its command.
-            let grace = config
-                .hooks
-                .iter()
-                .map(|hook| hook.kill_grace)
-                .max()
-                .unwrap_or(DEFAULT_ORPHAN_GRACE);
-            Deliveries::open_sqlite(path, server.dedup_for, grace)
+    // Orphans get the longest grace any hook would give its command.
+    let grace = config
+        .hooks
+        .iter()
+        .map(|hook| hook.kill_grace)
+        .max()
+        .unwrap_or(DEFAULT_ORPHAN_GRACE);
+    if let Some(url) = &server.postgres {
+        let deliveries = Deliveries::open_postgres(
+            url,
+            &server.instance,
+            server.lease,
+            server.dedup_for,
+            grace,
+        )?;
+        // Serving starts either way: while the database cannot be reached, pushes that would
+        // run something get 503 (the monitor has logged why).
+        if deliveries.wait_ready(DATABASE_WAIT) {
+            tracing::info!(
+                instance = server.instance.as_str(),
+                "journal: shared PostgreSQL database"
+            );
+        } else {
+            tracing::error!(
+                instance = server.instance.as_str(),
+                "journal: the PostgreSQL database cannot be reached; serving anyway, answering 503 to pushes that would run something until it can"
+            );
         }
+        return Ok(deliveries);
+    }
+    match &server.journal {
+        Some(path) => Deliveries::open_sqlite(path, server.dedup_for, grace),
         None => Ok(Deliveries::in_memory(server.dedup_capacity)),
     }
 }
@@ -214,7 +238,11 @@ fn reload(dispatcher: &Dispatcher, config_file: &Path) {
                     "`server.listen` changed: the new address takes effect only after a restart"
                 );
             }
-            if config.server.journal != old.server.journal {
+            if config.server.journal != old.server.journal
+                || config.server.postgres != old.server.postgres
+                || config.server.instance != old.server.instance
+                || config.server.lease != old.server.lease
+            {
                 tracing::warn!(
                     "`server.journal` changed: the new journal takes effect only after a restart"
                 );

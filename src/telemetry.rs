@@ -30,8 +30,9 @@ pub fn init(format: LogFormat, verbosity: i8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},actix_server=warn")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},actix_server=warn,tokio_postgres=warn"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -42,8 +43,9 @@ pub fn init(format: LogFormat, verbosity: i8) {
     };
 }
 
-/// Writes an event's fields as `message name="text" name=value`: strings quoted, and every
-/// control character of every value escaped (`\n`, `\r`, `\t`, `\x1b`, `\u{85}`).
+/// Writes an event's fields as `message name="text" name=12`: every value but numbers and
+/// booleans quoted (whether recorded as a string, `%value` or `?value`), and every control
+/// character of every field escaped (`\n`, `\r`, `\t`, `\x1b`).
 pub struct EscapedFields;
 
 impl<'writer> FormatFields<'writer> for EscapedFields {
@@ -96,9 +98,26 @@ impl Visit for FieldWriter<'_> {
         self.write(field, value, true);
     }
 
+    /// Text given by `%value` (Display) or `?value` (Debug): quoted like a string.
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let text = format!("{value:?}");
-        self.write(field, &text, false);
+        self.write(field, &text, true);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.write(field, &value.to_string(), false);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.write(field, &value.to_string(), false);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.write(field, &value.to_string(), false);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.write(field, if value { "true" } else { "false" }, false);
     }
 }
 
@@ -233,6 +252,17 @@ pub fn metrics() -> &'static Metrics {
 }
 
 impl Metrics {
+    /// Creates `hook`'s series at 0, so that an alert on them works before its first event.
+    /// Not its duration histogram: 14 series a hook, for no alert that needs them at 0.
+    pub fn declare_hook(&self, hook: &str) {
+        for outcome in ["succeeded", "failed", "timed_out"] {
+            self.runs.with_label_values(&[hook, outcome]);
+        }
+        self.running.with_label_values(&[hook]);
+        self.dedup_hits.with_label_values(&[hook]);
+        self.queued.with_label_values(&[hook]);
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -1,11 +1,14 @@
 //! Config errors: every problem found, each at `file:line:column`.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// There is no file there: say how to point at one.
+    #[error("no config at {} (use -c FILE or CMQHOOK_CONFIG)", shown(.file))]
+    Missing { file: PathBuf },
     #[error("{}: cannot read config: {source}", file.display())]
     Read {
         file: PathBuf,
@@ -31,6 +34,14 @@ impl fmt::Display for Diagnostic {
             "{}:{}:{}: {}",
             self.file, self.line, self.column, self.message
         )
+    }
+}
+
+/// `file` as a user would type it: `./hooks.toml` rather than `hooks.toml`.
+fn shown(file: &Path) -> String {
+    match file.parent() {
+        Some(dir) if dir.as_os_str().is_empty() => format!("./{}", file.display()),
+        _ => file.display().to_string(),
     }
 }
 

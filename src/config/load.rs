@@ -1,5 +1,5 @@
-//! From text to a [`Config`]: parse the raw structs, apply defaults, resolve paths, check
-//! everything, and collect every diagnostic.
+//! From text to a [`Config`]: read every table key by key, apply defaults, resolve paths,
+//! check everything, and collect every diagnostic.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -7,24 +7,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::raw::{RawDuration, RawHook, RawServer};
+use super::raw::{RawDuration, RawHook, RawServer, keys_of};
 use super::{Action, Config, ConfigError, Diagnostic, Hook, Pattern, Selector, Server};
 use crate::secrets::{Secret, Secrets, expand_vars};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
+/// A claim's lease in a shared journal.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// `journal = "off"`: (hook, message id) outcomes kept in memory, oldest finished evicted first.
 const DEFAULT_DEDUP_CAPACITY: usize = 100_000;
+/// The top-level tables.
+const SECTIONS: &[&str] = &["server", "defaults", "hooks"];
+
+/// How far loading looks beyond the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// The file, and the workdirs and `argv` programs it names.
+    File,
+    /// Also what `serve` needs: a journal it can create (an error), and the programs of shell
+    /// commands (a warning each, since the shell may define them).
+    Serve,
+}
 
 /// Validates `text` as if read from `file`; `env` looks up variables for `${NAME}`.
 pub(super) fn parse(
     file: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    scope: Scope,
 ) -> Result<Config, ConfigError> {
     let dir = match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
@@ -35,7 +50,9 @@ pub(super) fn parse(
         text,
         dir,
         env,
+        scope,
         diagnostics: Vec::new(),
+        warnings: Vec::new(),
         secrets: Vec::new(),
         secret_vars: Vec::new(),
     };
@@ -53,20 +70,58 @@ pub(super) fn parse(
                 hook.hidden_env = hidden.cloned().collect();
                 hook.output_secrets = output_secrets.clone();
             }
+            sort(&mut loader.warnings);
             Ok(Config {
                 file: file.to_owned(),
                 secrets,
                 secret_vars: loader.secret_vars,
+                located_warnings: loader.warnings,
                 ..config
             })
         }
         _ => {
-            // In file order, whichever check found them.
-            loader
-                .diagnostics
-                .sort_by_key(|diagnostic| (diagnostic.line, diagnostic.column));
+            sort(&mut loader.diagnostics);
             Err(ConfigError::Invalid(loader.diagnostics))
         }
+    }
+}
+
+/// In file order, whichever check found them.
+fn sort(diagnostics: &mut [Diagnostic]) {
+    diagnostics.sort_by_key(|diagnostic| (diagnostic.line, diagnostic.column));
+}
+
+/// A table read key by key.
+struct Section<T> {
+    raw: T,
+    /// Where the table starts (`0..0` for a table the file does not have).
+    span: Range<usize>,
+    /// The keys whose values could not be read, and those that unknown keys probably meant:
+    /// the checks that need them are skipped, so one mistake is reported once.
+    broken: Vec<&'static str>,
+}
+
+impl<T: DeserializeOwned + Default> Section<T> {
+    /// A table the file does not have.
+    fn absent() -> Self {
+        Section {
+            raw: T::default(),
+            span: 0..0,
+            broken: Vec::new(),
+        }
+    }
+
+    /// A table that could not be read at all: nothing in it is to be relied on.
+    fn unreadable(span: Range<usize>) -> Self {
+        Section {
+            raw: T::default(),
+            span,
+            broken: keys_of::<T>().to_vec(),
+        }
+    }
+
+    fn is_broken(&self, key: &str) -> bool {
+        self.broken.contains(&key)
     }
 }
 
@@ -75,7 +130,10 @@ struct Loader<'a> {
     text: &'a str,
     dir: PathBuf,
     env: &'a dyn Fn(&str) -> Option<String>,
+    scope: Scope,
     diagnostics: Vec<Diagnostic>,
+    /// Things `serve` will probably trip over, at their line.
+    warnings: Vec<Diagnostic>,
     secrets: Vec<Secret>,
     /// The variables secrets were taken from, in the order met.
     secret_vars: Vec<String>,
@@ -83,49 +141,92 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let diagnostic = self.diagnostic(span, message.into());
+        self.diagnostics.push(diagnostic);
+    }
+
+    fn warning(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let diagnostic = self.diagnostic(span, message.into());
+        self.warnings.push(diagnostic);
+    }
+
+    fn diagnostic(&self, span: Range<usize>, message: String) -> Diagnostic {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before[line_start..].chars().count() + 1;
-        self.diagnostics.push(Diagnostic {
+        Diagnostic {
             file: self.file.clone(),
             line,
             column,
-            message: message.into(),
-        });
+            message,
+        }
     }
 
-    fn toml_error(&mut self, prefix: &str, table: Option<&DeTable<'_>>, err: toml::de::Error) {
-        let span = err.span().unwrap_or(0..0);
-        // Name the key whose value the error is about, when serde's message does not.
-        let key = table.and_then(|table| {
-            table
-                .iter()
-                .find(|(key, value)| {
-                    key.span().contains(&span.start) || value.span().contains(&span.start)
-                })
-                .map(|(key, _)| key.get_ref().to_string())
-        });
+    /// A TOML syntax error, or a value serde could not read (`key` names it).
+    fn toml_error(&mut self, key: Option<&str>, fallback: Range<usize>, err: &toml::de::Error) {
         let message = err.message().trim_end();
         let message = match key {
-            Some(key) => format!("{prefix}{key}: {message}"),
-            None if prefix.is_empty() => message.to_owned(),
-            None => format!("{}: {message}", prefix.trim_end_matches('.')),
+            Some(key) => format!("{key}: {message}"),
+            None => message.to_owned(),
         };
-        self.error(span, message);
+        self.error(err.span().unwrap_or(fallback), message);
     }
 
-    fn section<T: for<'de> Deserialize<'de> + Default>(
+    /// Reads the table `value` key by key, so that every unknown key and every bad value gets
+    /// a diagnostic of its own (serde's derive stops at the first). `prefix` names the table:
+    /// `server.`, `hooks.NAME.`. `None` when `value` is no table.
+    fn section<T: DeserializeOwned + Default>(
         &mut self,
         prefix: &str,
         value: Spanned<DeValue<'_>>,
-    ) -> Option<T> {
-        let table = value.get_ref().as_table().cloned();
-        match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(section) => Some(section),
+    ) -> Option<Section<T>> {
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            let name = prefix.trim_end_matches('.');
+            self.error(span, format!("{name}: expected a table `[{name}]`"));
+            return None;
+        };
+        let keys = keys_of::<T>();
+        let mut readable = DeTable::new();
+        let mut broken = Vec::new();
+        for (key, value) in table {
+            let name = key.get_ref().as_ref();
+            let Some(&known) = keys.iter().find(|known| **known == name) else {
+                let meant = did_you_mean(name, keys);
+                let message = match meant {
+                    Some(meant) => {
+                        format!("{prefix}{name}: unknown field `{name}`, did you mean `{meant}`?")
+                    }
+                    None => format!(
+                        "{prefix}{name}: unknown field `{name}`, expected one of {}",
+                        listed(keys)
+                    ),
+                };
+                self.error(key.span(), message);
+                broken.extend(meant);
+                continue;
+            };
+            // This key alone: its error, if any, is its own.
+            let mut alone = DeTable::new();
+            alone.insert(key.clone(), value.clone());
+            match read::<T>(span.clone(), alone) {
+                Ok(_) => {
+                    readable.insert(key, value);
+                }
+                Err(err) => {
+                    self.toml_error(Some(&format!("{prefix}{name}")), value.span(), &err);
+                    broken.push(known);
+                }
+            }
+        }
+        // Every key was read alone, so together they are read too; should that ever fail, it
+        // is reported rather than unwrapped.
+        match read::<T>(span.clone(), readable) {
+            Ok(raw) => Some(Section { raw, span, broken }),
             Err(err) => {
-                self.toml_error(prefix, table.as_ref(), err);
-                None
+                self.toml_error(Some(prefix.trim_end_matches('.')), span.clone(), &err);
+                Some(Section::unreadable(span))
             }
         }
     }
@@ -134,17 +235,27 @@ impl Loader<'_> {
         let root = match DeTable::parse(self.text) {
             Ok(root) => root.into_inner(),
             Err(err) => {
-                self.toml_error("", None, err);
+                self.toml_error(None, 0..0, &err);
                 return None;
             }
         };
-        let mut server = Some(RawServer::default());
-        let mut defaults = Some(RawHook::default());
+        let mut server = Section::absent();
+        let mut defaults = Section::<RawHook>::absent();
         let mut raw_hooks = Vec::new();
         for (key, value) in root {
             match key.get_ref().as_ref() {
-                "server" => server = self.section("server.", value),
-                "defaults" => defaults = self.section("defaults.", value),
+                "server" => {
+                    let span = value.span();
+                    server = self
+                        .section("server.", value)
+                        .unwrap_or_else(|| Section::unreadable(span));
+                }
+                "defaults" => {
+                    let span = value.span();
+                    defaults = self
+                        .section("defaults.", value)
+                        .unwrap_or_else(|| Section::unreadable(span));
+                }
                 "hooks" => {
                     let span = value.span();
                     let DeValue::Table(hooks) = value.into_inner() else {
@@ -153,32 +264,34 @@ impl Loader<'_> {
                     };
                     for (name, hook) in hooks {
                         let name = name.into_inner().into_owned();
-                        let span = hook.span();
                         let prefix = format!("hooks.{name}.");
                         if let Some(raw) = self.section::<RawHook>(&prefix, hook) {
-                            raw_hooks.push((name, span, raw));
+                            raw_hooks.push((name, raw));
                         }
                     }
                 }
                 other => {
-                    let message = format!(
-                        "unknown section `{other}`, expected one of `server`, `defaults`, `hooks`"
-                    );
+                    let message = match did_you_mean(other, SECTIONS) {
+                        Some(meant) => {
+                            format!("unknown section `{other}`, did you mean `{meant}`?")
+                        }
+                        None => format!(
+                            "unknown section `{other}`, expected one of {}",
+                            listed(SECTIONS)
+                        ),
+                    };
                     self.error(key.span(), message);
                 }
             }
         }
         // A broken [server] does not stop the hooks from being checked: report every error.
-        let server = server.map(|raw| self.server(raw));
-        let defaults = defaults?;
+        let server = self.server(server);
+        let raw = &defaults.raw;
         for (selector, span) in [
-            ("path", defaults.path.as_ref().map(Spanned::span)),
-            ("topic", defaults.topic.as_ref().map(Spanned::span)),
-            (
-                "subscription",
-                defaults.subscription.as_ref().map(Spanned::span),
-            ),
-            ("tags", defaults.tags.as_ref().map(Spanned::span)),
+            ("path", raw.path.as_ref().map(Spanned::span)),
+            ("topic", raw.topic.as_ref().map(Spanned::span)),
+            ("subscription", raw.subscription.as_ref().map(Spanned::span)),
+            ("tags", raw.tags.as_ref().map(Spanned::span)),
         ] {
             if let Some(span) = span {
                 self.error(
@@ -189,19 +302,22 @@ impl Loader<'_> {
         }
         let hooks: Vec<_> = raw_hooks
             .into_iter()
-            .filter_map(|(name, span, raw)| self.hook(name, span, raw, &defaults))
+            .filter_map(|(name, raw)| self.hook(name, raw, &defaults))
             .map(Arc::new)
             .collect();
         Some(Config {
             file: PathBuf::new(),
-            server: server?,
+            server,
             hooks,
             secrets: Secrets::default(),
             secret_vars: Vec::new(),
+            located_warnings: Vec::new(),
         })
     }
 
-    fn server(&mut self, raw: RawServer) -> Server {
+    fn server(&mut self, section: Section<RawServer>) -> Server {
+        let journal_broken = section.is_broken("journal");
+        let raw = section.raw;
         let listen = match raw.listen {
             Some(listen) => {
                 let span = listen.span();
@@ -251,14 +367,58 @@ impl Loader<'_> {
             Some(n) => n.into_inner(),
             None => DEFAULT_DEDUP_CAPACITY,
         };
-        let journal = match raw.journal {
-            Some(journal) => match self.expand("server.journal", &journal, true).as_deref() {
-                Some("off") => None,
+        let mut postgres = None;
+        let journal = match &raw.journal {
+            Some(journal) => match self.expand("server.journal", journal, true) {
+                Some(off) if off == "off" => None,
+                Some(url) if crate::delivery::postgres::is_url(&url) => {
+                    // The URL holds a password: the error does not quote it.
+                    if let Err(reason) = crate::delivery::postgres::parse_url(&url) {
+                        self.error(journal.span(), format!("server.journal: {reason}"));
+                    }
+                    postgres = Some(url);
+                    None
+                }
                 Some(path) => Some(self.dir.join(path)),
                 None => None,
             },
             None => Some(self.dir.join(DEFAULT_JOURNAL)),
         };
+        let lease = match raw.lease {
+            Some(lease) if lease.get_ref().into_inner() < Duration::from_secs(1) => {
+                self.error(lease.span(), "server.lease: must be at least 1s");
+                DEFAULT_LEASE
+            }
+            Some(lease) => lease.into_inner().into_inner(),
+            None => DEFAULT_LEASE,
+        };
+        let instance = match raw.instance {
+            Some(instance) if instance.get_ref().trim().is_empty() => {
+                self.error(instance.span(), "server.instance: must not be empty");
+                String::new()
+            }
+            Some(instance) => instance.into_inner(),
+            None => host_name(),
+        };
+        if let Some(path) = &journal
+            && self.scope == Scope::Serve
+            && !journal_broken
+            && let Some(problem) = journal_problem(path)
+        {
+            // What a variable put into the path stays hidden.
+            let problem = Secrets::new(self.secrets.clone())
+                .redact(&problem)
+                .into_owned();
+            match &raw.journal {
+                Some(journal) => self.error(journal.span(), format!("server.journal: {problem}")),
+                None => self.error(
+                    section.span,
+                    format!(
+                        "server.journal: the default journal `{DEFAULT_JOURNAL}` (beside the config): {problem}; set `journal` in [server] to a writable place, or \"off\""
+                    ),
+                ),
+            }
+        }
         Server {
             listen: listen.unwrap_or_else(|| {
                 DEFAULT_LISTEN
@@ -271,6 +431,9 @@ impl Loader<'_> {
             respond_within: duration(raw.respond_within, Duration::from_secs(10)),
             unmatched: raw.unmatched.unwrap_or_default(),
             journal,
+            postgres,
+            instance,
+            lease,
             dedup_for: duration(raw.dedup_for, Duration::from_secs(25 * 3600)),
             dedup_capacity,
             shutdown_grace: duration(raw.shutdown_grace, Duration::from_secs(30)),
@@ -303,17 +466,29 @@ impl Loader<'_> {
     fn hook(
         &mut self,
         name: String,
-        span: Range<usize>,
-        raw: RawHook,
-        defaults: &RawHook,
+        section: Section<RawHook>,
+        defaults: &Section<RawHook>,
     ) -> Option<Hook> {
         let before = self.diagnostics.len();
         let key = |field: &str| format!("hooks.{name}.{field}");
-        let (command, argv) = if raw.command.is_some() || raw.argv.is_some() {
+        let Section {
+            raw,
+            span: hook_span,
+            broken,
+        } = section;
+        // Whether a key the hook does not give (from the hook or [defaults], where its value
+        // would have come from) could not be read.
+        let unreadable = |field: &'static str, given: bool| {
+            !given && (broken.contains(&field) || defaults.is_broken(field))
+        };
+        let action_given = raw.command.is_some() || raw.argv.is_some();
+        let action_broken = unreadable("command", action_given) || unreadable("argv", action_given);
+        let (command, argv) = if action_given {
             (raw.command, raw.argv)
         } else {
-            (defaults.command.clone(), defaults.argv.clone())
+            (defaults.raw.command.clone(), defaults.raw.argv.clone())
         };
+        let command_span = command.as_ref().map(Spanned::span);
         let argv_span = argv.as_ref().map(Spanned::span);
         let action = match (command, argv) {
             (Some(_), Some(argv)) => {
@@ -321,9 +496,11 @@ impl Loader<'_> {
                 self.error(argv.span(), message);
                 None
             }
+            // The key that was meant is reported already.
+            (None, None) if action_broken => None,
             (None, None) => {
                 let message = format!("hooks.{name}: needs `command` or `argv`");
-                self.error(span, message);
+                self.error(hook_span, message);
                 None
             }
             (Some(command), None) if command.get_ref().trim().is_empty() => {
@@ -340,7 +517,8 @@ impl Loader<'_> {
             }
             (None, Some(argv)) => Some(Action::Argv(argv.into_inner().into())),
         };
-        let workdir = match raw.workdir.or_else(|| defaults.workdir.clone()) {
+        let workdir_broken = unreadable("workdir", raw.workdir.is_some());
+        let workdir = match raw.workdir.or_else(|| defaults.raw.workdir.clone()) {
             Some(workdir) => {
                 let path = self.dir.join(workdir.get_ref());
                 if !path.is_dir() {
@@ -355,11 +533,45 @@ impl Loader<'_> {
             }
             None => self.dir.clone(),
         };
-        if let (Some(Action::Argv(argv)), Some(span)) = (&action, &argv_span)
-            && !program_exists(&argv[0], &workdir)
-        {
-            let message = format!("{}: program `{}` not found", key("argv"), argv[0]);
-            self.error(span.clone(), message);
+        let mut env: Vec<(String, String)> = defaults
+            .raw
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for (name, value) in raw.env.unwrap_or_default() {
+            env.retain(|(existing, _)| *existing != name);
+            env.push((name, value));
+        }
+        // Where the program is looked for is only known when the workdir and PATH are.
+        if !workdir_broken && !unreadable("env", false) {
+            let search_path = env
+                .iter()
+                .find(|(name, _)| name == "PATH")
+                .map(|(_, value)| value.into());
+            let search_path = search_path.or_else(|| std::env::var_os("PATH"));
+            match (&action, &argv_span, &command_span) {
+                (Some(Action::Argv(argv)), Some(span), _) => {
+                    if let Err(missing) = find_program(&argv[0], &workdir, search_path.as_deref()) {
+                        let message = format!("{}: program {missing}", key("argv"));
+                        self.error(span.clone(), message);
+                    }
+                }
+                (Some(Action::Shell(command)), _, Some(span)) if self.scope == Scope::Serve => {
+                    if let Some(program) = shell_program(command)
+                        && let Err(missing) =
+                            find_program(program, &workdir, search_path.as_deref())
+                    {
+                        let message = format!(
+                            "{}: program {missing}: unless the shell defines it, every run fails (exit 127)",
+                            key("command")
+                        );
+                        self.warning(span.clone(), message);
+                    }
+                }
+                _ => {}
+            }
         }
         let path = raw.path.and_then(|path| {
             let value = self.expand(&key("path"), &path, true)?;
@@ -386,16 +598,6 @@ impl Loader<'_> {
             }
             Some(tags.into_inner())
         });
-        let mut env: Vec<(String, String)> = defaults
-            .env
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        for (name, value) in raw.env.unwrap_or_default() {
-            env.retain(|(existing, _)| *existing != name);
-            env.push((name, value));
-        }
         if self.diagnostics.len() > before {
             return None;
         }
@@ -416,18 +618,21 @@ impl Loader<'_> {
             env: env.into(),
             pass_env: raw
                 .pass_env
-                .or_else(|| defaults.pass_env.clone())
+                .or_else(|| defaults.raw.pass_env.clone())
                 .unwrap_or_default(),
             hidden_env: Arc::new([]),
             output_secrets: Secrets::default(),
-            stdin: raw.stdin.or(defaults.stdin).unwrap_or_default(),
-            timeout: duration(raw.timeout.or(defaults.timeout), Duration::from_secs(300)),
+            stdin: raw.stdin.or(defaults.raw.stdin).unwrap_or_default(),
+            timeout: duration(
+                raw.timeout.or(defaults.raw.timeout),
+                Duration::from_secs(300),
+            ),
             kill_grace: duration(
-                raw.kill_grace.or(defaults.kill_grace),
+                raw.kill_grace.or(defaults.raw.kill_grace),
                 Duration::from_secs(5),
             ),
-            concurrency: raw.concurrency.or(defaults.concurrency).unwrap_or(0),
-            queue: raw.queue.or(defaults.queue).unwrap_or(16),
+            concurrency: raw.concurrency.or(defaults.raw.concurrency).unwrap_or(0),
+            queue: raw.queue.or(defaults.raw.queue).unwrap_or(16),
             name,
         })
     }
@@ -467,13 +672,215 @@ impl Loader<'_> {
     }
 }
 
-/// Whether `program` can be executed from `workdir`: a path when it has a `/`, else on `PATH`.
-fn program_exists(program: &str, workdir: &Path) -> bool {
-    if program.contains('/') {
-        return workdir.join(program).is_file();
+/// Reads `T` from the table `table` (spanned `span`).
+fn read<T: DeserializeOwned>(span: Range<usize>, table: DeTable<'_>) -> Result<T, toml::de::Error> {
+    T::deserialize(ValueDeserializer::from(Spanned::new(
+        span,
+        DeValue::Table(table),
+    )))
+}
+
+/// The key of `keys` that `unknown` is probably a typo of: the nearest within an edit distance
+/// of a third of its length (at least 1), ignoring case.
+fn did_you_mean(unknown: &str, keys: &[&'static str]) -> Option<&'static str> {
+    let unknown = unknown.to_lowercase();
+    let limit = (unknown.chars().count() / 3).max(1);
+    keys.iter()
+        .map(|key| (strsim::damerau_levenshtein(&unknown, key), *key))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, key)| key)
+}
+
+/// `` `a`, `b`, `c` ``.
+fn listed(keys: &[&str]) -> String {
+    let keys: Vec<String> = keys.iter().map(|key| format!("`{key}`")).collect();
+    keys.join(", ")
+}
+
+/// Why `serve` could not create or open the journal `path`, if it could not: its directory
+/// must exist and be writable (SQLite adds `-wal`, `-shm` and cmqhook a `.lock` beside it).
+fn journal_problem(path: &Path) -> Option<String> {
+    use nix::unistd::{AccessFlags, access};
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("directory `{shown}` does not exist"));
+        }
+        Err(err) => return Some(format!("directory `{shown}` cannot be used: {err}")),
+        Ok(meta) if !meta.is_dir() => {
+            return Some(format!("`{shown}` is not a directory"));
+        }
+        Ok(_) => {}
     }
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+    if let Err(errno) = access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+        return Some(format!(
+            "directory `{shown}` is not writable: {}",
+            errno.desc()
+        ));
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Some(format!("`{}` is a directory", path.display())),
+        Ok(_) => access(path, AccessFlags::R_OK | AccessFlags::W_OK)
+            .err()
+            .map(|errno| format!("`{}` is not writable: {}", path.display(), errno.desc())),
+        Err(_) => None,
+    }
+}
+
+/// Looks for `program` as `exec` would from `workdir`: a path when it has a `/`, else in
+/// `search_path` (PATH; its relative entries are relative to `workdir`). Err says where it
+/// looked: `` `./x` not found (looked for /srv/x) `` or `` `x` not found on PATH ``.
+fn find_program(
+    program: &str,
+    workdir: &Path,
+    search_path: Option<&std::ffi::OsStr>,
+) -> Result<(), String> {
+    if program.contains('/') {
+        let path = workdir.join(program);
+        if path.is_file() {
+            return Ok(());
+        }
+        // `workdir/./x` reads better as `workdir/x`, and a relative workdir as absolute.
+        let shown: PathBuf = path.components().collect();
+        let shown = std::path::absolute(&shown).unwrap_or(shown);
+        return Err(format!(
+            "`{program}` not found (looked for {})",
+            shown.display()
+        ));
+    }
+    search_path
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| workdir.join(dir).join(program))
+        .any(|path| path.is_file())
+        .then_some(())
+        .ok_or_else(|| format!("`{program}` not found on PATH"))
+}
+
+/// What the shell words of a command line may start with without naming a program: keywords
+/// and the builtins of POSIX sh, dash and bash.
+const SHELL_WORDS: &[&str] = &[
+    "!",
+    "{",
+    "}",
+    "case",
+    "do",
+    "done",
+    "elif",
+    "else",
+    "esac",
+    "fi",
+    "for",
+    "function",
+    "if",
+    "in",
+    "select",
+    "then",
+    "time",
+    "until",
+    "while",
+    ".",
+    ":",
+    "[",
+    "alias",
+    "bg",
+    "break",
+    "builtin",
+    "caller",
+    "cd",
+    "command",
+    "compgen",
+    "complete",
+    "continue",
+    "declare",
+    "dirs",
+    "disown",
+    "echo",
+    "enable",
+    "eval",
+    "exec",
+    "exit",
+    "export",
+    "false",
+    "fc",
+    "fg",
+    "getopts",
+    "hash",
+    "help",
+    "history",
+    "jobs",
+    "kill",
+    "let",
+    "local",
+    "logout",
+    "mapfile",
+    "popd",
+    "printf",
+    "pushd",
+    "pwd",
+    "read",
+    "readarray",
+    "readonly",
+    "return",
+    "set",
+    "shift",
+    "shopt",
+    "source",
+    "suspend",
+    "test",
+    "times",
+    "trap",
+    "true",
+    "type",
+    "typeset",
+    "ulimit",
+    "umask",
+    "unalias",
+    "unset",
+    "wait",
+];
+
+/// The program a shell command line starts with, when that is plain to see: after leading
+/// `NAME=value` assignments, a first word of plain characters that is no keyword or builtin.
+/// `None` whenever the shell could make something else of it (quotes, `$`, globs, `~`,
+/// redirections, subshells): a warning is only given where it cannot be wrong.
+fn shell_program(command: &str) -> Option<&str> {
+    let plain = |c: char| c.is_alphanumeric() || "_./+,@%:-".contains(c);
+    let mut rest = command;
+    loop {
+        rest = rest.trim_start();
+        let end = rest
+            .find(|c: char| c.is_whitespace() || ";&|()".contains(c))
+            .unwrap_or(rest.len());
+        let (word, after) = rest.split_at(end);
+        if let Some((name, value)) = word.split_once('=') {
+            let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !is_name || !value.chars().all(plain) {
+                return None;
+            }
+            rest = after;
+            continue;
+        }
+        if word.is_empty() || !word.chars().all(plain) || SHELL_WORDS.contains(&word) {
+            return None;
+        }
+        return Some(word);
+    }
+}
+
+/// The host's name, for `instance`.
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "cmqhook".to_owned())
 }
 
 fn duration(raw: Option<RawDuration>, default: Duration) -> Duration {

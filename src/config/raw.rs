@@ -1,10 +1,13 @@
 //! The config as written: serde structs, every field optional, spans kept for diagnostics.
+//! The loader reads a table key by key (so that each bad key gets a diagnostic of its own), and
+//! [`keys_of`] tells it which keys a struct takes.
 
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use indexmap::IndexMap;
 use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use toml::Spanned;
 
 use super::{StdinMode, Unmatched};
@@ -26,6 +29,8 @@ pub(super) struct RawServer {
     pub(super) token: Option<Spanned<String>>,
     pub(super) allow: Option<Vec<Spanned<String>>>,
     pub(super) trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub(super) instance: Option<Spanned<String>>,
+    pub(super) lease: Option<Spanned<RawDuration>>,
 }
 
 pub(super) type RawDuration = humantime_serde::Serde<Duration>;
@@ -47,4 +52,40 @@ pub(super) struct RawHook {
     pub(super) kill_grace: Option<RawDuration>,
     pub(super) concurrency: Option<usize>,
     pub(super) queue: Option<usize>,
+}
+
+/// The keys `T` takes, in declaration order: the field names serde's derive hands to
+/// `deserialize_struct`, so that they cannot drift from the struct. Empty if `T` is no struct.
+pub(super) fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut keys: &'static [&'static str] = &[];
+    // The derive asks for a struct first thing; the error returned then ends it.
+    let _ = T::deserialize(KeyNames(&mut keys));
+    keys
+}
+
+/// A deserializer that only records the field names it is asked for.
+struct KeyNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for KeyNames<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(de::Error::custom("only the field names were wanted"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
 }

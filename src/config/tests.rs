@@ -49,7 +49,16 @@ fn one_error(text: &str, line: usize, column: usize, needles: &[&str]) -> Diagno
 }
 
 fn assert_at(diagnostic: &Diagnostic, line: usize, column: usize, needles: &[&str]) {
-    assert_eq!(diagnostic.file, FILE, "{diagnostic}");
+    assert_at_file(diagnostic, Path::new(FILE), (line, column), needles);
+}
+
+fn assert_at_file(
+    diagnostic: &Diagnostic,
+    file: &Path,
+    (line, column): (usize, usize),
+    needles: &[&str],
+) {
+    assert_eq!(diagnostic.file, file.display().to_string(), "{diagnostic}");
     assert_eq!(
         (diagnostic.line, diagnostic.column),
         (line, column),
@@ -738,11 +747,12 @@ command = "true"
 
 #[test]
 fn diagnostics_are_in_file_order() {
-    // Deserialisation errors (a, c) are found before later checks (b), yet shown in order.
+    // Deserialisation errors (a, c) are found before later checks (b; a and c have no
+    // command), yet shown in order.
     let text = "[hooks.a]\nbogus = 1\n[hooks.b]\ncommand = \"x\"\ntopic = \"[z-a]\"\n\
                 [hooks.c]\ntimeout = \"x\"\n";
     let lines: Vec<usize> = diagnostics(text).iter().map(|d| d.line).collect();
-    assert_eq!(lines, [2, 5, 7]);
+    assert_eq!(lines, [1, 2, 5, 6, 7]);
 }
 
 #[test]
@@ -1078,12 +1088,37 @@ fn a_hook_with_any_selector_gives_no_warning() {
 }
 
 #[test]
-fn reading_a_missing_file_names_it() {
+fn a_missing_file_is_named_with_the_flag_and_the_variable() {
     let dir = tempdir();
     let file = dir.path().join("absent.toml");
     let err = Config::load(&file).expect_err("no such file");
+    assert!(matches!(err, ConfigError::Missing { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no config at {} (use -c FILE or CMQHOOK_CONFIG)",
+            file.display()
+        )
+    );
+    // A bare file name is shown as the path it is, relative to the working directory.
+    let err = Config::load(Path::new("cmqhook-no-such-config.toml")).expect_err("no such file");
+    assert!(
+        err.to_string()
+            .starts_with("no config at ./cmqhook-no-such-config.toml (use -c FILE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reading_a_file_that_is_there_but_unreadable_names_it() {
+    let dir = tempdir();
+    // A directory cannot be read as a file, even by root.
+    let err = Config::load(dir.path()).expect_err("a directory");
     assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
-    assert!(err.to_string().starts_with(&file.display().to_string()));
+    assert!(
+        err.to_string()
+            .starts_with(&dir.path().display().to_string())
+    );
 }
 
 #[test]
@@ -1097,5 +1132,442 @@ fn load_reads_the_file_and_resolves_against_its_dir() {
     assert_eq!(
         config.server.journal.as_deref(),
         Some(dir.path().join("cmqhook.db").as_path())
+    );
+}
+
+/// `text` loaded as `check` and `serve` load it (journal and command programs checked), as if
+/// read from `file`.
+fn parse_for_serve(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    load::parse(file, text, &env, load::Scope::Serve)
+}
+
+/// The single diagnostic of `text` loaded for `serve` from `file`, checked as `one_error` does.
+fn one_error_for_serve(
+    file: &Path,
+    text: &str,
+    (line, column): (usize, usize),
+    needles: &[&str],
+) -> Diagnostic {
+    let diagnostics = match parse_for_serve(file, text) {
+        Ok(config) => panic!("expected errors, got {config:?}"),
+        Err(ConfigError::Invalid(diagnostics)) => diagnostics,
+        Err(err) => panic!("expected ConfigError::Invalid, got {err:?}"),
+    };
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    let diagnostic = diagnostics.into_iter().next().expect("length checked");
+    assert_at_file(&diagnostic, file, (line, column), needles);
+    diagnostic
+}
+
+#[test]
+fn every_bad_key_of_one_table_is_reported_at_its_own_line() {
+    let text = r#"[server]
+jornal = "x"
+unmatched = "rejct"
+max_running = 0
+
+[hooks.h]
+topc = "t"
+timeout = "forever"
+stdin = "all"
+command = "true"
+"#;
+    let diagnostics = diagnostics(text);
+    assert_eq!(diagnostics.len(), 6, "{diagnostics:#?}");
+    assert_at(&diagnostics[0], 2, 1, &["server.jornal", "unknown field"]);
+    assert_at(&diagnostics[1], 3, 13, &["server.unmatched", "rejct"]);
+    assert_at(
+        &diagnostics[2],
+        4,
+        15,
+        &["server.max_running", "at least 1"],
+    );
+    assert_at(&diagnostics[3], 7, 1, &["hooks.h.topc", "unknown field"]);
+    assert_at(&diagnostics[4], 8, 11, &["hooks.h.timeout", "forever"]);
+    assert_at(&diagnostics[5], 9, 9, &["hooks.h.stdin", "all"]);
+}
+
+#[test]
+fn every_bad_key_of_defaults_is_reported_and_hooks_are_still_checked() {
+    let text = "[defaults]\ntimeout = 5\nqueue = -1\nretries = 3\n\
+                [hooks.a]\ncommand = \"x\"\ntopic = \"[oops\"\n";
+    let diagnostics = diagnostics(text);
+    assert_eq!(diagnostics.len(), 4, "{diagnostics:#?}");
+    assert_at(&diagnostics[0], 2, 11, &["defaults.timeout"]);
+    assert_at(&diagnostics[1], 3, 9, &["defaults.queue"]);
+    assert_at(
+        &diagnostics[2],
+        4,
+        1,
+        &["defaults.retries", "unknown field"],
+    );
+    assert_at(&diagnostics[3], 7, 9, &["hooks.a.topic", "invalid glob"]);
+}
+
+#[test]
+fn a_key_that_cannot_be_read_is_not_reported_again_as_missing() {
+    // `command` is wrong, or misspelt: saying the hook has no command too would be noise.
+    one_error(
+        "[hooks.a]\ncommand = [\"x\"]\n",
+        2,
+        11,
+        &["hooks.a.command"],
+    );
+    one_error(
+        "[hooks.a]\ncomand = \"x\"\n",
+        2,
+        1,
+        &["hooks.a.comand", "did you mean `command`?"],
+    );
+    // The same for a command every hook takes from [defaults].
+    one_error(
+        "[defaults]\ncommand = 1\n[hooks.a]\ntopic = \"t\"\n[hooks.b]\ntopic = \"u\"\n",
+        2,
+        11,
+        &["defaults.command"],
+    );
+    // A key that is merely unknown does not excuse a missing command.
+    let diagnostics = diagnostics("[hooks.a]\ncolour = \"blue\"\n");
+    assert_eq!(diagnostics.len(), 2, "{diagnostics:#?}");
+    assert_at(&diagnostics[0], 1, 1, &["hooks.a", "`command` or `argv`"]);
+    assert_at(&diagnostics[1], 2, 1, &["hooks.a.colour", "unknown field"]);
+}
+
+#[test]
+fn a_section_that_is_no_table_is_one_error() {
+    one_error("server = 5\n", 1, 10, &["server", "expected a table"]);
+    one_error(
+        "defaults = \"x\"\n[hooks.a]\ntopic = \"t\"\n",
+        1,
+        12,
+        &["defaults", "expected a table"],
+    );
+}
+
+#[test]
+fn unknown_keys_suggest_the_nearest_known_key() {
+    for (text, line, column, suggestion) in [
+        (
+            "[hooks.a]\ncommand = \"x\"\ncomand = \"x\"\n",
+            3,
+            1,
+            "`command`",
+        ),
+        (
+            "[hooks.a]\ncommand = \"x\"\nTimeout = \"1s\"\n",
+            3,
+            1,
+            "`timeout`",
+        ),
+        (
+            "[hooks.a]\ncommand = \"x\"\nkill-grace = \"1s\"\n",
+            3,
+            1,
+            "`kill_grace`",
+        ),
+        (
+            "[hooks.a]\ncommand = \"x\"\n  passenv = []\n",
+            3,
+            3,
+            "`pass_env`",
+        ),
+        ("[defaults]\nworkdri = \".\"\n", 2, 1, "`workdir`"),
+        ("[server]\njornal = \"off\"\n", 2, 1, "`journal`"),
+        ("[server]\nmax_bodyy = 5\n", 2, 1, "`max_body`"),
+        ("[server]\nalow = []\n", 2, 1, "`allow`"),
+    ] {
+        let diagnostic = one_error(text, line, column, &["unknown field"]);
+        assert!(
+            diagnostic
+                .message
+                .ends_with(&format!("did you mean {suggestion}?")),
+            "{diagnostic}"
+        );
+    }
+    // Nothing near: the keys there are, instead of a guess.
+    let diagnostic = one_error(
+        "[hooks.a]\ncommand = \"x\"\ncolour = \"blue\"\n",
+        3,
+        1,
+        &["hooks.a.colour", "unknown field", "expected one of `path`"],
+    );
+    assert!(!diagnostic.message.contains("did you mean"), "{diagnostic}");
+}
+
+#[test]
+fn unknown_sections_suggest_the_nearest_section() {
+    for (text, column, suggestion) in [
+        ("[hook.deploy]\ncommand = \"true\"\n", 2, "`hooks`"),
+        ("[sever]\nlisten = \"127.0.0.1:1\"\n", 2, "`server`"),
+        ("[default]\ntimeout = \"1s\"\n", 2, "`defaults`"),
+        ("Hooks = {}\n", 1, "`hooks`"),
+    ] {
+        let diagnostic = one_error(text, 1, column, &["unknown section"]);
+        assert!(
+            diagnostic
+                .message
+                .ends_with(&format!("did you mean {suggestion}?")),
+            "{diagnostic}"
+        );
+    }
+    let diagnostic = one_error("verbose = true\n", 1, 1, &["`verbose`", "unknown section"]);
+    assert!(
+        diagnostic
+            .message
+            .contains("expected one of `server`, `defaults`, `hooks`"),
+        "{diagnostic}"
+    );
+}
+
+#[test]
+fn a_journal_in_a_missing_directory_is_an_error_for_check_and_serve() {
+    let dir = tempdir();
+    let file = dir.path().join("hooks.toml");
+    let text = "[server]\njournal = \"state/j.db\"\n";
+    let state = dir.path().join("state").display().to_string();
+    one_error_for_serve(
+        &file,
+        text,
+        (2, 11),
+        &["server.journal", &state, "does not exist"],
+    );
+    // The file alone is not checked for it (`route`, `run`, `history`).
+    Config::parse(&file, text, env).expect("the file alone is valid");
+    std::fs::create_dir(dir.path().join("state")).expect("create state");
+    parse_for_serve(&file, text).expect("a journal directory that exists");
+}
+
+#[test]
+fn a_journal_under_a_file_or_that_is_a_directory_is_an_error() {
+    let dir = tempdir();
+    let file = dir.path().join("hooks.toml");
+    std::fs::write(dir.path().join("somefile"), "x").expect("write somefile");
+    std::fs::create_dir(dir.path().join("db")).expect("create db");
+    one_error_for_serve(
+        &file,
+        "[server]\njournal = \"somefile/j.db\"\n\n[hooks.a]\ncommand = \"true\"\n",
+        (2, 11),
+        &["server.journal", "somefile", "not a directory"],
+    );
+    one_error_for_serve(
+        &file,
+        "[server]\njournal = \"db\"\n",
+        (2, 11),
+        &["server.journal", "is a directory"],
+    );
+}
+
+#[test]
+fn a_journal_in_a_directory_that_cannot_be_written_is_an_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).expect("create locked");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    let file = locked.join("hooks.toml");
+    let text = "[hooks.a]\npath = \"/a\"\ncommand = \"true\"\n";
+    // Root writes there anyway, and so could create the journal: only what fails is an error.
+    if std::fs::write(locked.join("probe"), "").is_ok() {
+        parse_for_serve(&file, text).expect("root can create the journal");
+        return;
+    }
+    // No `journal` key: the default journal is named, and what to do about it.
+    one_error_for_serve(
+        &file,
+        text,
+        (1, 1),
+        &[
+            "server.journal",
+            "`cmqhook.db`",
+            "not writable",
+            "set `journal`",
+        ],
+    );
+}
+
+#[test]
+fn the_default_journal_is_checked_but_off_and_a_bad_value_are_not() {
+    let dir = tempdir();
+    let file = dir.path().join("missing-dir/hooks.toml");
+    one_error_for_serve(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:1\"\n",
+        (1, 1),
+        &["server.journal", "`cmqhook.db`", "does not exist"],
+    );
+    parse_for_serve(&file, "[server]\njournal = \"off\"\n").expect("no journal, no check");
+    // A bad `journal` value is reported once, not again as the default journal's problem.
+    one_error_for_serve(
+        &file,
+        "[server]\njournal = 5\n",
+        (2, 11),
+        &["server.journal", "invalid type"],
+    );
+}
+
+#[test]
+fn a_journal_error_hides_what_a_variable_put_in_its_path() {
+    let dir = tempdir();
+    let file = dir.path().join("hooks.toml");
+    let diagnostic = one_error_for_serve(
+        &file,
+        "[server]\njournal = \"${OUTER}/j.db\"\n",
+        (2, 11),
+        &["${OUTER}", "does not exist"],
+    );
+    assert!(!diagnostic.message.contains("xx-ab12-yy"), "{diagnostic}");
+}
+
+/// The warnings `check` gives about `commands`, one hook each, in a config in `dir`.
+fn command_warnings(dir: &Path, commands: &[&str]) -> Vec<String> {
+    let mut text = String::from("[server]\njournal = \"off\"\n");
+    for (i, command) in commands.iter().enumerate() {
+        text.push_str(&format!(
+            "[hooks.h{i}]\npath = \"/{i}\"\ncommand = '{command}'\n"
+        ));
+    }
+    let config = match parse_for_serve(&dir.join("hooks.toml"), &text) {
+        Ok(config) => config,
+        Err(err) => panic!("expected a valid config, got:\n{err}"),
+    };
+    config.warnings()
+}
+
+#[test]
+fn a_shell_command_whose_program_is_not_found_gets_a_warning_at_its_line() {
+    let dir = tempdir();
+    let file = dir.path().join("hooks.toml");
+    let text = "[server]\njournal = \"off\"\n[hooks.a]\npath = \"/a\"\n\
+                command = \"cmqhook-no-such-program --now\"\n\
+                [hooks.b]\npath = \"/b\"\ncommand = \"./missing.sh prod\"\n";
+    let warnings = parse_for_serve(&file, text).expect("valid").warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    let shown = file.display();
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{shown}:5:11: hooks.a.command: program `cmqhook-no-such-program` not found on PATH"
+        )),
+        "{warnings:#?}"
+    );
+    let looked_for = dir.path().join("missing.sh");
+    assert!(
+        warnings[1].starts_with(&format!(
+            "{shown}:8:11: hooks.b.command: program `./missing.sh` not found (looked for {})",
+            looked_for.display()
+        )),
+        "{warnings:#?}"
+    );
+    // Loading the file alone (route, run, history) does not look.
+    assert!(
+        Config::parse(&file, text, env)
+            .expect("valid")
+            .warnings()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_shell_command_whose_program_is_there_gets_no_warning() {
+    let dir = tempdir();
+    std::fs::create_dir(dir.path().join("bin")).expect("create bin");
+    std::fs::write(dir.path().join("deploy.sh"), "").expect("write deploy.sh");
+    std::fs::write(dir.path().join("bin/tool"), "").expect("write tool");
+    let warnings = command_warnings(
+        dir.path(),
+        &[
+            "sh -c true",
+            "./deploy.sh prod",
+            "bin/tool",
+            "/bin/sh -c true",
+            "  env A=1 true",
+        ],
+    );
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    // The hook's own PATH is the one the shell searches; its relative entries start from the
+    // workdir.
+    let text = "[server]\njournal = \"off\"\n[hooks.a]\npath = \"/a\"\ncommand = \"tool\"\n\
+                env = { PATH = \"bin\" }\n[hooks.b]\npath = \"/b\"\ncommand = \"sh\"\n\
+                env = { PATH = \"bin\" }\n";
+    let warnings = parse_for_serve(&dir.path().join("hooks.toml"), text)
+        .expect("valid")
+        .warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("hooks.b.command: program `sh` not found on PATH"),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn shell_builtins_keywords_and_what_the_shell_expands_get_no_warning() {
+    let dir = tempdir();
+    let warnings = command_warnings(
+        dir.path(),
+        &[
+            "exit 3",
+            "echo hi",
+            "test -f x",
+            "[ -f x ]",
+            "cd /tmp && cmqhook-no-such-program",
+            "true",
+            "false",
+            ": nothing",
+            "set -e; cmqhook-no-such-program",
+            "export A=1",
+            "if true; then :; fi",
+            "for i in 1 2; do :; done",
+            "while false; do :; done",
+            "{ echo; }",
+            "(cmqhook-no-such-program)",
+            "! cmqhook-no-such-program",
+            ". ./env.sh",
+            "exec cmqhook-no-such-program",
+            "A=1",
+            "A=1 B=2 echo x",
+            "A=\"x y\" cmqhook-no-such-program",
+            "$HOME/bin/x",
+            "\"$CMD\" --now",
+            "~/bin/deploy",
+            "cmqhook-no-such-*",
+            ">out echo x",
+            "2>&1 echo x",
+            "# a comment",
+            "`which x`",
+            "x\\y",
+        ],
+    );
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    // An assignment before a program that is not there does not hide it.
+    let warnings = command_warnings(dir.path(), &["A=1 B=x/y cmqhook-no-such-program"]);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+}
+
+#[test]
+fn a_missing_program_shows_where_it_was_looked_for() {
+    let dir = tempdir();
+    std::fs::create_dir(dir.path().join("jobs")).expect("create jobs");
+    let file = dir.path().join("hooks.toml");
+    let text = "[hooks.a]\nworkdir = \"jobs\"\nargv = [\"./deploy.sh\"]\n\
+                [hooks.b]\nargv = [\"cmqhook-no-such-program\"]\n";
+    let err = Config::parse(&file, text, env).expect_err("invalid");
+    let ConfigError::Invalid(diagnostics) = err else {
+        panic!("expected diagnostics, got {err:?}");
+    };
+    assert_eq!(diagnostics.len(), 2, "{diagnostics:#?}");
+    let looked_for = dir.path().join("jobs/deploy.sh");
+    assert_at_file(
+        &diagnostics[0],
+        &file,
+        (3, 8),
+        &[&format!(
+            "hooks.a.argv: program `./deploy.sh` not found (looked for {})",
+            looked_for.display()
+        )],
+    );
+    assert_at_file(
+        &diagnostics[1],
+        &file,
+        (5, 8),
+        &["hooks.b.argv: program `cmqhook-no-such-program` not found on PATH"],
     );
 }

@@ -5,7 +5,9 @@
 //! here, behind one type, [`Deliveries`], over a backend:
 //!
 //! - memory (`journal = "off"`): a bounded table, forgotten on restart;
-//! - SQLite ([`sqlite`]): the embedded journal, one owner per file, written by one thread.
+//! - SQLite ([`sqlite`]): the embedded journal, one owner per file, written by one thread;
+//! - PostgreSQL ([`postgres`]): one database shared by several instances, where a claim is
+//!   also taken in the database ([`Deliveries::acquire`]) before a run starts.
 //!
 //! A claim is one atomic operation (claim-or-observe): the look-up and the claim happen under
 //! one lock, so two pushes of one message never both start it. What the state promises, under
@@ -13,6 +15,7 @@
 //! the journal cannot be written nothing new starts; outcomes not yet written stay in memory
 //! and answer retries.
 
+pub mod postgres;
 pub mod sqlite;
 mod table;
 
@@ -87,6 +90,9 @@ pub struct RunResult {
     /// The outcome is committed to the journal (always, without one). A result that is not
     /// may not be answered 2xx.
     pub recorded: bool,
+    /// The outcome of a run this push did not start (another instance's): answered as
+    /// deduplicated.
+    pub elsewhere: bool,
 }
 
 impl RunResult {
@@ -99,6 +105,7 @@ impl RunResult {
             duration_ms: millis(waited),
             error,
             recorded: true,
+            elsewhere: false,
         }
     }
 }
@@ -242,7 +249,10 @@ impl RunHandle {
 enum Store {
     Memory,
     Sqlite(sqlite::Journal),
+    Postgres(postgres::Postgres),
 }
+
+pub use postgres::Acquired;
 
 /// The owner of every (hook, message id)'s state.
 pub struct Deliveries {
@@ -280,9 +290,36 @@ impl Deliveries {
         })
     }
 
+    /// A PostgreSQL database at `url`, shared with other instances; this one is `instance`.
+    /// Does not wait for the database (see [`postgres::Postgres::open`]).
+    pub fn open_postgres(
+        url: &str,
+        instance: &str,
+        lease: Duration,
+        keep: Duration,
+        orphan_grace: Duration,
+    ) -> Result<Deliveries, JournalError> {
+        let boot = sqlite::new_token();
+        let journal = postgres::Postgres::open(url, instance, &boot, lease, keep, orphan_grace)?;
+        Ok(Deliveries {
+            table: Arc::new(Table::new(16, None)),
+            boot,
+            next_id: std::sync::atomic::AtomicI64::new(1),
+            store: Store::Postgres(journal),
+        })
+    }
+
+    /// Waits at most `within` for a shared database to be ready; true at once for the others.
+    pub fn wait_ready(&self, within: Duration) -> bool {
+        match &self.store {
+            Store::Postgres(journal) => journal.wait_ready(within),
+            Store::Memory | Store::Sqlite(_) => true,
+        }
+    }
+
     /// Whether outcomes outlive the process.
     pub fn is_journaled(&self) -> bool {
-        matches!(self.store, Store::Sqlite(_))
+        !matches!(self.store, Store::Memory)
     }
 
     /// `Ok` while new runs may start; else why not.
@@ -290,7 +327,62 @@ impl Deliveries {
         match &self.store {
             Store::Memory => Ok(()),
             Store::Sqlite(journal) => journal.health(),
+            Store::Postgres(journal) => journal.health(),
         }
+    }
+
+    /// With a shared database: changes when this instance could not renew its claims' leases
+    /// for so long that they may soon be taken over; its running commands must stop then.
+    pub fn fence(&self) -> Option<watch::Receiver<u64>> {
+        match &self.store {
+            Store::Postgres(journal) => Some(journal.fence()),
+            Store::Memory | Store::Sqlite(_) => None,
+        }
+    }
+
+    /// The id of a run about to be claimed: its part of the run's `CMQHOOK_RUN` marker.
+    pub fn new_run_id(&self) -> i64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// With a shared database, claims (hook, message id) there too, after [`Deliveries::claim`]
+    /// gave this process the run: `None` with any other backend (nothing more to take).
+    pub async fn acquire(
+        &self,
+        hook: &str,
+        msg_id: &str,
+        run_id: i64,
+        dedup_for: Duration,
+    ) -> Option<Acquired> {
+        match &self.store {
+            Store::Postgres(journal) => {
+                Some(journal.acquire(hook, msg_id, run_id, dedup_for).await)
+            }
+            Store::Memory | Store::Sqlite(_) => None,
+        }
+    }
+
+    /// A claim taken by [`Deliveries::acquire`] whose run will not start: the database lets it
+    /// go, and its attempt is not used up.
+    pub fn release(&self, hook: &str, msg_id: &str, attempt: u32) {
+        if let Store::Postgres(journal) = &self.store {
+            journal.release(hook, msg_id, attempt);
+        }
+    }
+
+    /// A run this process claimed will not happen because the outcome is known elsewhere (or
+    /// nothing may start): its waiters get `result`, and the claim is let go here.
+    pub fn settle_elsewhere(
+        &self,
+        hook: &str,
+        msg_id: &str,
+        attempt: u32,
+        ticket: &Ticket,
+        result: RunResult,
+    ) {
+        let key = (hook.to_owned(), msg_id.to_owned());
+        self.table.withdraw(&key, attempt);
+        ticket.settle(result);
     }
 
     /// Claims (hook, message id) for a run, or observes what is there: a success (not run
@@ -307,8 +399,9 @@ impl Deliveries {
             };
         };
         let key = (hook.to_owned(), msg_id.to_owned());
+        // The shared database is asked by `acquire`, off this lock.
         let journal = |key: &Key| match &self.store {
-            Store::Memory => Ok(None),
+            Store::Memory | Store::Postgres(_) => Ok(None),
             Store::Sqlite(journal) => journal.last(&key.0, &key.1, dedup_for),
         };
         // A success already journaled is answered even while the journal cannot be written;
@@ -330,10 +423,9 @@ impl Deliveries {
         ));
     }
 
-    /// A claimed run is about to start. Its start is journaled by [`Deliveries::started`] (or
-    /// together with its end, for a short run).
-    pub fn begin(&self, start: RunStart, ticket: Arc<Ticket>) -> RunHandle {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// A claimed run, `id` from [`Deliveries::new_run_id`], is about to start. Its start is
+    /// journaled by [`Deliveries::started`] (or together with its end, for a short run).
+    pub fn begin(&self, id: i64, start: RunStart, ticket: Arc<Ticket>) -> RunHandle {
         RunHandle {
             id,
             attempt: start.attempt,
@@ -349,7 +441,11 @@ impl Deliveries {
 
     /// Journals the start of a run still going (it is not waited for).
     pub fn started(&self, run: &mut RunHandle) {
-        if let (Store::Sqlite(journal), Some((at, start))) = (&self.store, run.start.take()) {
+        // The shared database's claim already says the run is going; its row is written
+        // whole at the end.
+        if let Store::Sqlite(journal) = &self.store
+            && let Some((at, start)) = run.start.take()
+        {
             journal.record_start(run.id, at, start);
         }
     }
@@ -368,44 +464,52 @@ impl Deliveries {
         let stamp = key
             .as_ref()
             .map(|key| self.table.finish(key, attempt, &result, dedup_for));
-        match &self.store {
-            Store::Memory => ticket.settle(result),
-            Store::Sqlite(journal) => {
-                let table = Arc::clone(&self.table);
-                let on_commit = move |committed: bool, key: Option<&Key>, result: &RunResult| {
-                    if committed && let (Some(key), Some(stamp)) = (key, stamp) {
-                        table.committed(key, stamp);
-                    }
-                    ticket.settle(RunResult {
-                        recorded: committed,
-                        ..result.clone()
-                    });
-                };
-                journal.record_end(sqlite::Ended {
-                    id,
-                    attempt,
-                    at: SystemTime::now(),
-                    start,
-                    key,
-                    result,
-                    end,
-                    on_commit: Box::new(on_commit),
-                });
+        if let Store::Memory = self.store {
+            ticket.settle(result);
+            return;
+        }
+        let table = Arc::clone(&self.table);
+        let on_commit = move |committed: bool, key: Option<&Key>, result: &RunResult| {
+            if committed && let (Some(key), Some(stamp)) = (key, stamp) {
+                table.committed(key, stamp);
             }
+            ticket.settle(RunResult {
+                recorded: committed,
+                ..result.clone()
+            });
+        };
+        let ended = sqlite::Ended {
+            id,
+            attempt,
+            at: SystemTime::now(),
+            start,
+            key,
+            result,
+            end,
+            on_commit: Box::new(on_commit),
+        };
+        match &self.store {
+            Store::Memory => {}
+            Store::Sqlite(journal) => journal.record_end(ended),
+            Store::Postgres(journal) => journal.record_end(ended),
         }
     }
 
     /// Journals a push that ran nothing.
     pub fn record_push(&self, push: PushRecord) {
-        if let Store::Sqlite(journal) = &self.store {
-            journal.record_push(push);
+        match &self.store {
+            Store::Memory => {}
+            Store::Sqlite(journal) => journal.record_push(push),
+            Store::Postgres(journal) => journal.record_push(push),
         }
     }
 
     /// Commits what is queued and lets the journal go.
     pub fn close(&self) {
-        if let Store::Sqlite(journal) = &self.store {
-            journal.close();
+        match &self.store {
+            Store::Memory => {}
+            Store::Sqlite(journal) => journal.close(),
+            Store::Postgres(journal) => journal.close(),
         }
     }
 }
@@ -440,6 +544,7 @@ mod tests {
             duration_ms: 5,
             error: None,
             recorded: true,
+            elsewhere: false,
         }
     }
 
@@ -457,7 +562,11 @@ mod tests {
         let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some(msg_id), DAY) else {
             panic!("expected a run of {msg_id}");
         };
-        let handle = deliveries.begin(start("deploy", msg_id, attempt), Arc::clone(&ticket));
+        let handle = deliveries.begin(
+            deliveries.new_run_id(),
+            start("deploy", msg_id, attempt),
+            Arc::clone(&ticket),
+        );
         let done = ticket.subscribe();
         deliveries.end(handle, result(outcome), end(), DAY);
         settled(&done);
@@ -491,7 +600,8 @@ mod tests {
             let Claim::Run { ticket, .. } = deliveries.claim("deploy", Some("m2"), DAY) else {
                 panic!("expected a run");
             };
-            let mut handle = deliveries.begin(start("deploy", "m2", 1), ticket);
+            let mut handle =
+                deliveries.begin(deliveries.new_run_id(), start("deploy", "m2", 1), ticket);
             deliveries.started(&mut handle);
             deliveries.close();
         }
@@ -605,7 +715,7 @@ mod tests {
                     }
                     Op::End { key, succeeded } => {
                         if let Some((attempt, ticket)) = runs.remove(&key) {
-                            let handle = deliveries.begin(start("h", &key.to_string(), attempt), Arc::clone(&ticket));
+                            let handle = deliveries.begin(deliveries.new_run_id(), start("h", &key.to_string(), attempt), Arc::clone(&ticket));
                             let outcome = if succeeded { Outcome::Succeeded } else { Outcome::Failed };
                             deliveries.end(handle, result(outcome), end(), DAY);
                             prop_assert_eq!(ticket.subscribe().borrow().as_ref().map(|r| r.outcome), Some(outcome));

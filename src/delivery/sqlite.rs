@@ -151,6 +151,9 @@ pub enum JournalError {
     Locked { path: PathBuf, holder: Option<u32> },
     #[error("journal `{}` does not exist", path.display())]
     Missing { path: PathBuf },
+    /// The PostgreSQL journal; `reason` never quotes its URL.
+    #[error("PostgreSQL journal: {reason}")]
+    Postgres { reason: String },
 }
 
 /// A run's end, as sent to the writer.
@@ -169,7 +172,7 @@ pub struct Ended {
 }
 
 /// What the writer calls when an end record's commit succeeded or failed.
-pub type OnCommit = Box<dyn Fn(bool, Option<&Key>, &RunResult) + Send>;
+pub type OnCommit = Box<dyn Fn(bool, Option<&Key>, &RunResult) + Send + Sync>;
 
 impl Ended {
     fn tell(&self, committed: bool) {
@@ -1010,6 +1013,8 @@ pub struct HistoryRow {
     pub error: Option<String>,
     pub stdout_tail: Option<String>,
     pub stderr_tail: Option<String>,
+    /// The `instance` that ran it or took the push (shared PostgreSQL journal only).
+    pub instance: Option<String>,
 }
 
 /// What `cmqhook history` asks for.
@@ -1070,6 +1075,7 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
                     error: row.get(14)?,
                     stdout_tail: row.get(15)?,
                     stderr_tail: row.get(16)?,
+                    instance: None,
                 })
             },
         )
@@ -1106,6 +1112,7 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
                     error: None,
                     stdout_tail: None,
                     stderr_tail: None,
+                    instance: None,
                 })
             })
             .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)

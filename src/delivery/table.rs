@@ -108,6 +108,7 @@ impl Table {
                         duration_ms: last.duration_ms,
                         error: None,
                         recorded: true,
+                        elsewhere: false,
                     });
                 }
                 Ok(Some(last)) => last.attempt + 1,

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cmq::Push;
 use crate::config::{Action, Config, Hook, StdinMode, Unmatched};
 use crate::delivery::{
-    Claim, Deliveries, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart, Ticket, millis,
+    Acquired, Claim, Deliveries, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart,
+    Ticket, millis,
 };
 use crate::routing::RoutedConfig;
 use crate::runner::orphans::MARKER;
@@ -56,6 +57,18 @@ pub struct Answer {
     pub verdict: Verdict,
     pub msg_id: Option<String>,
     pub results: Vec<HookResult>,
+    /// What a push no hook matched carried, so that its log line can say why.
+    #[serde(skip)]
+    pub unmatched: Option<Box<Unrouted>>,
+}
+
+/// The routing facts of a push that no hook matched.
+#[derive(Debug, Clone)]
+pub struct Unrouted {
+    pub format: crate::cmq::Format,
+    pub topic: Option<String>,
+    pub subscription: Option<String>,
+    pub tags: Vec<String>,
 }
 
 /// The one fact the HTTP status of a dispatched push is decided from.
@@ -169,7 +182,7 @@ impl HookResult {
             exit_code: result.exit_code,
             signal: result.signal,
             duration_ms: result.duration_ms,
-            deduplicated,
+            deduplicated: deduplicated || result.elsewhere,
             error,
             recorded: result.recorded,
         }
@@ -204,8 +217,8 @@ fn run_result(report: &RunReport) -> RunResult {
         RunOutcome::Exited(0) => (Outcome::Succeeded, Some(0), None, None),
         RunOutcome::Exited(code) => (Outcome::Failed, Some(*code), None, None),
         RunOutcome::Signalled(signal) => (Outcome::Killed, None, Some(*signal), None),
-        RunOutcome::TimedOut => (Outcome::TimedOut, None, None, None),
-        RunOutcome::Interrupted => (Outcome::Interrupted, None, None, None),
+        RunOutcome::TimedOut { signal } => (Outcome::TimedOut, None, Some(*signal), None),
+        RunOutcome::Interrupted { signal } => (Outcome::Interrupted, None, Some(*signal), None),
         RunOutcome::SpawnFailed(err) => (Outcome::Failed, None, None, Some(err.clone())),
     };
     RunResult {
@@ -215,6 +228,7 @@ fn run_result(report: &RunReport) -> RunResult {
         duration_ms: millis(report.duration),
         error,
         recorded: true,
+        elsewhere: false,
     }
 }
 
@@ -248,12 +262,14 @@ impl Dispatcher {
         }
     }
 
-    /// Sets the bounds `config` gives, keeping the slots (and runs) of each hook name.
+    /// Sets the bounds `config` gives, keeping the slots (and runs) of each hook name, and
+    /// makes every hook's metric series exist.
     fn apply_bounds(&self, config: &Config) {
         self.global.set(config.server.max_running);
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         for hook in &config.hooks {
             slots_of(&mut slots, hook).set_bounds(hook.concurrency, hook.queue);
+            metrics().declare_hook(&hook.name);
         }
     }
 
@@ -348,6 +364,12 @@ impl Dispatcher {
                 verdict: Verdict::Unmatched(config.server.unmatched),
                 msg_id: push.msg_id,
                 results: Vec::new(),
+                unmatched: Some(Box::new(Unrouted {
+                    format: push.format,
+                    topic: push.topic,
+                    subscription: push.subscription,
+                    tags: push.tags,
+                })),
             };
         }
         let started = tokio::time::Instant::now();
@@ -403,6 +425,7 @@ impl Dispatcher {
             verdict: verdict(&results),
             msg_id: push.msg_id.clone(),
             results,
+            unmatched: None,
         }
     }
 
@@ -472,8 +495,21 @@ impl Dispatcher {
 
     /// One run's whole life, independent of the request that started it: wait for a slot
     /// (unless withdrawn), run, record; whoever waits is told once the outcome is journaled.
-    async fn execute(self: Arc<Self>, job: Job, slot: Slot) {
+    async fn execute(self: Arc<Self>, mut job: Job, slot: Slot) {
         let _active = Active(&self);
+        let run_id = self.deliveries.new_run_id();
+        let shared = match job.push.msg_id.as_deref() {
+            Some(msg_id) => self.claim_shared(&job, msg_id, run_id).await,
+            None => Shared::Local,
+        };
+        let claimed = match shared {
+            Shared::Settled => return,
+            Shared::Local => false,
+            Shared::Claimed(attempt) => {
+                job.attempt = attempt;
+                true
+            }
+        };
         let hook = &job.hook;
         let push = &job.push;
         let permits = tokio::select! {
@@ -484,8 +520,12 @@ impl Dispatcher {
             () = self.draining.cancelled() => None,
         };
         let Some(_permits) = permits.filter(|_| job.ticket.begin()) else {
+            let msg_id = push.msg_id.as_deref();
             self.deliveries
-                .withdraw(&hook.name, push.msg_id.as_deref(), job.attempt, &job.ticket);
+                .withdraw(&hook.name, msg_id, job.attempt, &job.ticket);
+            if let (true, Some(msg_id)) = (claimed, msg_id) {
+                self.deliveries.release(&hook.name, msg_id, job.attempt);
+            }
             return;
         };
         let start = RunStart {
@@ -493,24 +533,56 @@ impl Dispatcher {
             attempt: job.attempt,
             push: facts(push, &job.path),
         };
-        let mut handle = self.deliveries.begin(start, Arc::clone(&job.ticket));
+        let mut handle = self
+            .deliveries
+            .begin(run_id, start, Arc::clone(&job.ticket));
         let spec = run_spec(hook, push, job.attempt, handle.marker(&self.deliveries));
         let running = metrics().running.with_label_values(&[&hook.name]);
         running.inc();
-        let run = run_command(spec, self.interrupt.clone());
+        // Stopped at shutdown, or when this instance can no longer keep its claims in a
+        // shared database (self-fencing: before another instance may take the message over).
+        let stop = self.interrupt.child_token();
+        let run = run_command(spec, stop.clone());
         tokio::pin!(run);
-        // Without a journal there is no start to record, and no timer to set for it.
-        let report = if self.deliveries.is_journaled() {
+        let journaled = self.deliveries.is_journaled();
+        // Without a journal there is no start to record, and no timer is set for it.
+        let start_after = async {
+            if journaled {
+                tokio::time::sleep(JOURNAL_START_AFTER).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(start_after);
+        let mut fence = self.deliveries.fence();
+        let fenced = async {
+            let changed = match fence.as_mut() {
+                Some(fence) => fence.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(fenced);
+        let mut start_recorded = false;
+        let report = loop {
             tokio::select! {
                 biased;
-                report = &mut run => report,
-                () = tokio::time::sleep(JOURNAL_START_AFTER) => {
+                report = &mut run => break report,
+                () = &mut start_after, if !start_recorded => {
+                    start_recorded = true;
                     self.deliveries.started(&mut handle);
-                    run.await
+                }
+                () = &mut fenced, if !stop.is_cancelled() => {
+                    tracing::error!(
+                        hook = hook.name.as_str(),
+                        msg_id = push.msg_id.as_deref().unwrap_or(""),
+                        "the claim's lease cannot be renewed: stopping the command before another instance may take it over"
+                    );
+                    stop.cancel();
                 }
             }
-        } else {
-            run.await
         };
         running.dec();
         let result = run_result(&report);
@@ -538,7 +610,15 @@ impl Dispatcher {
                 )
             };
         }
-        if result.outcome != Outcome::Succeeded || report.left_behind || job.ticket.unwatched() {
+        if matches!(
+            result.outcome,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Killed
+        ) {
+            finished!(warn);
+        } else if result.outcome != Outcome::Succeeded
+            || report.left_behind
+            || job.ticket.unwatched()
+        {
             finished!(info);
         } else {
             finished!(debug);
@@ -562,6 +642,64 @@ fn slots_of<'a>(slots: &'a mut HashMap<String, Arc<Slots>>, hook: &Hook) -> &'a 
     slots
         .entry(hook.name.clone())
         .or_insert_with(|| Arc::new(Slots::new(&hook.name, hook.concurrency, hook.queue)))
+}
+
+/// What the shared database said to a run this process claimed.
+enum Shared {
+    /// No shared database: the local claim is the claim.
+    Local,
+    /// Claimed there too, as this attempt.
+    Claimed(u32),
+    /// Not to run here: its waiters have their answer.
+    Settled,
+}
+
+/// How often a message that another instance runs is looked at again.
+const ELSEWHERE_POLL: Duration = Duration::from_millis(100);
+
+impl Dispatcher {
+    /// With a shared database, claims the message there too, waiting while another instance
+    /// runs it: until its outcome is known (a success is answered, anything else is run here),
+    /// its lease expires (it is taken over), or no push waits any more.
+    async fn claim_shared(&self, job: &Job, msg_id: &str, run_id: i64) -> Shared {
+        let hook = &job.hook.name;
+        loop {
+            // Never cancelled midway: a claim the database granted must be known here.
+            let acquired = self
+                .deliveries
+                .acquire(hook, msg_id, run_id, job.dedup_for)
+                .await;
+            let settle = |result: RunResult| {
+                self.deliveries
+                    .settle_elsewhere(hook, msg_id, job.attempt, &job.ticket, result);
+                Shared::Settled
+            };
+            match acquired {
+                None => return Shared::Local,
+                Some(Acquired::Run { attempt }) => return Shared::Claimed(attempt),
+                Some(Acquired::Succeeded(result)) => {
+                    metrics().dedup_hits.with_label_values(&[hook]).inc();
+                    return settle(result);
+                }
+                Some(Acquired::Unavailable(reason)) => {
+                    let result =
+                        RunResult::without_run(Outcome::NotStarted, Duration::ZERO, Some(reason));
+                    return settle(result);
+                }
+                Some(Acquired::Elsewhere) => {}
+            }
+            let gone = tokio::select! {
+                () = tokio::time::sleep(ELSEWHERE_POLL) => false,
+                () = job.ticket.withdrawn().cancelled() => true,
+                () = self.draining.cancelled() => true,
+            };
+            if gone {
+                self.deliveries
+                    .withdraw(hook, Some(msg_id), job.attempt, &job.ticket);
+                return Shared::Settled;
+            }
+        }
+    }
 }
 
 /// Counts a run as active for as long as it lives.

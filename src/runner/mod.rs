@@ -5,7 +5,9 @@
 //! business, and so is what a run means for the push. A run's outcome is data
 //! ([`RunOutcome`]), never an error.
 
+mod group;
 pub mod orphans;
+mod procfs;
 
 use std::cell::RefCell;
 use std::io::{ErrorKind, PipeReader, PipeWriter, Read, Write};
@@ -19,20 +21,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::secrets::Secrets;
+use group::Group;
 
 /// How much of the end of stdout and of stderr a report keeps.
 pub const TAIL_BYTES: usize = 4096;
 /// A line longer than this is logged in pieces, so that memory stays bounded.
 const MAX_LINE: usize = 4096;
-/// How often the group is polled while it is given time to exit after SIGTERM.
-const GROUP_POLL: Duration = Duration::from_millis(20);
 /// How long a command may run before its output is drained as it comes rather than read once
 /// it has exited.
 const EAGER: Duration = Duration::from_millis(10);
@@ -84,10 +83,15 @@ pub struct RunLabel {
 pub enum RunOutcome {
     Exited(i32),
     Signalled(i32),
-    /// Hit its `timeout`; its group was killed.
-    TimedOut,
-    /// Stopped by shutdown; its group was killed.
-    Interrupted,
+    /// Hit its `timeout`; its group was stopped by `signal`: SIGTERM (15) if that ended every
+    /// process in it within `kill_grace`, else SIGKILL (9).
+    TimedOut {
+        signal: i32,
+    },
+    /// Stopped by shutdown, as a timed-out run is.
+    Interrupted {
+        signal: i32,
+    },
     SpawnFailed(String),
 }
 
@@ -174,10 +178,7 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         Err(err) => return failed(err),
     };
     let pid = child.id();
-    let mut group = GroupGuard(
-        pid.and_then(|pid| i32::try_from(pid).ok())
-            .map(Pid::from_raw),
-    );
+    let mut group = Group::led_by(pid);
     let label = Arc::new(spec.label);
     tracing::debug!(hook = %label.hook, msg_id = %label.msg_id, pid, "started");
 
@@ -218,20 +219,20 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
     };
     let outcome = match ended {
         Ended::Exited(status) => outcome_of(status),
-        Ended::TimedOut => {
-            stop_group(&mut child, &group, spec.kill_grace).await;
-            RunOutcome::TimedOut
-        }
-        Ended::Interrupted => {
-            stop_group(&mut child, &group, spec.kill_grace).await;
-            RunOutcome::Interrupted
-        }
+        Ended::TimedOut => RunOutcome::TimedOut {
+            signal: group.stop(&mut child, spec.kill_grace).await as i32,
+        },
+        Ended::Interrupted => RunOutcome::Interrupted {
+            signal: group.stop(&mut child, spec.kill_grace).await as i32,
+        },
     };
     let duration = started.elapsed();
+    // Processes killed with the group may linger as zombies until whoever inherited them
+    // reaps them; they are not left behind.
+    let left_behind = group.is_alive();
     // From here on what is left in the group was started by the command and outlived it:
     // it is not ours to kill.
-    let pgid = group.0.take();
-    let left_behind = pgid.is_some_and(|pgid| killpg(pgid, None).is_ok());
+    group.disarm();
     // What is in the pipes is read now; a pipe something still holds open is drained as it
     // comes, for as long as it stays open.
     stdout.settle();
@@ -296,41 +297,6 @@ fn outcome_of(status: std::io::Result<ExitStatus>) -> RunOutcome {
             (None, None) => RunOutcome::SpawnFailed(format!("unexpected status {status}")),
         },
         Err(err) => RunOutcome::SpawnFailed(format!("cannot wait for the command: {err}")),
-    }
-}
-
-/// SIGTERM to the group, time to exit, then SIGKILL to whatever is left; the leader is reaped.
-async fn stop_group(child: &mut Child, group: &GroupGuard, grace: Duration) {
-    let Some(pgid) = group.0 else {
-        let _ = child.kill().await;
-        return;
-    };
-    // SIGTERM first: deploy scripts deserve a chance to clean up.
-    let _ = killpg(pgid, Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    let mut reaped = false;
-    while Instant::now() < deadline {
-        if !reaped {
-            reaped = tokio::time::timeout(GROUP_POLL, child.wait()).await.is_ok();
-        } else if killpg(pgid, None).is_err() {
-            return;
-        } else {
-            tokio::time::sleep(GROUP_POLL).await;
-        }
-    }
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let _ = child.wait().await;
-}
-
-/// Kills the run's group with SIGKILL if dropped while still armed, so that no path (a
-/// cancelled future, a runtime shutting down) leaves a timed-out or abandoned command behind.
-struct GroupGuard(Option<Pid>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
     }
 }
 
@@ -621,13 +587,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_past_its_timeout_is_killed() {
+        // The shell's `sleep` dies of the SIGTERM too, and stays a zombie until whoever
+        // inherits it reaps it: the group is dead all the same, long before kill_grace.
         let report = run(CommandSpec {
             timeout: Duration::from_millis(100),
+            kill_grace: Duration::from_secs(30),
             ..shell("sleep 30")
         })
         .await;
-        assert_eq!(report.outcome, RunOutcome::TimedOut);
+        assert_eq!(report.outcome, RunOutcome::TimedOut { signal: 15 });
         assert!(report.duration < Duration::from_secs(5), "{report:?}");
+        assert!(!report.left_behind, "{report:?}");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill as signal};
 use nix::unistd::Pid;
 
+use super::procfs;
+
 /// The variable that marks a command with its run.
 pub const MARKER: &str = "CMQHOOK_RUN";
 
@@ -22,6 +24,8 @@ const POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub pid: i32,
+    /// The token of the `serve` that started it.
+    pub token: String,
     /// The run id of its marker.
     pub run: i64,
     /// The whole marker value, to check the pid still names the same process.
@@ -46,6 +50,7 @@ pub fn find(tokens: &HashSet<String>) -> Vec<Found> {
                 return None;
             }
             Some(Found {
+                token: token.to_owned(),
                 pid: i32::try_from(pid).ok()?,
                 run: run.parse().ok()?,
                 marker,
@@ -92,14 +97,7 @@ fn is_alive(process: &Found) -> bool {
     let Ok(pid) = u32::try_from(process.pid) else {
         return false;
     };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the command name, which is in parentheses and may hold anything.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    state != Some('Z') && marker_of(pid).as_deref() == Some(process.marker.as_slice())
+    procfs::is_alive(pid) && marker_of(pid).as_deref() == Some(process.marker.as_slice())
 }
 
 #[cfg(test)]

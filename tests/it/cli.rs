@@ -1,6 +1,7 @@
 //! `cmqhook check` and the start-up of `serve`, through the built binary.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::process::Output;
 
 use crate::harness::*;
@@ -146,6 +147,125 @@ fn every_example_config_is_valid_and_warns_about_nothing() {
     }
 }
 
+/// `cmqhook check -c CONFIG`, run to its end.
+fn check(config: &Path) -> Output {
+    cmqhook(&["check", "-c", config.to_str().expect("utf-8")], b"")
+}
+
+/// One `[server]` and one hook with three mistakes each: serde's derive stopped at the first
+/// of each table, so this took four runs of `check` to find.
+const MANY_ERRORS_IN_ONE_TABLE: &str = r#"[server]
+jornal = "x"
+unmatched = "rejct"
+max_running = 0
+
+[hooks.deploy]
+topc = "deploy"
+timeout = "forever"
+stdin = "all"
+command = "true"
+"#;
+
+#[test]
+fn check_reports_every_error_of_a_table_in_one_run_with_a_suggestion() {
+    let dir = Dir::new();
+    let config = dir.write_config(MANY_ERRORS_IN_ONE_TABLE);
+    let output = check(&config);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let stderr = text(&output.stderr);
+    let file = config.display();
+    let expected = [
+        format!(
+            "error: {file}:2:1: server.jornal: unknown field `jornal`, did you mean `journal`?"
+        ),
+        format!("error: {file}:3:13: server.unmatched: unknown variant `rejct`"),
+        format!("error: {file}:4:15: server.max_running: must be at least 1"),
+        format!(
+            "error: {file}:7:1: hooks.deploy.topc: unknown field `topc`, did you mean `topic`?"
+        ),
+        format!("error: {file}:8:11: hooks.deploy.timeout: "),
+        format!("error: {file}:9:9: hooks.deploy.stdin: unknown variant `all`"),
+    ];
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, expected) in lines.iter().zip(&expected) {
+        assert!(line.starts_with(expected), "{line}\nis not\n{expected}…");
+    }
+    assert!(output.stdout.is_empty(), "{}", both(&output));
+}
+
+#[test]
+fn check_suggests_the_section_meant() {
+    let dir = Dir::new();
+    let config = dir.write_config("[hook.deploy]\ncommand = \"true\"\n");
+    let output = check(&config);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "error: {}:1:2: unknown section `hook`, did you mean `hooks`?\n",
+            config.display()
+        )
+    );
+}
+
+#[test]
+fn check_without_a_config_names_the_flag_and_the_variable() {
+    let dir = Dir::new();
+    let mut command = cmqhook_command(&["check"]);
+    command.current_dir(dir.path());
+    let output = output_of(command, b"");
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert_eq!(
+        text(&output.stderr),
+        "error: no config at ./hooks.toml (use -c FILE or CMQHOOK_CONFIG)\n"
+    );
+}
+
+#[test]
+fn check_and_serve_refuse_a_journal_in_a_missing_directory() {
+    let dir = Dir::new();
+    let config = dir.write_config(&config(
+        "journal = \"state/cmqhook.db\"",
+        "[hooks.x]\npath = \"/x\"\nargv = [\"true\"]",
+    ));
+    let checked = check(&config);
+    assert_eq!(checked.status.code(), Some(1), "{}", both(&checked));
+    let state = dir.file("state");
+    assert_eq!(
+        text(&checked.stderr),
+        format!(
+            "error: {}:3:11: server.journal: directory `{}` does not exist\n",
+            config.display(),
+            state.display()
+        )
+    );
+    let serve = cmqhook(&["serve", "-c", config.to_str().expect("utf-8")], b"");
+    assert_eq!(serve.status.code(), Some(1), "{}", both(&serve));
+    assert_eq!(text(&serve.stderr), text(&checked.stderr));
+    // Once the directory is there, all is well.
+    std::fs::create_dir(&state).expect("create state");
+    let checked = check(&config);
+    assert_eq!(checked.status.code(), Some(0), "{}", both(&checked));
+}
+
+#[test]
+fn check_warns_about_a_command_whose_program_is_not_found() {
+    let dir = Dir::new();
+    let config = dir.write_config(
+        "[server]\njournal = \"off\"\n\n[hooks.typo]\npath = \"/t\"\ncommand = \"FOO=1 cmqhook-no-such-deploy --now\"\n\n[hooks.builtin]\npath = \"/b\"\ncommand = \"cd /tmp && exit 0\"\n",
+    );
+    let output = check(&config);
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "warning: {}:6:11: hooks.typo.command: program `cmqhook-no-such-deploy` not found on PATH: unless the shell defines it, every run fails (exit 127)\n",
+            config.display()
+        )
+    );
+}
+
 #[test]
 fn serve_listen_overrides_the_config() {
     let dir = Dir::new();
@@ -275,7 +395,6 @@ fn rust_log_overrides_verbose_and_quiet() {
 }
 
 #[test]
-#[ignore = "issue 12: a 5xx push and a failed run log at INFO, so -q hides them (SPEC §7: they log at WARN)"]
 fn quiet_still_shows_a_5xx_push_and_its_failed_run() {
     let dir = Dir::new();
     let mut server = Server::builder(&dir)
@@ -297,6 +416,78 @@ fn quiet_still_shows_a_5xx_push_and_its_failed_run() {
         has_line(&warn, &["run finished", "q500", "outcome=\"failed\""]),
         "{log}"
     );
+}
+
+#[test]
+fn a_404_push_line_names_what_the_push_carried_with_secrets_redacted() {
+    let dir = Dir::new();
+    let secret = "s3cret-path-0a9f";
+    let mut server = Server::builder(&dir)
+        .env("DEPLOY_SECRET", secret)
+        .config(&config(
+            "",
+            "[hooks.deploy]\npath = \"/cmq/${DEPLOY_SECRET}\"\ntopic = \"deploy-*\"\nargv = [\"true\"]",
+        ))
+        .start();
+    // MyTopic does not match deploy-*; the subscription carries the secret.
+    let envelope = seed_envelope("nomatch1").replace("mysubscription", secret);
+    let path = format!("/cmq/{secret}");
+    let response = server.post(&path, &seed_headers("nomatch1"), envelope.as_bytes());
+    assert_eq!(response.status, 404, "{}", response.text());
+    assert_eq!(server.stop(), Some(0));
+    let log = server.log_text();
+    assert!(!log.contains(secret), "{log}");
+    let info = at_level(&log, "INFO");
+    let needles = [
+        "msg_id=\"nomatch1\"",
+        "request_id=\"2394928734\"",
+        "path=\"/cmq/${DEPLOY_SECRET}\"",
+        "format=\"json\"",
+        "topic=\"MyTopic\"",
+        "subscription=\"${DEPLOY_SECRET}\"",
+        "tags=\"a,b\"",
+        "status=404",
+    ];
+    assert!(has_line(&info, &needles), "{log}");
+}
+
+#[test]
+fn text_logs_quote_free_text_and_skip_empty_output_lines() {
+    let dir = Dir::new();
+    let mut server = Server::builder(&dir)
+        .config(&config(
+            "",
+            "[hooks.talks]\ncommand = 'printf \"one\\n\\n\\r\\ntwo\\n\"'",
+        ))
+        .start();
+    // No request id: an empty value is still a quoted one.
+    let response = server.post("/", &[("x-cmq-message-id", "q1")], b"x");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(server.stop(), Some(0));
+    let log = server.log_text();
+    assert!(
+        has_line(
+            &at_level(&log, "INFO"),
+            &[
+                "push",
+                "msg_id=\"q1\"",
+                "request_id=\"\"",
+                "hooks=\"talks\"",
+                "status=200"
+            ]
+        ),
+        "{log}"
+    );
+    let output: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("cmqhook::output"))
+        .collect();
+    assert_eq!(output.len(), 2, "{log}");
+    assert!(
+        output[0].contains("output: one hook=\"talks\" msg_id=\"q1\""),
+        "{log}"
+    );
+    assert!(output[1].contains("output: two "), "{log}");
 }
 
 #[test]

@@ -46,11 +46,9 @@ fn seed_json_push_runs_the_hook_with_the_message_on_stdin_and_cmq_variables() {
     ]);
     // The inherited environment is kept.
     assert!(run.var("PATH").is_some());
-    let log = server.log_text();
-    assert!(
-        log.contains("6942316962") && log.contains("status=200"),
-        "{log}"
-    );
+    // The push's line is written as it is answered; the log file may get it a moment later.
+    let line = server.wait_for_log_line(Duration::from_secs(10), &["6942316962", "status=200"]);
+    assert!(line.is_some(), "{}", server.log_text());
 }
 
 #[test]
@@ -315,6 +313,81 @@ fn a_timeout_answers_504_after_sigterm_then_sigkill_kill_grace_later_to_the_whol
             "grandchild {name} ({pid}) still alive"
         );
     }
+}
+
+/// The journal row of the one run of `hook` for `msg_id`, once it has ended.
+fn ended_run(dir: &Dir, hook: &str, msg_id: &str) -> serde_json::Value {
+    let rows = dir.settled_history(
+        &["--hook", hook, "--msg-id", msg_id],
+        Duration::from_secs(10),
+    );
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    rows[0].clone()
+}
+
+#[test]
+fn a_timed_out_command_that_dies_of_sigterm_is_answered_at_once_journaled_as_signal_15_and_left_nothing_behind()
+ {
+    let dir = Dir::new();
+    // `sh -c 'sleep N'`: the shell and its `sleep` die of the SIGTERM together; the `sleep`,
+    // orphaned, stays a zombie until PID 1 (or a subreaper) reaps it, which may take seconds.
+    let server = Server::start(
+        &dir,
+        &config(
+            "",
+            "[hooks.patient]\npath = \"/patient\"\ncommand = \"sleep 30\"\ntimeout = \"1s\"\nkill_grace = \"5s\"\n\n\
+             [hooks.hasty]\npath = \"/hasty\"\ncommand = \"sleep 3\"\ntimeout = \"1s\"\nkill_grace = \"500ms\"",
+        ),
+    );
+    for (hook, msg_id) in [("patient", "term1"), ("hasty", "term2")] {
+        let sent = Instant::now();
+        let response = server.post(&format!("/{hook}"), &[("x-cmq-message-id", msg_id)], b"x");
+        let took = sent.elapsed();
+        assert_eq!(response.status, 504, "{hook}: {}", response.text());
+        assert_eq!(response.outcome(), "timed_out");
+        // The group is dead at SIGTERM: the answer follows the 1 s timeout, not kill_grace,
+        // nor the reaping of the zombies.
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(2),
+            "{hook}: answered after {took:?}"
+        );
+        let row = ended_run(&dir, hook, msg_id);
+        assert_eq!(row["outcome"], "timed_out", "{row:#}");
+        assert_eq!(row["signal"], 15, "{hook}: SIGTERM ended it: {row:#}");
+        assert_eq!(
+            row["left_behind"], false,
+            "{hook}: zombies are not alive: {row:#}"
+        );
+        let duration = row["duration_ms"].as_u64().expect("duration_ms");
+        assert!(duration < 2000, "{hook}: journaled as {duration} ms");
+    }
+}
+
+#[test]
+fn a_timed_out_command_that_ignores_sigterm_is_killed_after_kill_grace_and_journaled_as_signal_9() {
+    let dir = Dir::new();
+    // An ignored signal stays ignored across exec: the shell and each `sleep` it starts
+    // ignore SIGTERM; only SIGKILL ends the group.
+    let server = Server::start(
+        &dir,
+        &config(
+            "",
+            "[hooks.deaf]\ncommand = 'trap \"\" TERM; while :; do sleep 0.1; done'\ntimeout = \"1s\"\nkill_grace = \"1s\"",
+        ),
+    );
+    let sent = Instant::now();
+    let response = server.post("/", &[("x-cmq-message-id", "deaf1")], b"x");
+    let took = sent.elapsed();
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert_eq!(response.outcome(), "timed_out");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(3),
+        "answered after {took:?}: timeout + kill_grace is 2 s"
+    );
+    let row = ended_run(&dir, "deaf", "deaf1");
+    assert_eq!(row["outcome"], "timed_out", "{row:#}");
+    assert_eq!(row["signal"], 9, "SIGKILL ended it: {row:#}");
+    assert_eq!(row["left_behind"], false, "{row:#}");
 }
 
 #[test]

@@ -1,0 +1,953 @@
+//! The PostgreSQL journal: one database that several `cmqhook serve` share (SPEC §8).
+//!
+//! A claim of (hook, message id) is one statement against the claims table's primary key
+//! (`INSERT … ON CONFLICT DO UPDATE … WHERE retryable or lease expired`), so that across every
+//! instance at most one run of a message goes at a time. A running claim carries a lease, judged
+//! by the database's clock and renewed by its owner every lease/3; an instance that died leaves
+//! claims whose lease runs out, and the next push of such a message, anywhere, runs it again.
+//!
+//! Everything here runs on a runtime of its own (one thread), so that its connections do not
+//! depend on which HTTP worker first used them; callers await its tasks from their own
+//! runtimes. Until the database answers, nothing may start (fail closed): [`Postgres::health`]
+//! says why, and a monitor task reconnects, migrates, takes over this host's orphans and renews
+//! leases.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::sqlite::{Ended, HistoryFilter, HistoryRow, JournalError};
+use super::{Outcome, PushRecord, RunResult};
+use crate::runner::orphans;
+
+/// Connections kept open to the database.
+const POOL_SIZE: usize = 16;
+/// How long one statement (or getting a connection for it) may take before the database counts
+/// as unreachable.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the monitor looks again while the database is unreachable.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+/// How often journaled rows older than `dedup_for` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// The health before the first connection.
+const NOT_CONNECTED: &str = "journal unreachable: not connected yet";
+/// How often a record that could not be written is tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+
+/// The schema, in order; each step only adds, so that an older instance keeps working against
+/// a newer schema during a rolling upgrade. Applied under a transaction-scoped advisory lock,
+/// so that instances starting together do not race.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE cmqhook_claims (
+    hook text NOT NULL,
+    msg_id text NOT NULL,
+    attempt integer NOT NULL,
+    outcome text NOT NULL,
+    instance text NOT NULL,
+    owner_boot text NOT NULL,
+    owner_host text NOT NULL,
+    owner_pid integer NOT NULL,
+    run_id bigint NOT NULL,
+    lease_until timestamptz NOT NULL,
+    ended_at timestamptz,
+    exit_code integer,
+    signal integer,
+    duration_ms bigint,
+    PRIMARY KEY (hook, msg_id)
+);
+CREATE INDEX cmqhook_claims_running ON cmqhook_claims (owner_boot) WHERE outcome = 'running';
+CREATE INDEX cmqhook_claims_ended ON cmqhook_claims (ended_at);
+CREATE TABLE cmqhook_runs (
+    id bigserial PRIMARY KEY,
+    instance text NOT NULL,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz NOT NULL,
+    hook text NOT NULL,
+    msg_id text,
+    request_id text,
+    path text NOT NULL,
+    topic text,
+    subscription text,
+    tags text NOT NULL,
+    attempt integer NOT NULL,
+    outcome text NOT NULL,
+    exit_code integer,
+    signal integer,
+    duration_ms bigint,
+    left_behind boolean,
+    error text,
+    stdout_tail text,
+    stderr_tail text
+);
+CREATE INDEX cmqhook_runs_started ON cmqhook_runs (started_at);
+CREATE INDEX cmqhook_runs_msg ON cmqhook_runs (msg_id);
+CREATE TABLE cmqhook_pushes (
+    id bigserial PRIMARY KEY,
+    instance text NOT NULL,
+    at timestamptz NOT NULL,
+    status integer NOT NULL,
+    reason text NOT NULL,
+    msg_id text,
+    request_id text,
+    path text NOT NULL,
+    topic text,
+    subscription text,
+    tags text NOT NULL
+);
+CREATE INDEX cmqhook_pushes_at ON cmqhook_pushes (at);
+"];
+
+/// Who holds a claim: `instance` is the label people see; the boot token (one per `serve`
+/// process), the host's boot id and the pid tell owners apart.
+#[derive(Debug, Clone)]
+struct Owner {
+    instance: String,
+    boot: String,
+    host: String,
+    pid: i32,
+}
+
+/// What the database said to a claim.
+#[derive(Debug, Clone)]
+pub enum Acquired {
+    /// Ours to run, as this attempt.
+    Run { attempt: u32 },
+    /// Succeeded within `dedup_for` (here or on another instance): not run again.
+    Succeeded(RunResult),
+    /// Another instance runs it now, under a lease not yet expired: ask again later.
+    Elsewhere,
+    /// The database cannot be reached: nothing may start.
+    Unavailable(String),
+}
+
+/// The shared journal.
+pub struct Postgres {
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    state: Arc<State>,
+}
+
+struct State {
+    pool: Pool,
+    owner: Owner,
+    lease: Duration,
+    keep: Duration,
+    orphan_grace: Duration,
+    /// `Err(reason)` while the database cannot be used.
+    health: Mutex<Result<(), String>>,
+    /// The schema is in place and this host's orphans are taken care of.
+    ready: AtomicBool,
+    closing: tokio_util::sync::CancellationToken,
+    /// When this process's leases were last renewed.
+    renewed: Mutex<Instant>,
+    /// Bumped when running commands must stop (self-fencing).
+    fence: tokio::sync::watch::Sender<u64>,
+}
+
+/// `journal` values that name a PostgreSQL database.
+pub fn is_url(journal: &str) -> bool {
+    journal.starts_with("postgres://") || journal.starts_with("postgresql://")
+}
+
+/// The connection settings in `url`; the error never quotes the URL (it holds a password).
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|err: tokio_postgres::Error| format!("not a PostgreSQL URL: {err}"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(STATEMENT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("cmqhook");
+    }
+    Ok(config)
+}
+
+impl Postgres {
+    /// Starts using the database at `url` as `instance`. Does not wait for the database: while
+    /// it cannot be reached, nothing may start, and a monitor task keeps trying.
+    pub fn open(
+        url: &str,
+        instance: &str,
+        boot: &str,
+        lease: Duration,
+        keep: Duration,
+        orphan_grace: Duration,
+    ) -> Result<Postgres, JournalError> {
+        let config = parse_url(url).map_err(|reason| JournalError::Postgres { reason })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cmqhook-postgres")
+            .enable_all()
+            .build()
+            .map_err(|err| JournalError::Postgres {
+                reason: format!("cannot start its runtime: {err}"),
+            })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(STATEMENT_TIMEOUT))
+            .create_timeout(Some(STATEMENT_TIMEOUT))
+            .recycle_timeout(Some(STATEMENT_TIMEOUT))
+            .build()
+            .map_err(|err| JournalError::Postgres {
+                reason: format!("cannot make a connection pool: {err}"),
+            })?;
+        let state = Arc::new(State {
+            pool,
+            owner: Owner {
+                instance: instance.to_owned(),
+                boot: boot.to_owned(),
+                host: host_boot_id(),
+                pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+            },
+            lease,
+            keep,
+            orphan_grace,
+            health: Mutex::new(Err(NOT_CONNECTED.to_owned())),
+            ready: AtomicBool::new(false),
+            closing: tokio_util::sync::CancellationToken::new(),
+            renewed: Mutex::new(Instant::now()),
+            fence: tokio::sync::watch::Sender::new(0),
+        });
+        let handle = runtime.handle().clone();
+        handle.spawn(Arc::clone(&state).monitor());
+        Ok(Postgres {
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            state,
+        })
+    }
+
+    /// Waits at most `within` for the database to be ready (used at start, to log whether it is).
+    pub fn wait_ready(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.state.ready.load(Ordering::Acquire) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// `Ok` while new runs may start; else why not.
+    pub fn health(&self) -> Result<(), String> {
+        self.state.health()
+    }
+
+    /// Changes when running commands must stop: their leases could not be renewed for two
+    /// thirds of a lease, so another instance may take their messages over soon.
+    pub fn fence(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.fence.subscribe()
+    }
+
+    /// Claims (`hook`, `msg_id`) for a run as `run_id`, or says what holds it.
+    pub async fn acquire(
+        &self,
+        hook: &str,
+        msg_id: &str,
+        run_id: i64,
+        dedup_for: Duration,
+    ) -> Acquired {
+        let state = Arc::clone(&self.state);
+        let (hook, msg_id) = (hook.to_owned(), msg_id.to_owned());
+        let task = self
+            .handle
+            .spawn(async move { state.acquire(&hook, &msg_id, run_id, dedup_for).await });
+        task.await
+            .unwrap_or_else(|_| Acquired::Unavailable("journal unreachable: stopped".to_owned()))
+    }
+
+    /// Lets go of a claim that will not run after all: the message is free again, and its
+    /// attempt is not used up.
+    pub fn release(&self, hook: &str, msg_id: &str, attempt: u32) {
+        let state = Arc::clone(&self.state);
+        let (hook, msg_id) = (hook.to_owned(), msg_id.to_owned());
+        self.handle.spawn(async move {
+            let released = state
+                .execute(
+                    "UPDATE cmqhook_claims
+                     SET outcome = 'not_started', attempt = attempt - 1, lease_until = now()
+                     WHERE hook = $1 AND msg_id = $2 AND owner_boot = $3 AND attempt = $4
+                       AND outcome = 'running'",
+                    &[&hook, &msg_id, &state.owner.boot, &signed(attempt)],
+                )
+                .await;
+            // If it cannot be written, the lease runs out and the claim is free then.
+            if let Err(err) = released {
+                tracing::warn!(error = err.as_str(), "cannot release a claim");
+            }
+        });
+    }
+
+    /// Journals a run's end and its claim's outcome in one statement; `on_commit` hears of
+    /// the first failure and of the success. A record that cannot be written is tried again
+    /// until it is (its outcome answers retries from memory meanwhile).
+    pub fn record_end(&self, ended: Ended) {
+        let state = Arc::clone(&self.state);
+        self.handle.spawn(async move {
+            let mut told_failure = false;
+            loop {
+                match state.write_end(&ended).await {
+                    Ok(()) => {
+                        (ended.on_commit)(true, ended.key.as_ref(), &ended.result);
+                        return;
+                    }
+                    Err(err) => {
+                        if !told_failure {
+                            tracing::error!(
+                                error = err.as_str(),
+                                "cannot journal a run's end; retrying"
+                            );
+                            (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+                            told_failure = true;
+                        }
+                        tokio::time::sleep(RETRY_EVERY).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Journals a push that ran nothing; dropped (and logged) if the database cannot take it
+    /// within a few tries.
+    pub fn record_push(&self, push: PushRecord) {
+        let state = Arc::clone(&self.state);
+        let at = SystemTime::now();
+        self.handle.spawn(async move {
+            for _ in 0..8 {
+                match state.write_push(at, &push).await {
+                    Ok(()) => return,
+                    Err(_) => tokio::time::sleep(RETRY_EVERY).await,
+                }
+            }
+            tracing::warn!(
+                reason = push.reason,
+                "a refused push could not be journaled"
+            );
+        });
+    }
+
+    /// Stops the monitor, waits a little for writes in flight, and closes the connections.
+    pub fn close(&self) {
+        self.state.closing.cancel();
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(runtime) = runtime {
+            // Writes in flight are retried while the database is away; give them a moment.
+            let deadline = Instant::now() + STATEMENT_TIMEOUT;
+            while runtime.metrics().num_alive_tasks() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl State {
+    fn health(&self) -> Result<(), String> {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_health(&self, health: Result<(), String>) {
+        let mut current = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&*current, &health) {
+            (Ok(()), Err(reason)) => tracing::error!(
+                reason = reason.as_str(),
+                "journal unreachable: nothing new starts"
+            ),
+            (Err(before), Ok(())) if before != NOT_CONNECTED => {
+                tracing::warn!("journal reachable again; pushes are taken again");
+            }
+            _ => {}
+        }
+        *current = health;
+    }
+
+    /// A failed statement: the database counts as unreachable until the monitor reaches it.
+    fn failed(&self, err: &str) -> String {
+        let reason = format!("journal unreachable: {err}");
+        self.set_health(Err(reason.clone()));
+        reason
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, String> {
+        self.pool
+            .get()
+            .await
+            .map_err(|err| self.failed(&describe_pool(&err)))
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, String> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|err| self.failed(&err.to_string()))?;
+        match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(&statement, params)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(err)) => Err(self.failed(&err.to_string())),
+            Err(_) => Err(self.failed("a statement timed out")),
+        }
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, String> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|err| self.failed(&err.to_string()))?;
+        match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(&statement, params)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(err)) => Err(self.failed(&err.to_string())),
+            Err(_) => Err(self.failed("a statement timed out")),
+        }
+    }
+
+    async fn acquire(
+        &self,
+        hook: &str,
+        msg_id: &str,
+        run_id: i64,
+        dedup_for: Duration,
+    ) -> Acquired {
+        if let Err(reason) = self.health() {
+            return Acquired::Unavailable(reason);
+        }
+        // One statement: take the claim if it is free, retryable or its lease ran out; else
+        // read what holds it. The read sees the row as it was when the statement began, so a
+        // claim inserted by another instance meanwhile can leave it empty: ask again.
+        for _ in 0..3 {
+            let rows = self
+                .query(
+                    "WITH taken AS (
+                        INSERT INTO cmqhook_claims AS c
+                            (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
+                             owner_pid, run_id, lease_until)
+                        VALUES ($1, $2, 1, 'running', $3, $4, $5, $6, $7,
+                                now() + $8::float8 * interval '1 second')
+                        ON CONFLICT (hook, msg_id) DO UPDATE
+                        SET attempt = c.attempt + 1, outcome = 'running',
+                            instance = EXCLUDED.instance, owner_boot = EXCLUDED.owner_boot,
+                            owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid,
+                            run_id = EXCLUDED.run_id, lease_until = EXCLUDED.lease_until,
+                            ended_at = NULL, exit_code = NULL, signal = NULL, duration_ms = NULL
+                        WHERE c.outcome NOT IN ('running', 'succeeded')
+                           OR (c.outcome = 'running' AND c.lease_until < now())
+                           OR (c.outcome = 'succeeded'
+                               AND c.ended_at < now() - $9::float8 * interval '1 second')
+                        RETURNING c.attempt
+                     )
+                     SELECT true, attempt, NULL::text, NULL::bigint FROM taken
+                     UNION ALL
+                     SELECT false, attempt, outcome, duration_ms FROM cmqhook_claims
+                     WHERE hook = $1 AND msg_id = $2 AND NOT EXISTS (SELECT 1 FROM taken)",
+                    &[
+                        &hook,
+                        &msg_id,
+                        &self.owner.instance,
+                        &self.owner.boot,
+                        &self.owner.host,
+                        &self.owner.pid,
+                        &run_id,
+                        &seconds(self.lease),
+                        &seconds(dedup_for),
+                    ],
+                )
+                .await;
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(reason) => return Acquired::Unavailable(reason),
+            };
+            let Some(row) = rows.first() else {
+                continue;
+            };
+            let taken: bool = row.get(0);
+            let attempt: i32 = row.get(1);
+            if taken {
+                return Acquired::Run {
+                    attempt: u32::try_from(attempt).unwrap_or(1),
+                };
+            }
+            let outcome: Option<String> = row.get(2);
+            if outcome.as_deref() == Some(Outcome::Succeeded.as_str()) {
+                let duration_ms: Option<i64> = row.get(3);
+                return Acquired::Succeeded(RunResult {
+                    outcome: Outcome::Succeeded,
+                    exit_code: Some(0),
+                    signal: None,
+                    duration_ms: duration_ms
+                        .and_then(|ms| u64::try_from(ms).ok())
+                        .unwrap_or(0),
+                    error: None,
+                    recorded: true,
+                    elsewhere: true,
+                });
+            }
+            return Acquired::Elsewhere;
+        }
+        Acquired::Elsewhere
+    }
+
+    async fn write_end(&self, ended: &Ended) -> Result<(), String> {
+        let (started_at, start) = match &ended.start {
+            Some((at, start)) => (*at, Some(start)),
+            None => (ended.at, None),
+        };
+        let start = start.ok_or_else(|| "a run's end came without its start".to_owned())?;
+        let result = &ended.result;
+        let push = &start.push;
+        let started_at = SystemTime::min(started_at, ended.at);
+        self.execute(
+            "WITH ended AS (
+                UPDATE cmqhook_claims
+                SET outcome = $10, ended_at = now(), lease_until = now(), exit_code = $11,
+                    signal = $12, duration_ms = $13
+                WHERE hook = $2 AND msg_id = $3 AND owner_boot = $18 AND attempt = $9
+             )
+             INSERT INTO cmqhook_runs
+                (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
+                 subscription, tags, attempt, outcome, exit_code, signal, duration_ms,
+                 left_behind, error, stdout_tail, stderr_tail)
+             VALUES ($1, $19, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                     $15, $16, $17)",
+            &[
+                &self.owner.instance,
+                &start.hook,
+                &push.msg_id,
+                &push.request_id,
+                &text(&push.path),
+                &push.topic.as_deref().map(text),
+                &push.subscription.as_deref().map(text),
+                &text(&push.tags),
+                &signed(ended.attempt),
+                &result.outcome.as_str(),
+                &result.exit_code,
+                &result.signal,
+                &i64::try_from(result.duration_ms).unwrap_or(i64::MAX),
+                &ended.end.left_behind,
+                &result.error.as_deref().map(text),
+                &text(&ended.end.stdout_tail),
+                &text(&ended.end.stderr_tail),
+                &self.owner.boot,
+                &started_at,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn write_push(&self, at: SystemTime, record: &PushRecord) -> Result<(), String> {
+        let push = &record.push;
+        self.execute(
+            "INSERT INTO cmqhook_pushes
+                (instance, at, status, reason, msg_id, request_id, path, topic, subscription, tags)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &self.owner.instance,
+                &at,
+                &i32::from(record.status),
+                &record.reason,
+                &push.msg_id.as_deref().map(text),
+                &push.request_id.as_deref().map(text),
+                &text(&push.path),
+                &push.topic.as_deref().map(text),
+                &push.subscription.as_deref().map(text),
+                &text(&push.tags),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Connects, migrates and takes over this host's orphans until that works; then renews
+    /// this process's leases every lease/3, and prunes old rows now and then.
+    async fn monitor(self: Arc<Self>) {
+        let mut last_prune: Option<Instant> = None;
+        let mut said_down = false;
+        let mut fenced = false;
+        loop {
+            let ready = self.ready.load(Ordering::Acquire);
+            let outcome = if ready {
+                self.renew().await
+            } else {
+                self.prepare().await
+            };
+            let wait = match outcome {
+                Ok(()) => {
+                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+                    fenced = false;
+                    if !ready {
+                        self.ready.store(true, Ordering::Release);
+                        if said_down {
+                            tracing::warn!("journal database reached; pushes are taken");
+                        }
+                    }
+                    self.set_health(Ok(()));
+                    if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                        last_prune = Some(Instant::now());
+                        if let Err(err) = self.prune().await {
+                            tracing::warn!(error = err.as_str(), "journal prune failed");
+                        }
+                    }
+                    self.lease / 3
+                }
+                Err(reason) => {
+                    if !ready && !said_down {
+                        tracing::error!(
+                            reason = reason.as_str(),
+                            "cannot reach the journal database: pushes that would run something get 503 until it can be reached"
+                        );
+                        said_down = true;
+                    }
+                    self.set_health(Err(reason));
+                    // Leases run out `lease` after their last renewal, by the database's
+                    // clock: stop our commands with a third of it to spare.
+                    let renewed = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+                    if ready && !fenced && renewed.elapsed() >= self.lease * 2 / 3 {
+                        fenced = true;
+                        self.fence.send_modify(|epoch| *epoch += 1);
+                    }
+                    RECONNECT_EVERY
+                }
+            };
+            tokio::select! {
+                () = self.closing.cancelled() => return,
+                () = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+            }
+        }
+    }
+
+    async fn prepare(&self) -> Result<(), String> {
+        self.migrate().await?;
+        self.take_over_orphans().await
+    }
+
+    async fn migrate(&self) -> Result<(), String> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|err| format!("journal unreachable: {}", describe_pool(&err)))?;
+        let unreachable = |err: tokio_postgres::Error| format!("journal unreachable: {err}");
+        let transaction = client.transaction().await.map_err(unreachable)?;
+        transaction
+            .batch_execute(
+                "SELECT pg_advisory_xact_lock(hashtext('cmqhook schema'));
+                 CREATE TABLE IF NOT EXISTS cmqhook_meta (key text PRIMARY KEY, value text NOT NULL);",
+            )
+            .await
+            .map_err(unreachable)?;
+        let version: usize = transaction
+            .query_opt("SELECT value FROM cmqhook_meta WHERE key = 'version'", &[])
+            .await
+            .map_err(unreachable)?
+            .and_then(|row| row.get::<_, String>(0).parse().ok())
+            .unwrap_or(0);
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            transaction
+                .batch_execute(migration)
+                .await
+                .map_err(unreachable)?;
+            transaction
+                .execute(
+                    "INSERT INTO cmqhook_meta (key, value) VALUES ('version', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&(index + 1).to_string()],
+                )
+                .await
+                .map_err(unreachable)?;
+        }
+        transaction.commit().await.map_err(unreachable)
+    }
+
+    /// The orphan rule (SPEC §5) for this host and instance: the commands of claims that an
+    /// earlier `serve` here left running are killed, and those claims marked `interrupted`.
+    /// Claims of a `serve` still alive (another one with the same label) are left alone.
+    async fn take_over_orphans(&self) -> Result<(), String> {
+        let rows = self
+            .query(
+                "SELECT DISTINCT owner_boot, owner_pid FROM cmqhook_claims
+                 WHERE outcome = 'running' AND owner_host = $1 AND instance = $2
+                   AND owner_boot <> $3",
+                &[&self.owner.host, &self.owner.instance, &self.owner.boot],
+            )
+            .await?;
+        let dead: Vec<String> = rows
+            .iter()
+            .filter(|row| !process_alive(row.get(1)))
+            .map(|row| row.get(0))
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let runs: HashSet<(String, i64)> = self
+            .query(
+                "SELECT owner_boot, run_id FROM cmqhook_claims
+                 WHERE outcome = 'running' AND owner_boot = ANY($1)",
+                &[&dead],
+            )
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let grace = self.orphan_grace;
+        let tokens: HashSet<String> = dead.iter().cloned().collect();
+        let killed = tokio::task::spawn_blocking(move || {
+            // A finished run's background processes are left alone (SPEC §4).
+            let found: Vec<orphans::Found> = orphans::find(&tokens)
+                .into_iter()
+                .filter(|found| runs.contains(&(found.token.clone(), found.run)))
+                .collect();
+            orphans::kill(&found, grace);
+            found.len()
+        })
+        .await
+        .unwrap_or(0);
+        let interrupted = self
+            .execute(
+                "UPDATE cmqhook_claims SET outcome = 'interrupted', ended_at = now(),
+                        lease_until = now()
+                 WHERE outcome = 'running' AND owner_boot = ANY($1)",
+                &[&dead],
+            )
+            .await?;
+        tracing::warn!(
+            claims = interrupted,
+            processes = killed,
+            "claims a previous cmqhook on this host left running are marked interrupted"
+        );
+        Ok(())
+    }
+
+    async fn renew(&self) -> Result<(), String> {
+        self.execute(
+            "UPDATE cmqhook_claims SET lease_until = now() + $1::float8 * interval '1 second'
+             WHERE owner_boot = $2 AND outcome = 'running'",
+            &[&seconds(self.lease), &self.owner.boot],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn prune(&self) -> Result<(), String> {
+        let keep = seconds(self.keep);
+        for table in ["cmqhook_runs WHERE ended_at", "cmqhook_pushes WHERE at"] {
+            self.execute(
+                &format!("DELETE FROM {table} < now() - $1::float8 * interval '1 second'"),
+                &[&keep],
+            )
+            .await?;
+        }
+        self.execute(
+            "DELETE FROM cmqhook_claims
+             WHERE outcome <> 'running' AND ended_at < now() - $1::float8 * interval '1 second'",
+            &[&keep],
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Recent deliveries of every instance, newest first.
+pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, JournalError> {
+    let failed = |reason: String| JournalError::Postgres { reason };
+    let config = parse_url(url).map_err(failed)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| failed(format!("cannot start its runtime: {err}")))?;
+    runtime.block_on(async move {
+        let unreachable =
+            |err: tokio_postgres::Error| failed(format!("journal unreachable: {err}"));
+        let (client, connection) = config.connect(NoTls).await.map_err(unreachable)?;
+        tokio::spawn(connection);
+        let exists: bool = client
+            .query_one("SELECT to_regclass('cmqhook_runs') IS NOT NULL", &[])
+            .await
+            .map_err(unreachable)?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        const AT: &str =
+            "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+        let runs = client
+            .query(
+                &format!(
+                    "SELECT {AT}, hook, msg_id, request_id, path, topic, subscription, tags,
+                            attempt, outcome, exit_code, signal, duration_ms, left_behind, error,
+                            stdout_tail, stderr_tail, instance
+                     FROM cmqhook_runs
+                     WHERE ($1::text IS NULL OR hook = $1) AND ($2::text IS NULL OR msg_id = $2)
+                       AND (NOT $3 OR outcome NOT IN ('succeeded', 'running'))
+                     ORDER BY started_at DESC, id DESC LIMIT $4"
+                ),
+                &[&filter.hook, &filter.msg_id, &filter.failed, &limit],
+            )
+            .await
+            .map_err(unreachable)?;
+        let mut found: Vec<HistoryRow> = runs
+            .iter()
+            .map(|row| HistoryRow {
+                at: row.get(0),
+                kind: "run",
+                hook: row.get(1),
+                msg_id: row.get(2),
+                request_id: row.get(3),
+                path: row.get(4),
+                topic: row.get(5),
+                subscription: row.get(6),
+                tags: row.get(7),
+                attempt: row
+                    .get::<_, Option<i32>>(8)
+                    .and_then(|n| u32::try_from(n).ok()),
+                outcome: row.get(9),
+                status: None,
+                exit_code: row.get(10),
+                signal: row.get(11),
+                duration_ms: row
+                    .get::<_, Option<i64>>(12)
+                    .and_then(|n| u64::try_from(n).ok()),
+                left_behind: row.get(13),
+                error: row.get(14),
+                stdout_tail: row.get(15),
+                stderr_tail: row.get(16),
+                instance: row.get(17),
+            })
+            .collect();
+        if filter.hook.is_none() {
+            const PUSH_AT: &str =
+                "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+            let pushes = client
+                .query(
+                    &format!(
+                        "SELECT {PUSH_AT}, status, reason, msg_id, request_id, path, topic,
+                                subscription, tags, instance
+                         FROM cmqhook_pushes
+                         WHERE ($1::text IS NULL OR msg_id = $1) AND (NOT $2 OR status >= 300)
+                         ORDER BY at DESC, id DESC LIMIT $3"
+                    ),
+                    &[&filter.msg_id, &filter.failed, &limit],
+                )
+                .await
+                .map_err(unreachable)?;
+            found.extend(pushes.iter().map(|row| HistoryRow {
+                at: row.get(0),
+                kind: "push",
+                hook: None,
+                msg_id: row.get(3),
+                request_id: row.get(4),
+                path: row.get(5),
+                topic: row.get(6),
+                subscription: row.get(7),
+                tags: row.get(8),
+                attempt: None,
+                outcome: row.get(2),
+                status: row.get::<_, i32>(1).try_into().ok(),
+                exit_code: None,
+                signal: None,
+                duration_ms: None,
+                left_behind: None,
+                error: None,
+                stdout_tail: None,
+                stderr_tail: None,
+                instance: row.get(9),
+            }));
+            found.sort_by(|a, b| b.at.cmp(&a.at));
+            found.truncate(filter.limit);
+        }
+        Ok(found)
+    })
+}
+
+/// Whether the database at `url` answers, for `check`.
+pub fn probe(url: &str) -> Result<(), String> {
+    let config = parse_url(url)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| err.to_string())?;
+    runtime.block_on(async move {
+        let (client, connection) = config.connect(NoTls).await.map_err(|err| err.to_string())?;
+        tokio::spawn(connection);
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    })
+}
+
+/// PostgreSQL text holds no NUL; a command's output may.
+fn text(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains('\0') {
+        std::borrow::Cow::Owned(value.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+fn signed(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
+}
+
+/// A duration as a statement's `float8` seconds.
+fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
+    match err {
+        deadpool_postgres::PoolError::Backend(err) => err.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// This boot of this host: tells a previous `serve` here from one on another host.
+fn host_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_else(|_| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_default()
+        })
+}
+
+fn process_alive(pid: i32) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
