@@ -1,18 +1,18 @@
-//! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `history`.
+//! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `history`, and
+//! for getting started `init`, `completions` and `man`.
 
 use std::io::{Read, Write as _};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::cmq::{Format, OutgoingPush, PushError};
-use crate::config::{Config, ConfigError, Hook};
+use crate::cmq::{Format, OutgoingPush, Push, PushError};
+use crate::config::{Config, ConfigError, Hook, Listen};
 use crate::delivery::{self, Deliveries, HistoryFilter, HistoryRow, JournalError};
 use crate::dispatch::{Dispatcher, Verdict};
 use crate::routing::RoutedConfig;
@@ -62,6 +62,15 @@ enum Command {
     Send(SendArgs),
     /// List recent deliveries from the journal, newest first.
     History(HistoryArgs),
+    /// Write a commented starter config that `check` accepts. Never overwrites: exit 1 if FILE
+    /// exists.
+    Init(InitArgs),
+    /// Print the shell completion script for SHELL, e.g.
+    /// `cmqhook completions bash > ~/.local/share/bash-completion/completions/cmqhook`.
+    Completions(CompletionsArgs),
+    /// Print the man page of cmqhook, or of one of its commands, as roff, e.g.
+    /// `cmqhook man route | man -l -`.
+    Man(ManArgs),
 }
 
 /// What a push carries, given by hand. With --topic or --subscription it is a JSON push,
@@ -88,6 +97,9 @@ struct RouteArgs {
     config: ConfigArg,
     #[command(flatten)]
     push: PushArgs,
+    /// For every hook, in config order: `matches`, or the first selector that does not and why.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +172,25 @@ struct HistoryArgs {
 }
 
 #[derive(Debug, Args)]
+struct InitArgs {
+    /// Where to write the config.
+    #[arg(default_value = "hooks.toml")]
+    file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// The page of this command (e.g. `route`, as `cmqhook-route(1)`) instead of `cmqhook(1)`.
+    command: Option<String>,
+}
+
+#[derive(Debug, Args)]
 struct ConfigArg {
     /// The hook config [default: $CMQHOOK_CONFIG, then ./hooks.toml]
     #[arg(
@@ -177,9 +208,10 @@ struct ConfigArg {
 struct ServeArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// Listen on this address instead of `[server] listen`.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
+    /// Listen on this IP:PORT or HOST:PORT (every address the host resolves to) instead of
+    /// `[server] listen`.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<Listen>,
 }
 
 /// Why a command could not do its work. Printed by [`main`] as `error: ` lines on stderr.
@@ -213,6 +245,13 @@ pub enum CliError {
     JournalOff { file: PathBuf },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error("{} already exists: not overwriting it (name another FILE)", file.display())]
+    InitExists { file: PathBuf },
+    #[error("cannot write {}: {source}", file.display())]
+    InitWrite {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write a delivery as JSON: {0}")]
     HistoryJson(#[from] serde_json::Error),
     /// A message already made safe to show (secrets redacted).
@@ -252,6 +291,8 @@ impl CliError {
             | CliError::Send(_)
             | CliError::JournalOff { .. }
             | CliError::Journal(_)
+            | CliError::InitExists { .. }
+            | CliError::InitWrite { .. }
             | CliError::HistoryJson(_)
             | CliError::Shown(_)
             | CliError::Stdout(_) => ExitCode::FAILURE,
@@ -275,6 +316,9 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Send(args) => send(&args),
         Command::History(args) => history(&args),
+        Command::Init(args) => init(&args),
+        Command::Completions(args) => completions(&args),
+        Command::Man(args) => man(&args),
     };
     result.unwrap_or_else(|err| {
         // The reader left (`| head -1`): nothing to say about it.
@@ -353,15 +397,54 @@ fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
     let config = RoutedConfig::new(Config::load(&args.config.config)?);
     let push = local_push(&args.push, new_id(), Bytes::new())
         .parse(config.server.format, &args.push.path)?;
-    let matched = config.route(&push);
-    for hook in &matched {
-        say!("{}", hook.name)?;
-    }
-    Ok(if matched.is_empty() {
-        ExitCode::FAILURE
+    let matched = if args.explain {
+        let mut matched = false;
+        for hook in &config.hooks {
+            match hook.selector.explain(&push) {
+                Ok(()) => {
+                    matched = true;
+                    say!("{}: matches", hook.name)?;
+                }
+                // A secret `path` is shown as `${NAME}`, as everywhere.
+                Err(why) => say!("{}: {}", hook.name, config.redact(&why.to_string()))?,
+            }
+        }
+        matched
     } else {
-        ExitCode::SUCCESS
-    })
+        let matched = config.route(&push);
+        for hook in &matched {
+            say!("{}", hook.name)?;
+        }
+        !matched.is_empty()
+    };
+    if matched {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.explain {
+        eprintln!("{}", no_match(&config, &push));
+    } else {
+        eprintln!("{} (`--explain` says why)", no_match(&config, &push));
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// `no hook matches this push: …`, naming what `push` carried (secrets redacted).
+fn no_match(config: &Config, push: &Push) -> String {
+    let mut carried = vec![format!("path {:?}", push.path)];
+    match (&push.topic, &push.subscription) {
+        (Some(topic), Some(subscription)) => {
+            carried.push(format!("topic {topic:?}"));
+            carried.push(format!("subscription {subscription:?}"));
+        }
+        _ => carried.push("SIMPLIFIED (no topic or subscription)".to_owned()),
+    }
+    carried.push(if push.tags.is_empty() {
+        "no tags".to_owned()
+    } else {
+        format!("tags [{}]", push.tags.join(", "))
+    });
+    let message = format!("no hook matches this push: {}", carried.join(", "));
+    config.redact(&message).into_owned()
 }
 
 fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
@@ -371,6 +454,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
     let body = read_body(args.body_file.as_deref())?;
     let msg_id = args.msg_id.clone().unwrap_or_else(new_id);
     let push = local_push(&args.push, msg_id, body).parse(config.server.format, &args.push.path)?;
+    let unmatched = no_match(&config, &push);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -392,7 +476,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
         }
     });
     if answer.results.is_empty() {
-        eprintln!("no hook matches this push");
+        eprintln!("{unmatched}");
         return Ok(ExitCode::FAILURE);
     }
     for result in &answer.results {
@@ -457,13 +541,35 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
     let deliveries = match (&config.server.postgres, &config.server.journal) {
         (Some(url), _) => delivery::postgres::history(url, &filter)
             .map_err(|err| CliError::Shown(config.redact(&err.to_string()).into_owned()))?,
-        (None, Some(path)) => delivery::history(path, &filter)?,
+        (None, Some(path)) => match delivery::history(path, &filter) {
+            Err(JournalError::Missing { .. }) => {
+                // `serve` creates the journal: a fresh install has simply seen nothing yet.
+                let path = path.display().to_string();
+                eprintln!(
+                    "no deliveries yet: the journal {} does not exist yet (`cmqhook serve` creates it)",
+                    config.redact(&path)
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            found => found?,
+        },
         (None, None) => {
             return Err(CliError::JournalOff {
                 file: config.file.clone(),
             });
         }
     };
+    if deliveries.is_empty() {
+        let filtered = args.hook.is_some() || args.msg_id.is_some() || args.failed;
+        eprintln!(
+            "{}",
+            if filtered {
+                "no deliveries match"
+            } else {
+                "no deliveries yet"
+            }
+        );
+    }
     for delivery in &deliveries {
         if args.json {
             let line = serde_json::to_string(delivery)?;
@@ -472,6 +578,74 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
             say!("{}", telemetry::escaped(&history_line(delivery)))?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `init` writes: a config `check` accepts as it is, whose hook runs only `echo` and `cat`.
+const STARTER_CONFIG: &str = include_str!("../examples/starter.toml");
+
+fn init(args: &InitArgs) -> Result<ExitCode, CliError> {
+    let file = &args.file;
+    // `create_new`: a file that appears meanwhile is not overwritten either.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .and_then(|mut out| out.write_all(STARTER_CONFIG.as_bytes()));
+    match written {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(CliError::InitExists { file: file.clone() });
+        }
+        Err(source) => {
+            return Err(CliError::InitWrite {
+                file: file.clone(),
+                source,
+            });
+        }
+    }
+    let shown = file.display();
+    say!("wrote {shown}; next: `cmqhook check -c {shown}`, then `cmqhook serve -c {shown}`")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn completions(args: &CompletionsArgs) -> Result<ExitCode, CliError> {
+    // Into memory first: clap_complete panics when its writer fails (a closed stdout).
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "cmqhook", &mut script);
+    write_stdout(&script)
+}
+
+fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    // Built, so that a subcommand's page is named `cmqhook-NAME` and shows `cmqhook NAME`.
+    cli.build();
+    let page = match &args.command {
+        None => cli,
+        Some(name) => match cli.find_subcommand(name) {
+            Some(command) => command.clone(),
+            None => {
+                let known: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+                let message = format!("no command `{name}`; one of: {}", known.join(", "));
+                cli.error(clap::error::ErrorKind::InvalidValue, message)
+                    .exit()
+            }
+        },
+    };
+    let mut roff = Vec::new();
+    clap_mangen::Man::new(page)
+        .source(format!("cmqhook {}", env!("CARGO_PKG_VERSION")))
+        .render(&mut roff)
+        .expect("writing into memory cannot fail");
+    write_stdout(&roff)
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<ExitCode, CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(CliError::Stdout)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -577,4 +751,34 @@ fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let helped = [arg.get_help(), arg.get_long_help()]
+                    .into_iter()
+                    .flatten()
+                    .any(|help| !help.to_string().trim().is_empty());
+                if !helped {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cli = Cli::command();
+        // Built: global flags are copied into every subcommand, and --help and --version added.
+        cli.build();
+        let mut missing = Vec::new();
+        walk(&cli, "cmqhook", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+        assert!(cli.get_subcommands().count() > 5, "the tree was walked");
+    }
 }

@@ -12,7 +12,6 @@
 //! [`crate::routing`] indexes them.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +22,7 @@ use serde::Deserialize;
 use crate::cmq::FormatSetting;
 
 mod diagnostic;
+mod listen;
 mod load;
 mod raw;
 mod selector;
@@ -30,8 +30,9 @@ mod selector;
 mod tests;
 
 pub use diagnostic::{ConfigError, Diagnostic};
+pub use listen::{Listen, ListenError};
 use load::Scope;
-pub use selector::{LazyGlob, Pattern, Selector};
+pub use selector::{LazyGlob, Mismatch, Pattern, Selector};
 
 use crate::secrets::{self, Secrets};
 
@@ -53,7 +54,7 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct Server {
-    pub listen: SocketAddr,
+    pub listen: Listen,
     pub format: FormatSetting,
     pub max_body: u64,
     pub max_running: usize,
@@ -193,7 +194,7 @@ impl Config {
         if self.hooks.is_empty() {
             warnings.push("no hooks are configured: every push is unmatched".to_owned());
         }
-        if !self.server.listen.ip().is_loopback() {
+        if !self.server.listen.is_loopback() {
             let secret_path = self.hooks.iter().any(|hook| {
                 hook.path_shown
                     .as_deref()

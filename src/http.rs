@@ -30,11 +30,12 @@ const MAX_CONNECTIONS: usize = 4096;
 /// How long, once runs are over, in-flight requests have to be answered at shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The HTTP server for `listener`, not yet started. It handles no signals: the caller stops
-/// it through its handle.
-pub fn server(listener: TcpListener, dispatcher: Arc<Dispatcher>) -> std::io::Result<Server> {
+/// The HTTP server on `listeners` (bound sockets: several when `listen` names a host with
+/// several addresses), not yet started. It handles no signals: the caller stops it through its
+/// handle.
+pub fn server(listeners: Vec<TcpListener>, dispatcher: Arc<Dispatcher>) -> std::io::Result<Server> {
     let state = web::Data::from(dispatcher);
-    let server = HttpServer::new(move || {
+    let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .default_service(web::to(route))
@@ -43,10 +44,11 @@ pub fn server(listener: TcpListener, dispatcher: Arc<Dispatcher>) -> std::io::Re
     .client_disconnect_timeout(Duration::from_secs(1))
     .max_connections(MAX_CONNECTIONS)
     .disable_signals()
-    .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs());
+    for listener in listeners {
+        server = server.listen(listener)?;
+    }
+    Ok(server.run())
 }
 
 async fn route(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Listen};
 use crate::delivery::{Deliveries, JournalError};
 use crate::dispatch::Dispatcher;
 use crate::http;
@@ -39,12 +39,17 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot resolve the listen address `{listen}`: {source}")]
+    Resolve {
+        listen: Listen,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 /// Serves `config_file` until SIGTERM or SIGINT, then drains. `listen` overrides the config.
-pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), ServeError> {
+pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeError> {
     let config = Config::load_for_serve(config_file)?;
     raise_open_files_limit();
     for warning in config.warnings() {
@@ -53,9 +58,12 @@ pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), Serve
     // The journal first: it may refuse (another serve owns it), and commands a dead serve
     // left running are stopped before anything can run again.
     let deliveries = open_deliveries(&config)?;
-    let addr = listen.unwrap_or(config.server.listen);
-    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })?;
-    let local = listener.local_addr()?;
+    let listeners = bind(listen.as_ref().unwrap_or(&config.server.listen))?;
+    let local = listeners
+        .iter()
+        .map(|listener| Ok(format!("http://{}", listener.local_addr()?)))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .join(" and ");
     let dispatcher = Arc::new(Dispatcher::new(
         config,
         deliveries,
@@ -68,7 +76,7 @@ pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), Serve
         let mut int = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
         // Only now: whoever waits for this line may signal at once.
-        tracing::info!(hooks, "listening on http://{local}");
+        tracing::info!(hooks, "listening on {local}");
         let reloader = Arc::clone(&dispatcher);
         let config_file = config_file.to_owned();
         actix_web::rt::spawn(async move {
@@ -82,12 +90,46 @@ pub fn serve(config_file: &Path, listen: Option<SocketAddr>) -> Result<(), Serve
                 _ = int.recv() => {}
             }
         };
-        run(listener, Arc::clone(&dispatcher), shutdown).await
+        run(listeners, Arc::clone(&dispatcher), shutdown).await
     });
     dispatcher.close();
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listener on every address `listen` stands for. An address of a name that this host has
+/// no interface for (`localhost` resolving to `::1` with IPv6 off) is skipped with a warning
+/// as long as another one is bound; any other failure to bind is an error.
+fn bind(listen: &Listen) -> Result<Vec<TcpListener>, ServeError> {
+    let addrs = listen.resolve().map_err(|source| ServeError::Resolve {
+        listen: listen.clone(),
+        source,
+    })?;
+    let mut listeners = Vec::with_capacity(addrs.len());
+    let mut unavailable = Vec::new();
+    for addr in addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => listeners.push(listener),
+            Err(source)
+                if matches!(listen, Listen::Host { .. })
+                    && (source.kind() == std::io::ErrorKind::AddrNotAvailable
+                        || source.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)) =>
+            {
+                unavailable.push(ServeError::Listen { addr, source });
+            }
+            Err(source) => return Err(ServeError::Listen { addr, source }),
+        }
+    }
+    if listeners.is_empty()
+        && let Some(err) = unavailable.pop()
+    {
+        return Err(err);
+    }
+    for err in unavailable {
+        tracing::warn!("`{listen}` also resolves to an address this host cannot use: {err}");
+    }
+    Ok(listeners)
 }
 
 /// The delivery state `config` asks for: the SQLite journal, a PostgreSQL database shared
@@ -130,15 +172,15 @@ fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
     }
 }
 
-/// Serves pushes on `listener` until `shutdown` completes, then drains: pushes get 503,
+/// Serves pushes on `listeners` until `shutdown` completes, then drains: pushes get 503,
 /// running commands get `shutdown_grace`, then their groups are killed, and in-flight requests
 /// are answered. Handles no signals itself, so a test can run it in-process on `127.0.0.1:0`.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     dispatcher: Arc<Dispatcher>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let server = http::server(listener, Arc::clone(&dispatcher))?;
+    let server = http::server(listeners, Arc::clone(&dispatcher))?;
     let handle = server.handle();
     let mut server = actix_web::rt::spawn(server);
     tokio::select! {
@@ -227,13 +269,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_server_runs_in_process_on_a_bound_listener_until_its_shutdown_future() {
+    fn the_server_runs_in_process_on_bound_listeners_until_its_shutdown_future() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("hooks.toml");
         std::fs::write(&file, "[hooks.ok]\nargv = [\"/bin/true\"]\n").expect("config");
         let config = Config::load(&file).expect("config");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        // Two, as for a `listen` name that resolves to two addresses: both serve.
+        let listeners: Vec<TcpListener> = (0..2)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|listener| listener.local_addr().expect("addr"))
+            .collect();
         let dispatcher = Arc::new(Dispatcher::new(
             config,
             Deliveries::in_memory(100),
@@ -241,25 +289,28 @@ mod tests {
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(run(listener, dispatcher, async {
+            actix_web::rt::System::new().block_on(run(listeners, dispatcher, async {
                 let _ = stopped.await;
             }))
         });
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-        stream
-            .write_all(
-                b"POST /x HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: m1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
-            )
-            .expect("write");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read");
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(answer.contains(r#""outcome":"succeeded""#), "{answer}");
+        for (n, addr) in addrs.iter().enumerate() {
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            let request = format!(
+                "POST /x HTTP/1.1\r\nHost: x\r\nx-cmq-message-id: m{n}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+            );
+            stream.write_all(request.as_bytes()).expect("write");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).expect("read");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{addr}: {answer}");
+            assert!(answer.contains(r#""outcome":"succeeded""#), "{answer}");
+        }
         stop.send(()).expect("server still running");
         server.join().expect("thread").expect("clean stop");
-        assert!(
-            std::net::TcpStream::connect(addr).is_err(),
-            "no longer listening"
-        );
+        for addr in &addrs {
+            assert!(
+                std::net::TcpStream::connect(addr).is_err(),
+                "no longer listening on {addr}"
+            );
+        }
     }
 }

@@ -325,10 +325,10 @@ impl Loader<'_> {
                 let text = self.expand("server.listen", &listen, false);
                 text.and_then(|text| match text.parse() {
                     Ok(addr) => Some(addr),
-                    Err(_) => {
+                    Err(err) => {
                         // As written: what a variable holds is not shown.
                         let shown = listen.get_ref();
-                        let message = format!("server.listen: `{shown}` is not an IP:PORT address");
+                        let message = format!("server.listen: `{shown}`: {err}");
                         self.error(span, message);
                         None
                     }

@@ -1,5 +1,6 @@
-//! A hook's selectors: which pushes it is for. Owned by the config, which checks them when it is
-//! read; [`crate::routing`] indexes them to route pushes.
+//! A hook's selectors: which pushes it is for, and why one is not ([`Mismatch`], for
+//! `route --explain`). Owned by the config, which checks them when it is read;
+//! [`crate::routing`] indexes them to route pushes.
 //!
 //! Every selector a hook gives must match; an omitted one matches anything. `tags` matches if
 //! the push carries any of them (CMQ FilterTag semantics). `topic` and `subscription` are exact
@@ -91,24 +92,102 @@ impl Selector {
             && self.tags.is_none()
     }
 
+    /// Whether every selector given matches `push`.
     pub fn matches(&self, push: &Push) -> bool {
-        let path = self.path.as_ref().is_none_or(|path| *path == push.path);
-        let topic = matches_known(self.topic.as_ref(), push.topic.as_deref());
-        let subscription = matches_known(self.subscription.as_ref(), push.subscription.as_deref());
-        let tags = self
-            .tags
-            .as_ref()
-            .is_none_or(|wanted| wanted.iter().any(|tag| push.tags.contains(tag)));
-        path && topic && subscription && tags
+        self.explain(push).is_ok()
+    }
+
+    /// `Ok` when every selector given matches `push`, else the first that does not, in the
+    /// order path, topic, subscription, tags. Borrows and allocates nothing, so it costs what
+    /// [`Selector::matches`] costs; only displaying the [`Mismatch`] formats anything.
+    pub fn explain<'a>(&'a self, push: &'a Push) -> Result<(), Mismatch<'a>> {
+        if let Some(wanted) = &self.path
+            && *wanted != push.path
+        {
+            return Err(Mismatch::Path {
+                pushed: &push.path,
+                wanted,
+            });
+        }
+        for (selector, pattern, value) in [
+            ("topic", &self.topic, &push.topic),
+            ("subscription", &self.subscription, &push.subscription),
+        ] {
+            let Some(wanted) = pattern else { continue };
+            // An unknown value (SIMPLIFIED) never matches a given pattern.
+            if value.as_deref().is_none_or(|value| !wanted.matches(value)) {
+                return Err(Mismatch::Name {
+                    selector,
+                    pushed: value.as_deref(),
+                    wanted,
+                });
+            }
+        }
+        if let Some(wanted) = &self.tags
+            && !wanted.iter().any(|tag| push.tags.contains(tag))
+        {
+            return Err(Mismatch::Tags {
+                pushed: &push.tags,
+                wanted,
+            });
+        }
+        Ok(())
     }
 }
 
-/// An unknown value (SIMPLIFIED) never matches a given pattern.
-fn matches_known(pattern: Option<&Pattern>, value: Option<&str>) -> bool {
-    match (pattern, value) {
-        (None, _) => true,
-        (Some(pattern), Some(value)) => pattern.matches(value),
-        (Some(_), None) => false,
+/// The first selector of a hook that a push fails, as [`Selector::explain`] finds it. Its
+/// `Display` is the reason, e.g. `topic "build" does not match "deploy-*"`; a secret `path`
+/// shows as it was expanded, so whoever prints it redacts it.
+#[derive(Debug, Clone, Copy)]
+pub enum Mismatch<'a> {
+    Path {
+        pushed: &'a str,
+        wanted: &'a str,
+    },
+    /// `topic` or `subscription`; `pushed` is `None` for a SIMPLIFIED push.
+    Name {
+        selector: &'static str,
+        pushed: Option<&'a str>,
+        wanted: &'a Pattern,
+    },
+    /// The push carries none of the wanted tags.
+    Tags {
+        pushed: &'a [String],
+        wanted: &'a [String],
+    },
+}
+
+impl fmt::Display for Mismatch<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Mismatch::Path { pushed, wanted } => write!(f, "path {pushed:?} is not {wanted:?}"),
+            Mismatch::Name {
+                selector,
+                pushed: None,
+                wanted,
+            } => write!(
+                f,
+                "the push has no {selector} (SIMPLIFIED), so it cannot match {:?}",
+                wanted.to_string()
+            ),
+            Mismatch::Name {
+                selector,
+                pushed: Some(pushed),
+                wanted,
+            } => {
+                let verb = match wanted {
+                    Pattern::Exact(_) => "is not",
+                    Pattern::Glob(_) => "does not match",
+                };
+                write!(f, "{selector} {pushed:?} {verb} {:?}", wanted.to_string())
+            }
+            Mismatch::Tags { pushed, wanted } => write!(
+                f,
+                "tags [{}] carry none of [{}]",
+                pushed.join(", "),
+                wanted.join(", ")
+            ),
+        }
     }
 }
 
@@ -189,6 +268,40 @@ mod tests {
         assert!(!glob.matches("web-1"));
         assert!(matches!(pattern("plain"), Some(Pattern::Exact(_))));
         assert!(Pattern::new("[unclosed").is_err());
+    }
+
+    #[test]
+    fn explain_names_the_first_selector_that_fails_and_why() {
+        let selector = Selector {
+            path: Some("/cmq".to_owned()),
+            topic: pattern("deploy-*"),
+            subscription: pattern("web"),
+            tags: Some(vec!["x".to_owned(), "z".to_owned()]),
+        };
+        let why = |push: &Push| selector.explain(push).map_err(|why| why.to_string());
+        assert_eq!(why(&json("deploy-1", "web", &["z"])), Ok(()));
+        let mut other_path = json("build", "db", &[]);
+        other_path.path = "/q".to_owned();
+        assert_eq!(
+            why(&other_path),
+            Err(r#"path "/q" is not "/cmq""#.to_owned())
+        );
+        assert_eq!(
+            why(&json("build", "db", &[])),
+            Err(r#"topic "build" does not match "deploy-*""#.to_owned())
+        );
+        assert_eq!(
+            why(&json("deploy-1", "db", &[])),
+            Err(r#"subscription "db" is not "web""#.to_owned())
+        );
+        assert_eq!(
+            why(&json("deploy-1", "web", &["y", "w"])),
+            Err("tags [y, w] carry none of [x, z]".to_owned())
+        );
+        assert_eq!(
+            why(&push(Format::Simplified, None, None, &["x"])),
+            Err(r#"the push has no topic (SIMPLIFIED), so it cannot match "deploy-*""#.to_owned())
+        );
     }
 
     #[test]

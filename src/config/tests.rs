@@ -145,7 +145,7 @@ fn a_full_config_gives_typed_values() {
     let server = &config.server;
     assert_eq!(
         server.listen,
-        "0.0.0.0:9100".parse::<SocketAddr>().expect("valid")
+        "0.0.0.0:9100".parse::<Listen>().expect("valid")
     );
     assert_eq!(server.format, FormatSetting::Json);
     assert_eq!(server.max_body, 8 * 1024 * 1024);
@@ -222,7 +222,7 @@ fn an_empty_config_gets_the_documented_defaults() {
     let server = &config.server;
     assert_eq!(
         server.listen,
-        "127.0.0.1:9000".parse::<SocketAddr>().expect("valid")
+        "127.0.0.1:9000".parse::<Listen>().expect("valid")
     );
     assert_eq!(server.format, FormatSetting::Auto);
     assert_eq!(server.max_body, 8 * 1024 * 1024);
@@ -664,10 +664,10 @@ fn a_bad_cidr_is_an_error() {
 #[test]
 fn a_bad_listen_is_an_error() {
     one_error(
-        "[server]\nlisten = \"localhost:9000\"\n",
+        "[server]\nlisten = \"local host:9000\"\n",
         2,
         10,
-        &["server.listen", "localhost:9000"],
+        &["server.listen", "local host:9000", "e.g. `127.0.0.1:9000`"],
     );
     one_error(
         "[server]\nlisten = \"127.0.0.1\"\n",
@@ -675,6 +675,22 @@ fn a_bad_listen_is_an_error() {
         10,
         &["server.listen"],
     );
+}
+
+#[test]
+fn listen_takes_a_host_name_and_port() {
+    let not_loopback = |config: &Config| {
+        config
+            .warnings()
+            .iter()
+            .any(|warning| warning.contains("is not loopback"))
+    };
+    let config = parse("[server]\nlisten = \"localhost:9000\"\n");
+    assert_eq!(config.server.listen.to_string(), "localhost:9000");
+    assert!(!not_loopback(&config), "{:?}", config.warnings());
+    // Not resolved by `check`: a name other than localhost may be reachable from elsewhere.
+    let config = parse("[server]\nlisten = \"cmq.example.com:9000\"\n");
+    assert!(not_loopback(&config), "{:?}", config.warnings());
 }
 
 #[test]
@@ -826,7 +842,7 @@ command = "true"
     let config = parse(text);
     assert_eq!(
         config.server.listen,
-        "127.0.0.2:9100".parse::<SocketAddr>().expect("valid")
+        "127.0.0.2:9100".parse::<Listen>().expect("valid")
     );
     assert_eq!(config.server.token.as_deref(), Some("pre-tok-7f3a9c"));
     let a = hook(&config, "a");

@@ -1,6 +1,6 @@
 //! `cmqhook check` and the start-up of `serve`, through the built binary.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Output;
 
@@ -530,4 +530,243 @@ fn send_header_without_a_colon_is_a_usage_error() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("`X-Token` has no colon"), "{stderr}");
     assert!(stderr.contains("--header"), "{stderr}");
+}
+
+/// Hooks with one failing selector each, and one catching `/q`, for `route --explain`.
+const EXPLAINED: &str = r#"[server]
+journal = "off"
+
+[hooks.deploy]
+topic = "deploy-*"
+argv = ["true"]
+
+[hooks.tagged]
+tags = ["x"]
+argv = ["true"]
+
+[hooks.pathy]
+path = "/p"
+argv = ["true"]
+
+[hooks.secret]
+path = "/cmq/${EXPLAIN_SECRET}"
+argv = ["true"]
+
+[hooks.caught]
+path = "/q"
+argv = ["true"]
+"#;
+
+/// `cmqhook route -c CONFIG ARGS` with the secret `EXPLAINED` takes from the environment.
+fn route(config: &std::path::Path, args: &[&str]) -> Output {
+    let mut all = vec!["route", "-c", config.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    let mut command = cmqhook_command(&all);
+    command.env("EXPLAIN_SECRET", "s3cr3t-path-part");
+    output_of(command, b"")
+}
+
+/// Asserts that `output` exited with `code` and that its stderr holds each of `says`; returns
+/// its stdout.
+fn exited(output: &Output, code: i32, says: &[&str]) -> String {
+    assert_eq!(output.status.code(), Some(code), "{}", both(output));
+    let stderr = text(&output.stderr);
+    for needle in says {
+        assert!(
+            stderr.contains(needle),
+            "no {needle:?} in: {}",
+            both(output)
+        );
+    }
+    text(&output.stdout)
+}
+
+#[test]
+fn route_explain_says_for_every_hook_why_it_does_not_match() {
+    let dir = Dir::new();
+    let config = dir.write_config(EXPLAINED);
+    let json = ["--path", "/q", "--topic", "build", "--subscription", "s"];
+    let output = route(&config, &[&json[..], &["--tag", "y", "--explain"]].concat());
+    let stdout = exited(&output, 0, &[]);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            r#"deploy: topic "build" does not match "deploy-*""#,
+            "tagged: tags [y] carry none of [x]",
+            r#"pathy: path "/q" is not "/p""#,
+            r#"secret: path "/q" is not "/cmq/${EXPLAIN_SECRET}""#,
+            "caught: matches",
+        ],
+        "{}",
+        both(&output)
+    );
+    assert!(!both(&output).contains("s3cr3t"), "{}", both(&output));
+
+    // SIMPLIFIED (no --topic): a topic selector cannot match.
+    let output = route(&config, &["--explain", "--path", "/nowhere", "--tag", "x"]);
+    let stdout = exited(&output, 0, &[]);
+    let deploy = stdout.lines().next().unwrap_or_default();
+    assert!(
+        deploy.starts_with("deploy: ") && deploy.contains("has no topic (SIMPLIFIED)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tagged: matches"), "{stdout}");
+
+    // Nothing matches: exit 1, as `route`.
+    let output = route(&config, &["--explain", "--path", "/nowhere"]);
+    let stdout = exited(&output, 1, &["no hook matches"]);
+    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+    assert!(!stdout.contains(": matches"), "{stdout}");
+}
+
+#[test]
+fn route_without_a_match_says_so_naming_what_the_push_carried() {
+    let dir = Dir::new();
+    let config = dir.write_config(EXPLAINED);
+    let json = [
+        "--path",
+        "/nowhere",
+        "--topic",
+        "build",
+        "--subscription",
+        "s",
+    ];
+    let output = route(&config, &[&json[..], &["--tag", "y"]].concat());
+    let carried = [
+        "no hook matches",
+        r#"path "/nowhere""#,
+        r#"topic "build""#,
+        r#"subscription "s""#,
+        "tags [y]",
+        "--explain",
+    ];
+    assert_eq!(exited(&output, 1, &carried), "");
+    assert_eq!(text(&output.stderr).lines().count(), 1, "{}", both(&output));
+    let output = route(&config, &["--path", "/nowhere"]);
+    exited(&output, 1, &["no hook matches", "SIMPLIFIED", "no tags"]);
+    // A match prints the hooks only.
+    let output = route(&config, &["--path", "/q"]);
+    assert_eq!(exited(&output, 0, &[]), "caught\n");
+    assert!(output.stderr.is_empty(), "{}", both(&output));
+}
+
+#[test]
+fn history_before_the_first_delivery_says_so_and_exits_0() {
+    let dir = Dir::new();
+    let config = dir.write_config("[hooks.x]\npath = \"/x\"\nargv = [\"true\"]\n");
+    let config = config.to_str().expect("utf-8");
+    for json in [&[][..], &["--json"]] {
+        let output = cmqhook(&[&["history", "-c", config][..], json].concat(), b"");
+        assert_eq!(exited(&output, 0, &["no deliveries yet"]), "");
+    }
+    // Looking creates nothing.
+    assert!(!dir.file("cmqhook.db").exists());
+
+    let off = dir.write_config("[server]\njournal = \"off\"\n");
+    let output = cmqhook(&["history", "-c", off.to_str().expect("utf-8")], b"");
+    exited(&output, 1, &["journal is off", "to turn it on"]);
+}
+
+#[test]
+fn init_writes_a_starter_config_that_check_accepts_and_never_overwrites() {
+    let dir = Dir::new();
+    // The default is ./hooks.toml.
+    let init = || {
+        let mut command = cmqhook_command(&["init"]);
+        command.current_dir(dir.path());
+        output_of(command, b"")
+    };
+    exited(&init(), 0, &[]);
+    let written = std::fs::read_to_string(dir.file("hooks.toml")).expect("hooks.toml written");
+    assert!(
+        written.lines().any(|line| line.starts_with('#')),
+        "{written}"
+    );
+    let config = dir.file("hooks.toml");
+    let config = config.to_str().expect("utf-8");
+    let check = cmqhook(&["check", "-c", config], b"");
+    exited(&check, 0, &[]);
+    assert!(check.stderr.is_empty(), "no warnings: {}", both(&check));
+    // Its hook runs as it is: no program is missing.
+    let run = cmqhook(&["run", "-c", config, "--path", "/cmq/echo"], b"hello");
+    assert!(exited(&run, 0, &[]).contains("echo: succeeded"));
+
+    // Never overwrites, the default file or a named one.
+    exited(&init(), 1, &["already exists"]);
+    let now = std::fs::read_to_string(dir.file("hooks.toml")).expect("read");
+    assert_eq!(now, written);
+    let mine = dir.file("mine.toml");
+    std::fs::write(&mine, "# my own\n").expect("write");
+    let output = cmqhook(&["init", mine.to_str().expect("utf-8")], b"");
+    exited(&output, 1, &["mine.toml", "already exists"]);
+    assert_eq!(std::fs::read_to_string(&mine).expect("read"), "# my own\n");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_cover_every_command() {
+    let commands = [
+        "serve",
+        "route",
+        "history",
+        "init",
+        "completions",
+        "explain",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let script = exited(&cmqhook(&["completions", shell], b""), 0, &[]);
+        for command in commands {
+            assert!(script.contains(command), "{shell}: no {command}:\n{script}");
+        }
+    }
+    exited(&cmqhook(&["completions", "tcsh"], b""), 2, &["tcsh"]);
+}
+
+#[test]
+fn man_prints_roff_pages_for_cmqhook_and_its_commands() {
+    for (args, title, mentions) in [
+        (&["man"][..], ".TH cmqhook 1", "route"),
+        (&["man", "route"], ".TH cmqhook-route 1", r"\-\-explain"),
+    ] {
+        let page = exited(&cmqhook(args, b""), 0, &[]);
+        assert!(page.lines().any(|line| line.starts_with(title)), "{page}");
+        assert!(
+            page.contains(".SH NAME") && page.contains(mentions),
+            "{page}"
+        );
+    }
+    exited(&cmqhook(&["man", "nope"], b""), 2, &["no command `nope`"]);
+}
+
+#[test]
+fn serve_listens_on_a_host_name_in_the_config_or_the_flag() {
+    let dir = Dir::new();
+    let hook = "[hooks.x]\npath = \"/x\"\nargv = [\"true\"]\n";
+    for in_config in [true, false] {
+        let port = free_addr().port();
+        let host_port = format!("localhost:{port}");
+        let builder = Server::builder(&dir);
+        let builder = if in_config {
+            builder.config(&format!("[server]\nlisten = \"{host_port}\"\n\n{hook}"))
+        } else {
+            builder
+                .config(&config("", hook))
+                .arg("--listen")
+                .arg(&host_port)
+        };
+        let mut server = builder.start();
+        let ipv4 = SocketAddr::from(([127, 0, 0, 1], port));
+        let status = post(ipv4, "/x", &[], b"").status;
+        assert_eq!(status, 200, "{host_port}: {}", server.log_text());
+        assert_eq!(server.stop(), Some(0));
+    }
+}
+
+#[test]
+fn a_bad_listen_shows_the_expected_form() {
+    let output = cmqhook(&["serve", "--listen", "bad"], b"");
+    exited(&output, 2, &["--listen", "HOST:PORT", "`localhost:9000`"]);
+    let dir = Dir::new();
+    let config = dir.write_config("[server]\nlisten = \"9000\"\n");
+    let output = cmqhook(&["check", "-c", config.to_str().expect("utf-8")], b"");
+    exited(&output, 1, &["server.listen", "`9000`", "`127.0.0.1:9000`"]);
 }
