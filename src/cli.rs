@@ -680,6 +680,9 @@ fn history_line(delivery: &HistoryRow) -> String {
     if let Some(path) = &delivery.path {
         line.push_str(&format!("  path={path}"));
     }
+    if let Some(instance) = &delivery.instance {
+        line.push_str(&format!("  instance={instance}"));
+    }
     if let Some(topic) = &delivery.topic {
         line.push_str(&format!("  topic={topic}"));
     }

@@ -326,7 +326,7 @@ fn duplicates_sent_concurrently_to_three_instances_run_once_and_all_get_200() {
     let server = |label: &str| {
         config(
             &server_keys(&db.url(), Some(label), "2s", "respond_within = \"20s\""),
-            &hook(&command),
+            &graced(&hook(&command)),
         )
     };
     // Started together on a fresh database: the schema is created by three at once.
@@ -453,7 +453,7 @@ fn a_failure_on_one_instance_runs_again_on_another_with_the_next_attempt() {
     let server = |label: &str| {
         config(
             &server_keys(&db.url(), Some(label), "2s", ""),
-            &hook(&command),
+            &graced(&hook(&command)),
         )
     };
     let fleet = Instance::start_all(vec![
@@ -503,9 +503,9 @@ fn a_sigkilled_instances_run_is_run_again_elsewhere_once_its_lease_expires() {
                 &db.url(),
                 Some(label),
                 "2s",
-                "respond_within = \"300ms\"\nkill_grace = \"200ms\"",
+                "respond_within = \"300ms\"",
             ),
-            &hook(&command),
+            &graced(&hook(&command)),
         )
     };
     let mut fleet = Instance::start_all(vec![
@@ -586,9 +586,9 @@ fn a_restarted_instance_kills_what_its_previous_process_left_and_runs_it_again_a
             &db.url(),
             Some("a"),
             "30s",
-            "respond_within = \"300ms\"\nkill_grace = \"200ms\"",
+            "respond_within = \"300ms\"",
         ),
-        &hook(&command),
+        &graced(&hook(&command)),
     );
     let mut first = Instance::start(Spec::new("a", text.clone()));
     assert_eq!(first.push("restart-1").status, 503);
@@ -623,7 +623,7 @@ fn two_instances_with_the_same_label_never_take_each_others_claims() {
     );
     let text = config(
         &server_keys(&db.url(), Some("same"), "2s", "respond_within = \"300ms\""),
-        &hook(&command),
+        &graced(&hook(&command)),
     );
     let one = Instance::start(Spec::new("same", text.clone()));
     assert_eq!(one.push("label-1").status, 503);
@@ -686,21 +686,21 @@ fi
         overlap = overlap.display(),
         record = shared.record(0)
     );
-    let keys = "respond_within = \"300ms\"\nkill_grace = \"200ms\"";
+    let keys = "respond_within = \"300ms\"";
     // a reaches the database through the proxy, b directly: a partition of a alone.
     let mut fleet = Instance::start_all(vec![
         Spec::new(
             "a",
             config(
                 &server_keys(&db.url_via(&proxy), Some("a"), "2s", keys),
-                &hook(&command),
+                &graced(&hook(&command)),
             ),
         ),
         Spec::new(
             "b",
             config(
                 &server_keys(&db.url(), Some("b"), "2s", keys),
-                &hook(&command),
+                &graced(&hook(&command)),
             ),
         ),
     ]);
@@ -1111,7 +1111,7 @@ fn the_database_password_never_appears_in_logs_answers_history_check_or_metrics(
     let server = |label: &str, addr: SocketAddr| {
         config(
             &server_keys(&journal(addr), Some(label), "2s", "respond_within = \"2s\""),
-            &hook(&command),
+            &graced(&hook(&command)),
         )
     };
     // a reaches the database directly, b through the proxy (and logs with -v).
@@ -1246,4 +1246,9 @@ fn the_database_password_never_appears_in_logs_answers_history_check_or_metrics(
         "the password {password:?} appears in:\n{}",
         leaks.join("\n")
     );
+}
+
+/// `hooks` with every hook's `kill_grace` at 200 ms, so that a stopped command goes quickly.
+fn graced(hooks: &str) -> String {
+    format!("[defaults]\nkill_grace = \"200ms\"\n\n{hooks}")
 }
