@@ -223,6 +223,7 @@ impl Postgres {
         });
         let handle = runtime.handle().clone();
         handle.spawn(Arc::clone(&state).monitor());
+        handle.spawn(Arc::clone(&state).fencer());
         Ok(Postgres {
             runtime: Mutex::new(Some(runtime)),
             handle,
@@ -446,13 +447,20 @@ impl State {
         if let Err(reason) = self.health() {
             return Acquired::Unavailable(reason);
         }
-        // One statement: take the claim if it is free, retryable or its lease ran out; else
-        // read what holds it. The read sees the row as it was when the statement began, so a
+        // One statement: take the claim if it is free, retryable or its lease ran out (then
+        // the run that lost it gets an `interrupted` row); else read what holds it. The read sees the row as it was when the statement began, so a
         // claim inserted by another instance meanwhile can leave it empty: ask again.
         for _ in 0..3 {
             let rows = self
                 .query(
-                    "WITH taken AS (
+                    "WITH expired AS (
+                        -- The claim as the statement found it (every part reads the same
+                        -- snapshot); `taken` decides on its latest version.
+                        SELECT instance, attempt, lease_until FROM cmqhook_claims
+                        WHERE hook = $1 AND msg_id = $2 AND outcome = 'running'
+                          AND lease_until < now()
+                     ),
+                     taken AS (
                         INSERT INTO cmqhook_claims AS c
                             (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
                              owner_pid, run_id, lease_until)
@@ -469,6 +477,15 @@ impl State {
                            OR (c.outcome = 'succeeded'
                                AND c.ended_at < now() - $9::float8 * interval '1 second')
                         RETURNING c.attempt
+                     ),
+                     -- The run whose lease ran out gets its row: its instance cannot write it.
+                     noted AS (
+                        INSERT INTO cmqhook_runs
+                            (instance, started_at, ended_at, hook, msg_id, path, tags, attempt,
+                             outcome, error)
+                        SELECT instance, lease_until, lease_until, $1, $2, '', '', attempt,
+                               'interrupted', 'its instance stopped renewing its claim''s lease'
+                        FROM expired WHERE EXISTS (SELECT 1 FROM taken)
                      )
                      SELECT true, attempt, NULL::text, NULL::bigint FROM taken
                      UNION ALL
@@ -597,7 +614,6 @@ impl State {
     async fn monitor(self: Arc<Self>) {
         let mut last_prune: Option<Instant> = None;
         let mut said_down = false;
-        let mut fenced = false;
         loop {
             let ready = self.ready.load(Ordering::Acquire);
             let outcome = if ready {
@@ -608,7 +624,6 @@ impl State {
             let wait = match outcome {
                 Ok(()) => {
                     *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
-                    fenced = false;
                     if !ready {
                         self.ready.store(true, Ordering::Release);
                         if said_down {
@@ -633,13 +648,6 @@ impl State {
                         said_down = true;
                     }
                     self.set_health(Err(reason));
-                    // Leases run out `lease` after their last renewal, by the database's
-                    // clock: stop our commands with a third of it to spare.
-                    let renewed = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
-                    if ready && !fenced && renewed.elapsed() >= self.lease * 2 / 3 {
-                        fenced = true;
-                        self.fence.send_modify(|epoch| *epoch += 1);
-                    }
                     RECONNECT_EVERY
                 }
             };
@@ -752,14 +760,44 @@ impl State {
         Ok(())
     }
 
+    /// Leases run out `lease` after their last renewal, by the database's clock: when none
+    /// succeeded for two thirds of it, running commands are stopped, with a third to spare. On
+    /// a timer of its own, since a renewal may hang on a silent network.
+    async fn fencer(self: Arc<Self>) {
+        let tick = (self.lease / 20).max(Duration::from_millis(20));
+        let mut fenced_for: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                () = self.closing.cancelled() => return,
+                () = tokio::time::sleep(tick) => {}
+            }
+            let renewed = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.ready.load(Ordering::Acquire)
+                && renewed.elapsed() >= self.lease * 2 / 3
+                && fenced_for != Some(renewed)
+            {
+                fenced_for = Some(renewed);
+                self.set_health(Err(
+                    "journal unreachable: leases cannot be renewed".to_owned()
+                ));
+                self.fence.send_modify(|epoch| *epoch += 1);
+            }
+        }
+    }
+
     async fn renew(&self) -> Result<(), String> {
-        self.execute(
+        // No longer than until the next renewal is due: a silent network must not hold it.
+        let lease = seconds(self.lease);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&lease, &self.owner.boot];
+        let renewal = self.execute(
             "UPDATE cmqhook_claims SET lease_until = now() + $1::float8 * interval '1 second'
              WHERE owner_boot = $2 AND outcome = 'running'",
-            &[&seconds(self.lease), &self.owner.boot],
-        )
-        .await
-        .map(drop)
+            &params,
+        );
+        match tokio::time::timeout(self.lease / 3, renewal).await {
+            Ok(renewed) => renewed.map(drop),
+            Err(_) => Err(self.failed("renewing the leases timed out")),
+        }
     }
 
     async fn prune(&self) -> Result<(), String> {

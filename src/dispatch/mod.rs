@@ -663,6 +663,13 @@ impl Dispatcher {
     /// its lease expires (it is taken over), or no push waits any more.
     async fn claim_shared(&self, job: &Job, msg_id: &str, run_id: i64) -> Shared {
         let hook = &job.hook.name;
+        // A push that waits for another instance's run is a duplicate, counted once.
+        let mut counted = false;
+        let mut count = || {
+            if !std::mem::replace(&mut counted, true) {
+                metrics().dedup_hits.with_label_values(&[hook]).inc();
+            }
+        };
         loop {
             // Never cancelled midway: a claim the database granted must be known here.
             let acquired = self
@@ -678,7 +685,7 @@ impl Dispatcher {
                 None => return Shared::Local,
                 Some(Acquired::Run { attempt }) => return Shared::Claimed(attempt),
                 Some(Acquired::Succeeded(result)) => {
-                    metrics().dedup_hits.with_label_values(&[hook]).inc();
+                    count();
                     return settle(result);
                 }
                 Some(Acquired::Unavailable(reason)) => {
@@ -686,7 +693,7 @@ impl Dispatcher {
                         RunResult::without_run(Outcome::NotStarted, Duration::ZERO, Some(reason));
                     return settle(result);
                 }
-                Some(Acquired::Elsewhere) => {}
+                Some(Acquired::Elsewhere) => count(),
             }
             let gone = tokio::select! {
                 () = tokio::time::sleep(ELSEWHERE_POLL) => false,

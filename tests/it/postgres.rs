@@ -499,12 +499,7 @@ fn a_sigkilled_instances_run_is_run_again_elsewhere_once_its_lease_expires() {
     );
     let server = |label: &str| {
         config(
-            &server_keys(
-                &db.url(),
-                Some(label),
-                "2s",
-                "respond_within = \"300ms\"",
-            ),
+            &server_keys(&db.url(), Some(label), "2s", "respond_within = \"300ms\""),
             &graced(&hook(&command)),
         )
     };
@@ -582,12 +577,7 @@ fn a_restarted_instance_kills_what_its_previous_process_left_and_runs_it_again_a
     );
     // A long lease: the restarted instance must not need it to expire for its own claims.
     let text = config(
-        &server_keys(
-            &db.url(),
-            Some("a"),
-            "30s",
-            "respond_within = \"300ms\"",
-        ),
+        &server_keys(&db.url(), Some("a"), "30s", "respond_within = \"300ms\""),
         &graced(&hook(&command)),
     );
     let mut first = Instance::start(Spec::new("a", text.clone()));
