@@ -18,11 +18,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sqlite::{Ended, HistoryFilter, HistoryRow, JournalError};
 use super::{Outcome, PushRecord, RunResult};
 use crate::runner::orphans;
+
+mod tls;
 
 /// Connections kept open to the database.
 const POOL_SIZE: usize = 16;
@@ -153,18 +155,34 @@ pub fn is_url(journal: &str) -> bool {
     journal.starts_with("postgres://") || journal.starts_with("postgresql://")
 }
 
-/// The connection settings in `url`; the error never quotes the URL (it holds a password).
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
+/// The connection settings in `url`, and the TLS connector its `sslmode` and `sslrootcert` ask
+/// for (see [`tls`]; `sslrootcert` is read now). The error never quotes the URL (it holds a
+/// password).
+pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), String> {
+    let (url, tls) = tls::take_params(url)?;
     let mut config: tokio_postgres::Config = url
         .parse()
-        .map_err(|err: tokio_postgres::Error| format!("not a PostgreSQL URL: {err}"))?;
+        .map_err(|err| format!("not a PostgreSQL URL: {}", describe(&err)))?;
+    config.ssl_mode(tls.driver_mode());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(STATEMENT_TIMEOUT);
     }
     if config.get_application_name().is_none() {
         config.application_name("cmqhook");
     }
-    Ok(config)
+    Ok((config, tls.connector()?))
+}
+
+/// A tokio-postgres error with its causes, which its own message leaves out ("error performing
+/// TLS handshake" alone does not say which check failed). None of them quotes the URL.
+fn describe(err: &tokio_postgres::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(err) = cause {
+        text = format!("{text}: {err}");
+        cause = err.source();
+    }
+    text
 }
 
 impl Postgres {
@@ -178,7 +196,7 @@ impl Postgres {
         keep: Duration,
         orphan_grace: Duration,
     ) -> Result<Postgres, JournalError> {
-        let config = parse_url(url).map_err(|reason| JournalError::Postgres { reason })?;
+        let (config, tls) = parse_url(url).map_err(|reason| JournalError::Postgres { reason })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("cmqhook-postgres")
@@ -189,7 +207,7 @@ impl Postgres {
             })?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -822,15 +840,15 @@ impl State {
 /// Recent deliveries of every instance, newest first.
 pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, JournalError> {
     let failed = |reason: String| JournalError::Postgres { reason };
-    let config = parse_url(url).map_err(failed)?;
+    let (config, tls) = parse_url(url).map_err(failed)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| failed(format!("cannot start its runtime: {err}")))?;
     runtime.block_on(async move {
         let unreachable =
-            |err: tokio_postgres::Error| failed(format!("journal unreachable: {err}"));
-        let (client, connection) = config.connect(NoTls).await.map_err(unreachable)?;
+            |err: tokio_postgres::Error| failed(format!("journal unreachable: {}", describe(&err)));
+        let (client, connection) = config.connect(tls).await.map_err(unreachable)?;
         tokio::spawn(connection);
         let exists: bool = client
             .query_one("SELECT to_regclass('cmqhook_runs') IS NOT NULL", &[])
@@ -934,13 +952,13 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
 
 /// Whether the database at `url` answers, for `check`.
 pub fn probe(url: &str) -> Result<(), String> {
-    let config = parse_url(url)?;
+    let (config, tls) = parse_url(url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| err.to_string())?;
     runtime.block_on(async move {
-        let (client, connection) = config.connect(NoTls).await.map_err(|err| err.to_string())?;
+        let (client, connection) = config.connect(tls).await.map_err(|err| describe(&err))?;
         tokio::spawn(connection);
         client
             .simple_query("SELECT 1")
@@ -970,7 +988,7 @@ fn seconds(duration: Duration) -> f64 {
 
 fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
     match err {
-        deadpool_postgres::PoolError::Backend(err) => err.to_string(),
+        deadpool_postgres::PoolError::Backend(err) => describe(err),
         other => other.to_string(),
     }
 }
