@@ -12,6 +12,8 @@
 # Usage: bench/postgres.sh [seconds-per-measurement] [repetitions]
 #   CMQHOOK_TEST_POSTGRES   a database URL the bench may create databases with
 #                           (default postgres://root@127.0.0.1:5432/test)
+#   PG_OPTIONS              the journal URL's query (default sslmode=disable: the database is on
+#                           this machine; sslmode=require measures TLS too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-3}
@@ -73,9 +75,10 @@ load() {
 }
 
 start sqlite "$work/sqlite.db"
-start pg "$base/$db" pg
-start pg-a "$base/$db" pg-a
-start pg-b "$base/$db" pg-b
+options=${PG_OPTIONS-sslmode=disable}
+start pg "$base/$db?$options" pg
+start pg-a "$base/$db?$options" pg-a
+start pg-b "$base/$db?$options" pg-b
 results=$work/results
 : > "$results"
 for rep in $(seq "$reps"); do
@@ -85,8 +88,9 @@ for rep in $(seq "$reps"); do
         if [ "$conns" -gt 1 ]; then
             half=$(( conns / 2 ))
             load "$(cat "$work/pg-a/addr")" "$half" "a$rep-$conns" > "$work/a.out" &
+            other=$!
             load "$(cat "$work/pg-b/addr")" "$half" "b$rep-$conns" > "$work/b.out"
-            wait
+            wait "$other"
             read -r ra pa < "$work/a.out"
             read -r rb pb < "$work/b.out"
             echo "pg-two $conns $((ra + rb)) $(awk -v a="$pa" -v b="$pb" 'BEGIN {printf "%.3f", (a + b) / 2}')" >> "$results"

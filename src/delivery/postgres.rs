@@ -35,6 +35,8 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 /// How often journaled rows older than `dedup_for` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Run ends written in one statement at most.
+const MAX_BATCH: usize = 512;
 /// The health before the first connection.
 const NOT_CONNECTED: &str = "journal unreachable: not connected yet";
 /// How often a record that could not be written is tried again.
@@ -148,6 +150,8 @@ struct State {
     renewed: Mutex<Instant>,
     /// Bumped when running commands must stop (self-fencing).
     fence: tokio::sync::watch::Sender<u64>,
+    /// Run ends, to the writer task.
+    ends: tokio::sync::mpsc::UnboundedSender<Ended>,
 }
 
 /// `journal` values that name a PostgreSQL database.
@@ -222,6 +226,7 @@ impl Postgres {
             .map_err(|err| JournalError::Postgres {
                 reason: format!("cannot make a connection pool: {err}"),
             })?;
+        let (ends, ends_rx) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(State {
             pool,
             owner: Owner {
@@ -238,10 +243,12 @@ impl Postgres {
             closing: tokio_util::sync::CancellationToken::new(),
             renewed: Mutex::new(Instant::now()),
             fence: tokio::sync::watch::Sender::new(0),
+            ends,
         });
         let handle = runtime.handle().clone();
         handle.spawn(Arc::clone(&state).monitor());
         handle.spawn(Arc::clone(&state).fencer());
+        handle.spawn(Arc::clone(&state).writer(ends_rx));
         Ok(Postgres {
             runtime: Mutex::new(Some(runtime)),
             handle,
@@ -315,29 +322,10 @@ impl Postgres {
     /// the first failure and of the success. A record that cannot be written is tried again
     /// until it is (its outcome answers retries from memory meanwhile).
     pub fn record_end(&self, ended: Ended) {
-        let state = Arc::clone(&self.state);
-        self.handle.spawn(async move {
-            let mut told_failure = false;
-            loop {
-                match state.write_end(&ended).await {
-                    Ok(()) => {
-                        (ended.on_commit)(true, ended.key.as_ref(), &ended.result);
-                        return;
-                    }
-                    Err(err) => {
-                        if !told_failure {
-                            tracing::error!(
-                                error = err.as_str(),
-                                "cannot journal a run's end; retrying"
-                            );
-                            (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
-                            told_failure = true;
-                        }
-                        tokio::time::sleep(RETRY_EVERY).await;
-                    }
-                }
-            }
-        });
+        if let Err(tokio::sync::mpsc::error::SendError(ended)) = self.state.ends.send(ended) {
+            tracing::error!("the journal writer has stopped; a run's end is not written");
+            (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+        }
     }
 
     /// Journals a push that ran nothing; dropped (and logged) if the database cannot take it
@@ -465,9 +453,38 @@ impl State {
         if let Err(reason) = self.health() {
             return Acquired::Unavailable(reason);
         }
-        // One statement: take the claim if it is free, retryable or its lease ran out (then
-        // the run that lost it gets an `interrupted` row); else read what holds it. The read sees the row as it was when the statement began, so a
-        // claim inserted by another instance meanwhile can leave it empty: ask again.
+        // A message seen for the first time (nearly every push) is claimed by a plain insert,
+        // the cheapest statement that takes the key.
+        let fresh = self
+            .query(
+                "INSERT INTO cmqhook_claims
+                    (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host, owner_pid,
+                     run_id, lease_until)
+                 VALUES ($1, $2, 1, 'running', $3, $4, $5, $6, $7,
+                         now() + $8::float8 * interval '1 second')
+                 ON CONFLICT (hook, msg_id) DO NOTHING
+                 RETURNING attempt",
+                &[
+                    &hook,
+                    &msg_id,
+                    &self.owner.instance,
+                    &self.owner.boot,
+                    &self.owner.host,
+                    &self.owner.pid,
+                    &run_id,
+                    &seconds(self.lease),
+                ],
+            )
+            .await;
+        match fresh {
+            Ok(rows) if !rows.is_empty() => return Acquired::Run { attempt: 1 },
+            Ok(_) => {}
+            Err(reason) => return Acquired::Unavailable(reason),
+        }
+        // Known already: one statement takes the claim if it is retryable or its lease ran out
+        // (then the run that lost it gets an `interrupted` row), else reads what holds it. The
+        // read sees the row as it was when the statement began, so a claim changed by another
+        // instance meanwhile can leave it empty: ask again.
         for _ in 0..3 {
             let rows = self
                 .query(
@@ -556,52 +573,85 @@ impl State {
         Acquired::Elsewhere
     }
 
-    async fn write_end(&self, ended: &Ended) -> Result<(), String> {
-        let (started_at, start) = match &ended.start {
-            Some((at, start)) => (*at, Some(start)),
-            None => (ended.at, None),
+    /// Writes run ends as they come, everything queued in one statement (group commit
+    /// without a linger, as the SQLite journal does): one commit for a burst, not one a run.
+    /// A batch that fails stays and is tried again, with whatever came meanwhile.
+    async fn writer(self: Arc<Self>, mut ends: tokio::sync::mpsc::UnboundedReceiver<Ended>) {
+        let mut batch: Vec<Ended> = Vec::new();
+        let mut told = 0;
+        loop {
+            if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    ended = ends.recv() => match ended {
+                        Some(ended) => batch.push(ended),
+                        None => return,
+                    },
+                    // Closing: every run has ended and sent its end by now.
+                    () = self.closing.cancelled() => return,
+                }
+            }
+            while batch.len() < MAX_BATCH {
+                match ends.try_recv() {
+                    Ok(ended) => batch.push(ended),
+                    Err(_) => break,
+                }
+            }
+            match self.write_ends(&batch).await {
+                Ok(()) => {
+                    for ended in batch.drain(..) {
+                        (ended.on_commit)(true, ended.key.as_ref(), &ended.result);
+                    }
+                    told = 0;
+                }
+                Err(err) => {
+                    if told == 0 {
+                        tracing::error!(
+                            error = err.as_str(),
+                            "cannot journal runs' ends; retrying"
+                        );
+                    }
+                    // Their waiters hear it once: 503 until written.
+                    for ended in &batch[told..] {
+                        (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+                    }
+                    told = batch.len();
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_EVERY) => {}
+                        // Closing while the database is away: the outcomes not written are
+                        // lost to it; their runs are interrupted claims whose leases expire.
+                        () = self.closing.cancelled() => {
+                            tokio::time::sleep(RETRY_EVERY).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_ends(&self, batch: &[Ended]) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let failed = |err: tokio_postgres::Error| self.failed(&err.to_string());
+        let statement = client.prepare_cached(END_RUN).await.map_err(failed)?;
+        let mut rows = Vec::with_capacity(batch.len());
+        for ended in batch {
+            rows.push(EndRow::of(ended)?);
+        }
+        let params: Vec<_> = rows.iter().map(|row| row.params(self)).collect();
+        let write = async {
+            // One transaction, its statements pipelined: one commit for the whole batch.
+            let transaction = client.transaction().await?;
+            let statements = params
+                .iter()
+                .map(|params| transaction.execute(&statement, params));
+            futures_util::future::try_join_all(statements).await?;
+            transaction.commit().await
         };
-        let start = start.ok_or_else(|| "a run's end came without its start".to_owned())?;
-        let result = &ended.result;
-        let push = &start.push;
-        let started_at = SystemTime::min(started_at, ended.at);
-        self.execute(
-            "WITH ended AS (
-                UPDATE cmqhook_claims
-                SET outcome = $10, ended_at = now(), lease_until = now(), exit_code = $11,
-                    signal = $12, duration_ms = $13
-                WHERE hook = $2 AND msg_id = $3 AND owner_boot = $18 AND attempt = $9
-             )
-             INSERT INTO cmqhook_runs
-                (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
-                 subscription, tags, attempt, outcome, exit_code, signal, duration_ms,
-                 left_behind, error, stdout_tail, stderr_tail)
-             VALUES ($1, $19, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                     $15, $16, $17)",
-            &[
-                &self.owner.instance,
-                &start.hook,
-                &push.msg_id,
-                &push.request_id,
-                &text(&push.path),
-                &push.topic.as_deref().map(text),
-                &push.subscription.as_deref().map(text),
-                &text(&push.tags),
-                &signed(ended.attempt),
-                &result.outcome.as_str(),
-                &result.exit_code,
-                &result.signal,
-                &i64::try_from(result.duration_ms).unwrap_or(i64::MAX),
-                &ended.end.left_behind,
-                &result.error.as_deref().map(text),
-                &text(&ended.end.stdout_tail),
-                &text(&ended.end.stderr_tail),
-                &self.owner.boot,
-                &started_at,
-            ],
-        )
-        .await
-        .map(drop)
+        match tokio::time::timeout(STATEMENT_TIMEOUT, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(failed(err)),
+            Err(_) => Err(self.failed("writing runs' ends timed out")),
+        }
     }
 
     async fn write_push(&self, at: SystemTime, record: &PushRecord) -> Result<(), String> {
@@ -834,6 +884,96 @@ impl State {
         )
         .await
         .map(drop)
+    }
+}
+
+/// A run's end and its claim's outcome, in one statement.
+const END_RUN: &str = "WITH ended AS (
+        UPDATE cmqhook_claims
+        SET outcome = $10, ended_at = now(), lease_until = now(), exit_code = $11,
+            signal = $12, duration_ms = $13
+        WHERE hook = $2 AND msg_id = $3 AND owner_boot = $18 AND attempt = $9
+     )
+     INSERT INTO cmqhook_runs
+        (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
+         subscription, tags, attempt, outcome, exit_code, signal, duration_ms,
+         left_behind, error, stdout_tail, stderr_tail)
+     VALUES ($1, $19, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+             $15, $16, $17)";
+
+/// The values of one run's [`END_RUN`].
+struct EndRow<'a> {
+    started_at: SystemTime,
+    hook: &'a str,
+    msg_id: Option<&'a str>,
+    request_id: Option<std::borrow::Cow<'a, str>>,
+    path: std::borrow::Cow<'a, str>,
+    topic: Option<std::borrow::Cow<'a, str>>,
+    subscription: Option<std::borrow::Cow<'a, str>>,
+    tags: std::borrow::Cow<'a, str>,
+    attempt: i32,
+    outcome: &'static str,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    duration_ms: i64,
+    left_behind: bool,
+    error: Option<std::borrow::Cow<'a, str>>,
+    stdout_tail: std::borrow::Cow<'a, str>,
+    stderr_tail: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> EndRow<'a> {
+    fn of(ended: &'a Ended) -> Result<EndRow<'a>, String> {
+        let Some((started_at, start)) = &ended.start else {
+            return Err("a run's end came without its start".to_owned());
+        };
+        let (result, push) = (&ended.result, &start.push);
+        Ok(EndRow {
+            started_at: SystemTime::min(*started_at, ended.at),
+            hook: &start.hook,
+            msg_id: push.msg_id.as_deref(),
+            request_id: push.request_id.as_deref().map(text),
+            path: text(&push.path),
+            topic: push.topic.as_deref().map(text),
+            subscription: push.subscription.as_deref().map(text),
+            tags: text(&push.tags),
+            attempt: signed(ended.attempt),
+            outcome: result.outcome.as_str(),
+            exit_code: result.exit_code,
+            signal: result.signal,
+            duration_ms: i64::try_from(result.duration_ms).unwrap_or(i64::MAX),
+            left_behind: ended.end.left_behind,
+            error: result.error.as_deref().map(text),
+            stdout_tail: text(&ended.end.stdout_tail),
+            stderr_tail: text(&ended.end.stderr_tail),
+        })
+    }
+
+    fn params<'b>(
+        &'b self,
+        state: &'b State,
+    ) -> [&'b (dyn tokio_postgres::types::ToSql + Sync); 19] {
+        [
+            &state.owner.instance,
+            &self.hook,
+            &self.msg_id,
+            &self.request_id,
+            &self.path,
+            &self.topic,
+            &self.subscription,
+            &self.tags,
+            &self.attempt,
+            &self.outcome,
+            &self.exit_code,
+            &self.signal,
+            &self.duration_ms,
+            &self.left_behind,
+            &self.error,
+            &self.stdout_tail,
+            &self.stderr_tail,
+            &state.owner.boot,
+            &self.started_at,
+        ]
     }
 }
 
