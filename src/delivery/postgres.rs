@@ -409,21 +409,39 @@ impl State {
             .map_err(|err| self.failed(&describe_pool(&err)))
     }
 
-    async fn execute(
+    /// A pooled connection and `sql` prepared on it (cached per connection).
+    async fn prepared(
         &self,
         sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, String> {
+    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), String> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(sql)
             .await
             .map_err(|err| self.failed(&err.to_string()))?;
-        match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(&statement, params)).await {
-            Ok(Ok(rows)) => Ok(rows),
+        Ok((client, statement))
+    }
+
+    /// What a statement bounded by [`STATEMENT_TIMEOUT`] came to; a failure marks the
+    /// database unreachable.
+    async fn bounded<T>(
+        &self,
+        statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(self.failed(&err.to_string())),
             Err(_) => Err(self.failed("a statement timed out")),
         }
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, String> {
+        let (client, statement) = self.prepared(sql).await?;
+        self.bounded(client.execute(&statement, params)).await
     }
 
     async fn query(
@@ -431,16 +449,8 @@ impl State {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, String> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|err| self.failed(&err.to_string()))?;
-        match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(&statement, params)).await {
-            Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(err)) => Err(self.failed(&err.to_string())),
-            Err(_) => Err(self.failed("a statement timed out")),
-        }
+        let (client, statement) = self.prepared(sql).await?;
+        self.bounded(client.query(&statement, params)).await
     }
 
     async fn acquire(
@@ -630,9 +640,7 @@ impl State {
     }
 
     async fn write_ends(&self, batch: &[Ended]) -> Result<(), String> {
-        let mut client = self.client().await?;
-        let failed = |err: tokio_postgres::Error| self.failed(&err.to_string());
-        let statement = client.prepare_cached(END_RUN).await.map_err(failed)?;
+        let (mut client, statement) = self.prepared(END_RUN).await?;
         let mut rows = Vec::with_capacity(batch.len());
         for ended in batch {
             rows.push(EndRow::of(ended)?);
@@ -647,11 +655,7 @@ impl State {
             futures_util::future::try_join_all(statements).await?;
             transaction.commit().await
         };
-        match tokio::time::timeout(STATEMENT_TIMEOUT, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(failed(err)),
-            Err(_) => Err(self.failed("writing runs' ends timed out")),
-        }
+        self.bounded(write).await
     }
 
     async fn write_push(&self, at: SystemTime, record: &PushRecord) -> Result<(), String> {
