@@ -258,6 +258,14 @@ stop held
 echo "== routing" >&2
 routing_out=$("$routing" 10000)
 
+# ---- PostgreSQL ---------------------------------------------------------------------------
+# The shared journal against the SQLite one, when a PostgreSQL server is there to use.
+postgres_out=
+if [ -n "${CMQHOOK_TEST_POSTGRES:-}" ] || pg_isready -q -h 127.0.0.1 2>/dev/null; then
+    echo "== postgres" >&2
+    postgres_out=$(bench/postgres.sh "$secs" "$reps" 2>&1 | grep -v '^debconf') || postgres_out="bench/postgres.sh failed"
+fi
+
 # ---- report -------------------------------------------------------------------------------
 report() {
     echo "# Benchmarks"
@@ -320,6 +328,18 @@ report() {
     echo "$routing_out"
     echo '```'
     echo
+    if [ -n "$postgres_out" ]; then
+        echo "## The shared PostgreSQL journal"
+        echo
+        echo "\`bench/postgres.sh $secs $reps\`: \`/bin/true\` with the journal on SQLite, on PostgreSQL on the same"
+        echo "machine (no TLS), and two instances sharing it. PostgreSQL fsyncs every commit; the SQLite"
+        echo "journal (WAL, \`synchronous = NORMAL\`) does not."
+        echo
+        echo '```'
+        echo "$postgres_out"
+        echo '```'
+        echo
+    fi
     echo "## Targets"
     echo
     awk -v idle="$idle_rss" -v held="$held_peak" -v emfile="$held_emfile" -v answered="${held_answered:-0}" -v bad="$held_bad" \
