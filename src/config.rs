@@ -183,6 +183,11 @@ impl Config {
         load::parse(file, text, &env, Scope::File)
     }
 
+    /// Every value that must never be shown.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
     /// `text` with every secret value replaced by `${NAME}` or `<token>`.
     pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
         self.secrets.redact(text)

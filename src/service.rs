@@ -150,6 +150,7 @@ fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
             server.lease,
             server.dedup_for,
             grace,
+            config.secrets().clone(),
         )?;
         // Serving starts either way: while the database cannot be reached, pushes that would
         // run something get 503 (the monitor has logged why).

@@ -298,9 +298,11 @@ impl Deliveries {
         lease: Duration,
         keep: Duration,
         orphan_grace: Duration,
+        secrets: crate::secrets::Secrets,
     ) -> Result<Deliveries, JournalError> {
         let boot = sqlite::new_token();
-        let journal = postgres::Postgres::open(url, instance, &boot, lease, keep, orphan_grace)?;
+        let journal =
+            postgres::Postgres::open(url, instance, &boot, lease, keep, orphan_grace, secrets)?;
         Ok(Deliveries {
             table: Arc::new(Table::new(16, None)),
             boot,
@@ -364,9 +366,9 @@ impl Deliveries {
 
     /// A claim taken by [`Deliveries::acquire`] whose run will not start: the database lets it
     /// go, and its attempt is not used up.
-    pub fn release(&self, hook: &str, msg_id: &str, attempt: u32) {
+    pub fn release(&self, hook: &str, msg_id: &str, attempt: u32, run_id: i64) {
         if let Store::Postgres(journal) = &self.store {
-            journal.release(hook, msg_id, attempt);
+            journal.release(hook, msg_id, attempt, run_id);
         }
     }
 

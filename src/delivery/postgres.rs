@@ -23,6 +23,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::sqlite::{Ended, HistoryFilter, HistoryRow, JournalError};
 use super::{Outcome, PushRecord, RunResult};
 use crate::runner::orphans;
+use crate::secrets::Secrets;
 
 mod tls;
 
@@ -35,6 +36,10 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 /// How often journaled rows older than `dedup_for` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How long `check` and `history` wait for the database.
+const CLI_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pushes that ran nothing waiting to be written; beyond, they are dropped.
+const PUSHES_QUEUED: usize = 1024;
 /// Run ends written in one statement at most.
 const MAX_BATCH: usize = 512;
 /// The health before the first connection.
@@ -152,6 +157,14 @@ struct State {
     fence: tokio::sync::watch::Sender<u64>,
     /// Run ends, to the writer task.
     ends: tokio::sync::mpsc::UnboundedSender<Ended>,
+    /// Pushes that ran nothing, to their writer; full means dropped (a flood of refused
+    /// pushes must not take the connections that renew leases).
+    pushes: tokio::sync::mpsc::Sender<(SystemTime, PushRecord)>,
+    /// The runs whose claims this process holds: only these are renewed, so that a claim
+    /// left without a run (an answer lost to a timeout, a release not written) runs out.
+    held: Mutex<HashSet<i64>>,
+    /// Hidden in every message about the database.
+    secrets: Secrets,
 }
 
 /// `journal` values that name a PostgreSQL database.
@@ -199,6 +212,7 @@ impl Postgres {
         lease: Duration,
         keep: Duration,
         orphan_grace: Duration,
+        secrets: Secrets,
     ) -> Result<Postgres, JournalError> {
         let (config, tls) = parse_url(url).map_err(|reason| JournalError::Postgres { reason })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -227,6 +241,7 @@ impl Postgres {
                 reason: format!("cannot make a connection pool: {err}"),
             })?;
         let (ends, ends_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (pushes, pushes_rx) = tokio::sync::mpsc::channel(PUSHES_QUEUED);
         let state = Arc::new(State {
             pool,
             owner: Owner {
@@ -244,11 +259,16 @@ impl Postgres {
             renewed: Mutex::new(Instant::now()),
             fence: tokio::sync::watch::Sender::new(0),
             ends,
+            pushes,
+            held: Mutex::new(HashSet::new()),
+            secrets,
         });
         let handle = runtime.handle().clone();
         handle.spawn(Arc::clone(&state).monitor());
         handle.spawn(Arc::clone(&state).fencer());
         handle.spawn(Arc::clone(&state).writer(ends_rx));
+        handle.spawn(Arc::clone(&state).push_writer(pushes_rx));
+        handle.spawn(Arc::clone(&state).pruner());
         Ok(Postgres {
             runtime: Mutex::new(Some(runtime)),
             handle,
@@ -298,8 +318,9 @@ impl Postgres {
 
     /// Lets go of a claim that will not run after all: the message is free again, and its
     /// attempt is not used up.
-    pub fn release(&self, hook: &str, msg_id: &str, attempt: u32) {
+    pub fn release(&self, hook: &str, msg_id: &str, attempt: u32, run_id: i64) {
         let state = Arc::clone(&self.state);
+        state.let_go(run_id);
         let (hook, msg_id) = (hook.to_owned(), msg_id.to_owned());
         self.handle.spawn(async move {
             let released = state
@@ -311,7 +332,8 @@ impl Postgres {
                     &[&hook, &msg_id, &state.owner.boot, &signed(attempt)],
                 )
                 .await;
-            // If it cannot be written, the lease runs out and the claim is free then.
+            // If it cannot be written, the lease (no longer renewed) runs out, and the claim
+            // is free then.
             if let Err(err) = released {
                 tracing::warn!(error = err.as_str(), "cannot release a claim");
             }
@@ -331,20 +353,14 @@ impl Postgres {
     /// Journals a push that ran nothing; dropped (and logged) if the database cannot take it
     /// within a few tries.
     pub fn record_push(&self, push: PushRecord) {
-        let state = Arc::clone(&self.state);
-        let at = SystemTime::now();
-        self.handle.spawn(async move {
-            for _ in 0..8 {
-                match state.write_push(at, &push).await {
-                    Ok(()) => return,
-                    Err(_) => tokio::time::sleep(RETRY_EVERY).await,
-                }
-            }
-            tracing::warn!(
-                reason = push.reason,
-                "a refused push could not be journaled"
-            );
-        });
+        if self
+            .state
+            .pushes
+            .try_send((SystemTime::now(), push))
+            .is_err()
+        {
+            tracing::debug!("too many refused pushes waiting to be journaled: one is dropped");
+        }
     }
 
     /// Stops the monitor, waits a little for writes in flight, and closes the connections.
@@ -381,6 +397,8 @@ impl State {
     }
 
     fn set_health(&self, health: Result<(), String>) {
+        // A driver's message may name a user, a database or a host a variable gave.
+        let health = health.map_err(|reason| self.secrets.redact(&reason).into_owned());
         let mut current = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         match (&*current, &health) {
             (Ok(()), Err(reason)) => tracing::error!(
@@ -395,9 +413,72 @@ impl State {
         *current = health;
     }
 
+    fn hold(&self, run_id: i64) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(run_id);
+    }
+
+    fn let_go(&self, run_id: i64) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&run_id);
+    }
+
+    /// Writes pushes that ran nothing, one at a time, a few tries each.
+    async fn push_writer(
+        self: Arc<Self>,
+        mut pushes: tokio::sync::mpsc::Receiver<(SystemTime, PushRecord)>,
+    ) {
+        loop {
+            let (at, push) = tokio::select! {
+                biased;
+                next = pushes.recv() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
+                () = self.closing.cancelled() => return,
+            };
+            let mut written = false;
+            for _ in 0..8 {
+                if self.write_push(at, &push).await.is_ok() {
+                    written = true;
+                    break;
+                }
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            if !written {
+                tracing::warn!(
+                    reason = push.reason,
+                    "a refused push could not be journaled"
+                );
+            }
+        }
+    }
+
+    /// Deletes rows older than `dedup_for` every [`PRUNE_EVERY`], off the renewals' path.
+    async fn pruner(self: Arc<Self>) {
+        loop {
+            if self.ready.load(Ordering::Acquire)
+                && let Err(err) = self.prune().await
+            {
+                tracing::warn!(error = err.as_str(), "journal prune failed");
+            }
+            tokio::select! {
+                () = self.closing.cancelled() => return,
+                () = tokio::time::sleep(PRUNE_EVERY) => {}
+            }
+        }
+    }
+
     /// A failed statement: the database counts as unreachable until the monitor reaches it.
     fn failed(&self, err: &str) -> String {
-        let reason = format!("journal unreachable: {err}");
+        let reason = self
+            .secrets
+            .redact(&format!("journal unreachable: {err}"))
+            .into_owned();
         self.set_health(Err(reason.clone()));
         reason
     }
@@ -487,7 +568,10 @@ impl State {
             )
             .await;
         match fresh {
-            Ok(rows) if !rows.is_empty() => return Acquired::Run { attempt: 1 },
+            Ok(rows) if !rows.is_empty() => {
+                self.hold(run_id);
+                return Acquired::Run { attempt: 1 };
+            }
             Ok(_) => {}
             Err(reason) => return Acquired::Unavailable(reason),
         }
@@ -559,6 +643,7 @@ impl State {
             let taken: bool = row.get(0);
             let attempt: i32 = row.get(1);
             if taken {
+                self.hold(run_id);
                 return Acquired::Run {
                     attempt: u32::try_from(attempt).unwrap_or(1),
                 };
@@ -610,6 +695,7 @@ impl State {
             match self.write_ends(&batch).await {
                 Ok(()) => {
                     for ended in batch.drain(..) {
+                        self.let_go(ended.id);
                         (ended.on_commit)(true, ended.key.as_ref(), &ended.result);
                     }
                     told = 0;
@@ -684,10 +770,11 @@ impl State {
     /// Connects, migrates and takes over this host's orphans until that works; then renews
     /// this process's leases every lease/3, and prunes old rows now and then.
     async fn monitor(self: Arc<Self>) {
-        let mut last_prune: Option<Instant> = None;
         let mut said_down = false;
         loop {
             let ready = self.ready.load(Ordering::Acquire);
+            // A lease counts from when its renewal was sent, not from when the answer came.
+            let sent = Instant::now();
             let outcome = if ready {
                 self.renew().await
             } else {
@@ -695,7 +782,7 @@ impl State {
             };
             let wait = match outcome {
                 Ok(()) => {
-                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = sent;
                     if !ready {
                         self.ready.store(true, Ordering::Release);
                         if said_down {
@@ -703,12 +790,6 @@ impl State {
                         }
                     }
                     self.set_health(Ok(()));
-                    if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-                        last_prune = Some(Instant::now());
-                        if let Err(err) = self.prune().await {
-                            tracing::warn!(error = err.as_str(), "journal prune failed");
-                        }
-                    }
                     self.lease / 3
                 }
                 Err(reason) => {
@@ -860,10 +941,18 @@ impl State {
     async fn renew(&self) -> Result<(), String> {
         // No longer than until the next renewal is due: a silent network must not hold it.
         let lease = seconds(self.lease);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&lease, &self.owner.boot];
+        let held: Vec<i64> = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&lease, &self.owner.boot, &held];
         let renewal = self.execute(
             "UPDATE cmqhook_claims SET lease_until = now() + $1::float8 * interval '1 second'
-             WHERE owner_boot = $2 AND outcome = 'running'",
+             WHERE owner_boot = $2 AND run_id = ANY($3) AND outcome = 'running'",
             &params,
         );
         match tokio::time::timeout(self.lease / 3, renewal).await {
@@ -989,7 +1078,7 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
         .enable_all()
         .build()
         .map_err(|err| failed(format!("cannot start its runtime: {err}")))?;
-    runtime.block_on(async move {
+    let read = async move {
         let unreachable =
             |err: tokio_postgres::Error| failed(format!("journal unreachable: {}", describe(&err)));
         let (client, connection) = config.connect(tls).await.map_err(unreachable)?;
@@ -1091,6 +1180,12 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
             found.truncate(filter.limit);
         }
         Ok(found)
+    };
+    // A database that accepts connections and then says nothing must not hang the command.
+    runtime.block_on(async {
+        tokio::time::timeout(CLI_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err(failed("journal unreachable: no answer in time".to_owned())))
     })
 }
 
@@ -1101,7 +1196,7 @@ pub fn probe(url: &str) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|err| err.to_string())?;
-    runtime.block_on(async move {
+    let probe = async move {
         let (client, connection) = config.connect(tls).await.map_err(|err| describe(&err))?;
         tokio::spawn(connection);
         client
@@ -1109,6 +1204,11 @@ pub fn probe(url: &str) -> Result<(), String> {
             .await
             .map(drop)
             .map_err(|err| err.to_string())
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(CLI_TIMEOUT, probe)
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".to_owned()))
     })
 }
 

@@ -498,6 +498,9 @@ impl Dispatcher {
     async fn execute(self: Arc<Self>, mut job: Job, slot: Slot) {
         let _active = Active(&self);
         let run_id = self.deliveries.new_run_id();
+        // Before the claim: a fence from now on means this run must not start (its claim may
+        // already be lost), and stops it if it has.
+        let mut fence = self.deliveries.fence();
         let shared = match job.push.msg_id.as_deref() {
             Some(msg_id) => self.claim_shared(&job, msg_id, run_id).await,
             None => Shared::Local,
@@ -519,12 +522,16 @@ impl Dispatcher {
             // withdrawn so that CMQ retries them elsewhere or later.
             () = self.draining.cancelled() => None,
         };
-        let Some(_permits) = permits.filter(|_| job.ticket.begin()) else {
+        let fenced = fence
+            .as_ref()
+            .is_some_and(|fence| fence.has_changed().unwrap_or(true));
+        let Some(_permits) = permits.filter(|_| !fenced && job.ticket.begin()) else {
             let msg_id = push.msg_id.as_deref();
             self.deliveries
                 .withdraw(&hook.name, msg_id, job.attempt, &job.ticket);
             if let (true, Some(msg_id)) = (claimed, msg_id) {
-                self.deliveries.release(&hook.name, msg_id, job.attempt);
+                self.deliveries
+                    .release(&hook.name, msg_id, job.attempt, run_id);
             }
             return;
         };
@@ -554,7 +561,6 @@ impl Dispatcher {
             }
         };
         tokio::pin!(start_after);
-        let mut fence = self.deliveries.fence();
         let fenced = async {
             let changed = match fence.as_mut() {
                 Some(fence) => fence.changed().await.is_ok(),
