@@ -1,7 +1,8 @@
 //! The PostgreSQL journal: one database that several `cmqhook serve` share (SPEC §8).
 //!
-//! A claim of (hook, message id) is one statement against the claims table's primary key
-//! (`INSERT … ON CONFLICT DO UPDATE … WHERE retryable or lease expired`), so that across every
+//! A claim of (hook, message id) is taken by atomic statements against the claims table's
+//! primary key (`INSERT … ON CONFLICT DO NOTHING` for a new message, else `INSERT … ON
+//! CONFLICT DO UPDATE … WHERE retryable or lease expired`), so that across every
 //! instance at most one run of a message goes at a time. A running claim carries a lease, judged
 //! by the database's clock and renewed by its owner every lease/3; an instance that died leaves
 //! claims whose lease runs out, and the next push of such a message, anywhere, runs it again.
