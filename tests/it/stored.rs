@@ -251,3 +251,33 @@ fn a_stored_push_the_journal_cannot_take_is_answered_503_and_stored_once_it_can(
     assert_eq!(retry.json()["results"][0]["deduplicated"], true);
     assert_eq!(runs_of(&dir, "w1", 1), [(1, "succeeded".to_owned())]);
 }
+
+#[test]
+fn a_stored_run_stopped_by_a_shutdown_resumes_at_the_next_start_without_using_up_a_retry() {
+    let dir = Dir::new();
+    // No retry at all: a failure would make it dead at once.
+    let command = format!(
+        "if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then {gate}; exit 1; fi; {ok}",
+        gate = dir.gate("run", 60),
+        ok = dir.record(0)
+    );
+    let config = config(
+        "shutdown_grace = \"200ms\"",
+        &format!(
+            "[hooks.job]\nack = \"stored\"\nretry = []\nkill_grace = \"1s\"\ncommand = '{command}'"
+        ),
+    );
+    let mut server = Server::start(&dir, &config);
+    assert_eq!(server.post_seed("/", "t1").status, 200);
+    dir.wait_at_gate("run");
+    assert_eq!(server.stop(), Some(0));
+    assert!(dir.recorded().is_empty());
+    let server = Server::start(&dir, &config);
+    wait_for_runs(&dir, 1);
+    assert_eq!(dir.attempts(), ["2"]);
+    assert_eq!(
+        runs_of(&dir, "t1", 2),
+        [(2, "succeeded".to_owned()), (1, "interrupted".to_owned())]
+    );
+    assert_eq!(job_metric(&server, "cmqhook_dead_letters_total"), Some(0.0));
+}
