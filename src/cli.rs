@@ -163,6 +163,10 @@ struct HistoryArgs {
     /// Only runs that did not succeed, and pushes that were not answered 2xx.
     #[arg(long)]
     failed: bool,
+    /// Dead messages of `ack = "stored"` hooks instead: hook, message id, attempts, the last
+    /// run's outcome, and when it died.
+    #[arg(long, conflicts_with = "failed")]
+    dead: bool,
     /// At most this many entries.
     #[arg(long, default_value_t = 20)]
     limit: usize,
@@ -536,9 +540,12 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
         hook: args.hook.clone(),
         msg_id: args.msg_id.clone(),
         failed: args.failed,
+        dead: args.dead,
         limit: args.limit,
     };
     let deliveries = match (&config.server.postgres, &config.server.journal) {
+        // `ack = "stored"` is not available with PostgreSQL yet: nothing can be dead there.
+        (Some(_), _) if args.dead => Vec::new(),
         (Some(url), _) => delivery::postgres::history(url, &filter)
             .map_err(|err| CliError::Shown(config.redact(&err.to_string()).into_owned()))?,
         (None, Some(path)) => match delivery::history(path, &filter) {
@@ -563,7 +570,9 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
         let filtered = args.hook.is_some() || args.msg_id.is_some() || args.failed;
         eprintln!(
             "{}",
-            if filtered {
+            if args.dead {
+                "no dead messages"
+            } else if filtered {
                 "no deliveries match"
             } else {
                 "no deliveries yet"

@@ -77,6 +77,8 @@ pub struct Server {
     /// Empty means everyone.
     pub allow: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
+    /// How long a dead stored message (and its body) is kept (SPEC §9).
+    pub keep_dead: Duration,
 }
 
 /// What to answer a push that no hook matches.
@@ -88,6 +90,17 @@ pub enum Unmatched {
     Reject,
     /// 200: CMQ forgets it.
     Ack,
+}
+
+/// When a push matching a hook is answered 2xx (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    /// Once the command exited 0 (and that is journaled).
+    #[default]
+    Exit,
+    /// Once the push is durably stored in the journal; cmqhook runs and retries it.
+    Stored,
 }
 
 /// What a command reads on stdin.
@@ -143,6 +156,10 @@ pub struct Hook {
     /// 0: only `max_running` limits.
     pub concurrency: usize,
     pub queue: usize,
+    pub ack: Ack,
+    /// `ack = "stored"`: the delays before attempts 2, 3, …; after the last, the message is
+    /// dead.
+    pub retry: Arc<[Duration]>,
 }
 
 impl Config {

@@ -6,7 +6,9 @@
 //! 3. [`cmq`] turns headers and body into a [`cmq::Push`] (JSON envelope or SIMPLIFIED);
 //! 4. [`routing`] picks every hook of the [`config`] whose selectors match;
 //! 5. [`dispatch`] fans out: per hook, a claim of (hook, message id) through [`delivery`], a
-//!    slot, and a run spawned as a task on the caller's runtime (the HTTP worker's);
+//!    slot, and a run spawned as a task on the caller's runtime (the HTTP worker's); for an
+//!    `ack = "stored"` hook, the push is stored instead, and `serve`'s scheduler runs and
+//!    retries it later;
 //! 6. [`runner`] runs one command in its own process group and reports its outcome;
 //! 7. [`delivery`] journals the outcome and settles it for its waiters once committed;
 //! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0

@@ -168,7 +168,7 @@ fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
         return Ok(deliveries);
     }
     match &server.journal {
-        Some(path) => Deliveries::open_sqlite(path, server.dedup_for, grace),
+        Some(path) => Deliveries::open_sqlite(path, server.dedup_for, server.keep_dead, grace),
         None => Ok(Deliveries::in_memory(server.dedup_capacity)),
     }
 }
@@ -183,6 +183,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let server = http::server(listeners, Arc::clone(&dispatcher))?;
     let handle = server.handle();
+    // Stored work (`ack = "stored"`): what the journal holds from before, and what comes in.
+    actix_web::rt::spawn(Arc::clone(&dispatcher).schedule_stored());
     let mut server = actix_web::rt::spawn(server);
     tokio::select! {
         () = shutdown => {}

@@ -161,6 +161,8 @@ pub struct Metrics {
     pub dedup_hits: prometheus::IntCounterVec,
     pub queued: prometheus::IntGaugeVec,
     pub dedup_evictions: prometheus::IntCounter,
+    pub stored_pending: prometheus::IntGaugeVec,
+    pub dead_letters: prometheus::IntCounterVec,
 }
 
 /// The process's metrics, registered on first use.
@@ -215,6 +217,16 @@ pub fn metrics() -> &'static Metrics {
             "Runs waiting for a slot, by hook.",
             &["hook"],
         );
+        let stored_pending = gauge(
+            "cmqhook_stored_pending",
+            "Runs of ack = \"stored\" hooks this instance has waiting for a slot or a retry, by hook.",
+            &["hook"],
+        );
+        let dead_letters = counter(
+            "cmqhook_dead_letters_total",
+            "Stored messages that died (their last retry failed), by hook.",
+            &["hook"],
+        );
         let dedup_evictions = prometheus::IntCounter::new(
             "cmqhook_dedup_evictions_total",
             "Outcomes forgotten early because the in-memory dedup table was full (journal off).",
@@ -247,6 +259,8 @@ pub fn metrics() -> &'static Metrics {
             dedup_hits,
             queued,
             dedup_evictions,
+            stored_pending,
+            dead_letters,
         }
     })
 }
@@ -261,6 +275,8 @@ impl Metrics {
         self.running.with_label_values(&[hook]);
         self.dedup_hits.with_label_values(&[hook]);
         self.queued.with_label_values(&[hook]);
+        self.stored_pending.with_label_values(&[hook]);
+        self.dead_letters.with_label_values(&[hook]);
     }
 
     /// The Prometheus text exposition of every series.

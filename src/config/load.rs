@@ -12,7 +12,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::raw::{RawDuration, RawHook, RawServer, keys_of};
-use super::{Action, Config, ConfigError, Diagnostic, Hook, Pattern, Selector, Server};
+use super::{Ack, Action, Config, ConfigError, Diagnostic, Hook, Pattern, Selector, Server};
 use crate::secrets::{Secret, Secrets, expand_vars};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
@@ -21,6 +21,16 @@ const DEFAULT_JOURNAL: &str = "cmqhook.db";
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// `journal = "off"`: (hook, message id) outcomes kept in memory, oldest finished evicted first.
 const DEFAULT_DEDUP_CAPACITY: usize = 100_000;
+/// `keep_dead`: how long a dead stored message is kept.
+const DEFAULT_KEEP_DEAD: Duration = Duration::from_secs(7 * 86_400);
+/// `retry`: the delays before attempts 2, 3, … of a stored message.
+const DEFAULT_RETRY: [Duration; 5] = [
+    Duration::from_secs(10),
+    Duration::from_secs(60),
+    Duration::from_secs(600),
+    Duration::from_secs(3600),
+    Duration::from_secs(6 * 3600),
+];
 /// The top-level tables.
 const SECTIONS: &[&str] = &["server", "defaults", "hooks"];
 
@@ -55,6 +65,8 @@ pub(super) fn parse(
         warnings: Vec::new(),
         secrets: Vec::new(),
         secret_vars: Vec::new(),
+        journal: JournalKind::Sqlite,
+        dedup_for: Duration::MAX,
     };
     let config = loader.load();
     match config {
@@ -125,6 +137,16 @@ impl<T: DeserializeOwned + Default> Section<T> {
     }
 }
 
+/// What the journal is, as far as hooks' checks care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JournalKind {
+    Off,
+    Sqlite,
+    Postgres,
+    /// `journal` could not be read: checks that depend on it are skipped.
+    Unknown,
+}
+
 struct Loader<'a> {
     file: String,
     text: &'a str,
@@ -137,6 +159,9 @@ struct Loader<'a> {
     secrets: Vec<Secret>,
     /// The variables secrets were taken from, in the order met.
     secret_vars: Vec<String>,
+    /// Known once [server] is read, for the hooks' checks.
+    journal: JournalKind,
+    dedup_for: Duration,
 }
 
 impl Loader<'_> {
@@ -285,7 +310,15 @@ impl Loader<'_> {
             }
         }
         // A broken [server] does not stop the hooks from being checked: report every error.
+        let journal_broken = server.is_broken("journal");
         let server = self.server(server);
+        self.journal = match (&server.journal, &server.postgres) {
+            _ if journal_broken => JournalKind::Unknown,
+            (_, Some(_)) => JournalKind::Postgres,
+            (Some(_), None) => JournalKind::Sqlite,
+            (None, None) => JournalKind::Off,
+        };
+        self.dedup_for = server.dedup_for;
         let raw = &defaults.raw;
         for (selector, span) in [
             ("path", raw.path.as_ref().map(Spanned::span)),
@@ -440,6 +473,7 @@ impl Loader<'_> {
             token,
             allow: self.networks("server.allow", raw.allow),
             trusted_proxies: self.networks("server.trusted_proxies", raw.trusted_proxies),
+            keep_dead: duration(raw.keep_dead, DEFAULT_KEEP_DEAD),
         }
     }
 
@@ -598,6 +632,59 @@ impl Loader<'_> {
             }
             Some(tags.into_inner())
         });
+        let ack_given = raw.ack.is_some();
+        let ack = raw.ack.or_else(|| defaults.raw.ack.clone());
+        let retry_given = raw.retry.is_some();
+        let raw_retry = raw.retry.or_else(|| defaults.raw.retry.clone());
+        let retry_span = raw_retry.as_ref().map(Spanned::span);
+        let retry: Arc<[Duration]> = match raw_retry {
+            Some(retry) => retry
+                .into_inner()
+                .into_iter()
+                .map(RawDuration::into_inner)
+                .collect(),
+            None => DEFAULT_RETRY.into(),
+        };
+        let ack_span = ack.as_ref().map(Spanned::span);
+        let ack = ack.map(Spanned::into_inner).unwrap_or_default();
+        if let (Ack::Stored, Some(span)) = (ack, ack_span) {
+            let shown = if ack_given {
+                key("ack")
+            } else {
+                format!("hooks.{name}: defaults.ack")
+            };
+            match self.journal {
+                JournalKind::Off => self.error(
+                    span.clone(),
+                    format!(
+                        "{shown}: `ack = \"stored\"` needs a journal, but `server.journal` is \"off\""
+                    ),
+                ),
+                JournalKind::Postgres => self.error(
+                    span.clone(),
+                    format!(
+                        "{shown}: `ack = \"stored\"` is not supported yet with a PostgreSQL `server.journal`"
+                    ),
+                ),
+                JournalKind::Sqlite | JournalKind::Unknown => {}
+            }
+            let total: Duration = retry.iter().sum();
+            if total > self.dedup_for && !unreadable("retry", retry_given) {
+                let shown = if retry_given || retry_span.is_none() {
+                    key("retry")
+                } else {
+                    format!("hooks.{name}: defaults.retry")
+                };
+                self.error(
+                    retry_span.unwrap_or(span),
+                    format!(
+                        "{shown}: the retry schedule ({}) is longer in total than `server.dedup_for` ({}): a CMQ retry after `dedup_for` would run the message again",
+                        humantime::format_duration(total),
+                        humantime::format_duration(self.dedup_for)
+                    ),
+                );
+            }
+        }
         if self.diagnostics.len() > before {
             return None;
         }
@@ -633,6 +720,8 @@ impl Loader<'_> {
             ),
             concurrency: raw.concurrency.or(defaults.raw.concurrency).unwrap_or(0),
             queue: raw.queue.or(defaults.raw.queue).unwrap_or(16),
+            ack,
+            retry,
             name,
         })
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{StdinMode, Unmatched};
+use super::{Ack, StdinMode, Unmatched};
 use crate::cmq::FormatSetting;
 
 #[derive(Deserialize, Default)]
@@ -31,6 +31,7 @@ pub(super) struct RawServer {
     pub(super) trusted_proxies: Option<Vec<Spanned<String>>>,
     pub(super) instance: Option<Spanned<String>>,
     pub(super) lease: Option<Spanned<RawDuration>>,
+    pub(super) keep_dead: Option<RawDuration>,
 }
 
 pub(super) type RawDuration = humantime_serde::Serde<Duration>;
@@ -52,6 +53,8 @@ pub(super) struct RawHook {
     pub(super) kill_grace: Option<RawDuration>,
     pub(super) concurrency: Option<usize>,
     pub(super) queue: Option<usize>,
+    pub(super) ack: Option<Spanned<Ack>>,
+    pub(super) retry: Option<Spanned<Vec<RawDuration>>>,
 }
 
 /// The keys `T` takes, in declaration order: the field names serde's derive hands to

@@ -1571,3 +1571,73 @@ fn a_missing_program_shows_where_it_was_looked_for() {
         &["hooks.b.argv: program `cmqhook-no-such-program` not found on PATH"],
     );
 }
+
+#[test]
+fn ack_defaults_to_exit_and_retry_to_the_documented_schedule() {
+    let config = parse("[hooks.a]\ncommand = \"true\"\n");
+    let a = hook(&config, "a");
+    assert_eq!(a.ack, Ack::Exit);
+    let minutes: Vec<u64> = a.retry.iter().map(Duration::as_secs).collect();
+    assert_eq!(minutes, [10, 60, 600, 3600, 6 * 3600]);
+    assert_eq!(
+        config.server.keep_dead,
+        Duration::from_secs(7 * 86_400),
+        "keep_dead defaults to 7d"
+    );
+}
+
+#[test]
+fn ack_and_retry_are_read_from_a_hook_or_defaults() {
+    let config = parse(
+        "[server]\nkeep_dead = \"2d\"\n\n[defaults]\nack = \"stored\"\nretry = [\"1s\", \"2m\"]\n\n[hooks.a]\ncommand = \"true\"\n\n[hooks.b]\ncommand = \"true\"\nack = \"exit\"\nretry = []\n",
+    );
+    let a = hook(&config, "a");
+    assert_eq!(a.ack, Ack::Stored);
+    assert_eq!(
+        &*a.retry,
+        [Duration::from_secs(1), Duration::from_secs(120)]
+    );
+    let b = hook(&config, "b");
+    assert_eq!(b.ack, Ack::Exit);
+    assert!(b.retry.is_empty());
+    assert_eq!(config.server.keep_dead, Duration::from_secs(2 * 86_400));
+}
+
+#[test]
+fn ack_stored_without_a_journal_is_an_error_naming_both_keys() {
+    one_error(
+        "[server]\njournal = \"off\"\n\n[hooks.a]\ncommand = \"true\"\nack = \"stored\"\n",
+        6,
+        7,
+        &["hooks.a.ack", "server.journal", "off"],
+    );
+}
+
+#[test]
+fn ack_stored_with_a_postgresql_journal_is_not_supported_yet() {
+    one_error(
+        "[server]\njournal = \"postgres://u@db/cmqhook\"\n\n[hooks.a]\ncommand = \"true\"\nack = \"stored\"\n",
+        6,
+        7,
+        &["hooks.a.ack", "not supported yet", "PostgreSQL"],
+    );
+}
+
+#[test]
+fn a_retry_schedule_longer_than_dedup_for_is_an_error() {
+    one_error(
+        "[server]\ndedup_for = \"1h\"\n\n[hooks.a]\ncommand = \"true\"\nack = \"stored\"\nretry = [\"30m\", \"31m\"]\n",
+        7,
+        9,
+        &["hooks.a.retry", "dedup_for", "1h 1m"],
+    );
+    // The default schedule (7h 11m 10s) is longer than a 1h dedup_for too.
+    one_error(
+        "[server]\ndedup_for = \"1h\"\n\n[hooks.a]\ncommand = \"true\"\nack = \"stored\"\n",
+        6,
+        7,
+        &["hooks.a.retry", "dedup_for"],
+    );
+    // An `ack = "exit"` hook has no schedule to check.
+    parse("[server]\ndedup_for = \"1h\"\n\n[hooks.a]\ncommand = \"true\"\nretry = [\"2h\"]\n");
+}

@@ -19,8 +19,8 @@ pub mod postgres;
 pub mod sqlite;
 mod table;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -42,10 +42,14 @@ pub enum Outcome {
     NotStarted,
     Running,
     Interrupted,
+    /// `ack = "stored"`: stored, to be run by cmqhook (an answer's outcome, never a run's).
+    Queued,
+    /// `ack = "stored"`: the message is dead (a duplicate push's answer, never a run's).
+    Dead,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 7] = [
+    const ALL: [Outcome; 9] = [
         Outcome::Succeeded,
         Outcome::Failed,
         Outcome::TimedOut,
@@ -53,6 +57,8 @@ impl Outcome {
         Outcome::NotStarted,
         Outcome::Running,
         Outcome::Interrupted,
+        Outcome::Queued,
+        Outcome::Dead,
     ];
 
     /// The name used in answers, logs, metrics and the journal.
@@ -65,6 +71,8 @@ impl Outcome {
             Outcome::NotStarted => "not_started",
             Outcome::Running => "running",
             Outcome::Interrupted => "interrupted",
+            Outcome::Queued => "queued",
+            Outcome::Dead => "dead",
         }
     }
 
@@ -78,6 +86,111 @@ impl Outcome {
 
 /// (hook name, message id).
 pub type Key = (String, String);
+
+/// A push of an `ack = "stored"` hook as the journal keeps it: what its runs need to get the
+/// same stdin and `CMQ_*` environment as a run at the time of the push.
+#[derive(Debug, Clone)]
+pub struct StoredPush {
+    pub hook: String,
+    pub msg_id: String,
+    pub request_id: Option<String>,
+    /// Already redacted (for display; the `CMQ_*` variables hold no path).
+    pub path: String,
+    /// `json` or `simplified`.
+    pub format: String,
+    pub topic: Option<String>,
+    pub subscription: Option<String>,
+    pub topic_owner: Option<String>,
+    pub publish_time: Option<String>,
+    /// Comma-joined.
+    pub tags: String,
+    /// The bytes the hook reads on stdin (`None`: `stdin = "none"`).
+    pub stdin: Option<bytes::Bytes>,
+}
+
+/// Where a stored message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredState {
+    /// To run as soon as a slot is free.
+    Queued,
+    /// To run again at its `next_at`.
+    Waiting,
+    Running,
+    Done,
+    /// Every attempt failed.
+    Dead,
+}
+
+impl StoredState {
+    const ALL: [StoredState; 5] = [
+        StoredState::Queued,
+        StoredState::Waiting,
+        StoredState::Running,
+        StoredState::Done,
+        StoredState::Dead,
+    ];
+
+    /// The name in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoredState::Queued => "queued",
+            StoredState::Waiting => "waiting",
+            StoredState::Running => "running",
+            StoredState::Done => "done",
+            StoredState::Dead => "dead",
+        }
+    }
+
+    /// The state a journal text names.
+    pub fn parse(text: &str) -> Option<StoredState> {
+        StoredState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+    }
+}
+
+/// Stored work to run: a stored push, and where its attempts stand.
+#[derive(Debug, Clone)]
+pub struct StoredWork {
+    pub push: Arc<StoredPush>,
+    /// Runs started so far.
+    pub attempt: u32,
+    /// Runs that failed or timed out so far (an interruption is none).
+    pub failures: u32,
+    /// When the next run may start.
+    pub due: SystemTime,
+}
+
+/// A stored message's new state, as journaled.
+#[derive(Debug, Clone)]
+pub struct StoredUpdate {
+    pub hook: String,
+    pub msg_id: String,
+    pub state: StoredState,
+    pub attempt: u32,
+    pub failures: u32,
+    pub next_at: Option<SystemTime>,
+    pub last_outcome: Option<Outcome>,
+}
+
+/// What storing a push for a stored hook came to.
+pub enum Storing {
+    /// Being stored: the receiver gets `true` once it is durably committed, `false` if a
+    /// commit failed (it is retried). `first`: this push stored it; else it is a duplicate
+    /// of one being stored.
+    Pending {
+        committed: watch::Receiver<Option<bool>>,
+        first: bool,
+    },
+    /// Stored before: not stored again, nothing runs.
+    Known(StoredState),
+    /// Cannot be stored now: answer 503.
+    Unavailable(String),
+}
+
+/// Stored messages this process knows to be neither done nor dead, by key, with whether
+/// their push is committed.
+type Live = Arc<std::sync::Mutex<std::collections::HashMap<Key, Arc<watch::Sender<Option<bool>>>>>>;
 
 /// What a run came to, as far as delivery state is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,33 +374,64 @@ pub struct Deliveries {
     /// This process's identity in run markers.
     boot: String,
     next_id: std::sync::atomic::AtomicI64,
+    live: Live,
+    /// Stored work ready for the scheduler (committed pushes, and work resumed at start).
+    work: tokio::sync::mpsc::UnboundedSender<StoredWork>,
+    work_receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<StoredWork>>>,
 }
 
 impl Deliveries {
     /// In memory only (`journal = "off"`): at most `capacity` finished outcomes are kept,
     /// oldest first evicted; running ones never are.
     pub fn in_memory(capacity: usize) -> Deliveries {
+        Deliveries::over(
+            Table::new(1, Some(capacity)),
+            Store::Memory,
+            sqlite::new_token(),
+            1,
+        )
+    }
+
+    fn over(table: Table, store: Store, boot: String, first_id: i64) -> Deliveries {
+        let (work, work_receiver) = tokio::sync::mpsc::unbounded_channel();
         Deliveries {
-            table: Arc::new(Table::new(1, Some(capacity))),
-            store: Store::Memory,
-            boot: sqlite::new_token(),
-            next_id: std::sync::atomic::AtomicI64::new(1),
+            table: Arc::new(table),
+            store,
+            boot,
+            next_id: std::sync::atomic::AtomicI64::new(first_id),
+            live: Live::default(),
+            work,
+            work_receiver: std::sync::Mutex::new(Some(work_receiver)),
         }
     }
 
     /// The SQLite journal at `path`, which this process then owns (see [`sqlite::Journal::open`]).
+    /// Dead stored messages are kept for `keep_dead`. The stored work found there that is
+    /// neither done nor dead is handed to [`Deliveries::take_stored_work`]'s receiver.
     pub fn open_sqlite(
         path: &std::path::Path,
         keep: Duration,
+        keep_dead: Duration,
         orphan_grace: Duration,
     ) -> Result<Deliveries, JournalError> {
-        let journal = sqlite::Journal::open(path, keep, orphan_grace)?;
-        Ok(Deliveries {
-            table: Arc::new(Table::new(16, None)),
-            boot: journal.boot().to_owned(),
-            next_id: std::sync::atomic::AtomicI64::new(journal.first_free_id()),
-            store: Store::Sqlite(journal),
-        })
+        let journal = sqlite::Journal::open(path, keep, keep_dead, orphan_grace)?;
+        let resumable = journal.take_resumable();
+        let boot = journal.boot().to_owned();
+        let first_id = journal.first_free_id();
+        let deliveries =
+            Deliveries::over(Table::new(16, None), Store::Sqlite(journal), boot, first_id);
+        {
+            let mut live = deliveries
+                .live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for work in resumable {
+                let key = (work.push.hook.clone(), work.push.msg_id.clone());
+                live.insert(key, Arc::new(watch::Sender::new(Some(true))));
+                let _ = deliveries.work.send(work);
+            }
+        }
+        Ok(deliveries)
     }
 
     /// A PostgreSQL database at `url`, shared with other instances; this one is `instance`.
@@ -303,12 +447,12 @@ impl Deliveries {
         let boot = sqlite::new_token();
         let journal =
             postgres::Postgres::open(url, instance, &boot, lease, keep, orphan_grace, secrets)?;
-        Ok(Deliveries {
-            table: Arc::new(Table::new(16, None)),
+        Ok(Deliveries::over(
+            Table::new(16, None),
+            Store::Postgres(journal),
             boot,
-            next_id: std::sync::atomic::AtomicI64::new(1),
-            store: Store::Postgres(journal),
-        })
+            1,
+        ))
     }
 
     /// Waits at most `within` for a shared database to be ready; true at once for the others.
@@ -448,7 +592,7 @@ impl Deliveries {
         if let Store::Sqlite(journal) = &self.store
             && let Some((at, start)) = run.start.take()
         {
-            journal.record_start(run.id, at, start);
+            journal.record_start(run.id, at, start, run.key.is_some());
         }
     }
 
@@ -489,12 +633,134 @@ impl Deliveries {
             result,
             end,
             on_commit: Box::new(on_commit),
+            stored: None,
         };
         match &self.store {
             Store::Memory => {}
             Store::Sqlite(journal) => journal.record_end(ended),
             Store::Postgres(journal) => journal.record_end(ended),
         }
+    }
+
+    /// The receiver of stored work ready to run (once; `None` after): pushes of stored hooks
+    /// once committed, and at start the work a previous process left.
+    pub fn take_stored_work(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoredWork>> {
+        self.work_receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Stores `push` for its stored hook, unless the message is known already (any state; a
+    /// done one for `dedup_for`). Atomic like a claim: of two pushes of one message, one
+    /// stores it and the other waits for that. Once committed, the work goes to the scheduler.
+    pub fn store(&self, push: StoredPush, dedup_for: Duration) -> Storing {
+        let Store::Sqlite(journal) = &self.store else {
+            return Storing::Unavailable("`ack = \"stored\"` needs the SQLite journal".to_owned());
+        };
+        let key = (push.hook.clone(), push.msg_id.clone());
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = live.get(&key) {
+            let committed = *entry.borrow();
+            return match committed {
+                Some(true) => Storing::Known(StoredState::Queued),
+                Some(false) => Storing::Unavailable(
+                    "the first push of this message is not journaled yet".to_owned(),
+                ),
+                None => Storing::Pending {
+                    committed: entry.subscribe(),
+                    first: false,
+                },
+            };
+        }
+        match journal.stored_state(&key.0, &key.1, dedup_for) {
+            Ok(Some(state)) => return Storing::Known(state),
+            Ok(None) => {}
+            Err(reason) => return Storing::Unavailable(reason),
+        }
+        if let Err(reason) = self.health() {
+            return Storing::Unavailable(reason);
+        }
+        let entry = Arc::new(watch::Sender::new(None));
+        let committed = entry.subscribe();
+        live.insert(key, Arc::clone(&entry));
+        drop(live);
+        let at = SystemTime::now();
+        let push = Arc::new(push);
+        let work = self.work.clone();
+        let stored = Arc::clone(&push);
+        let on_commit = move |ok: bool| {
+            if ok && *entry.borrow() != Some(true) {
+                let _ = work.send(StoredWork {
+                    push: Arc::clone(&stored),
+                    attempt: 0,
+                    failures: 0,
+                    due: at,
+                });
+            }
+            entry.send_replace(Some(ok));
+        };
+        journal.record_store(at, push, Box::new(on_commit));
+        Storing::Pending {
+            committed,
+            first: true,
+        }
+    }
+
+    /// Stored work's run `id` is about to start (`start.attempt` is its attempt): its state
+    /// becomes `running`. The run is journaled as any other, by [`Deliveries::started`] and
+    /// [`Deliveries::end_stored`].
+    pub fn begin_stored(&self, id: i64, start: RunStart, failures: u32) -> RunHandle {
+        if let (Store::Sqlite(journal), Some(msg_id)) = (&self.store, &start.push.msg_id) {
+            journal.record_stored_state(StoredUpdate {
+                hook: start.hook.clone(),
+                msg_id: msg_id.clone(),
+                state: StoredState::Running,
+                attempt: start.attempt,
+                failures,
+                next_at: None,
+                last_outcome: None,
+            });
+        }
+        RunHandle {
+            id,
+            attempt: start.attempt,
+            key: None,
+            ticket: Arc::new(Ticket::default()),
+            start: Some((SystemTime::now(), Box::new(start))),
+        }
+    }
+
+    /// Records how a run of stored work ended, and the work's new state, in one commit. Work
+    /// that is done or dead is no longer this process's to answer for once that is committed.
+    pub fn end_stored(&self, run: RunHandle, result: RunResult, end: RunEnd, update: StoredUpdate) {
+        let Store::Sqlite(journal) = &self.store else {
+            return;
+        };
+        let RunHandle {
+            id, attempt, start, ..
+        } = run;
+        let finished = matches!(update.state, StoredState::Done | StoredState::Dead);
+        let live = Arc::clone(&self.live);
+        let key = (update.hook.clone(), update.msg_id.clone());
+        let on_commit = move |committed: bool, _: Option<&Key>, _: &RunResult| {
+            if committed && finished {
+                live.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&key);
+            }
+        };
+        journal.record_end(sqlite::Ended {
+            id,
+            attempt,
+            at: SystemTime::now(),
+            start,
+            key: None,
+            result,
+            end,
+            on_commit: Box::new(on_commit),
+            stored: Some(update),
+        });
     }
 
     /// Journals a push that ran nothing.
@@ -591,7 +857,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.db");
         {
-            let deliveries = Deliveries::open_sqlite(&path, DAY, Duration::ZERO).expect("open");
+            let deliveries =
+                Deliveries::open_sqlite(&path, DAY, DAY, Duration::ZERO).expect("open");
             assert_eq!(run_once(&deliveries, "m1", Outcome::Failed), 1);
             assert_eq!(run_once(&deliveries, "m1", Outcome::Succeeded), 2);
             assert!(matches!(
@@ -607,7 +874,7 @@ mod tests {
             deliveries.started(&mut handle);
             deliveries.close();
         }
-        let deliveries = Deliveries::open_sqlite(&path, DAY, Duration::ZERO).expect("reopen");
+        let deliveries = Deliveries::open_sqlite(&path, DAY, DAY, Duration::ZERO).expect("reopen");
         match deliveries.claim("deploy", Some("m1"), DAY) {
             Claim::Succeeded(result) => assert_eq!(result.duration_ms, 5),
             _ => panic!("a success is remembered across a restart"),

@@ -29,7 +29,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_f
 use serde::Serialize;
 
 use super::table::Last;
-use super::{Key, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart};
+use super::{
+    Key, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart, StoredPush, StoredState,
+    StoredUpdate, StoredWork,
+};
 use crate::runner::orphans;
 
 /// Each entry migrates the schema from version `index` to `index + 1`.
@@ -103,6 +106,35 @@ CREATE TABLE meta (
 );
 INSERT INTO meta (key, value) VALUES ('compatible_from', 1);
 ",
+    // The pushes of `ack = "stored"` hooks: one row per (hook, message id), with the body the
+    // hook reads and what rebuilds its `CMQ_*` environment. `attempt` counts the runs started,
+    // `failures` those that failed or timed out (an interruption uses up no retry); `state` is
+    // `queued`, `waiting` (for `next_at`), `running`, `done` or `dead`.
+    r"
+CREATE TABLE stored (
+    id           INTEGER PRIMARY KEY,
+    hook         TEXT NOT NULL,
+    msg_id       TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    failures     INTEGER NOT NULL,
+    next_at      TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    last_outcome TEXT,
+    request_id   TEXT,
+    path         TEXT,
+    format       TEXT NOT NULL,
+    topic        TEXT,
+    subscription TEXT,
+    topic_owner  TEXT,
+    publish_time TEXT,
+    tags         TEXT NOT NULL,
+    body         BLOB,
+    UNIQUE (hook, msg_id)
+);
+CREATE INDEX stored_by_state ON stored (state, updated_at);
+",
 ];
 
 /// At most this many records go into one transaction.
@@ -166,6 +198,8 @@ pub struct Ended {
     pub key: Option<Key>,
     pub result: RunResult,
     pub end: RunEnd,
+    /// A stored message's new state, written in the same transaction.
+    pub stored: Option<StoredUpdate>,
     /// Called with `true` once the record is committed; with `false` when a commit of it
     /// failed (it is retried). Gets the record's `key` and `result`.
     pub on_commit: OnCommit,
@@ -180,11 +214,27 @@ impl Ended {
     }
 }
 
+/// What the writer calls when a stored push's commit succeeded or failed.
+pub type OnStored = Box<dyn Fn(bool) + Send + Sync>;
+
 enum Record {
     Started {
         id: i64,
         at: SystemTime,
         start: Box<RunStart>,
+        /// Whether the run's claim is written too (a run of a message, not of stored work).
+        claim: bool,
+    },
+    /// A push of a stored hook; committed with `synchronous = FULL`.
+    Store {
+        at: SystemTime,
+        push: Arc<StoredPush>,
+        on_commit: OnStored,
+    },
+    /// Stored work changed state (its run started).
+    StoredState {
+        at: SystemTime,
+        update: StoredUpdate,
     },
     Ended(Box<Ended>),
     Push {
@@ -254,6 +304,18 @@ pub struct Journal {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     boot: String,
     first_free_id: i64,
+    resumable: Mutex<Vec<StoredWork>>,
+}
+
+impl Record {
+    /// Tells whoever waits for this record whether its commit succeeded.
+    fn tell(&self, committed: bool) {
+        match self {
+            Record::Ended(ended) => ended.tell(committed),
+            Record::Store { on_commit, .. } => on_commit(committed),
+            Record::Started { .. } | Record::StoredState { .. } | Record::Push { .. } => {}
+        }
+    }
 }
 
 impl Journal {
@@ -265,6 +327,7 @@ impl Journal {
     pub fn open(
         path: &Path,
         keep: Duration,
+        keep_dead: Duration,
         orphan_grace: Duration,
     ) -> Result<Journal, JournalError> {
         let sqlite = |source| JournalError::Sqlite {
@@ -276,6 +339,7 @@ impl Journal {
         migrate(&mut writer, path)?;
         let boot = new_token();
         take_over(&writer, &boot, orphan_grace).map_err(sqlite)?;
+        let resumable = resumable(&writer).map_err(sqlite)?;
         let max_id: i64 = writer
             .query_row("SELECT COALESCE(MAX(id), 0) FROM runs", [], |row| {
                 row.get(0)
@@ -297,6 +361,7 @@ impl Journal {
             file_ok: true,
             health: Arc::clone(&health),
             keep,
+            keep_dead,
         };
         let writer = std::thread::Builder::new()
             .name("cmqhook-journal".to_owned())
@@ -312,6 +377,7 @@ impl Journal {
             writer: Mutex::new(Some(writer)),
             boot,
             first_free_id: max_id + 1,
+            resumable: Mutex::new(resumable),
         })
     }
 
@@ -337,15 +403,76 @@ impl Journal {
         };
         if let Err(mpsc::SendError(record)) = sent {
             tracing::error!("journal writer has stopped; a record is not written");
-            if let Record::Ended(ended) = record {
-                ended.tell(false);
+            record.tell(false);
+        }
+    }
+
+    /// Journals a run as `running`; with `claim`, its message's claim too.
+    pub fn record_start(&self, id: i64, at: SystemTime, start: Box<RunStart>, claim: bool) {
+        self.send(Record::Started {
+            id,
+            at,
+            start,
+            claim,
+        });
+    }
+
+    /// Stores a push of a stored hook; `on_commit` is told when it is durable (or that a
+    /// commit of it failed: it is retried).
+    pub fn record_store(&self, at: SystemTime, push: Arc<StoredPush>, on_commit: OnStored) {
+        self.send(Record::Store {
+            at,
+            push,
+            on_commit,
+        });
+    }
+
+    /// Journals a new state of stored work.
+    pub fn record_stored_state(&self, update: StoredUpdate) {
+        self.send(Record::StoredState {
+            at: SystemTime::now(),
+            update,
+        });
+    }
+
+    /// The state of the stored message (`hook`, `msg_id`), unless it is done since longer
+    /// than `within`.
+    pub fn stored_state(
+        &self,
+        hook: &str,
+        msg_id: &str,
+        within: Duration,
+    ) -> Result<Option<StoredState>, String> {
+        let since = timestamp(ago(within));
+        let reader = self.reader();
+        let found = reader
+            .prepare_cached(
+                "SELECT state FROM stored
+                 WHERE hook = ?1 AND msg_id = ?2 AND (state != 'done' OR updated_at >= ?3)",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![hook, msg_id, since], |row| row.get::<_, String>(0))
+                    .optional()
+            });
+        match found {
+            Ok(None) => Ok(None),
+            Ok(Some(state)) => StoredState::parse(&state).map(Some).ok_or_else(|| {
+                format!("journal holds a stored state this cmqhook does not know: `{state}`")
+            }),
+            Err(err) => {
+                tracing::error!(error = %err, "journal look-up failed");
+                Err(format!("journal look-up failed: {err}"))
             }
         }
     }
 
-    /// Journals a run as `running`.
-    pub fn record_start(&self, id: i64, at: SystemTime, start: Box<RunStart>) {
-        self.send(Record::Started { id, at, start });
+    /// The stored work found at open that is neither done nor dead, to be resumed.
+    pub fn take_resumable(&self) -> Vec<StoredWork> {
+        match self.resumable.lock() {
+            Ok(mut resumable) => std::mem::take(&mut *resumable),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
     }
 
     /// Journals how a run ended; its `on_commit` tells when that is committed.
@@ -363,15 +490,8 @@ impl Journal {
 
     /// The claim of (`hook`, `msg_id`) if it is not older than `within`.
     pub fn last(&self, hook: &str, msg_id: &str, within: Duration) -> Result<Option<Last>, String> {
-        let since = timestamp(
-            SystemTime::now()
-                .checked_sub(within)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-        );
-        let reader = match self.reader.lock() {
-            Ok(reader) => reader,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let since = timestamp(ago(within));
+        let reader = self.reader();
         let found = reader
             .prepare_cached(
                 "SELECT attempt, outcome, duration_ms FROM claims
@@ -404,6 +524,13 @@ impl Journal {
                 tracing::error!(error = %err, "journal look-up failed");
                 Err(format!("journal look-up failed: {err}"))
             }
+        }
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        match self.reader.lock() {
+            Ok(reader) => reader,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
@@ -608,6 +735,45 @@ fn take_over(connection: &Connection, boot: &str, grace: Duration) -> rusqlite::
     Ok(())
 }
 
+/// The stored work neither done nor dead, earliest due first; work that was running when its
+/// process died is due at once (its next run is attempt + 1; it used up no retry).
+fn resumable(connection: &Connection) -> rusqlite::Result<Vec<StoredWork>> {
+    let now = timestamp(SystemTime::now());
+    connection.execute(
+        "UPDATE stored SET state = 'queued', next_at = ?1, updated_at = ?1
+         WHERE state = 'running'",
+        params![now],
+    )?;
+    let mut statement = connection.prepare(
+        "SELECT hook, msg_id, attempt, failures, next_at, request_id, path, format, topic,
+                subscription, topic_owner, publish_time, tags, body
+         FROM stored WHERE state IN ('queued', 'waiting') ORDER BY next_at, id",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let next_at: String = row.get(4)?;
+        let due = humantime::parse_rfc3339(&next_at).unwrap_or_else(|_| SystemTime::now());
+        Ok(StoredWork {
+            attempt: row.get(2)?,
+            failures: row.get(3)?,
+            due,
+            push: Arc::new(StoredPush {
+                hook: row.get(0)?,
+                msg_id: row.get(1)?,
+                request_id: row.get(5)?,
+                path: row.get(6)?,
+                format: row.get(7)?,
+                topic: row.get(8)?,
+                subscription: row.get(9)?,
+                topic_owner: row.get(10)?,
+                publish_time: row.get(11)?,
+                tags: row.get(12)?,
+                stdin: row.get::<_, Option<Vec<u8>>>(13)?.map(bytes::Bytes::from),
+            }),
+        })
+    })?;
+    rows.collect()
+}
+
 /// The writer thread's state.
 struct Writer {
     connection: Connection,
@@ -620,6 +786,7 @@ struct Writer {
     file_ok: bool,
     health: Arc<Health>,
     keep: Duration,
+    keep_dead: Duration,
 }
 
 impl Writer {
@@ -656,7 +823,7 @@ impl Writer {
                 self.check_file();
             }
             if last_prune.elapsed() >= PRUNE_EVERY && self.file_ok {
-                prune(&self.connection, self.keep);
+                prune(&self.connection, self.keep, self.keep_dead);
                 last_prune = Instant::now();
             }
             if pending.is_empty() {
@@ -673,9 +840,7 @@ impl Writer {
                     self.health.committed();
                     failing_since = None;
                     for record in pending.drain(..) {
-                        if let Record::Ended(ended) = record {
-                            ended.tell(true);
-                        }
+                        record.tell(true);
                     }
                     told = 0;
                 }
@@ -691,9 +856,7 @@ impl Writer {
                     self.health
                         .commit_failed(format!("journal cannot be written: {err}"));
                     for record in &pending[told..] {
-                        if let Record::Ended(ended) = record {
-                            ended.tell(false);
-                        }
+                        record.tell(false);
                     }
                     if pending.len() > MAX_PENDING {
                         let before = pending.len();
@@ -819,7 +982,22 @@ impl Writer {
     }
 }
 
+/// Commits `batch` in one transaction. A batch holding a stored push commits with
+/// `synchronous = FULL`: its 200 promises that the push survives a power loss too.
 fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
+    let durable = batch
+        .iter()
+        .any(|record| matches!(record, Record::Store { .. }));
+    if !durable {
+        return write_records(connection, batch);
+    }
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    let written = write_records(connection, batch);
+    let normal = connection.pragma_update(None, "synchronous", "NORMAL");
+    written.and(normal)
+}
+
+fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
     let transaction = connection.transaction()?;
     {
         // A finished run's row: the start's columns, then the end's, in the order of the
@@ -855,12 +1033,69 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
                                  subscription, tags)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
+        let mut store = transaction.prepare_cached(
+            "INSERT INTO stored (hook, msg_id, state, attempt, failures, next_at, received_at,
+                                 updated_at, request_id, path, format, topic, subscription,
+                                 topic_owner, publish_time, tags, body)
+             VALUES (?1, ?2, 'queued', 0, 0, ?3, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (hook, msg_id) DO UPDATE SET
+                 state = 'queued', attempt = 0, failures = 0, next_at = excluded.next_at,
+                 received_at = excluded.received_at, updated_at = excluded.updated_at,
+                 last_outcome = NULL, request_id = excluded.request_id, path = excluded.path,
+                 format = excluded.format, topic = excluded.topic,
+                 subscription = excluded.subscription, topic_owner = excluded.topic_owner,
+                 publish_time = excluded.publish_time, tags = excluded.tags, body = excluded.body",
+        )?;
+        let mut stored_state = transaction.prepare_cached(
+            "UPDATE stored SET state = ?3, attempt = ?4, failures = ?5,
+                               next_at = COALESCE(?6, next_at), updated_at = ?7,
+                               last_outcome = COALESCE(?8, last_outcome)
+             WHERE hook = ?1 AND msg_id = ?2",
+        )?;
+        let mut update_stored = |at: &str, update: &StoredUpdate| {
+            let next_at = update.next_at.map(timestamp);
+            stored_state.execute(params![
+                update.hook,
+                update.msg_id,
+                update.state.as_str(),
+                update.attempt,
+                update.failures,
+                next_at,
+                at,
+                update.last_outcome
+            ])
+        };
         for record in batch {
             match record {
-                Record::Started { id, at, start: run } => {
+                Record::Store { at, push: p, .. } => {
+                    let at = timestamp(*at);
+                    store.execute(params![
+                        p.hook,
+                        p.msg_id,
+                        at,
+                        p.request_id,
+                        p.path,
+                        p.format,
+                        p.topic,
+                        p.subscription,
+                        p.topic_owner,
+                        p.publish_time,
+                        p.tags,
+                        p.stdin.as_deref()
+                    ])?;
+                }
+                Record::StoredState { at, update } => {
+                    update_stored(&timestamp(*at), update)?;
+                }
+                Record::Started {
+                    id,
+                    at,
+                    start: run,
+                    claim: claimed,
+                } => {
                     let started_at = timestamp(*at);
                     start.execute(params_from_iter(start_values(id, &started_at, run)))?;
-                    if let Some(msg_id) = &run.push.msg_id {
+                    if let (true, Some(msg_id)) = (*claimed, &run.push.msg_id) {
                         claim.execute(params![
                             run.hook,
                             msg_id,
@@ -887,6 +1122,9 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
                             let id: &dyn ToSql = &ended.id;
                             end.execute(params_from_iter(std::iter::once(id).chain(ended_values)))?;
                         }
+                    }
+                    if let Some(update) = &ended.stored {
+                        update_stored(&finished_at, update)?;
                     }
                     if let Some((hook, msg_id)) = &ended.key {
                         claim.execute(params![
@@ -959,7 +1197,8 @@ impl ToSql for Outcome {
     }
 }
 
-fn prune(connection: &Connection, keep: Duration) {
+fn prune(connection: &Connection, keep: Duration, keep_dead: Duration) {
+    let before_dead = timestamp(ago(keep_dead));
     let Some(before) = SystemTime::now().checked_sub(keep) else {
         return;
     };
@@ -975,13 +1214,25 @@ fn prune(connection: &Connection, keep: Duration) {
                 "DELETE FROM claims WHERE updated_at < ?1 AND outcome != 'running'",
                 params![before],
             )?;
-            Ok(runs + pushes + claims)
+            let stored = connection.execute(
+                "DELETE FROM stored WHERE (state = 'done' AND updated_at < ?1)
+                                       OR (state = 'dead' AND updated_at < ?2)",
+                params![before, before_dead],
+            )?;
+            Ok(runs + pushes + claims + stored)
         });
     match pruned {
         Ok(0) => {}
         Ok(rows) => tracing::debug!(rows, "pruned old journal rows"),
         Err(err) => tracing::error!(error = %err, "journal prune failed"),
     }
+}
+
+/// `within` before now (the epoch, if that is before it).
+fn ago(within: Duration) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(within)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// RFC 3339 UTC with milliseconds: sorts as text, reads well in `sqlite3`.
@@ -1017,12 +1268,42 @@ pub struct HistoryRow {
     pub instance: Option<String>,
 }
 
+impl HistoryRow {
+    /// A row of `kind` with nothing known yet.
+    fn blank(kind: &'static str) -> HistoryRow {
+        HistoryRow {
+            at: String::new(),
+            kind,
+            hook: None,
+            msg_id: None,
+            request_id: None,
+            path: None,
+            topic: None,
+            subscription: None,
+            tags: None,
+            attempt: None,
+            outcome: String::new(),
+            status: None,
+            exit_code: None,
+            signal: None,
+            duration_ms: None,
+            left_behind: None,
+            error: None,
+            stdout_tail: None,
+            stderr_tail: None,
+            instance: None,
+        }
+    }
+}
+
 /// What `cmqhook history` asks for.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
     pub hook: Option<String>,
     pub msg_id: Option<String>,
     pub failed: bool,
+    /// Dead stored messages instead of runs and pushes.
+    pub dead: bool,
     pub limit: usize,
 }
 
@@ -1040,6 +1321,9 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
     };
     let reader = open_reader(path).map_err(sqlite)?;
     let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+    if filter.dead {
+        return dead(&reader, filter, limit).map_err(sqlite);
+    }
     let mut runs = reader
         .prepare(
             "SELECT started_at, hook, msg_id, request_id, path, topic, subscription, tags,
@@ -1056,18 +1340,6 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
             params![filter.hook, filter.msg_id, filter.failed, limit],
             |row| {
                 Ok(HistoryRow {
-                    at: row.get(0)?,
-                    kind: "run",
-                    hook: row.get(1)?,
-                    msg_id: row.get(2)?,
-                    request_id: row.get(3)?,
-                    path: row.get(4)?,
-                    topic: row.get(5)?,
-                    subscription: row.get(6)?,
-                    tags: row.get(7)?,
-                    attempt: row.get(8)?,
-                    outcome: row.get(9)?,
-                    status: None,
                     exit_code: row.get(10)?,
                     signal: row.get(11)?,
                     duration_ms: row.get(12)?,
@@ -1075,7 +1347,7 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
                     error: row.get(14)?,
                     stdout_tail: row.get(15)?,
                     stderr_tail: row.get(16)?,
-                    instance: None,
+                    ..message_row(row, "run")?
                 })
             },
         )
@@ -1094,25 +1366,15 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
             .query_map(params![filter.msg_id, filter.failed, limit], |row| {
                 Ok(HistoryRow {
                     at: row.get(0)?,
-                    kind: "push",
-                    hook: None,
                     msg_id: row.get(3)?,
                     request_id: row.get(4)?,
                     path: row.get(5)?,
                     topic: row.get(6)?,
                     subscription: row.get(7)?,
                     tags: row.get(8)?,
-                    attempt: None,
                     outcome: row.get(2)?,
                     status: row.get(1)?,
-                    exit_code: None,
-                    signal: None,
-                    duration_ms: None,
-                    left_behind: None,
-                    error: None,
-                    stdout_tail: None,
-                    stderr_tail: None,
-                    instance: None,
+                    ..HistoryRow::blank("push")
                 })
             })
             .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
@@ -1122,6 +1384,54 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
         found.truncate(filter.limit);
     }
     Ok(found)
+}
+
+/// A row of `kind` from the columns `at, hook, msg_id, request_id, path, topic, subscription,
+/// tags, attempt, outcome`.
+fn message_row(row: &rusqlite::Row<'_>, kind: &'static str) -> rusqlite::Result<HistoryRow> {
+    Ok(HistoryRow {
+        at: row.get(0)?,
+        hook: row.get(1)?,
+        msg_id: row.get(2)?,
+        request_id: row.get(3)?,
+        path: row.get(4)?,
+        topic: row.get(5)?,
+        subscription: row.get(6)?,
+        tags: row.get(7)?,
+        attempt: row.get(8)?,
+        outcome: row.get(9)?,
+        ..HistoryRow::blank(kind)
+    })
+}
+
+/// The dead stored messages, latest death first: `at` is when it died, `outcome` its last
+/// run's outcome, `attempt` its last attempt.
+fn dead(
+    reader: &Connection,
+    filter: &HistoryFilter,
+    limit: i64,
+) -> rusqlite::Result<Vec<HistoryRow>> {
+    // A journal older than schema 3 has no stored work, hence nothing dead.
+    let has_stored: bool = reader.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stored')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_stored {
+        return Ok(Vec::new());
+    }
+    let mut statement = reader.prepare(
+        "SELECT updated_at, hook, msg_id, request_id, path, topic, subscription, tags, attempt,
+                COALESCE(last_outcome, '')
+         FROM stored
+         WHERE state = 'dead' AND (?1 IS NULL OR hook = ?1) AND (?2 IS NULL OR msg_id = ?2)
+         ORDER BY updated_at DESC, id DESC LIMIT ?3",
+    )?;
+    statement
+        .query_map(params![filter.hook, filter.msg_id, limit], |row| {
+            message_row(row, "dead")
+        })?
+        .collect()
 }
 
 #[cfg(test)]
@@ -1134,8 +1444,8 @@ mod tests {
     fn a_second_owner_is_refused_and_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.db");
-        let first = Journal::open(&path, DAY, Duration::ZERO).expect("open");
-        let err = Journal::open(&path, DAY, Duration::ZERO)
+        let first = Journal::open(&path, DAY, DAY, Duration::ZERO).expect("open");
+        let err = Journal::open(&path, DAY, DAY, Duration::ZERO)
             .err()
             .expect("refused");
         assert!(
@@ -1144,14 +1454,14 @@ mod tests {
         );
         first.close();
         drop(first);
-        Journal::open(&path, DAY, Duration::ZERO).expect("free again once the owner is gone");
+        Journal::open(&path, DAY, DAY, Duration::ZERO).expect("free again once the owner is gone");
     }
 
     #[test]
     fn a_newer_schema_is_used_if_it_says_it_is_compatible_and_refused_if_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.db");
-        drop(Journal::open(&path, DAY, Duration::ZERO).expect("create"));
+        drop(Journal::open(&path, DAY, DAY, Duration::ZERO).expect("create"));
         let newer = |compatible_from: usize| {
             let connection = Connection::open(&path).expect("open");
             connection
@@ -1165,10 +1475,10 @@ mod tests {
                 .expect("meta");
         };
         newer(MIGRATIONS.len());
-        let journal = Journal::open(&path, DAY, Duration::ZERO).expect("additive: usable");
+        let journal = Journal::open(&path, DAY, DAY, Duration::ZERO).expect("additive: usable");
         drop(journal);
         newer(MIGRATIONS.len() + 1);
-        let err = Journal::open(&path, DAY, Duration::ZERO)
+        let err = Journal::open(&path, DAY, DAY, Duration::ZERO)
             .err()
             .expect("breaking: refused");
         assert!(matches!(err, JournalError::TooNew { .. }), "{err}");
@@ -1189,7 +1499,7 @@ mod tests {
             )
             .expect("rows");
         drop(connection);
-        let journal = Journal::open(&path, DAY, Duration::ZERO).expect("migrate");
+        let journal = Journal::open(&path, DAY, DAY, Duration::ZERO).expect("migrate");
         let last = journal.last("deploy", "m1", DAY).expect("look-up");
         assert_eq!(
             last,

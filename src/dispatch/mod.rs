@@ -9,6 +9,7 @@
 //! HTTP: the status code is `http`'s choice, made from [`Verdict`] or [`Refusal`].
 
 mod slots;
+mod stored;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,10 +21,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmq::Push;
-use crate::config::{Action, Config, Hook, StdinMode, Unmatched};
+use crate::config::{Ack, Action, Config, Hook, StdinMode, Unmatched};
 use crate::delivery::{
-    Acquired, Claim, Deliveries, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart,
-    Ticket, millis,
+    Acquired, Claim, Deliveries, Outcome, PushFacts, PushRecord, RunEnd, RunHandle, RunResult,
+    RunStart, Ticket, millis,
 };
 use crate::routing::RoutedConfig;
 use crate::runner::orphans::MARKER;
@@ -196,14 +197,21 @@ impl HookResult {
 /// The verdict of a set of results: the first that did not succeed (or whose success is not
 /// journaled), in config order, decides.
 pub fn verdict(results: &[HookResult]) -> Verdict {
+    // A stored message (queued, or dead already) is acknowledged: cmqhook answers for it.
+    let acknowledged = |outcome| {
+        matches!(
+            outcome,
+            Outcome::Succeeded | Outcome::Queued | Outcome::Dead
+        )
+    };
     let first_failure = results
         .iter()
-        .find(|result| result.outcome != Outcome::Succeeded || !result.recorded);
+        .find(|result| !acknowledged(result.outcome) || !result.recorded);
     match first_failure {
         None => Verdict::Succeeded,
         Some(result) if !result.recorded => Verdict::Unavailable,
         Some(result) => match result.outcome {
-            Outcome::Succeeded => Verdict::Succeeded,
+            Outcome::Succeeded | Outcome::Queued | Outcome::Dead => Verdict::Succeeded,
             Outcome::Failed | Outcome::Killed => Verdict::Failed,
             Outcome::TimedOut => Verdict::TimedOut,
             Outcome::NotStarted | Outcome::Running | Outcome::Interrupted => Verdict::Unavailable,
@@ -388,6 +396,34 @@ impl Dispatcher {
         for (hook, pending) in hooks.iter().zip(pending) {
             let result = match pending {
                 Pending::Ready(result) => result,
+                Pending::Storing {
+                    mut committed,
+                    first,
+                } => {
+                    let stored =
+                        tokio::time::timeout_at(deadline, committed.wait_for(Option::is_some))
+                            .await;
+                    let stored = matches!(stored, Ok(Ok(ref done)) if **done == Some(true));
+                    let waited = started.elapsed();
+                    if stored {
+                        HookResult::new(
+                            hook,
+                            RunResult::without_run(Outcome::Queued, waited, None),
+                            !first,
+                        )
+                    } else {
+                        let mut result = HookResult::without_run(
+                            hook,
+                            Outcome::NotStarted,
+                            waited,
+                            Some(
+                                "the push could not be stored in the journal yet; retry".to_owned(),
+                            ),
+                        );
+                        result.recorded = false;
+                        result
+                    }
+                }
                 Pending::Waiting { ticket, owner } => {
                     let mut done = ticket.subscribe();
                     match tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await {
@@ -440,6 +476,13 @@ impl Dispatcher {
     ) -> Pending {
         let msg_id = push.msg_id.as_deref();
         let dedup_for = config.server.dedup_for;
+        // A push without a message id cannot be stored under one, nor one without a journal
+        // (`cmqhook run`): it runs as with `ack = "exit"`.
+        if let (Ack::Stored, Some(msg_id), true) =
+            (hook.ack, msg_id, self.deliveries.is_journaled())
+        {
+            return self.store(hook, push, path, msg_id, dedup_for);
+        }
         let (attempt, ticket) = match self.deliveries.claim(&hook.name, msg_id, dedup_for) {
             Claim::Succeeded(result) => {
                 metrics().dedup_hits.with_label_values(&[&hook.name]).inc();
@@ -500,7 +543,7 @@ impl Dispatcher {
         let run_id = self.deliveries.new_run_id();
         // Before the claim: a fence from now on means this run must not start (its claim may
         // already be lost), and stops it if it has.
-        let mut fence = self.deliveries.fence();
+        let fence = self.deliveries.fence();
         let shared = match job.push.msg_id.as_deref() {
             Some(msg_id) => self.claim_shared(&job, msg_id, run_id).await,
             None => Shared::Local,
@@ -543,7 +586,46 @@ impl Dispatcher {
         let mut handle = self
             .deliveries
             .begin(run_id, start, Arc::clone(&job.ticket));
-        let spec = run_spec(hook, push, job.attempt, handle.marker(&self.deliveries));
+        let spec = run_spec(
+            hook,
+            push,
+            stdin_of(hook, push),
+            job.attempt,
+            handle.marker(&self.deliveries),
+        );
+        let ticket = Arc::clone(&job.ticket);
+        let (result, end) = self
+            .run_journaled(
+                hook,
+                push.msg_id.as_deref(),
+                job.attempt,
+                spec,
+                &mut handle,
+                Watch {
+                    unwatched: &move || ticket.unwatched(),
+                    fence,
+                },
+            )
+            .await;
+        self.deliveries.end(handle, result, end, job.dedup_for);
+    }
+
+    /// Runs `spec`, one run of `hook` (for `msg_id`, as `attempt`) whose start `handle` will
+    /// journal if it lasts; counts it in the metrics and logs its end as it deserves
+    /// (see [`Watch`]). Returns what [`Deliveries::end`] records.
+    async fn run_journaled(
+        &self,
+        hook: &Hook,
+        msg_id: Option<&str>,
+        attempt: u32,
+        spec: CommandSpec,
+        handle: &mut RunHandle,
+        watch: Watch<'_>,
+    ) -> (RunResult, RunEnd) {
+        let Watch {
+            unwatched,
+            mut fence,
+        } = watch;
         let running = metrics().running.with_label_values(&[&hook.name]);
         running.inc();
         // Stopped at shutdown, or when this instance can no longer keep its claims in a
@@ -578,12 +660,12 @@ impl Dispatcher {
                 report = &mut run => break report,
                 () = &mut start_after, if !start_recorded => {
                     start_recorded = true;
-                    self.deliveries.started(&mut handle);
+                    self.deliveries.started(handle);
                 }
                 () = &mut fenced, if !stop.is_cancelled() => {
                     tracing::error!(
                         hook = hook.name.as_str(),
-                        msg_id = push.msg_id.as_deref().unwrap_or(""),
+                        msg_id = msg_id.unwrap_or(""),
                         "the claim's lease cannot be renewed: stopping the command before another instance may take it over"
                     );
                     stop.cancel();
@@ -606,8 +688,8 @@ impl Dispatcher {
             ($level:ident) => {
                 tracing::$level!(
                     hook = %hook.name,
-                    msg_id = push.msg_id.as_deref().unwrap_or(""),
-                    attempt = job.attempt,
+                    msg_id = msg_id.unwrap_or(""),
+                    attempt,
                     outcome = result.outcome.as_str(),
                     exit_code = result.exit_code,
                     duration_ms = result.duration_ms,
@@ -621,10 +703,7 @@ impl Dispatcher {
             Outcome::Failed | Outcome::TimedOut | Outcome::Killed
         ) {
             finished!(warn);
-        } else if result.outcome != Outcome::Succeeded
-            || report.left_behind
-            || job.ticket.unwatched()
-        {
+        } else if result.outcome != Outcome::Succeeded || report.left_behind || unwatched() {
             finished!(info);
         } else {
             finished!(debug);
@@ -634,7 +713,7 @@ impl Dispatcher {
             stdout_tail: String::from_utf8_lossy(&report.stdout_tail).into_owned(),
             stderr_tail: String::from_utf8_lossy(&report.stderr_tail).into_owned(),
         };
-        self.deliveries.end(handle, result, end, job.dedup_for);
+        (result, end)
     }
 
     fn slots_for(&self, hook: &Hook) -> Arc<Slots> {
@@ -648,6 +727,13 @@ fn slots_of<'a>(slots: &'a mut HashMap<String, Arc<Slots>>, hook: &Hook) -> &'a 
     slots
         .entry(hook.name.clone())
         .or_insert_with(|| Arc::new(Slots::new(&hook.name, hook.concurrency, hook.queue)))
+}
+
+/// What a run's life depends on besides its command: whether a push still waits for it
+/// (`unwatched`), and the fence that stops it when its claim may be lost (self-fencing).
+struct Watch<'a> {
+    unwatched: &'a (dyn Fn() -> bool + Send + Sync),
+    fence: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// What the shared database said to a run this process claimed.
@@ -729,6 +815,12 @@ impl Drop for Active<'_> {
 /// What `start` left for `dispatch` to wait on.
 enum Pending {
     Ready(HookResult),
+    /// A stored hook's push, being committed.
+    Storing {
+        committed: tokio::sync::watch::Receiver<Option<bool>>,
+        /// This push stored it (else it is a duplicate of one being stored).
+        first: bool,
+    },
     Waiting {
         ticket: Arc<Ticket>,
         /// This push started the run (and may withdraw it).
@@ -759,9 +851,24 @@ fn facts(push: &Push, path: &str) -> PushFacts {
     }
 }
 
-/// The command one hook runs for one push, with its environment and stdin (SPEC §4);
+/// What `hook` reads on stdin for `push`.
+fn stdin_of(hook: &Hook, push: &Push) -> Option<bytes::Bytes> {
+    match hook.stdin {
+        StdinMode::Body => Some(push.body.clone()),
+        StdinMode::Envelope => Some(push.envelope.clone()),
+        StdinMode::None => None,
+    }
+}
+
+/// The command one hook runs for one push, with its environment and `stdin` (SPEC §4);
 /// `marker` identifies the run in its processes' environment.
-fn run_spec(hook: &Hook, push: &Push, attempt: u32, marker: String) -> CommandSpec {
+fn run_spec(
+    hook: &Hook,
+    push: &Push,
+    stdin: Option<bytes::Bytes>,
+    attempt: u32,
+    marker: String,
+) -> CommandSpec {
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
     let run_env = vec![
         ("CMQ_MSG_ID", text(&push.msg_id)),
@@ -776,11 +883,6 @@ fn run_spec(hook: &Hook, push: &Push, attempt: u32, marker: String) -> CommandSp
         ("CMQHOOK_ATTEMPT", attempt.to_string()),
         (MARKER, marker),
     ];
-    let stdin = match hook.stdin {
-        StdinMode::Body => Some(push.body.clone()),
-        StdinMode::Envelope => Some(push.envelope.clone()),
-        StdinMode::None => None,
-    };
     CommandSpec {
         program: match &hook.action {
             Action::Shell(script) => Program::Shell(Arc::clone(script)),

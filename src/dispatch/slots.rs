@@ -172,6 +172,16 @@ impl Slots {
     }
 }
 
+impl Slots {
+    /// Waits for the hook's slot, then a global one, outside the hook's queue (stored work,
+    /// whose queue is the journal). Cancel-safe: dropped before it returns, it holds nothing.
+    pub async fn acquire_unqueued(&self, global: &Arc<Limit>) -> Permits {
+        let own = self.own.take().await;
+        let global = global.take().await;
+        (own, global)
+    }
+}
+
 impl Slot {
     /// The hook's slot first, then a global one, so that a run waiting for its hook holds
     /// nothing that other hooks need. Cancel-safe: dropped before it returns, it holds nothing.

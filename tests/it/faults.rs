@@ -112,12 +112,12 @@ fn try_post(addr: std::net::SocketAddr, msg_id: &str, body: &[u8]) -> Option<u16
 }
 
 /// A `sqlite3` process holding an exclusive transaction on `db` until dropped or released.
-struct Holder {
+pub struct Holder {
     child: std::process::Child,
 }
 
 impl Holder {
-    fn lock(db: &Path) -> Holder {
+    pub fn lock(db: &Path) -> Holder {
         let mut child = Command::new("sqlite3")
             .arg(db)
             .stdin(Stdio::piped())
@@ -138,7 +138,7 @@ impl Holder {
         Holder { child }
     }
 
-    fn release(mut self) {
+    pub fn release(mut self) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         stdin.write_all(b"COMMIT;\n.quit\n").expect("write");
         let _ = self.child.stdin.take();

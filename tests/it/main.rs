@@ -12,3 +12,4 @@ mod postgres;
 mod properties;
 mod push;
 mod security;
+mod stored;

@@ -1,0 +1,267 @@
+//! `ack = "stored"` hooks (SPEC §9): a push is stored in the journal and answered once that
+//! is committed; the scheduler here then runs it as soon as the hook's slots allow (never in
+//! its `queue`, never withdrawn), retries a failure or timeout after the hook's `retry`
+//! delays, and declares it dead after the last. An interruption (shutdown) leaves the work in
+//! the journal, to resume at the next start without using up a retry.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{Active, Dispatcher, Pending, facts, run_spec};
+use crate::cmq::{Format, Push};
+use crate::config::Hook;
+use crate::delivery::{
+    Outcome, RunResult, RunStart, StoredPush, StoredState, StoredUpdate, StoredWork, Storing,
+};
+use crate::dispatch::HookResult;
+use crate::telemetry::metrics;
+
+/// How often stored work waiting for a writable journal looks again.
+const JOURNAL_POLL: Duration = Duration::from_millis(250);
+
+impl Dispatcher {
+    /// Stores `push` for the stored hook `hook`, or finds it stored already.
+    pub(super) fn store(
+        &self,
+        hook: &Arc<Hook>,
+        push: &Push,
+        path: &str,
+        msg_id: &str,
+        dedup_for: Duration,
+    ) -> Pending {
+        let facts = facts(push, path);
+        let stored = StoredPush {
+            hook: hook.name.clone(),
+            msg_id: msg_id.to_owned(),
+            request_id: facts.request_id,
+            path: facts.path,
+            format: push.format.as_str().to_owned(),
+            topic: facts.topic,
+            subscription: facts.subscription,
+            topic_owner: push.topic_owner.clone(),
+            publish_time: push.publish_time.clone(),
+            tags: facts.tags,
+            stdin: super::stdin_of(hook, push),
+        };
+        match self.deliveries.store(stored, dedup_for) {
+            Storing::Pending { committed, first } => {
+                if !first {
+                    metrics().dedup_hits.with_label_values(&[&hook.name]).inc();
+                }
+                Pending::Storing { committed, first }
+            }
+            Storing::Known(state) => {
+                metrics().dedup_hits.with_label_values(&[&hook.name]).inc();
+                tracing::debug!(hook = %hook.name, msg_id, state = state.as_str(), "stored already");
+                let outcome = match state {
+                    StoredState::Done => Outcome::Succeeded,
+                    StoredState::Dead => Outcome::Dead,
+                    StoredState::Queued | StoredState::Waiting | StoredState::Running => {
+                        Outcome::Queued
+                    }
+                };
+                let result = RunResult::without_run(outcome, Duration::ZERO, None);
+                Pending::Ready(HookResult::new(hook, result, true))
+            }
+            Storing::Unavailable(reason) => {
+                tracing::debug!(hook = %hook.name, msg_id, reason, "not stored");
+                let mut result = HookResult::without_run(
+                    hook,
+                    Outcome::NotStarted,
+                    Duration::ZERO,
+                    Some(reason),
+                );
+                result.recorded = false;
+                Pending::Ready(result)
+            }
+        }
+    }
+
+    /// Runs the stored work the journal hands over, each as a task of its own, until
+    /// draining. For `serve`; without it stored work waits in the journal.
+    pub async fn schedule_stored(self: Arc<Self>) {
+        let Some(mut work) = self.deliveries.take_stored_work() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                next = work.recv() => match next {
+                    Some(next) => {
+                        tokio::spawn(Arc::clone(&self).run_stored(next));
+                    }
+                    None => return,
+                },
+                () = self.draining.cancelled() => return,
+            }
+        }
+    }
+
+    /// One stored message's runs until it is done or dead, or this process stops.
+    async fn run_stored(self: Arc<Self>, mut work: StoredWork) {
+        let name = work.push.hook.clone();
+        let msg_id = work.push.msg_id.clone();
+        let pending = metrics().stored_pending.with_label_values(&[&name]);
+        loop {
+            pending.inc();
+            let Some((hook, permits)) = self.wait_for_turn(&work).await else {
+                pending.dec();
+                return;
+            };
+            pending.dec();
+            self.active
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let active = Active(&self);
+            work.attempt += 1;
+            let attempt = work.attempt;
+            let push = rebuilt(&work.push);
+            let start = RunStart {
+                hook: name.clone(),
+                attempt,
+                push: facts(&push, &work.push.path),
+            };
+            let run_id = self.deliveries.new_run_id();
+            let mut handle = self.deliveries.begin_stored(run_id, start, work.failures);
+            let spec = run_spec(
+                &hook,
+                &push,
+                work.push.stdin.clone(),
+                attempt,
+                handle.marker(&self.deliveries),
+            );
+            let (result, end) = self
+                .run_journaled(
+                    &hook,
+                    Some(&msg_id),
+                    attempt,
+                    spec,
+                    &mut handle,
+                    super::Watch {
+                        unwatched: &|| true,
+                        fence: None,
+                    },
+                )
+                .await;
+            drop(permits);
+            let outcome = result.outcome;
+            let (state, next_at) = match outcome {
+                Outcome::Succeeded => (StoredState::Done, None),
+                // Stopped with this process: resumed at once at the next start, no retry used.
+                Outcome::Interrupted => (StoredState::Queued, Some(SystemTime::now())),
+                _ => {
+                    work.failures += 1;
+                    let index = usize::try_from(work.failures - 1).unwrap_or(usize::MAX);
+                    match hook.retry.get(index) {
+                        Some(delay) => {
+                            let due = SystemTime::now() + *delay;
+                            work.due = due;
+                            (StoredState::Waiting, Some(due))
+                        }
+                        None => (StoredState::Dead, None),
+                    }
+                }
+            };
+            if state == StoredState::Dead {
+                metrics().dead_letters.with_label_values(&[&name]).inc();
+                tracing::warn!(
+                    hook = %name,
+                    msg_id,
+                    attempt,
+                    outcome = outcome.as_str(),
+                    "stored message is dead: its last retry failed"
+                );
+            } else if state == StoredState::Waiting {
+                tracing::info!(
+                    hook = %name,
+                    msg_id,
+                    attempt,
+                    retry_in = %humantime::format_duration(
+                        hook.retry[usize::try_from(work.failures - 1).unwrap_or(0)]
+                    ),
+                    "stored message will be retried"
+                );
+            }
+            let update = StoredUpdate {
+                hook: name.clone(),
+                msg_id: msg_id.clone(),
+                state,
+                attempt,
+                failures: work.failures,
+                next_at,
+                last_outcome: Some(outcome),
+            };
+            self.deliveries.end_stored(handle, result, end, update);
+            drop(active);
+            if state != StoredState::Waiting {
+                return;
+            }
+        }
+    }
+
+    /// Waits until `work` is due, the journal can be written, and its hook has a slot and a
+    /// global one; `None` when draining, or when its hook is no longer configured (the work
+    /// stays in the journal).
+    async fn wait_for_turn(&self, work: &StoredWork) -> Option<(Arc<Hook>, super::slots::Permits)> {
+        let wait = work
+            .due
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.draining.cancelled() => return None,
+        }
+        while let Err(reason) = self.deliveries.health() {
+            tracing::debug!(hook = %work.push.hook, reason, "stored work waits for the journal");
+            tokio::select! {
+                () = tokio::time::sleep(JOURNAL_POLL) => {}
+                () = self.draining.cancelled() => return None,
+            }
+        }
+        let config = self.config();
+        let Some(hook) = config
+            .hooks
+            .iter()
+            .find(|hook| hook.name == work.push.hook)
+            .cloned()
+        else {
+            tracing::warn!(
+                hook = %work.push.hook,
+                msg_id = %work.push.msg_id,
+                "stored work of a hook that is no longer configured stays in the journal"
+            );
+            return None;
+        };
+        let slots = self.slots_for(&hook);
+        let permits = tokio::select! {
+            permits = slots.acquire_unqueued(&self.global) => permits,
+            () = self.draining.cancelled() => return None,
+        };
+        (!self.is_draining()).then_some((hook, permits))
+    }
+}
+
+/// A push with what `stored` kept: the `CMQ_*` environment and stdin of the original.
+fn rebuilt(stored: &StoredPush) -> Push {
+    let tags = stored
+        .tags
+        .split(',')
+        .filter(|tag| !tag.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Push {
+        path: stored.path.clone(),
+        format: if stored.format == Format::Json.as_str() {
+            Format::Json
+        } else {
+            Format::Simplified
+        },
+        msg_id: Some(stored.msg_id.clone()),
+        request_id: stored.request_id.clone(),
+        tags,
+        topic: stored.topic.clone(),
+        subscription: stored.subscription.clone(),
+        topic_owner: stored.topic_owner.clone(),
+        publish_time: stored.publish_time.clone(),
+        body: bytes::Bytes::new(),
+        envelope: bytes::Bytes::new(),
+    }
+}
