@@ -51,7 +51,8 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// The schema, in order; each step only adds, so that an older instance keeps working against
 /// a newer schema during a rolling upgrade. Applied under a transaction-scoped advisory lock,
 /// so that instances starting together do not race.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE cmqhook_claims (
     hook text NOT NULL,
     msg_id text NOT NULL,
@@ -109,7 +110,12 @@ CREATE TABLE cmqhook_pushes (
     tags text NOT NULL
 );
 CREATE INDEX cmqhook_pushes_at ON cmqhook_pushes (at);
-"];
+",
+    r"
+ALTER TABLE cmqhook_runs ADD COLUMN owner_boot text, ADD COLUMN run_id bigint;
+CREATE UNIQUE INDEX cmqhook_runs_run ON cmqhook_runs (owner_boot, run_id);
+",
+];
 
 /// Who holds a claim: `instance` is the label people see; the boot token (one per `serve`
 /// process), the host's boot id and the pid tell owners apart.
@@ -327,7 +333,8 @@ impl Postgres {
             let released = state
                 .execute(
                     "UPDATE cmqhook_claims
-                     SET outcome = 'not_started', attempt = attempt - 1, lease_until = now()
+                     SET outcome = 'not_started', attempt = attempt - 1, lease_until = now(),
+                         ended_at = now()
                      WHERE hook = $1 AND msg_id = $2 AND owner_boot = $3 AND attempt = $4
                        AND outcome = 'running'",
                     &[&hook, &msg_id, &state.owner.boot, &signed(attempt)],
@@ -693,6 +700,21 @@ impl State {
                     Err(_) => break,
                 }
             }
+            // An end without its start cannot be written; it must not hold up the others.
+            batch.retain(|ended| {
+                let whole = ended.start.is_some();
+                if !whole {
+                    tracing::error!(
+                        run = ended.id,
+                        "a run's end came without its start; not journaled"
+                    );
+                    (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+                }
+                whole
+            });
+            if batch.is_empty() {
+                continue;
+            }
             match self.write_ends(&batch).await {
                 Ok(()) => {
                     for ended in batch.drain(..) {
@@ -991,12 +1013,15 @@ const END_RUN: &str = "WITH ended AS (
      INSERT INTO cmqhook_runs
         (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
          subscription, tags, attempt, outcome, exit_code, signal, duration_ms,
-         left_behind, error, stdout_tail, stderr_tail)
+         left_behind, error, stdout_tail, stderr_tail, owner_boot, run_id)
      VALUES ($1, $19, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-             $15, $16, $17)";
+             $15, $16, $17, $18, $20)
+     -- Written again after a commit whose answer was lost: once is enough.
+     ON CONFLICT (owner_boot, run_id) DO NOTHING";
 
 /// The values of one run's [`END_RUN`].
 struct EndRow<'a> {
+    run_id: i64,
     started_at: SystemTime,
     hook: &'a str,
     msg_id: Option<&'a str>,
@@ -1023,6 +1048,7 @@ impl<'a> EndRow<'a> {
         };
         let (result, push) = (&ended.result, &start.push);
         Ok(EndRow {
+            run_id: ended.id,
             started_at: SystemTime::min(*started_at, ended.at),
             hook: &start.hook,
             msg_id: push.msg_id.as_deref(),
@@ -1046,7 +1072,7 @@ impl<'a> EndRow<'a> {
     fn params<'b>(
         &'b self,
         state: &'b State,
-    ) -> [&'b (dyn tokio_postgres::types::ToSql + Sync); 19] {
+    ) -> [&'b (dyn tokio_postgres::types::ToSql + Sync); 20] {
         [
             &state.owner.instance,
             &self.hook,
@@ -1067,6 +1093,7 @@ impl<'a> EndRow<'a> {
             &self.stderr_tail,
             &state.owner.boot,
             &self.started_at,
+            &self.run_id,
         ]
     }
 }
