@@ -254,7 +254,7 @@ impl Postgres {
             owner: Owner {
                 instance: instance.to_owned(),
                 boot: boot.to_owned(),
-                host: host_boot_id(),
+                host: orphans::host_boot_id(),
                 pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
             },
             lease,
@@ -891,7 +891,7 @@ impl State {
             .await?;
         let dead: Vec<String> = rows
             .iter()
-            .filter(|row| !process_alive(row.get(1)))
+            .filter(|row| !orphans::process_alive(row.get(1)))
             .map(|row| row.get(0))
             .collect();
         if dead.is_empty() {
@@ -1263,19 +1263,4 @@ fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
         deadpool_postgres::PoolError::Backend(err) => describe(err),
         other => other.to_string(),
     }
-}
-
-/// This boot of this host: tells a previous `serve` here from one on another host.
-fn host_boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|id| id.trim().to_owned())
-        .unwrap_or_else(|_| {
-            std::fs::read_to_string("/etc/hostname")
-                .map(|name| name.trim().to_owned())
-                .unwrap_or_default()
-        })
-}
-
-fn process_alive(pid: i32) -> bool {
-    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -100,6 +100,22 @@ fn is_alive(process: &Found) -> bool {
     procfs::is_alive(pid) && marker_of(pid).as_deref() == Some(process.marker.as_slice())
 }
 
+/// Whether a process `pid` exists on this host.
+pub fn process_alive(pid: i32) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// This boot of this host: tells a previous `serve` here from one on another host.
+pub fn host_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_else(|_| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_default()
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
