@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{Active, Dispatcher, Pending, facts, run_spec};
-use crate::cmq::{Format, Push};
+use crate::cmq::Push;
 use crate::config::Hook;
 use crate::delivery::{
-    Outcome, RunResult, RunStart, StoredPush, StoredState, StoredUpdate, StoredWork, Storing,
+    KeptPush, Outcome, RunResult, RunStart, StoredPush, StoredState, StoredUpdate, StoredWork,
+    Storing,
 };
 use crate::dispatch::HookResult;
 use crate::telemetry::metrics;
@@ -241,27 +242,18 @@ impl Dispatcher {
 
 /// A push with what `stored` kept: the `CMQ_*` environment and stdin of the original.
 fn rebuilt(stored: &StoredPush) -> Push {
-    let tags = stored
-        .tags
-        .split(',')
-        .filter(|tag| !tag.is_empty())
-        .map(str::to_owned)
-        .collect();
-    Push {
-        path: stored.path.clone(),
-        format: if stored.format == Format::Json.as_str() {
-            Format::Json
-        } else {
-            Format::Simplified
-        },
-        msg_id: Some(stored.msg_id.clone()),
+    super::replay::push_of(&KeptPush {
+        msg_id: stored.msg_id.clone(),
         request_id: stored.request_id.clone(),
-        tags,
+        path: stored.path.clone(),
+        format: stored.format.clone(),
         topic: stored.topic.clone(),
         subscription: stored.subscription.clone(),
         topic_owner: stored.topic_owner.clone(),
         publish_time: stored.publish_time.clone(),
+        tags: stored.tags.clone(),
+        hooks: Vec::new(),
         body: bytes::Bytes::new(),
-        envelope: bytes::Bytes::new(),
-    }
+        envelope: None,
+    })
 }
