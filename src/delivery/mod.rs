@@ -87,11 +87,10 @@ impl Outcome {
 /// (hook name, message id).
 pub type Key = (String, String);
 
-/// A push of an `ack = "stored"` hook as the journal keeps it: what its runs need to get the
-/// same stdin and `CMQ_*` environment as a run at the time of the push.
+/// What the journal keeps of a push to run it again as at the time of the push: the facts
+/// its `CMQ_*` environment is made of.
 #[derive(Debug, Clone)]
-pub struct StoredPush {
-    pub hook: String,
+pub struct Message {
     pub msg_id: String,
     pub request_id: Option<String>,
     /// Already redacted (for display; the `CMQ_*` variables hold no path).
@@ -104,6 +103,14 @@ pub struct StoredPush {
     pub publish_time: Option<String>,
     /// Comma-joined.
     pub tags: String,
+}
+
+/// A push of an `ack = "stored"` hook as the journal keeps it: what its runs need to get the
+/// same stdin and `CMQ_*` environment as a run at the time of the push.
+#[derive(Debug, Clone)]
+pub struct StoredPush {
+    pub hook: String,
+    pub message: Message,
     /// The bytes the hook reads on stdin (`None`: `stdin = "none"`).
     pub stdin: Option<bytes::Bytes>,
 }
@@ -112,18 +119,7 @@ pub struct StoredPush {
 /// received and what rebuilds the same `CMQ_*` environment.
 #[derive(Debug, Clone)]
 pub struct KeptPush {
-    pub msg_id: String,
-    pub request_id: Option<String>,
-    /// Already redacted.
-    pub path: String,
-    /// `json` or `simplified`.
-    pub format: String,
-    pub topic: Option<String>,
-    pub subscription: Option<String>,
-    pub topic_owner: Option<String>,
-    pub publish_time: Option<String>,
-    /// Comma-joined.
-    pub tags: String,
+    pub message: Message,
     /// The hooks that matched it, in config order.
     pub hooks: Vec<String>,
     /// The message body.
@@ -451,7 +447,7 @@ impl Deliveries {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             for work in resumable {
-                let key = (work.push.hook.clone(), work.push.msg_id.clone());
+                let key = (work.push.hook.clone(), work.push.message.msg_id.clone());
                 live.insert(key, Arc::new(watch::Sender::new(Some(true))));
                 let _ = deliveries.work.send(work);
             }
@@ -696,7 +692,7 @@ impl Deliveries {
         let Store::Sqlite(journal) = &self.store else {
             return Storing::Unavailable("`ack = \"stored\"` needs the SQLite journal".to_owned());
         };
-        let key = (push.hook.clone(), push.msg_id.clone());
+        let key = (push.hook.clone(), push.message.msg_id.clone());
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = live.get(&key) {
             let committed = *entry.borrow();

@@ -30,8 +30,8 @@ use serde::Serialize;
 
 use super::table::Last;
 use super::{
-    KeptPush, Key, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart, StoredPush,
-    StoredState, StoredUpdate, StoredWork,
+    KeptPush, Key, Message, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart,
+    StoredPush, StoredState, StoredUpdate, StoredWork,
 };
 use crate::runner::orphans;
 
@@ -501,10 +501,10 @@ impl Journal {
                     .query_row(params![msg_id, timestamp(ago(within))], |row| {
                         let hooks: String = row.get(9)?;
                         Ok(KeptPush {
+                            message: message(row, 0)?,
                             hooks: serde_json::from_str(&hooks).unwrap_or_default(),
                             body: bytes::Bytes::from(row.get::<_, Vec<u8>>(10)?),
                             envelope: row.get::<_, Option<Vec<u8>>>(11)?.map(bytes::Bytes::from),
-                            ..kept_facts(row)?
                         })
                     })
                     .optional()
@@ -526,10 +526,10 @@ impl Journal {
                             .map(bytes::Bytes::from)
                             .unwrap_or_default();
                         Ok(KeptPush {
+                            message: message(row, 0)?,
                             hooks: vec![row.get(9)?],
                             body: stdin.clone(),
                             envelope: Some(stdin),
-                            ..kept_facts(row)?
                         })
                     })
                     .optional(),
@@ -894,28 +894,20 @@ fn resumable(connection: &Connection) -> rusqlite::Result<Vec<StoredWork>> {
         params![now],
     )?;
     let mut statement = connection.prepare(
-        "SELECT hook, msg_id, attempt, failures, next_at, request_id, path, format, topic,
-                subscription, topic_owner, publish_time, tags, body
+        "SELECT hook, msg_id, request_id, path, format, topic, subscription, topic_owner,
+                publish_time, tags, attempt, failures, next_at, body
          FROM stored WHERE state IN ('queued', 'waiting') ORDER BY next_at, id",
     )?;
     let rows = statement.query_map([], |row| {
-        let next_at: String = row.get(4)?;
+        let next_at: String = row.get(12)?;
         let due = humantime::parse_rfc3339(&next_at).unwrap_or_else(|_| SystemTime::now());
         Ok(StoredWork {
-            attempt: row.get(2)?,
-            failures: row.get(3)?,
+            attempt: row.get(10)?,
+            failures: row.get(11)?,
             due,
             push: Arc::new(StoredPush {
                 hook: row.get(0)?,
-                msg_id: row.get(1)?,
-                request_id: row.get(5)?,
-                path: row.get(6)?,
-                format: row.get(7)?,
-                topic: row.get(8)?,
-                subscription: row.get(9)?,
-                topic_owner: row.get(10)?,
-                publish_time: row.get(11)?,
-                tags: row.get(12)?,
+                message: message(row, 1)?,
                 stdin: row.get::<_, Option<Vec<u8>>>(13)?.map(bytes::Bytes::from),
             }),
         })
@@ -923,23 +915,35 @@ fn resumable(connection: &Connection) -> rusqlite::Result<Vec<StoredWork>> {
     rows.collect()
 }
 
-/// A kept push's facts from the columns `msg_id, request_id, path, format, topic,
-/// subscription, topic_owner, publish_time, tags`; no hook, no body.
-fn kept_facts(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeptPush> {
-    Ok(KeptPush {
-        msg_id: row.get(0)?,
-        request_id: row.get(1)?,
-        path: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
-        format: row.get(3)?,
-        topic: row.get(4)?,
-        subscription: row.get(5)?,
-        topic_owner: row.get(6)?,
-        publish_time: row.get(7)?,
-        tags: row.get(8)?,
-        hooks: Vec::new(),
-        body: bytes::Bytes::new(),
-        envelope: None,
+/// A [`Message`] from the columns `msg_id, request_id, path, format, topic, subscription,
+/// topic_owner, publish_time, tags`, the first at index `first`.
+fn message(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Message> {
+    Ok(Message {
+        msg_id: row.get(first)?,
+        request_id: row.get(first + 1)?,
+        path: row.get::<_, Option<String>>(first + 2)?.unwrap_or_default(),
+        format: row.get(first + 3)?,
+        topic: row.get(first + 4)?,
+        subscription: row.get(first + 5)?,
+        topic_owner: row.get(first + 6)?,
+        publish_time: row.get(first + 7)?,
+        tags: row.get(first + 8)?,
     })
+}
+
+/// A [`Message`]'s columns, in the order [`message`] reads them.
+fn message_values(message: &Message) -> [&dyn ToSql; 9] {
+    [
+        &message.msg_id,
+        &message.request_id,
+        &message.path,
+        &message.format,
+        &message.topic,
+        &message.subscription,
+        &message.topic_owner,
+        &message.publish_time,
+        &message.tags,
+    ]
 }
 
 /// The writer thread's state.
@@ -1209,10 +1213,10 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         let mut store = transaction.prepare_cached(
-            "INSERT INTO stored (hook, msg_id, state, attempt, failures, next_at, received_at,
-                                 updated_at, request_id, path, format, topic, subscription,
-                                 topic_owner, publish_time, tags, body)
-             VALUES (?1, ?2, 'queued', 0, 0, ?3, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+            "INSERT INTO stored (msg_id, request_id, path, format, topic, subscription,
+                                 topic_owner, publish_time, tags, hook, body, state, attempt,
+                                 failures, next_at, received_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued', 0, 0, ?12, ?12, ?12)
              ON CONFLICT (hook, msg_id) DO UPDATE SET
                  state = 'queued', attempt = 0, failures = 0, next_at = excluded.next_at,
                  received_at = excluded.received_at, updated_at = excluded.updated_at,
@@ -1226,9 +1230,9 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
                                   AND path = ?4",
         )?;
         let mut keep = transaction.prepare_cached(
-            "INSERT INTO bodies (msg_id, received_at, request_id, path, format, topic,
-                                 subscription, topic_owner, publish_time, tags, hooks, body,
-                                 envelope)
+            "INSERT INTO bodies (msg_id, request_id, path, format, topic, subscription,
+                                 topic_owner, publish_time, tags, hooks, body, envelope,
+                                 received_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         let mut stored_state = transaction.prepare_cached(
@@ -1254,20 +1258,10 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
             match record {
                 Record::Store { at, push: p, .. } => {
                     let at = timestamp(*at);
-                    store.execute(params![
-                        p.hook,
-                        p.msg_id,
-                        at,
-                        p.request_id,
-                        p.path,
-                        p.format,
-                        p.topic,
-                        p.subscription,
-                        p.topic_owner,
-                        p.publish_time,
-                        p.tags,
-                        p.stdin.as_deref()
-                    ])?;
+                    let tail: [&dyn ToSql; 3] = [&p.hook, &p.stdin.as_deref(), &at];
+                    store.execute(params_from_iter(
+                        message_values(&p.message).into_iter().chain(tail),
+                    ))?;
                 }
                 Record::StoredState { at, update } => {
                     update_stored(&timestamp(*at), update)?;
@@ -1324,24 +1318,14 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
                     }
                 }
                 Record::Kept { at, push: p } => {
-                    forget_kept.execute(params![p.msg_id, p.topic, p.subscription, p.path])?;
+                    let m = &p.message;
+                    forget_kept.execute(params![m.msg_id, m.topic, m.subscription, m.path])?;
                     let hooks =
                         serde_json::to_string(&p.hooks).expect("a list of strings is always JSON");
-                    keep.execute(params![
-                        p.msg_id,
-                        timestamp(*at),
-                        p.request_id,
-                        p.path,
-                        p.format,
-                        p.topic,
-                        p.subscription,
-                        p.topic_owner,
-                        p.publish_time,
-                        p.tags,
-                        hooks,
-                        p.body.as_ref(),
-                        p.envelope.as_deref()
-                    ])?;
+                    let at = timestamp(*at);
+                    let tail: [&dyn ToSql; 4] =
+                        [&hooks, &p.body.as_ref(), &p.envelope.as_deref(), &at];
+                    keep.execute(params_from_iter(message_values(m).into_iter().chain(tail)))?;
                 }
                 Record::Push { at, push: record } => {
                     let at = timestamp(*at);

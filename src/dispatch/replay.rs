@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{Active, Dispatcher, HookResult, Watch, facts, run_spec, stdin_of};
 use crate::cmq::{Format, Push};
 use crate::config::{Hook, StdinMode};
-use crate::delivery::{KeptPush, Outcome, RunStart, StoredState, StoredUpdate, Ticket};
+use crate::delivery::{KeptPush, Message, Outcome, RunStart, StoredState, StoredUpdate, Ticket};
 
 impl Dispatcher {
     /// Keeps `push` (whose redacted path is `path`), which matched `hooks`, for replay. Its
@@ -22,17 +22,8 @@ impl Dispatcher {
         let envelope = (hooks.iter().any(|hook| hook.stdin == StdinMode::Envelope)
             && push.envelope != push.body)
             .then(|| push.envelope.clone());
-        let facts = facts(push, path);
         self.deliveries.keep(KeptPush {
-            msg_id: msg_id.clone(),
-            request_id: facts.request_id,
-            path: facts.path,
-            format: push.format.as_str().to_owned(),
-            topic: facts.topic,
-            subscription: facts.subscription,
-            topic_owner: push.topic_owner.clone(),
-            publish_time: push.publish_time.clone(),
-            tags: facts.tags,
+            message: message_of(push, path, msg_id),
             hooks: hooks.iter().map(|hook| hook.name.clone()).collect(),
             body: push.body.clone(),
             envelope,
@@ -47,14 +38,14 @@ impl Dispatcher {
         let not_started = |reason: String| {
             HookResult::without_run(hook, Outcome::NotStarted, Duration::ZERO, Some(reason))
         };
-        let push = push_of(kept);
+        let push = push_of(&kept.message, kept.body.clone(), kept.envelope.clone());
         if hook.stdin == StdinMode::Envelope && push.envelope.is_empty() && !push.body.is_empty() {
             return not_started(format!(
                 "the envelope of message `{}` was not kept: no hook that matched it reads `stdin = \"envelope\"`",
-                kept.msg_id
+                kept.message.msg_id
             ));
         }
-        let msg_id = kept.msg_id.as_str();
+        let msg_id = kept.message.msg_id.as_str();
         let progress = self
             .deliveries
             .latest_attempt(&hook.name, msg_id)
@@ -75,7 +66,7 @@ impl Dispatcher {
         let start = RunStart {
             hook: hook.name.clone(),
             attempt,
-            push: facts(&push, &kept.path),
+            push: facts(&push, &kept.message.path),
         };
         let mut handle =
             self.deliveries
@@ -136,36 +127,57 @@ impl Dispatcher {
     }
 }
 
-/// The push `kept` was, as its hooks see it: the same `CMQ_*` environment and stdin. A
-/// SIMPLIFIED push's envelope is its body.
-pub(super) fn push_of(kept: &KeptPush) -> Push {
-    let tags = kept
+/// What the journal keeps of `push` (whose redacted path is `path`, its message id
+/// `msg_id`) to run it again.
+pub(super) fn message_of(push: &Push, path: &str, msg_id: &str) -> Message {
+    let facts = facts(push, path);
+    Message {
+        msg_id: msg_id.to_owned(),
+        request_id: facts.request_id,
+        path: facts.path,
+        format: push.format.as_str().to_owned(),
+        topic: facts.topic,
+        subscription: facts.subscription,
+        topic_owner: push.topic_owner.clone(),
+        publish_time: push.publish_time.clone(),
+        tags: facts.tags,
+    }
+}
+
+/// The push `message` was, as its hooks see it, with `body` and `envelope` (a SIMPLIFIED
+/// push's envelope is its body).
+pub(super) fn push_of(
+    message: &Message,
+    body: bytes::Bytes,
+    envelope: Option<bytes::Bytes>,
+) -> Push {
+    let tags = message
         .tags
         .split(',')
         .filter(|tag| !tag.is_empty())
         .map(str::to_owned)
         .collect();
-    let format = if kept.format == Format::Json.as_str() {
+    let format = if message.format == Format::Json.as_str() {
         Format::Json
     } else {
         Format::Simplified
     };
-    let envelope = match (&kept.envelope, format) {
-        (Some(envelope), _) => envelope.clone(),
-        (None, Format::Simplified) => kept.body.clone(),
+    let envelope = match (envelope, format) {
+        (Some(envelope), _) => envelope,
+        (None, Format::Simplified) => body.clone(),
         (None, Format::Json) => bytes::Bytes::new(),
     };
     Push {
-        path: kept.path.clone(),
+        path: message.path.clone(),
         format,
-        msg_id: Some(kept.msg_id.clone()),
-        request_id: kept.request_id.clone(),
+        msg_id: Some(message.msg_id.clone()),
+        request_id: message.request_id.clone(),
         tags,
-        topic: kept.topic.clone(),
-        subscription: kept.subscription.clone(),
-        topic_owner: kept.topic_owner.clone(),
-        publish_time: kept.publish_time.clone(),
-        body: kept.body.clone(),
+        topic: message.topic.clone(),
+        subscription: message.subscription.clone(),
+        topic_owner: message.topic_owner.clone(),
+        publish_time: message.publish_time.clone(),
+        body,
         envelope,
     }
 }
