@@ -1,4 +1,5 @@
-//! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `history`, and
+//! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `history`,
+//! `replay`, and
 //! for getting started `init`, `completions` and `man`.
 
 use std::io::{Read, Write as _};
@@ -13,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cmq::{Format, OutgoingPush, Push, PushError};
 use crate::config::{Config, ConfigError, Hook, Listen};
-use crate::delivery::{self, Deliveries, HistoryFilter, HistoryRow, JournalError};
-use crate::dispatch::{Dispatcher, Verdict};
+use crate::delivery::{self, Deliveries, HistoryFilter, HistoryRow, JournalError, Outcome};
+use crate::dispatch::{Dispatcher, HookResult, Verdict};
 use crate::routing::RoutedConfig;
 use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
@@ -62,6 +63,11 @@ enum Command {
     Send(SendArgs),
     /// List recent deliveries from the journal, newest first.
     History(HistoryArgs),
+    /// Run the latest kept push of a message again (`keep_bodies`), through the hooks that ran
+    /// it (or --hook), as `serve` would: the same CMQ_* environment and stdin, the next
+    /// CMQHOOK_ATTEMPT and CMQHOOK_REPLAY=1; journaled. Exit 0 iff every hook succeeded. Runs
+    /// the hooks itself, holding the journal's lock: not while a `serve` holds it.
+    Replay(ReplayArgs),
     /// Write a commented starter config that `check` accepts. Never overwrites: exit 1 if FILE
     /// exists.
     Init(InitArgs),
@@ -173,6 +179,18 @@ struct HistoryArgs {
     /// JSON Lines: one JSON object per line, newest first.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The message id of the push to run again.
+    #[arg(long)]
+    msg_id: String,
+    /// Only this hook (any configured hook), instead of the hooks that ran it.
+    #[arg(long)]
+    hook: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +338,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Send(args) => send(&args),
         Command::History(args) => history(&args),
+        Command::Replay(args) => replay(&args),
         Command::Init(args) => init(&args),
         Command::Completions(args) => completions(&args),
         Command::Man(args) => man(&args),
@@ -483,7 +502,17 @@ fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
         eprintln!("{unmatched}");
         return Ok(ExitCode::FAILURE);
     }
-    for result in &answer.results {
+    print_outcomes(&answer.results)?;
+    Ok(if answer.verdict == Verdict::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One line a hook: `name: outcome (exit N, …, N ms)`.
+fn print_outcomes(results: &[HookResult]) -> Result<(), CliError> {
+    for result in results {
         let mut detail = Vec::new();
         if let Some(code) = result.exit_code {
             detail.push(format!("exit {code}"));
@@ -502,7 +531,107 @@ fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
             detail.join(", ")
         )?;
     }
-    Ok(if answer.verdict == Verdict::Succeeded {
+    Ok(())
+}
+
+fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
+    let config = Config::load(&args.config.config)?;
+    if config.server.postgres.is_some() {
+        return Err(CliError::Shown(
+            "replay is not supported yet with a PostgreSQL `server.journal`".to_owned(),
+        ));
+    }
+    let Some(path) = config.server.journal.clone() else {
+        return Err(CliError::JournalOff {
+            file: config.file.clone(),
+        });
+    };
+    if let Some(name) = &args.hook
+        && !config.hooks.iter().any(|hook| &hook.name == name)
+    {
+        return Err(CliError::Shown(format!(
+            "no hook `{name}` in {}",
+            config.file.display()
+        )));
+    }
+    let msg_id = args.msg_id.as_str();
+    let keep_bodies = config.server.keep_bodies;
+    let no_body = || {
+        let why = match keep_bodies {
+            None => "`keep_bodies` is \"off\" in [server]: set it (e.g. \"7d\") to keep the bodies of pushes for replay".to_owned(),
+            Some(keep) => format!(
+                "none was kept within `keep_bodies` ({})",
+                humantime::format_duration(keep)
+            ),
+        };
+        CliError::Shown(format!("no kept body for message `{msg_id}`: {why}"))
+    };
+    if !path.exists() {
+        return Err(no_body());
+    }
+    // Taking the journal's lock: no `serve` runs anything meanwhile, nor another replay.
+    let deliveries = service::open_deliveries(&config).map_err(|err| match err {
+        JournalError::Locked { holder, .. } => CliError::Shown(format!(
+            "a serve{} holds the journal {}; replay through it is not supported yet: stop it, replay, then start it again",
+            holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+            config.redact(&path.display().to_string())
+        )),
+        err => CliError::Journal(err),
+    })?;
+    let kept = deliveries
+        .kept(msg_id, args.hook.as_deref(), keep_bodies)
+        .map_err(CliError::Shown)?
+        .ok_or_else(no_body)?;
+    let names = match &args.hook {
+        Some(name) => vec![name.clone()],
+        None => kept.hooks.clone(),
+    };
+    let mut hooks = Vec::new();
+    let mut missing = false;
+    for name in &names {
+        match config.hooks.iter().find(|hook| &hook.name == name) {
+            Some(hook) => hooks.push(Arc::clone(hook)),
+            None => {
+                missing = true;
+                eprintln!("{name}: not replayed: the hook is no longer configured");
+            }
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let interrupt = CancellationToken::new();
+    let dispatcher = Arc::new(Dispatcher::new(config, deliveries, interrupt.clone()));
+    let results = runtime.block_on(async {
+        let runs = hooks.iter().map(|hook| {
+            let dispatcher = Arc::clone(&dispatcher);
+            let (hook, kept) = (Arc::clone(hook), kept.clone());
+            tokio::spawn(async move { dispatcher.replay(&hook, &kept).await })
+        });
+        let all = futures_util::future::join_all(runs);
+        tokio::pin!(all);
+        let joined = tokio::select! {
+            joined = &mut all => joined,
+            _ = tokio::signal::ctrl_c() => {
+                // Ctrl-C: stop the commands' process groups, then report.
+                interrupt.cancel();
+                all.await
+            }
+        };
+        joined
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect::<Vec<HookResult>>()
+    });
+    dispatcher.close();
+    print_outcomes(&results)?;
+    let succeeded = !missing
+        && results.len() == hooks.len()
+        && results
+            .iter()
+            .all(|result| result.outcome == Outcome::Succeeded && result.recorded);
+    Ok(if succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

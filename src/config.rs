@@ -79,6 +79,9 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// How long a dead stored message (and its body) is kept (SPEC §9).
     pub keep_dead: Duration,
+    /// `keep_bodies`: how long the body of every push that matched a hook is kept, for
+    /// `cmqhook replay` (SPEC §9); `None`: "off".
+    pub keep_bodies: Option<Duration>,
 }
 
 /// What to answer a push that no hook matches.

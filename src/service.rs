@@ -134,7 +134,7 @@ fn bind(listen: &Listen) -> Result<Vec<TcpListener>, ServeError> {
 
 /// The delivery state `config` asks for: the SQLite journal, a PostgreSQL database shared
 /// with other instances, or memory only.
-fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
+pub fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
     let server = &config.server;
     // Orphans get the longest grace any hook would give its command.
     let grace = config
@@ -168,7 +168,13 @@ fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
         return Ok(deliveries);
     }
     match &server.journal {
-        Some(path) => Deliveries::open_sqlite(path, server.dedup_for, server.keep_dead, grace),
+        Some(path) => Deliveries::open_sqlite(
+            path,
+            server.dedup_for,
+            server.keep_dead,
+            server.keep_bodies,
+            grace,
+        ),
         None => Ok(Deliveries::in_memory(server.dedup_capacity)),
     }
 }

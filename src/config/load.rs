@@ -452,6 +452,37 @@ impl Loader<'_> {
                 ),
             }
         }
+        let keep_bodies = raw.keep_bodies.and_then(|keep| {
+            let span = keep.span();
+            let text = keep.into_inner();
+            if text == "off" {
+                return None;
+            }
+            match humantime::parse_duration(&text) {
+                Ok(keep) if postgres.is_some() => {
+                    self.error(
+                        span,
+                        "server.keep_bodies: not supported yet with a PostgreSQL `server.journal`",
+                    );
+                    Some(keep)
+                }
+                Ok(keep) if journal.is_none() && !journal_broken => {
+                    self.error(
+                        span,
+                        "server.keep_bodies: bodies are kept in the journal, but `server.journal` is \"off\"",
+                    );
+                    Some(keep)
+                }
+                Ok(keep) => Some(keep),
+                Err(err) => {
+                    self.error(
+                        span,
+                        format!("server.keep_bodies: `{text}`: {err} (a duration such as \"7d\", or \"off\")"),
+                    );
+                    None
+                }
+            }
+        });
         Server {
             listen: listen.unwrap_or_else(|| {
                 DEFAULT_LISTEN
@@ -474,6 +505,7 @@ impl Loader<'_> {
             allow: self.networks("server.allow", raw.allow),
             trusted_proxies: self.networks("server.trusted_proxies", raw.trusted_proxies),
             keep_dead: duration(raw.keep_dead, DEFAULT_KEEP_DEAD),
+            keep_bodies,
         }
     }
 

@@ -32,6 +32,7 @@ pub(super) struct RawServer {
     pub(super) instance: Option<Spanned<String>>,
     pub(super) lease: Option<Spanned<RawDuration>>,
     pub(super) keep_dead: Option<RawDuration>,
+    pub(super) keep_bodies: Option<Spanned<String>>,
 }
 
 pub(super) type RawDuration = humantime_serde::Serde<Duration>;

@@ -1641,3 +1641,41 @@ fn a_retry_schedule_longer_than_dedup_for_is_an_error() {
     // An `ack = "exit"` hook has no schedule to check.
     parse("[server]\ndedup_for = \"1h\"\n\n[hooks.a]\ncommand = \"true\"\nretry = [\"2h\"]\n");
 }
+
+#[test]
+fn keep_bodies_is_off_by_default_and_takes_a_duration_or_off() {
+    let hooks = "[hooks.a]\ncommand = \"true\"\n";
+    assert_eq!(parse(hooks).server.keep_bodies, None);
+    let config = parse(&format!("[server]\nkeep_bodies = \"7d\"\n\n{hooks}"));
+    assert_eq!(
+        config.server.keep_bodies,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    let config = parse(&format!("[server]\nkeep_bodies = \"off\"\n\n{hooks}"));
+    assert_eq!(config.server.keep_bodies, None);
+    one_error(
+        &format!("[server]\nkeep_bodies = \"a week\"\n\n{hooks}"),
+        2,
+        15,
+        &["server.keep_bodies", "a week", "\"off\""],
+    );
+}
+
+#[test]
+fn keep_bodies_needs_the_sqlite_journal() {
+    let hooks = "[hooks.a]\ncommand = \"true\"\n";
+    one_error(
+        &format!("[server]\njournal = \"off\"\nkeep_bodies = \"1d\"\n\n{hooks}"),
+        3,
+        15,
+        &["server.keep_bodies", "server.journal", "off"],
+    );
+    one_error(
+        &format!(
+            "[server]\njournal = \"postgres://u@db/cmqhook\"\nkeep_bodies = \"1d\"\n\n{hooks}"
+        ),
+        3,
+        15,
+        &["server.keep_bodies", "not supported yet", "PostgreSQL"],
+    );
+}

@@ -87,11 +87,10 @@ impl Outcome {
 /// (hook name, message id).
 pub type Key = (String, String);
 
-/// A push of an `ack = "stored"` hook as the journal keeps it: what its runs need to get the
-/// same stdin and `CMQ_*` environment as a run at the time of the push.
+/// What the journal keeps of a push to run it again as at the time of the push: the facts
+/// its `CMQ_*` environment is made of.
 #[derive(Debug, Clone)]
-pub struct StoredPush {
-    pub hook: String,
+pub struct Message {
     pub msg_id: String,
     pub request_id: Option<String>,
     /// Already redacted (for display; the `CMQ_*` variables hold no path).
@@ -104,8 +103,29 @@ pub struct StoredPush {
     pub publish_time: Option<String>,
     /// Comma-joined.
     pub tags: String,
+}
+
+/// A push of an `ack = "stored"` hook as the journal keeps it: what its runs need to get the
+/// same stdin and `CMQ_*` environment as a run at the time of the push.
+#[derive(Debug, Clone)]
+pub struct StoredPush {
+    pub hook: String,
+    pub message: Message,
     /// The bytes the hook reads on stdin (`None`: `stdin = "none"`).
     pub stdin: Option<bytes::Bytes>,
+}
+
+/// A push that matched a hook as `keep_bodies` keeps it, for `cmqhook replay`: its body as
+/// received and what rebuilds the same `CMQ_*` environment.
+#[derive(Debug, Clone)]
+pub struct KeptPush {
+    pub message: Message,
+    /// The hooks that matched it, in config order.
+    pub hooks: Vec<String>,
+    /// The message body.
+    pub body: bytes::Bytes,
+    /// The raw push body, when a hook reads it and it is not the body; `None` otherwise.
+    pub envelope: Option<bytes::Bytes>,
 }
 
 /// Where a stored message stands.
@@ -406,15 +426,16 @@ impl Deliveries {
     }
 
     /// The SQLite journal at `path`, which this process then owns (see [`sqlite::Journal::open`]).
-    /// Dead stored messages are kept for `keep_dead`. The stored work found there that is
+    /// Dead stored messages are kept for `keep_dead`, bodies of pushes for `keep_bodies`. The stored work found there that is
     /// neither done nor dead is handed to [`Deliveries::take_stored_work`]'s receiver.
     pub fn open_sqlite(
         path: &std::path::Path,
         keep: Duration,
         keep_dead: Duration,
+        keep_bodies: Option<Duration>,
         orphan_grace: Duration,
     ) -> Result<Deliveries, JournalError> {
-        let journal = sqlite::Journal::open(path, keep, keep_dead, orphan_grace)?;
+        let journal = sqlite::Journal::open(path, keep, keep_dead, keep_bodies, orphan_grace)?;
         let resumable = journal.take_resumable();
         let boot = journal.boot().to_owned();
         let first_id = journal.first_free_id();
@@ -426,7 +447,7 @@ impl Deliveries {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             for work in resumable {
-                let key = (work.push.hook.clone(), work.push.msg_id.clone());
+                let key = (work.push.hook.clone(), work.push.message.msg_id.clone());
                 live.insert(key, Arc::new(watch::Sender::new(Some(true))));
                 let _ = deliveries.work.send(work);
             }
@@ -600,6 +621,19 @@ impl Deliveries {
     /// without a journal); if the journal cannot be written, they get it marked unrecorded,
     /// and the outcome stays in memory, answering retries, until it is written.
     pub fn end(&self, run: RunHandle, result: RunResult, end: RunEnd, dedup_for: Duration) {
+        self.end_with(run, result, end, dedup_for, None);
+    }
+
+    /// [`Deliveries::end`], with the new state of the message's stored work, if it has some,
+    /// written in the same commit (a replay of a stored message).
+    pub fn end_with(
+        &self,
+        run: RunHandle,
+        result: RunResult,
+        end: RunEnd,
+        dedup_for: Duration,
+        stored: Option<StoredUpdate>,
+    ) {
         let RunHandle {
             id,
             attempt,
@@ -633,7 +667,7 @@ impl Deliveries {
             result,
             end,
             on_commit: Box::new(on_commit),
-            stored: None,
+            stored,
         };
         match &self.store {
             Store::Memory => {}
@@ -658,7 +692,7 @@ impl Deliveries {
         let Store::Sqlite(journal) = &self.store else {
             return Storing::Unavailable("`ack = \"stored\"` needs the SQLite journal".to_owned());
         };
-        let key = (push.hook.clone(), push.msg_id.clone());
+        let key = (push.hook.clone(), push.message.msg_id.clone());
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = live.get(&key) {
             let committed = *entry.borrow();
@@ -763,6 +797,48 @@ impl Deliveries {
         });
     }
 
+    /// Keeps the body of a push that matched a hook (`keep_bodies`; the SQLite journal only).
+    pub fn keep(&self, push: KeptPush) {
+        if let Store::Sqlite(journal) = &self.store {
+            journal.record_kept(push);
+        }
+    }
+
+    /// The latest push of `msg_id` kept within `within` (`None`: bodies are not kept), or
+    /// the body of the message's stored work (of `hook`, if given); see
+    /// [`sqlite::Journal::kept`]. The SQLite journal only.
+    pub fn kept(
+        &self,
+        msg_id: &str,
+        hook: Option<&str>,
+        within: Option<Duration>,
+    ) -> Result<Option<KeptPush>, String> {
+        match &self.store {
+            Store::Sqlite(journal) => journal.kept(msg_id, hook, within),
+            Store::Memory | Store::Postgres(_) => Ok(None),
+        }
+    }
+
+    /// The latest attempt journaled for (`hook`, `msg_id`), however old; 0 if none.
+    pub fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
+        match &self.store {
+            Store::Sqlite(journal) => journal.latest_attempt(hook, msg_id),
+            Store::Memory | Store::Postgres(_) => Ok(0),
+        }
+    }
+
+    /// The state and failures of the stored message (`hook`, `msg_id`), if there is one.
+    pub fn stored_progress(
+        &self,
+        hook: &str,
+        msg_id: &str,
+    ) -> Result<Option<(StoredState, u32)>, String> {
+        match &self.store {
+            Store::Sqlite(journal) => journal.stored_progress(hook, msg_id),
+            Store::Memory | Store::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Journals a push that ran nothing.
     pub fn record_push(&self, push: PushRecord) {
         match &self.store {
@@ -858,7 +934,7 @@ mod tests {
         let path = dir.path().join("j.db");
         {
             let deliveries =
-                Deliveries::open_sqlite(&path, DAY, DAY, Duration::ZERO).expect("open");
+                Deliveries::open_sqlite(&path, DAY, DAY, None, Duration::ZERO).expect("open");
             assert_eq!(run_once(&deliveries, "m1", Outcome::Failed), 1);
             assert_eq!(run_once(&deliveries, "m1", Outcome::Succeeded), 2);
             assert!(matches!(
@@ -874,7 +950,8 @@ mod tests {
             deliveries.started(&mut handle);
             deliveries.close();
         }
-        let deliveries = Deliveries::open_sqlite(&path, DAY, DAY, Duration::ZERO).expect("reopen");
+        let deliveries =
+            Deliveries::open_sqlite(&path, DAY, DAY, None, Duration::ZERO).expect("reopen");
         match deliveries.claim("deploy", Some("m1"), DAY) {
             Claim::Succeeded(result) => assert_eq!(result.duration_ms, 5),
             _ => panic!("a success is remembered across a restart"),

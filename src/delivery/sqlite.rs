@@ -30,8 +30,8 @@ use serde::Serialize;
 
 use super::table::Last;
 use super::{
-    Key, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart, StoredPush, StoredState,
-    StoredUpdate, StoredWork,
+    KeptPush, Key, Message, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart,
+    StoredPush, StoredState, StoredUpdate, StoredWork,
 };
 use crate::runner::orphans;
 
@@ -135,6 +135,31 @@ CREATE TABLE stored (
 );
 CREATE INDEX stored_by_state ON stored (state, updated_at);
 ",
+    // `keep_bodies`: the pushes that matched a hook, for `cmqhook replay`: the message body
+    // (bytes as received), the raw envelope when a hook reads it and it differs from the
+    // body, what rebuilds the `CMQ_*` environment, and `hooks`, the names of the hooks that
+    // matched it (a JSON array). One row per message id and origin (topic, subscription,
+    // path): a CMQ retry replaces the row of its first push.
+    r"
+CREATE TABLE bodies (
+    id           INTEGER PRIMARY KEY,
+    msg_id       TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    request_id   TEXT,
+    path         TEXT NOT NULL,
+    format       TEXT NOT NULL,
+    topic        TEXT,
+    subscription TEXT,
+    topic_owner  TEXT,
+    publish_time TEXT,
+    tags         TEXT NOT NULL,
+    hooks        TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    envelope     BLOB
+);
+CREATE INDEX bodies_by_message ON bodies (msg_id, id);
+CREATE INDEX bodies_by_time ON bodies (received_at);
+",
 ];
 
 /// At most this many records go into one transaction.
@@ -237,6 +262,11 @@ enum Record {
         update: StoredUpdate,
     },
     Ended(Box<Ended>),
+    /// The body of a push that matched a hook (`keep_bodies`).
+    Kept {
+        at: SystemTime,
+        push: Box<KeptPush>,
+    },
     Push {
         at: SystemTime,
         push: Box<PushRecord>,
@@ -313,7 +343,10 @@ impl Record {
         match self {
             Record::Ended(ended) => ended.tell(committed),
             Record::Store { on_commit, .. } => on_commit(committed),
-            Record::Started { .. } | Record::StoredState { .. } | Record::Push { .. } => {}
+            Record::Started { .. }
+            | Record::StoredState { .. }
+            | Record::Kept { .. }
+            | Record::Push { .. } => {}
         }
     }
 }
@@ -328,6 +361,7 @@ impl Journal {
         path: &Path,
         keep: Duration,
         keep_dead: Duration,
+        keep_bodies: Option<Duration>,
         orphan_grace: Duration,
     ) -> Result<Journal, JournalError> {
         let sqlite = |source| JournalError::Sqlite {
@@ -362,6 +396,7 @@ impl Journal {
             health: Arc::clone(&health),
             keep,
             keep_dead,
+            keep_bodies,
         };
         let writer = std::thread::Builder::new()
             .name("cmqhook-journal".to_owned())
@@ -433,6 +468,120 @@ impl Journal {
             at: SystemTime::now(),
             update,
         });
+    }
+
+    /// Keeps the body of a push that matched a hook (`keep_bodies`), replacing an earlier
+    /// push of the message from the same origin.
+    pub fn record_kept(&self, push: KeptPush) {
+        self.send(Record::Kept {
+            at: SystemTime::now(),
+            push: Box::new(push),
+        });
+    }
+
+    /// The latest kept push of `msg_id` not older than `within` (`None`: bodies are not kept);
+    /// else the body the stored message (`hook`, if given) still holds, as a push that ran
+    /// only its hook (its body then is that hook's stdin, also as its envelope).
+    pub fn kept(
+        &self,
+        msg_id: &str,
+        hook: Option<&str>,
+        within: Option<Duration>,
+    ) -> Result<Option<KeptPush>, String> {
+        let reader = self.reader();
+        let found = within
+            .map(|within| {
+                reader
+                    .prepare_cached(
+                        "SELECT msg_id, request_id, path, format, topic, subscription,
+                                topic_owner, publish_time, tags, hooks, body, envelope
+                         FROM bodies WHERE msg_id = ?1 AND received_at >= ?2
+                         ORDER BY id DESC LIMIT 1",
+                    )?
+                    .query_row(params![msg_id, timestamp(ago(within))], |row| {
+                        let hooks: String = row.get(9)?;
+                        Ok(KeptPush {
+                            message: message(row, 0)?,
+                            hooks: serde_json::from_str(&hooks).unwrap_or_default(),
+                            body: bytes::Bytes::from(row.get::<_, Vec<u8>>(10)?),
+                            envelope: row.get::<_, Option<Vec<u8>>>(11)?.map(bytes::Bytes::from),
+                        })
+                    })
+                    .optional()
+            })
+            .transpose()
+            .map(Option::flatten)
+            .and_then(|found| match found {
+                Some(found) => Ok(Some(found)),
+                None => reader
+                    .prepare_cached(
+                        "SELECT msg_id, request_id, path, format, topic, subscription,
+                                topic_owner, publish_time, tags, hook, body
+                         FROM stored WHERE msg_id = ?1 AND (?2 IS NULL OR hook = ?2)
+                         ORDER BY id DESC LIMIT 1",
+                    )?
+                    .query_row(params![msg_id, hook], |row| {
+                        let stdin = row
+                            .get::<_, Option<Vec<u8>>>(10)?
+                            .map(bytes::Bytes::from)
+                            .unwrap_or_default();
+                        Ok(KeptPush {
+                            message: message(row, 0)?,
+                            hooks: vec![row.get(9)?],
+                            body: stdin.clone(),
+                            envelope: Some(stdin),
+                        })
+                    })
+                    .optional(),
+            });
+        found.map_err(|err| format!("journal look-up failed: {err}"))
+    }
+
+    /// The latest attempt the journal knows of (`hook`, `msg_id`), however old; 0 if none.
+    pub fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
+        self.reader()
+            .prepare_cached(
+                "SELECT MAX(COALESCE((SELECT MAX(attempt) FROM runs
+                                      WHERE hook = ?1 AND msg_id = ?2), 0),
+                            COALESCE((SELECT attempt FROM claims
+                                      WHERE hook = ?1 AND msg_id = ?2), 0),
+                            COALESCE((SELECT attempt FROM stored
+                                      WHERE hook = ?1 AND msg_id = ?2), 0))",
+            )
+            .and_then(|mut statement| {
+                statement.query_row(params![hook, msg_id], |row| row.get::<_, u32>(0))
+            })
+            .map_err(|err| format!("journal look-up failed: {err}"))
+    }
+
+    /// The state and failures of the stored message (`hook`, `msg_id`), if there is one.
+    pub fn stored_progress(
+        &self,
+        hook: &str,
+        msg_id: &str,
+    ) -> Result<Option<(StoredState, u32)>, String> {
+        let found = self
+            .reader()
+            .prepare_cached("SELECT state, failures FROM stored WHERE hook = ?1 AND msg_id = ?2")
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![hook, msg_id], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?))
+                    })
+                    .optional()
+            })
+            .map_err(|err| format!("journal look-up failed: {err}"))?;
+        found
+            .map(|(state, failures)| {
+                StoredState::parse(&state)
+                    .map(|state| (state, failures))
+                    .ok_or_else(|| {
+                        format!(
+                            "journal holds a stored state this cmqhook does not know: `{state}`"
+                        )
+                    })
+            })
+            .transpose()
     }
 
     /// The state of the stored message (`hook`, `msg_id`), unless it is done since longer
@@ -745,33 +894,56 @@ fn resumable(connection: &Connection) -> rusqlite::Result<Vec<StoredWork>> {
         params![now],
     )?;
     let mut statement = connection.prepare(
-        "SELECT hook, msg_id, attempt, failures, next_at, request_id, path, format, topic,
-                subscription, topic_owner, publish_time, tags, body
+        "SELECT hook, msg_id, request_id, path, format, topic, subscription, topic_owner,
+                publish_time, tags, attempt, failures, next_at, body
          FROM stored WHERE state IN ('queued', 'waiting') ORDER BY next_at, id",
     )?;
     let rows = statement.query_map([], |row| {
-        let next_at: String = row.get(4)?;
+        let next_at: String = row.get(12)?;
         let due = humantime::parse_rfc3339(&next_at).unwrap_or_else(|_| SystemTime::now());
         Ok(StoredWork {
-            attempt: row.get(2)?,
-            failures: row.get(3)?,
+            attempt: row.get(10)?,
+            failures: row.get(11)?,
             due,
             push: Arc::new(StoredPush {
                 hook: row.get(0)?,
-                msg_id: row.get(1)?,
-                request_id: row.get(5)?,
-                path: row.get(6)?,
-                format: row.get(7)?,
-                topic: row.get(8)?,
-                subscription: row.get(9)?,
-                topic_owner: row.get(10)?,
-                publish_time: row.get(11)?,
-                tags: row.get(12)?,
+                message: message(row, 1)?,
                 stdin: row.get::<_, Option<Vec<u8>>>(13)?.map(bytes::Bytes::from),
             }),
         })
     })?;
     rows.collect()
+}
+
+/// A [`Message`] from the columns `msg_id, request_id, path, format, topic, subscription,
+/// topic_owner, publish_time, tags`, the first at index `first`.
+fn message(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Message> {
+    Ok(Message {
+        msg_id: row.get(first)?,
+        request_id: row.get(first + 1)?,
+        path: row.get::<_, Option<String>>(first + 2)?.unwrap_or_default(),
+        format: row.get(first + 3)?,
+        topic: row.get(first + 4)?,
+        subscription: row.get(first + 5)?,
+        topic_owner: row.get(first + 6)?,
+        publish_time: row.get(first + 7)?,
+        tags: row.get(first + 8)?,
+    })
+}
+
+/// A [`Message`]'s columns, in the order [`message`] reads them.
+fn message_values(message: &Message) -> [&dyn ToSql; 9] {
+    [
+        &message.msg_id,
+        &message.request_id,
+        &message.path,
+        &message.format,
+        &message.topic,
+        &message.subscription,
+        &message.topic_owner,
+        &message.publish_time,
+        &message.tags,
+    ]
 }
 
 /// The writer thread's state.
@@ -787,6 +959,8 @@ struct Writer {
     health: Arc<Health>,
     keep: Duration,
     keep_dead: Duration,
+    /// `None`: no body is kept.
+    keep_bodies: Option<Duration>,
 }
 
 impl Writer {
@@ -823,7 +997,12 @@ impl Writer {
                 self.check_file();
             }
             if last_prune.elapsed() >= PRUNE_EVERY && self.file_ok {
-                prune(&self.connection, self.keep, self.keep_dead);
+                prune(
+                    &self.connection,
+                    self.keep,
+                    self.keep_dead,
+                    self.keep_bodies,
+                );
                 last_prune = Instant::now();
             }
             if pending.is_empty() {
@@ -1034,10 +1213,10 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         let mut store = transaction.prepare_cached(
-            "INSERT INTO stored (hook, msg_id, state, attempt, failures, next_at, received_at,
-                                 updated_at, request_id, path, format, topic, subscription,
-                                 topic_owner, publish_time, tags, body)
-             VALUES (?1, ?2, 'queued', 0, 0, ?3, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+            "INSERT INTO stored (msg_id, request_id, path, format, topic, subscription,
+                                 topic_owner, publish_time, tags, hook, body, state, attempt,
+                                 failures, next_at, received_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued', 0, 0, ?12, ?12, ?12)
              ON CONFLICT (hook, msg_id) DO UPDATE SET
                  state = 'queued', attempt = 0, failures = 0, next_at = excluded.next_at,
                  received_at = excluded.received_at, updated_at = excluded.updated_at,
@@ -1045,6 +1224,16 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
                  format = excluded.format, topic = excluded.topic,
                  subscription = excluded.subscription, topic_owner = excluded.topic_owner,
                  publish_time = excluded.publish_time, tags = excluded.tags, body = excluded.body",
+        )?;
+        let mut forget_kept = transaction.prepare_cached(
+            "DELETE FROM bodies WHERE msg_id = ?1 AND topic IS ?2 AND subscription IS ?3
+                                  AND path = ?4",
+        )?;
+        let mut keep = transaction.prepare_cached(
+            "INSERT INTO bodies (msg_id, request_id, path, format, topic, subscription,
+                                 topic_owner, publish_time, tags, hooks, body, envelope,
+                                 received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         let mut stored_state = transaction.prepare_cached(
             "UPDATE stored SET state = ?3, attempt = ?4, failures = ?5,
@@ -1069,20 +1258,10 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
             match record {
                 Record::Store { at, push: p, .. } => {
                     let at = timestamp(*at);
-                    store.execute(params![
-                        p.hook,
-                        p.msg_id,
-                        at,
-                        p.request_id,
-                        p.path,
-                        p.format,
-                        p.topic,
-                        p.subscription,
-                        p.topic_owner,
-                        p.publish_time,
-                        p.tags,
-                        p.stdin.as_deref()
-                    ])?;
+                    let tail: [&dyn ToSql; 3] = [&p.hook, &p.stdin.as_deref(), &at];
+                    store.execute(params_from_iter(
+                        message_values(&p.message).into_iter().chain(tail),
+                    ))?;
                 }
                 Record::StoredState { at, update } => {
                     update_stored(&timestamp(*at), update)?;
@@ -1137,6 +1316,16 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
                             finished_at
                         ])?;
                     }
+                }
+                Record::Kept { at, push: p } => {
+                    let m = &p.message;
+                    forget_kept.execute(params![m.msg_id, m.topic, m.subscription, m.path])?;
+                    let hooks =
+                        serde_json::to_string(&p.hooks).expect("a list of strings is always JSON");
+                    let at = timestamp(*at);
+                    let tail: [&dyn ToSql; 4] =
+                        [&hooks, &p.body.as_ref(), &p.envelope.as_deref(), &at];
+                    keep.execute(params_from_iter(message_values(m).into_iter().chain(tail)))?;
                 }
                 Record::Push { at, push: record } => {
                     let at = timestamp(*at);
@@ -1197,8 +1386,15 @@ impl ToSql for Outcome {
     }
 }
 
-fn prune(connection: &Connection, keep: Duration, keep_dead: Duration) {
+fn prune(
+    connection: &Connection,
+    keep: Duration,
+    keep_dead: Duration,
+    keep_bodies: Option<Duration>,
+) {
     let before_dead = timestamp(ago(keep_dead));
+    // `keep_bodies = "off"`: none is kept, not even those an earlier setting kept.
+    let before_bodies = timestamp(keep_bodies.map_or_else(SystemTime::now, ago));
     let Some(before) = SystemTime::now().checked_sub(keep) else {
         return;
     };
@@ -1219,7 +1415,11 @@ fn prune(connection: &Connection, keep: Duration, keep_dead: Duration) {
                                        OR (state = 'dead' AND updated_at < ?2)",
                 params![before, before_dead],
             )?;
-            Ok(runs + pushes + claims + stored)
+            let bodies = connection.execute(
+                "DELETE FROM bodies WHERE received_at < ?1",
+                params![before_bodies],
+            )?;
+            Ok(runs + pushes + claims + stored + bodies)
         });
     match pruned {
         Ok(0) => {}
@@ -1444,8 +1644,8 @@ mod tests {
     fn a_second_owner_is_refused_and_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.db");
-        let first = Journal::open(&path, DAY, DAY, Duration::ZERO).expect("open");
-        let err = Journal::open(&path, DAY, DAY, Duration::ZERO)
+        let first = Journal::open(&path, DAY, DAY, None, Duration::ZERO).expect("open");
+        let err = Journal::open(&path, DAY, DAY, None, Duration::ZERO)
             .err()
             .expect("refused");
         assert!(
@@ -1454,14 +1654,15 @@ mod tests {
         );
         first.close();
         drop(first);
-        Journal::open(&path, DAY, DAY, Duration::ZERO).expect("free again once the owner is gone");
+        Journal::open(&path, DAY, DAY, None, Duration::ZERO)
+            .expect("free again once the owner is gone");
     }
 
     #[test]
     fn a_newer_schema_is_used_if_it_says_it_is_compatible_and_refused_if_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.db");
-        drop(Journal::open(&path, DAY, DAY, Duration::ZERO).expect("create"));
+        drop(Journal::open(&path, DAY, DAY, None, Duration::ZERO).expect("create"));
         let newer = |compatible_from: usize| {
             let connection = Connection::open(&path).expect("open");
             connection
@@ -1475,10 +1676,11 @@ mod tests {
                 .expect("meta");
         };
         newer(MIGRATIONS.len());
-        let journal = Journal::open(&path, DAY, DAY, Duration::ZERO).expect("additive: usable");
+        let journal =
+            Journal::open(&path, DAY, DAY, None, Duration::ZERO).expect("additive: usable");
         drop(journal);
         newer(MIGRATIONS.len() + 1);
-        let err = Journal::open(&path, DAY, DAY, Duration::ZERO)
+        let err = Journal::open(&path, DAY, DAY, None, Duration::ZERO)
             .err()
             .expect("breaking: refused");
         assert!(matches!(err, JournalError::TooNew { .. }), "{err}");
@@ -1499,7 +1701,7 @@ mod tests {
             )
             .expect("rows");
         drop(connection);
-        let journal = Journal::open(&path, DAY, DAY, Duration::ZERO).expect("migrate");
+        let journal = Journal::open(&path, DAY, DAY, None, Duration::ZERO).expect("migrate");
         let last = journal.last("deploy", "m1", DAY).expect("look-up");
         assert_eq!(
             last,

@@ -8,6 +8,7 @@
 //! `Hook` × `Push` to the plain command the [`runner`](crate::runner) runs. Knows nothing of
 //! HTTP: the status code is `http`'s choice, made from [`Verdict`] or [`Refusal`].
 
+mod replay;
 mod slots;
 mod stored;
 
@@ -379,6 +380,9 @@ impl Dispatcher {
                     tags: push.tags,
                 })),
             };
+        }
+        if config.server.keep_bodies.is_some() {
+            self.keep(&push, &path, &hooks);
         }
         let started = tokio::time::Instant::now();
         let deadline = started + config.server.respond_within;

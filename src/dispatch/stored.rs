@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{Active, Dispatcher, Pending, facts, run_spec};
-use crate::cmq::{Format, Push};
+use crate::cmq::Push;
 use crate::config::Hook;
 use crate::delivery::{
     Outcome, RunResult, RunStart, StoredPush, StoredState, StoredUpdate, StoredWork, Storing,
@@ -29,18 +29,9 @@ impl Dispatcher {
         msg_id: &str,
         dedup_for: Duration,
     ) -> Pending {
-        let facts = facts(push, path);
         let stored = StoredPush {
             hook: hook.name.clone(),
-            msg_id: msg_id.to_owned(),
-            request_id: facts.request_id,
-            path: facts.path,
-            format: push.format.as_str().to_owned(),
-            topic: facts.topic,
-            subscription: facts.subscription,
-            topic_owner: push.topic_owner.clone(),
-            publish_time: push.publish_time.clone(),
-            tags: facts.tags,
+            message: super::replay::message_of(push, path, msg_id),
             stdin: super::stdin_of(hook, push),
         };
         match self.deliveries.store(stored, dedup_for) {
@@ -99,7 +90,7 @@ impl Dispatcher {
     /// One stored message's runs until it is done or dead, or this process stops.
     async fn run_stored(self: Arc<Self>, mut work: StoredWork) {
         let name = work.push.hook.clone();
-        let msg_id = work.push.msg_id.clone();
+        let msg_id = work.push.message.msg_id.clone();
         let pending = metrics().stored_pending.with_label_values(&[&name]);
         loop {
             pending.inc();
@@ -117,7 +108,7 @@ impl Dispatcher {
             let start = RunStart {
                 hook: name.clone(),
                 attempt,
-                push: facts(&push, &work.push.path),
+                push: facts(&push, &work.push.message.path),
             };
             let run_id = self.deliveries.new_run_id();
             let mut handle = self.deliveries.begin_stored(run_id, start, work.failures);
@@ -225,7 +216,7 @@ impl Dispatcher {
         else {
             tracing::warn!(
                 hook = %work.push.hook,
-                msg_id = %work.push.msg_id,
+                msg_id = %work.push.message.msg_id,
                 "stored work of a hook that is no longer configured stays in the journal"
             );
             return None;
@@ -241,27 +232,5 @@ impl Dispatcher {
 
 /// A push with what `stored` kept: the `CMQ_*` environment and stdin of the original.
 fn rebuilt(stored: &StoredPush) -> Push {
-    let tags = stored
-        .tags
-        .split(',')
-        .filter(|tag| !tag.is_empty())
-        .map(str::to_owned)
-        .collect();
-    Push {
-        path: stored.path.clone(),
-        format: if stored.format == Format::Json.as_str() {
-            Format::Json
-        } else {
-            Format::Simplified
-        },
-        msg_id: Some(stored.msg_id.clone()),
-        request_id: stored.request_id.clone(),
-        tags,
-        topic: stored.topic.clone(),
-        subscription: stored.subscription.clone(),
-        topic_owner: stored.topic_owner.clone(),
-        publish_time: stored.publish_time.clone(),
-        body: bytes::Bytes::new(),
-        envelope: bytes::Bytes::new(),
-    }
+    super::replay::push_of(&stored.message, bytes::Bytes::new(), None)
 }

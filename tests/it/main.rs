@@ -11,5 +11,6 @@ mod operations;
 mod postgres;
 mod properties;
 mod push;
+mod replay;
 mod security;
 mod stored;

@@ -1,0 +1,233 @@
+//! `keep_bodies` and `cmqhook replay` (SPEC §9): a kept push runs again as `serve` ran it,
+//! byte for byte, as the next attempt, journaled; a dead stored message is revived by it.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// `cmqhook replay -c hooks.toml --msg-id MSG_ID ARGS`: (exit code, stdout, stderr).
+fn replay(dir: &Dir, msg_id: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let config = dir.config_file();
+    let mut all = vec![
+        "replay",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+        "--msg-id",
+        msg_id,
+    ];
+    all.extend_from_slice(args);
+    let output = cmqhook(&all, b"");
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// The `CMQ_*` variables of a run, sorted.
+fn cmq_vars(run: &Run) -> Vec<(String, String)> {
+    let mut vars: Vec<_> = run
+        .env
+        .iter()
+        .filter(|(name, _)| name.starts_with("CMQ_"))
+        .cloned()
+        .collect();
+    vars.sort();
+    vars
+}
+
+/// The message ids of the rows of the journal's `bodies` table.
+fn kept_ids(dir: &Dir) -> Vec<String> {
+    let db = rusqlite::Connection::open(dir.file("cmqhook.db")).expect("open the journal");
+    let mut statement = db
+        .prepare("SELECT msg_id FROM bodies ORDER BY id")
+        .expect("bodies table");
+    statement
+        .query_map([], |row| row.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn replay_runs_a_kept_binary_body_again_byte_exact_as_the_next_attempt() {
+    let dir = Dir::new();
+    let mut server = Server::start(
+        &dir,
+        &config("keep_bodies = \"1d\"", &dir.recorder_hook("any")),
+    );
+    let raw: Vec<u8> = (0..=255u8).chain([0, 0xff, 0xc3, 0x28, 0]).collect();
+    let headers = [
+        ("x-cmq-message-id", "b1"),
+        ("x-cmq-request-id", "77"),
+        ("x-cmq-message-tag", "x, y"),
+    ];
+    assert_eq!(server.post("/raw", &headers, &raw).status, 200);
+    assert_eq!(server.stop(), Some(0));
+    let (code, stdout, stderr) = replay(&dir, "b1", &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("any: succeeded"), "{stdout}");
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 2);
+    let (first, again) = (&runs[0], &runs[1]);
+    assert_eq!(again.stdin, raw);
+    assert_eq!(first.stdin, raw);
+    assert_eq!(cmq_vars(again), cmq_vars(first));
+    again.assert_vars(&[
+        ("CMQ_MSG_ID", "b1"),
+        ("CMQ_REQUEST_ID", "77"),
+        ("CMQ_TAGS", "x,y"),
+        ("CMQ_FORMAT", "simplified"),
+        ("CMQHOOK_HOOK", "any"),
+        ("CMQHOOK_ATTEMPT", "2"),
+        ("CMQHOOK_REPLAY", "1"),
+    ]);
+    assert_eq!(first.var("CMQHOOK_ATTEMPT"), Some("1"));
+    assert_eq!(first.var("CMQHOOK_REPLAY"), None);
+    let rows = dir.history(&["--msg-id", "b1"]);
+    let attempts: Vec<_> = rows
+        .iter()
+        .map(|row| (row["attempt"].as_u64(), row["outcome"].as_str()))
+        .collect();
+    assert_eq!(
+        attempts,
+        [(Some(2), Some("succeeded")), (Some(1), Some("succeeded"))]
+    );
+}
+
+#[test]
+fn replay_without_a_kept_body_fails_and_names_keep_bodies() {
+    let dir = Dir::new();
+    let mut server = Server::start(&dir, &config("", &dir.recorder_hook("any")));
+    assert_eq!(server.post_seed("/", "n1").status, 200);
+    assert_eq!(server.stop(), Some(0));
+    let (code, stdout, stderr) = replay(&dir, "n1", &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("keep_bodies"), "{stderr}");
+    // Kept, but not this message.
+    dir.write_config(&config("keep_bodies = \"1d\"", &dir.recorder_hook("any")));
+    let (code, _, stderr) = replay(&dir, "never-seen", &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("keep_bodies"), "{stderr}");
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn replay_is_refused_while_a_serve_holds_the_journal() {
+    let dir = Dir::new();
+    let server = Server::start(
+        &dir,
+        &config("keep_bodies = \"1d\"", &dir.recorder_hook("any")),
+    );
+    assert_eq!(server.post_seed("/", "h1").status, 200);
+    let (code, _, stderr) = replay(&dir, "h1", &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("a serve (pid {}) holds the journal", server.pid())),
+        "{stderr}"
+    );
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn replay_with_hook_runs_only_that_hook() {
+    let dir = Dir::new();
+    let hooks = format!("{}\n{}", dir.recorder_hook("a"), dir.recorder_hook("b"));
+    let mut server = Server::start(&dir, &config("keep_bodies = \"1d\"", &hooks));
+    assert_eq!(server.post_seed("/", "o1").status, 200);
+    assert_eq!(server.stop(), Some(0));
+    let (code, stdout, stderr) = replay(&dir, "o1", &["--hook", "b"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("b: succeeded") && !stdout.contains("a:"),
+        "{stdout}"
+    );
+    let replayed: Vec<_> = dir
+        .recorded()
+        .into_iter()
+        .filter(|run| run.var("CMQHOOK_REPLAY") == Some("1"))
+        .collect();
+    assert_eq!(replayed.len(), 1);
+    replayed[0].assert_vars(&[("CMQHOOK_HOOK", "b"), ("CMQHOOK_ATTEMPT", "2")]);
+    assert_eq!(replayed[0].stdin, b"test message");
+    // Without --hook: every hook that ran it.
+    let (code, stdout, _) = replay(&dir, "o1", &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("a: succeeded") && stdout.contains("b: succeeded"));
+    assert_eq!(dir.recorded().len(), 5);
+}
+
+#[test]
+fn replaying_a_dead_stored_message_revives_it() {
+    let dir = Dir::new();
+    let ok = dir.file("ok");
+    let command = format!(
+        "[ -e {ok} ] || exit 1; {record}",
+        ok = ok.display(),
+        record = dir.record(0)
+    );
+    let config = config(
+        "keep_bodies = \"1d\"",
+        &format!("[hooks.job]\nack = \"stored\"\nretry = []\ncommand = '{command}'"),
+    );
+    let mut server = Server::start(&dir, &config);
+    assert_eq!(server.post_seed("/", "d1").status, 200);
+    let mut dead = Vec::new();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            dead = dir.history(&["--dead"]);
+            dead.len() == 1
+        }),
+        "{dead:#?}"
+    );
+    assert_eq!(server.stop(), Some(0));
+    std::fs::write(&ok, b"").expect("let it succeed");
+    let (code, stdout, stderr) = replay(&dir, "d1", &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("job: succeeded"), "{stdout}");
+    assert!(dir.history(&["--dead"]).is_empty());
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 1);
+    runs[0].assert_vars(&[
+        ("CMQ_MSG_ID", "d1"),
+        ("CMQ_TOPIC", "MyTopic"),
+        ("CMQHOOK_ATTEMPT", "2"),
+        ("CMQHOOK_REPLAY", "1"),
+    ]);
+    assert_eq!(runs[0].stdin, b"test message");
+    // Done now: CMQ's retry runs nothing.
+    let server = Server::start(&dir, &config);
+    let retry = server.post_seed("/", "d1");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["results"][0]["outcome"], "succeeded");
+    assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+fn kept_bodies_are_pruned_after_keep_bodies_and_unmatched_pushes_keep_none() {
+    let dir = Dir::new();
+    let hooks = format!(
+        "[hooks.m]\npath = \"/matched\"\ncommand = '{}'",
+        dir.record(0)
+    );
+    let config = config("keep_bodies = \"1s\"", &hooks);
+    let mut server = Server::start(&dir, &config);
+    assert_eq!(server.post_seed("/other", "u1").status, 404);
+    assert_eq!(server.post_seed("/matched", "m1").status, 200);
+    assert_eq!(server.stop(), Some(0));
+    assert_eq!(kept_ids(&dir), ["m1"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, _, stderr) = replay(&dir, "m1", &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("keep_bodies"), "{stderr}");
+    // A start prunes what is older than keep_bodies.
+    let _server = Server::start(&dir, &config);
+    let mut kept = vec![String::new()];
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            kept = kept_ids(&dir);
+            kept.is_empty()
+        }),
+        "{kept:?}"
+    );
+}
