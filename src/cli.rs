@@ -429,7 +429,11 @@ fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
                     say!("{}: matches", hook.name)?;
                 }
                 // A secret `path` is shown as `${NAME}`, as everywhere.
-                Err(why) => say!("{}: {}", hook.name, config.redact(&why.to_string()))?,
+                Err(why) => say!(
+                    "{}: {}",
+                    hook.name,
+                    why.describe(|text| config.redact(text))
+                )?,
             }
         }
         matched
@@ -453,21 +457,22 @@ fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
 
 /// `no hook matches this push: …`, naming what `push` carried (secrets redacted).
 fn no_match(config: &Config, push: &Push) -> String {
-    let mut carried = vec![format!("path {:?}", push.path)];
+    // Each value redacted before it is quoted: escaping may change how a secret is spelled.
+    let shown = |text: &str| config.redact(text).into_owned();
+    let mut carried = vec![format!("path {:?}", shown(&push.path))];
     match (&push.topic, &push.subscription) {
         (Some(topic), Some(subscription)) => {
-            carried.push(format!("topic {topic:?}"));
-            carried.push(format!("subscription {subscription:?}"));
+            carried.push(format!("topic {:?}", shown(topic)));
+            carried.push(format!("subscription {:?}", shown(subscription)));
         }
         _ => carried.push("SIMPLIFIED (no topic or subscription)".to_owned()),
     }
     carried.push(if push.tags.is_empty() {
         "no tags".to_owned()
     } else {
-        format!("tags [{}]", push.tags.join(", "))
+        format!("tags [{}]", shown(&push.tags.join(", ")))
     });
-    let message = format!("no hook matches this push: {}", carried.join(", "));
-    config.redact(&message).into_owned()
+    format!("no hook matches this push: {}", carried.join(", "))
 }
 
 fn run(args: &RunArgs) -> Result<ExitCode, CliError> {

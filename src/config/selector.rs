@@ -157,16 +157,22 @@ pub enum Mismatch<'a> {
     },
 }
 
-impl fmt::Display for Mismatch<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Mismatch<'_> {
+    /// The reason, with every value passed through `shown` (redaction) before it is quoted, so
+    /// that a secret is hidden before escaping could change how it is spelled.
+    pub fn describe<'t>(&self, shown: impl Fn(&'t str) -> std::borrow::Cow<'t, str>) -> String
+    where
+        Self: 't,
+    {
         match *self {
-            Mismatch::Path { pushed, wanted } => write!(f, "path {pushed:?} is not {wanted:?}"),
+            Mismatch::Path { pushed, wanted } => {
+                format!("path {:?} is not {:?}", shown(pushed), shown(wanted))
+            }
             Mismatch::Name {
                 selector,
                 pushed: None,
                 wanted,
-            } => write!(
-                f,
+            } => format!(
                 "the push has no {selector} (SIMPLIFIED), so it cannot match {:?}",
                 wanted.to_string()
             ),
@@ -179,15 +185,24 @@ impl fmt::Display for Mismatch<'_> {
                     Pattern::Exact(_) => "is not",
                     Pattern::Glob(_) => "does not match",
                 };
-                write!(f, "{selector} {pushed:?} {verb} {:?}", wanted.to_string())
+                format!(
+                    "{selector} {:?} {verb} {:?}",
+                    shown(pushed),
+                    wanted.to_string()
+                )
             }
-            Mismatch::Tags { pushed, wanted } => write!(
-                f,
+            Mismatch::Tags { pushed, wanted } => format!(
                 "tags [{}] carry none of [{}]",
                 pushed.join(", "),
                 wanted.join(", ")
             ),
         }
+    }
+}
+
+impl fmt::Display for Mismatch<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(std::borrow::Cow::Borrowed))
     }
 }
 

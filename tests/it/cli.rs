@@ -770,3 +770,35 @@ fn a_bad_listen_shows_the_expected_form() {
     let output = cmqhook(&["check", "-c", config.to_str().expect("utf-8")], b"");
     exited(&output, 1, &["server.listen", "`9000`", "`127.0.0.1:9000`"]);
 }
+
+#[test]
+fn route_hides_a_secret_that_escaping_would_respell() {
+    let dir = Dir::new();
+    let config = dir.write_config(EXPLAINED);
+    // A quote and a backslash are escaped when quoted: the secret must be hidden first.
+    let secret = r#"s3"cr\3t-part"#;
+    let run = |args: &[&str]| {
+        let mut all = vec!["route", "-c", config.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        let mut command = cmqhook_command(&all);
+        command.env("EXPLAIN_SECRET", secret);
+        output_of(command, b"")
+    };
+    let explained = run(&["--path", "/q", "--explain"]);
+    assert!(
+        both(&explained).contains(r#"secret: path "/q" is not "/cmq/${EXPLAIN_SECRET}""#),
+        "{}",
+        both(&explained)
+    );
+    let pushed = format!("/cmq/{secret}/other");
+    let unmatched = run(&["--path", &pushed, "--topic", "t", "--subscription", "s"]);
+    for output in [&explained, &unmatched] {
+        let shown = both(output);
+        assert!(!shown.contains("s3") && !shown.contains("cr\\"), "{shown}");
+    }
+    assert!(
+        both(&unmatched).contains(r#"path "/cmq/${EXPLAIN_SECRET}/other""#),
+        "{}",
+        both(&unmatched)
+    );
+}
