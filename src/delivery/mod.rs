@@ -459,18 +459,27 @@ impl Deliveries {
     }
 
     /// A PostgreSQL database at `url`, shared with other instances; this one is `instance`.
-    /// Does not wait for the database (see [`postgres::Postgres::open`]).
+    /// Dead stored messages are kept for `keep_dead`. Does not wait for the database (see
+    /// [`postgres::Postgres::open`]).
     pub fn open_postgres(
         url: &str,
         instance: &str,
         lease: Duration,
         keep: Duration,
+        keep_dead: Duration,
         orphan_grace: Duration,
         secrets: crate::secrets::Secrets,
     ) -> Result<Deliveries, JournalError> {
         let boot = sqlite::new_token();
-        let journal =
-            postgres::Postgres::open(url, instance, &boot, lease, keep, orphan_grace, secrets)?;
+        let journal = postgres::Postgres::open(
+            url,
+            instance,
+            &boot,
+            lease,
+            (keep, keep_dead),
+            orphan_grace,
+            secrets,
+        )?;
         Ok(Deliveries::over(
             Table::new(16, None),
             Store::Postgres(journal),

@@ -7,6 +7,11 @@
 //! by the database's clock and renewed by its owner every lease/3; an instance that died leaves
 //! claims whose lease runs out, and the next push of such a message, anywhere, runs it again.
 //!
+//! Stored work (`ack = "stored"`) lives in `cmqhook_stored`, one row per (hook, message id):
+//! stored by one `INSERT … ON CONFLICT` statement, taken by any instance with `FOR UPDATE
+//! SKIP LOCKED` when due, run under a lease renewed with the claims', and resumed by any
+//! instance once that lease ran out.
+//!
 //! Everything here runs on a runtime of its own (one thread), so that its connections do not
 //! depend on which HTTP worker first used them; callers await its tasks from their own
 //! runtimes. Until the database answers, nothing may start (fail closed): [`Postgres::health`]
@@ -189,6 +194,8 @@ struct State {
     owner: Owner,
     lease: Duration,
     keep: Duration,
+    /// How long dead stored messages are kept.
+    keep_dead: Duration,
     orphan_grace: Duration,
     /// `Err(reason)` while the database cannot be used.
     health: Mutex<Result<(), String>>,
@@ -260,7 +267,7 @@ impl Postgres {
         instance: &str,
         boot: &str,
         lease: Duration,
-        keep: Duration,
+        (keep, keep_dead): (Duration, Duration),
         orphan_grace: Duration,
         secrets: Secrets,
     ) -> Result<Postgres, JournalError> {
@@ -302,6 +309,7 @@ impl Postgres {
             },
             lease,
             keep,
+            keep_dead,
             orphan_grace,
             health: Mutex::new(Err(NOT_CONNECTED.to_owned())),
             ready: AtomicBool::new(false),
@@ -1250,8 +1258,9 @@ impl State {
         }
         self.execute(
             "DELETE FROM cmqhook_stored
-             WHERE state = 'done' AND updated_at < now() - $1::float8 * interval '1 second'",
-            &[&keep],
+             WHERE (state = 'done' AND updated_at < now() - $1::float8 * interval '1 second')
+                OR (state = 'dead' AND updated_at < now() - $2::float8 * interval '1 second')",
+            &[&keep, &seconds(self.keep_dead)],
         )
         .await?;
         self.execute(
@@ -1436,6 +1445,9 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
             return Ok(Vec::new());
         }
         let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        if filter.dead {
+            return dead(&client, filter, limit).await.map_err(unreachable);
+        }
         const AT: &str =
             "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
         let runs = client
@@ -1531,6 +1543,55 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
             .await
             .unwrap_or_else(|_| Err(failed("journal unreachable: no answer in time".to_owned())))
     })
+}
+
+/// The dead stored messages of every instance, latest death first: `at` is when it died,
+/// `outcome` its last run's outcome, `attempt` its last attempt.
+async fn dead(
+    client: &tokio_postgres::Client,
+    filter: &HistoryFilter,
+    limit: i64,
+) -> Result<Vec<HistoryRow>, tokio_postgres::Error> {
+    // A schema older than the stored work's has nothing dead.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('cmqhook_stored') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                    hook, msg_id, request_id, path, topic, subscription, tags, attempt,
+                    COALESCE(last_outcome, ''), instance
+             FROM cmqhook_stored
+             WHERE state = 'dead' AND ($1::text IS NULL OR hook = $1)
+               AND ($2::text IS NULL OR msg_id = $2)
+             ORDER BY updated_at DESC, hook, msg_id LIMIT $3",
+            &[&filter.hook, &filter.msg_id, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| HistoryRow {
+            at: row.get(0),
+            kind: "dead",
+            hook: row.get(1),
+            msg_id: row.get(2),
+            request_id: row.get(3),
+            path: row.get(4),
+            topic: row.get(5),
+            subscription: row.get(6),
+            tags: row.get(7),
+            attempt: row
+                .get::<_, Option<i32>>(8)
+                .and_then(|n| u32::try_from(n).ok()),
+            outcome: row.get(9),
+            instance: row.get(10),
+            ..HistoryRow::blank("dead")
+        })
+        .collect())
 }
 
 /// Whether the database at `url` answers, for `check`.

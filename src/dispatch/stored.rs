@@ -3,6 +3,12 @@
 //! its `queue`, never withdrawn), retries a failure or timeout after the hook's `retry`
 //! delays, and declares it dead after the last. An interruption (shutdown) leaves the work in
 //! the journal, to resume at the next start without using up a retry.
+//!
+//! With SQLite the journal hands this process its work ([`crate::delivery::Deliveries::take_stored_work`]),
+//! and a message's task waits for its retries itself. With a shared PostgreSQL database every
+//! instance asks it for due work instead ([`crate::delivery::Deliveries::take_due`]), one attempt at a time,
+//! so that a retry, or a run whose instance died, goes to whichever instance comes first. Both
+//! run an attempt the same way ([`Dispatcher::attempt_stored`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

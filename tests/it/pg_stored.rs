@@ -169,6 +169,15 @@ fn a_stored_message_whose_retries_all_fail_is_dead_once_across_the_fleet() {
         })
         .sum();
     assert_eq!(dead, 1.0);
+    for instance in &fleet {
+        let rows = instance.history(&["--dead"]);
+        assert_eq!(rows.len(), 1, "{}: {rows:#?}", instance.label);
+        assert_eq!(rows[0]["kind"], "dead");
+        assert_eq!(rows[0]["hook"], "job");
+        assert_eq!(rows[0]["msg_id"], "dead-1");
+        assert_eq!(rows[0]["attempt"], 2);
+        assert_eq!(rows[0]["outcome"], "failed");
+    }
     let again = fleet[0].push("dead-1");
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(result(&again)["outcome"], "dead");
