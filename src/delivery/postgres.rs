@@ -1136,14 +1136,19 @@ impl State {
         transaction.commit().await.map_err(unreachable)
     }
 
-    /// The orphan rule (SPEC §5) for this host and instance: the commands of claims that an
-    /// earlier `serve` here left running are killed, and those claims marked `interrupted`.
-    /// Claims of a `serve` still alive (another one with the same label) are left alone.
+    /// The orphan rule (SPEC §5) for this host and instance: the commands of claims and stored
+    /// work that an earlier `serve` here left running are killed, those claims marked
+    /// `interrupted`, and that work queued again at once (resumed, as its next attempt).
+    /// What a `serve` still alive (another one with the same label) holds is left alone.
     async fn take_over_orphans(&self) -> Result<(), String> {
         let rows = self
             .query(
-                "SELECT DISTINCT owner_boot, owner_pid FROM cmqhook_claims
+                "SELECT owner_boot, owner_pid FROM cmqhook_claims
                  WHERE outcome = 'running' AND owner_host = $1 AND instance = $2
+                   AND owner_boot <> $3
+                 UNION
+                 SELECT owner_boot, owner_pid FROM cmqhook_stored
+                 WHERE state = 'running' AND owner_host = $1 AND instance = $2
                    AND owner_boot <> $3",
                 &[&self.owner.host, &self.owner.instance, &self.owner.boot],
             )
@@ -1159,7 +1164,10 @@ impl State {
         let runs: HashSet<(String, i64)> = self
             .query(
                 "SELECT owner_boot, run_id FROM cmqhook_claims
-                 WHERE outcome = 'running' AND owner_boot = ANY($1)",
+                 WHERE outcome = 'running' AND owner_boot = ANY($1)
+                 UNION
+                 SELECT owner_boot, run_id FROM cmqhook_stored
+                 WHERE state = 'running' AND owner_boot = ANY($1)",
                 &[&dead],
             )
             .await?
@@ -1187,10 +1195,34 @@ impl State {
                 &[&dead],
             )
             .await?;
+        let resumed = self
+            .execute(
+                "WITH resumed AS (
+                    UPDATE cmqhook_stored AS s
+                    SET state = 'queued', next_at = now(), updated_at = now(),
+                        lease_until = NULL
+                    FROM cmqhook_stored AS was
+                    WHERE s.hook = was.hook AND s.msg_id = was.msg_id
+                      AND s.state = 'running' AND s.owner_boot = ANY($1)
+                    RETURNING s.hook, s.msg_id, s.request_id, s.path, s.topic, s.subscription,
+                              s.tags, s.attempt, s.instance, was.updated_at AS started_at
+                 )
+                 -- Its run gets its row: the process that ran it cannot write it.
+                 INSERT INTO cmqhook_runs
+                    (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
+                     subscription, tags, attempt, outcome, error)
+                 SELECT COALESCE(instance, ''), started_at, now(), hook, msg_id, request_id,
+                        COALESCE(path, ''), topic, subscription, tags, attempt, 'interrupted',
+                        'its cmqhook stopped while it ran'
+                 FROM resumed",
+                &[&dead],
+            )
+            .await?;
         tracing::warn!(
             claims = interrupted,
+            stored = resumed,
             processes = killed,
-            "claims a previous cmqhook on this host left running are marked interrupted"
+            "claims a previous cmqhook on this host left running are marked interrupted, its stored work resumed"
         );
         Ok(())
     }

@@ -324,3 +324,46 @@ fn a_stored_push_gets_503_while_the_database_is_down_and_is_stored_once_it_is_ba
         "{ran:?}"
     );
 }
+
+#[test]
+fn a_restarted_instance_kills_its_previous_stored_run_and_resumes_it_at_once() {
+    let Some(db) = TestDb::create() else { return };
+    let shared = Dir::new();
+    let pids = shared.file("pids");
+    let command = format!(
+        "echo $$ >> {pids}; if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then {gate}; fi; {record}",
+        pids = pids.display(),
+        gate = shared.gate("held", 60),
+        record = shared.record(0)
+    );
+    // A long lease: the restarted instance must not need it to expire for its own work.
+    let text = config(
+        &server_keys(&db.url(), Some("a"), "30s", ""),
+        &stored_hook(&command, "[]"),
+    );
+    let mut first = Instance::start(Spec::new("a", text.clone()));
+    assert_eq!(first.push("restart-1").status, 200);
+    shared.wait_at_gate("held");
+    let orphan = wait_for_pid(&pids);
+    first.kill();
+    assert!(alive(orphan), "the command outlives its instance");
+
+    let again = Instance::start(Spec::new("a", text));
+    let killed = wait_for(Duration::from_secs(5), || !alive(orphan));
+    kill_group(orphan);
+    assert!(
+        killed,
+        "the restarted instance left its previous process's command {orphan} running"
+    );
+    // No new push, and well within the lease.
+    wait_for_runs(&shared, 1);
+    assert_eq!(shared.attempts(), ["2"]);
+    assert_eq!(
+        runs_of(&again, "restart-1", 2),
+        [
+            (2, "succeeded".to_owned(), "a".to_owned()),
+            (1, "interrupted".to_owned(), "a".to_owned())
+        ]
+    );
+    drop(first);
+}
