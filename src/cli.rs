@@ -678,8 +678,6 @@ fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
         limit: args.limit,
     };
     let deliveries = match (&config.server.postgres, &config.server.journal) {
-        // `ack = "stored"` is not available with PostgreSQL yet: nothing can be dead there.
-        (Some(_), _) if args.dead => Vec::new(),
         (Some(url), _) => delivery::postgres::history(url, &filter)
             .map_err(|err| CliError::Shown(config.redact(&err.to_string()).into_owned()))?,
         (None, Some(path)) => match delivery::history(path, &filter) {

@@ -149,6 +149,7 @@ pub fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
             &server.instance,
             server.lease,
             server.dedup_for,
+            server.keep_dead,
             grace,
             config.secrets().clone(),
         )?;

@@ -692,13 +692,7 @@ impl Loader<'_> {
                         "{shown}: `ack = \"stored\"` needs a journal, but `server.journal` is \"off\""
                     ),
                 ),
-                JournalKind::Postgres => self.error(
-                    span.clone(),
-                    format!(
-                        "{shown}: `ack = \"stored\"` is not supported yet with a PostgreSQL `server.journal`"
-                    ),
-                ),
-                JournalKind::Sqlite | JournalKind::Unknown => {}
+                JournalKind::Sqlite | JournalKind::Postgres | JournalKind::Unknown => {}
             }
             let total: Duration = retry.iter().sum();
             if total > self.dedup_for && !unreadable("retry", retry_given) {

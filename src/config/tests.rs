@@ -1614,13 +1614,11 @@ fn ack_stored_without_a_journal_is_an_error_naming_both_keys() {
 }
 
 #[test]
-fn ack_stored_with_a_postgresql_journal_is_not_supported_yet() {
-    one_error(
+fn ack_stored_with_a_postgresql_journal_is_accepted() {
+    let config = parse(
         "[server]\njournal = \"postgres://u@db/cmqhook\"\n\n[hooks.a]\ncommand = \"true\"\nack = \"stored\"\n",
-        6,
-        7,
-        &["hooks.a.ack", "not supported yet", "PostgreSQL"],
     );
+    assert_eq!(hook(&config, "a").ack, Ack::Stored);
 }
 
 #[test]

@@ -206,6 +206,9 @@ pub enum Storing {
     Known(StoredState),
     /// Cannot be stored now: answer 503.
     Unavailable(String),
+    /// Being stored in the shared database, which says once it is committed whether this
+    /// push stored it or what state the message had.
+    Deciding(tokio::sync::oneshot::Receiver<postgres::Stored>),
 }
 
 /// Stored messages this process knows to be neither done nor dead, by key, with whether
@@ -456,18 +459,27 @@ impl Deliveries {
     }
 
     /// A PostgreSQL database at `url`, shared with other instances; this one is `instance`.
-    /// Does not wait for the database (see [`postgres::Postgres::open`]).
+    /// Dead stored messages are kept for `keep_dead`. Does not wait for the database (see
+    /// [`postgres::Postgres::open`]).
     pub fn open_postgres(
         url: &str,
         instance: &str,
         lease: Duration,
         keep: Duration,
+        keep_dead: Duration,
         orphan_grace: Duration,
         secrets: crate::secrets::Secrets,
     ) -> Result<Deliveries, JournalError> {
         let boot = sqlite::new_token();
-        let journal =
-            postgres::Postgres::open(url, instance, &boot, lease, keep, orphan_grace, secrets)?;
+        let journal = postgres::Postgres::open(
+            url,
+            instance,
+            &boot,
+            lease,
+            (keep, keep_dead),
+            orphan_grace,
+            secrets,
+        )?;
         Ok(Deliveries::over(
             Table::new(16, None),
             Store::Postgres(journal),
@@ -689,8 +701,19 @@ impl Deliveries {
     /// done one for `dedup_for`). Atomic like a claim: of two pushes of one message, one
     /// stores it and the other waits for that. Once committed, the work goes to the scheduler.
     pub fn store(&self, push: StoredPush, dedup_for: Duration) -> Storing {
-        let Store::Sqlite(journal) = &self.store else {
-            return Storing::Unavailable("`ack = \"stored\"` needs the SQLite journal".to_owned());
+        let journal = match &self.store {
+            Store::Sqlite(journal) => journal,
+            // The database's unique key makes storing atomic across instances; its scheduler
+            // finds the work there ([`Deliveries::take_due`]).
+            Store::Postgres(journal) => {
+                if let Err(reason) = self.health() {
+                    return Storing::Unavailable(reason);
+                }
+                return Storing::Deciding(journal.store(push, dedup_for));
+            }
+            Store::Memory => {
+                return Storing::Unavailable("`ack = \"stored\"` needs a journal".to_owned());
+            }
         };
         let key = (push.hook.clone(), push.message.msg_id.clone());
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
@@ -741,6 +764,26 @@ impl Deliveries {
         }
     }
 
+    /// Whether stored work is found by asking the journal for due work
+    /// ([`Deliveries::take_due`]), as several instances share it, rather than handed over by
+    /// [`Deliveries::take_stored_work`]; with what wakes the asking early.
+    pub fn stored_polled(&self) -> Option<Arc<tokio::sync::Notify>> {
+        match &self.store {
+            Store::Postgres(journal) => Some(journal.stored_wakeup()),
+            Store::Memory | Store::Sqlite(_) => None,
+        }
+    }
+
+    /// With a shared database: takes the earliest due stored work of `hook` for the run `id`
+    /// (see [`postgres::Postgres::take_due`]); `Ok(None)` when none is due, and always with
+    /// the other backends.
+    pub async fn take_due(&self, hook: &str, id: i64) -> Result<Option<StoredWork>, String> {
+        match &self.store {
+            Store::Postgres(journal) => journal.take_due(hook, id).await,
+            Store::Memory | Store::Sqlite(_) => Ok(None),
+        }
+    }
+
     /// Stored work's run `id` is about to start (`start.attempt` is its attempt): its state
     /// becomes `running`. The run is journaled as any other, by [`Deliveries::started`] and
     /// [`Deliveries::end_stored`].
@@ -768,12 +811,29 @@ impl Deliveries {
     /// Records how a run of stored work ended, and the work's new state, in one commit. Work
     /// that is done or dead is no longer this process's to answer for once that is committed.
     pub fn end_stored(&self, run: RunHandle, result: RunResult, end: RunEnd, update: StoredUpdate) {
-        let Store::Sqlite(journal) = &self.store else {
-            return;
-        };
         let RunHandle {
             id, attempt, start, ..
         } = run;
+        let journal = match &self.store {
+            Store::Sqlite(journal) => journal,
+            Store::Postgres(journal) => {
+                // Written until it is; the row's lease (no longer renewed once written) keeps
+                // other instances off it meanwhile.
+                journal.record_end(sqlite::Ended {
+                    id,
+                    attempt,
+                    at: SystemTime::now(),
+                    start,
+                    key: None,
+                    result,
+                    end,
+                    on_commit: Box::new(|_, _, _| {}),
+                    stored: Some(update),
+                });
+                return;
+            }
+            Store::Memory => return,
+        };
         let finished = matches!(update.state, StoredState::Done | StoredState::Dead);
         let live = Arc::clone(&self.live);
         let key = (update.hook.clone(), update.msg_id.clone());

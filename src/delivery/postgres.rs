@@ -7,6 +7,11 @@
 //! by the database's clock and renewed by its owner every lease/3; an instance that died leaves
 //! claims whose lease runs out, and the next push of such a message, anywhere, runs it again.
 //!
+//! Stored work (`ack = "stored"`) lives in `cmqhook_stored`, one row per (hook, message id):
+//! stored by one `INSERT … ON CONFLICT` statement, taken by any instance with `FOR UPDATE
+//! SKIP LOCKED` when due, run under a lease renewed with the claims', and resumed by any
+//! instance once that lease ran out.
+//!
 //! Everything here runs on a runtime of its own (one thread), so that its connections do not
 //! depend on which HTTP worker first used them; callers await its tasks from their own
 //! runtimes. Until the database answers, nothing may start (fail closed): [`Postgres::health`]
@@ -22,7 +27,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sqlite::{Ended, HistoryFilter, HistoryRow, JournalError};
-use super::{Outcome, PushRecord, RunResult};
+use super::{Message, Outcome, PushRecord, RunResult, StoredPush, StoredState, StoredWork};
 use crate::runner::orphans;
 use crate::secrets::Secrets;
 
@@ -115,6 +120,43 @@ CREATE INDEX cmqhook_pushes_at ON cmqhook_pushes (at);
 ALTER TABLE cmqhook_runs ADD COLUMN owner_boot text, ADD COLUMN run_id bigint;
 CREATE UNIQUE INDEX cmqhook_runs_run ON cmqhook_runs (owner_boot, run_id);
 ",
+    // `ack = "stored"`: one row per (hook, message id), with the bytes the hook reads and what
+    // rebuilds its `CMQ_*` environment. `attempt` counts the runs started, `failures` those
+    // that failed or timed out; `state` is `queued`, `waiting` (for `next_at`), `running`
+    // (by its owner, under `lease_until`, renewed like a claim's), `done` or `dead`.
+    r"
+CREATE TABLE cmqhook_stored (
+    hook text NOT NULL,
+    msg_id text NOT NULL,
+    state text NOT NULL,
+    attempt integer NOT NULL,
+    failures integer NOT NULL,
+    next_at timestamptz NOT NULL,
+    received_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    last_outcome text,
+    request_id text,
+    path text,
+    format text NOT NULL,
+    topic text,
+    subscription text,
+    topic_owner text,
+    publish_time text,
+    tags text NOT NULL,
+    body bytea,
+    instance text,
+    owner_boot text,
+    owner_host text,
+    owner_pid integer,
+    run_id bigint,
+    lease_until timestamptz,
+    PRIMARY KEY (hook, msg_id)
+);
+CREATE INDEX cmqhook_stored_due ON cmqhook_stored (hook, next_at)
+    WHERE state IN ('queued', 'waiting', 'running');
+CREATE INDEX cmqhook_stored_updated ON cmqhook_stored (updated_at)
+    WHERE state IN ('done', 'dead');
+",
 ];
 
 /// Who holds a claim: `instance` is the label people see; the boot token (one per `serve`
@@ -152,6 +194,8 @@ struct State {
     owner: Owner,
     lease: Duration,
     keep: Duration,
+    /// How long dead stored messages are kept.
+    keep_dead: Duration,
     orphan_grace: Duration,
     /// `Err(reason)` while the database cannot be used.
     health: Mutex<Result<(), String>>,
@@ -172,7 +216,13 @@ struct State {
     held: Mutex<HashSet<i64>>,
     /// Hidden in every message about the database.
     secrets: Secrets,
+    /// Told when this instance stored a push: the scheduler looks for due work at once.
+    stored: Arc<tokio::sync::Notify>,
 }
+
+/// What storing a push came to: `Ok(None)` stored by this push, `Ok(Some(state))` stored
+/// before (not again), `Err(reason)` not stored.
+pub type Stored = Result<Option<StoredState>, String>;
 
 /// `journal` values that name a PostgreSQL database.
 pub fn is_url(journal: &str) -> bool {
@@ -217,7 +267,7 @@ impl Postgres {
         instance: &str,
         boot: &str,
         lease: Duration,
-        keep: Duration,
+        (keep, keep_dead): (Duration, Duration),
         orphan_grace: Duration,
         secrets: Secrets,
     ) -> Result<Postgres, JournalError> {
@@ -259,6 +309,7 @@ impl Postgres {
             },
             lease,
             keep,
+            keep_dead,
             orphan_grace,
             health: Mutex::new(Err(NOT_CONNECTED.to_owned())),
             ready: AtomicBool::new(false),
@@ -269,6 +320,7 @@ impl Postgres {
             pushes,
             held: Mutex::new(HashSet::new()),
             secrets,
+            stored: Arc::new(tokio::sync::Notify::new()),
         });
         let handle = runtime.handle().clone();
         handle.spawn(Arc::clone(&state).monitor());
@@ -321,6 +373,43 @@ impl Postgres {
             .spawn(async move { state.acquire(&hook, &msg_id, run_id, dedup_for).await });
         task.await
             .unwrap_or_else(|_| Acquired::Unavailable("journal unreachable: stopped".to_owned()))
+    }
+
+    /// Stores `push` for its stored hook unless the message is known already (a done one for
+    /// `dedup_for`); the receiver hears once that is committed, or why not.
+    pub fn store(
+        &self,
+        push: StoredPush,
+        dedup_for: Duration,
+    ) -> tokio::sync::oneshot::Receiver<Stored> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let state = Arc::clone(&self.state);
+        self.handle.spawn(async move {
+            let stored = state.store(&push, dedup_for).await;
+            if matches!(stored, Ok(None)) {
+                state.stored.notify_one();
+            }
+            let _ = sender.send(stored);
+        });
+        receiver
+    }
+
+    /// Told when this instance stored a push.
+    pub fn stored_wakeup(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.state.stored)
+    }
+
+    /// Takes the earliest due stored work of `hook` (queued, waiting past its `next_at`, or
+    /// running under a lease that ran out) for a run as `run_id`, atomically across instances:
+    /// its row is `running` under this instance's lease, its attempt counted. `Ok(None)`:
+    /// nothing due.
+    pub async fn take_due(&self, hook: &str, run_id: i64) -> Result<Option<StoredWork>, String> {
+        let state = Arc::clone(&self.state);
+        let hook = hook.to_owned();
+        self.handle
+            .spawn(async move { state.take_due(&hook, run_id).await })
+            .await
+            .unwrap_or_else(|_| Err("journal unreachable: stopped".to_owned()))
     }
 
     /// Lets go of a claim that will not run after all: the message is free again, and its
@@ -676,6 +765,153 @@ impl State {
         Acquired::Elsewhere
     }
 
+    async fn store(&self, push: &StoredPush, dedup_for: Duration) -> Stored {
+        self.health()?;
+        let message = &push.message;
+        let body = push.stdin.as_deref();
+        let dedup = seconds(dedup_for);
+        // Stored by this push (a row with no state), or what holds it. The read sees the table
+        // as the statement began: a row another instance committed meanwhile leaves it empty,
+        // so ask again.
+        for _ in 0..3 {
+            let rows = self
+                .query(
+                    "WITH stored AS (
+                        INSERT INTO cmqhook_stored AS s
+                            (hook, msg_id, state, attempt, failures, next_at, received_at,
+                             updated_at, request_id, path, format, topic, subscription,
+                             topic_owner, publish_time, tags, body)
+                        VALUES ($1, $2, 'queued', 0, 0, now(), now(), now(), $3, $4, $5, $6, $7,
+                                $8, $9, $10, $11)
+                        ON CONFLICT (hook, msg_id) DO UPDATE SET
+                            state = 'queued', attempt = 0, failures = 0, next_at = now(),
+                            received_at = now(), updated_at = now(), last_outcome = NULL,
+                            request_id = EXCLUDED.request_id, path = EXCLUDED.path,
+                            format = EXCLUDED.format, topic = EXCLUDED.topic,
+                            subscription = EXCLUDED.subscription,
+                            topic_owner = EXCLUDED.topic_owner,
+                            publish_time = EXCLUDED.publish_time, tags = EXCLUDED.tags,
+                            body = EXCLUDED.body, owner_boot = NULL, run_id = NULL,
+                            lease_until = NULL
+                        -- Done longer ago than `dedup_for`: a new message.
+                        WHERE s.state = 'done'
+                          AND s.updated_at < now() - $12::float8 * interval '1 second'
+                        RETURNING 1
+                     )
+                     SELECT NULL::text FROM stored
+                     UNION ALL
+                     SELECT state FROM cmqhook_stored
+                     WHERE hook = $1 AND msg_id = $2 AND NOT EXISTS (SELECT 1 FROM stored)",
+                    &[
+                        &push.hook,
+                        &message.msg_id,
+                        &message.request_id.as_deref().map(text),
+                        &text(&message.path),
+                        &message.format,
+                        &message.topic.as_deref().map(text),
+                        &message.subscription.as_deref().map(text),
+                        &message.topic_owner.as_deref().map(text),
+                        &message.publish_time.as_deref().map(text),
+                        &text(&message.tags),
+                        &body,
+                        &dedup,
+                    ],
+                )
+                .await?;
+            let Some(row) = rows.first() else {
+                continue;
+            };
+            let Some(known) = row.get::<_, Option<String>>(0) else {
+                return Ok(None);
+            };
+            return StoredState::parse(&known).map(Some).ok_or_else(|| {
+                format!("journal holds a stored state this cmqhook does not know: `{known}`")
+            });
+        }
+        Err("the message's stored state changed while it was read; retry".to_owned())
+    }
+
+    async fn take_due(&self, hook: &str, run_id: i64) -> Result<Option<StoredWork>, String> {
+        self.health()?;
+        let rows = self
+            .query(
+                "WITH due AS (
+                    -- Locked, so re-read if another instance changed it meanwhile.
+                    SELECT hook, msg_id, state AS was, instance AS was_instance,
+                           attempt AS was_attempt, lease_until AS was_lease
+                    FROM cmqhook_stored
+                    WHERE hook = $1
+                      AND (state = 'queued' OR (state = 'waiting' AND next_at <= now())
+                           -- Its instance stopped renewing the lease: resumed here.
+                           OR (state = 'running' AND lease_until < now()))
+                    ORDER BY next_at LIMIT 1
+                    FOR UPDATE SKIP LOCKED
+                 ),
+                 taken AS (
+                    UPDATE cmqhook_stored AS s
+                    SET state = 'running', attempt = s.attempt + 1, instance = $2,
+                        owner_boot = $3, owner_host = $4, owner_pid = $5, run_id = $6,
+                        lease_until = now() + $7::float8 * interval '1 second',
+                        updated_at = now()
+                    FROM due WHERE s.hook = due.hook AND s.msg_id = due.msg_id
+                    RETURNING s.attempt, s.failures, s.msg_id, s.request_id, s.path, s.format,
+                              s.topic, s.subscription, s.topic_owner, s.publish_time, s.tags,
+                              s.body, due.was, due.was_instance, due.was_attempt, due.was_lease
+                 ),
+                 -- The run whose lease ran out gets its row: its instance cannot write it.
+                 noted AS (
+                    INSERT INTO cmqhook_runs
+                        (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
+                         subscription, tags, attempt, outcome, error)
+                    SELECT COALESCE(was_instance, ''), was_lease, was_lease, $1, msg_id,
+                           request_id, COALESCE(path, ''), topic, subscription, tags,
+                           was_attempt, 'interrupted',
+                           'its instance stopped renewing the stored run''s lease'
+                    FROM taken WHERE was = 'running'
+                 )
+                 SELECT attempt, failures, msg_id, request_id, path, format, topic,
+                        subscription, topic_owner, publish_time, tags, body
+                 FROM taken",
+                &[
+                    &hook,
+                    &self.owner.instance,
+                    &self.owner.boot,
+                    &self.owner.host,
+                    &self.owner.pid,
+                    &run_id,
+                    &seconds(self.lease),
+                ],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        self.hold(run_id);
+        let attempt: i32 = row.get(0);
+        let failures: i32 = row.get(1);
+        Ok(Some(StoredWork {
+            // The attempt the run is: counted already.
+            attempt: u32::try_from(attempt - 1).unwrap_or(0),
+            failures: u32::try_from(failures).unwrap_or(0),
+            due: SystemTime::now(),
+            push: Arc::new(StoredPush {
+                hook: hook.to_owned(),
+                message: Message {
+                    msg_id: row.get(2),
+                    request_id: row.get(3),
+                    path: row.get::<_, Option<String>>(4).unwrap_or_default(),
+                    format: row.get(5),
+                    topic: row.get(6),
+                    subscription: row.get(7),
+                    topic_owner: row.get(8),
+                    publish_time: row.get(9),
+                    tags: row.get(10),
+                },
+                stdin: row.get::<_, Option<Vec<u8>>>(11).map(bytes::Bytes::from),
+            }),
+        }))
+    }
+
     /// Writes run ends as they come, everything queued in one statement (group commit
     /// without a linger, as the SQLite journal does): one commit for a burst, not one a run.
     /// A batch that fails stays and is tried again, with whatever came meanwhile.
@@ -750,17 +986,40 @@ impl State {
 
     async fn write_ends(&self, batch: &[Ended]) -> Result<(), String> {
         let (mut client, statement) = self.prepared(END_RUN).await?;
+        let stored_statement = if batch.iter().any(|ended| ended.stored.is_some()) {
+            Some(
+                client
+                    .prepare_cached(END_STORED_RUN)
+                    .await
+                    .map_err(|err| self.failed(&err.to_string()))?,
+            )
+        } else {
+            None
+        };
         let mut rows = Vec::with_capacity(batch.len());
         for ended in batch {
-            rows.push(EndRow::of(ended)?);
+            rows.push((EndRow::of(ended)?, StoredRow::of(ended)));
         }
-        let params: Vec<_> = rows.iter().map(|row| row.params(self)).collect();
+        let params: Vec<_> = rows
+            .iter()
+            .map(|(row, stored)| {
+                let mut params = row.params(self).to_vec();
+                if let Some(stored) = stored {
+                    params.extend(stored.params());
+                }
+                params
+            })
+            .collect();
         let write = async {
             // One transaction, its statements pipelined: one commit for the whole batch.
             let transaction = client.transaction().await?;
-            let statements = params
-                .iter()
-                .map(|params| transaction.execute(&statement, params));
+            let statements = params.iter().map(|params| {
+                let statement = match (&stored_statement, params.len() > 20) {
+                    (Some(stored), true) => stored,
+                    _ => &statement,
+                };
+                transaction.execute(statement, params)
+            });
             futures_util::future::try_join_all(statements).await?;
             transaction.commit().await
         };
@@ -877,14 +1136,19 @@ impl State {
         transaction.commit().await.map_err(unreachable)
     }
 
-    /// The orphan rule (SPEC §5) for this host and instance: the commands of claims that an
-    /// earlier `serve` here left running are killed, and those claims marked `interrupted`.
-    /// Claims of a `serve` still alive (another one with the same label) are left alone.
+    /// The orphan rule (SPEC §5) for this host and instance: the commands of claims and stored
+    /// work that an earlier `serve` here left running are killed, those claims marked
+    /// `interrupted`, and that work queued again at once (resumed, as its next attempt).
+    /// What a `serve` still alive (another one with the same label) holds is left alone.
     async fn take_over_orphans(&self) -> Result<(), String> {
         let rows = self
             .query(
-                "SELECT DISTINCT owner_boot, owner_pid FROM cmqhook_claims
+                "SELECT owner_boot, owner_pid FROM cmqhook_claims
                  WHERE outcome = 'running' AND owner_host = $1 AND instance = $2
+                   AND owner_boot <> $3
+                 UNION
+                 SELECT owner_boot, owner_pid FROM cmqhook_stored
+                 WHERE state = 'running' AND owner_host = $1 AND instance = $2
                    AND owner_boot <> $3",
                 &[&self.owner.host, &self.owner.instance, &self.owner.boot],
             )
@@ -900,7 +1164,10 @@ impl State {
         let runs: HashSet<(String, i64)> = self
             .query(
                 "SELECT owner_boot, run_id FROM cmqhook_claims
-                 WHERE outcome = 'running' AND owner_boot = ANY($1)",
+                 WHERE outcome = 'running' AND owner_boot = ANY($1)
+                 UNION
+                 SELECT owner_boot, run_id FROM cmqhook_stored
+                 WHERE state = 'running' AND owner_boot = ANY($1)",
                 &[&dead],
             )
             .await?
@@ -928,10 +1195,34 @@ impl State {
                 &[&dead],
             )
             .await?;
+        let resumed = self
+            .execute(
+                "WITH resumed AS (
+                    UPDATE cmqhook_stored AS s
+                    SET state = 'queued', next_at = now(), updated_at = now(),
+                        lease_until = NULL
+                    FROM cmqhook_stored AS was
+                    WHERE s.hook = was.hook AND s.msg_id = was.msg_id
+                      AND s.state = 'running' AND s.owner_boot = ANY($1)
+                    RETURNING s.hook, s.msg_id, s.request_id, s.path, s.topic, s.subscription,
+                              s.tags, s.attempt, s.instance, was.updated_at AS started_at
+                 )
+                 -- Its run gets its row: the process that ran it cannot write it.
+                 INSERT INTO cmqhook_runs
+                    (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
+                     subscription, tags, attempt, outcome, error)
+                 SELECT COALESCE(instance, ''), started_at, now(), hook, msg_id, request_id,
+                        COALESCE(path, ''), topic, subscription, tags, attempt, 'interrupted',
+                        'its cmqhook stopped while it ran'
+                 FROM resumed",
+                &[&dead],
+            )
+            .await?;
         tracing::warn!(
             claims = interrupted,
+            stored = resumed,
             processes = killed,
-            "claims a previous cmqhook on this host left running are marked interrupted"
+            "claims a previous cmqhook on this host left running are marked interrupted, its stored work resumed"
         );
         Ok(())
     }
@@ -974,7 +1265,11 @@ impl State {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&lease, &self.owner.boot, &held];
         let renewal = self.execute(
-            "UPDATE cmqhook_claims SET lease_until = now() + $1::float8 * interval '1 second'
+            "WITH stored AS (
+                UPDATE cmqhook_stored SET lease_until = now() + $1::float8 * interval '1 second'
+                WHERE owner_boot = $2 AND run_id = ANY($3) AND state = 'running'
+             )
+             UPDATE cmqhook_claims SET lease_until = now() + $1::float8 * interval '1 second'
              WHERE owner_boot = $2 AND run_id = ANY($3) AND outcome = 'running'",
             &params,
         );
@@ -994,6 +1289,13 @@ impl State {
             .await?;
         }
         self.execute(
+            "DELETE FROM cmqhook_stored
+             WHERE (state = 'done' AND updated_at < now() - $1::float8 * interval '1 second')
+                OR (state = 'dead' AND updated_at < now() - $2::float8 * interval '1 second')",
+            &[&keep, &seconds(self.keep_dead)],
+        )
+        .await?;
+        self.execute(
             "DELETE FROM cmqhook_claims
              WHERE outcome <> 'running' AND ended_at < now() - $1::float8 * interval '1 second'",
             &[&keep],
@@ -1003,8 +1305,13 @@ impl State {
     }
 }
 
-/// A run's end and its claim's outcome, in one statement.
-const END_RUN: &str = "WITH ended AS (
+/// The statement that journals a run's end, after the CTEs `$prefix`.
+macro_rules! end_run {
+    ($prefix:literal) => {
+        concat!(
+            "WITH ",
+            $prefix,
+            " ended AS (
         UPDATE cmqhook_claims
         SET outcome = $10, ended_at = now(), lease_until = now(), exit_code = $11,
             signal = $12, duration_ms = $13
@@ -1017,7 +1324,27 @@ const END_RUN: &str = "WITH ended AS (
      VALUES ($1, $19, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
              $15, $16, $17, $18, $20)
      -- Written again after a commit whose answer was lost: once is enough.
-     ON CONFLICT (owner_boot, run_id) DO NOTHING";
+     ON CONFLICT (owner_boot, run_id) DO NOTHING"
+        )
+    };
+}
+
+/// A run's end and its claim's outcome, in one statement.
+const END_RUN: &str = end_run!("");
+
+/// [`END_RUN`] for a run of stored work, with the work's new state: `$21` the state, `$22`
+/// its failures, `$23` the seconds until its next run (NULL: unchanged), `$24` the run's
+/// outcome. Only the run that holds the row changes it (not one whose lease ran out).
+const END_STORED_RUN: &str = end_run!(
+    "stored AS (
+        UPDATE cmqhook_stored
+        SET state = $21, failures = $22,
+            next_at = COALESCE(now() + $23::float8 * interval '1 second', next_at),
+            last_outcome = $24, updated_at = now(), lease_until = NULL
+        WHERE hook = $2 AND msg_id = $3 AND owner_boot = $18 AND run_id = $20
+          AND state = 'running'
+     ),"
+);
 
 /// The values of one run's [`END_RUN`].
 struct EndRow<'a> {
@@ -1098,6 +1425,36 @@ impl<'a> EndRow<'a> {
     }
 }
 
+/// The values a run of stored work adds to [`END_RUN`] in [`END_STORED_RUN`].
+struct StoredRow {
+    state: &'static str,
+    failures: i32,
+    /// Seconds from the end until the next run, by the database's clock.
+    next_in: Option<f64>,
+    outcome: Option<&'static str>,
+}
+
+impl StoredRow {
+    fn of(ended: &Ended) -> Option<StoredRow> {
+        let update = ended.stored.as_ref()?;
+        Some(StoredRow {
+            state: update.state.as_str(),
+            failures: signed(update.failures),
+            next_in: update.next_at.map(|at| {
+                seconds(
+                    at.duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO),
+                )
+            }),
+            outcome: update.last_outcome.map(Outcome::as_str),
+        })
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
+        [&self.state, &self.failures, &self.next_in, &self.outcome]
+    }
+}
+
 /// Recent deliveries of every instance, newest first.
 pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, JournalError> {
     let failed = |reason: String| JournalError::Postgres { reason };
@@ -1120,6 +1477,9 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
             return Ok(Vec::new());
         }
         let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        if filter.dead {
+            return dead(&client, filter, limit).await.map_err(unreachable);
+        }
         const AT: &str =
             "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
         let runs = client
@@ -1215,6 +1575,55 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
             .await
             .unwrap_or_else(|_| Err(failed("journal unreachable: no answer in time".to_owned())))
     })
+}
+
+/// The dead stored messages of every instance, latest death first: `at` is when it died,
+/// `outcome` its last run's outcome, `attempt` its last attempt.
+async fn dead(
+    client: &tokio_postgres::Client,
+    filter: &HistoryFilter,
+    limit: i64,
+) -> Result<Vec<HistoryRow>, tokio_postgres::Error> {
+    // A schema older than the stored work's has nothing dead.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('cmqhook_stored') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                    hook, msg_id, request_id, path, topic, subscription, tags, attempt,
+                    COALESCE(last_outcome, ''), instance
+             FROM cmqhook_stored
+             WHERE state = 'dead' AND ($1::text IS NULL OR hook = $1)
+               AND ($2::text IS NULL OR msg_id = $2)
+             ORDER BY updated_at DESC, hook, msg_id LIMIT $3",
+            &[&filter.hook, &filter.msg_id, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| HistoryRow {
+            at: row.get(0),
+            kind: "dead",
+            hook: row.get(1),
+            msg_id: row.get(2),
+            request_id: row.get(3),
+            path: row.get(4),
+            topic: row.get(5),
+            subscription: row.get(6),
+            tags: row.get(7),
+            attempt: row
+                .get::<_, Option<i32>>(8)
+                .and_then(|n| u32::try_from(n).ok()),
+            outcome: row.get(9),
+            instance: row.get(10),
+            ..HistoryRow::blank("dead")
+        })
+        .collect())
 }
 
 /// Whether the database at `url` answers, for `check`.

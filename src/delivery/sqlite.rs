@@ -1470,7 +1470,7 @@ pub struct HistoryRow {
 
 impl HistoryRow {
     /// A row of `kind` with nothing known yet.
-    fn blank(kind: &'static str) -> HistoryRow {
+    pub(super) fn blank(kind: &'static str) -> HistoryRow {
         HistoryRow {
             at: String::new(),
             kind,

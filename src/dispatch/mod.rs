@@ -428,6 +428,16 @@ impl Dispatcher {
                         result
                     }
                 }
+                Pending::Deciding(stored) => {
+                    let stored = tokio::time::timeout_at(deadline, stored).await;
+                    let waited = started.elapsed();
+                    let stored = match stored {
+                        Ok(Ok(stored)) => stored,
+                        Ok(Err(_)) => Err("journal unreachable: stopped".to_owned()),
+                        Err(_) => Err("the journal did not answer in time".to_owned()),
+                    };
+                    self.stored(hook, stored, waited)
+                }
                 Pending::Waiting { ticket, owner } => {
                     let mut done = ticket.subscribe();
                     match tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await {
@@ -825,6 +835,8 @@ enum Pending {
         /// This push stored it (else it is a duplicate of one being stored).
         first: bool,
     },
+    /// A stored hook's push, being stored in the shared database.
+    Deciding(tokio::sync::oneshot::Receiver<crate::delivery::postgres::Stored>),
     Waiting {
         ticket: Arc<Ticket>,
         /// This push started the run (and may withdraw it).

@@ -3,13 +3,21 @@
 //! its `queue`, never withdrawn), retries a failure or timeout after the hook's `retry`
 //! delays, and declares it dead after the last. An interruption (shutdown) leaves the work in
 //! the journal, to resume at the next start without using up a retry.
+//!
+//! With SQLite the journal hands this process its work ([`crate::delivery::Deliveries::take_stored_work`]),
+//! and a message's task waits for its retries itself. With a shared PostgreSQL database every
+//! instance asks it for due work instead ([`crate::delivery::Deliveries::take_due`]), one attempt at a time,
+//! so that a retry, or a run whose instance died, goes to whichever instance comes first. Both
+//! run an attempt the same way ([`Dispatcher::attempt_stored`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{Active, Dispatcher, Pending, facts, run_spec};
 use crate::cmq::Push;
-use crate::config::Hook;
+use futures_util::FutureExt;
+
+use crate::config::{Ack, Hook};
 use crate::delivery::{
     Outcome, RunResult, RunStart, StoredPush, StoredState, StoredUpdate, StoredWork, Storing,
 };
@@ -18,6 +26,8 @@ use crate::telemetry::metrics;
 
 /// How often stored work waiting for a writable journal looks again.
 const JOURNAL_POLL: Duration = Duration::from_millis(250);
+/// How often each instance looks for due stored work in a shared database.
+const POLL_EVERY: Duration = Duration::from_millis(500);
 
 impl Dispatcher {
     /// Stores `push` for the stored hook `hook`, or finds it stored already.
@@ -42,8 +52,32 @@ impl Dispatcher {
                 Pending::Storing { committed, first }
             }
             Storing::Known(state) => {
+                Pending::Ready(self.stored(hook, Ok(Some(state)), Duration::ZERO))
+            }
+            Storing::Unavailable(reason) => {
+                Pending::Ready(self.stored(hook, Err(reason), Duration::ZERO))
+            }
+            Storing::Deciding(stored) => Pending::Deciding(stored),
+        }
+    }
+
+    /// The result of a push for the stored hook `hook`, `waited` after it came, once what
+    /// storing it came to is known (see [`crate::delivery::postgres::Stored`]).
+    pub(super) fn stored(
+        &self,
+        hook: &Arc<Hook>,
+        stored: Result<Option<StoredState>, String>,
+        waited: Duration,
+    ) -> HookResult {
+        match stored {
+            Ok(None) => HookResult::new(
+                hook,
+                RunResult::without_run(Outcome::Queued, waited, None),
+                false,
+            ),
+            Ok(Some(state)) => {
                 metrics().dedup_hits.with_label_values(&[&hook.name]).inc();
-                tracing::debug!(hook = %hook.name, msg_id, state = state.as_str(), "stored already");
+                tracing::debug!(hook = %hook.name, state = state.as_str(), "stored already");
                 let outcome = match state {
                     StoredState::Done => Outcome::Succeeded,
                     StoredState::Dead => Outcome::Dead,
@@ -51,19 +85,14 @@ impl Dispatcher {
                         Outcome::Queued
                     }
                 };
-                let result = RunResult::without_run(outcome, Duration::ZERO, None);
-                Pending::Ready(HookResult::new(hook, result, true))
+                HookResult::new(hook, RunResult::without_run(outcome, waited, None), true)
             }
-            Storing::Unavailable(reason) => {
-                tracing::debug!(hook = %hook.name, msg_id, reason, "not stored");
-                let mut result = HookResult::without_run(
-                    hook,
-                    Outcome::NotStarted,
-                    Duration::ZERO,
-                    Some(reason),
-                );
+            Err(reason) => {
+                tracing::debug!(hook = %hook.name, reason, "not stored");
+                let mut result =
+                    HookResult::without_run(hook, Outcome::NotStarted, waited, Some(reason));
                 result.recorded = false;
-                Pending::Ready(result)
+                result
             }
         }
     }
@@ -71,6 +100,9 @@ impl Dispatcher {
     /// Runs the stored work the journal hands over, each as a task of its own, until
     /// draining. For `serve`; without it stored work waits in the journal.
     pub async fn schedule_stored(self: Arc<Self>) {
+        if let Some(wakeup) = self.deliveries.stored_polled() {
+            return self.poll_stored(&wakeup).await;
+        }
         let Some(mut work) = self.deliveries.take_stored_work() else {
             return;
         };
@@ -87,11 +119,72 @@ impl Dispatcher {
         }
     }
 
+    /// With a shared database, where every instance takes due work from one table: looks for
+    /// due work of each stored hook with a free slot every [`POLL_EVERY`] (at once when this
+    /// instance stored a push), and runs each piece taken, one attempt, until draining.
+    async fn poll_stored(self: Arc<Self>, wakeup: &tokio::sync::Notify) {
+        loop {
+            if !self.is_draining() && self.deliveries.health().is_ok() {
+                let config = self.config();
+                for hook in config.hooks.iter().filter(|hook| hook.ack == Ack::Stored) {
+                    // Only as much work as there are free slots: work taken holds a lease that
+                    // other instances, maybe with free slots, must wait out.
+                    while let Some(permits) = self
+                        .slots_for(hook)
+                        .acquire_unqueued(&self.global)
+                        .now_or_never()
+                    {
+                        if self.is_draining() {
+                            return;
+                        }
+                        let run_id = self.deliveries.new_run_id();
+                        match self.deliveries.take_due(&hook.name, run_id).await {
+                            Ok(Some(work)) => {
+                                tokio::spawn(Arc::clone(&self).run_taken(
+                                    Arc::clone(hook),
+                                    permits,
+                                    work,
+                                    run_id,
+                                ));
+                            }
+                            Ok(None) => break,
+                            Err(reason) => {
+                                tracing::debug!(hook = %hook.name, reason, "cannot look for stored work");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(POLL_EVERY) => {}
+                () = wakeup.notified() => {}
+                () = self.draining.cancelled() => return,
+            }
+        }
+    }
+
+    /// One attempt of stored work taken from a shared database, in `permits`' slots; the
+    /// next, if any, is taken again from the database, by whichever instance comes first.
+    async fn run_taken(
+        self: Arc<Self>,
+        hook: Arc<Hook>,
+        permits: super::slots::Permits,
+        mut work: StoredWork,
+        run_id: i64,
+    ) {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let active = Active(&self);
+        self.attempt_stored(&hook, permits, &mut work, run_id).await;
+        drop(active);
+    }
+
     /// One stored message's runs until it is done or dead, or this process stops.
     async fn run_stored(self: Arc<Self>, mut work: StoredWork) {
-        let name = work.push.hook.clone();
-        let msg_id = work.push.message.msg_id.clone();
-        let pending = metrics().stored_pending.with_label_values(&[&name]);
+        let pending = metrics()
+            .stored_pending
+            .with_label_values(&[&work.push.hook]);
         loop {
             pending.inc();
             let Some((hook, permits)) = self.wait_for_turn(&work).await else {
@@ -102,6 +195,27 @@ impl Dispatcher {
             self.active
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let active = Active(&self);
+            let run_id = self.deliveries.new_run_id();
+            let state = self.attempt_stored(&hook, permits, &mut work, run_id).await;
+            drop(active);
+            if state != StoredState::Waiting {
+                return;
+            }
+        }
+    }
+
+    /// One run of stored work, as its next attempt `run_id`, in `permits`' slots; journals
+    /// its end and the work's new state (`work` follows it), which it returns.
+    async fn attempt_stored(
+        &self,
+        hook: &Arc<Hook>,
+        permits: super::slots::Permits,
+        work: &mut StoredWork,
+        run_id: i64,
+    ) -> StoredState {
+        let name = work.push.hook.clone();
+        let msg_id = work.push.message.msg_id.clone();
+        {
             work.attempt += 1;
             let attempt = work.attempt;
             let push = rebuilt(&work.push);
@@ -110,10 +224,9 @@ impl Dispatcher {
                 attempt,
                 push: facts(&push, &work.push.message.path),
             };
-            let run_id = self.deliveries.new_run_id();
             let mut handle = self.deliveries.begin_stored(run_id, start, work.failures);
             let spec = run_spec(
-                &hook,
+                hook,
                 &push,
                 work.push.stdin.clone(),
                 attempt,
@@ -121,14 +234,16 @@ impl Dispatcher {
             );
             let (result, end) = self
                 .run_journaled(
-                    &hook,
+                    hook,
                     Some(&msg_id),
                     attempt,
                     spec,
                     &mut handle,
                     super::Watch {
                         unwatched: &|| true,
-                        fence: None,
+                        // With a shared database: stopped (interrupted, resumed elsewhere)
+                        // when its lease cannot be renewed.
+                        fence: self.deliveries.fence(),
                     },
                 )
                 .await;
@@ -181,10 +296,7 @@ impl Dispatcher {
                 last_outcome: Some(outcome),
             };
             self.deliveries.end_stored(handle, result, end, update);
-            drop(active);
-            if state != StoredState::Waiting {
-                return;
-            }
+            state
         }
     }
 
