@@ -215,89 +215,87 @@ impl Dispatcher {
     ) -> StoredState {
         let name = work.push.hook.clone();
         let msg_id = work.push.message.msg_id.clone();
-        {
-            work.attempt += 1;
-            let attempt = work.attempt;
-            let push = rebuilt(&work.push);
-            let start = RunStart {
-                hook: name.clone(),
-                attempt,
-                push: facts(&push, &work.push.message.path),
-            };
-            let mut handle = self.deliveries.begin_stored(run_id, start, work.failures);
-            let spec = run_spec(
+        work.attempt += 1;
+        let attempt = work.attempt;
+        let push = rebuilt(&work.push);
+        let start = RunStart {
+            hook: name.clone(),
+            attempt,
+            push: facts(&push, &work.push.message.path),
+        };
+        let mut handle = self.deliveries.begin_stored(run_id, start, work.failures);
+        let spec = run_spec(
+            hook,
+            &push,
+            work.push.stdin.clone(),
+            attempt,
+            handle.marker(&self.deliveries),
+        );
+        let (result, end) = self
+            .run_journaled(
                 hook,
-                &push,
-                work.push.stdin.clone(),
+                Some(&msg_id),
                 attempt,
-                handle.marker(&self.deliveries),
-            );
-            let (result, end) = self
-                .run_journaled(
-                    hook,
-                    Some(&msg_id),
-                    attempt,
-                    spec,
-                    &mut handle,
-                    super::Watch {
-                        unwatched: &|| true,
-                        // With a shared database: stopped (interrupted, resumed elsewhere)
-                        // when its lease cannot be renewed.
-                        fence: self.deliveries.fence(),
-                    },
-                )
-                .await;
-            drop(permits);
-            let outcome = result.outcome;
-            let (state, next_at) = match outcome {
-                Outcome::Succeeded => (StoredState::Done, None),
-                // Stopped with this process: resumed at once at the next start, no retry used.
-                Outcome::Interrupted => (StoredState::Queued, Some(SystemTime::now())),
-                _ => {
-                    work.failures += 1;
-                    let index = usize::try_from(work.failures - 1).unwrap_or(usize::MAX);
-                    match hook.retry.get(index) {
-                        Some(delay) => {
-                            let due = SystemTime::now() + *delay;
-                            work.due = due;
-                            (StoredState::Waiting, Some(due))
-                        }
-                        None => (StoredState::Dead, None),
+                spec,
+                &mut handle,
+                super::Watch {
+                    unwatched: &|| true,
+                    // With a shared database: stopped (interrupted, resumed elsewhere)
+                    // when its lease cannot be renewed.
+                    fence: self.deliveries.fence(),
+                },
+            )
+            .await;
+        drop(permits);
+        let outcome = result.outcome;
+        let (state, next_at) = match outcome {
+            Outcome::Succeeded => (StoredState::Done, None),
+            // Stopped with this process: resumed at once at the next start, no retry used.
+            Outcome::Interrupted => (StoredState::Queued, Some(SystemTime::now())),
+            _ => {
+                work.failures += 1;
+                let index = usize::try_from(work.failures - 1).unwrap_or(usize::MAX);
+                match hook.retry.get(index) {
+                    Some(delay) => {
+                        let due = SystemTime::now() + *delay;
+                        work.due = due;
+                        (StoredState::Waiting, Some(due))
                     }
+                    None => (StoredState::Dead, None),
                 }
-            };
-            if state == StoredState::Dead {
-                metrics().dead_letters.with_label_values(&[&name]).inc();
-                tracing::warn!(
-                    hook = %name,
-                    msg_id,
-                    attempt,
-                    outcome = outcome.as_str(),
-                    "stored message is dead: its last retry failed"
-                );
-            } else if state == StoredState::Waiting {
-                tracing::info!(
-                    hook = %name,
-                    msg_id,
-                    attempt,
-                    retry_in = %humantime::format_duration(
-                        hook.retry[usize::try_from(work.failures - 1).unwrap_or(0)]
-                    ),
-                    "stored message will be retried"
-                );
             }
-            let update = StoredUpdate {
-                hook: name.clone(),
-                msg_id: msg_id.clone(),
-                state,
+        };
+        if state == StoredState::Dead {
+            metrics().dead_letters.with_label_values(&[&name]).inc();
+            tracing::warn!(
+                hook = %name,
+                msg_id,
                 attempt,
-                failures: work.failures,
-                next_at,
-                last_outcome: Some(outcome),
-            };
-            self.deliveries.end_stored(handle, result, end, update);
-            state
+                outcome = outcome.as_str(),
+                "stored message is dead: its last retry failed"
+            );
+        } else if state == StoredState::Waiting {
+            tracing::info!(
+                hook = %name,
+                msg_id,
+                attempt,
+                retry_in = %humantime::format_duration(
+                    hook.retry[usize::try_from(work.failures - 1).unwrap_or(0)]
+                ),
+                "stored message will be retried"
+            );
         }
+        let update = StoredUpdate {
+            hook: name.clone(),
+            msg_id: msg_id.clone(),
+            state,
+            attempt,
+            failures: work.failures,
+            next_at,
+            last_outcome: Some(outcome),
+        };
+        self.deliveries.end_stored(handle, result, end, update);
+        state
     }
 
     /// Waits until `work` is due, the journal can be written, and its hook has a slot and a

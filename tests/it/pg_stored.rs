@@ -367,3 +367,42 @@ fn a_restarted_instance_kills_its_previous_stored_run_and_resumes_it_at_once() {
     );
     drop(first);
 }
+
+#[test]
+fn a_stored_run_stopped_by_a_shutdown_is_resumed_by_another_instance_at_once() {
+    let Some(db) = TestDb::create() else { return };
+    let shared = Dir::new();
+    let pids = shared.file("pids");
+    let command = format!(
+        "echo $$ >> {pids}; if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then {gate}; fi; {record}",
+        pids = pids.display(),
+        gate = shared.gate("held", 60),
+        record = shared.record(0)
+    );
+    // A long lease: the other instance must not need it to expire; no retry to use up.
+    let server = |label: &str| {
+        config(
+            &server_keys(&db.url(), Some(label), "30s", "shutdown_grace = \"200ms\""),
+            &stored_hook(&command, "[]"),
+        )
+    };
+    let mut fleet = Instance::start_all(vec![
+        Spec::new("a", server("a")),
+        Spec::new("b", server("b")),
+    ]);
+    assert_eq!(fleet[0].push("term-1").status, 200);
+    shared.wait_at_gate("held");
+    let stopped = runner_of(&fleet, wait_for_pid(&pids));
+    fleet[stopped].server.signal("TERM");
+    fleet[stopped].server.wait_exit(Duration::from_secs(10));
+    let other = &fleet[1 - stopped];
+    wait_for_runs(&shared, 1);
+    assert_eq!(shared.attempts(), ["2"]);
+    assert_eq!(
+        runs_of(other, "term-1", 2),
+        [
+            (2, "succeeded".to_owned(), other.label.clone()),
+            (1, "interrupted".to_owned(), fleet[stopped].label.clone())
+        ]
+    );
+}
