@@ -27,6 +27,7 @@ pub mod config;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;
+pub mod replay_socket;
 pub mod routing;
 pub mod runner;
 pub mod secrets;
