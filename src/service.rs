@@ -61,7 +61,16 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
     let deliveries = open_deliveries(&config)?;
     // `cmqhook replay` asks through it while this process holds the SQLite journal.
     let mut replay_socket = match (&config.server.journal, &config.server.postgres) {
-        (Some(journal), None) => Some(replay_socket::bind(journal)?),
+        (Some(journal), None) => match replay_socket::bind(journal) {
+            Ok(socket) => Some(socket),
+            Err(err) => {
+                tracing::warn!(
+                    error = %err,
+                    "cannot listen for `cmqhook replay` beside the journal: replay needs this serve stopped"
+                );
+                None
+            }
+        },
         _ => None,
     };
     let listeners = bind(listen.as_ref().unwrap_or(&config.server.listen))?;
