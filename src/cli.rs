@@ -16,6 +16,7 @@ use crate::cmq::{Format, OutgoingPush, Push, PushError};
 use crate::config::{Config, ConfigError, Hook, Listen};
 use crate::delivery::{self, Deliveries, HistoryFilter, HistoryRow, JournalError, Outcome};
 use crate::dispatch::{Dispatcher, HookResult, Verdict};
+use crate::replay_socket;
 use crate::routing::RoutedConfig;
 use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
@@ -575,14 +576,14 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
         return Err(no_body());
     }
     // Taking the journal's lock: no `serve` runs anything meanwhile, nor another replay.
-    let deliveries = service::open_deliveries(&config).map_err(|err| match err {
-        JournalError::Locked { holder, .. } => CliError::Shown(format!(
-            "a serve{} holds the journal {}; replay through it is not supported yet: stop it, replay, then start it again",
-            holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
-            config.redact(&path.display().to_string())
-        )),
-        err => CliError::Journal(err),
-    })?;
+    let deliveries = match service::open_deliveries(&config) {
+        Ok(deliveries) => deliveries,
+        // A serve holds it: it owns the claims, so it runs the replay.
+        Err(JournalError::Locked { holder, .. }) => {
+            return replay_through_serve(&path, args, holder, no_body);
+        }
+        Err(err) => return Err(CliError::Journal(err)),
+    };
     let kept = deliveries
         .kept(msg_id, args.hook.as_deref(), keep_bodies)
         .map_err(CliError::Shown)?
@@ -633,6 +634,59 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
     print_outcomes(&results)?;
     let succeeded = !missing
         && results.len() == hooks.len()
+        && results
+            .iter()
+            .all(|result| result.outcome == Outcome::Succeeded && result.recorded);
+    Ok(if succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `cmqhook replay` while the serve `holder` holds the journal `journal`: asks it through
+/// its replay socket, prints each outcome as it comes, and exits as a replay run here would.
+fn replay_through_serve(
+    journal: &Path,
+    args: &ReplayArgs,
+    holder: Option<u32>,
+    no_body: impl FnOnce() -> CliError,
+) -> Result<ExitCode, CliError> {
+    let request = replay_socket::Request {
+        msg_id: args.msg_id.clone(),
+        hook: args.hook.clone(),
+    };
+    let replies = replay_socket::ask(journal, &request).map_err(|err| {
+        CliError::Shown(format!(
+            "a serve{} holds the journal; {err}",
+            holder
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default(),
+        ))
+    })?;
+    if replies.iter().any(|reply| reply.not_kept) {
+        return Err(no_body());
+    }
+    let mut results = Vec::new();
+    let mut refused = false;
+    for reply in &replies {
+        match reply.result() {
+            Some(result) => results.push(result),
+            None => {
+                refused = true;
+                eprintln!(
+                    "{}",
+                    reply
+                        .error
+                        .as_deref()
+                        .unwrap_or("the serve refused the replay")
+                );
+            }
+        }
+    }
+    print_outcomes(&results)?;
+    let succeeded = !refused
+        && !results.is_empty()
         && results
             .iter()
             .all(|result| result.outcome == Outcome::Succeeded && result.recorded);

@@ -9,7 +9,8 @@
 //!    slot, and a run spawned as a task on the caller's runtime (the HTTP worker's); for an
 //!    `ack = "stored"` hook, the push is stored instead, and `serve`'s scheduler runs and
 //!    retries it later; with `keep_bodies`, the push's body is kept in the journal too, for
-//!    `cmqhook replay`, which runs it again through [`dispatch`] (`dispatch/replay.rs`);
+//!    `cmqhook replay`, which runs it again through [`dispatch`] (`dispatch/replay.rs`), or
+//!    asks the `serve` holding the journal to, through [`replay_socket`];
 //! 6. [`runner`] runs one command in its own process group and reports its outcome;
 //! 7. [`delivery`] journals the outcome and settles it for its waiters once committed;
 //! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0
@@ -27,6 +28,7 @@ pub mod config;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;
+pub mod replay_socket;
 pub mod routing;
 pub mod runner;
 pub mod secrets;

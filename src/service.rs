@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError, Listen};
 use crate::delivery::{Deliveries, JournalError};
 use crate::dispatch::Dispatcher;
 use crate::http;
+use crate::replay_socket;
 
 /// The soft open-files limit `serve` raises itself to, if the hard limit allows.
 const OPEN_FILES: u64 = 65_536;
@@ -58,6 +59,20 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
     // The journal first: it may refuse (another serve owns it), and commands a dead serve
     // left running are stopped before anything can run again.
     let deliveries = open_deliveries(&config)?;
+    // `cmqhook replay` asks through it while this process holds the SQLite journal.
+    let mut replay_socket = match (&config.server.journal, &config.server.postgres) {
+        (Some(journal), None) => match replay_socket::bind(journal) {
+            Ok(socket) => Some(socket),
+            Err(err) => {
+                tracing::warn!(
+                    error = %err,
+                    "cannot listen for `cmqhook replay` beside the journal: replay needs this serve stopped"
+                );
+                None
+            }
+        },
+        _ => None,
+    };
     let listeners = bind(listen.as_ref().unwrap_or(&config.server.listen))?;
     let local = listeners
         .iter()
@@ -75,6 +90,9 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
         let mut terminate = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
+        if let Some(socket) = &mut replay_socket {
+            socket.serve(Arc::clone(&dispatcher))?;
+        }
         // Only now: whoever waits for this line may signal at once.
         tracing::info!(hooks, "listening on {local}");
         let reloader = Arc::clone(&dispatcher);
@@ -93,6 +111,7 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
         run(listeners, Arc::clone(&dispatcher), shutdown).await
     });
     dispatcher.close();
+    drop(replay_socket);
     served?;
     tracing::info!("stopped");
     Ok(())

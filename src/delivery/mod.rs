@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,7 @@ use table::Table;
 
 /// A run's outcome, as answered and journaled; converted to and from the journal's text here
 /// and nowhere else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -585,7 +585,21 @@ impl Deliveries {
         };
         // A success already journaled is answered even while the journal cannot be written;
         // nothing new starts then.
-        self.table.claim(key, dedup_for, journal, || self.health())
+        self.table
+            .claim(key, dedup_for, false, journal, || self.health())
+    }
+
+    /// [`Deliveries::claim`] for a replay in `serve`: a success is claimed too (never
+    /// [`Claim::Succeeded`]), so that while the replay runs, pushes of the message join it
+    /// and get its result instead of running alongside it.
+    pub fn claim_again(&self, hook: &str, msg_id: &str, dedup_for: Duration) -> Claim {
+        let key = (hook.to_owned(), msg_id.to_owned());
+        let journal = |key: &Key| match &self.store {
+            Store::Memory | Store::Postgres(_) => Ok(None),
+            Store::Sqlite(journal) => journal.last(&key.0, &key.1, dedup_for),
+        };
+        self.table
+            .claim(key, dedup_for, true, journal, || self.health())
     }
 
     /// A claimed run that will not start: the claim is let go, and pushes that joined it are

@@ -75,11 +75,13 @@ impl Table {
     }
 
     /// Claim-or-observe under the key's lock; `journal` is asked only when memory knows
-    /// nothing of the key, and `may_start` only when the claim would start a run.
+    /// nothing of the key, and `may_start` only when the claim would start a run. `again`
+    /// (a replay): a success is claimed as any other outcome, to run once more.
     pub(super) fn claim(
         &self,
         key: Key,
         dedup_for: Duration,
+        again: bool,
         journal: impl FnOnce(&Key) -> Result<Option<Last>, String>,
         may_start: impl FnOnce() -> Result<(), String>,
     ) -> Claim {
@@ -97,10 +99,12 @@ impl Table {
                 success: Some(result),
                 at,
                 ..
-            }) if at.elapsed() < dedup_for => return Claim::Succeeded(RunResult::clone(result)),
+            }) if !again && at.elapsed() < dedup_for => {
+                return Claim::Succeeded(RunResult::clone(result));
+            }
             Some(Entry::Finished { attempt, .. }) => attempt + 1,
             None => match journal(&key) {
-                Ok(Some(last)) if last.outcome == Outcome::Succeeded => {
+                Ok(Some(last)) if !again && last.outcome == Outcome::Succeeded => {
                     return Claim::Succeeded(RunResult {
                         outcome: Outcome::Succeeded,
                         exit_code: Some(0),

@@ -9,6 +9,7 @@
 //! HTTP: the status code is `http`'s choice, made from [`Verdict`] or [`Refusal`].
 
 mod replay;
+pub use replay::Replayed;
 mod slots;
 mod stored;
 

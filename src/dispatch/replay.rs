@@ -9,7 +9,24 @@ use std::time::Duration;
 use super::{Active, Dispatcher, HookResult, Watch, facts, run_spec, stdin_of};
 use crate::cmq::{Format, Push};
 use crate::config::{Hook, StdinMode};
-use crate::delivery::{KeptPush, Message, Outcome, RunStart, StoredState, StoredUpdate, Ticket};
+use crate::delivery::{
+    Claim, KeptPush, Message, Outcome, RunStart, StoredState, StoredUpdate, Ticket,
+};
+
+/// How often, and how many times, a replay in `serve` tries again to claim a message whose
+/// previous outcome is not journaled yet (or while the journal cannot be written).
+const CLAIM_RETRY: Duration = Duration::from_millis(100);
+const CLAIM_TRIES: u32 = 50;
+
+/// What `serve` did with a replay request (`cmqhook replay` while it holds the journal).
+pub enum Replayed {
+    /// The journal could not be read.
+    Unreadable(String),
+    /// No body of the message is kept within `keep_bodies`.
+    NotKept,
+    /// Per hook: its result, or why it was not replayed.
+    Ran(Vec<Result<HookResult, String>>),
+}
 
 impl Dispatcher {
     /// Keeps `push` (whose redacted path is `path`), which matched `hooks`, for replay. Its
@@ -35,7 +52,103 @@ impl Dispatcher {
     /// new state (done after a success; else as it was). Returns once the outcome is
     /// committed. The caller makes sure that no other run of the message is going.
     pub async fn replay(&self, hook: &Arc<Hook>, kept: &KeptPush) -> HookResult {
+        self.replay_on(hook, kept, Arc::new(Ticket::default()))
+            .await
+    }
+
+    /// `serve`'s part of `cmqhook replay --msg-id MSG_ID [--hook NAME]`: finds the kept push
+    /// and replays it through `hook` (else every hook that ran it) that this config has, at
+    /// once, each with [`Dispatcher::replay_claimed`].
+    pub async fn replay_message(&self, msg_id: &str, hook: Option<&str>) -> Replayed {
+        if self.is_draining() {
+            return Replayed::Unreadable("the serve is shutting down".to_owned());
+        }
+        let config = self.config();
+        let kept = match self
+            .deliveries
+            .kept(msg_id, hook, config.server.keep_bodies)
+        {
+            Ok(Some(kept)) => kept,
+            Ok(None) => return Replayed::NotKept,
+            Err(reason) => return Replayed::Unreadable(reason),
+        };
+        let names = match hook {
+            Some(name) => vec![name.to_owned()],
+            None => kept.hooks.clone(),
+        };
+        let runs = names.iter().map(|name| {
+            let hook = config.hooks.iter().find(|hook| &hook.name == name).cloned();
+            let kept = &kept;
+            async move {
+                match hook {
+                    Some(hook) => Ok(self.replay_claimed(&hook, kept).await),
+                    None => Err(format!(
+                        "{name}: not replayed: the hook is not configured in the running serve"
+                    )),
+                }
+            }
+        });
+        Replayed::Ran(futures_util::future::join_all(runs).await)
+    }
+
+    /// [`Dispatcher::replay`] in `serve`, never alongside a run of the same message: it takes
+    /// the message's claim (waiting for a run that holds it to end), even after a success,
+    /// so that pushes of the message meanwhile (CMQ's retries) join the replay and get its
+    /// result. Stored work of the message that is still pending is not replayed: its
+    /// scheduler runs it.
+    pub async fn replay_claimed(&self, hook: &Arc<Hook>, kept: &KeptPush) -> HookResult {
         let not_started = |reason: String| {
+            HookResult::without_run(hook, Outcome::NotStarted, Duration::ZERO, Some(reason))
+        };
+        let msg_id = kept.message.msg_id.as_str();
+        match self.deliveries.stored_progress(&hook.name, msg_id) {
+            Ok(Some((
+                state @ (StoredState::Queued | StoredState::Waiting | StoredState::Running),
+                _,
+            ))) => {
+                return not_started(format!(
+                    "the stored message is {}: its own runs are not over; replay it once it is done or dead",
+                    state.as_str()
+                ));
+            }
+            Ok(_) => {}
+            Err(reason) => return not_started(reason),
+        }
+        let dedup_for = self.config().server.dedup_for;
+        let mut tries = 0;
+        loop {
+            match self.deliveries.claim_again(&hook.name, msg_id, dedup_for) {
+                Claim::Run { ticket, .. } => return self.replay_on(hook, kept, ticket).await,
+                Claim::Running(ticket) => {
+                    tracing::debug!(hook = %hook.name, msg_id, "replay: waiting for the running run");
+                    let mut done = ticket.subscribe();
+                    let _ = done.wait_for(Option::is_some).await;
+                }
+                Claim::Unavailable(reason) => {
+                    tries += 1;
+                    if tries >= CLAIM_TRIES {
+                        return not_started(reason);
+                    }
+                    tokio::time::sleep(CLAIM_RETRY).await;
+                }
+                Claim::Succeeded(result) => return HookResult::new(hook, result, true),
+            }
+        }
+    }
+
+    /// [`Dispatcher::replay`] as the run of `ticket`: whoever waits for it gets its result.
+    async fn replay_on(
+        &self,
+        hook: &Arc<Hook>,
+        kept: &KeptPush,
+        ticket: Arc<Ticket>,
+    ) -> HookResult {
+        let msg_id = kept.message.msg_id.as_str();
+        let dedup_for = self.config().server.dedup_for;
+        let not_started = |reason: String| {
+            // A claim taken for this run is let go; whoever joined it is told.
+            self.deliveries
+                .withdraw(&hook.name, Some(msg_id), 0, &ticket);
             HookResult::without_run(hook, Outcome::NotStarted, Duration::ZERO, Some(reason))
         };
         let push = push_of(&kept.message, kept.body.clone(), kept.envelope.clone());
@@ -45,7 +158,6 @@ impl Dispatcher {
                 kept.message.msg_id
             ));
         }
-        let msg_id = kept.message.msg_id.as_str();
         let progress = self
             .deliveries
             .latest_attempt(&hook.name, msg_id)
@@ -61,7 +173,6 @@ impl Dispatcher {
         self.active
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let active = Active(self);
-        let ticket = Arc::new(Ticket::default());
         ticket.begin();
         let start = RunStart {
             hook: hook.name.clone(),
@@ -114,7 +225,6 @@ impl Dispatcher {
             }
         });
         let mut done = ticket.subscribe();
-        let dedup_for = self.config().server.dedup_for;
         self.deliveries
             .end_with(handle, result.clone(), end, dedup_for, update);
         let settled = done

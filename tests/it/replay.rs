@@ -112,21 +112,184 @@ fn replay_without_a_kept_body_fails_and_names_keep_bodies() {
     assert_eq!(dir.recorded().len(), 1);
 }
 
+/// The replay socket of the dir's journal.
+fn replay_socket(dir: &Dir) -> std::path::PathBuf {
+    dir.file("cmqhook.db.replay.sock")
+}
+
 #[test]
-fn replay_is_refused_while_a_serve_holds_the_journal() {
+fn replay_runs_through_a_serve_that_holds_the_journal() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let dir = Dir::new();
-    let server = Server::start(
+    // Left by a serve that died: the journal's lock proves it stale.
+    std::fs::write(replay_socket(&dir), b"stale").expect("a stale socket file");
+    let mut server = Server::start(
         &dir,
         &config("keep_bodies = \"1d\"", &dir.recorder_hook("any")),
     );
-    assert_eq!(server.post_seed("/", "h1").status, 200);
-    let (code, _, stderr) = replay(&dir, "h1", &[]);
+    let socket = std::fs::metadata(replay_socket(&dir)).expect("the replay socket");
+    assert!(socket.file_type().is_socket());
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600);
+    let raw: Vec<u8> = (0..=255u8).chain([0, 0xff, 0xc3, 0x28, 0]).collect();
+    let headers = [("x-cmq-message-id", "s1"), ("x-cmq-request-id", "78")];
+    assert_eq!(server.post("/raw", &headers, &raw).status, 200);
+    let (code, stdout, stderr) = replay(&dir, "s1", &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("any: succeeded"), "{stdout}");
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 2);
+    let (first, again) = (&runs[0], &runs[1]);
+    assert_eq!(again.stdin, raw);
+    assert_eq!(cmq_vars(again), cmq_vars(first));
+    again.assert_vars(&[
+        ("CMQ_MSG_ID", "s1"),
+        ("CMQ_REQUEST_ID", "78"),
+        ("CMQHOOK_HOOK", "any"),
+        ("CMQHOOK_ATTEMPT", "2"),
+        ("CMQHOOK_REPLAY", "1"),
+    ]);
+    let rows = dir.history(&["--msg-id", "s1"]);
+    let attempts: Vec<_> = rows
+        .iter()
+        .map(|row| (row["attempt"].as_u64(), row["outcome"].as_str()))
+        .collect();
+    assert_eq!(
+        attempts,
+        [(Some(2), Some("succeeded")), (Some(1), Some("succeeded"))]
+    );
+    // Succeeded again: CMQ's retry runs nothing.
+    assert_eq!(server.post("/raw", &headers, &raw).status, 200);
+    assert_eq!(dir.recorded().len(), 2);
+    // Nothing kept for this one: the same message as without a serve.
+    let (code, _, stderr) = replay(&dir, "never-seen", &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("a serve (pid {}) holds the journal", server.pid())),
+        stderr.contains("no kept body for message `never-seen`"),
         "{stderr}"
     );
-    assert_eq!(dir.recorded().len(), 1);
+    assert!(stderr.contains("keep_bodies"), "{stderr}");
+    assert_eq!(server.stop(), Some(0));
+    assert!(!replay_socket(&dir).exists(), "removed at exit");
+}
+
+#[test]
+fn replay_through_a_serve_with_hook_runs_only_that_hook() {
+    let dir = Dir::new();
+    let hooks = format!("{}\n{}", dir.recorder_hook("a"), dir.recorder_hook("b"));
+    let server = Server::start(&dir, &config("keep_bodies = \"1d\"", &hooks));
+    assert_eq!(server.post_seed("/", "o2").status, 200);
+    let (code, stdout, stderr) = replay(&dir, "o2", &["--hook", "b"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("b: succeeded") && !stdout.contains("a:"),
+        "{stdout}"
+    );
+    let replayed: Vec<_> = dir
+        .recorded()
+        .into_iter()
+        .filter(|run| run.var("CMQHOOK_REPLAY") == Some("1"))
+        .collect();
+    assert_eq!(replayed.len(), 1);
+    replayed[0].assert_vars(&[("CMQHOOK_HOOK", "b"), ("CMQHOOK_ATTEMPT", "2")]);
+    assert_eq!(replayed[0].stdin, b"test message");
+}
+
+#[test]
+fn a_failing_replay_through_a_serve_exits_1_and_cmq_retries_run_again() {
+    let dir = Dir::new();
+    let fail = dir.file("fail");
+    let command = format!(
+        "[ -e {fail} ] && exit 3; {record}",
+        fail = fail.display(),
+        record = dir.record(0)
+    );
+    let server = Server::start(
+        &dir,
+        &config(
+            "keep_bodies = \"1d\"",
+            &format!("[hooks.job]\ncommand = '{command}'"),
+        ),
+    );
+    assert_eq!(server.post_seed("/", "f1").status, 200);
+    std::fs::write(&fail, b"").expect("let it fail");
+    let (code, stdout, stderr) = replay(&dir, "f1", &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("job: failed (exit 3"), "{stdout}");
+    // The latest outcome is a failure now: CMQ's retry runs it, as the attempt after.
+    std::fs::remove_file(&fail).expect("let it succeed");
+    assert_eq!(server.post_seed("/", "f1").status, 200);
+    let runs = dir.recorded();
+    assert_eq!(runs.len(), 2);
+    runs[1].assert_vars(&[("CMQHOOK_ATTEMPT", "3")]);
+    assert_eq!(runs[1].var("CMQHOOK_REPLAY"), None);
+}
+
+#[test]
+fn replay_through_a_serve_waits_for_a_run_of_the_message_and_pushes_join_the_replay() {
+    let dir = Dir::new();
+    let log = dir.file("log");
+    let command = format!(
+        "echo start >> {log}; sleep 1; echo end >> {log}; {record}",
+        log = log.display(),
+        record = dir.record(0)
+    );
+    let server = Server::start(
+        &dir,
+        &config(
+            "keep_bodies = \"1d\"",
+            &format!("[hooks.slow]\ncommand = '{command}'"),
+        ),
+    );
+    assert_eq!(server.post_seed("/", "w1").status, 200);
+    // A run of it going when the replay is asked: the replay waits for it.
+    std::fs::remove_file(&log).expect("log");
+    let addr = server.addr;
+    let first = std::thread::spawn(move || post(addr, "/", &[("x-cmq-message-id", "w2")], b"two"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, stdout, stderr) = replay(&dir, "w2", &[]);
+    let first = first.join().expect("push");
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(text, "start\nend\nstart\nend\n");
+    // A push of the message while the replay runs joins it: nothing runs alongside.
+    std::fs::remove_file(&log).expect("log");
+    let replaying = {
+        let config = dir.config_file();
+        std::thread::spawn(move || {
+            cmqhook(
+                &[
+                    "replay",
+                    "-c",
+                    config.to_str().expect("utf-8 path"),
+                    "--msg-id",
+                    "w2",
+                ],
+                b"",
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    let joined = post(addr, "/", &[("x-cmq-message-id", "w2")], b"two");
+    assert_eq!(joined.status, 200, "{}", joined.text());
+    assert_eq!(joined.json()["results"][0]["deduplicated"], true);
+    let replayed = replaying.join().expect("replay");
+    assert_eq!(replayed.status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "start\nend\n");
+    let attempts: Vec<_> = dir
+        .recorded()
+        .iter()
+        .filter(|run| run.var("CMQ_MSG_ID") == Some("w2"))
+        .map(|run| run.var("CMQHOOK_ATTEMPT").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            Some("1".to_owned()),
+            Some("2".to_owned()),
+            Some("3".to_owned())
+        ]
+    );
 }
 
 #[test]
