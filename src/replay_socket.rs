@@ -159,13 +159,37 @@ impl Drop for Socket {
     }
 }
 
-/// One replay request: read it, run it, write each line of the answer.
+/// How long a client has to send its request line.
+const REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One replay request: read it, run it, write each line of the answer. Only a process of
+/// this serve's own user may ask (the socket's mode is set just after it is bound, so the
+/// peer is checked too), and it has [`REQUEST_WITHIN`] to say what it wants.
 async fn answer(stream: tokio::net::UnixStream, dispatcher: Arc<Dispatcher>) {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self").map(|own| own.uid());
+    match stream.peer_cred() {
+        Ok(peer) if own.as_ref().is_ok_and(|own| peer.uid() == *own) => {}
+        Ok(peer) => {
+            tracing::warn!(
+                uid = peer.uid(),
+                "replay socket: a request from another user is refused"
+            );
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "replay socket: cannot tell who asks; refused");
+            return;
+        }
+    }
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let read = tokio::io::BufReader::new(read.take(MAX_REQUEST))
-        .read_line(&mut line)
-        .await;
+    let read = tokio::time::timeout(
+        REQUEST_WITHIN,
+        tokio::io::BufReader::new(read.take(MAX_REQUEST)).read_line(&mut line),
+    )
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::other("no request in time")));
     let replies = match read
         .map_err(|err| err.to_string())
         .and_then(|_| serde_json::from_str::<Request>(&line).map_err(|err| err.to_string()))
