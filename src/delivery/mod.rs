@@ -191,6 +191,9 @@ pub struct StoredUpdate {
     pub failures: u32,
     pub next_at: Option<SystemTime>,
     pub last_outcome: Option<Outcome>,
+    /// Written only if the work is still in this state (a replay's update must not overwrite
+    /// work stored again meanwhile).
+    pub only_if: Option<StoredState>,
 }
 
 /// What storing a push for a stored hook came to.
@@ -811,6 +814,7 @@ impl Deliveries {
                 failures,
                 next_at: None,
                 last_outcome: None,
+                only_if: None,
             });
         }
         RunHandle {

@@ -1239,7 +1239,7 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
             "UPDATE stored SET state = ?3, attempt = ?4, failures = ?5,
                                next_at = COALESCE(?6, next_at), updated_at = ?7,
                                last_outcome = COALESCE(?8, last_outcome)
-             WHERE hook = ?1 AND msg_id = ?2",
+             WHERE hook = ?1 AND msg_id = ?2 AND (?9 IS NULL OR state = ?9)",
         )?;
         let mut update_stored = |at: &str, update: &StoredUpdate| {
             let next_at = update.next_at.map(timestamp);
@@ -1251,7 +1251,8 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
                 update.failures,
                 next_at,
                 at,
-                update.last_outcome
+                update.last_outcome,
+                update.only_if.map(StoredState::as_str)
             ])
         };
         for record in batch {

@@ -205,11 +205,11 @@ impl Dispatcher {
             .await;
         drop(permits);
         let outcome = result.outcome;
-        let update = stored.map(|(state, failures)| {
+        let update = stored.map(|(seen, failures)| {
             let state = if outcome == Outcome::Succeeded {
                 StoredState::Done
             } else {
-                state
+                seen
             };
             if state == StoredState::Done {
                 tracing::info!(hook = %hook.name, msg_id, "stored message replayed: done");
@@ -222,6 +222,8 @@ impl Dispatcher {
                 failures,
                 next_at: None,
                 last_outcome: Some(outcome),
+                // The work may have been stored again while the replay ran: leave it then.
+                only_if: Some(seen),
             }
         });
         let mut done = ticket.subscribe();

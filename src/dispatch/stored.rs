@@ -293,6 +293,7 @@ impl Dispatcher {
             failures: work.failures,
             next_at,
             last_outcome: Some(outcome),
+            only_if: None,
         };
         self.deliveries.end_stored(handle, result, end, update);
         state
