@@ -1500,19 +1500,6 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
         let mut found: Vec<HistoryRow> = runs
             .iter()
             .map(|row| HistoryRow {
-                at: row.get(0),
-                kind: "run",
-                hook: row.get(1),
-                msg_id: row.get(2),
-                request_id: row.get(3),
-                path: row.get(4),
-                topic: row.get(5),
-                subscription: row.get(6),
-                tags: row.get(7),
-                attempt: row
-                    .get::<_, Option<i32>>(8)
-                    .and_then(|n| u32::try_from(n).ok()),
-                outcome: row.get(9),
                 status: None,
                 exit_code: row.get(10),
                 signal: row.get(11),
@@ -1524,6 +1511,7 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
                 stdout_tail: row.get(15),
                 stderr_tail: row.get(16),
                 instance: row.get(17),
+                ..history_row(row, "run")
             })
             .collect();
         if filter.hook.is_none() {
@@ -1544,25 +1532,16 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
                 .map_err(unreachable)?;
             found.extend(pushes.iter().map(|row| HistoryRow {
                 at: row.get(0),
-                kind: "push",
-                hook: None,
                 msg_id: row.get(3),
                 request_id: row.get(4),
                 path: row.get(5),
                 topic: row.get(6),
                 subscription: row.get(7),
                 tags: row.get(8),
-                attempt: None,
                 outcome: row.get(2),
                 status: row.get::<_, i32>(1).try_into().ok(),
-                exit_code: None,
-                signal: None,
-                duration_ms: None,
-                left_behind: None,
-                error: None,
-                stdout_tail: None,
-                stderr_tail: None,
                 instance: row.get(9),
+                ..HistoryRow::blank("push")
             }));
             found.sort_by(|a, b| b.at.cmp(&a.at));
             found.truncate(filter.limit);
@@ -1607,23 +1586,30 @@ async fn dead(
     Ok(rows
         .iter()
         .map(|row| HistoryRow {
-            at: row.get(0),
-            kind: "dead",
-            hook: row.get(1),
-            msg_id: row.get(2),
-            request_id: row.get(3),
-            path: row.get(4),
-            topic: row.get(5),
-            subscription: row.get(6),
-            tags: row.get(7),
-            attempt: row
-                .get::<_, Option<i32>>(8)
-                .and_then(|n| u32::try_from(n).ok()),
-            outcome: row.get(9),
             instance: row.get(10),
-            ..HistoryRow::blank("dead")
+            ..history_row(row, "dead")
         })
         .collect())
+}
+
+/// The columns every kind of `history` row starts with: at, hook, msg_id, request_id, path,
+/// topic, subscription, tags, attempt, outcome.
+fn history_row(row: &tokio_postgres::Row, kind: &'static str) -> HistoryRow {
+    HistoryRow {
+        at: row.get(0),
+        hook: row.get(1),
+        msg_id: row.get(2),
+        request_id: row.get(3),
+        path: row.get(4),
+        topic: row.get(5),
+        subscription: row.get(6),
+        tags: row.get(7),
+        attempt: row
+            .get::<_, Option<i32>>(8)
+            .and_then(|n| u32::try_from(n).ok()),
+        outcome: row.get(9),
+        ..HistoryRow::blank(kind)
+    }
 }
 
 /// Whether the database at `url` answers, for `check`.

@@ -644,8 +644,12 @@ impl Dispatcher {
         let running = metrics().running.with_label_values(&[&hook.name]);
         running.inc();
         // Stopped at shutdown, or when this instance can no longer keep its claims in a
-        // shared database (self-fencing: before another instance may take the message over).
-        let stop = self.interrupt.child_token();
+        // shared database (self-fencing: before another instance may take the message over);
+        // a token of the run's own only where there is a fence to fire it.
+        let stop = match fence {
+            Some(_) => self.interrupt.child_token(),
+            None => self.interrupt.clone(),
+        };
         let run = run_command(spec, stop.clone());
         tokio::pin!(run);
         let journaled = self.deliveries.is_journaled();
