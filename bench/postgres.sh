@@ -3,7 +3,8 @@
 # SQLite, on PostgreSQL (the same machine), and with two instances sharing that PostgreSQL
 # database (each behind its own wrk, half the connections each; their throughputs are added).
 # Measured in one run, round-robin over the setups, `reps` times; prints requests/s and p50
-# for each, and the ratios PostgreSQL / SQLite. Traffic goes to 127.0.0.1 only.
+# for each, the ratios PostgreSQL / SQLite, and (for a local server) the PostgreSQL server's
+# own CPU per push. Traffic goes to 127.0.0.1 only.
 #
 # PostgreSQL fsyncs every commit by default (synchronous_commit = on); the SQLite journal does
 # not (WAL, synchronous = NORMAL): a PostgreSQL commit survives power loss, a SQLite one a crash
@@ -74,6 +75,18 @@ load() {
              END {printf "%.0f %.3f\n", rps, p50}'
 }
 
+# CPU ticks (1/100 s) of every local postgres process, children included; empty when the
+# database runs elsewhere.
+pg_ticks() {
+    local pids
+    pids=$(pgrep -u postgres postgres 2>/dev/null || true)
+    [ -n "$pids" ] || return 0
+    for pid in $pids; do
+        awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat" 2>/dev/null || true
+    done | awk '{t += $1} END {print t}'
+}
+runs_in_db() { psql "$base/$db" -Atc "SELECT count(*) FROM cmqhook_runs"; }
+
 start sqlite "$work/sqlite.db"
 options=${PG_OPTIONS-sslmode=disable}
 start pg "$base/$db?$options" pg
@@ -84,7 +97,12 @@ results=$work/results
 for rep in $(seq "$reps"); do
     for conns in 1 8 64; do
         echo "sqlite $conns $(load "$(cat "$work/sqlite/addr")" "$conns" "s$rep-$conns")" >> "$results"
+        ticks=$(pg_ticks); before=$(runs_in_db)
         echo "pg $conns $(load "$(cat "$work/pg/addr")" "$conns" "p$rep-$conns")" >> "$results"
+        ticks_after=$(pg_ticks); after=$(runs_in_db)
+        if [ -n "$ticks" ] && [ "$after" -gt "$before" ]; then
+            echo "$conns $(( (ticks_after - ticks) * 10000 / (after - before) ))" >> "$work/server-cpu"
+        fi
         if [ "$conns" -gt 1 ]; then
             half=$(( conns / 2 ))
             load "$(cat "$work/pg-a/addr")" "$half" "a$rep-$conns" > "$work/a.out" &
@@ -110,6 +128,14 @@ for setup in sqlite pg pg-two; do
         printf '%-8s %6s %28s %28s\n' "$setup" "$conns" "$rps" "$p50"
     done
 done
+if [ -s "$work/server-cpu" ]; then
+    echo
+    echo "PostgreSQL server CPU a push (all its processes, /proc/PID/stat), µs:"
+    for conns in 1 8 64; do
+        awk -v c="$conns" '$1 == c {printf " %s", $2}' "$work/server-cpu" | sed "s/^/  c$conns:/"
+        echo
+    done
+fi
 echo
 for conns in 1 8 64; do
     awk -v c="$conns" '$2 == c && $1 == "sqlite" {s[++n] = $3; sp[n] = $4}
