@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cmq::{Format, OutgoingPush, Push, PushError};
 use crate::config::{Config, ConfigError, Hook, Listen};
-use crate::delivery::{self, Deliveries, HistoryFilter, HistoryRow, JournalError, Outcome};
-use crate::dispatch::{Dispatcher, HookResult, Verdict};
+use crate::delivery::{
+    self, Deliveries, HistoryFilter, HistoryRow, JournalError, Outcome, postgres,
+};
+use crate::dispatch::{Dispatcher, HookResult, Reply, Verdict};
 use crate::replay_socket;
 use crate::routing::RoutedConfig;
 use crate::send::{ExtraHeader, SendError, send_push};
@@ -542,16 +544,6 @@ fn print_outcomes(results: &[HookResult]) -> Result<(), CliError> {
 
 fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
     let config = Config::load(&args.config.config)?;
-    if config.server.postgres.is_some() {
-        return Err(CliError::Shown(
-            "replay is not supported yet with a PostgreSQL `server.journal`".to_owned(),
-        ));
-    }
-    let Some(path) = config.server.journal.clone() else {
-        return Err(CliError::JournalOff {
-            file: config.file.clone(),
-        });
-    };
     if let Some(name) = &args.hook
         && !config.hooks.iter().any(|hook| &hook.name == name)
     {
@@ -572,6 +564,14 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
         };
         CliError::Shown(format!("no kept body for message `{msg_id}`: {why}"))
     };
+    if let Some(url) = config.server.postgres.clone() {
+        return replay_shared(config, &url, args, no_body);
+    }
+    let Some(path) = config.server.journal.clone() else {
+        return Err(CliError::JournalOff {
+            file: config.file.clone(),
+        });
+    };
     if !path.exists() {
         return Err(no_body());
     }
@@ -580,12 +580,31 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
         Ok(deliveries) => deliveries,
         // A serve holds it: it owns the claims, so it runs the replay.
         Err(JournalError::Locked { holder, .. }) => {
-            return replay_through_serve(&path, args, holder, no_body);
+            let replies = replay_socket::ask(
+                &path,
+                &replay_socket::Request {
+                    msg_id: args.msg_id.clone(),
+                    hook: args.hook.clone(),
+                },
+            )
+            .map_err(|err| {
+                CliError::Shown(format!(
+                    "a serve{} holds the journal; {err}",
+                    holder
+                        .map(|pid| format!(" (pid {pid})"))
+                        .unwrap_or_default(),
+                ))
+            })?;
+            return report_replies(&replies, no_body);
         }
         Err(err) => return Err(CliError::Journal(err)),
     };
-    let kept = deliveries
-        .kept(msg_id, args.hook.as_deref(), keep_bodies)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let kept = runtime
+        .block_on(deliveries.kept(msg_id, args.hook.as_deref(), keep_bodies))
         .map_err(CliError::Shown)?
         .ok_or_else(no_body)?;
     let names = match &args.hook {
@@ -603,33 +622,20 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
             }
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::Runtime)?;
     let interrupt = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(config, deliveries, interrupt.clone()));
-    let results = runtime.block_on(async {
+    let results = runtime.block_on(until_interrupted(&interrupt, async {
         let runs = hooks.iter().map(|hook| {
             let dispatcher = Arc::clone(&dispatcher);
             let (hook, kept) = (Arc::clone(hook), kept.clone());
             tokio::spawn(async move { dispatcher.replay(&hook, &kept).await })
         });
-        let all = futures_util::future::join_all(runs);
-        tokio::pin!(all);
-        let joined = tokio::select! {
-            joined = &mut all => joined,
-            _ = tokio::signal::ctrl_c() => {
-                // Ctrl-C: stop the commands' process groups, then report.
-                interrupt.cancel();
-                all.await
-            }
-        };
-        joined
+        futures_util::future::join_all(runs)
+            .await
             .into_iter()
             .filter_map(Result::ok)
             .collect::<Vec<HookResult>>()
-    });
+    }));
     dispatcher.close();
     print_outcomes(&results)?;
     let succeeded = !missing
@@ -644,32 +650,89 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-/// `cmqhook replay` while the serve `holder` holds the journal `journal`: asks it through
-/// its replay socket, prints each outcome as it comes, and exits as a replay run here would.
-fn replay_through_serve(
-    journal: &Path,
+/// `work`, whose runs `interrupt` stops: at Ctrl-C their process groups are stopped, and what
+/// they came to is still reported.
+async fn until_interrupted<T>(
+    interrupt: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => done,
+        _ = tokio::signal::ctrl_c() => {
+            interrupt.cancel();
+            work.await
+        }
+    }
+}
+
+/// How long `cmqhook replay` waits for an instance of the fleet to take its request before it
+/// concludes that no `serve` runs and replays the message itself (every `serve` looks for
+/// requests four times a second).
+const REPLAY_TAKEN_WITHIN: Duration = Duration::from_secs(3);
+
+/// `cmqhook replay` with a PostgreSQL journal: records a replay request there for whichever
+/// `serve` of the fleet comes first and waits for its outcome; when no `serve` takes it,
+/// claims the message in the database itself (as any instance would) and runs the replay.
+fn replay_shared(
+    config: Config,
+    url: &str,
     args: &ReplayArgs,
-    holder: Option<u32>,
     no_body: impl FnOnce() -> CliError,
 ) -> Result<ExitCode, CliError> {
-    let request = replay_socket::Request {
-        msg_id: args.msg_id.clone(),
-        hook: args.hook.clone(),
+    let requested = postgres::request_replay(
+        url,
+        &args.msg_id,
+        args.hook.as_deref(),
+        REPLAY_TAKEN_WITHIN,
+        |instance| eprintln!("instance `{instance}` took the replay; waiting for its outcome"),
+    )
+    .map_err(|err| CliError::Shown(config.secrets().redact(&err.to_string()).into_owned()))?;
+    let replies = match requested {
+        postgres::Requested::Answered(answer) => answer
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<Reply>, _>>()
+            .map_err(|err| {
+                CliError::Shown(format!(
+                    "the serve's answer to the replay is unreadable: {err}"
+                ))
+            })?,
+        postgres::Requested::NotTaken => {
+            eprintln!("no serve took the replay: running it here");
+            let deliveries = service::open_deliveries(&config)?;
+            deliveries
+                .health()
+                .map_err(|reason| CliError::Shown(config.secrets().redact(&reason).into_owned()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            let interrupt = CancellationToken::new();
+            let dispatcher = Arc::new(Dispatcher::new(config, deliveries, interrupt.clone()));
+            let replayed = runtime.block_on(until_interrupted(
+                &interrupt,
+                dispatcher.replay_message(&args.msg_id, args.hook.as_deref()),
+            ));
+            dispatcher.close();
+            replayed.replies()
+        }
     };
-    let replies = replay_socket::ask(journal, &request).map_err(|err| {
-        CliError::Shown(format!(
-            "a serve{} holds the journal; {err}",
-            holder
-                .map(|pid| format!(" (pid {pid})"))
-                .unwrap_or_default(),
-        ))
-    })?;
+    report_replies(&replies, no_body)
+}
+
+/// Prints each outcome of a replay a `serve` (or this process) answered, and exits as a
+/// replay run here would: 0 iff every hook succeeded and is journaled.
+fn report_replies(
+    replies: &[Reply],
+    no_body: impl FnOnce() -> CliError,
+) -> Result<ExitCode, CliError> {
     if replies.iter().any(|reply| reply.not_kept) {
         return Err(no_body());
     }
     let mut results = Vec::new();
     let mut refused = false;
-    for reply in &replies {
+    for reply in replies {
         match reply.result() {
             Some(result) => results.push(result),
             None => {

@@ -10,7 +10,8 @@
 //!    `ack = "stored"` hook, the push is stored instead, and `serve`'s scheduler runs and
 //!    retries it later; with `keep_bodies`, the push's body is kept in the journal too, for
 //!    `cmqhook replay`, which runs it again through [`dispatch`] (`dispatch/replay.rs`), or
-//!    asks the `serve` holding the journal to, through [`replay_socket`];
+//!    asks the `serve` holding the journal to, through [`replay_socket`] (with PostgreSQL,
+//!    through a request recorded in the shared database that any `serve` takes);
 //! 6. [`runner`] runs one command in its own process group and reports its outcome;
 //! 7. [`delivery`] journals the outcome and settles it for its waiters once committed;
 //! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0

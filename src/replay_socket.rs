@@ -17,8 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::delivery::Outcome;
-use crate::dispatch::{Dispatcher, HookResult, Replayed};
+use crate::dispatch::{Dispatcher, Reply};
 
 /// The longest request line read.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -39,65 +38,6 @@ pub fn path_of(journal: &Path) -> PathBuf {
 pub struct Request {
     pub msg_id: String,
     pub hook: Option<String>,
-}
-
-/// One line of the answer: a hook's result (`hook` set), or, without `hook`, why a hook or
-/// the whole request was not replayed (`error`), or that no body is kept (`not_kept`).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Reply {
-    #[serde(default)]
-    pub hook: Option<String>,
-    #[serde(default)]
-    pub outcome: Option<Outcome>,
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-    #[serde(default)]
-    pub signal: Option<i32>,
-    #[serde(default)]
-    pub duration_ms: u64,
-    #[serde(default)]
-    pub error: Option<String>,
-    /// The outcome is journaled.
-    #[serde(default)]
-    pub recorded: bool,
-    #[serde(default)]
-    pub not_kept: bool,
-}
-
-impl Reply {
-    fn of(result: HookResult) -> Reply {
-        Reply {
-            hook: Some(result.hook),
-            outcome: Some(result.outcome),
-            exit_code: result.exit_code,
-            signal: result.signal,
-            duration_ms: result.duration_ms,
-            error: result.error,
-            recorded: result.recorded,
-            not_kept: false,
-        }
-    }
-
-    fn refusal(error: String) -> Reply {
-        Reply {
-            error: Some(error),
-            ..Reply::default()
-        }
-    }
-
-    /// The hook's result, if this line is one.
-    pub fn result(&self) -> Option<HookResult> {
-        Some(HookResult {
-            hook: self.hook.clone()?,
-            outcome: self.outcome?,
-            exit_code: self.exit_code,
-            signal: self.signal,
-            duration_ms: self.duration_ms,
-            deduplicated: false,
-            error: self.error.clone(),
-            recorded: self.recorded,
-        })
-    }
 }
 
 /// `serve`'s bound replay socket; its file is removed when it is dropped.
@@ -201,23 +141,10 @@ async fn answer(stream: tokio::net::UnixStream, dispatcher: Arc<Dispatcher>) {
                 hook = request.hook,
                 "replay requested"
             );
-            match dispatcher
+            dispatcher
                 .replay_message(&request.msg_id, request.hook.as_deref())
                 .await
-            {
-                Replayed::Unreadable(reason) => vec![Reply::refusal(reason)],
-                Replayed::NotKept => vec![Reply {
-                    not_kept: true,
-                    ..Reply::default()
-                }],
-                Replayed::Ran(results) => results
-                    .into_iter()
-                    .map(|result| match result {
-                        Ok(result) => Reply::of(result),
-                        Err(reason) => Reply::refusal(reason),
-                    })
-                    .collect(),
-            }
+                .replies()
         }
     };
     for reply in replies {

@@ -167,8 +167,7 @@ pub fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
             url,
             &server.instance,
             server.lease,
-            server.dedup_for,
-            server.keep_dead,
+            (server.dedup_for, server.keep_dead, server.keep_bodies),
             grace,
             config.secrets().clone(),
         )?;
@@ -211,6 +210,8 @@ pub async fn run(
     let handle = server.handle();
     // Stored work (`ack = "stored"`): what the journal holds from before, and what comes in.
     actix_web::rt::spawn(Arc::clone(&dispatcher).schedule_stored());
+    // `cmqhook replay` with a shared database asks through it.
+    actix_web::rt::spawn(Arc::clone(&dispatcher).serve_replay_requests());
     let mut server = actix_web::rt::spawn(server);
     tokio::select! {
         () = shutdown => {}

@@ -459,14 +459,7 @@ impl Loader<'_> {
                 return None;
             }
             match humantime::parse_duration(&text) {
-                Ok(keep) if postgres.is_some() => {
-                    self.error(
-                        span,
-                        "server.keep_bodies: not supported yet with a PostgreSQL `server.journal`",
-                    );
-                    Some(keep)
-                }
-                Ok(keep) if journal.is_none() && !journal_broken => {
+                Ok(keep) if journal.is_none() && postgres.is_none() && !journal_broken => {
                     self.error(
                         span,
                         "server.keep_bodies: bodies are kept in the journal, but `server.journal` is \"off\"",

@@ -462,14 +462,14 @@ impl Deliveries {
     }
 
     /// A PostgreSQL database at `url`, shared with other instances; this one is `instance`.
-    /// Dead stored messages are kept for `keep_dead`. Does not wait for the database (see
+    /// Runs are kept for `keep`, dead stored messages for `keep_dead`, bodies of pushes for
+    /// `keep_bodies`. Does not wait for the database (see
     /// [`postgres::Postgres::open`]).
     pub fn open_postgres(
         url: &str,
         instance: &str,
         lease: Duration,
-        keep: Duration,
-        keep_dead: Duration,
+        (keep, keep_dead, keep_bodies): (Duration, Duration, Option<Duration>),
         orphan_grace: Duration,
         secrets: crate::secrets::Secrets,
     ) -> Result<Deliveries, JournalError> {
@@ -479,7 +479,7 @@ impl Deliveries {
             instance,
             &boot,
             lease,
-            (keep, keep_dead),
+            (keep, keep_dead, keep_bodies),
             orphan_grace,
             secrets,
         )?;
@@ -497,6 +497,11 @@ impl Deliveries {
             Store::Postgres(journal) => journal.wait_ready(within),
             Store::Memory | Store::Sqlite(_) => true,
         }
+    }
+
+    /// Whether the journal is a database shared with other instances.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.store, Store::Postgres(_))
     }
 
     /// Whether outcomes outlive the process.
@@ -875,17 +880,20 @@ impl Deliveries {
         });
     }
 
-    /// Keeps the body of a push that matched a hook (`keep_bodies`; the SQLite journal only).
+    /// Keeps the body of a push that matched a hook (`keep_bodies`), committed with the runs'
+    /// ends.
     pub fn keep(&self, push: KeptPush) {
-        if let Store::Sqlite(journal) = &self.store {
-            journal.record_kept(push);
+        match &self.store {
+            Store::Memory => {}
+            Store::Sqlite(journal) => journal.record_kept(push),
+            Store::Postgres(journal) => journal.keep(push),
         }
     }
 
     /// The latest push of `msg_id` kept within `within` (`None`: bodies are not kept), or
     /// the body of the message's stored work (of `hook`, if given); see
-    /// [`sqlite::Journal::kept`]. The SQLite journal only.
-    pub fn kept(
+    /// [`sqlite::Journal::kept`].
+    pub async fn kept(
         &self,
         msg_id: &str,
         hook: Option<&str>,
@@ -893,11 +901,13 @@ impl Deliveries {
     ) -> Result<Option<KeptPush>, String> {
         match &self.store {
             Store::Sqlite(journal) => journal.kept(msg_id, hook, within),
-            Store::Memory | Store::Postgres(_) => Ok(None),
+            Store::Postgres(journal) => journal.kept(msg_id, hook, within).await,
+            Store::Memory => Ok(None),
         }
     }
 
-    /// The latest attempt journaled for (`hook`, `msg_id`), however old; 0 if none.
+    /// The latest attempt journaled for (`hook`, `msg_id`), however old; 0 if none. (A shared
+    /// database gives a replay its attempt with its claim: [`Deliveries::acquire_again`].)
     pub fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
         match &self.store {
             Store::Sqlite(journal) => journal.latest_attempt(hook, msg_id),
@@ -906,14 +916,51 @@ impl Deliveries {
     }
 
     /// The state and failures of the stored message (`hook`, `msg_id`), if there is one.
-    pub fn stored_progress(
+    pub async fn stored_progress(
         &self,
         hook: &str,
         msg_id: &str,
     ) -> Result<Option<(StoredState, u32)>, String> {
         match &self.store {
             Store::Sqlite(journal) => journal.stored_progress(hook, msg_id),
-            Store::Memory | Store::Postgres(_) => Ok(None),
+            Store::Postgres(journal) => journal.stored_progress(hook, msg_id).await,
+            Store::Memory => Ok(None),
+        }
+    }
+
+    /// With a shared database, claims (`hook`, `msg_id`) there for a replay, after
+    /// [`Deliveries::claim_again`] gave it to this process: even after a success, as the
+    /// attempt after every run journaled. `None` with any other backend.
+    pub async fn acquire_again(&self, hook: &str, msg_id: &str, run_id: i64) -> Option<Acquired> {
+        match &self.store {
+            Store::Postgres(journal) => Some(journal.acquire_again(hook, msg_id, run_id).await),
+            Store::Memory | Store::Sqlite(_) => None,
+        }
+    }
+
+    /// With a shared database, the oldest replay request of `cmqhook replay` that no instance
+    /// took yet, now this one's; `Ok(None)` if there is none (always, with other backends).
+    pub async fn take_replay(&self) -> Result<Option<postgres::ReplayRequest>, String> {
+        match &self.store {
+            Store::Postgres(journal) => journal.take_replay().await,
+            Store::Memory | Store::Sqlite(_) => Ok(None),
+        }
+    }
+
+    /// Answers the replay request `id` taken by [`Deliveries::take_replay`].
+    pub async fn answer_replay(&self, id: i64, answer: String) -> Result<(), String> {
+        match &self.store {
+            Store::Postgres(journal) => journal.answer_replay(id, answer).await,
+            Store::Memory | Store::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// With a shared database, per hook, the stored messages of every instance waiting to
+    /// run; `None` with other backends (each instance counts its own work).
+    pub async fn stored_waiting(&self) -> Option<Result<Vec<(String, i64)>, String>> {
+        match &self.store {
+            Store::Postgres(journal) => Some(journal.stored_waiting().await),
+            Store::Memory | Store::Sqlite(_) => None,
         }
     }
 

@@ -27,11 +27,16 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sqlite::{Ended, HistoryFilter, HistoryRow, JournalError};
-use super::{Message, Outcome, PushRecord, RunResult, StoredPush, StoredState, StoredWork};
+use super::{
+    KeptPush, Message, Outcome, PushRecord, RunResult, StoredPush, StoredState, StoredWork,
+};
 use crate::runner::orphans;
 use crate::secrets::Secrets;
 
+mod replays;
 mod tls;
+
+pub use replays::{ReplayRequest, Requested, request_replay};
 
 /// Connections kept open to the database.
 const POOL_SIZE: usize = 16;
@@ -157,6 +162,44 @@ CREATE INDEX cmqhook_stored_due ON cmqhook_stored (hook, next_at)
 CREATE INDEX cmqhook_stored_updated ON cmqhook_stored (updated_at)
     WHERE state IN ('done', 'dead');
 ",
+    // `keep_bodies`: the pushes that matched a hook, for `cmqhook replay`, with what rebuilds
+    // their `CMQ_*` environment (`hooks`: the names that matched, a JSON array). And the replay
+    // requests `cmqhook replay` records for whichever instance comes first: `pending`, then
+    // `taken` (under `lease_until`, renewed like a claim's), then `done` with `answer`, the
+    // replay's outcome as JSON lines.
+    r"
+CREATE TABLE cmqhook_bodies (
+    id bigserial PRIMARY KEY,
+    msg_id text NOT NULL,
+    kept_at timestamptz NOT NULL,
+    instance text NOT NULL,
+    request_id text,
+    path text NOT NULL,
+    format text NOT NULL,
+    topic text,
+    subscription text,
+    topic_owner text,
+    publish_time text,
+    tags text NOT NULL,
+    hooks text NOT NULL,
+    body bytea NOT NULL,
+    envelope bytea
+);
+CREATE INDEX cmqhook_bodies_msg ON cmqhook_bodies (msg_id, id);
+CREATE INDEX cmqhook_bodies_kept ON cmqhook_bodies (kept_at);
+CREATE TABLE cmqhook_replays (
+    id bigserial PRIMARY KEY,
+    msg_id text NOT NULL,
+    hook text,
+    state text NOT NULL,
+    requested_at timestamptz NOT NULL,
+    instance text,
+    owner_boot text,
+    lease_until timestamptz,
+    answer text
+);
+CREATE INDEX cmqhook_replays_open ON cmqhook_replays (id) WHERE state <> 'done';
+",
 ];
 
 /// Who holds a claim: `instance` is the label people see; the boot token (one per `serve`
@@ -196,6 +239,8 @@ struct State {
     keep: Duration,
     /// How long dead stored messages are kept.
     keep_dead: Duration,
+    /// How long the bodies of pushes are kept for replay (`None`: not kept).
+    keep_bodies: Option<Duration>,
     orphan_grace: Duration,
     /// `Err(reason)` while the database cannot be used.
     health: Mutex<Result<(), String>>,
@@ -206,8 +251,8 @@ struct State {
     renewed: Mutex<Instant>,
     /// Bumped when running commands must stop (self-fencing).
     fence: tokio::sync::watch::Sender<u64>,
-    /// Run ends, to the writer task.
-    ends: tokio::sync::mpsc::UnboundedSender<Ended>,
+    /// Run ends and kept bodies, to the writer task.
+    writes: tokio::sync::mpsc::UnboundedSender<Write>,
     /// Pushes that ran nothing, to their writer; full means dropped (a flood of refused
     /// pushes must not take the connections that renew leases).
     pushes: tokio::sync::mpsc::Sender<(SystemTime, PushRecord)>,
@@ -267,7 +312,7 @@ impl Postgres {
         instance: &str,
         boot: &str,
         lease: Duration,
-        (keep, keep_dead): (Duration, Duration),
+        (keep, keep_dead, keep_bodies): (Duration, Duration, Option<Duration>),
         orphan_grace: Duration,
         secrets: Secrets,
     ) -> Result<Postgres, JournalError> {
@@ -297,7 +342,7 @@ impl Postgres {
             .map_err(|err| JournalError::Postgres {
                 reason: format!("cannot make a connection pool: {err}"),
             })?;
-        let (ends, ends_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (writes, writes_rx) = tokio::sync::mpsc::unbounded_channel();
         let (pushes, pushes_rx) = tokio::sync::mpsc::channel(PUSHES_QUEUED);
         let state = Arc::new(State {
             pool,
@@ -310,13 +355,14 @@ impl Postgres {
             lease,
             keep,
             keep_dead,
+            keep_bodies,
             orphan_grace,
             health: Mutex::new(Err(NOT_CONNECTED.to_owned())),
             ready: AtomicBool::new(false),
             closing: tokio_util::sync::CancellationToken::new(),
             renewed: Mutex::new(Instant::now()),
             fence: tokio::sync::watch::Sender::new(0),
-            ends,
+            writes,
             pushes,
             held: Mutex::new(HashSet::new()),
             secrets,
@@ -325,7 +371,7 @@ impl Postgres {
         let handle = runtime.handle().clone();
         handle.spawn(Arc::clone(&state).monitor());
         handle.spawn(Arc::clone(&state).fencer());
-        handle.spawn(Arc::clone(&state).writer(ends_rx));
+        handle.spawn(Arc::clone(&state).writer(writes_rx));
         handle.spawn(Arc::clone(&state).push_writer(pushes_rx));
         handle.spawn(Arc::clone(&state).pruner());
         Ok(Postgres {
@@ -441,9 +487,23 @@ impl Postgres {
     /// the first failure and of the success. A record that cannot be written is tried again
     /// until it is (its outcome answers retries from memory meanwhile).
     pub fn record_end(&self, ended: Ended) {
-        if let Err(tokio::sync::mpsc::error::SendError(ended)) = self.state.ends.send(ended) {
+        if let Err(tokio::sync::mpsc::error::SendError(Write::End(ended))) =
+            self.state.writes.send(Write::End(ended))
+        {
             tracing::error!("the journal writer has stopped; a run's end is not written");
             (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+        }
+    }
+
+    /// Keeps the body of a push that matched a hook, committed with the runs' ends.
+    pub fn keep(&self, push: KeptPush) {
+        if self
+            .state
+            .writes
+            .send(Write::Keep(SystemTime::now(), push))
+            .is_err()
+        {
+            tracing::error!("the journal writer has stopped; a push's body is not kept");
         }
     }
 
@@ -912,18 +972,19 @@ impl State {
         }))
     }
 
-    /// Writes run ends as they come, everything queued in one statement (group commit
-    /// without a linger, as the SQLite journal does): one commit for a burst, not one a run.
-    /// A batch that fails stays and is tried again, with whatever came meanwhile.
-    async fn writer(self: Arc<Self>, mut ends: tokio::sync::mpsc::UnboundedReceiver<Ended>) {
-        let mut batch: Vec<Ended> = Vec::new();
+    /// Writes run ends (and kept bodies) as they come, everything queued in one transaction
+    /// (group commit without a linger, as the SQLite journal does): one commit for a burst,
+    /// not one a run. A batch that fails stays and is tried again, with whatever came
+    /// meanwhile.
+    async fn writer(self: Arc<Self>, mut writes: tokio::sync::mpsc::UnboundedReceiver<Write>) {
+        let mut batch: Vec<Write> = Vec::new();
         let mut told = 0;
         loop {
             if batch.is_empty() {
                 tokio::select! {
                     biased;
-                    ended = ends.recv() => match ended {
-                        Some(ended) => batch.push(ended),
+                    write = writes.recv() => match write {
+                        Some(write) => batch.push(write),
                         None => return,
                     },
                     // Closing: every run has ended and sent its end by now.
@@ -931,31 +992,33 @@ impl State {
                 }
             }
             while batch.len() < MAX_BATCH {
-                match ends.try_recv() {
-                    Ok(ended) => batch.push(ended),
+                match writes.try_recv() {
+                    Ok(write) => batch.push(write),
                     Err(_) => break,
                 }
             }
             // An end without its start cannot be written; it must not hold up the others.
-            batch.retain(|ended| {
-                let whole = ended.start.is_some();
-                if !whole {
+            batch.retain(|write| match write {
+                Write::End(ended) if ended.start.is_none() => {
                     tracing::error!(
                         run = ended.id,
                         "a run's end came without its start; not journaled"
                     );
                     (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+                    false
                 }
-                whole
+                _ => true,
             });
             if batch.is_empty() {
                 continue;
             }
-            match self.write_ends(&batch).await {
+            match self.write_batch(&batch).await {
                 Ok(()) => {
-                    for ended in batch.drain(..) {
-                        self.let_go(ended.id);
-                        (ended.on_commit)(true, ended.key.as_ref(), &ended.result);
+                    for write in batch.drain(..) {
+                        if let Write::End(ended) = write {
+                            self.let_go(ended.id);
+                            (ended.on_commit)(true, ended.key.as_ref(), &ended.result);
+                        }
                     }
                     told = 0;
                 }
@@ -967,8 +1030,10 @@ impl State {
                         );
                     }
                     // Their waiters hear it once: 503 until written.
-                    for ended in &batch[told..] {
-                        (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+                    for write in &batch[told..] {
+                        if let Write::End(ended) = write {
+                            (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+                        }
                     }
                     told = batch.len();
                     tokio::select! {
@@ -984,42 +1049,80 @@ impl State {
         }
     }
 
-    async fn write_ends(&self, batch: &[Ended]) -> Result<(), String> {
+    async fn write_batch(&self, batch: &[Write]) -> Result<(), String> {
         let (mut client, statement) = self.prepared(END_RUN).await?;
-        let stored_statement = if batch.iter().any(|ended| ended.stored.is_some()) {
-            Some(
-                client
-                    .prepare_cached(END_STORED_RUN)
-                    .await
-                    .map_err(|err| self.failed(&err.to_string()))?,
-            )
-        } else {
-            None
+        let prepare = async |needed: bool, sql: &str| match needed {
+            true => client
+                .prepare_cached(sql)
+                .await
+                .map(Some)
+                .map_err(|err| self.failed(&err.to_string())),
+            false => Ok(None),
         };
-        let mut rows = Vec::with_capacity(batch.len());
-        for ended in batch {
-            rows.push((EndRow::of(ended)?, StoredRow::of(ended)));
-        }
+        let ends = || {
+            batch.iter().filter_map(|write| match write {
+                Write::End(ended) => Some(ended),
+                Write::Keep(..) => None,
+            })
+        };
+        let stored_statement = prepare(
+            ends().any(|ended| ended.stored.as_ref().is_some_and(|s| s.only_if.is_none())),
+            END_STORED_RUN,
+        )
+        .await?;
+        let replayed_statement = prepare(
+            ends().any(|ended| ended.stored.as_ref().is_some_and(|s| s.only_if.is_some())),
+            END_REPLAYED_RUN,
+        )
+        .await?;
+        let keep_statement = prepare(
+            batch.iter().any(|write| matches!(write, Write::Keep(..))),
+            KEEP_BODY,
+        )
+        .await?;
+        let rows = batch
+            .iter()
+            .map(|write| match write {
+                Write::End(ended) => Ok(Row::End(EndRow::of(ended)?, StoredRow::of(ended))),
+                Write::Keep(at, kept) => Ok(Row::Keep(*at, KeptRow::of(kept))),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let params: Vec<_> = rows
             .iter()
-            .map(|(row, stored)| {
-                let mut params = row.params(self).to_vec();
-                if let Some(stored) = stored {
-                    params.extend(stored.params());
+            .map(|row| match row {
+                Row::End(end, stored) => {
+                    let mut params = end.params(self).to_vec();
+                    let statement = match stored {
+                        Some(stored) => {
+                            params.extend(stored.params());
+                            match (&stored.only_if, &replayed_statement, &stored_statement) {
+                                (Some(only_if), Some(replayed), _) => {
+                                    params.push(only_if);
+                                    replayed
+                                }
+                                (None, _, Some(stored)) => stored,
+                                _ => unreachable!("prepared for every stored row"),
+                            }
+                        }
+                        None => &statement,
+                    };
+                    (statement, params)
                 }
-                params
+                Row::Keep(at, kept) => {
+                    let keep = keep_statement.as_ref().expect("prepared for kept bodies");
+                    let mut params = kept.params().to_vec();
+                    params.push(at);
+                    params.push(&self.owner.instance);
+                    (keep, params)
+                }
             })
             .collect();
         let write = async {
             // One transaction, its statements pipelined: one commit for the whole batch.
             let transaction = client.transaction().await?;
-            let statements = params.iter().map(|params| {
-                let statement = match (&stored_statement, params.len() > 20) {
-                    (Some(stored), true) => stored,
-                    _ => &statement,
-                };
-                transaction.execute(statement, params)
-            });
+            let statements = params
+                .iter()
+                .map(|(statement, params)| transaction.execute(*statement, params));
             futures_util::future::try_join_all(statements).await?;
             transaction.commit().await
         };
@@ -1268,6 +1371,10 @@ impl State {
             "WITH stored AS (
                 UPDATE cmqhook_stored SET lease_until = now() + $1::float8 * interval '1 second'
                 WHERE owner_boot = $2 AND run_id = ANY($3) AND state = 'running'
+             ),
+             replays AS (
+                UPDATE cmqhook_replays SET lease_until = now() + $1::float8 * interval '1 second'
+                WHERE owner_boot = $2 AND state = 'taken'
              )
              UPDATE cmqhook_claims SET lease_until = now() + $1::float8 * interval '1 second'
              WHERE owner_boot = $2 AND run_id = ANY($3) AND outcome = 'running'",
@@ -1293,6 +1400,19 @@ impl State {
              WHERE (state = 'done' AND updated_at < now() - $1::float8 * interval '1 second')
                 OR (state = 'dead' AND updated_at < now() - $2::float8 * interval '1 second')",
             &[&keep, &seconds(self.keep_dead)],
+        )
+        .await?;
+        self.execute(
+            "DELETE FROM cmqhook_replays
+             WHERE requested_at < now() - $1::float8 * interval '1 second'",
+            &[&keep],
+        )
+        .await?;
+        // With `keep_bodies` off, none is kept any longer.
+        let keep_bodies = seconds(self.keep_bodies.unwrap_or(Duration::ZERO));
+        self.execute(
+            "DELETE FROM cmqhook_bodies WHERE kept_at < now() - $1::float8 * interval '1 second'",
+            &[&keep_bodies],
         )
         .await?;
         self.execute(
@@ -1345,6 +1465,89 @@ const END_STORED_RUN: &str = end_run!(
           AND state = 'running'
      ),"
 );
+
+/// [`END_STORED_RUN`] for a replay of a stored message (not a run of its own work): the work
+/// changes only if it is still in the state `$25` the replay saw.
+const END_REPLAYED_RUN: &str = end_run!(
+    "stored AS (
+        UPDATE cmqhook_stored
+        SET state = $21, failures = $22,
+            next_at = COALESCE(now() + $23::float8 * interval '1 second', next_at),
+            last_outcome = $24, updated_at = now()
+        WHERE hook = $2 AND msg_id = $3 AND state = $25
+     ),"
+);
+
+/// Keeps a push's body for replay (`keep_bodies`).
+const KEEP_BODY: &str = "INSERT INTO cmqhook_bodies
+    (msg_id, request_id, path, format, topic, subscription, topic_owner, publish_time, tags,
+     hooks, body, envelope, kept_at, instance)
+ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+/// What the journal writer is given: a run's end, or a push's body to keep (when it came).
+pub(super) enum Write {
+    End(Ended),
+    Keep(SystemTime, KeptPush),
+}
+
+/// A [`Write`]'s values.
+enum Row<'a> {
+    End(EndRow<'a>, Option<StoredRow>),
+    Keep(SystemTime, KeptRow<'a>),
+}
+
+/// The values of a [`KEEP_BODY`] but its time and instance.
+struct KeptRow<'a> {
+    msg_id: &'a str,
+    request_id: Option<std::borrow::Cow<'a, str>>,
+    path: std::borrow::Cow<'a, str>,
+    format: &'a str,
+    topic: Option<std::borrow::Cow<'a, str>>,
+    subscription: Option<std::borrow::Cow<'a, str>>,
+    topic_owner: Option<std::borrow::Cow<'a, str>>,
+    publish_time: Option<std::borrow::Cow<'a, str>>,
+    tags: std::borrow::Cow<'a, str>,
+    hooks: String,
+    body: &'a [u8],
+    envelope: Option<&'a [u8]>,
+}
+
+impl<'a> KeptRow<'a> {
+    fn of(kept: &'a KeptPush) -> KeptRow<'a> {
+        let message = &kept.message;
+        KeptRow {
+            msg_id: &message.msg_id,
+            request_id: message.request_id.as_deref().map(text),
+            path: text(&message.path),
+            format: &message.format,
+            topic: message.topic.as_deref().map(text),
+            subscription: message.subscription.as_deref().map(text),
+            topic_owner: message.topic_owner.as_deref().map(text),
+            publish_time: message.publish_time.as_deref().map(text),
+            tags: text(&message.tags),
+            hooks: serde_json::to_string(&kept.hooks).unwrap_or_default(),
+            body: &kept.body,
+            envelope: kept.envelope.as_deref(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
+        [
+            &self.msg_id,
+            &self.request_id,
+            &self.path,
+            &self.format,
+            &self.topic,
+            &self.subscription,
+            &self.topic_owner,
+            &self.publish_time,
+            &self.tags,
+            &self.hooks,
+            &self.body,
+            &self.envelope,
+        ]
+    }
+}
 
 /// The values of one run's [`END_RUN`].
 struct EndRow<'a> {
@@ -1425,13 +1628,15 @@ impl<'a> EndRow<'a> {
     }
 }
 
-/// The values a run of stored work adds to [`END_RUN`] in [`END_STORED_RUN`].
+/// The values a run of stored work adds to [`END_RUN`] in [`END_STORED_RUN`] (and a replay's
+/// `only_if` in [`END_REPLAYED_RUN`]).
 struct StoredRow {
     state: &'static str,
     failures: i32,
     /// Seconds from the end until the next run, by the database's clock.
     next_in: Option<f64>,
     outcome: Option<&'static str>,
+    only_if: Option<&'static str>,
 }
 
 impl StoredRow {
@@ -1447,6 +1652,7 @@ impl StoredRow {
                 )
             }),
             outcome: update.last_outcome.map(Outcome::as_str),
+            only_if: update.only_if.map(StoredState::as_str),
         })
     }
 

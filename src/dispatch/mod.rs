@@ -9,7 +9,7 @@
 //! HTTP: the status code is `http`'s choice, made from [`Verdict`] or [`Refusal`].
 
 mod replay;
-pub use replay::Replayed;
+pub use replay::{Replayed, Reply};
 mod slots;
 mod stored;
 
@@ -50,6 +50,8 @@ pub struct Dispatcher {
     /// Runs spawned and not yet over (waiting for a slot or running).
     active: AtomicUsize,
     idle: Notify,
+    /// Told at every reload.
+    reloaded: Notify,
     draining: CancellationToken,
 }
 
@@ -253,6 +255,7 @@ impl Dispatcher {
             interrupt,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
+            reloaded: Notify::new(),
             draining: CancellationToken::new(),
         };
         dispatcher.apply_bounds(&dispatcher.config());
@@ -270,6 +273,7 @@ impl Dispatcher {
             Ok(mut current) => *current = config,
             Err(poisoned) => *poisoned.into_inner() = config,
         }
+        self.reloaded.notify_waiters();
     }
 
     /// Sets the bounds `config` gives, keeping the slots (and runs) of each hook name, and

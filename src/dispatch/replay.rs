@@ -6,17 +6,80 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::{Active, Dispatcher, HookResult, Watch, facts, run_spec, stdin_of};
 use crate::cmq::{Format, Push};
 use crate::config::{Hook, StdinMode};
 use crate::delivery::{
-    Claim, KeptPush, Message, Outcome, RunStart, StoredState, StoredUpdate, Ticket,
+    Acquired, Claim, KeptPush, Message, Outcome, RunStart, StoredState, StoredUpdate, Ticket,
 };
 
 /// How often, and how many times, a replay in `serve` tries again to claim a message whose
 /// previous outcome is not journaled yet (or while the journal cannot be written).
 const CLAIM_RETRY: Duration = Duration::from_millis(100);
 const CLAIM_TRIES: u32 = 50;
+/// How often each instance looks for replay requests in a shared database.
+const REQUESTS_POLL: Duration = Duration::from_millis(250);
+
+/// One line of the answer: a hook's result (`hook` set), or, without `hook`, why a hook or
+/// the whole request was not replayed (`error`), or that no body is kept (`not_kept`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default)]
+    pub hook: Option<String>,
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The outcome is journaled.
+    #[serde(default)]
+    pub recorded: bool,
+    #[serde(default)]
+    pub not_kept: bool,
+}
+
+impl Reply {
+    fn of(result: HookResult) -> Reply {
+        Reply {
+            hook: Some(result.hook),
+            outcome: Some(result.outcome),
+            exit_code: result.exit_code,
+            signal: result.signal,
+            duration_ms: result.duration_ms,
+            error: result.error,
+            recorded: result.recorded,
+            not_kept: false,
+        }
+    }
+
+    pub fn refusal(error: String) -> Reply {
+        Reply {
+            error: Some(error),
+            ..Reply::default()
+        }
+    }
+
+    /// The hook's result, if this line is one.
+    pub fn result(&self) -> Option<HookResult> {
+        Some(HookResult {
+            hook: self.hook.clone()?,
+            outcome: self.outcome?,
+            exit_code: self.exit_code,
+            signal: self.signal,
+            duration_ms: self.duration_ms,
+            deduplicated: false,
+            error: self.error.clone(),
+            recorded: self.recorded,
+        })
+    }
+}
 
 /// What `serve` did with a replay request (`cmqhook replay` while it holds the journal).
 pub enum Replayed {
@@ -28,7 +91,80 @@ pub enum Replayed {
     Ran(Vec<Result<HookResult, String>>),
 }
 
+impl Replayed {
+    /// The lines of its answer to `cmqhook replay`.
+    pub fn replies(self) -> Vec<Reply> {
+        match self {
+            Replayed::Unreadable(reason) => vec![Reply::refusal(reason)],
+            Replayed::NotKept => vec![Reply {
+                not_kept: true,
+                ..Reply::default()
+            }],
+            Replayed::Ran(results) => results
+                .into_iter()
+                .map(|result| match result {
+                    Ok(result) => Reply::of(result),
+                    Err(reason) => Reply::refusal(reason),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Dispatcher {
+    /// With a shared database: takes the replay requests `cmqhook replay` records there, when
+    /// this instance comes first, every [`REQUESTS_POLL`], runs each (a task of its own), and
+    /// writes its answer back, until draining. For `serve`; nothing to do with other backends.
+    pub async fn serve_replay_requests(self: Arc<Self>) {
+        if !self.deliveries.is_shared() {
+            return;
+        }
+        loop {
+            while !self.is_draining() && self.deliveries.health().is_ok() {
+                let request = match self.deliveries.take_replay().await {
+                    Ok(Some(request)) => request,
+                    Ok(None) => break,
+                    Err(reason) => {
+                        tracing::debug!(reason, "cannot look for replay requests");
+                        break;
+                    }
+                };
+                tracing::info!(
+                    msg_id = request.msg_id,
+                    hook = request.hook,
+                    "replay requested"
+                );
+                let dispatcher = Arc::clone(&self);
+                tokio::spawn(async move {
+                    let replies = dispatcher
+                        .replay_message(&request.msg_id, request.hook.as_deref())
+                        .await
+                        .replies();
+                    let answer = replies
+                        .iter()
+                        .map(|reply| serde_json::to_string(reply).expect("a reply serializes"))
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    if let Err(reason) = dispatcher
+                        .deliveries
+                        .answer_replay(request.id, answer)
+                        .await
+                    {
+                        tracing::warn!(
+                            reason,
+                            msg_id = request.msg_id,
+                            "cannot answer a replay request"
+                        );
+                    }
+                });
+            }
+            tokio::select! {
+                () = tokio::time::sleep(REQUESTS_POLL) => {}
+                () = self.draining.cancelled() => return,
+            }
+        }
+    }
+
     /// Keeps `push` (whose redacted path is `path`), which matched `hooks`, for replay. Its
     /// raw envelope only when one of them reads it and it is not the body.
     pub(super) fn keep(&self, push: &Push, path: &str, hooks: &[Arc<Hook>]) {
@@ -52,7 +188,8 @@ impl Dispatcher {
     /// new state (done after a success; else as it was). Returns once the outcome is
     /// committed. The caller makes sure that no other run of the message is going.
     pub async fn replay(&self, hook: &Arc<Hook>, kept: &KeptPush) -> HookResult {
-        self.replay_on(hook, kept, Arc::new(Ticket::default()))
+        let run_id = self.deliveries.new_run_id();
+        self.replay_on(hook, kept, Arc::new(Ticket::default()), (run_id, None))
             .await
     }
 
@@ -67,6 +204,7 @@ impl Dispatcher {
         let kept = match self
             .deliveries
             .kept(msg_id, hook, config.server.keep_bodies)
+            .await
         {
             Ok(Some(kept)) => kept,
             Ok(None) => return Replayed::NotKept,
@@ -101,7 +239,7 @@ impl Dispatcher {
             HookResult::without_run(hook, Outcome::NotStarted, Duration::ZERO, Some(reason))
         };
         let msg_id = kept.message.msg_id.as_str();
-        match self.deliveries.stored_progress(&hook.name, msg_id) {
+        match self.deliveries.stored_progress(&hook.name, msg_id).await {
             Ok(Some((
                 state @ (StoredState::Queued | StoredState::Waiting | StoredState::Running),
                 _,
@@ -118,7 +256,13 @@ impl Dispatcher {
         let mut tries = 0;
         loop {
             match self.deliveries.claim_again(&hook.name, msg_id, dedup_for) {
-                Claim::Run { ticket, .. } => return self.replay_on(hook, kept, ticket).await,
+                Claim::Run { ticket, .. } => {
+                    let run_id = self.deliveries.new_run_id();
+                    return match self.acquire_again(hook, msg_id, run_id, &ticket).await {
+                        Ok(attempt) => self.replay_on(hook, kept, ticket, (run_id, attempt)).await,
+                        Err(result) => result,
+                    };
+                }
                 Claim::Running(ticket) => {
                     tracing::debug!(hook = %hook.name, msg_id, "replay: waiting for the running run");
                     let mut done = ticket.subscribe();
@@ -136,17 +280,60 @@ impl Dispatcher {
         }
     }
 
-    /// [`Dispatcher::replay`] as the run of `ticket`: whoever waits for it gets its result.
+    /// With a shared database, the claim of (`hook`, `msg_id`) there for a replay as `run_id`,
+    /// which this process claimed as `ticket`: the attempt it is (`Ok(None)` with another
+    /// backend), waiting while another instance runs the message; else the result to give.
+    async fn acquire_again(
+        &self,
+        hook: &Arc<Hook>,
+        msg_id: &str,
+        run_id: i64,
+        ticket: &Ticket,
+    ) -> Result<Option<u32>, HookResult> {
+        let not_started = |reason: String| {
+            self.deliveries
+                .withdraw(&hook.name, Some(msg_id), 0, ticket);
+            HookResult::without_run(hook, Outcome::NotStarted, Duration::ZERO, Some(reason))
+        };
+        loop {
+            match self
+                .deliveries
+                .acquire_again(&hook.name, msg_id, run_id)
+                .await
+            {
+                None => return Ok(None),
+                Some(Acquired::Run { attempt }) => return Ok(Some(attempt)),
+                Some(Acquired::Unavailable(reason)) => return Err(not_started(reason)),
+                Some(Acquired::Succeeded(_) | Acquired::Elsewhere) => {
+                    tracing::debug!(hook = %hook.name, msg_id, "replay: waiting for another instance's run");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CLAIM_RETRY) => {}
+                () = self.draining.cancelled() => {
+                    return Err(not_started("the serve is shutting down".to_owned()));
+                }
+            }
+        }
+    }
+
+    /// [`Dispatcher::replay`] as the run of `ticket`, `run_id`, as `attempt` (if the claim
+    /// said; else the one after the journal's latest): whoever waits for it gets its result.
     async fn replay_on(
         &self,
         hook: &Arc<Hook>,
         kept: &KeptPush,
         ticket: Arc<Ticket>,
+        (run_id, attempt): (i64, Option<u32>),
     ) -> HookResult {
         let msg_id = kept.message.msg_id.as_str();
         let dedup_for = self.config().server.dedup_for;
         let not_started = |reason: String| {
-            // A claim taken for this run is let go; whoever joined it is told.
+            // A claim taken for this run is let go (in a shared database too); whoever
+            // joined it is told.
+            if let Some(attempt) = attempt {
+                self.deliveries.release(&hook.name, msg_id, attempt, run_id);
+            }
             self.deliveries
                 .withdraw(&hook.name, Some(msg_id), 0, &ticket);
             HookResult::without_run(hook, Outcome::NotStarted, Duration::ZERO, Some(reason))
@@ -158,15 +345,15 @@ impl Dispatcher {
                 kept.message.msg_id
             ));
         }
-        let progress = self
-            .deliveries
-            .latest_attempt(&hook.name, msg_id)
-            .and_then(|attempt| {
-                let stored = self.deliveries.stored_progress(&hook.name, msg_id)?;
-                Ok((attempt + 1, stored))
-            });
-        let (attempt, stored) = match progress {
-            Ok(progress) => progress,
+        let attempt = match attempt {
+            Some(attempt) => attempt,
+            None => match self.deliveries.latest_attempt(&hook.name, msg_id) {
+                Ok(latest) => latest + 1,
+                Err(reason) => return not_started(reason),
+            },
+        };
+        let stored = match self.deliveries.stored_progress(&hook.name, msg_id).await {
+            Ok(stored) => stored,
             Err(reason) => return not_started(reason),
         };
         let permits = self.slots_for(hook).acquire_unqueued(&self.global).await;
@@ -179,9 +366,7 @@ impl Dispatcher {
             attempt,
             push: facts(&push, &kept.message.path),
         };
-        let mut handle =
-            self.deliveries
-                .begin(self.deliveries.new_run_id(), start, Arc::clone(&ticket));
+        let mut handle = self.deliveries.begin(run_id, start, Arc::clone(&ticket));
         let mut spec = run_spec(
             hook,
             &push,

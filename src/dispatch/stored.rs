@@ -126,6 +126,7 @@ impl Dispatcher {
         loop {
             if !self.is_draining() && self.deliveries.health().is_ok() {
                 let config = self.config();
+                self.gauge_fleet_pending(&config).await;
                 for hook in config.hooks.iter().filter(|hook| hook.ack == Ack::Stored) {
                     // Only as much work as there are free slots: work taken holds a lease that
                     // other instances, maybe with free slots, must wait out.
@@ -161,6 +162,34 @@ impl Dispatcher {
                 () = wakeup.notified() => {}
                 () = self.draining.cancelled() => return,
             }
+        }
+    }
+
+    /// With a shared database, `cmqhook_stored_pending` is the fleet's stored work waiting to
+    /// run (queued or waiting for a retry): no instance owns it before it takes it, and each
+    /// instance shows the same figure.
+    async fn gauge_fleet_pending(&self, config: &crate::routing::RoutedConfig) {
+        let stored = || config.hooks.iter().filter(|hook| hook.ack == Ack::Stored);
+        if stored().next().is_none() {
+            return;
+        }
+        match self.deliveries.stored_waiting().await {
+            Some(Ok(waiting)) => {
+                for hook in stored() {
+                    let count = waiting
+                        .iter()
+                        .find(|(name, _)| *name == hook.name)
+                        .map_or(0, |(_, count)| *count);
+                    metrics()
+                        .stored_pending
+                        .with_label_values(&[&hook.name])
+                        .set(count);
+                }
+            }
+            Some(Err(reason)) => {
+                tracing::debug!(reason, "cannot count the stored work waiting");
+            }
+            None => {}
         }
     }
 
@@ -299,9 +328,9 @@ impl Dispatcher {
         state
     }
 
-    /// Waits until `work` is due, the journal can be written, and its hook has a slot and a
-    /// global one; `None` when draining, or when its hook is no longer configured (the work
-    /// stays in the journal).
+    /// Waits until `work` is due, the journal can be written, its hook is configured (a
+    /// reload may have removed it: then until one adds it again), and it has a slot and a
+    /// global one; `None` when draining (the work stays in the journal).
     async fn wait_for_turn(&self, work: &StoredWork) -> Option<(Arc<Hook>, super::slots::Permits)> {
         let wait = work
             .due
@@ -318,19 +347,25 @@ impl Dispatcher {
                 () = self.draining.cancelled() => return None,
             }
         }
-        let config = self.config();
-        let Some(hook) = config
-            .hooks
-            .iter()
-            .find(|hook| hook.name == work.push.hook)
-            .cloned()
-        else {
-            tracing::warn!(
-                hook = %work.push.hook,
-                msg_id = %work.push.message.msg_id,
-                "stored work of a hook that is no longer configured stays in the journal"
-            );
-            return None;
+        let mut said = false;
+        let hook = loop {
+            // Before the look, so that a reload between the two is not missed.
+            let reloaded = self.reloaded.notified();
+            let config = self.config();
+            if let Some(hook) = config.hooks.iter().find(|hook| hook.name == work.push.hook) {
+                break Arc::clone(hook);
+            }
+            if !std::mem::replace(&mut said, true) {
+                tracing::warn!(
+                    hook = %work.push.hook,
+                    msg_id = %work.push.message.msg_id,
+                    "stored work of a hook that is no longer configured waits until a reload configures it again"
+                );
+            }
+            tokio::select! {
+                () = reloaded => {}
+                () = self.draining.cancelled() => return None,
+            }
         };
         let slots = self.slots_for(&hook);
         let permits = tokio::select! {

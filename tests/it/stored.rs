@@ -281,3 +281,33 @@ fn a_stored_run_stopped_by_a_shutdown_resumes_at_the_next_start_without_using_up
     );
     assert_eq!(job_metric(&server, "cmqhook_dead_letters_total"), Some(0.0));
 }
+
+#[test]
+fn stored_work_of_a_hook_a_reload_removed_runs_once_a_reload_configures_it_again() {
+    let dir = Dir::new();
+    // Attempt 1 fails; its retry comes 1 s later, while the hook is not configured.
+    let command = format!("{}; [ \"$CMQHOOK_ATTEMPT\" -ge 2 ]", dir.record(0));
+    let stored = config(
+        "",
+        &format!("[hooks.job]\nack = \"stored\"\nretry = [\"1s\"]\ncommand = '{command}'"),
+    );
+    let server = Server::start(&dir, &stored);
+    assert_eq!(server.post_seed("/", "rl1").status, 200);
+    assert_eq!(runs_of(&dir, "rl1", 1), [(1, "failed".to_owned())]);
+    dir.write_config(&config("", &dir.recorder_hook("other")));
+    server.signal("HUP");
+    let waits = server.wait_for_log_line(
+        Duration::from_secs(10),
+        &["no longer configured", "rl1", "until a reload"],
+    );
+    assert!(waits.is_some(), "{}", server.log_text());
+    assert_eq!(dir.recorded().len(), 1);
+    dir.write_config(&stored);
+    server.signal("HUP");
+    // No restart: the reload that configures the hook again lets the retry run.
+    assert_eq!(
+        runs_of(&dir, "rl1", 2),
+        [(2, "succeeded".to_owned()), (1, "failed".to_owned())]
+    );
+    assert_eq!(dir.attempts(), ["1", "2"]);
+}

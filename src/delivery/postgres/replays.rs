@@ -1,0 +1,427 @@
+//! What `cmqhook replay` (SPEC §9) needs from the shared database: the bodies `keep_bodies`
+//! keeps, the state of a stored message, a claim for a replay (taken even after a success),
+//! and the replay requests that `cmqhook replay` records for whichever `serve` of the fleet
+//! comes first, with the answer that `serve` writes back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{
+    Acquired, CLI_TIMEOUT, JournalError, Postgres, RETRY_EVERY, State, describe, parse_url, seconds,
+};
+use crate::delivery::{KeptPush, Message, StoredState};
+
+/// How often `cmqhook replay` looks at its request.
+const REQUEST_POLL: Duration = Duration::from_millis(100);
+
+/// A replay request a `serve` took: run it, then [`Postgres::answer_replay`].
+#[derive(Debug, Clone)]
+pub struct ReplayRequest {
+    pub id: i64,
+    pub msg_id: String,
+    pub hook: Option<String>,
+}
+
+/// What became of a request of `cmqhook replay`.
+#[derive(Debug)]
+pub enum Requested {
+    /// A `serve` ran it: its answer, as JSON lines.
+    Answered(String),
+    /// No `serve` took it in time; it is withdrawn (none will).
+    NotTaken,
+}
+
+impl Postgres {
+    /// Runs `task` on the journal's own runtime and waits for it.
+    async fn on_runtime<T, F>(&self, task: impl FnOnce(Arc<State>) -> F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, String>> + Send + 'static,
+    {
+        self.handle
+            .spawn(task(Arc::clone(&self.state)))
+            .await
+            .unwrap_or_else(|_| Err("journal unreachable: stopped".to_owned()))
+    }
+
+    /// The latest push of `msg_id` kept within `within` (`None`: bodies are not kept), else
+    /// the body of the message's stored work (of `hook`, if given), as the SQLite journal's
+    /// [`crate::delivery::sqlite::Journal::kept`].
+    pub async fn kept(
+        &self,
+        msg_id: &str,
+        hook: Option<&str>,
+        within: Option<Duration>,
+    ) -> Result<Option<KeptPush>, String> {
+        let (msg_id, hook) = (msg_id.to_owned(), hook.map(str::to_owned));
+        self.on_runtime(async move |state| state.kept(&msg_id, hook.as_deref(), within).await)
+            .await
+    }
+
+    /// The state and failures of the stored message (`hook`, `msg_id`), if there is one.
+    pub async fn stored_progress(
+        &self,
+        hook: &str,
+        msg_id: &str,
+    ) -> Result<Option<(StoredState, u32)>, String> {
+        let (hook, msg_id) = (hook.to_owned(), msg_id.to_owned());
+        self.on_runtime(async move |state| state.stored_progress(&hook, &msg_id).await)
+            .await
+    }
+
+    /// Claims (`hook`, `msg_id`) for a replay as `run_id`: as [`Postgres::acquire`], but a
+    /// success is taken too, and the attempt is the one after every run journaled.
+    pub async fn acquire_again(&self, hook: &str, msg_id: &str, run_id: i64) -> Acquired {
+        let (hook, msg_id) = (hook.to_owned(), msg_id.to_owned());
+        self.on_runtime(async move |state| Ok(state.acquire_again(&hook, &msg_id, run_id).await))
+            .await
+            .unwrap_or_else(Acquired::Unavailable)
+    }
+
+    /// Takes the oldest replay request no instance took yet, under this instance's lease.
+    pub async fn take_replay(&self) -> Result<Option<ReplayRequest>, String> {
+        self.on_runtime(async move |state| state.take_replay().await)
+            .await
+    }
+
+    /// Writes the answer of the replay request `id`, trying again while the database is away.
+    pub async fn answer_replay(&self, id: i64, answer: String) -> Result<(), String> {
+        self.on_runtime(async move |state| {
+            let mut tries = 0;
+            loop {
+                let written = state
+                    .execute(
+                        "UPDATE cmqhook_replays SET state = 'done', answer = $2, lease_until = NULL
+                         WHERE id = $1",
+                        &[&id, &answer],
+                    )
+                    .await;
+                match written {
+                    Ok(_) => return Ok(()),
+                    Err(err) if tries >= 40 => return Err(err),
+                    Err(_) => tries += 1,
+                }
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+        })
+        .await
+    }
+
+    /// Per hook, the stored messages of every instance waiting to run (queued, or waiting for
+    /// a retry).
+    pub async fn stored_waiting(&self) -> Result<Vec<(String, i64)>, String> {
+        self.on_runtime(async move |state| {
+            let rows = state
+                .query(
+                    "SELECT hook, count(*) FROM cmqhook_stored
+                     WHERE state IN ('queued', 'waiting') GROUP BY hook",
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+        })
+        .await
+    }
+}
+
+impl State {
+    async fn kept(
+        &self,
+        msg_id: &str,
+        hook: Option<&str>,
+        within: Option<Duration>,
+    ) -> Result<Option<KeptPush>, String> {
+        if let Some(within) = within {
+            let rows = self
+                .query(
+                    "SELECT msg_id, request_id, path, format, topic, subscription, topic_owner,
+                            publish_time, tags, hooks, body, envelope
+                     FROM cmqhook_bodies
+                     WHERE msg_id = $1 AND kept_at >= now() - $2::float8 * interval '1 second'
+                     ORDER BY id DESC LIMIT 1",
+                    &[&msg_id, &seconds(within)],
+                )
+                .await?;
+            if let Some(row) = rows.first() {
+                let hooks: String = row.get(9);
+                return Ok(Some(KeptPush {
+                    message: message(row),
+                    hooks: serde_json::from_str(&hooks).unwrap_or_default(),
+                    body: bytes::Bytes::from(row.get::<_, Vec<u8>>(10)),
+                    envelope: row.get::<_, Option<Vec<u8>>>(11).map(bytes::Bytes::from),
+                }));
+            }
+        }
+        let rows = self
+            .query(
+                "SELECT msg_id, request_id, COALESCE(path, ''), format, topic, subscription,
+                        topic_owner, publish_time, tags, hook, body
+                 FROM cmqhook_stored WHERE msg_id = $1 AND ($2::text IS NULL OR hook = $2)
+                 ORDER BY received_at DESC LIMIT 1",
+                &[&msg_id, &hook],
+            )
+            .await?;
+        Ok(rows.first().map(|row| {
+            // Its body is what the hook reads on stdin, also as its envelope.
+            let stdin = row
+                .get::<_, Option<Vec<u8>>>(10)
+                .map(bytes::Bytes::from)
+                .unwrap_or_default();
+            KeptPush {
+                message: message(row),
+                hooks: vec![row.get(9)],
+                body: stdin.clone(),
+                envelope: Some(stdin),
+            }
+        }))
+    }
+
+    async fn stored_progress(
+        &self,
+        hook: &str,
+        msg_id: &str,
+    ) -> Result<Option<(StoredState, u32)>, String> {
+        let rows = self
+            .query(
+                "SELECT state, failures FROM cmqhook_stored WHERE hook = $1 AND msg_id = $2",
+                &[&hook, &msg_id],
+            )
+            .await?;
+        rows.first()
+            .map(|row| {
+                let state: String = row.get(0);
+                let failures: i32 = row.get(1);
+                StoredState::parse(&state)
+                    .map(|state| (state, u32::try_from(failures).unwrap_or(0)))
+                    .ok_or_else(|| {
+                        format!(
+                            "journal holds a stored state this cmqhook does not know: `{state}`"
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    async fn acquire_again(&self, hook: &str, msg_id: &str, run_id: i64) -> Acquired {
+        if let Err(reason) = self.health() {
+            return Acquired::Unavailable(reason);
+        }
+        // As the take-over of `acquire`, whatever the claim's outcome, unless it is running
+        // under a lease not yet expired.
+        for _ in 0..3 {
+            let rows = self
+                .query(
+                    "WITH expired AS (
+                        SELECT instance, attempt, lease_until FROM cmqhook_claims
+                        WHERE hook = $1 AND msg_id = $2 AND outcome = 'running'
+                          AND lease_until < now()
+                     ),
+                     latest AS (
+                        SELECT COALESCE(max(attempt), 0) + 1 AS next FROM cmqhook_runs
+                        WHERE hook = $1 AND msg_id = $2
+                     ),
+                     taken AS (
+                        INSERT INTO cmqhook_claims AS c
+                            (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
+                             owner_pid, run_id, lease_until)
+                        SELECT $1, $2, next, 'running', $3, $4, $5, $6, $7,
+                               now() + $8::float8 * interval '1 second'
+                        FROM latest
+                        ON CONFLICT (hook, msg_id) DO UPDATE
+                        SET attempt = GREATEST(c.attempt + 1, EXCLUDED.attempt),
+                            outcome = 'running', instance = EXCLUDED.instance,
+                            owner_boot = EXCLUDED.owner_boot, owner_host = EXCLUDED.owner_host,
+                            owner_pid = EXCLUDED.owner_pid, run_id = EXCLUDED.run_id,
+                            lease_until = EXCLUDED.lease_until, ended_at = NULL,
+                            exit_code = NULL, signal = NULL, duration_ms = NULL
+                        WHERE c.outcome <> 'running' OR c.lease_until < now()
+                        RETURNING c.attempt
+                     ),
+                     noted AS (
+                        INSERT INTO cmqhook_runs
+                            (instance, started_at, ended_at, hook, msg_id, path, tags, attempt,
+                             outcome, error)
+                        SELECT instance, lease_until, lease_until, $1, $2, '', '', attempt,
+                               'interrupted', 'its instance stopped renewing its claim''s lease'
+                        FROM expired WHERE EXISTS (SELECT 1 FROM taken)
+                     )
+                     SELECT true, attempt FROM taken
+                     UNION ALL
+                     SELECT false, attempt FROM cmqhook_claims
+                     WHERE hook = $1 AND msg_id = $2 AND NOT EXISTS (SELECT 1 FROM taken)",
+                    &[
+                        &hook,
+                        &msg_id,
+                        &self.owner.instance,
+                        &self.owner.boot,
+                        &self.owner.host,
+                        &self.owner.pid,
+                        &run_id,
+                        &seconds(self.lease),
+                    ],
+                )
+                .await;
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(reason) => return Acquired::Unavailable(reason),
+            };
+            let Some(row) = rows.first() else {
+                continue;
+            };
+            if row.get::<_, bool>(0) {
+                self.hold(run_id);
+                let attempt: i32 = row.get(1);
+                return Acquired::Run {
+                    attempt: u32::try_from(attempt).unwrap_or(1),
+                };
+            }
+            return Acquired::Elsewhere;
+        }
+        Acquired::Elsewhere
+    }
+
+    async fn take_replay(&self) -> Result<Option<ReplayRequest>, String> {
+        self.health()?;
+        let rows = self
+            .query(
+                "UPDATE cmqhook_replays
+                 SET state = 'taken', instance = $1, owner_boot = $2,
+                     lease_until = now() + $3::float8 * interval '1 second'
+                 WHERE id = (SELECT id FROM cmqhook_replays WHERE state = 'pending'
+                             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, msg_id, hook",
+                &[&self.owner.instance, &self.owner.boot, &seconds(self.lease)],
+            )
+            .await?;
+        Ok(rows.first().map(|row| ReplayRequest {
+            id: row.get(0),
+            msg_id: row.get(1),
+            hook: row.get(2),
+        }))
+    }
+}
+
+/// A [`Message`] from the columns msg_id, request_id, path, format, topic, subscription,
+/// topic_owner, publish_time, tags (the first nine).
+fn message(row: &tokio_postgres::Row) -> Message {
+    Message {
+        msg_id: row.get(0),
+        request_id: row.get(1),
+        path: row.get(2),
+        format: row.get(3),
+        topic: row.get(4),
+        subscription: row.get(5),
+        topic_owner: row.get(6),
+        publish_time: row.get(7),
+        tags: row.get(8),
+    }
+}
+
+/// `cmqhook replay` with a shared database: records a request to replay `msg_id` (through
+/// `hook`, if given) for whichever `serve` comes first, and waits for its answer. A request
+/// that no `serve` took within `take_within` is withdrawn: [`Requested::NotTaken`]. `taken`
+/// hears which instance took it (once, as soon as that is seen).
+pub fn request_replay(
+    url: &str,
+    msg_id: &str,
+    hook: Option<&str>,
+    take_within: Duration,
+    taken: impl Fn(&str),
+) -> Result<Requested, JournalError> {
+    let failed = |reason: String| JournalError::Postgres { reason };
+    let (config, tls) = parse_url(url).map_err(failed)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| failed(format!("cannot start its runtime: {err}")))?;
+    runtime.block_on(async {
+        let (client, connection) = bounded(config.connect(tls)).await?;
+        tokio::spawn(connection);
+        let client = &client;
+        let query = async |sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]| {
+            bounded(client.query(sql, params)).await
+        };
+        // No serve ever used this schema version: none can take the request.
+        let exists: bool = query("SELECT to_regclass('cmqhook_replays') IS NOT NULL", &[])
+            .await?[0]
+            .get(0);
+        if !exists {
+            return Ok(Requested::NotTaken);
+        }
+        let id: i64 = query(
+            "INSERT INTO cmqhook_replays (msg_id, hook, state, requested_at)
+             VALUES ($1, $2, 'pending', now()) RETURNING id",
+            &[&msg_id, &hook],
+        )
+        .await?[0]
+            .get(0);
+        let asked = Instant::now();
+        let mut said_taken = false;
+        loop {
+            let rows = query(
+                "SELECT state, COALESCE(instance, ''), lease_until < now(), answer
+                 FROM cmqhook_replays WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+            let Some(row) = rows.first() else {
+                return Err(failed(
+                    "the replay request was removed from the journal before it was answered"
+                        .to_owned(),
+                ));
+            };
+            let state: String = row.get(0);
+            let instance: String = row.get(1);
+            match state.as_str() {
+                "done" => {
+                    if !said_taken {
+                        taken(&instance);
+                    }
+                    return Ok(Requested::Answered(
+                        row.get::<_, Option<String>>(3).unwrap_or_default(),
+                    ));
+                }
+                "pending" if asked.elapsed() >= take_within => {
+                    let withdrawn = query(
+                        "DELETE FROM cmqhook_replays WHERE id = $1 AND state = 'pending'
+                         RETURNING id",
+                        &[&id],
+                    )
+                    .await?;
+                    if !withdrawn.is_empty() {
+                        return Ok(Requested::NotTaken);
+                    }
+                    // Taken just now: wait for it.
+                }
+                "taken" => {
+                    if !said_taken {
+                        taken(&instance);
+                        said_taken = true;
+                    }
+                    if row.get::<_, Option<bool>>(2) == Some(true) {
+                        return Err(failed(format!(
+                            "instance `{instance}` took the replay and stopped renewing it; its outcome is unknown: see `cmqhook history --msg-id {msg_id}`"
+                        )));
+                    }
+                }
+                _ => {}
+            }
+            tokio::time::sleep(REQUEST_POLL).await;
+        }
+    })
+}
+
+/// A statement of `cmqhook replay`, bounded: a database that accepts connections and then says
+/// nothing must not hang the command.
+async fn bounded<T>(
+    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, JournalError> {
+    match tokio::time::timeout(CLI_TIMEOUT, statement).await {
+        Ok(result) => result.map_err(|err| JournalError::Postgres {
+            reason: format!("journal unreachable: {}", describe(&err)),
+        }),
+        Err(_) => Err(JournalError::Postgres {
+            reason: "journal unreachable: no answer in time".to_owned(),
+        }),
+    }
+}
