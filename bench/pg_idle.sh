@@ -48,7 +48,7 @@ TOML
     RUST_LOG=cmqhook::service=info "$bin" serve -c "$work/$name/hooks.toml" >/dev/null 2>"$work/$name/log" &
     echo $! > "$work/$name/pid"
     for _ in $(seq 200); do
-        grep -q 'listening on' "$work/$name/log" && return 0
+        grep -qs 'listening on' "$work/$name/log" && return 0
         sleep 0.05
     done
     echo "$name did not start:" >&2; cat "$work/$name/log" >&2; exit 1
@@ -60,6 +60,11 @@ pg_ticks() {
         awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat" 2>/dev/null || true
     done | awk '{t += $1} END {print t + 0}'
 }
+# Transactions committed in the bench's database so far (every statement outside a
+# transaction is one): the polling's count, whatever else the server is doing.
+xacts() {
+    psql "$admin" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$db'"
+}
 # CPU ticks of the instances started so far.
 own_ticks() {
     for pidfile in "$work"/*/pid; do
@@ -68,7 +73,8 @@ own_ticks() {
 }
 
 echo "idle fleet, one stored hook, ${secs} s a measurement, $rounds rounds"
-printf '%-10s %-6s %28s %28s\n' instances round "PostgreSQL CPU ms/s/instance" "cmqhook CPU ms/s/instance"
+echo "(the server's CPU counts every client of the server: run it on a quiet one)"
+printf '%-10s %-6s %22s %22s %22s\n' instances round "statements/s/instance" "server CPU ms/s/inst" "cmqhook CPU ms/s/inst"
 started=0
 for n in 1 4; do
     while [ "$started" -lt "$n" ]; do
@@ -77,10 +83,11 @@ for n in 1 4; do
     done
     sleep 2 # past the start: migrations, first renewals
     for round in $(seq "$rounds"); do
-        pg=$(pg_ticks); own=$(own_ticks)
+        pg=$(pg_ticks); own=$(own_ticks); tx=$(xacts)
         sleep "$secs"
-        pg_after=$(pg_ticks); own_after=$(own_ticks)
+        pg_after=$(pg_ticks); own_after=$(own_ticks); tx_after=$(xacts)
         awk -v n="$n" -v r="$round" -v s="$secs" -v pg=$((pg_after - pg)) -v own=$((own_after - own)) \
-            'BEGIN {printf "%-10d %-6d %28.2f %28.2f\n", n, r, pg * 10 / s / n, own * 10 / s / n}'
+            -v tx=$((tx_after - tx)) \
+            'BEGIN {printf "%-10d %-6d %22.1f %22.2f %22.2f\n", n, r, tx / s / n, pg * 10 / s / n, own * 10 / s / n}'
     done
 done
