@@ -727,6 +727,68 @@ fi
     assert_eq!(shared.attempts(), ["2"]);
 }
 
+#[test]
+fn a_claim_whose_run_never_started_runs_out_when_its_release_cannot_be_written() {
+    let Some(db) = TestDb::create() else { return };
+    let proxy = Proxy::start(db.server_addr());
+    let shared = Dir::new();
+    // One slot: `hold` keeps it at a gate, so `waiting` is claimed and then waits for it.
+    let command = format!(
+        "if [ \"$CMQ_MSG_ID\" = hold ]; then {gate}; fi; {record}",
+        gate = shared.gate("held", 60),
+        record = shared.record(0)
+    );
+    let hooks = format!(
+        "[hooks.record]\nconcurrency = 1\nkill_grace = \"200ms\"\ncommand = '''{command}'''"
+    );
+    let keys = "respond_within = \"1s\"";
+    // a reaches the database through the proxy, b directly.
+    let fleet = Instance::start_all(vec![
+        Spec::new(
+            "a",
+            config(
+                &server_keys(&db.url_via(&proxy), Some("a"), "2s", keys),
+                &hooks,
+            ),
+        ),
+        Spec::new(
+            "b",
+            config(&server_keys(&db.url(), Some("b"), "2s", keys), &hooks),
+        ),
+    ]);
+    assert_eq!(fleet[0].push("hold").status, 503);
+    shared.wait_at_gate("held");
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| fleet[0].push("waiting"));
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                db.sql("SELECT count(*) FROM cmqhook_claims WHERE msg_id = 'waiting' AND outcome = 'running'")
+                    .trim()
+                    == "1"
+            }),
+            "a never claimed `waiting`"
+        );
+        // The claim is a's; its run waits for the slot. Cut now, its release at
+        // `respond_within` cannot be written.
+        proxy.cut();
+        let waiting = waiting.join().expect("push");
+        assert_eq!(waiting.status, 503, "{}", waiting.text());
+    });
+    proxy.restore();
+    wait_for_health(&fleet[0], 200, Duration::from_secs(30));
+    // a renews the claims of its runs only: the one left without a run runs out, and b runs
+    // the message (a renewing it too would keep b waiting for ever).
+    let taken = push_until_200(&fleet[1], "waiting", Duration::from_secs(20));
+    assert_eq!(taken.outcome(), "succeeded");
+    let runs: Vec<_> = shared
+        .recorded()
+        .iter()
+        .map(|run| run.var("CMQ_MSG_ID").unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(runs, ["waiting"]);
+    assert_eq!(shared.attempts(), ["2"]);
+}
+
 // ---------------------------------------------------------------------------------------
 // The database unreachable.
 
