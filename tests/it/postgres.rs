@@ -789,6 +789,67 @@ fn a_claim_whose_run_never_started_runs_out_when_its_release_cannot_be_written()
     assert_eq!(shared.attempts(), ["2"]);
 }
 
+#[test]
+fn a_run_waiting_for_a_slot_does_not_start_once_its_instance_has_fenced_itself() {
+    let Some(db) = TestDb::create() else { return };
+    let proxy = Proxy::start(db.server_addr());
+    let shared = Dir::new();
+    // One slot: `hold` keeps it at a gate; `waiting` is claimed and waits for the slot, which
+    // the fence frees when it kills `hold`.
+    let command = format!(
+        "if [ \"$CMQ_MSG_ID\" = hold ]; then {gate}; fi; {record}",
+        gate = shared.gate("held", 60),
+        record = shared.record(0)
+    );
+    let hooks = format!(
+        "[hooks.record]\nconcurrency = 1\nkill_grace = \"200ms\"\ncommand = '''{command}'''"
+    );
+    let keys = "respond_within = \"5s\"";
+    let fleet = Instance::start_all(vec![
+        Spec::new(
+            "a",
+            config(
+                &server_keys(&db.url_via(&proxy), Some("a"), "2s", keys),
+                &hooks,
+            ),
+        ),
+        Spec::new(
+            "b",
+            config(&server_keys(&db.url(), Some("b"), "2s", keys), &hooks),
+        ),
+    ]);
+    std::thread::scope(|scope| {
+        let hold = scope.spawn(|| fleet[0].push("hold"));
+        shared.wait_at_gate("held");
+        let waiting = scope.spawn(|| fleet[0].push("waiting"));
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                db.sql("SELECT count(*) FROM cmqhook_claims WHERE msg_id = 'waiting' AND outcome = 'running'")
+                    .trim()
+                    == "1"
+            }),
+            "a never claimed `waiting`"
+        );
+        proxy.cut();
+        // The fence kills `hold` within the lease; the slot it frees must not run `waiting`,
+        // whose claim b may take over as soon as the lease expires. (Two things see to it: a
+        // fenced instance starts nothing, and a run started after the fence is stopped at
+        // once; this test holds while either works.)
+        assert_ne!(hold.join().expect("push").status, 200);
+        let waiting = waiting.join().expect("push");
+        assert_eq!(waiting.status, 503, "{}", waiting.text());
+    });
+    assert!(
+        shared.recorded().is_empty(),
+        "a ran {:?} after it fenced itself",
+        shared.attempts()
+    );
+    let taken = push_until_200(&fleet[1], "waiting", Duration::from_secs(20));
+    assert_eq!(taken.outcome(), "succeeded");
+    assert_eq!(shared.attempts(), ["2"]);
+    proxy.restore();
+}
+
 // ---------------------------------------------------------------------------------------
 // The database unreachable.
 
