@@ -406,6 +406,9 @@ pub struct Deliveries {
     work_receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<StoredWork>>>,
 }
 
+/// Why a push of a stored message is not stored while a replay of it runs.
+pub const REPLAYING: &str = "a replay of this message is running; retry once it is over";
+
 impl Deliveries {
     /// In memory only (`journal = "off"`): at most `capacity` finished outcomes are kept,
     /// oldest first evicted; running ones never are.
@@ -756,6 +759,11 @@ impl Deliveries {
             Ok(Some(state)) => return Storing::Known(state),
             Ok(None) => {}
             Err(reason) => return Storing::Unavailable(reason),
+        }
+        // A message done longer ago than `dedup_for` is stored again as new, but not while a
+        // replay of it runs: never alongside it; CMQ retries.
+        if self.table.is_running(&key) {
+            return Storing::Unavailable(REPLAYING.to_owned());
         }
         if let Err(reason) = self.health() {
             return Storing::Unavailable(reason);

@@ -836,7 +836,12 @@ impl State {
         for _ in 0..3 {
             let rows = self
                 .query(
-                    "WITH stored AS (
+                    "WITH replaying AS (
+                        SELECT 1 FROM cmqhook_claims
+                        WHERE hook = $1 AND msg_id = $2 AND outcome = 'running'
+                          AND lease_until >= now()
+                     ),
+                     stored AS (
                         INSERT INTO cmqhook_stored AS s
                             (hook, msg_id, state, attempt, failures, next_at, received_at,
                              updated_at, request_id, path, format, topic, subscription,
@@ -853,14 +858,18 @@ impl State {
                             publish_time = EXCLUDED.publish_time, tags = EXCLUDED.tags,
                             body = EXCLUDED.body, owner_boot = NULL, run_id = NULL,
                             lease_until = NULL
-                        -- Done longer ago than `dedup_for`: a new message.
+                        -- Done longer ago than `dedup_for`: a new message, unless a replay
+                        -- of it runs (never alongside it).
                         WHERE s.state = 'done'
                           AND s.updated_at < now() - $12::float8 * interval '1 second'
+                          AND NOT EXISTS (SELECT 1 FROM replaying)
                         RETURNING 1
                      )
                      SELECT NULL::text FROM stored
                      UNION ALL
-                     SELECT state FROM cmqhook_stored
+                     SELECT CASE WHEN state = 'done' AND EXISTS (SELECT 1 FROM replaying)
+                                 THEN 'replaying' ELSE state END
+                     FROM cmqhook_stored
                      WHERE hook = $1 AND msg_id = $2 AND NOT EXISTS (SELECT 1 FROM stored)",
                     &[
                         &push.hook,
@@ -884,6 +893,9 @@ impl State {
             let Some(known) = row.get::<_, Option<String>>(0) else {
                 return Ok(None);
             };
+            if known == "replaying" {
+                return Err(super::REPLAYING.to_owned());
+            }
             return StoredState::parse(&known).map(Some).ok_or_else(|| {
                 format!("journal holds a stored state this cmqhook does not know: `{known}`")
             });

@@ -133,6 +133,14 @@ impl Table {
         Claim::Run { attempt, ticket }
     }
 
+    /// Whether a run of `key` is going (claimed here and not over).
+    pub(super) fn is_running(&self, key: &Key) -> bool {
+        matches!(
+            self.shard(key).entries.get(key),
+            Some(Entry::Running { .. })
+        )
+    }
+
     /// A claimed run did not start. Without a journal, memory is the only record, so the
     /// previous attempt is remembered as failed; with one, the journal still knows it.
     pub(super) fn withdraw(&self, key: &Key, attempt: u32) {

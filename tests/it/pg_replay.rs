@@ -283,3 +283,45 @@ fn stored_pending_shows_the_fleets_stored_work_waiting_on_every_instance() {
     }
     assert_eq!(shared.attempts(), ["1", "1"]);
 }
+
+#[test]
+fn a_stored_message_done_before_dedup_for_is_not_stored_again_on_the_fleet_while_a_replay_runs() {
+    let Some(db) = TestDb::create() else { return };
+    let shared = Dir::new();
+    // The replay is held at a gate; the message's own run is not.
+    let command = format!(
+        "if [ \"$CMQHOOK_REPLAY\" = 1 ]; then {gate}; fi; {record}",
+        gate = shared.gate("replay", 60),
+        record = shared.record(0)
+    );
+    let fleet = fleet(
+        &db.url(),
+        &["a", "b"],
+        "dedup_for = \"1s\"",
+        &format!("[hooks.job]\nack = \"stored\"\nretry = []\ncommand = '{command}'"),
+    );
+    assert_eq!(fleet[0].push("again-1").status, 200);
+    assert!(wait_for(Duration::from_secs(10), || shared
+        .recorded()
+        .len()
+        == 1));
+    // Done longer ago than `dedup_for`: a push of it now would be a new message.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::scope(|scope| {
+        let replaying = scope.spawn(|| replay(&fleet[0], "again-1", &[]));
+        shared.wait_at_gate("replay");
+        for instance in &fleet {
+            let during = instance.push("again-1");
+            assert_eq!(during.status, 503, "{}", during.text());
+            assert!(
+                during.text().contains("replay of this message is running"),
+                "{}",
+                during.text()
+            );
+        }
+        shared.open_gate("replay");
+        let (code, stdout, stderr) = replaying.join().expect("replay");
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+    });
+    assert_eq!(shared.attempts(), ["1", "2"]);
+}

@@ -394,3 +394,43 @@ fn kept_bodies_are_pruned_after_keep_bodies_and_unmatched_pushes_keep_none() {
         "{kept:?}"
     );
 }
+
+#[test]
+fn a_stored_message_done_before_dedup_for_is_not_stored_again_while_a_replay_of_it_runs() {
+    let dir = Dir::new();
+    // The replay is held at a gate; the message's own run is not.
+    let command = format!(
+        "if [ \"$CMQHOOK_REPLAY\" = 1 ]; then {gate}; fi; {record}",
+        gate = dir.gate("replay", 60),
+        record = dir.record(0)
+    );
+    let server = Server::start(
+        &dir,
+        &config(
+            "dedup_for = \"1s\"",
+            &format!("[hooks.job]\nack = \"stored\"\nretry = []\ncommand = '{command}'"),
+        ),
+    );
+    assert_eq!(server.post_seed("/", "again-1").status, 200);
+    assert!(wait_for(Duration::from_secs(10), || dir.recorded().len() == 1));
+    // Done longer ago than `dedup_for`: a push of it now would be a new message.
+    std::thread::sleep(Duration::from_millis(1100));
+    let config = dir.config_file();
+    let replaying = std::thread::spawn(move || {
+        let config = config.to_str().expect("utf-8 path").to_owned();
+        cmqhook(&["replay", "-c", &config, "--msg-id", "again-1"], b"")
+    });
+    dir.wait_at_gate("replay");
+    // Not stored (it would run beside the replay): 503, and CMQ retries.
+    let during = server.post_seed("/", "again-1");
+    assert_eq!(during.status, 503, "{}", during.text());
+    assert!(
+        during.text().contains("replay of this message is running"),
+        "{}",
+        during.text()
+    );
+    dir.open_gate("replay");
+    let replayed = replaying.join().expect("replay");
+    assert_eq!(replayed.status.code(), Some(0), "{}", both(&replayed));
+    assert_eq!(dir.attempts(), ["1", "2"]);
+}
