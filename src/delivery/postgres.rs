@@ -1130,6 +1130,10 @@ impl State {
             })
             .collect();
         let write = async {
+            if let [(statement, params)] = params.as_slice() {
+                // One statement commits on its own: no BEGIN and COMMIT to send and parse.
+                return client.execute(*statement, params).await.map(drop);
+            }
             // One transaction, its statements pipelined: one commit for the whole batch.
             let transaction = client.transaction().await?;
             let statements = params
