@@ -732,10 +732,22 @@ impl State {
             Ok(_) => {}
             Err(reason) => return Acquired::Unavailable(reason),
         }
-        // Known already: one statement takes the claim if it is retryable or its lease ran out
-        // (then the run that lost it gets an `interrupted` row), else reads what holds it. The
-        // read sees the row as it was when the statement began, so a claim changed by another
-        // instance meanwhile can leave it empty: ask again.
+        self.take_over(hook, msg_id, run_id, dedup_for, false).await
+    }
+
+    /// One statement takes the claim of a known message if it is retryable or its lease ran
+    /// out (then the run that lost it gets an `interrupted` row), else reads what holds it.
+    /// `again` (a replay): a success is taken too, and the attempt is the one after every run
+    /// journaled. The read sees the row as it was when the statement began, so a claim
+    /// changed by another instance meanwhile can leave it empty: ask again.
+    pub(super) async fn take_over(
+        &self,
+        hook: &str,
+        msg_id: &str,
+        run_id: i64,
+        dedup_for: Duration,
+        again: bool,
+    ) -> Acquired {
         for _ in 0..3 {
             let rows = self
                 .query(
@@ -750,10 +762,18 @@ impl State {
                         INSERT INTO cmqhook_claims AS c
                             (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
                              owner_pid, run_id, lease_until)
-                        VALUES ($1, $2, 1, 'running', $3, $4, $5, $6, $7,
-                                now() + $8::float8 * interval '1 second')
+                        SELECT $1, $2,
+                               -- A replay's attempt follows every run journaled (the claim
+                               -- may have been pruned); otherwise a new claim's is 1.
+                               CASE WHEN $10 THEN (SELECT COALESCE(max(attempt), 0) + 1
+                                                   FROM cmqhook_runs
+                                                   WHERE hook = $1 AND msg_id = $2)
+                                    ELSE 1 END,
+                               'running', $3, $4, $5, $6, $7,
+                               now() + $8::float8 * interval '1 second'
                         ON CONFLICT (hook, msg_id) DO UPDATE
-                        SET attempt = c.attempt + 1, outcome = 'running',
+                        SET attempt = GREATEST(c.attempt + 1, EXCLUDED.attempt),
+                            outcome = 'running',
                             instance = EXCLUDED.instance, owner_boot = EXCLUDED.owner_boot,
                             owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid,
                             run_id = EXCLUDED.run_id, lease_until = EXCLUDED.lease_until,
@@ -761,7 +781,7 @@ impl State {
                         WHERE c.outcome NOT IN ('running', 'succeeded')
                            OR (c.outcome = 'running' AND c.lease_until < now())
                            OR (c.outcome = 'succeeded'
-                               AND c.ended_at < now() - $9::float8 * interval '1 second')
+                               AND ($10 OR c.ended_at < now() - $9::float8 * interval '1 second'))
                         RETURNING c.attempt
                      ),
                      -- The run whose lease ran out gets its row: its instance cannot write it.
@@ -787,6 +807,7 @@ impl State {
                         &run_id,
                         &seconds(self.lease),
                         &seconds(dedup_for),
+                        &again,
                     ],
                 )
                 .await;

@@ -230,6 +230,18 @@ pub struct Run {
 }
 
 impl Run {
+    /// Its `CMQ_*` variables, sorted.
+    pub fn cmq_vars(&self) -> Vec<(String, String)> {
+        let mut vars: Vec<_> = self
+            .env
+            .iter()
+            .filter(|(name, _)| name.starts_with("CMQ_"))
+            .cloned()
+            .collect();
+        vars.sort();
+        vars
+    }
+
     fn read(dir: &Path) -> Option<Run> {
         // The pid file is written last: without it the run is still going.
         let modified = std::fs::metadata(dir.join("pid")).ok()?.modified().ok()?;

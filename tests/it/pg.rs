@@ -668,6 +668,26 @@ impl Instance {
         rows
     }
 
+    /// (attempt, outcome, instance) of the runs of `msg_id`, newest first, once there are
+    /// `count` and none is running.
+    pub fn runs_of(&self, msg_id: &str, count: usize) -> Vec<(u64, String, String)> {
+        let mut rows = Vec::new();
+        let settled = wait_for(Duration::from_secs(20), || {
+            rows = self.history(&["--msg-id", msg_id]);
+            rows.len() == count && rows.iter().all(|row| row["outcome"] != "running")
+        });
+        assert!(settled, "runs of {msg_id}: {rows:#?}");
+        rows.iter()
+            .map(|row| {
+                (
+                    row["attempt"].as_u64().unwrap_or(0),
+                    row["outcome"].as_str().unwrap_or("").to_owned(),
+                    row["instance"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// The sum of `cmqhook_dedup_hits_total` over every hook.
     pub fn dedup_hits(&self) -> f64 {
         self.server

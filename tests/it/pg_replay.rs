@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 use crate::pg::*;
+use crate::replay::{assert_replayed_byte_exact, binary_push};
 
 /// Instances labelled `labels` on `journal`, each with `keys` in [server] and `hooks`.
 fn fleet(journal: &str, labels: &[&str], keys: &str, hooks: &str) -> Vec<Instance> {
@@ -38,38 +39,7 @@ fn replay(instance: &Instance, msg_id: &str, args: &[&str]) -> (Option<i32>, Str
     )
 }
 
-/// The `CMQ_*` variables of a run, sorted.
-fn cmq_vars(run: &Run) -> Vec<(String, String)> {
-    let mut vars: Vec<_> = run
-        .env
-        .iter()
-        .filter(|(name, _)| name.starts_with("CMQ_"))
-        .cloned()
-        .collect();
-    vars.sort();
-    vars
-}
-
 /// (attempt, outcome, instance) of `history --msg-id MSG_ID` once it has `count` rows, none
-/// running; newest first.
-fn runs_of(instance: &Instance, msg_id: &str, count: usize) -> Vec<(u64, String, String)> {
-    let mut rows = Vec::new();
-    let settled = wait_for(Duration::from_secs(20), || {
-        rows = instance.history(&["--msg-id", msg_id]);
-        rows.len() == count && rows.iter().all(|row| row["outcome"] != "running")
-    });
-    assert!(settled, "runs of {msg_id}: {rows:#?}");
-    rows.iter()
-        .map(|row| {
-            (
-                row["attempt"].as_u64().unwrap_or(0),
-                row["outcome"].as_str().unwrap_or("").to_owned(),
-                row["instance"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn replay_asks_the_fleet_and_runs_a_kept_binary_body_byte_exact_as_the_next_attempt() {
     let Some(db) = TestDb::create() else { return };
@@ -80,12 +50,7 @@ fn replay_asks_the_fleet_and_runs_a_kept_binary_body_byte_exact_as_the_next_atte
         "keep_bodies = \"1d\"",
         &shared.recorder_hook("any"),
     );
-    let raw: Vec<u8> = (0..=255u8).chain([0, 0xff, 0xc3, 0x28, 0]).collect();
-    let headers = [
-        ("x-cmq-message-id", "pb1"),
-        ("x-cmq-request-id", "77"),
-        ("x-cmq-message-tag", "x, y"),
-    ];
+    let (raw, headers) = binary_push("pb1");
     let first = fleet[0].server.post("/raw", &headers, &raw);
     assert_eq!(first.status, 200, "{}", first.text());
     let (code, stdout, stderr) = replay(&fleet[1], "pb1", &[]);
@@ -93,23 +58,8 @@ fn replay_asks_the_fleet_and_runs_a_kept_binary_body_byte_exact_as_the_next_atte
     assert!(stdout.contains("any: succeeded"), "{stdout}");
     // A serve of the fleet ran it, not the command.
     assert!(stderr.contains("took the replay"), "{stderr}");
-    let runs = shared.recorded();
-    assert_eq!(runs.len(), 2);
-    let (first, again) = (&runs[0], &runs[1]);
-    assert_eq!(first.stdin, raw);
-    assert_eq!(again.stdin, raw);
-    assert_eq!(cmq_vars(again), cmq_vars(first));
-    again.assert_vars(&[
-        ("CMQ_MSG_ID", "pb1"),
-        ("CMQ_REQUEST_ID", "77"),
-        ("CMQ_TAGS", "x,y"),
-        ("CMQ_FORMAT", "simplified"),
-        ("CMQHOOK_HOOK", "any"),
-        ("CMQHOOK_ATTEMPT", "2"),
-        ("CMQHOOK_REPLAY", "1"),
-    ]);
-    assert_eq!(first.var("CMQHOOK_REPLAY"), None);
-    let rows = runs_of(&fleet[0], "pb1", 2);
+    assert_replayed_byte_exact(&shared.recorded(), &raw, "pb1");
+    let rows = fleet[0].runs_of("pb1", 2);
     assert_eq!((rows[0].0, rows[0].1.as_str()), (2, "succeeded"));
     assert_eq!((rows[1].0, rows[1].1.as_str()), (1, "succeeded"));
     assert!(["a", "b"].contains(&rows[0].2.as_str()), "{rows:?}");
@@ -147,7 +97,8 @@ fn replay_with_no_serve_running_claims_the_message_itself_and_needs_a_kept_body(
     assert_eq!(shared.attempts(), ["1", "2"]);
     assert_eq!(shared.recorded()[1].var("CMQHOOK_REPLAY"), Some("1"));
     assert_eq!(
-        runs_of(&fleet[0], "solo-1", 2)
+        fleet[0]
+            .runs_of("solo-1", 2)
             .iter()
             .map(|(attempt, outcome, _)| (*attempt, outcome.as_str()))
             .collect::<Vec<_>>(),

@@ -34,25 +34,6 @@ fn result(response: &Response) -> serde_json::Value {
 }
 
 /// (attempt, outcome, instance) of the runs of `msg_id`, newest first, once there are `count`
-/// and none is running.
-fn runs_of(instance: &Instance, msg_id: &str, count: usize) -> Vec<(u64, String, String)> {
-    let mut rows = Vec::new();
-    let settled = wait_for(Duration::from_secs(20), || {
-        rows = instance.history(&["--msg-id", msg_id]);
-        rows.len() == count && rows.iter().all(|row| row["outcome"] != "running")
-    });
-    assert!(settled, "runs of {msg_id}: {rows:#?}");
-    rows.iter()
-        .map(|row| {
-            (
-                row["attempt"].as_u64().unwrap_or(0),
-                row["outcome"].as_str().unwrap_or("").to_owned(),
-                row["instance"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
-
 /// Which instance of `fleet` started the command whose shell is `pid`.
 fn runner_of(fleet: &[Instance], pid: u32) -> usize {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the command runs");
@@ -110,7 +91,7 @@ fn a_stored_push_answered_queued_on_one_instance_runs_once_across_the_fleet() {
     let run = &shared.recorded()[0];
     assert_eq!(run.stdin, b"test message");
     assert_eq!(run.var("CMQ_TOPIC"), Some("MyTopic"));
-    let rows = runs_of(b, "st-3", 1);
+    let rows = b.runs_of("st-3", 1);
     assert_eq!(rows[0].0, 1);
     assert_eq!(rows[0].1, "succeeded");
 }
@@ -127,13 +108,13 @@ fn a_failing_stored_run_is_retried_by_whichever_instance_is_up() {
     assert_eq!(result(&queued)["outcome"], "queued");
     // Attempt 1 fails on either instance; that one dies before the retry is due, so the
     // other runs attempt 2.
-    let first = runs_of(&fleet[0], "retry-1", 1);
+    let first = fleet[0].runs_of("retry-1", 1);
     assert_eq!((first[0].0, first[0].1.as_str()), (1, "failed"));
     let (dead, alive) = if first[0].2 == "a" { (0, 1) } else { (1, 0) };
     fleet[dead].kill();
     let other = fleet[alive].label.clone();
     assert_eq!(
-        runs_of(&fleet[alive], "retry-1", 2),
+        fleet[alive].runs_of("retry-1", 2),
         [
             (2, "succeeded".to_owned(), other),
             (1, "failed".to_owned(), fleet[dead].label.clone())
@@ -152,7 +133,7 @@ fn a_stored_message_whose_retries_all_fail_is_dead_once_across_the_fleet() {
     let shared = Dir::new();
     let fleet = fleet(&db.url(), &stored_hook(&shared.record(3), "[\"200ms\"]"));
     assert_eq!(fleet[1].push("dead-1").status, 200);
-    let rows = runs_of(&fleet[0], "dead-1", 2);
+    let rows = fleet[0].runs_of("dead-1", 2);
     assert_eq!(
         rows.iter()
             .map(|(attempt, outcome, _)| (*attempt, outcome.as_str()))
@@ -215,7 +196,7 @@ fn a_sigkilled_instances_stored_run_is_resumed_elsewhere_once_its_lease_expires(
     // No new push: the other takes the work over once the lease expired, as attempt 2.
     let b = &fleet[1 - dead];
     assert_eq!(
-        runs_of(b, "kill-1", 2),
+        b.runs_of("kill-1", 2),
         [
             (2, "succeeded".to_owned(), b.label.clone()),
             (1, "interrupted".to_owned(), fleet[dead].label.clone())
@@ -359,7 +340,7 @@ fn a_restarted_instance_kills_its_previous_stored_run_and_resumes_it_at_once() {
     wait_for_runs(&shared, 1);
     assert_eq!(shared.attempts(), ["2"]);
     assert_eq!(
-        runs_of(&again, "restart-1", 2),
+        again.runs_of("restart-1", 2),
         [
             (2, "succeeded".to_owned(), "a".to_owned()),
             (1, "interrupted".to_owned(), "a".to_owned())
@@ -399,7 +380,7 @@ fn a_stored_run_stopped_by_a_shutdown_is_resumed_by_another_instance_at_once() {
     wait_for_runs(&shared, 1);
     assert_eq!(shared.attempts(), ["2"]);
     assert_eq!(
-        runs_of(other, "term-1", 2),
+        other.runs_of("term-1", 2),
         [
             (2, "succeeded".to_owned(), other.label.clone()),
             (1, "interrupted".to_owned(), fleet[stopped].label.clone())

@@ -731,45 +731,14 @@ fi
 fn a_claim_whose_run_never_started_runs_out_when_its_release_cannot_be_written() {
     let Some(db) = TestDb::create() else { return };
     let proxy = Proxy::start(db.server_addr());
-    let shared = Dir::new();
-    // One slot: `hold` keeps it at a gate, so `waiting` is claimed and then waits for it.
-    let command = format!(
-        "if [ \"$CMQ_MSG_ID\" = hold ]; then {gate}; fi; {record}",
-        gate = shared.gate("held", 60),
-        record = shared.record(0)
-    );
-    let hooks = format!(
-        "[hooks.record]\nconcurrency = 1\nkill_grace = \"200ms\"\ncommand = '''{command}'''"
-    );
     // Long enough for the cut to come first however slow the machine: the release is written
     // either at `respond_within` or when the fence frees the slot, both after the cut.
-    let keys = "respond_within = \"3s\"";
-    // a reaches the database through the proxy, b directly.
-    let fleet = Instance::start_all(vec![
-        Spec::new(
-            "a",
-            config(
-                &server_keys(&db.url_via(&proxy), Some("a"), "2s", keys),
-                &hooks,
-            ),
-        ),
-        Spec::new(
-            "b",
-            config(&server_keys(&db.url(), Some("b"), "2s", keys), &hooks),
-        ),
-    ]);
+    let (shared, fleet) = one_slot_fleet(&db, &proxy, "3s");
     assert_eq!(fleet[0].push("hold").status, 503);
     shared.wait_at_gate("held");
     std::thread::scope(|scope| {
         let waiting = scope.spawn(|| fleet[0].push("waiting"));
-        assert!(
-            wait_for(Duration::from_secs(10), || {
-                db.sql("SELECT count(*) FROM cmqhook_claims WHERE msg_id = 'waiting' AND outcome = 'running'")
-                    .trim()
-                    == "1"
-            }),
-            "a never claimed `waiting`"
-        );
+        wait_for_claim(&db, "waiting");
         // The claim is a's; its run waits for the slot. Cut now, its release at
         // `respond_within` cannot be written.
         proxy.cut();
@@ -795,43 +764,13 @@ fn a_claim_whose_run_never_started_runs_out_when_its_release_cannot_be_written()
 fn a_run_waiting_for_a_slot_does_not_start_once_its_instance_has_fenced_itself() {
     let Some(db) = TestDb::create() else { return };
     let proxy = Proxy::start(db.server_addr());
-    let shared = Dir::new();
-    // One slot: `hold` keeps it at a gate; `waiting` is claimed and waits for the slot, which
-    // the fence frees when it kills `hold`.
-    let command = format!(
-        "if [ \"$CMQ_MSG_ID\" = hold ]; then {gate}; fi; {record}",
-        gate = shared.gate("held", 60),
-        record = shared.record(0)
-    );
-    let hooks = format!(
-        "[hooks.record]\nconcurrency = 1\nkill_grace = \"200ms\"\ncommand = '''{command}'''"
-    );
-    let keys = "respond_within = \"5s\"";
-    let fleet = Instance::start_all(vec![
-        Spec::new(
-            "a",
-            config(
-                &server_keys(&db.url_via(&proxy), Some("a"), "2s", keys),
-                &hooks,
-            ),
-        ),
-        Spec::new(
-            "b",
-            config(&server_keys(&db.url(), Some("b"), "2s", keys), &hooks),
-        ),
-    ]);
+    // `waiting` waits for the slot, which the fence frees when it kills `hold`.
+    let (shared, fleet) = one_slot_fleet(&db, &proxy, "5s");
     std::thread::scope(|scope| {
         let hold = scope.spawn(|| fleet[0].push("hold"));
         shared.wait_at_gate("held");
         let waiting = scope.spawn(|| fleet[0].push("waiting"));
-        assert!(
-            wait_for(Duration::from_secs(10), || {
-                db.sql("SELECT count(*) FROM cmqhook_claims WHERE msg_id = 'waiting' AND outcome = 'running'")
-                    .trim()
-                    == "1"
-            }),
-            "a never claimed `waiting`"
-        );
+        wait_for_claim(&db, "waiting");
         proxy.cut();
         // The fence kills `hold` within the lease; the slot it frees must not run `waiting`,
         // whose claim b may take over as soon as the lease expires. (Two things see to it: a
@@ -850,6 +789,48 @@ fn a_run_waiting_for_a_slot_does_not_start_once_its_instance_has_fenced_itself()
     assert_eq!(taken.outcome(), "succeeded");
     assert_eq!(shared.attempts(), ["2"]);
     proxy.restore();
+}
+
+/// Instances `a` (through `proxy`) and `b` (directly) with `respond_within` and one slot for
+/// the hook `record`: a push of `hold` keeps the slot at a gate (`held`), so that a push of
+/// another message is claimed and then waits for it. Every run but `hold`'s is recorded in
+/// the returned dir.
+fn one_slot_fleet(db: &TestDb, proxy: &Proxy, respond_within: &str) -> (Dir, Vec<Instance>) {
+    let shared = Dir::new();
+    let command = format!(
+        "if [ \"$CMQ_MSG_ID\" = hold ]; then {gate}; fi; {record}",
+        gate = shared.gate("held", 60),
+        record = shared.record(0)
+    );
+    let hooks = format!(
+        "[hooks.record]\nconcurrency = 1\nkill_grace = \"200ms\"\ncommand = '''{command}'''"
+    );
+    let keys = format!("respond_within = \"{respond_within}\"");
+    let fleet = Instance::start_all(vec![
+        Spec::new(
+            "a",
+            config(
+                &server_keys(&db.url_via(proxy), Some("a"), "2s", &keys),
+                &hooks,
+            ),
+        ),
+        Spec::new(
+            "b",
+            config(&server_keys(&db.url(), Some("b"), "2s", &keys), &hooks),
+        ),
+    ]);
+    (shared, fleet)
+}
+
+/// Waits until the claim of `msg_id` is running in the database.
+fn wait_for_claim(db: &TestDb, msg_id: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM cmqhook_claims WHERE msg_id = '{msg_id}' AND outcome = 'running'"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || db.sql(&sql).trim() == "1"),
+        "{msg_id} was never claimed"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -24,18 +24,6 @@ fn replay(dir: &Dir, msg_id: &str, args: &[&str]) -> (Option<i32>, String, Strin
     )
 }
 
-/// The `CMQ_*` variables of a run, sorted.
-fn cmq_vars(run: &Run) -> Vec<(String, String)> {
-    let mut vars: Vec<_> = run
-        .env
-        .iter()
-        .filter(|(name, _)| name.starts_with("CMQ_"))
-        .cloned()
-        .collect();
-    vars.sort();
-    vars
-}
-
 /// The message ids of the rows of the journal's `bodies` table.
 fn kept_ids(dir: &Dir) -> Vec<String> {
     let db = rusqlite::Connection::open(dir.file("cmqhook.db")).expect("open the journal");
@@ -49,32 +37,30 @@ fn kept_ids(dir: &Dir) -> Vec<String> {
         .expect("rows")
 }
 
-#[test]
-fn replay_runs_a_kept_binary_body_again_byte_exact_as_the_next_attempt() {
-    let dir = Dir::new();
-    let mut server = Server::start(
-        &dir,
-        &config("keep_bodies = \"1d\"", &dir.recorder_hook("any")),
-    );
-    let raw: Vec<u8> = (0..=255u8).chain([0, 0xff, 0xc3, 0x28, 0]).collect();
-    let headers = [
-        ("x-cmq-message-id", "b1"),
-        ("x-cmq-request-id", "77"),
-        ("x-cmq-message-tag", "x, y"),
-    ];
-    assert_eq!(server.post("/raw", &headers, &raw).status, 200);
-    assert_eq!(server.stop(), Some(0));
-    let (code, stdout, stderr) = replay(&dir, "b1", &[]);
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("any: succeeded"), "{stdout}");
-    let runs = dir.recorded();
+/// A body with every byte value and invalid UTF-8, and the headers of its push as message
+/// `msg_id` (request id 77, tags `x, y`).
+pub fn binary_push(msg_id: &str) -> (Vec<u8>, [(&str, &str); 3]) {
+    let raw = (0..=255u8).chain([0, 0xff, 0xc3, 0x28, 0]).collect();
+    (
+        raw,
+        [
+            ("x-cmq-message-id", msg_id),
+            ("x-cmq-request-id", "77"),
+            ("x-cmq-message-tag", "x, y"),
+        ],
+    )
+}
+
+/// `runs` are the first run of the [`binary_push`] `raw` of `msg_id` through the hook `any`
+/// and its replay: the same stdin bytes and `CMQ_*` environment, attempt 2, `CMQHOOK_REPLAY=1`.
+pub fn assert_replayed_byte_exact(runs: &[Run], raw: &[u8], msg_id: &str) {
     assert_eq!(runs.len(), 2);
     let (first, again) = (&runs[0], &runs[1]);
-    assert_eq!(again.stdin, raw);
     assert_eq!(first.stdin, raw);
-    assert_eq!(cmq_vars(again), cmq_vars(first));
+    assert_eq!(again.stdin, raw);
+    assert_eq!(again.cmq_vars(), first.cmq_vars());
     again.assert_vars(&[
-        ("CMQ_MSG_ID", "b1"),
+        ("CMQ_MSG_ID", msg_id),
         ("CMQ_REQUEST_ID", "77"),
         ("CMQ_TAGS", "x,y"),
         ("CMQ_FORMAT", "simplified"),
@@ -84,6 +70,22 @@ fn replay_runs_a_kept_binary_body_again_byte_exact_as_the_next_attempt() {
     ]);
     assert_eq!(first.var("CMQHOOK_ATTEMPT"), Some("1"));
     assert_eq!(first.var("CMQHOOK_REPLAY"), None);
+}
+
+#[test]
+fn replay_runs_a_kept_binary_body_again_byte_exact_as_the_next_attempt() {
+    let dir = Dir::new();
+    let mut server = Server::start(
+        &dir,
+        &config("keep_bodies = \"1d\"", &dir.recorder_hook("any")),
+    );
+    let (raw, headers) = binary_push("b1");
+    assert_eq!(server.post("/raw", &headers, &raw).status, 200);
+    assert_eq!(server.stop(), Some(0));
+    let (code, stdout, stderr) = replay(&dir, "b1", &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("any: succeeded"), "{stdout}");
+    assert_replayed_byte_exact(&dir.recorded(), &raw, "b1");
     let rows = dir.history(&["--msg-id", "b1"]);
     let attempts: Vec<_> = rows
         .iter()
@@ -140,7 +142,7 @@ fn replay_runs_through_a_serve_that_holds_the_journal() {
     assert_eq!(runs.len(), 2);
     let (first, again) = (&runs[0], &runs[1]);
     assert_eq!(again.stdin, raw);
-    assert_eq!(cmq_vars(again), cmq_vars(first));
+    assert_eq!(again.cmq_vars(), first.cmq_vars());
     again.assert_vars(&[
         ("CMQ_MSG_ID", "s1"),
         ("CMQ_REQUEST_ID", "78"),

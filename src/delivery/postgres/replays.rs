@@ -206,78 +206,8 @@ impl State {
         if let Err(reason) = self.health() {
             return Acquired::Unavailable(reason);
         }
-        // As the take-over of `acquire`, whatever the claim's outcome, unless it is running
-        // under a lease not yet expired.
-        for _ in 0..3 {
-            let rows = self
-                .query(
-                    "WITH expired AS (
-                        SELECT instance, attempt, lease_until FROM cmqhook_claims
-                        WHERE hook = $1 AND msg_id = $2 AND outcome = 'running'
-                          AND lease_until < now()
-                     ),
-                     latest AS (
-                        SELECT COALESCE(max(attempt), 0) + 1 AS next FROM cmqhook_runs
-                        WHERE hook = $1 AND msg_id = $2
-                     ),
-                     taken AS (
-                        INSERT INTO cmqhook_claims AS c
-                            (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
-                             owner_pid, run_id, lease_until)
-                        SELECT $1, $2, next, 'running', $3, $4, $5, $6, $7,
-                               now() + $8::float8 * interval '1 second'
-                        FROM latest
-                        ON CONFLICT (hook, msg_id) DO UPDATE
-                        SET attempt = GREATEST(c.attempt + 1, EXCLUDED.attempt),
-                            outcome = 'running', instance = EXCLUDED.instance,
-                            owner_boot = EXCLUDED.owner_boot, owner_host = EXCLUDED.owner_host,
-                            owner_pid = EXCLUDED.owner_pid, run_id = EXCLUDED.run_id,
-                            lease_until = EXCLUDED.lease_until, ended_at = NULL,
-                            exit_code = NULL, signal = NULL, duration_ms = NULL
-                        WHERE c.outcome <> 'running' OR c.lease_until < now()
-                        RETURNING c.attempt
-                     ),
-                     noted AS (
-                        INSERT INTO cmqhook_runs
-                            (instance, started_at, ended_at, hook, msg_id, path, tags, attempt,
-                             outcome, error)
-                        SELECT instance, lease_until, lease_until, $1, $2, '', '', attempt,
-                               'interrupted', 'its instance stopped renewing its claim''s lease'
-                        FROM expired WHERE EXISTS (SELECT 1 FROM taken)
-                     )
-                     SELECT true, attempt FROM taken
-                     UNION ALL
-                     SELECT false, attempt FROM cmqhook_claims
-                     WHERE hook = $1 AND msg_id = $2 AND NOT EXISTS (SELECT 1 FROM taken)",
-                    &[
-                        &hook,
-                        &msg_id,
-                        &self.owner.instance,
-                        &self.owner.boot,
-                        &self.owner.host,
-                        &self.owner.pid,
-                        &run_id,
-                        &seconds(self.lease),
-                    ],
-                )
-                .await;
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(reason) => return Acquired::Unavailable(reason),
-            };
-            let Some(row) = rows.first() else {
-                continue;
-            };
-            if row.get::<_, bool>(0) {
-                self.hold(run_id);
-                let attempt: i32 = row.get(1);
-                return Acquired::Run {
-                    attempt: u32::try_from(attempt).unwrap_or(1),
-                };
-            }
-            return Acquired::Elsewhere;
-        }
-        Acquired::Elsewhere
+        self.take_over(hook, msg_id, run_id, Duration::ZERO, true)
+            .await
     }
 
     async fn take_replay(&self) -> Result<Option<ReplayRequest>, String> {
