@@ -1515,8 +1515,14 @@ const END_REPLAYED_RUN: &str = end_run!(
      ),"
 );
 
-/// Keeps a push's body for replay (`keep_bodies`).
-const KEEP_BODY: &str = "INSERT INTO cmqhook_bodies
+/// Keeps a push's body for replay (`keep_bodies`): a CMQ retry of a message replaces the row
+/// of its earlier push from the same topic, subscription and path.
+const KEEP_BODY: &str = "WITH replaced AS (
+    DELETE FROM cmqhook_bodies
+    WHERE msg_id = $1 AND path = $3 AND topic IS NOT DISTINCT FROM $5
+      AND subscription IS NOT DISTINCT FROM $6
+ )
+ INSERT INTO cmqhook_bodies
     (msg_id, request_id, path, format, topic, subscription, topic_owner, publish_time, tags,
      hooks, body, envelope, kept_at, instance)
  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
