@@ -202,6 +202,15 @@ CREATE INDEX cmqhook_replays_open ON cmqhook_replays (id) WHERE state <> 'done';
 ",
 ];
 
+/// A claim of a message for the first time, for [`State::claimer`]: `reply` hears whether
+/// this run took the key (`false`: the message is known), or why the database could not say.
+struct FreshClaim {
+    hook: String,
+    msg_id: String,
+    run_id: i64,
+    reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+}
+
 /// Who holds a claim: `instance` is the label people see; the boot token (one per `serve`
 /// process), the host's boot id and the pid tell owners apart.
 #[derive(Debug, Clone)]
@@ -253,6 +262,8 @@ struct State {
     fence: tokio::sync::watch::Sender<u64>,
     /// Run ends and kept bodies, to the writer task.
     writes: tokio::sync::mpsc::UnboundedSender<Write>,
+    /// Claims of messages seen for the first time, to the claimer task.
+    claims: tokio::sync::mpsc::UnboundedSender<FreshClaim>,
     /// Pushes that ran nothing, to their writer; full means dropped (a flood of refused
     /// pushes must not take the connections that renew leases).
     pushes: tokio::sync::mpsc::Sender<(SystemTime, PushRecord)>,
@@ -343,6 +354,7 @@ impl Postgres {
                 reason: format!("cannot make a connection pool: {err}"),
             })?;
         let (writes, writes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (claims, claims_rx) = tokio::sync::mpsc::unbounded_channel();
         let (pushes, pushes_rx) = tokio::sync::mpsc::channel(PUSHES_QUEUED);
         let state = Arc::new(State {
             pool,
@@ -363,6 +375,7 @@ impl Postgres {
             renewed: Mutex::new(Instant::now()),
             fence: tokio::sync::watch::Sender::new(0),
             writes,
+            claims,
             pushes,
             held: Mutex::new(HashSet::new()),
             secrets,
@@ -372,6 +385,7 @@ impl Postgres {
         handle.spawn(Arc::clone(&state).monitor());
         handle.spawn(Arc::clone(&state).fencer());
         handle.spawn(Arc::clone(&state).writer(writes_rx));
+        handle.spawn(Arc::clone(&state).claimer(claims_rx));
         handle.spawn(Arc::clone(&state).push_writer(pushes_rx));
         handle.spawn(Arc::clone(&state).pruner());
         Ok(Postgres {
@@ -702,35 +716,26 @@ impl State {
             return Acquired::Unavailable(reason);
         }
         // A message seen for the first time (nearly every push) is claimed by a plain insert,
-        // the cheapest statement that takes the key.
-        let fresh = self
-            .query(
-                "INSERT INTO cmqhook_claims
-                    (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host, owner_pid,
-                     run_id, lease_until)
-                 VALUES ($1, $2, 1, 'running', $3, $4, $5, $6, $7,
-                         now() + $8::float8 * interval '1 second')
-                 ON CONFLICT (hook, msg_id) DO NOTHING
-                 RETURNING attempt",
-                &[
-                    &hook,
-                    &msg_id,
-                    &self.owner.instance,
-                    &self.owner.boot,
-                    &self.owner.host,
-                    &self.owner.pid,
-                    &run_id,
-                    &seconds(self.lease),
-                ],
-            )
-            .await;
-        match fresh {
-            Ok(rows) if !rows.is_empty() => {
+        // the cheapest statement that takes the key, shared with the claims of other pushes
+        // that came meanwhile ([`State::claimer`]).
+        let (reply, inserted) = tokio::sync::oneshot::channel();
+        let asked = self.claims.send(FreshClaim {
+            hook: hook.to_owned(),
+            msg_id: msg_id.to_owned(),
+            run_id,
+            reply,
+        });
+        if asked.is_err() {
+            return Acquired::Unavailable("journal unreachable: stopped".to_owned());
+        }
+        match inserted.await {
+            Ok(Ok(true)) => {
                 self.hold(run_id);
                 return Acquired::Run { attempt: 1 };
             }
-            Ok(_) => {}
-            Err(reason) => return Acquired::Unavailable(reason),
+            Ok(Ok(false)) => {}
+            Ok(Err(reason)) => return Acquired::Unavailable(reason),
+            Err(_) => return Acquired::Unavailable("journal unreachable: stopped".to_owned()),
         }
         self.take_over(hook, msg_id, run_id, dedup_for, false).await
     }
@@ -1003,6 +1008,65 @@ impl State {
                 stdin: row.get::<_, Option<Vec<u8>>>(11).map(bytes::Bytes::from),
             }),
         }))
+    }
+
+    /// Claims messages seen for the first time as they come, everything queued in one
+    /// statement (as the writer groups ends, without a linger): an `INSERT … ON CONFLICT DO
+    /// NOTHING` of all their rows, which tells each whether it took its key.
+    async fn claimer(self: Arc<Self>, mut claims: tokio::sync::mpsc::UnboundedReceiver<FreshClaim>) {
+        let mut batch: Vec<FreshClaim> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                claim = claims.recv() => match claim {
+                    Some(claim) => batch.push(claim),
+                    None => return,
+                },
+                () = self.closing.cancelled() => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match claims.try_recv() {
+                    Ok(claim) => batch.push(claim),
+                    Err(_) => break,
+                }
+            }
+            let hooks: Vec<&str> = batch.iter().map(|claim| claim.hook.as_str()).collect();
+            let msg_ids: Vec<&str> = batch.iter().map(|claim| claim.msg_id.as_str()).collect();
+            let run_ids: Vec<i64> = batch.iter().map(|claim| claim.run_id).collect();
+            let inserted = self
+                .query(
+                    "INSERT INTO cmqhook_claims
+                        (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
+                         owner_pid, run_id, lease_until)
+                     SELECT hook, msg_id, 1, 'running', $4, $5, $6, $7, run_id,
+                            now() + $8::float8 * interval '1 second'
+                     FROM unnest($1::text[], $2::text[], $3::bigint[]) AS t (hook, msg_id, run_id)
+                     ON CONFLICT (hook, msg_id) DO NOTHING
+                     RETURNING run_id",
+                    &[
+                        &hooks,
+                        &msg_ids,
+                        &run_ids,
+                        &self.owner.instance,
+                        &self.owner.boot,
+                        &self.owner.host,
+                        &self.owner.pid,
+                        &seconds(self.lease),
+                    ],
+                )
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|row| row.get::<_, i64>(0))
+                        .collect::<HashSet<i64>>()
+                });
+            for claim in batch.drain(..) {
+                let _ = claim.reply.send(match &inserted {
+                    Ok(taken) => Ok(taken.contains(&claim.run_id)),
+                    Err(reason) => Err(reason.clone()),
+                });
+            }
+        }
     }
 
     /// Writes run ends (and kept bodies) as they come, everything queued in one transaction
