@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Where cmqhook's own CPU goes: a build with frame pointers (target/profile-fp), `perf record`
 # of the server (not its children) while wrk sends pushes to an `argv = ["/bin/true"]` hook
-# with the journal on, and the samples grouped by bench/categorize.py. Needs perf (Debian's
-# linux-perf) and python3. Traffic to 127.0.0.1 only.
+# with the journal on (`JOURNAL=off` for off), and the samples grouped by bench/categorize.py.
+# Needs perf (Debian's linux-perf) and python3. Traffic to 127.0.0.1 only.
 #
-# Usage: bench/profile.sh [connections] [seconds]
+# Usage: [JOURNAL=off] bench/profile.sh [connections] [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-8}
@@ -15,7 +15,8 @@ CARGO_PROFILE_RELEASE_DEBUG=1 RUSTFLAGS="-C force-frame-pointers=yes" \
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 printf '%s' '{"TopicOwner":100015036,"topicName":"MyTopic","subscriptionName":"mysubscription","msgId":"@ID@","msgBody":"test message","publishTime":11203432}' > "$work/push"
-printf '[server]\nlisten = "127.0.0.1:0"\njournal = "cmqhook.db"\n[hooks.bench]\nargv = ["/bin/true"]\n' > "$work/hooks.toml"
+printf '[server]\nlisten = "127.0.0.1:0"\njournal = "%s"\n[hooks.bench]\nargv = ["/bin/true"]\n' \
+    "${JOURNAL:-cmqhook.db}" > "$work/hooks.toml"
 RUST_LOG=cmqhook::service=info target/profile-fp/release/cmqhook serve -c "$work/hooks.toml" >/dev/null 2>"$work/log" &
 pid=$!
 addr=
