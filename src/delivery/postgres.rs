@@ -1013,7 +1013,10 @@ impl State {
     /// Claims messages seen for the first time as they come, everything queued in one
     /// statement (as the writer groups ends, without a linger): an `INSERT … ON CONFLICT DO
     /// NOTHING` of all their rows, which tells each whether it took its key.
-    async fn claimer(self: Arc<Self>, mut claims: tokio::sync::mpsc::UnboundedReceiver<FreshClaim>) {
+    async fn claimer(
+        self: Arc<Self>,
+        mut claims: tokio::sync::mpsc::UnboundedReceiver<FreshClaim>,
+    ) {
         let mut batch: Vec<FreshClaim> = Vec::new();
         loop {
             tokio::select! {

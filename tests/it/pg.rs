@@ -345,6 +345,8 @@ struct ProxyShared {
 struct ProxyState {
     up: bool,
     frozen: bool,
+    /// What the server sends is dropped (what the client sends still goes through).
+    muted: bool,
     /// Both sockets of every forwarded connection not yet known to be over.
     open: Vec<(usize, TcpStream, TcpStream)>,
     next: usize,
@@ -360,6 +362,7 @@ impl Proxy {
             state: Mutex::new(ProxyState {
                 up: true,
                 frozen: false,
+                muted: false,
                 open: Vec::new(),
                 next: 0,
             }),
@@ -394,11 +397,19 @@ impl Proxy {
         self.shared.lock().frozen = true;
     }
 
-    /// Forwards again, after a cut or a freeze.
+    /// Drops every byte the server sends, on every connection, while what clients send still
+    /// reaches it (a statement runs and commits, its answer is lost), until
+    /// [`Proxy::restore`].
+    pub fn mute_replies(&self) {
+        self.shared.lock().muted = true;
+    }
+
+    /// Forwards again, after a cut, a freeze or a mute.
     pub fn restore(&self) {
         let mut state = self.shared.lock();
         state.up = true;
         state.frozen = false;
+        state.muted = false;
     }
 
     /// Whether it forwards (neither cut nor frozen).
@@ -482,21 +493,33 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<ProxyShared>) {
             continue;
         };
         let one = Arc::clone(shared);
-        std::thread::spawn(move || pump(client_read, server, &one, id));
+        std::thread::spawn(move || pump(client_read, server, &one, (id, false)));
         let other = Arc::clone(shared);
-        std::thread::spawn(move || pump(server_read, client, &other, id));
+        std::thread::spawn(move || pump(server_read, client, &other, (id, true)));
     }
 }
 
-/// Copies `from` to `to` until either ends, then closes both ways of both sockets (so the
-/// other direction's pump ends too) and forgets the connection.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: &ProxyShared, id: usize) {
+/// Copies `from` to `to` (`from_server`: the server's side) until either ends, then closes
+/// both ways of both sockets (so the other direction's pump ends too) and forgets the
+/// connection.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    shared: &ProxyShared,
+    (id, from_server): (usize, bool),
+) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if !unfrozen(shared, id) || to.write_all(&buf[..n]).is_err() {
+                if !unfrozen(shared, id) {
+                    break;
+                }
+                if from_server && shared.lock().muted {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
             }

@@ -833,6 +833,65 @@ fn wait_for_claim(db: &TestDb, msg_id: &str) {
     );
 }
 
+#[test]
+fn a_run_end_whose_commit_answer_was_lost_is_written_again_once() {
+    let Some(db) = TestDb::create() else { return };
+    let proxy = Proxy::start(db.server_addr());
+    let shared = Dir::new();
+    // Only `lost-1` waits at the gate.
+    let command = format!(
+        "if [ \"$CMQ_MSG_ID\" = lost-1 ]; then {gate}; fi; {record}",
+        gate = shared.gate("held", 60),
+        record = shared.record(0)
+    );
+    let instance = Instance::start(Spec::new(
+        "a",
+        config(
+            &server_keys(
+                &db.url_via(&proxy),
+                Some("a"),
+                "30s",
+                "respond_within = \"2s\"",
+            ),
+            &hook(&command),
+        ),
+    ));
+    // Runs ended first, so that the statements a run's end needs are prepared on the pooled
+    // connections: while muted, only the end's own statement goes out.
+    for n in 0..6 {
+        assert_eq!(instance.push(&format!("warm-{n}")).status, 200);
+    }
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| instance.push("lost-1"));
+        shared.wait_at_gate("held");
+        // The run's end reaches the database and commits there; its answer never comes back.
+        proxy.mute_replies();
+        shared.open_gate("held");
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                db.sql("SELECT count(*) FROM cmqhook_runs WHERE msg_id = 'lost-1'")
+                    .trim()
+                    == "1"
+            }),
+            "the run's end was never committed"
+        );
+        assert_eq!(first.join().expect("push").status, 503);
+    });
+    proxy.cut();
+    proxy.restore();
+    wait_for_health(&instance, 200, Duration::from_secs(30));
+    // Written again once the database answers: the same row, not a second one, and the
+    // success is known.
+    let again = push_until_200(&instance, "lost-1", Duration::from_secs(20));
+    assert!(deduplicated(&again), "{}", again.text());
+    assert_eq!(
+        db.sql("SELECT count(*) FROM cmqhook_runs WHERE msg_id = 'lost-1'")
+            .trim(),
+        "1"
+    );
+    assert_eq!(shared.recorded().len(), 7);
+}
+
 // ---------------------------------------------------------------------------------------
 // The database unreachable.
 
