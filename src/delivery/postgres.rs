@@ -1010,6 +1010,32 @@ impl State {
         }))
     }
 
+    /// Waits for a first item while `batch` is empty, then adds whatever else is queued (up to
+    /// [`MAX_BATCH`]); false once every sender is gone, or when closing.
+    async fn gather<T>(
+        &self,
+        queue: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+        batch: &mut Vec<T>,
+    ) -> bool {
+        if batch.is_empty() {
+            tokio::select! {
+                biased;
+                next = queue.recv() => match next {
+                    Some(next) => batch.push(next),
+                    None => return false,
+                },
+                () = self.closing.cancelled() => return false,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        true
+    }
+
     /// Claims messages seen for the first time as they come, everything queued in one
     /// statement (as the writer groups ends, without a linger): an `INSERT … ON CONFLICT DO
     /// NOTHING` of all their rows, which tells each whether it took its key.
@@ -1018,21 +1044,7 @@ impl State {
         mut claims: tokio::sync::mpsc::UnboundedReceiver<FreshClaim>,
     ) {
         let mut batch: Vec<FreshClaim> = Vec::new();
-        loop {
-            tokio::select! {
-                biased;
-                claim = claims.recv() => match claim {
-                    Some(claim) => batch.push(claim),
-                    None => return,
-                },
-                () = self.closing.cancelled() => return,
-            }
-            while batch.len() < MAX_BATCH {
-                match claims.try_recv() {
-                    Ok(claim) => batch.push(claim),
-                    Err(_) => break,
-                }
-            }
+        while self.gather(&mut claims, &mut batch).await {
             let hooks: Vec<&str> = batch.iter().map(|claim| claim.hook.as_str()).collect();
             let msg_ids: Vec<&str> = batch.iter().map(|claim| claim.msg_id.as_str()).collect();
             let run_ids: Vec<i64> = batch.iter().map(|claim| claim.run_id).collect();
@@ -1079,24 +1091,8 @@ impl State {
     async fn writer(self: Arc<Self>, mut writes: tokio::sync::mpsc::UnboundedReceiver<Write>) {
         let mut batch: Vec<Write> = Vec::new();
         let mut told = 0;
-        loop {
-            if batch.is_empty() {
-                tokio::select! {
-                    biased;
-                    write = writes.recv() => match write {
-                        Some(write) => batch.push(write),
-                        None => return,
-                    },
-                    // Closing: every run has ended and sent its end by now.
-                    () = self.closing.cancelled() => return,
-                }
-            }
-            while batch.len() < MAX_BATCH {
-                match writes.try_recv() {
-                    Ok(write) => batch.push(write),
-                    Err(_) => break,
-                }
-            }
+        // Until closing, when every run has ended and sent its end.
+        while self.gather(&mut writes, &mut batch).await {
             // An end without its start cannot be written; it must not hold up the others.
             batch.retain(|write| match write {
                 Write::End(ended) if ended.start.is_none() => {
