@@ -637,9 +637,14 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
             .collect::<Vec<HookResult>>()
     }));
     dispatcher.close();
-    print_outcomes(&results)?;
-    let succeeded = !missing
-        && results.len() == hooks.len()
+    replay_exit(&results, !missing && results.len() == hooks.len())
+}
+
+/// Prints each outcome of a replay and exits 0 iff it is `complete` (every hook asked for has
+/// a result) and every one succeeded and is journaled.
+fn replay_exit(results: &[HookResult], complete: bool) -> Result<ExitCode, CliError> {
+    print_outcomes(results)?;
+    let succeeded = complete
         && results
             .iter()
             .all(|result| result.outcome == Outcome::Succeeded && result.recorded);
@@ -747,17 +752,7 @@ fn report_replies(
             }
         }
     }
-    print_outcomes(&results)?;
-    let succeeded = !refused
-        && !results.is_empty()
-        && results
-            .iter()
-            .all(|result| result.outcome == Outcome::Succeeded && result.recorded);
-    Ok(if succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    replay_exit(&results, !refused && !results.is_empty())
 }
 
 fn send(args: &SendArgs) -> Result<ExitCode, CliError> {

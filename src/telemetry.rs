@@ -219,7 +219,7 @@ pub fn metrics() -> &'static Metrics {
         );
         let stored_pending = gauge(
             "cmqhook_stored_pending",
-            "Runs of ack = \"stored\" hooks this instance has waiting for a slot or a retry, by hook.",
+            "Runs of ack = \"stored\" hooks waiting for a slot or a retry, by hook: this instance's (with a PostgreSQL journal, the fleet's).",
             &["hook"],
         );
         let dead_letters = counter(

@@ -418,6 +418,18 @@ impl Postgres {
         self.state.fence.subscribe()
     }
 
+    /// Runs `task` on the journal's own runtime and waits for it.
+    async fn on_runtime<T, F>(&self, task: impl FnOnce(Arc<State>) -> F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, String>> + Send + 'static,
+    {
+        self.handle
+            .spawn(task(Arc::clone(&self.state)))
+            .await
+            .unwrap_or_else(|_| Err("journal unreachable: stopped".to_owned()))
+    }
+
     /// Claims (`hook`, `msg_id`) for a run as `run_id`, or says what holds it.
     pub async fn acquire(
         &self,
@@ -426,13 +438,12 @@ impl Postgres {
         run_id: i64,
         dedup_for: Duration,
     ) -> Acquired {
-        let state = Arc::clone(&self.state);
         let (hook, msg_id) = (hook.to_owned(), msg_id.to_owned());
-        let task = self
-            .handle
-            .spawn(async move { state.acquire(&hook, &msg_id, run_id, dedup_for).await });
-        task.await
-            .unwrap_or_else(|_| Acquired::Unavailable("journal unreachable: stopped".to_owned()))
+        self.on_runtime(async move |state| {
+            Ok(state.acquire(&hook, &msg_id, run_id, dedup_for).await)
+        })
+        .await
+        .unwrap_or_else(Acquired::Unavailable)
     }
 
     /// Stores `push` for its stored hook unless the message is known already (a done one for
@@ -464,12 +475,9 @@ impl Postgres {
     /// its row is `running` under this instance's lease, its attempt counted. `Ok(None)`:
     /// nothing due.
     pub async fn take_due(&self, hook: &str, run_id: i64) -> Result<Option<StoredWork>, String> {
-        let state = Arc::clone(&self.state);
         let hook = hook.to_owned();
-        self.handle
-            .spawn(async move { state.take_due(&hook, run_id).await })
+        self.on_runtime(async move |state| state.take_due(&hook, run_id).await)
             .await
-            .unwrap_or_else(|_| Err("journal unreachable: stopped".to_owned()))
     }
 
     /// Lets go of a claim that will not run after all: the message is free again, and its

@@ -85,6 +85,17 @@ impl Dir {
         format!("[hooks.{name}]\ncommand = '{}'", self.record(0))
     }
 
+    /// A command that notes its shell's pid in the file `pids`, waits at the gate `held` on
+    /// attempt 1 (60 s at most), and then runs the recorder (exit 0).
+    pub fn held_first_attempt(&self, pids: &Path) -> String {
+        format!(
+            "echo $$ >> {pids}; if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then {gate}; fi; {record}",
+            pids = pids.display(),
+            gate = self.gate("held", 60),
+            record = self.record(0)
+        )
+    }
+
     /// A shell snippet that notes when it starts and ends, around `sleep SECONDS`, for
     /// [`Dir::intervals`].
     pub fn timed(&self, seconds: &str) -> String {

@@ -172,12 +172,7 @@ fn a_sigkilled_instances_stored_run_is_resumed_elsewhere_once_its_lease_expires(
     let shared = Dir::new();
     let pids = shared.file("pids");
     // Attempt 1 is held at a gate; every attempt notes its pid.
-    let command = format!(
-        "echo $$ >> {pids}; if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then {gate}; fi; {record}",
-        pids = pids.display(),
-        gate = shared.gate("held", 60),
-        record = shared.record(0)
-    );
+    let command = shared.held_first_attempt(&pids);
     // No retry left: a resumed run that counted as a failure would make the message dead.
     let mut fleet = fleet(&db.url(), &stored_hook(&command, "[]"));
     let queued = fleet[0].push("kill-1");
@@ -311,12 +306,7 @@ fn a_restarted_instance_kills_its_previous_stored_run_and_resumes_it_at_once() {
     let Some(db) = TestDb::create() else { return };
     let shared = Dir::new();
     let pids = shared.file("pids");
-    let command = format!(
-        "echo $$ >> {pids}; if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then {gate}; fi; {record}",
-        pids = pids.display(),
-        gate = shared.gate("held", 60),
-        record = shared.record(0)
-    );
+    let command = shared.held_first_attempt(&pids);
     // A long lease: the restarted instance must not need it to expire for its own work.
     let text = config(
         &server_keys(&db.url(), Some("a"), "30s", ""),
@@ -354,12 +344,7 @@ fn a_stored_run_stopped_by_a_shutdown_is_resumed_by_another_instance_at_once() {
     let Some(db) = TestDb::create() else { return };
     let shared = Dir::new();
     let pids = shared.file("pids");
-    let command = format!(
-        "echo $$ >> {pids}; if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then {gate}; fi; {record}",
-        pids = pids.display(),
-        gate = shared.gate("held", 60),
-        record = shared.record(0)
-    );
+    let command = shared.held_first_attempt(&pids);
     // A long lease: the other instance must not need it to expire; no retry to use up.
     let server = |label: &str| {
         config(

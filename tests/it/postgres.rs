@@ -569,12 +569,7 @@ fn a_restarted_instance_kills_what_its_previous_process_left_and_runs_it_again_a
     let Some(db) = TestDb::create() else { return };
     let shared = Dir::new();
     let pids = shared.file("pids");
-    let command = format!(
-        "echo $$ >> {pids}; if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then {gate}; fi; {record}",
-        pids = pids.display(),
-        gate = shared.gate("held", 60),
-        record = shared.record(0)
-    );
+    let command = shared.held_first_attempt(&pids);
     // A long lease: the restarted instance must not need it to expire for its own claims.
     let text = config(
         &server_keys(&db.url(), Some("a"), "30s", "respond_within = \"300ms\""),
@@ -745,6 +740,15 @@ fn a_claim_whose_run_never_started_runs_out_when_its_release_cannot_be_written()
         let waiting = waiting.join().expect("push");
         assert_eq!(waiting.status, 503, "{}", waiting.text());
     });
+    // Restored only once the release has failed: restored earlier, it could still go through.
+    assert!(
+        fleet[0]
+            .server
+            .wait_for_log_line(Duration::from_secs(20), &["cannot release a claim"])
+            .is_some(),
+        "{}",
+        fleet[0].server.log_text()
+    );
     proxy.restore();
     wait_for_health(&fleet[0], 200, Duration::from_secs(30));
     // a renews the claims of its runs only: the one left without a run runs out, and b runs

@@ -3,7 +3,6 @@
 //! and the replay requests that `cmqhook replay` records for whichever `serve` of the fleet
 //! comes first, with the answer that `serve` writes back.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
@@ -32,18 +31,6 @@ pub enum Requested {
 }
 
 impl Postgres {
-    /// Runs `task` on the journal's own runtime and waits for it.
-    async fn on_runtime<T, F>(&self, task: impl FnOnce(Arc<State>) -> F) -> Result<T, String>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, String>> + Send + 'static,
-    {
-        self.handle
-            .spawn(task(Arc::clone(&self.state)))
-            .await
-            .unwrap_or_else(|_| Err("journal unreachable: stopped".to_owned()))
-    }
-
     /// The latest push of `msg_id` kept within `within` (`None`: bodies are not kept), else
     /// the body of the message's stored work (of `hook`, if given), as the SQLite journal's
     /// [`crate::delivery::sqlite::Journal::kept`].
