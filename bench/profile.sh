@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where cmqhook's own CPU goes: a build with frame pointers (target/profile-fp), `perf record`
 # of the server (not its children) while wrk sends pushes to an `argv = ["/bin/true"]` hook
-# with the journal on (`JOURNAL=off` for off), and the samples grouped by bench/categorize.py.
+# with the journal on (`JOURNAL=off` for off), the samples grouped by bench/categorize.py, and
+# the top leaf functions by self time.
 # Needs perf (Debian's linux-perf) and python3. Traffic to 127.0.0.1 only.
 #
 # Usage: [JOURNAL=off] bench/profile.sh [connections] [seconds]
@@ -34,3 +35,5 @@ RUN_ID=profile HOOK_PATH=/ BODY_FILE="$work/push" wrk -t2 -c"$conns" -d"${secs}s
 kill -INT "$perf_pid"; wait "$perf_pid" || true
 perf report -i "$work/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep '%' | head -4
 perf script -i "$work/perf.data" -F comm,ip,sym 2>/dev/null | python3 bench/categorize.py
+echo "top leaf functions (self time):"
+perf report -i "$work/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep '%' | head -25
