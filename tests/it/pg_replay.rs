@@ -276,3 +276,42 @@ fn a_stored_message_done_before_dedup_for_is_not_stored_again_on_the_fleet_while
     });
     assert_eq!(shared.attempts(), ["1", "2"]);
 }
+
+#[test]
+fn replay_reports_an_instance_that_took_it_and_died_once_its_lease_expired() {
+    let Some(db) = TestDb::create() else { return };
+    let shared = Dir::new();
+    let pids = shared.file("pids");
+    // The replay is held at a gate and notes its pid.
+    let command = format!(
+        "if [ \"$CMQHOOK_REPLAY\" = 1 ]; then echo $$ >> {pids}; {gate}; fi; {record}",
+        pids = pids.display(),
+        gate = shared.gate("replay", 60),
+        record = shared.record(0)
+    );
+    let mut fleet = fleet(
+        &db.url(),
+        &["a"],
+        "keep_bodies = \"1d\"",
+        &format!("[hooks.any]\ncommand = '{command}'"),
+    );
+    assert_eq!(fleet[0].push("died-1").status, 200);
+    let config = fleet[0].dir.config_file();
+    let replaying = std::thread::spawn(move || {
+        let config = config.to_str().expect("utf-8 path").to_owned();
+        cmqhook(&["replay", "-c", &config, "--msg-id", "died-1"], b"")
+    });
+    shared.wait_at_gate("replay");
+    let held = wait_for_pid(&pids);
+    // The instance that took the request dies with its command: no answer will come.
+    fleet[0].kill();
+    kill_group(held);
+    let replayed = replaying.join().expect("replay");
+    assert_eq!(replayed.status.code(), Some(1), "{}", both(&replayed));
+    assert!(
+        text(&replayed.stderr).contains("instance `a` took the replay and stopped renewing it"),
+        "{}",
+        both(&replayed)
+    );
+    assert_eq!(shared.attempts(), ["1"]);
+}
