@@ -8,6 +8,7 @@
 # Usage: bench/cpu.sh [connections] [seconds] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 conns=${1:-8}
 secs=${2:-3}
 rounds=${3:-3}
@@ -32,13 +33,7 @@ serve() {
     esac
     pid=$!
     echo "$pid" > "$work/$1/pid"
-    addr=
-    for _ in $(seq 200); do
-        addr=$(grep -ao 'listening on http://[0-9.:]*' "$work/$1/log" | sed 's|.*http://||' || true)
-        [ -n "$addr" ] && return
-        sleep 0.05
-    done
-    echo "$1 did not start" >&2; exit 1
+    addr=$(listening_addr "$work/$1/log") || exit 1
 }
 
 # measure NAME ROUND -> one line of figures

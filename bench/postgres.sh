@@ -15,6 +15,10 @@
 #                           (default postgres://root@127.0.0.1:5432/test)
 #   PG_OPTIONS              the journal URL's query (default sslmode=disable: the database is on
 #                           this machine; sslmode=require measures TLS too)
+#   PIN=1                   the database on a CPU of its own, as on a host of its own: every
+#                           local postgres process (and the backends it forks later) on the
+#                           last CPU, cmqhook, its commands and wrk on the others, for the
+#                           SQLite setup too; the server's affinity is restored at the end
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-3}
@@ -27,7 +31,14 @@ bin=$PWD/target/release/cmqhook
 work=$(mktemp -d)
 db="cmqhook_bench_$$"
 base=${admin%/*}
+pin=${PIN:-0}
+cpus=$(nproc)
+[ "$pin" = 0 ] || [ "$cpus" -ge 2 ] || { echo "PIN=1 needs two CPUs" >&2; exit 1; }
+postgres_pids() { pgrep -u postgres postgres 2>/dev/null || true; }
+# affinity CPU_LIST PID... (threads included); a process gone meanwhile is skipped
+affinity() { local list=$1; shift; for pid in "$@"; do taskset -a -pc "$list" "$pid" >/dev/null 2>&1 || true; done; }
 cleanup() {
+    [ "$pin" = 0 ] || affinity "0-$((cpus - 1))" $(postgres_pids)
     for pidfile in "$work"/*/pid; do
         [ -e "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
     done
@@ -36,6 +47,11 @@ cleanup() {
 }
 trap cleanup EXIT
 psql "$admin" -qc "CREATE DATABASE $db" >/dev/null
+if [ "$pin" != 0 ]; then
+    affinity "$((cpus - 1))" $(postgres_pids)
+    affinity "0-$((cpus - 2))" $$
+    echo "pinned: postgres on CPU $((cpus - 1)); cmqhook, its commands and wrk on 0-$((cpus - 2))"
+fi
 printf '{"TopicOwner":1,"topicName":"MyTopic","subscriptionName":"sub","msgId":"@ID@","msgBody":"test message","publishTime":1}' > "$work/push"
 
 # start NAME JOURNAL [INSTANCE] -> $addr
@@ -85,6 +101,13 @@ pg_ticks() {
         awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat" 2>/dev/null || true
     done | awk '{t += $1} END {print t}'
 }
+# own_ticks NAME: the instance's own CPU ticks (its commands not included)
+own_ticks() { awk '{print $14 + $15}' "/proc/$(cat "$work/$1/pid")/stat"; }
+# own_cpu NAME CONNS TICKS_BEFORE REQUESTS_PER_S: µs of the instance's own CPU a push, to $work/own-cpu
+own_cpu() {
+    echo "$1 $2 $(awk -v t0="$3" -v t1="$(own_ticks "$1")" -v rps="$4" -v secs="$secs" \
+        'BEGIN {printf "%.0f", (t1 - t0) * 1e4 / (rps * secs)}')" >> "$work/own-cpu"
+}
 runs_in_db() { psql "$base/$db" -Atc "SELECT count(*) FROM cmqhook_runs"; }
 
 start sqlite "$work/sqlite.db"
@@ -96,10 +119,15 @@ results=$work/results
 : > "$results"
 for rep in $(seq "$reps"); do
     for conns in 1 8 64; do
-        echo "sqlite $conns $(load "$(cat "$work/sqlite/addr")" "$conns" "s$rep-$conns")" >> "$results"
-        ticks=$(pg_ticks); before=$(runs_in_db)
-        echo "pg $conns $(load "$(cat "$work/pg/addr")" "$conns" "p$rep-$conns")" >> "$results"
+        own=$(own_ticks sqlite)
+        line=$(load "$(cat "$work/sqlite/addr")" "$conns" "s$rep-$conns")
+        echo "sqlite $conns $line" >> "$results"
+        own_cpu sqlite "$conns" "$own" "${line%% *}"
+        ticks=$(pg_ticks); before=$(runs_in_db); own=$(own_ticks pg)
+        line=$(load "$(cat "$work/pg/addr")" "$conns" "p$rep-$conns")
+        echo "pg $conns $line" >> "$results"
         ticks_after=$(pg_ticks); after=$(runs_in_db)
+        own_cpu pg "$conns" "$own" "${line%% *}"
         if [ -n "$ticks" ] && [ "$after" -gt "$before" ]; then
             echo "$conns $(( (ticks_after - ticks) * 10000 / (after - before) ))" >> "$work/server-cpu"
         fi
@@ -126,6 +154,15 @@ for setup in sqlite pg pg-two; do
         rps=$(cut -d' ' -f1 "$work/one" | sort -n | awk '{a[NR] = $1} END {printf "%d %d %d", a[1], a[int((NR + 1) / 2)], a[NR]}')
         p50=$(cut -d' ' -f2 "$work/one" | sort -n | awk '{a[NR] = $1} END {printf "%.2f %.2f %.2f", a[1], a[int((NR + 1) / 2)], a[NR]}')
         printf '%-8s %6s %28s %28s\n' "$setup" "$conns" "$rps" "$p50"
+    done
+done
+echo
+echo "cmqhook's own CPU a push (/proc/PID/stat, its commands not included), µs:"
+for setup in sqlite pg; do
+    for conns in 1 8 64; do
+        awk -v s="$setup" -v c="$conns" '$1 == s && $2 == c {printf " %s", $3}' "$work/own-cpu" |
+            sed "s/^/  $setup c$conns:/"
+        echo
     done
 done
 if [ -s "$work/server-cpu" ]; then

@@ -1178,167 +1178,159 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
 
 fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
     let transaction = connection.transaction()?;
-    {
-        // A finished run's row: the start's columns, then the end's, in the order of the
-        // values `start_values` and `end_values` give.
-        let mut whole = transaction.prepare_cached(
-            "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
-                               subscription, tags, attempt, finished_at, outcome, exit_code,
-                               signal, duration_ms, left_behind, error, stdout_tail, stderr_tail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                     ?18, ?19)",
-        )?;
-        let mut start = transaction.prepare_cached(
-            "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
-                               subscription, tags, attempt, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running')",
-        )?;
-        let mut end = transaction.prepare_cached(
-            "UPDATE runs SET finished_at = ?2, outcome = ?3, exit_code = ?4, signal = ?5,
-                             duration_ms = ?6, left_behind = ?7, error = ?8,
-                             stdout_tail = ?9, stderr_tail = ?10
-             WHERE id = ?1",
-        )?;
-        let mut claim = transaction.prepare_cached(
-            "INSERT INTO claims (hook, msg_id, attempt, outcome, run_id, duration_ms, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (hook, msg_id) DO UPDATE SET
-                 attempt = excluded.attempt, outcome = excluded.outcome,
-                 run_id = excluded.run_id, duration_ms = excluded.duration_ms,
-                 updated_at = excluded.updated_at",
-        )?;
-        let mut push = transaction.prepare_cached(
-            "INSERT INTO pushes (at, status, reason, msg_id, request_id, path, topic,
-                                 subscription, tags)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
-        let mut store = transaction.prepare_cached(
-            "INSERT INTO stored (msg_id, request_id, path, format, topic, subscription,
-                                 topic_owner, publish_time, tags, hook, body, state, attempt,
-                                 failures, next_at, received_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued', 0, 0, ?12, ?12, ?12)
-             ON CONFLICT (hook, msg_id) DO UPDATE SET
-                 state = 'queued', attempt = 0, failures = 0, next_at = excluded.next_at,
-                 received_at = excluded.received_at, updated_at = excluded.updated_at,
-                 last_outcome = NULL, request_id = excluded.request_id, path = excluded.path,
-                 format = excluded.format, topic = excluded.topic,
-                 subscription = excluded.subscription, topic_owner = excluded.topic_owner,
-                 publish_time = excluded.publish_time, tags = excluded.tags, body = excluded.body",
-        )?;
-        let mut forget_kept = transaction.prepare_cached(
-            "DELETE FROM bodies WHERE msg_id = ?1 AND topic IS ?2 AND subscription IS ?3
-                                  AND path = ?4",
-        )?;
-        let mut keep = transaction.prepare_cached(
-            "INSERT INTO bodies (msg_id, request_id, path, format, topic, subscription,
-                                 topic_owner, publish_time, tags, hooks, body, envelope,
-                                 received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?;
-        let mut stored_state = transaction.prepare_cached(
-            "UPDATE stored SET state = ?3, attempt = ?4, failures = ?5,
-                               next_at = COALESCE(?6, next_at), updated_at = ?7,
-                               last_outcome = COALESCE(?8, last_outcome)
-             WHERE hook = ?1 AND msg_id = ?2 AND (?9 IS NULL OR state = ?9)",
-        )?;
-        let mut update_stored = |at: &str, update: &StoredUpdate| {
-            let next_at = update.next_at.map(timestamp);
-            stored_state.execute(params![
-                update.hook,
-                update.msg_id,
-                update.state.as_str(),
-                update.attempt,
-                update.failures,
-                next_at,
+    // Each statement is looked up in the connection's cache only by a record that uses it:
+    // a batch of one short run's end looks up two, not ten.
+    let sql = |sql| transaction.prepare_cached(sql);
+    for record in batch {
+        match record {
+            Record::Store { at, push: p, .. } => {
+                let at = timestamp(*at);
+                let tail: [&dyn ToSql; 3] = [&p.hook, &p.stdin.as_deref(), &at];
+                sql(STORE)?.execute(params_from_iter(
+                    message_values(&p.message).into_iter().chain(tail),
+                ))?;
+            }
+            Record::StoredState { at, update } => {
+                update_stored(&transaction, &timestamp(*at), update)?;
+            }
+            Record::Started {
+                id,
                 at,
-                update.last_outcome,
-                update.only_if.map(StoredState::as_str)
-            ])
-        };
-        for record in batch {
-            match record {
-                Record::Store { at, push: p, .. } => {
-                    let at = timestamp(*at);
-                    let tail: [&dyn ToSql; 3] = [&p.hook, &p.stdin.as_deref(), &at];
-                    store.execute(params_from_iter(
-                        message_values(&p.message).into_iter().chain(tail),
-                    ))?;
+                start: run,
+                claim: claimed,
+            } => {
+                let started_at = timestamp(*at);
+                sql(START)?.execute(params_from_iter(start_values(id, &started_at, run)))?;
+                if let (true, Some(msg_id)) = (*claimed, &run.push.msg_id) {
+                    sql(CLAIM)?.execute(params![
+                        run.hook,
+                        msg_id,
+                        run.attempt,
+                        Outcome::Running,
+                        id,
+                        None::<u64>,
+                        started_at
+                    ])?;
                 }
-                Record::StoredState { at, update } => {
-                    update_stored(&timestamp(*at), update)?;
-                }
-                Record::Started {
-                    id,
-                    at,
-                    start: run,
-                    claim: claimed,
-                } => {
-                    let started_at = timestamp(*at);
-                    start.execute(params_from_iter(start_values(id, &started_at, run)))?;
-                    if let (true, Some(msg_id)) = (*claimed, &run.push.msg_id) {
-                        claim.execute(params![
-                            run.hook,
-                            msg_id,
-                            run.attempt,
-                            Outcome::Running,
-                            id,
-                            None::<u64>,
-                            started_at
-                        ])?;
+            }
+            Record::Ended(ended) => {
+                let finished_at = timestamp(ended.at);
+                let ended_values = end_values(&finished_at, &ended.result, &ended.end);
+                match &ended.start {
+                    Some((at, run)) => {
+                        let started_at = timestamp(*at);
+                        let started = start_values(&ended.id, &started_at, run);
+                        sql(WHOLE_RUN)?
+                            .execute(params_from_iter(started.into_iter().chain(ended_values)))?;
+                    }
+                    None => {
+                        let id: &dyn ToSql = &ended.id;
+                        sql(END)?
+                            .execute(params_from_iter(std::iter::once(id).chain(ended_values)))?;
                     }
                 }
-                Record::Ended(ended) => {
-                    let finished_at = timestamp(ended.at);
-                    let ended_values = end_values(&finished_at, &ended.result, &ended.end);
-                    match &ended.start {
-                        Some((at, run)) => {
-                            let started_at = timestamp(*at);
-                            let started = start_values(&ended.id, &started_at, run);
-                            whole.execute(params_from_iter(
-                                started.into_iter().chain(ended_values),
-                            ))?;
-                        }
-                        None => {
-                            let id: &dyn ToSql = &ended.id;
-                            end.execute(params_from_iter(std::iter::once(id).chain(ended_values)))?;
-                        }
-                    }
-                    if let Some(update) = &ended.stored {
-                        update_stored(&finished_at, update)?;
-                    }
-                    if let Some((hook, msg_id)) = &ended.key {
-                        claim.execute(params![
-                            hook,
-                            msg_id,
-                            ended.attempt,
-                            ended.result.outcome,
-                            ended.id,
-                            ended.result.duration_ms,
-                            finished_at
-                        ])?;
-                    }
+                if let Some(update) = &ended.stored {
+                    update_stored(&transaction, &finished_at, update)?;
                 }
-                Record::Kept { at, push: p } => {
-                    let m = &p.message;
-                    forget_kept.execute(params![m.msg_id, m.topic, m.subscription, m.path])?;
-                    let hooks =
-                        serde_json::to_string(&p.hooks).expect("a list of strings is always JSON");
-                    let at = timestamp(*at);
-                    let tail: [&dyn ToSql; 4] =
-                        [&hooks, &p.body.as_ref(), &p.envelope.as_deref(), &at];
-                    keep.execute(params_from_iter(message_values(m).into_iter().chain(tail)))?;
+                if let Some((hook, msg_id)) = &ended.key {
+                    sql(CLAIM)?.execute(params![
+                        hook,
+                        msg_id,
+                        ended.attempt,
+                        ended.result.outcome,
+                        ended.id,
+                        ended.result.duration_ms,
+                        finished_at
+                    ])?;
                 }
-                Record::Push { at, push: record } => {
-                    let at = timestamp(*at);
-                    let head: [&dyn ToSql; 3] = [&at, &record.status, &record.reason];
-                    push.execute(params_from_iter(
-                        head.into_iter().chain(facts(&record.push)),
-                    ))?;
-                }
+            }
+            Record::Kept { at, push: p } => {
+                let m = &p.message;
+                sql(FORGET_KEPT)?.execute(params![m.msg_id, m.topic, m.subscription, m.path])?;
+                let hooks =
+                    serde_json::to_string(&p.hooks).expect("a list of strings is always JSON");
+                let at = timestamp(*at);
+                let tail: [&dyn ToSql; 4] = [&hooks, &p.body.as_ref(), &p.envelope.as_deref(), &at];
+                sql(KEEP)?.execute(params_from_iter(message_values(m).into_iter().chain(tail)))?;
+            }
+            Record::Push { at, push: record } => {
+                let at = timestamp(*at);
+                let head: [&dyn ToSql; 3] = [&at, &record.status, &record.reason];
+                sql(PUSH)?.execute(params_from_iter(
+                    head.into_iter().chain(facts(&record.push)),
+                ))?;
             }
         }
     }
     transaction.commit()
+}
+
+/// A finished run's row: the start's columns, then the end's, in the order of the values
+/// `start_values` and `end_values` give.
+const WHOLE_RUN: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
+                   subscription, tags, attempt, finished_at, outcome, exit_code,
+                   signal, duration_ms, left_behind, error, stdout_tail, stderr_tail)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+const START: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
+                   subscription, tags, attempt, outcome)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running')";
+const END: &str = "UPDATE runs SET finished_at = ?2, outcome = ?3, exit_code = ?4, signal = ?5,
+                 duration_ms = ?6, left_behind = ?7, error = ?8,
+                 stdout_tail = ?9, stderr_tail = ?10
+ WHERE id = ?1";
+const CLAIM: &str =
+    "INSERT INTO claims (hook, msg_id, attempt, outcome, run_id, duration_ms, updated_at)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ ON CONFLICT (hook, msg_id) DO UPDATE SET
+     attempt = excluded.attempt, outcome = excluded.outcome,
+     run_id = excluded.run_id, duration_ms = excluded.duration_ms,
+     updated_at = excluded.updated_at";
+const PUSH: &str = "INSERT INTO pushes (at, status, reason, msg_id, request_id, path, topic,
+                     subscription, tags)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const STORE: &str = "INSERT INTO stored (msg_id, request_id, path, format, topic, subscription,
+                     topic_owner, publish_time, tags, hook, body, state, attempt,
+                     failures, next_at, received_at, updated_at)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued', 0, 0, ?12, ?12, ?12)
+ ON CONFLICT (hook, msg_id) DO UPDATE SET
+     state = 'queued', attempt = 0, failures = 0, next_at = excluded.next_at,
+     received_at = excluded.received_at, updated_at = excluded.updated_at,
+     last_outcome = NULL, request_id = excluded.request_id, path = excluded.path,
+     format = excluded.format, topic = excluded.topic,
+     subscription = excluded.subscription, topic_owner = excluded.topic_owner,
+     publish_time = excluded.publish_time, tags = excluded.tags, body = excluded.body";
+const FORGET_KEPT: &str =
+    "DELETE FROM bodies WHERE msg_id = ?1 AND topic IS ?2 AND subscription IS ?3
+                      AND path = ?4";
+const KEEP: &str = "INSERT INTO bodies (msg_id, request_id, path, format, topic, subscription,
+                     topic_owner, publish_time, tags, hooks, body, envelope,
+                     received_at)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+fn update_stored(
+    connection: &Connection,
+    at: &str,
+    update: &StoredUpdate,
+) -> rusqlite::Result<usize> {
+    let next_at = update.next_at.map(timestamp);
+    connection
+        .prepare_cached(
+            "UPDATE stored SET state = ?3, attempt = ?4, failures = ?5,
+                               next_at = COALESCE(?6, next_at), updated_at = ?7,
+                               last_outcome = COALESCE(?8, last_outcome)
+             WHERE hook = ?1 AND msg_id = ?2 AND (?9 IS NULL OR state = ?9)",
+        )?
+        .execute(params![
+            update.hook,
+            update.msg_id,
+            update.state.as_str(),
+            update.attempt,
+            update.failures,
+            next_at,
+            at,
+            update.last_outcome,
+            update.only_if.map(StoredState::as_str)
+        ])
 }
 
 /// A push's columns, from `msg_id` to `tags`, as in both `runs` and `pushes`.
