@@ -40,16 +40,22 @@ serve() {
 
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v !~ /ms$/ && v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 
-# measure NAME WORKLOAD CONNS ROUND -> "NAME WORKLOAD CONNS rps p50"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # the server's own CPU, 1/100 s
+
+# measure NAME WORKLOAD CONNS ROUND -> "NAME WORKLOAD CONNS rps p50 own-µs-a-push"
 measure() {
     local out threads
     serve "$1" "$2"
     threads=$(( $3 < 2 ? 1 : 2 ))
+    ticks0=$(ticks "$pid")
     out=$(RUN_ID="$1-$2-$3-$4" HOOK_PATH=/ BODY_FILE="$work/push-$2" \
         wrk -t"$threads" -c"$3" -d"${secs}s" --timeout 20s --latency -s bench/push.lua "http://$addr/")
+    ticks1=$(ticks "$pid")
     kill "$pid"; wait "$pid" 2>/dev/null || true; rm -f "$work/$1/pid"
     if grep -qE "Non-2xx|Socket errors" <<<"$out"; then echo "errors:" >&2; echo "$out" >&2; exit 1; fi
-    echo "$1 $2 $3 $(awk '/Requests\/sec/ {print $2}' <<<"$out") $(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")"
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    echo "$1 $2 $3 $(awk '/Requests\/sec/ {print $2}' <<<"$out") $(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")" \
+        "$(( (ticks1 - ticks0) * 10000 / n ))"
 }
 
 echo "before = $rev, after = the working tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo ', modified'))"
@@ -63,14 +69,17 @@ for round in $(seq "$rounds"); do
     done
 done | tee "$work/lines"
 echo
-echo "after / before, each round side by side (throughput ratio; p50 after − before, ms)"
-awk '{ key = $2 " c" $3; rps[key, $1, ++n[key, $1]] = $4; p50[key, $1, n[key, $1]] = $5; keys[key] = 1 }
+echo "after / before, each round side by side (throughput ratio; p50 after − before, ms;"
+echo "the server's own CPU a push after / before)"
+awk '{ key = $2 " c" $3; i = ++n[key, $1]; rps[key, $1, i] = $4; p50[key, $1, i] = $5; own[key, $1, i] = $6
+       keys[key] = 1 }
 END {
     for (key in keys) {
         line = sprintf("%-10s", key)
         for (i = 1; i <= n[key, "after"]; i++)
-            line = line sprintf("  %.2f (%+.2f)", rps[key, "after", i] / rps[key, "before", i],
-                                p50[key, "after", i] - p50[key, "before", i])
+            line = line sprintf("  %.2f (%+.2f; %.2f)", rps[key, "after", i] / rps[key, "before", i],
+                                p50[key, "after", i] - p50[key, "before", i],
+                                own[key, "after", i] / own[key, "before", i])
         print line
     }
 }' "$work/lines" | sort

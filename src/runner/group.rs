@@ -5,18 +5,18 @@
 //! `sh -c "sleep 30"`) is reparented to PID 1, or to a subreaper, and stays a zombie of the
 //! group until that process reaps it, which some inits do only every second or two. Such a
 //! group still answers `kill(-pgid, 0)`, but nothing in it runs: a group whose members are all
-//! zombies is dead. Nothing here reaps what is not ours (no `waitpid(-1)`): tokio waits for
-//! the direct child itself, and would lose its status.
+//! zombies is dead. Nothing here reaps what is not ours (no `waitpid(-1)`): the run waits for
+//! its direct child itself, through its pidfd, and would lose its status.
 
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::Child;
 use tokio::time::Instant;
 
 use super::procfs;
+use super::spawn::Child;
 
 /// The first look at the group once its leader has exited; each next one waits twice as
 /// long, up to [`POLL_AT_MOST`]. Its other members usually die within a few milliseconds.
@@ -80,7 +80,8 @@ impl Group {
     /// to whatever is left. The leader is reaped. Returns the signal that ended the group.
     pub(super) async fn stop(&mut self, leader: &mut Child, grace: Duration) -> Signal {
         let Some(pgid) = self.pgid else {
-            let _ = leader.kill().await;
+            leader.kill();
+            let _ = leader.wait().await;
             return Signal::SIGKILL;
         };
         // SIGTERM first: deploy scripts deserve a chance to clean up.

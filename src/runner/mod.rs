@@ -8,13 +8,14 @@
 mod group;
 pub mod orphans;
 mod procfs;
+mod spawn;
 
 use std::cell::RefCell;
 use std::io::{ErrorKind, PipeReader, PipeWriter, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::pin::Pin;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -22,11 +23,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::secrets::Secrets;
 use group::Group;
+pub use spawn::Environment;
 
 /// How much of the end of stdout and of stderr a report keeps.
 pub const TAIL_BYTES: usize = 4096;
@@ -129,25 +130,14 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         stderr_tail: Vec::new(),
         left_behind: false,
     };
-    let mut command = match &spec.program {
-        Program::Shell(script) => {
-            let mut command = Command::new("/bin/sh");
-            command.arg("-c").arg(&**script);
-            command
-        }
-        Program::Argv(argv) => match argv.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args);
-                command
-            }
-            None => return failed(std::io::Error::other("empty argv")),
-        },
+    let argv: Vec<&str> = match &spec.program {
+        Program::Shell(script) => vec!["/bin/sh", "-c", script],
+        Program::Argv(argv) => argv.iter().map(String::as_str).collect(),
     };
     let (stdin, rest_of_stdin) = match &spec.stdin {
-        None => (Stdio::null(), None),
+        None => (None, None),
         Some(body) => match stdin_pipe(body) {
-            Ok((reader, rest)) => (Stdio::from(reader), rest),
+            Ok((reader, rest)) => (Some(reader), rest),
             Err(err) => return failed(err),
         },
     };
@@ -155,30 +145,28 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         (Ok(out), Ok(err)) => (out, err),
         (Err(err), _) | (_, Err(err)) => return failed(err),
     };
-    for name in spec.hidden_env.iter() {
-        command.env_remove(name);
-    }
-    command
-        .current_dir(&spec.workdir)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .envs(spec.run_env.iter().map(|(k, v)| (k, v)))
-        .stdin(stdin)
-        .stdout(Stdio::from(out_write))
-        .stderr(Stdio::from(err_write))
-        // Its own group, so that a timeout reaches every process it started. std's
-        // process_group keeps the posix_spawn fast path, unlike a pre_exec setpgid.
-        .process_group(0);
-    let spawned = command.spawn();
-    // The command holds our copies of the child's ends of the pipes. Without the stdin one, a
-    // command that stops reading gets its writer a broken pipe rather than a wait for ever;
-    // without the output ones, the output ends when the command's processes close it.
-    drop(command);
+    // In a process group of its own, so that a timeout reaches every process it started.
+    let spawned = spawn::spawn(
+        &Environment::of(&spec.env, &spec.hidden_env),
+        &spawn::Start {
+            argv: &argv,
+            workdir: &spec.workdir,
+            run_env: &spec.run_env,
+            stdin: stdin.as_ref().map(AsFd::as_fd),
+            stdout: out_write.as_fd(),
+            stderr: err_write.as_fd(),
+        },
+    );
+    // Our copies of the child's ends of the pipes go. Without the stdin one, a command that
+    // stops reading gets its writer a broken pipe rather than a wait for ever; without the
+    // output ones, the output ends when the command's processes close it.
+    drop((stdin, out_write, err_write));
     let mut child = match spawned {
         Ok(child) => child,
         Err(err) => return failed(err),
     };
     let pid = child.id();
-    let mut group = Group::led_by(pid);
+    let mut group = Group::led_by(Some(pid));
     let label = Arc::new(spec.label);
     tracing::debug!(hook = %label.hook, msg_id = %label.msg_id, pid, "started");
 
@@ -248,7 +236,7 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
     RunReport {
         outcome,
         duration,
-        pid,
+        pid: Some(pid),
         stdout_tail: stdout.tail(),
         stderr_tail: stderr.tail(),
         left_behind,
@@ -571,6 +559,118 @@ mod tests {
         })
         .await;
         assert_eq!(report.stdout_tail, b"run shared");
+    }
+
+    #[tokio::test]
+    async fn a_variable_the_run_sets_is_passed_once_with_the_runs_value() {
+        let report = run(CommandSpec {
+            env: vec![("CMQ_TOPIC".to_owned(), "hook".to_owned())].into(),
+            run_env: vec![("CMQ_TOPIC", "run".to_owned())],
+            ..shell("env | grep '^CMQ_TOPIC='")
+        })
+        .await;
+        assert_eq!(report.stdout_tail, b"CMQ_TOPIC=run\n");
+    }
+
+    /// An executable shell script `name` in `dir` that prints `says`.
+    fn script(dir: &Path, name: &str, says: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\necho {says}\n")).expect("script written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("script made executable");
+    }
+
+    #[tokio::test]
+    async fn a_program_is_looked_up_in_the_path_the_command_gets() {
+        let dir = tempfile::tempdir().expect("a temporary directory can be created");
+        script(dir.path(), "only-here", "found");
+        let path = format!("{}:/usr/bin:/bin", dir.path().display());
+        let report = run(CommandSpec {
+            env: vec![("PATH".to_owned(), path)].into(),
+            ..spec(Program::Argv(vec!["only-here".to_owned()].into()))
+        })
+        .await;
+        assert!(report.outcome.succeeded(), "{:?}", report.outcome);
+        assert_eq!(report.stdout_tail, b"found\n");
+        // Not on the PATH of the test itself.
+        let elsewhere = run(spec(Program::Argv(vec!["only-here".to_owned()].into()))).await;
+        assert!(matches!(elsewhere.outcome, RunOutcome::SpawnFailed(_)));
+    }
+
+    #[tokio::test]
+    async fn a_relative_program_is_found_from_the_workdir() {
+        let dir = tempfile::tempdir().expect("a temporary directory can be created");
+        script(dir.path(), "local.sh", "local");
+        let report = run(CommandSpec {
+            workdir: dir.path().into(),
+            ..spec(Program::Argv(vec!["./local.sh".to_owned()].into()))
+        })
+        .await;
+        assert!(report.outcome.succeeded(), "{:?}", report.outcome);
+        assert_eq!(report.stdout_tail, b"local\n");
+    }
+
+    #[tokio::test]
+    async fn a_command_starts_with_no_signal_blocked_and_sigpipe_not_ignored() {
+        let report = run(shell("grep -E '^Sig(Blk|Ign)' /proc/self/status")).await;
+        let status = String::from_utf8(report.stdout_tail).expect("text");
+        let mask = |name: &str| {
+            let line = status.lines().find(|line| line.starts_with(name));
+            let hex = line
+                .and_then(|line| line.split('\t').nth(1))
+                .expect("the mask");
+            u64::from_str_radix(hex, 16).expect("a hex mask")
+        };
+        assert_eq!(mask("SigBlk:"), 0, "{status}");
+        // The test's own process ignores SIGPIPE, as every Rust program does.
+        let sigpipe = 1 << (nix::sys::signal::Signal::SIGPIPE as u32 - 1);
+        assert_eq!(mask("SigIgn:") & sigpipe, 0, "{status}");
+    }
+
+    #[tokio::test]
+    async fn a_run_given_up_before_its_command_exits_is_killed_and_reaped() {
+        let dir = tempfile::tempdir().expect("a temporary directory can be created");
+        let pid_file = dir.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+        let given_up =
+            tokio::time::timeout(Duration::from_secs(2), async { run(shell(&script)).await });
+        let pid = async {
+            loop {
+                if let Ok(pid) = std::fs::read_to_string(&pid_file)
+                    && let Ok(pid) = pid.trim().parse::<u32>()
+                {
+                    return pid;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let (given_up, pid) = tokio::join!(given_up, pid);
+        assert!(given_up.is_err(), "sleep 30 did not exit within 2 s");
+        // Killed with its group, then reaped: not even a zombie is left.
+        let gone = async {
+            while Path::new(&format!("/proc/{pid}")).exists() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), gone)
+                .await
+                .is_ok(),
+            "process {pid} is still there"
+        );
+    }
+
+    #[test]
+    fn hooks_with_the_same_env_share_one_environment() {
+        let env: Arc<[(String, String)]> = vec![("A".to_owned(), "1".to_owned())].into();
+        let hidden: Arc<[String]> = Arc::new(["SECRET".to_owned()]);
+        let first = Environment::of(&env, &hidden);
+        // Another hook, or the same after a reload: equal values, not the same `Arc`s.
+        let equal: Arc<[(String, String)]> = env.to_vec().into();
+        assert!(Arc::ptr_eq(&first, &Environment::of(&equal, &hidden)));
+        let other: Arc<[(String, String)]> = vec![("A".to_owned(), "2".to_owned())].into();
+        assert!(!Arc::ptr_eq(&first, &Environment::of(&other, &hidden)));
     }
 
     #[tokio::test]

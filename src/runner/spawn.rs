@@ -1,0 +1,404 @@
+//! Starting a command: `posix_spawn(3)` with an environment built once per hook, and the
+//! started child waited for through its pidfd.
+//!
+//! std's `Command`, as soon as a variable is set or removed, copies the whole environment of
+//! `serve` into a map at every spawn and builds a new `envp` from it. With a run's dozen
+//! variables and this machine's ~40 inherited ones, that was about a third of the instructions
+//! `serve` spent on a push (bench/PROFILE.md). Here the inherited part is built once per hook
+//! ([`Environment`]) and a run only adds its own variables.
+//!
+//! Neither std nor nix starts a process in another working directory through `posix_spawn`
+//! (glibc's `posix_spawn_file_actions_addchdir_np`), so [`posix_spawn`] is the crate's one
+//! exception to its `unsafe_code` lint: calls of libc on values that function owns, each
+//! result checked, the attributes destroyed on every path.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr, OsString, c_char};
+use std::fs::File;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use rustix::process::{Pid as RustixPid, PidfdFlags, WaitId, WaitIdOptions, pidfd_open, waitid};
+use tokio::io::unix::AsyncFd;
+
+/// The environment a hook's commands start with, but for each run's own variables: that of
+/// `serve` less the hidden variables, then the hook's `env` (which replaces a variable of the
+/// same name).
+#[derive(Debug)]
+pub struct Environment {
+    /// `NAME=value`, in the order `env` gave them.
+    entries: Vec<CString>,
+    /// The length of each entry's name.
+    name_lens: Vec<usize>,
+    /// `PATH` as the commands get it: where a program named without a `/` is looked for.
+    path: Option<OsString>,
+    /// Why no command can start with it (a NUL byte in the hook's `env`).
+    invalid: Option<String>,
+}
+
+impl Environment {
+    /// Builds the environment of a hook with `env` and `hidden` (see [`Environment`]).
+    pub fn new(env: &[(String, String)], hidden: &[String]) -> Environment {
+        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(name, _)| !hidden.iter().any(|hidden| OsStr::new(hidden) == name))
+            .collect();
+        for (name, value) in env {
+            let value = OsString::from(value);
+            match vars.iter_mut().find(|(known, _)| known == OsStr::new(name)) {
+                Some((_, known)) => *known = value,
+                None => vars.push((OsString::from(name), value)),
+            }
+        }
+        let path = vars
+            .iter()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, value)| value.clone());
+        let mut invalid = None;
+        let mut entries = Vec::with_capacity(vars.len());
+        let mut name_lens = Vec::with_capacity(vars.len());
+        for (name, value) in vars {
+            let mut entry = name.into_vec();
+            name_lens.push(entry.len());
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            match CString::new(entry) {
+                Ok(entry) => entries.push(entry),
+                Err(err) => {
+                    invalid = Some(format!("the environment holds a NUL byte: {err}"));
+                    name_lens.pop();
+                }
+            }
+        }
+        Environment {
+            entries,
+            name_lens,
+            path,
+            invalid,
+        }
+    }
+
+    /// The environment for `env` and `hidden`, built the first time they are asked for and
+    /// shared from then on by every hook with the same values (most have no `env` and the
+    /// same hidden variables), so that 10,000 hooks do not hold 10,000 copies.
+    pub fn of(env: &Arc<[(String, String)]>, hidden: &Arc<[String]>) -> Arc<Environment> {
+        type Key = (Arc<[(String, String)]>, Arc<[String]>);
+        static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Environment>>>> = OnceLock::new();
+        let mut cache = CACHE
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = (Arc::clone(env), Arc::clone(hidden));
+        Arc::clone(
+            cache
+                .entry(key)
+                .or_insert_with(|| Arc::new(Environment::new(env, hidden))),
+        )
+    }
+
+    /// The `envp` of one run: these entries but those `run` sets, then `run`'s.
+    fn with<'a>(&'a self, run: &'a [CString], run_names: &[&str]) -> Vec<*const c_char> {
+        let mut envp = Vec::with_capacity(self.entries.len() + run.len() + 1);
+        for (entry, &len) in self.entries.iter().zip(&self.name_lens) {
+            let name = &entry.as_bytes()[..len];
+            if !run_names.iter().any(|run| run.as_bytes() == name) {
+                envp.push(entry.as_ptr());
+            }
+        }
+        envp.extend(run.iter().map(|entry| entry.as_ptr()));
+        envp.push(std::ptr::null());
+        envp
+    }
+
+    /// The program `name` as `execvp` would find it with this environment's `PATH`, from
+    /// `workdir`.
+    fn find(&self, name: &str, workdir: &Path) -> io::Result<PathBuf> {
+        if name.contains('/') {
+            return Ok(PathBuf::from(name));
+        }
+        let path = self
+            .path
+            .clone()
+            .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+        std::env::split_paths(&path)
+            .map(|dir| workdir.join(dir).join(name))
+            .find(|candidate| {
+                std::fs::metadata(candidate)
+                    .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            })
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+}
+
+/// What one spawn needs besides the environment.
+pub(super) struct Start<'a> {
+    /// The program and its arguments; the program named as in `argv[0]`.
+    pub argv: &'a [&'a str],
+    pub workdir: &'a Path,
+    /// This run's own variables.
+    pub run_env: &'a [(&'static str, String)],
+    /// `None`: `/dev/null`.
+    pub stdin: Option<BorrowedFd<'a>>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// Starts `start` in a process group of its own, with `environment`.
+pub(super) fn spawn(environment: &Environment, start: &Start<'_>) -> io::Result<Child> {
+    if let Some(invalid) = &environment.invalid {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, invalid.clone()));
+    }
+    let nul = |err: std::ffi::NulError| io::Error::new(io::ErrorKind::InvalidInput, err);
+    let Some(program) = start.argv.first() else {
+        return Err(io::Error::other("empty argv"));
+    };
+    let program = CString::new(
+        environment
+            .find(program, start.workdir)?
+            .into_os_string()
+            .into_vec(),
+    )
+    .map_err(nul)?;
+    let argv = start
+        .argv
+        .iter()
+        .map(|arg| CString::new(*arg))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(nul)?;
+    let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let run = start
+        .run_env
+        .iter()
+        .map(|(name, value)| CString::new(format!("{name}={value}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(nul)?;
+    let run_names: Vec<&str> = start.run_env.iter().map(|(name, _)| *name).collect();
+    let envp = environment.with(&run, &run_names);
+    let workdir = CString::new(start.workdir.as_os_str().as_bytes()).map_err(nul)?;
+    let stdin = match start.stdin {
+        Some(fd) => fd.as_raw_fd(),
+        None => dev_null()?.as_raw_fd(),
+    };
+    let fds = [stdin, start.stdout.as_raw_fd(), start.stderr.as_raw_fd()];
+    let pid = posix_spawn(&program, &argv_ptrs, &envp, &workdir, fds)?;
+    Child::new(pid)
+}
+
+/// `/dev/null`, opened once, for commands without stdin.
+fn dev_null() -> io::Result<&'static File> {
+    static DEV_NULL: OnceLock<File> = OnceLock::new();
+    if let Some(file) = DEV_NULL.get() {
+        return Ok(file);
+    }
+    let file = File::open("/dev/null")?;
+    Ok(DEV_NULL.get_or_init(|| file))
+}
+
+/// `posix_spawn` of `program` with `argv` and `envp` (both NULL-terminated), in `workdir`, its
+/// stdin, stdout and stderr `fds`, in a new process group, with no signal blocked and SIGPIPE
+/// (which Rust programs ignore) at its default, as std's `Command` starts a command.
+fn posix_spawn(
+    program: &CStr,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+    workdir: &CStr,
+    fds: [RawFd; 3],
+) -> io::Result<u32> {
+    debug_assert!(argv.last().is_some_and(|last| last.is_null()));
+    debug_assert!(envp.last().is_some_and(|last| last.is_null()));
+    let check = |code: libc::c_int| match code {
+        0 => Ok(()),
+        code => Err(io::Error::from_raw_os_error(code)),
+    };
+    let mut actions = FileActions::new()?;
+    let mut attributes = Attributes::new()?;
+    // SAFETY: `actions` and `attributes` are initialised and owned here; the strings and
+    // arrays are NUL- and NULL-terminated (checked above) and outlive the call, which copies
+    // what it keeps; the sigset is initialised by sigemptyset before it is read.
+    unsafe {
+        for (target, fd) in fds.into_iter().enumerate() {
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions.0,
+                fd,
+                target as libc::c_int,
+            ))?;
+        }
+        check(libc::posix_spawn_file_actions_addchdir_np(
+            &mut actions.0,
+            workdir.as_ptr(),
+        ))?;
+        let mut signals = MaybeUninit::<libc::sigset_t>::uninit();
+        check(libc::sigemptyset(signals.as_mut_ptr()))?;
+        check(libc::posix_spawnattr_setsigmask(
+            &mut attributes.0,
+            signals.as_ptr(),
+        ))?;
+        check(libc::sigaddset(signals.as_mut_ptr(), libc::SIGPIPE))?;
+        check(libc::posix_spawnattr_setsigdefault(
+            &mut attributes.0,
+            signals.as_ptr(),
+        ))?;
+        check(libc::posix_spawnattr_setpgroup(&mut attributes.0, 0))?;
+        check(libc::posix_spawnattr_setflags(
+            &mut attributes.0,
+            (libc::POSIX_SPAWN_SETPGROUP
+                | libc::POSIX_SPAWN_SETSIGMASK
+                | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+        ))?;
+        let mut pid: libc::pid_t = 0;
+        check(libc::posix_spawn(
+            &mut pid,
+            program.as_ptr(),
+            &actions.0,
+            &attributes.0,
+            argv.as_ptr().cast::<*mut c_char>(),
+            envp.as_ptr().cast::<*mut c_char>(),
+        ))?;
+        u32::try_from(pid).map_err(|_| io::Error::other("posix_spawn returned no pid"))
+    }
+}
+
+/// File actions, destroyed when dropped.
+struct FileActions(libc::posix_spawn_file_actions_t);
+
+impl FileActions {
+    fn new() -> io::Result<FileActions> {
+        let mut actions = MaybeUninit::uninit();
+        // SAFETY: init initialises the value it is given; it is read only if that succeeded.
+        match unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) } {
+            0 => Ok(FileActions(unsafe { actions.assume_init() })),
+            code => Err(io::Error::from_raw_os_error(code)),
+        }
+    }
+}
+
+impl Drop for FileActions {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed once.
+        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+    }
+}
+
+/// Spawn attributes, destroyed when dropped.
+struct Attributes(libc::posix_spawnattr_t);
+
+impl Attributes {
+    fn new() -> io::Result<Attributes> {
+        let mut attributes = MaybeUninit::uninit();
+        // SAFETY: init initialises the value it is given; it is read only if that succeeded.
+        match unsafe { libc::posix_spawnattr_init(attributes.as_mut_ptr()) } {
+            0 => Ok(Attributes(unsafe { attributes.assume_init() })),
+            code => Err(io::Error::from_raw_os_error(code)),
+        }
+    }
+}
+
+impl Drop for Attributes {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed once.
+        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+    }
+}
+
+/// A started command, waited for through its pidfd. Dropped before it was waited for, it is
+/// reaped in the background once it exits (its group is killed by the run's `Group`).
+pub(super) struct Child {
+    pid: u32,
+    /// `None` once reaped.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Child {
+    fn new(pid: u32) -> io::Result<Child> {
+        let raw = RustixPid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
+        let pidfd = pidfd_open(raw, PidfdFlags::empty())?;
+        // SAFETY: an `OwnedFd` stays open, and names the same pidfd, for as long as it lives.
+        let pidfd = unsafe { AsyncFd::register(pidfd) }?;
+        Ok(Child {
+            pid,
+            pidfd: Some(pidfd),
+        })
+    }
+
+    pub(super) fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the command to exit and reaps it.
+    pub(super) async fn wait(&mut self) -> io::Result<ExitStatus> {
+        let Some(pidfd) = &self.pidfd else {
+            return Err(io::Error::other("the command was already waited for"));
+        };
+        let status = reap(pidfd).await?;
+        self.pidfd = None;
+        Ok(status)
+    }
+
+    /// SIGKILL to the command itself (not its group); nothing if it was reaped.
+    pub(super) fn kill(&self) {
+        if self.pidfd.is_some() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Waits until the process of `pidfd` exits, and reaps it.
+async fn reap(pidfd: &AsyncFd<OwnedFd>) -> io::Result<ExitStatus> {
+    loop {
+        if let Some(status) = try_reap(pidfd.get_ref().as_fd())? {
+            return Ok(status);
+        }
+        pidfd.readable().await?.clear_ready();
+    }
+}
+
+fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+    let status = waitid(
+        WaitId::PidFd(pidfd),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    )?;
+    Ok(status.map(
+        |status| match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => ExitStatus::from_raw((code & 0xff) << 8),
+            (None, Some(signal)) => {
+                ExitStatus::from_raw(signal | if status.dumped() { 0x80 } else { 0 })
+            }
+            (None, None) => ExitStatus::from_raw(0xff << 8),
+        },
+    ))
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let Some(pidfd) = self.pidfd.take() else {
+            return;
+        };
+        if matches!(try_reap(pidfd.get_ref().as_fd()), Ok(Some(_)) | Err(_)) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = reap(&pidfd).await;
+                });
+            }
+            Err(_) => {
+                let pidfd = pidfd.into_inner();
+                std::thread::spawn(move || {
+                    let _ = waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+                });
+            }
+        }
+    }
+}
