@@ -29,6 +29,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use rustix::process::{Pid as RustixPid, PidfdFlags, WaitId, WaitIdOptions, pidfd_open, waitid};
 use tokio::io::unix::AsyncFd;
 
+/// How the names of a run's own variables (`CMQ_*`, `CMQHOOK_*`) begin.
+const RUN_PREFIX: &str = "CMQ";
+
 /// The environment a hook's commands start with, but for each run's own variables: that of
 /// `serve` less the hidden variables, then the hook's `env` (which replaces a variable of the
 /// same name).
@@ -106,9 +109,15 @@ impl Environment {
     /// The `envp` of one run: these entries but those `run` sets, then `run`'s.
     fn with<'a>(&'a self, run: &'a [CString], run_names: &[&str]) -> Vec<*const c_char> {
         let mut envp = Vec::with_capacity(self.entries.len() + run.len() + 1);
+        // A run's variables are all `CMQ…`: then only entries so named are compared.
+        let prefix: &[u8] = if run_names.iter().all(|name| name.starts_with(RUN_PREFIX)) {
+            RUN_PREFIX.as_bytes()
+        } else {
+            b""
+        };
         for (entry, &len) in self.entries.iter().zip(&self.name_lens) {
             let name = &entry.as_bytes()[..len];
-            if !run_names.iter().any(|run| run.as_bytes() == name) {
+            if !name.starts_with(prefix) || !run_names.iter().any(|run| run.as_bytes() == name) {
                 envp.push(entry.as_ptr());
             }
         }
