@@ -1177,7 +1177,23 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
 }
 
 fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
-    let transaction = connection.transaction()?;
+    // BEGIN and COMMIT from the statement cache: rusqlite's `Transaction` parses both again
+    // for every commit, which is one a push when pushes come one at a time.
+    if !connection.is_autocommit() {
+        // A ROLLBACK that failed last time.
+        connection.execute_batch("ROLLBACK")?;
+    }
+    connection.prepare_cached("BEGIN")?.execute([])?;
+    let written = insert_records(connection, batch)
+        .and_then(|()| connection.prepare_cached("COMMIT")?.execute([]).map(drop));
+    if written.is_err() && !connection.is_autocommit() {
+        // Nothing of a failed batch stays: the writer tries it again whole.
+        connection.execute_batch("ROLLBACK")?;
+    }
+    written
+}
+
+fn insert_records(transaction: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
     // Each statement is looked up in the connection's cache only by a record that uses it:
     // a batch of one short run's end looks up two, not ten.
     let sql = |sql| transaction.prepare_cached(sql);
@@ -1262,7 +1278,7 @@ fn write_records(connection: &mut Connection, batch: &[Record]) -> rusqlite::Res
             }
         }
     }
-    transaction.commit()
+    Ok(())
 }
 
 /// A finished run's row: the start's columns, then the end's, in the order of the values
