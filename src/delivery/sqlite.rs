@@ -1207,7 +1207,7 @@ fn insert_records(transaction: &Connection, batch: &[Record]) -> rusqlite::Resul
                 ))?;
             }
             Record::StoredState { at, update } => {
-                update_stored(&transaction, &timestamp(*at), update)?;
+                update_stored(transaction, &timestamp(*at), update)?;
             }
             Record::Started {
                 id,
@@ -1246,7 +1246,7 @@ fn insert_records(transaction: &Connection, batch: &[Record]) -> rusqlite::Resul
                     }
                 }
                 if let Some(update) = &ended.stored {
-                    update_stored(&transaction, &finished_at, update)?;
+                    update_stored(transaction, &finished_at, update)?;
                 }
                 if let Some((hook, msg_id)) = &ended.key {
                     sql(CLAIM)?.execute(params![
