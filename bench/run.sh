@@ -261,9 +261,14 @@ routing_out=$("$routing" 10000)
 # ---- PostgreSQL ---------------------------------------------------------------------------
 # The shared journal against the SQLite one, when a PostgreSQL server is there to use.
 postgres_out=
+pinned_out=
 if [ -n "${CMQHOOK_TEST_POSTGRES:-}" ] || pg_isready -q -h 127.0.0.1 2>/dev/null; then
     echo "== postgres" >&2
     postgres_out=$(bench/postgres.sh "$secs" "$reps" 2>&1 | grep -v '^debconf') || postgres_out="bench/postgres.sh failed"
+    if [ "$cpus" -ge 2 ]; then
+        echo "== postgres, the database on a CPU of its own" >&2
+        pinned_out=$(PIN=1 bench/postgres.sh "$secs" "$reps" 2>&1 | grep -v '^debconf') || pinned_out="PIN=1 bench/postgres.sh failed"
+    fi
 fi
 
 # ---- report -------------------------------------------------------------------------------
@@ -339,6 +344,16 @@ report() {
         echo "$postgres_out"
         echo '```'
         echo
+        if [ -n "$pinned_out" ]; then
+            echo "The same with the database on a CPU of its own (\`PIN=1\`: every PostgreSQL process on"
+            echo "the last CPU; cmqhook, its commands and wrk on the others, for the SQLite journal too), as"
+            echo "when the database runs on a host of its own and its CPU is not taken from the commands:"
+            echo
+            echo '```'
+            echo "$pinned_out"
+            echo '```'
+            echo
+        fi
     fi
     echo "## Targets"
     echo
