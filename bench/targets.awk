@@ -48,6 +48,20 @@ END {
         row(sprintf("`%s`, c64: peak RSS ≤ 16 MiB", wl), sprintf("%.1f MiB", rss[wl, 64, "cmqhook"] / 1024), rss[wl, 64, "cmqhook"] <= 16384)
     }
     row("idle RSS ≤ 10 MiB", sprintf("%.1f MiB", idle / 1024), idle <= 10240)
+    # "A push should cost what its command costs" (issue 15): against the bare handler.
+    for (w = 1; w <= 2; w++) {
+        wl = workloads[w]
+        for (c = 8; c <= 64; c *= 8) {
+            r = ratio(rps[wl, c, "cmqhook"], rps[wl, c, "bare actix handler"])
+            row(sprintf("`%s`, c%d, journal on: ≥ 0.97 × bare", wl, c), sprintf("%.2f", r), r >= 0.97)
+        }
+    }
+    d = p50["true", 1, "cmqhook"] - p50["true", 1, "bare actix handler"]
+    row("`true`, c1: p50 ≤ bare p50 + 0.2 ms", sprintf("%+.2f ms", d), p50["true", 1, "cmqhook"] > 0 && d <= 0.2)
+    d = (rss["cat", 64, "cmqhook"] - rss["cat", 64, "bare actix handler"]) / 1024
+    row("`cat`, c64: peak RSS ≤ bare + 8 MiB", sprintf("%+.1f MiB", d), rss["cat", 64, "cmqhook"] > 0 && d <= 8)
+    row("idle RSS ≤ 8 MiB (issue 15)", sprintf("%.1f MiB", idle / 1024), idle <= 8192)
+    row("1,000 pushes held open: peak RSS ≤ 40 MiB (issue 15)", sprintf("%.1f MiB", held / 1024), held > 0 && held <= 40960)
     row("1,000 pushes held open: all answered 2xx, peak RSS ≤ 64 MiB, no \"too many open files\"",
         sprintf("%d answered, %d errors, %.1f MiB, %d", answered, bad, held / 1024, emfile),
         answered >= 1000 && bad == 0 && held <= 65536 && emfile == 0 && held > 0)
