@@ -595,7 +595,10 @@ mod tests {
         assert_eq!(report.stdout_tail, b"found\n");
         // Not on the PATH of the test itself.
         let elsewhere = run(spec(Program::Argv(vec!["only-here".to_owned()].into()))).await;
-        assert!(matches!(elsewhere.outcome, RunOutcome::SpawnFailed(_)));
+        assert_eq!(
+            elsewhere.outcome,
+            RunOutcome::SpawnFailed("No such file or directory (os error 2)".to_owned())
+        );
     }
 
     #[tokio::test]

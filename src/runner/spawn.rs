@@ -142,7 +142,8 @@ impl Environment {
                 std::fs::metadata(candidate)
                     .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
             })
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+            // As execvp says it: "No such file or directory (os error 2)".
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
     }
 }
 
