@@ -7,10 +7,12 @@
 //! `serve` spent on a push (bench/PROFILE.md). Here the inherited part is built once per hook
 //! ([`Environment`]) and a run only adds its own variables.
 //!
-//! Neither std nor nix starts a process in another working directory through `posix_spawn`
-//! (glibc's `posix_spawn_file_actions_addchdir_np`), so [`posix_spawn`] is the crate's one
-//! exception to its `unsafe_code` lint: calls of libc on values that function owns, each
-//! result checked, the attributes destroyed on every path.
+//! std's `Command` uses `posix_spawn` too, but takes no prepared `envp`; nix's `posix_spawn`
+//! does, but has no working-directory action (glibc's `posix_spawn_file_actions_addchdir_np`).
+//! So [`posix_spawn`] is the crate's one exception to its `unsafe_code` lint: calls of libc on
+//! values that function owns, each result checked, the attributes destroyed on every path.
+//! Once a command has started, nothing here fails: a command whose pidfd cannot be had is
+//! waited for by a thread of its own, never left running unseen.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
@@ -20,7 +22,6 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -90,7 +91,8 @@ impl Environment {
 
     /// The environment for `env` and `hidden`, built the first time they are asked for and
     /// shared from then on by every hook with the same values (most have no `env` and the
-    /// same hidden variables), so that 10,000 hooks do not hold 10,000 copies.
+    /// same hidden variables), so that 10,000 hooks do not hold 10,000 copies. Entries whose
+    /// values no hook holds any more are dropped when another is built.
     pub fn of(env: &Arc<[(String, String)]>, hidden: &Arc<[String]>) -> Arc<Environment> {
         type Key = (Arc<[(String, String)]>, Arc<[String]>);
         static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Environment>>>> = OnceLock::new();
@@ -99,11 +101,16 @@ impl Environment {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let key = (Arc::clone(env), Arc::clone(hidden));
-        Arc::clone(
-            cache
-                .entry(key)
-                .or_insert_with(|| Arc::new(Environment::new(env, hidden))),
-        )
+        if let Some(built) = cache.get(&key) {
+            return Arc::clone(built);
+        }
+        // What no hook holds any more (a reload replaced it) goes: its values may be secrets
+        // the new config dropped. A hook with equal values builds its own again.
+        cache
+            .retain(|(env, hidden), _| Arc::strong_count(env) > 1 && Arc::strong_count(hidden) > 1);
+        let built = Arc::new(Environment::new(env, hidden));
+        cache.insert(key, Arc::clone(&built));
+        built
     }
 
     /// The `envp` of one run: these entries but those `run` sets, then `run`'s.
@@ -126,8 +133,10 @@ impl Environment {
         envp
     }
 
-    /// The program `name` as `execvp` would find it with this environment's `PATH`, from
-    /// `workdir`.
+    /// The program `name` as `execvp` would find it with this environment's `PATH` in
+    /// `workdir`: the path to give the command, which starts in `workdir` (a relative `PATH`
+    /// entry stays relative). As execvp, a file we may not execute is passed over, and is the
+    /// error (EACCES) if nothing else is found; else ENOENT.
     fn find(&self, name: &str, workdir: &Path) -> io::Result<PathBuf> {
         if name.contains('/') {
             return Ok(PathBuf::from(name));
@@ -136,14 +145,23 @@ impl Environment {
             .path
             .clone()
             .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
-        std::env::split_paths(&path)
-            .map(|dir| workdir.join(dir).join(name))
-            .find(|candidate| {
-                std::fs::metadata(candidate)
-                    .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-            })
-            // As execvp says it: "No such file or directory (os error 2)".
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+        let mut denied = false;
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            let here = workdir.join(&candidate);
+            if !std::fs::metadata(&here).is_ok_and(|meta| meta.is_file()) {
+                continue;
+            }
+            match nix::unistd::access(&here, nix::unistd::AccessFlags::X_OK) {
+                Ok(()) => return Ok(candidate),
+                Err(_) => denied = true,
+            }
+        }
+        Err(io::Error::from_raw_os_error(if denied {
+            libc::EACCES
+        } else {
+            libc::ENOENT
+        }))
     }
 }
 
@@ -199,7 +217,7 @@ pub(super) fn spawn(environment: &Environment, start: &Start<'_>) -> io::Result<
     };
     let fds = [stdin, start.stdout.as_raw_fd(), start.stderr.as_raw_fd()];
     let pid = posix_spawn(&program, &argv_ptrs, &envp, &workdir, fds)?;
-    Child::new(pid)
+    Ok(Child::new(pid))
 }
 
 /// `/dev/null`, opened once, for commands without stdin.
@@ -322,20 +340,53 @@ impl Drop for Attributes {
 /// reaped in the background once it exits (its group is killed by the run's `Group`).
 pub(super) struct Child {
     pid: u32,
-    /// `None` once reaped.
-    pidfd: Option<AsyncFd<OwnedFd>>,
+    waiting: Waiting,
+}
+
+/// How a child's exit is learnt.
+enum Waiting {
+    /// Its pidfd, registered with the runtime.
+    Pidfd(AsyncFd<OwnedFd>),
+    /// A thread blocked in `waitid` for it, which reaps it whatever happens to this side
+    /// (no pidfd could be had: descriptors ran out, or the kernel has none).
+    Thread(tokio::sync::oneshot::Receiver<io::Result<ExitStatus>>),
+    Reaped,
 }
 
 impl Child {
-    fn new(pid: u32) -> io::Result<Child> {
+    fn new(pid: u32) -> Child {
+        match Self::pidfd(pid) {
+            Ok(pidfd) => Child {
+                pid,
+                waiting: Waiting::Pidfd(pidfd),
+            },
+            Err(err) => {
+                tracing::warn!(pid, error = %err, "no pidfd for a command; a thread waits for it");
+                Child::waited_by_thread(pid)
+            }
+        }
+    }
+
+    fn waited_by_thread(pid: u32) -> Child {
+        let (done, exited) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let status = RustixPid::from_raw(pid as i32)
+                .ok_or_else(|| io::Error::other("pid 0"))
+                .and_then(|pid| Ok(waitid(WaitId::Pid(pid), WaitIdOptions::EXITED)?))
+                .map(|status| status.map_or(ExitStatus::from_raw(0xff << 8), exit_status));
+            let _ = done.send(status);
+        });
+        Child {
+            pid,
+            waiting: Waiting::Thread(exited),
+        }
+    }
+
+    fn pidfd(pid: u32) -> io::Result<AsyncFd<OwnedFd>> {
         let raw = RustixPid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
         let pidfd = pidfd_open(raw, PidfdFlags::empty())?;
         // SAFETY: an `OwnedFd` stays open, and names the same pidfd, for as long as it lives.
-        let pidfd = unsafe { AsyncFd::register(pidfd) }?;
-        Ok(Child {
-            pid,
-            pidfd: Some(pidfd),
-        })
+        Ok(unsafe { AsyncFd::register(pidfd) }?)
     }
 
     pub(super) fn id(&self) -> u32 {
@@ -344,17 +395,20 @@ impl Child {
 
     /// Waits for the command to exit and reaps it.
     pub(super) async fn wait(&mut self) -> io::Result<ExitStatus> {
-        let Some(pidfd) = &self.pidfd else {
-            return Err(io::Error::other("the command was already waited for"));
+        let status = match &mut self.waiting {
+            Waiting::Pidfd(pidfd) => reap(pidfd).await,
+            Waiting::Thread(exited) => exited
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("the waiting thread is gone"))),
+            Waiting::Reaped => return Err(io::Error::other("the command was already waited for")),
         };
-        let status = reap(pidfd).await?;
-        self.pidfd = None;
-        Ok(status)
+        self.waiting = Waiting::Reaped;
+        status
     }
 
     /// SIGKILL to the command itself (not its group); nothing if it was reaped.
     pub(super) fn kill(&self) {
-        if self.pidfd.is_some() {
+        if !matches!(self.waiting, Waiting::Reaped) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -378,20 +432,23 @@ fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
         WaitId::PidFd(pidfd),
         WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
     )?;
-    Ok(status.map(
-        |status| match (status.exit_status(), status.terminating_signal()) {
-            (Some(code), _) => ExitStatus::from_raw((code & 0xff) << 8),
-            (None, Some(signal)) => {
-                ExitStatus::from_raw(signal | if status.dumped() { 0x80 } else { 0 })
-            }
-            (None, None) => ExitStatus::from_raw(0xff << 8),
-        },
-    ))
+    Ok(status.map(exit_status))
+}
+
+fn exit_status(status: rustix::process::WaitIdStatus) -> ExitStatus {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => ExitStatus::from_raw((code & 0xff) << 8),
+        (None, Some(signal)) => {
+            ExitStatus::from_raw(signal | if status.dumped() { 0x80 } else { 0 })
+        }
+        (None, None) => ExitStatus::from_raw(0xff << 8),
+    }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let Some(pidfd) = self.pidfd.take() else {
+        // The waiting thread reaps it on its own.
+        let Waiting::Pidfd(pidfd) = std::mem::replace(&mut self.waiting, Waiting::Reaped) else {
             return;
         };
         if matches!(try_reap(pidfd.get_ref().as_fd()), Ok(Some(_)) | Err(_)) {
@@ -410,5 +467,108 @@ impl Drop for Child {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts `sh -c script` in `/` with no stdin and output to /dev/null; its pid.
+    fn start(script: &str) -> u32 {
+        let null = dev_null().expect("/dev/null");
+        let argv: Vec<CString> = ["/bin/sh", "-c", script]
+            .iter()
+            .map(|arg| CString::new(*arg).expect("no NUL"))
+            .collect();
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let environment = Environment::new(&[], &[]);
+        let envp = environment.with(&[], &[]);
+        let fd = null.as_raw_fd();
+        posix_spawn(c"/bin/sh", &argv_ptrs, &envp, c"/", [fd, fd, fd]).expect("started")
+    }
+
+    fn gone(pid: u32) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_command_without_a_pidfd_is_waited_for_by_a_thread() {
+        let mut child = Child::waited_by_thread(start("exit 3"));
+        let status = child.wait().await.expect("an exit status");
+        assert_eq!(status.code(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_command_without_a_pidfd_given_up_is_reaped_by_its_thread() {
+        let pid = start("sleep 0.2");
+        drop(Child::waited_by_thread(pid));
+        assert!(gone(pid), "process {pid} is still there, a zombie at least");
+    }
+
+    /// `dir` relative to the current directory, as `../../tmp/…`.
+    fn relative(dir: &Path) -> PathBuf {
+        let here = std::env::current_dir().expect("a current directory");
+        let up: PathBuf = here.components().skip(1).map(|_| "..").collect();
+        up.join(dir.strip_prefix("/").expect("absolute"))
+    }
+
+    fn executable(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(path.parent().expect("a directory")).expect("directory");
+        std::fs::write(path, "#!/bin/sh\necho found\n").expect("written");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("mode set");
+    }
+
+    #[test]
+    fn a_relative_path_entry_is_looked_up_from_a_relative_workdir() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        executable(&dir.path().join("bin/tool"), 0o755);
+        let environment = Environment::new(&[("PATH".to_owned(), "bin:/usr/bin".to_owned())], &[]);
+        let workdir = relative(dir.path());
+        // Relative to the workdir the command starts in, not to ours.
+        assert_eq!(
+            environment.find("tool", &workdir).expect("found"),
+            Path::new("bin/tool")
+        );
+    }
+
+    #[test]
+    fn a_program_that_may_not_be_executed_is_passed_over_and_is_the_error_if_alone() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        executable(&dir.path().join("a/tool"), 0o644);
+        let path = format!("{0}/a:{0}/b", dir.path().display());
+        let environment = Environment::new(&[("PATH".to_owned(), path)], &[]);
+        let err = environment
+            .find("tool", dir.path())
+            .expect_err("not executable");
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+        executable(&dir.path().join("b/tool"), 0o755);
+        assert_eq!(
+            environment.find("tool", dir.path()).expect("found"),
+            dir.path().join("b/tool")
+        );
+    }
+
+    #[test]
+    fn an_environment_no_hook_holds_is_let_go() {
+        let hidden: Arc<[String]> = Arc::new(["ONLY_IN_THIS_TEST".to_owned()]);
+        let old: Arc<[(String, String)]> = vec![("A".to_owned(), "old".to_owned())].into();
+        let kept = Arc::downgrade(&Environment::of(&old, &hidden));
+        drop(old);
+        let new: Arc<[(String, String)]> = vec![("A".to_owned(), "new".to_owned())].into();
+        let _ = Environment::of(&new, &hidden);
+        assert!(
+            kept.upgrade().is_none(),
+            "the replaced hook's environment is still cached"
+        );
     }
 }
