@@ -12,7 +12,9 @@
 //!    `cmqhook replay`, which runs it again through [`dispatch`] (`dispatch/replay.rs`), or
 //!    asks the `serve` holding the journal to, through [`replay_socket`] (with PostgreSQL,
 //!    through a request recorded in the shared database that any `serve` takes);
-//! 6. [`runner`] runs one command in its own process group and reports its outcome;
+//! 6. [`runner`] runs one command in its own process group and reports its outcome (started by
+//!    `posix_spawn` with an environment built once per hook: `runner/spawn.rs`, the crate's one
+//!    module with `unsafe`);
 //! 7. [`delivery`] journals the outcome and settles it for its waiters once committed;
 //! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0
 //!    and that is journaled.
