@@ -34,6 +34,7 @@ pub use listen::{Listen, ListenError};
 use load::Scope;
 pub use selector::{LazyGlob, Mismatch, Pattern, Selector};
 
+use crate::runner::Environment;
 use crate::secrets::{self, Secrets};
 
 /// A validated configuration.
@@ -151,6 +152,10 @@ pub struct Hook {
     pub pass_env: Vec<String>,
     /// Variables secrets came from, removed from this hook's environment.
     pub hidden_env: Arc<[String]>,
+    /// What its commands start with: the environment of `serve` less `hidden_env`, plus
+    /// `env`. Built at load, once for all the hooks with the same `env` and `hidden_env`
+    /// (empty until then).
+    pub environment: Arc<Environment>,
     /// The secrets looked for in its output (those of 6 characters or more).
     pub output_secrets: Secrets,
     pub stdin: StdinMode,

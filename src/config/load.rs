@@ -1,6 +1,7 @@
 //! From text to a [`Config`]: read every table key by key, apply defaults, resolve paths,
 //! check everything, and collect every diagnostic.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::raw::{RawDuration, RawHook, RawServer, keys_of};
 use super::{Ack, Action, Config, ConfigError, Diagnostic, Hook, Pattern, Selector, Server};
+use crate::runner::Environment;
 use crate::secrets::{Secret, Secrets, expand_vars};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
@@ -74,13 +76,20 @@ pub(super) fn parse(
             let secrets = Secrets::new(loader.secrets);
             let output_secrets = secrets.for_output();
             // Every hook's environment loses the variables any secret came from, but those it
-            // asks to keep; its output is searched for the secrets long enough to tell.
+            // asks to keep; its output is searched for the secrets long enough to tell. Hooks
+            // with the same environment share it: most have no `env` of their own.
+            let mut environments = HashMap::new();
             for hook in &mut config.hooks {
                 let hook = Arc::make_mut(hook);
                 let hidden = loader.secret_vars.iter();
                 let hidden = hidden.filter(|name| !hook.pass_env.contains(name));
                 hook.hidden_env = hidden.cloned().collect();
                 hook.output_secrets = output_secrets.clone();
+                hook.environment = Arc::clone(
+                    environments
+                        .entry((Arc::clone(&hook.env), Arc::clone(&hook.hidden_env)))
+                        .or_insert_with(|| Arc::new(Environment::new(&hook.env, &hook.hidden_env))),
+                );
             }
             sort(&mut loader.warnings);
             Ok(Config {
@@ -727,6 +736,7 @@ impl Loader<'_> {
                 .or_else(|| defaults.raw.pass_env.clone())
                 .unwrap_or_default(),
             hidden_env: Arc::new([]),
+            environment: Arc::default(),
             output_secrets: Secrets::default(),
             stdin: raw.stdin.or(defaults.raw.stdin).unwrap_or_default(),
             timeout: duration(

@@ -894,6 +894,28 @@ command = "true"
 }
 
 #[test]
+fn hooks_with_the_same_env_share_one_environment() {
+    let config = parse(
+        r#"
+[hooks.a]
+command = "true"
+env = { A = "1" }
+
+[hooks.b]
+command = "true"
+env = { A = "1" }
+
+[hooks.c]
+command = "true"
+env = { A = "2" }
+"#,
+    );
+    let environment = |name: &str| &hook(&config, name).environment;
+    assert!(Arc::ptr_eq(environment("a"), environment("b")));
+    assert!(!Arc::ptr_eq(environment("a"), environment("c")));
+}
+
+#[test]
 fn a_double_dollar_is_a_literal_dollar() {
     let text = "[server]\ntoken = \"a$$b$$${CMQHOOK_TOKEN}$c\"\n\
                 [hooks.a]\npath = \"/x/$$y\"\ncommand = \"true\"\n";

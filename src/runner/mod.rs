@@ -45,11 +45,9 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 pub struct CommandSpec {
     pub program: Program,
     pub workdir: Arc<Path>,
-    /// Added to the inherited environment, in order.
-    pub env: Arc<[(String, String)]>,
-    /// Removed from the inherited environment.
-    pub hidden_env: Arc<[String]>,
-    /// This run's own variables, added after `env`: where a name is in both, these win.
+    /// The environment, but for this run's own variables.
+    pub environment: Arc<Environment>,
+    /// This run's own variables, added to `environment`: where a name is in both, these win.
     pub run_env: Vec<(&'static str, String)>,
     /// `None` gives the command `/dev/null`.
     pub stdin: Option<Bytes>,
@@ -147,7 +145,7 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
     };
     // In a process group of its own, so that a timeout reaches every process it started.
     let spawned = spawn::spawn(
-        &Environment::of(&spec.env, &spec.hidden_env),
+        &spec.environment,
         &spawn::Start {
             argv: &argv,
             workdir: &spec.workdir,
@@ -497,12 +495,21 @@ fn log_line(label: &RunLabel, stream: &'static str, line: &[u8]) {
 mod tests {
     use super::*;
 
+    /// The environment of a hook with `env` whose config hid `hidden`.
+    fn environment(env: &[(&str, &str)], hidden: &[&str]) -> Arc<Environment> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let hidden: Vec<String> = hidden.iter().map(|name| (*name).to_owned()).collect();
+        Arc::new(Environment::new(&env, &hidden))
+    }
+
     fn spec(program: Program) -> CommandSpec {
         CommandSpec {
             program,
             workdir: Path::new("/").into(),
-            env: Arc::new([]),
-            hidden_env: Arc::new([]),
+            environment: environment(&[], &[]),
             run_env: Vec::new(),
             stdin: None,
             timeout: Duration::from_secs(10),
@@ -549,11 +556,7 @@ mod tests {
     #[tokio::test]
     async fn the_run_env_wins_over_the_shared_env() {
         let report = run(CommandSpec {
-            env: vec![
-                ("A".to_owned(), "shared".to_owned()),
-                ("B".to_owned(), "shared".to_owned()),
-            ]
-            .into(),
+            environment: environment(&[("A", "shared"), ("B", "shared")], &[]),
             run_env: vec![("A", "run".to_owned())],
             ..shell("printf '%s %s' \"$A\" \"$B\"")
         })
@@ -564,7 +567,7 @@ mod tests {
     #[tokio::test]
     async fn a_variable_the_run_sets_is_passed_once_with_the_runs_value() {
         let report = run(CommandSpec {
-            env: vec![("CMQ_TOPIC".to_owned(), "hook".to_owned())].into(),
+            environment: environment(&[("CMQ_TOPIC", "hook")], &[]),
             run_env: vec![("CMQ_TOPIC", "run".to_owned())],
             ..shell("env | grep '^CMQ_TOPIC='")
         })
@@ -587,7 +590,7 @@ mod tests {
         script(dir.path(), "only-here", "found");
         let path = format!("{}:/usr/bin:/bin", dir.path().display());
         let report = run(CommandSpec {
-            env: vec![("PATH".to_owned(), path)].into(),
+            environment: environment(&[("PATH", &path)], &[]),
             ..spec(Program::Argv(vec!["only-here".to_owned()].into()))
         })
         .await;
@@ -664,18 +667,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn hooks_with_the_same_env_share_one_environment() {
-        let env: Arc<[(String, String)]> = vec![("A".to_owned(), "1".to_owned())].into();
-        let hidden: Arc<[String]> = Arc::new(["SECRET".to_owned()]);
-        let first = Environment::of(&env, &hidden);
-        // Another hook, or the same after a reload: equal values, not the same `Arc`s.
-        let equal: Arc<[(String, String)]> = env.to_vec().into();
-        assert!(Arc::ptr_eq(&first, &Environment::of(&equal, &hidden)));
-        let other: Arc<[(String, String)]> = vec![("A".to_owned(), "2".to_owned())].into();
-        assert!(!Arc::ptr_eq(&first, &Environment::of(&other, &hidden)));
-    }
-
     #[tokio::test]
     async fn a_command_that_cannot_start_is_spawn_failed() {
         let empty = run(spec(Program::Argv(Vec::new().into()))).await;
@@ -748,8 +739,7 @@ mod tests {
     #[tokio::test]
     async fn hidden_variables_are_not_inherited() {
         let report = run(CommandSpec {
-            env: Arc::new([("KEPT".to_owned(), "k".to_owned())]),
-            hidden_env: Arc::new(["HOME".to_owned()]),
+            environment: environment(&[("KEPT", "k")], &["HOME"]),
             ..shell("printf '%s/%s' \"${HOME-unset}\" \"$KEPT\"")
         })
         .await;

@@ -4,8 +4,9 @@
 //! std's `Command`, as soon as a variable is set or removed, copies the whole environment of
 //! `serve` into a map at every spawn and builds a new `envp` from it. With a run's dozen
 //! variables and this machine's ~40 inherited ones, that was about a third of the instructions
-//! `serve` spent on a push (bench/PROFILE.md). Here the inherited part is built once per hook
-//! ([`Environment`]) and a run only adds its own variables.
+//! `serve` spent on a push (bench/PROFILE.md). Here the inherited part is built once, when the
+//! config is loaded, for the hooks with the same `env` ([`Environment`]), and a run only adds
+//! its own variables.
 //!
 //! std's `Command` uses `posix_spawn` too, but takes no prepared `envp`; nix's `posix_spawn`
 //! does, but has no working-directory action (glibc's `posix_spawn_file_actions_addchdir_np`).
@@ -15,7 +16,6 @@
 //! waited for by a thread of its own, never left running unseen.
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString, c_char};
 use std::fs::File;
 use std::io;
@@ -25,7 +25,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 
 use rustix::process::{Pid as RustixPid, PidfdFlags, WaitId, WaitIdOptions, pidfd_open, waitid};
 use tokio::io::unix::AsyncFd;
@@ -36,7 +36,7 @@ const RUN_PREFIX: &str = "CMQ";
 /// The environment a hook's commands start with, but for each run's own variables: that of
 /// `serve` less the hidden variables, then the hook's `env` (which replaces a variable of the
 /// same name).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Environment {
     /// `NAME=value`, in the order `env` gave them.
     entries: Vec<CString>,
@@ -87,30 +87,6 @@ impl Environment {
             path,
             invalid,
         }
-    }
-
-    /// The environment for `env` and `hidden`, built the first time they are asked for and
-    /// shared from then on by every hook with the same values (most have no `env` and the
-    /// same hidden variables), so that 10,000 hooks do not hold 10,000 copies. Entries whose
-    /// values no hook holds any more are dropped when another is built.
-    pub fn of(env: &Arc<[(String, String)]>, hidden: &Arc<[String]>) -> Arc<Environment> {
-        type Key = (Arc<[(String, String)]>, Arc<[String]>);
-        static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Environment>>>> = OnceLock::new();
-        let mut cache = CACHE
-            .get_or_init(Mutex::default)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let key = (Arc::clone(env), Arc::clone(hidden));
-        if let Some(built) = cache.get(&key) {
-            return Arc::clone(built);
-        }
-        // What no hook holds any more (a reload replaced it) goes: its values may be secrets
-        // the new config dropped. A hook with equal values builds its own again.
-        cache
-            .retain(|(env, hidden), _| Arc::strong_count(env) > 1 && Arc::strong_count(hidden) > 1);
-        let built = Arc::new(Environment::new(env, hidden));
-        cache.insert(key, Arc::clone(&built));
-        built
     }
 
     /// The `envp` of one run: these entries but those `run` sets, then `run`'s.
@@ -246,37 +222,41 @@ fn posix_spawn(
         0 => Ok(()),
         code => Err(io::Error::from_raw_os_error(code)),
     };
-    let mut actions = FileActions::new()?;
-    let mut attributes = Attributes::new()?;
+    let mut actions = FileActions::new(
+        libc::posix_spawn_file_actions_init,
+        libc::posix_spawn_file_actions_destroy,
+    )?;
+    let mut attributes =
+        Attributes::new(libc::posix_spawnattr_init, libc::posix_spawnattr_destroy)?;
     // SAFETY: `actions` and `attributes` are initialised and owned here; the strings and
     // arrays are NUL- and NULL-terminated (checked above) and outlive the call, which copies
     // what it keeps; the sigset is initialised by sigemptyset before it is read.
     unsafe {
         for (target, fd) in fds.into_iter().enumerate() {
             check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions.0,
+                &mut actions.value,
                 fd,
                 target as libc::c_int,
             ))?;
         }
         check(libc::posix_spawn_file_actions_addchdir_np(
-            &mut actions.0,
+            &mut actions.value,
             workdir.as_ptr(),
         ))?;
         let mut signals = MaybeUninit::<libc::sigset_t>::uninit();
         check(libc::sigemptyset(signals.as_mut_ptr()))?;
         check(libc::posix_spawnattr_setsigmask(
-            &mut attributes.0,
+            &mut attributes.value,
             signals.as_ptr(),
         ))?;
         check(libc::sigaddset(signals.as_mut_ptr(), libc::SIGPIPE))?;
         check(libc::posix_spawnattr_setsigdefault(
-            &mut attributes.0,
+            &mut attributes.value,
             signals.as_ptr(),
         ))?;
-        check(libc::posix_spawnattr_setpgroup(&mut attributes.0, 0))?;
+        check(libc::posix_spawnattr_setpgroup(&mut attributes.value, 0))?;
         check(libc::posix_spawnattr_setflags(
-            &mut attributes.0,
+            &mut attributes.value,
             (libc::POSIX_SPAWN_SETPGROUP
                 | libc::POSIX_SPAWN_SETSIGMASK
                 | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
@@ -285,8 +265,8 @@ fn posix_spawn(
         check(libc::posix_spawn(
             &mut pid,
             program.as_ptr(),
-            &actions.0,
-            &attributes.0,
+            &actions.value,
+            &attributes.value,
             argv.as_ptr().cast::<*mut c_char>(),
             envp.as_ptr().cast::<*mut c_char>(),
         ))?;
@@ -294,45 +274,37 @@ fn posix_spawn(
     }
 }
 
-/// File actions, destroyed when dropped.
-struct FileActions(libc::posix_spawn_file_actions_t);
+/// A libc object made by its `init` function and destroyed by its `destroy` one when dropped:
+/// the file actions and the attributes of a spawn.
+struct Initialised<T> {
+    value: T,
+    destroy: unsafe extern "C" fn(*mut T) -> libc::c_int,
+}
 
-impl FileActions {
-    fn new() -> io::Result<FileActions> {
-        let mut actions = MaybeUninit::uninit();
+type FileActions = Initialised<libc::posix_spawn_file_actions_t>;
+type Attributes = Initialised<libc::posix_spawnattr_t>;
+
+impl<T> Initialised<T> {
+    fn new(
+        init: unsafe extern "C" fn(*mut T) -> libc::c_int,
+        destroy: unsafe extern "C" fn(*mut T) -> libc::c_int,
+    ) -> io::Result<Initialised<T>> {
+        let mut value = MaybeUninit::uninit();
         // SAFETY: init initialises the value it is given; it is read only if that succeeded.
-        match unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) } {
-            0 => Ok(FileActions(unsafe { actions.assume_init() })),
+        match unsafe { init(value.as_mut_ptr()) } {
+            0 => Ok(Initialised {
+                value: unsafe { value.assume_init() },
+                destroy,
+            }),
             code => Err(io::Error::from_raw_os_error(code)),
         }
     }
 }
 
-impl Drop for FileActions {
+impl<T> Drop for Initialised<T> {
     fn drop(&mut self) {
         // SAFETY: initialised in `new`, destroyed once.
-        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
-    }
-}
-
-/// Spawn attributes, destroyed when dropped.
-struct Attributes(libc::posix_spawnattr_t);
-
-impl Attributes {
-    fn new() -> io::Result<Attributes> {
-        let mut attributes = MaybeUninit::uninit();
-        // SAFETY: init initialises the value it is given; it is read only if that succeeded.
-        match unsafe { libc::posix_spawnattr_init(attributes.as_mut_ptr()) } {
-            0 => Ok(Attributes(unsafe { attributes.assume_init() })),
-            code => Err(io::Error::from_raw_os_error(code)),
-        }
-    }
-}
-
-impl Drop for Attributes {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new`, destroyed once.
-        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+        unsafe { (self.destroy)(&mut self.value) };
     }
 }
 
@@ -368,17 +340,9 @@ impl Child {
     }
 
     fn waited_by_thread(pid: u32) -> Child {
-        let (done, exited) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let status = RustixPid::from_raw(pid as i32)
-                .ok_or_else(|| io::Error::other("pid 0"))
-                .and_then(|pid| Ok(waitid(WaitId::Pid(pid), WaitIdOptions::EXITED)?))
-                .map(|status| status.map_or(ExitStatus::from_raw(0xff << 8), exit_status));
-            let _ = done.send(status);
-        });
         Child {
             pid,
-            waiting: Waiting::Thread(exited),
+            waiting: Waiting::Thread(reaped_by_thread(pid)),
         }
     }
 
@@ -460,14 +424,22 @@ impl Drop for Child {
                     let _ = reap(&pidfd).await;
                 });
             }
-            Err(_) => {
-                let pidfd = pidfd.into_inner();
-                std::thread::spawn(move || {
-                    let _ = waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
-                });
-            }
+            Err(_) => drop(reaped_by_thread(self.pid)),
         }
     }
+}
+
+/// A thread that waits for `pid` to exit, reaps it, and tells its status (or nobody).
+fn reaped_by_thread(pid: u32) -> tokio::sync::oneshot::Receiver<io::Result<ExitStatus>> {
+    let (done, exited) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let status = RustixPid::from_raw(pid as i32)
+            .ok_or_else(|| io::Error::other("pid 0"))
+            .and_then(|pid| Ok(waitid(WaitId::Pid(pid), WaitIdOptions::EXITED)?))
+            .map(|status| status.map_or(ExitStatus::from_raw(0xff << 8), exit_status));
+        let _ = done.send(status);
+    });
+    exited
 }
 
 #[cfg(test)]
@@ -555,20 +527,6 @@ mod tests {
         assert_eq!(
             environment.find("tool", dir.path()).expect("found"),
             dir.path().join("b/tool")
-        );
-    }
-
-    #[test]
-    fn an_environment_no_hook_holds_is_let_go() {
-        let hidden: Arc<[String]> = Arc::new(["ONLY_IN_THIS_TEST".to_owned()]);
-        let old: Arc<[(String, String)]> = vec![("A".to_owned(), "old".to_owned())].into();
-        let kept = Arc::downgrade(&Environment::of(&old, &hidden));
-        drop(old);
-        let new: Arc<[(String, String)]> = vec![("A".to_owned(), "new".to_owned())].into();
-        let _ = Environment::of(&new, &hidden);
-        assert!(
-            kept.upgrade().is_none(),
-            "the replaced hook's environment is still cached"
         );
     }
 }
