@@ -38,13 +38,11 @@ pub(super) struct Group {
 }
 
 impl Group {
-    /// The group led by the process `leader` (started with `process_group(0)`).
-    pub(super) fn led_by(leader: Option<u32>) -> Group {
+    /// The group led by the process `leader` (started in a process group of its own).
+    pub(super) fn led_by(leader: u32) -> Group {
         Group {
-            pgid: leader
-                .and_then(|pid| i32::try_from(pid).ok())
-                .map(Pid::from_raw),
-            member: leader,
+            pgid: i32::try_from(leader).ok().map(Pid::from_raw),
+            member: Some(leader),
         }
     }
 
@@ -150,7 +148,7 @@ mod tests {
         // A group of one process, a child of this test that exits and is not reaped yet.
         let mut child = Command::new("true").process_group(0).spawn().expect("true");
         let pid = child.id();
-        let mut group = Group::led_by(Some(pid));
+        let mut group = Group::led_by(pid);
         // Not reaped: a zombie.
         assert!(eventually(|| !procfs::is_alive(pid)));
         let pgid = Pid::from_raw(i32::try_from(pid).expect("pid"));
@@ -167,7 +165,7 @@ mod tests {
             .process_group(0)
             .spawn()
             .expect("sleep");
-        let mut group = Group::led_by(Some(child.id()));
+        let mut group = Group::led_by(child.id());
         assert!(group.is_alive());
         let _ = child.kill();
         child.wait().expect("reaped");

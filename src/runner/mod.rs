@@ -164,7 +164,7 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         Err(err) => return failed(err),
     };
     let pid = child.id();
-    let mut group = Group::led_by(Some(pid));
+    let mut group = Group::led_by(pid);
     let label = Arc::new(spec.label);
     tracing::debug!(hook = %label.hook, msg_id = %label.msg_id, pid, "started");
 
