@@ -15,6 +15,7 @@
 //! the journal cannot be written nothing new starts; outcomes not yet written stay in memory
 //! and answer retries.
 
+mod end_log;
 pub mod postgres;
 pub mod sqlite;
 mod table;
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use sqlite::{HistoryFilter, HistoryRow, JournalError, history};
+pub use sqlite::{HistoryFilter, HistoryRow, JournalError, Written, history};
 use table::Table;
 
 /// A run's outcome, as answered and journaled; converted to and from the journal's text here
@@ -129,7 +130,8 @@ pub struct KeptPush {
 }
 
 /// Where a stored message stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StoredState {
     /// To run as soon as a slot is free.
     Queued,
@@ -182,7 +184,7 @@ pub struct StoredWork {
 }
 
 /// A stored message's new state, as journaled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredUpdate {
     pub hook: String,
     pub msg_id: String,
@@ -219,7 +221,7 @@ pub enum Storing {
 type Live = Arc<std::sync::Mutex<std::collections::HashMap<Key, Arc<watch::Sender<Option<bool>>>>>>;
 
 /// What a run came to, as far as delivery state is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunResult {
     pub outcome: Outcome,
     pub exit_code: Option<i32>,
@@ -330,7 +332,7 @@ pub enum Claim {
 }
 
 /// What the journal keeps of the push behind a run or a refusal.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PushFacts {
     pub msg_id: Option<String>,
     pub request_id: Option<String>,
@@ -343,7 +345,7 @@ pub struct PushFacts {
 }
 
 /// What a run was started with, for the journal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunStart {
     pub hook: String,
     pub attempt: u32,
@@ -351,7 +353,7 @@ pub struct RunStart {
 }
 
 /// How a run ended, for the journal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunEnd {
     pub left_behind: bool,
     pub stdout_tail: String,
@@ -373,7 +375,9 @@ pub struct RunHandle {
     attempt: u32,
     key: Option<Key>,
     ticket: Arc<Ticket>,
-    start: Option<(SystemTime, Box<RunStart>)>,
+    start: (SystemTime, Box<RunStart>),
+    /// Its start was journaled on its own (a run still going).
+    start_sent: bool,
 }
 
 impl RunHandle {
@@ -639,7 +643,8 @@ impl Deliveries {
                 .clone()
                 .map(|msg_id| (start.hook.clone(), msg_id)),
             ticket,
-            start: Some((SystemTime::now(), Box::new(start))),
+            start: (SystemTime::now(), Box::new(start)),
+            start_sent: false,
         }
     }
 
@@ -648,9 +653,11 @@ impl Deliveries {
         // The shared database's claim already says the run is going; its row is written
         // whole at the end.
         if let Store::Sqlite(journal) = &self.store
-            && let Some((at, start)) = run.start.take()
+            && !run.start_sent
         {
-            journal.record_start(run.id, at, start, run.key.is_some());
+            run.start_sent = true;
+            let (at, start) = &run.start;
+            journal.record_start(run.id, *at, start.clone(), run.key.is_some());
         }
     }
 
@@ -677,6 +684,7 @@ impl Deliveries {
             key,
             ticket,
             start,
+            ..
         } = run;
         let stamp = key
             .as_ref()
@@ -686,12 +694,16 @@ impl Deliveries {
             return;
         }
         let table = Arc::clone(&self.table);
-        let on_commit = move |committed: bool, key: Option<&Key>, result: &RunResult| {
-            if committed && let (Some(key), Some(stamp)) = (key, stamp) {
-                table.committed(key, stamp);
+        let on_commit = move |written: Written, key: Option<&Key>, result: &RunResult| {
+            if let (Some(key), Some(stamp)) = (key, stamp) {
+                match written {
+                    Written::Logged => table.durable(key, stamp),
+                    Written::Committed => table.committed(key, stamp),
+                    Written::Failed => {}
+                }
             }
             ticket.settle(RunResult {
-                recorded: committed,
+                recorded: written != Written::Failed,
                 ..result.clone()
             });
         };
@@ -708,7 +720,7 @@ impl Deliveries {
         };
         match &self.store {
             Store::Memory => {}
-            Store::Sqlite(journal) => journal.record_end(ended),
+            Store::Sqlite(journal) => journal.record_end(ended, true),
             Store::Postgres(journal) => journal.record_end(ended),
         }
     }
@@ -835,7 +847,8 @@ impl Deliveries {
             attempt: start.attempt,
             key: None,
             ticket: Arc::new(Ticket::default()),
-            start: Some((SystemTime::now(), Box::new(start))),
+            start: (SystemTime::now(), Box::new(start)),
+            start_sent: false,
         }
     }
 
@@ -868,24 +881,27 @@ impl Deliveries {
         let finished = matches!(update.state, StoredState::Done | StoredState::Dead);
         let live = Arc::clone(&self.live);
         let key = (update.hook.clone(), update.msg_id.clone());
-        let on_commit = move |committed: bool, _: Option<&Key>, _: &RunResult| {
-            if committed && finished {
+        let on_commit = move |written: Written, _: Option<&Key>, _: &RunResult| {
+            if written == Written::Committed && finished {
                 live.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&key);
             }
         };
-        journal.record_end(sqlite::Ended {
-            id,
-            attempt,
-            at: SystemTime::now(),
-            start,
-            key: None,
-            result,
-            end,
-            on_commit: Box::new(on_commit),
-            stored: Some(update),
-        });
+        journal.record_end(
+            sqlite::Ended {
+                id,
+                attempt,
+                at: SystemTime::now(),
+                start,
+                key: None,
+                result,
+                end,
+                on_commit: Box::new(on_commit),
+                stored: Some(update),
+            },
+            false,
+        );
     }
 
     /// Keeps the body of a push that matched a hook (`keep_bodies`), committed with the runs'
@@ -918,7 +934,12 @@ impl Deliveries {
     /// database gives a replay its attempt with its claim: [`Deliveries::acquire_again`].)
     pub fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
         match &self.store {
-            Store::Sqlite(journal) => journal.latest_attempt(hook, msg_id),
+            Store::Sqlite(journal) => {
+                // Memory first: an entry leaves it only once the journal has it.
+                let key = (hook.to_owned(), msg_id.to_owned());
+                let remembered = self.table.finished_attempt(&key).unwrap_or(0);
+                Ok(journal.latest_attempt(hook, msg_id)?.max(remembered))
+            }
             Store::Memory | Store::Postgres(_) => Ok(0),
         }
     }

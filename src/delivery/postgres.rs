@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::sqlite::{Ended, HistoryFilter, HistoryRow, JournalError};
+use super::sqlite::{Ended, HistoryFilter, HistoryRow, JournalError, Written};
 use super::{
     KeptPush, Message, Outcome, PushRecord, RunResult, StoredPush, StoredState, StoredWork,
 };
@@ -513,7 +513,7 @@ impl Postgres {
             self.state.writes.send(Write::End(ended))
         {
             tracing::error!("the journal writer has stopped; a run's end is not written");
-            (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+            (ended.on_commit)(Written::Failed, ended.key.as_ref(), &ended.result);
         }
     }
 
@@ -1101,18 +1101,6 @@ impl State {
         let mut told = 0;
         // Until closing, when every run has ended and sent its end.
         while self.gather(&mut writes, &mut batch).await {
-            // An end without its start cannot be written; it must not hold up the others.
-            batch.retain(|write| match write {
-                Write::End(ended) if ended.start.is_none() => {
-                    tracing::error!(
-                        run = ended.id,
-                        "a run's end came without its start; not journaled"
-                    );
-                    (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
-                    false
-                }
-                _ => true,
-            });
             if batch.is_empty() {
                 continue;
             }
@@ -1121,7 +1109,11 @@ impl State {
                     for write in batch.drain(..) {
                         if let Write::End(ended) = write {
                             self.let_go(ended.id);
-                            (ended.on_commit)(true, ended.key.as_ref(), &ended.result);
+                            (ended.on_commit)(
+                                Written::Committed,
+                                ended.key.as_ref(),
+                                &ended.result,
+                            );
                         }
                     }
                     told = 0;
@@ -1136,7 +1128,7 @@ impl State {
                     // Their waiters hear it once: 503 until written.
                     for write in &batch[told..] {
                         if let Write::End(ended) = write {
-                            (ended.on_commit)(false, ended.key.as_ref(), &ended.result);
+                            (ended.on_commit)(Written::Failed, ended.key.as_ref(), &ended.result);
                         }
                     }
                     told = batch.len();
@@ -1187,10 +1179,10 @@ impl State {
         let rows = batch
             .iter()
             .map(|write| match write {
-                Write::End(ended) => Ok(Row::End(EndRow::of(ended)?, StoredRow::of(ended))),
-                Write::Keep(at, kept) => Ok(Row::Keep(*at, KeptRow::of(kept))),
+                Write::End(ended) => Row::End(EndRow::of(ended), StoredRow::of(ended)),
+                Write::Keep(at, kept) => Row::Keep(*at, KeptRow::of(kept)),
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Vec<_>>();
         let params: Vec<_> = rows
             .iter()
             .map(|row| match row {
@@ -1686,12 +1678,10 @@ struct EndRow<'a> {
 }
 
 impl<'a> EndRow<'a> {
-    fn of(ended: &'a Ended) -> Result<EndRow<'a>, String> {
-        let Some((started_at, start)) = &ended.start else {
-            return Err("a run's end came without its start".to_owned());
-        };
+    fn of(ended: &'a Ended) -> EndRow<'a> {
+        let (started_at, start) = &ended.start;
         let (result, push) = (&ended.result, &start.push);
-        Ok(EndRow {
+        EndRow {
             run_id: ended.id,
             started_at: SystemTime::min(*started_at, ended.at),
             hook: &start.hook,
@@ -1710,7 +1700,7 @@ impl<'a> EndRow<'a> {
             error: result.error.as_deref().map(text),
             stdout_tail: text(&ended.end.stdout_tail),
             stderr_tail: text(&ended.end.stderr_tail),
-        })
+        }
     }
 
     fn params<'b>(

@@ -26,8 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_from_iter};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::end_log::EndLog;
 use super::table::Last;
 use super::{
     KeptPush, Key, Message, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart,
@@ -162,6 +163,10 @@ CREATE INDEX bodies_by_time ON bodies (received_at);
 ",
 ];
 
+/// How long the writer waits, after a record woke it, for more to commit with it. Nothing
+/// waits for it but the records' rows: answers wait for the end log, and a stored push, whose
+/// answer waits for its commit, cuts it short.
+const LINGER: Duration = Duration::from_millis(10);
 /// At most this many records go into one transaction.
 const BATCH: usize = 1024;
 /// How long a write waits for another process's lock before the commit counts as failed.
@@ -213,29 +218,47 @@ pub enum JournalError {
     Postgres { reason: String },
 }
 
-/// A run's end, as sent to the writer.
+/// A run's end, as sent to the writer (and, as JSON, to the end log).
+#[derive(Serialize, Deserialize)]
 pub struct Ended {
     pub id: i64,
     pub at: SystemTime,
     pub attempt: u32,
-    /// The start, when it was not journaled yet: the run is written as one row.
-    pub start: Option<(SystemTime, Box<RunStart>)>,
+    /// The start: written with the end as one row, or over the row of a start journaled
+    /// before.
+    pub start: (SystemTime, Box<RunStart>),
     pub key: Option<Key>,
     pub result: RunResult,
     pub end: RunEnd,
     /// A stored message's new state, written in the same transaction.
     pub stored: Option<StoredUpdate>,
-    /// Called with `true` once the record is committed; with `false` when a commit of it
-    /// failed (it is retried). Gets the record's `key` and `result`.
+    /// Told what became of the record (see [`Written`]), with its `key` and `result`.
+    #[serde(skip, default = "no_one_waits")]
     pub on_commit: OnCommit,
 }
 
-/// What the writer calls when an end record's commit succeeded or failed.
-pub type OnCommit = Box<dyn Fn(bool, Option<&Key>, &RunResult) + Send + Sync>;
+/// What became of an end record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Appended to the end log: it survives a crash of the process; the database has it
+    /// later.
+    Logged,
+    /// Committed to the database.
+    Committed,
+    /// A commit of it failed; it is tried again.
+    Failed,
+}
+
+/// What the writer calls when an end record was logged, committed, or failed to commit.
+pub type OnCommit = Box<dyn Fn(Written, Option<&Key>, &RunResult) + Send + Sync>;
+
+fn no_one_waits() -> OnCommit {
+    Box::new(|_, _, _| {})
+}
 
 impl Ended {
-    fn tell(&self, committed: bool) {
-        (self.on_commit)(committed, self.key.as_ref(), &self.result);
+    fn tell(&self, written: Written) {
+        (self.on_commit)(written, self.key.as_ref(), &self.result);
     }
 }
 
@@ -261,12 +284,14 @@ enum Record {
         at: SystemTime,
         update: StoredUpdate,
     },
-    Ended(Box<Ended>),
-    /// The body of a push that matched a hook (`keep_bodies`).
-    Kept {
-        at: SystemTime,
-        push: Box<KeptPush>,
+    Ended {
+        ended: Box<Ended>,
+        /// It is in the end log: its waiters were answered, and a failed commit is not
+        /// theirs to hear of.
+        logged: bool,
     },
+    /// The body of a push that matched a hook (`keep_bodies`).
+    Kept { at: SystemTime, push: Box<KeptPush> },
     Push {
         at: SystemTime,
         push: Box<PushRecord>,
@@ -329,6 +354,10 @@ impl Health {
 /// An open journal with its writer thread.
 pub struct Journal {
     sender: Mutex<Sender<Record>>,
+    log: Arc<EndLog>,
+    /// Set with a record whose waiters wait for its commit: the writer then does not linger.
+    urgent: Arc<AtomicBool>,
+    writer_thread: std::thread::Thread,
     reader: Arc<Mutex<Connection>>,
     health: Arc<Health>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -341,7 +370,11 @@ impl Record {
     /// Tells whoever waits for this record whether its commit succeeded.
     fn tell(&self, committed: bool) {
         match self {
-            Record::Ended(ended) => ended.tell(committed),
+            Record::Ended { ended, logged } => match (committed, logged) {
+                (true, _) => ended.tell(Written::Committed),
+                (false, true) => {}
+                (false, false) => ended.tell(Written::Failed),
+            },
             Record::Store { on_commit, .. } => on_commit(committed),
             Record::Started { .. }
             | Record::StoredState { .. }
@@ -368,9 +401,33 @@ impl Journal {
             path: path.to_owned(),
             source,
         };
+        let io = |source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let lock = lock(path)?;
         let mut writer = open_writer(path).map_err(sqlite)?;
         migrate(&mut writer, path)?;
+        // Ends answered before the last process stopped, maybe not committed: first of all,
+        // so that their runs are not taken for left running.
+        let (log, logged) = EndLog::open::<Ended>(path).map_err(io)?;
+        if !logged.is_empty() {
+            let records: Vec<Record> = logged
+                .into_iter()
+                .map(|ended| Record::Ended {
+                    ended: Box::new(ended),
+                    logged: true,
+                })
+                .collect();
+            write_batch(&mut writer, &records).map_err(sqlite)?;
+            tracing::info!(
+                runs = records.len(),
+                "the ends of runs answered before the last stop are written from the end log"
+            );
+        }
+        log.clear_all().map_err(io)?;
+        let log = Arc::new(log);
+        let urgent = Arc::new(AtomicBool::new(false));
         let boot = new_token();
         take_over(&writer, &boot, orphan_grace).map_err(sqlite)?;
         let resumable = resumable(&writer).map_err(sqlite)?;
@@ -380,10 +437,7 @@ impl Journal {
             })
             .map_err(sqlite)?;
         let reader = Arc::new(Mutex::new(open_reader(path).map_err(sqlite)?));
-        let identity = identity(path).map_err(|source| JournalError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let identity = identity(path).map_err(io)?;
         let health = Arc::new(Health::default());
         let (sender, receiver) = mpsc::channel();
         let state = Writer {
@@ -394,6 +448,8 @@ impl Journal {
             lock,
             file_ok: true,
             health: Arc::clone(&health),
+            log: Arc::clone(&log),
+            urgent: Arc::clone(&urgent),
             keep,
             keep_dead,
             keep_bodies,
@@ -401,12 +457,12 @@ impl Journal {
         let writer = std::thread::Builder::new()
             .name("cmqhook-journal".to_owned())
             .spawn(move || state.write_loop(&receiver))
-            .map_err(|source| JournalError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(io)?;
         Ok(Journal {
             sender: Mutex::new(sender),
+            log,
+            urgent,
+            writer_thread: writer.thread().clone(),
             reader,
             health,
             writer: Mutex::new(Some(writer)),
@@ -442,9 +498,19 @@ impl Journal {
         }
     }
 
+    /// Sends a record whose waiters wait for its commit: the writer commits it without
+    /// lingering.
+    fn send_urgent(&self, record: Record) {
+        self.urgent.store(true, Ordering::Release);
+        self.send(record);
+        self.writer_thread.unpark();
+    }
+
     /// Journals a run as `running`; with `claim`, its message's claim too.
     pub fn record_start(&self, id: i64, at: SystemTime, start: Box<RunStart>, claim: bool) {
-        self.send(Record::Started {
+        // Not waited for, but not delayed: a run going on shows in `history` and is found
+        // as left running if this process dies.
+        self.send_urgent(Record::Started {
             id,
             at,
             start,
@@ -455,7 +521,7 @@ impl Journal {
     /// Stores a push of a stored hook; `on_commit` is told when it is durable (or that a
     /// commit of it failed: it is retried).
     pub fn record_store(&self, at: SystemTime, push: Arc<StoredPush>, on_commit: OnStored) {
-        self.send(Record::Store {
+        self.send_urgent(Record::Store {
             at,
             push,
             on_commit,
@@ -464,7 +530,8 @@ impl Journal {
 
     /// Journals a new state of stored work.
     pub fn record_stored_state(&self, update: StoredUpdate) {
-        self.send(Record::StoredState {
+        // Not delayed: stored work that was running is resumed with its next attempt.
+        self.send_urgent(Record::StoredState {
             at: SystemTime::now(),
             update,
         });
@@ -624,9 +691,31 @@ impl Journal {
         }
     }
 
-    /// Journals how a run ended; its `on_commit` tells when that is committed.
-    pub fn record_end(&self, ended: Ended) {
-        self.send(Record::Ended(Box::new(ended)));
+    /// Journals how a run ended. With `answered` (a push waits for it), the end is first
+    /// appended to the end log, and `on_commit` hears [`Written::Logged`] at once if that
+    /// worked; if not, the commit, which it then waits for, is not delayed.
+    pub fn record_end(&self, ended: Ended, answered: bool) {
+        if !answered {
+            return self.send(Record::Ended {
+                ended: Box::new(ended),
+                logged: false,
+            });
+        }
+        let bytes = EndLog::frame(&ended);
+        self.log.append(&bytes, |logged| {
+            if logged {
+                ended.tell(Written::Logged);
+            }
+            let record = Record::Ended {
+                ended: Box::new(ended),
+                logged,
+            };
+            if logged {
+                self.send(record);
+            } else {
+                self.send_urgent(record);
+            }
+        });
     }
 
     /// Journals a push that ran nothing.
@@ -957,6 +1046,8 @@ struct Writer {
     /// The path names the file the connections have open (as of the last check).
     file_ok: bool,
     health: Arc<Health>,
+    log: Arc<EndLog>,
+    urgent: Arc<AtomicBool>,
     keep: Duration,
     keep_dead: Duration,
     /// `None`: no body is kept.
@@ -964,8 +1055,10 @@ struct Writer {
 }
 
 impl Writer {
-    /// Waits for a record, takes whatever else is queued, commits it all in one transaction,
-    /// and tells the waiters. A failed commit is kept and retried, and the waiters told.
+    /// Waits for a record, lingers for more (unless one is urgent), takes whatever is
+    /// queued, commits it all in one transaction, and tells the waiters. A failed commit is
+    /// kept and retried, and the waiters told. The end log's file is emptied once all it
+    /// holds is committed.
     fn write_loop(mut self, receiver: &Receiver<Record>) {
         let mut pending: Vec<Record> = Vec::new();
         // Records of `pending` whose waiters were told of a failure.
@@ -974,27 +1067,49 @@ impl Writer {
         let mut last_check = Instant::now();
         let mut last_prune = Instant::now() - PRUNE_EVERY;
         let mut failing_since: Option<Instant> = None;
+        // The end log's file rotated out, to empty once every record sent before the
+        // rotation is committed; `drained`: the queue was found empty since, so those are
+        // all in `pending` or committed.
+        let mut rotated: Option<usize> = None;
+        let mut drained = false;
         loop {
             if pending.is_empty() {
                 if !open {
+                    if let Err(err) = self.log.clear_all() {
+                        tracing::warn!(error = %err, "cannot empty the end log");
+                    }
                     return;
                 }
                 match receiver.recv_timeout(CHECK_EVERY) {
-                    Ok(record) => pending.push(record),
+                    Ok(record) => {
+                        pending.push(record);
+                        self.linger();
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => open = false,
                 }
+            }
+            if rotated.is_none() {
+                rotated = self.log.rotate();
+                drained = false;
             }
             while open && pending.len() < told + BATCH {
                 match receiver.try_recv() {
                     Ok(record) => pending.push(record),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => open = false,
+                    Err(TryRecvError::Empty) => {
+                        drained = true;
+                        break;
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        drained = true;
+                        open = false;
+                    }
                 }
             }
             if last_check.elapsed() >= CHECK_EVERY {
                 last_check = Instant::now();
                 self.check_file();
+                self.log.check();
             }
             if last_prune.elapsed() >= PRUNE_EVERY && self.file_ok {
                 prune(
@@ -1005,56 +1120,87 @@ impl Writer {
                 );
                 last_prune = Instant::now();
             }
-            if pending.is_empty() {
-                continue;
+            if !pending.is_empty() {
+                self.commit(&mut pending, &mut told, &mut failing_since);
             }
-            // While the file is gone, a commit would go to a file nobody will find again.
-            let written = if self.file_ok {
-                write_batch(&mut self.connection, &pending).map_err(|err| err.to_string())
-            } else {
-                Err("the journal file is missing".to_owned())
-            };
-            match written {
-                Ok(()) => {
-                    self.health.committed();
-                    failing_since = None;
-                    for record in pending.drain(..) {
-                        record.tell(true);
-                    }
-                    told = 0;
+            if pending.is_empty()
+                && drained
+                && let Some(index) = rotated.take()
+                && let Err(err) = self.log.clear(index)
+            {
+                tracing::warn!(error = %err, "cannot empty the end log");
+            }
+            if failing_since.is_some_and(|since| !open && since.elapsed() >= CLOSE_GIVE_UP) {
+                tracing::error!(
+                    records = pending.len(),
+                    "closing while the journal cannot be written: the ends of answered runs \
+                     stay in the end log for the next start; the other records are lost"
+                );
+                return;
+            }
+        }
+    }
+
+    /// Waits up to [`LINGER`] for more records to commit with the first, unless one is
+    /// urgent.
+    fn linger(&self) {
+        let deadline = Instant::now() + LINGER;
+        while !self.urgent.swap(false, Ordering::AcqRel) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+
+    /// Commits `pending`; on success it is emptied and its waiters told, on failure they are
+    /// told once (those beyond `told`) and it stays to be tried again.
+    fn commit(
+        &mut self,
+        pending: &mut Vec<Record>,
+        told: &mut usize,
+        failing_since: &mut Option<Instant>,
+    ) {
+        // While the file is gone, a commit would go to a file nobody will find again.
+        let written = if self.file_ok {
+            write_batch(&mut self.connection, pending).map_err(|err| err.to_string())
+        } else {
+            Err("the journal file is missing".to_owned())
+        };
+        match written {
+            Ok(()) => {
+                self.health.committed();
+                *failing_since = None;
+                for record in pending.drain(..) {
+                    record.tell(true);
                 }
-                Err(err) => {
-                    if failing_since.is_none() {
-                        tracing::error!(
-                            error = %err,
-                            "journal write failed: new pushes get 503 until it can be written; \
-                             nothing written is lost, outcomes wait in memory"
-                        );
-                    }
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    self.health
-                        .commit_failed(format!("journal cannot be written: {err}"));
-                    for record in &pending[told..] {
-                        record.tell(false);
-                    }
-                    if pending.len() > MAX_PENDING {
-                        let before = pending.len();
-                        pending.retain(|record| !matches!(record, Record::Push { .. }));
-                        tracing::warn!(
-                            dropped = before - pending.len(),
-                            "journal still failing: records of pushes that ran nothing are dropped"
-                        );
-                    }
-                    told = pending.len();
-                    if !open && since.elapsed() >= CLOSE_GIVE_UP {
-                        tracing::error!(
-                            records = pending.len(),
-                            "closing while the journal cannot be written: these records are lost"
-                        );
-                        return;
-                    }
-                    std::thread::sleep(RETRY_EVERY);
+                *told = 0;
+            }
+            Err(err) => {
+                if failing_since.is_none() {
+                    tracing::error!(
+                        error = %err,
+                        "journal write failed: new pushes get 503 until it can be written; \
+                         nothing written is lost, outcomes wait in memory"
+                    );
                 }
+                failing_since.get_or_insert_with(Instant::now);
+                self.health
+                    .commit_failed(format!("journal cannot be written: {err}"));
+                for record in &pending[*told..] {
+                    record.tell(false);
+                }
+                if pending.len() > MAX_PENDING {
+                    let before = pending.len();
+                    pending.retain(|record| !matches!(record, Record::Push { .. }));
+                    tracing::warn!(
+                        dropped = before - pending.len(),
+                        "journal still failing: records of pushes that ran nothing are dropped"
+                    );
+                }
+                *told = pending.len();
+                std::thread::sleep(RETRY_EVERY);
             }
         }
     }
@@ -1229,22 +1375,13 @@ fn insert_records(transaction: &Connection, batch: &[Record]) -> rusqlite::Resul
                     ])?;
                 }
             }
-            Record::Ended(ended) => {
+            Record::Ended { ended, .. } => {
                 let finished_at = timestamp(ended.at);
                 let ended_values = end_values(&finished_at, &ended.result, &ended.end);
-                match &ended.start {
-                    Some((at, run)) => {
-                        let started_at = timestamp(*at);
-                        let started = start_values(&ended.id, &started_at, run);
-                        sql(WHOLE_RUN)?
-                            .execute(params_from_iter(started.into_iter().chain(ended_values)))?;
-                    }
-                    None => {
-                        let id: &dyn ToSql = &ended.id;
-                        sql(END)?
-                            .execute(params_from_iter(std::iter::once(id).chain(ended_values)))?;
-                    }
-                }
+                let (at, run) = &ended.start;
+                let started_at = timestamp(*at);
+                let started = start_values(&ended.id, &started_at, run);
+                sql(RUN)?.execute(params_from_iter(started.into_iter().chain(ended_values)))?;
                 if let Some(update) = &ended.stored {
                     update_stored(transaction, &finished_at, update)?;
                 }
@@ -1282,25 +1419,30 @@ fn insert_records(transaction: &Connection, batch: &[Record]) -> rusqlite::Resul
 }
 
 /// A finished run's row: the start's columns, then the end's, in the order of the values
-/// `start_values` and `end_values` give.
-const WHOLE_RUN: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
+/// `start_values` and `end_values` give; over the row of its start if that was written.
+const RUN: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
                    subscription, tags, attempt, finished_at, outcome, exit_code,
                    signal, duration_ms, left_behind, error, stdout_tail, stderr_tail)
- VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+ ON CONFLICT (id) DO UPDATE SET
+     finished_at = excluded.finished_at, outcome = excluded.outcome,
+     exit_code = excluded.exit_code, signal = excluded.signal,
+     duration_ms = excluded.duration_ms, left_behind = excluded.left_behind,
+     error = excluded.error, stdout_tail = excluded.stdout_tail,
+     stderr_tail = excluded.stderr_tail";
 const START: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
                    subscription, tags, attempt, outcome)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running')";
-const END: &str = "UPDATE runs SET finished_at = ?2, outcome = ?3, exit_code = ?4, signal = ?5,
-                 duration_ms = ?6, left_behind = ?7, error = ?8,
-                 stdout_tail = ?9, stderr_tail = ?10
- WHERE id = ?1";
+/// A claim never goes back to an earlier attempt: the end log's records are written again
+/// at open in no particular order.
 const CLAIM: &str =
     "INSERT INTO claims (hook, msg_id, attempt, outcome, run_id, duration_ms, updated_at)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
  ON CONFLICT (hook, msg_id) DO UPDATE SET
      attempt = excluded.attempt, outcome = excluded.outcome,
      run_id = excluded.run_id, duration_ms = excluded.duration_ms,
-     updated_at = excluded.updated_at";
+     updated_at = excluded.updated_at
+ WHERE excluded.attempt >= claims.attempt";
 const PUSH: &str = "INSERT INTO pushes (at, status, reason, msg_id, request_id, path, topic,
                      subscription, tags)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
@@ -1533,11 +1675,15 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
     if filter.dead {
         return dead(&reader, filter, limit).map_err(sqlite);
     }
+    // Ends answered but maybe not committed yet (or never, if the server was killed and
+    // not started again): their rows are shown as the next start will write them.
+    let logged: Vec<Ended> = super::end_log::read(path);
+    let logged_ids: HashSet<i64> = logged.iter().map(|ended| ended.id).collect();
     let mut runs = reader
         .prepare(
             "SELECT started_at, hook, msg_id, request_id, path, topic, subscription, tags,
                     attempt, outcome, exit_code, signal, duration_ms, left_behind, error,
-                    stdout_tail, stderr_tail
+                    stdout_tail, stderr_tail, id
              FROM runs
              WHERE (?1 IS NULL OR hook = ?1) AND (?2 IS NULL OR msg_id = ?2)
                AND (?3 = 0 OR outcome NOT IN ('succeeded', 'running'))
@@ -1548,7 +1694,11 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
         .query_map(
             params![filter.hook, filter.msg_id, filter.failed, limit],
             |row| {
-                Ok(HistoryRow {
+                let id: i64 = row.get(17)?;
+                if logged_ids.contains(&id) {
+                    return Ok(None);
+                }
+                Ok(Some(HistoryRow {
                     exit_code: row.get(10)?,
                     signal: row.get(11)?,
                     duration_ms: row.get(12)?,
@@ -1557,11 +1707,23 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
                     stdout_tail: row.get(15)?,
                     stderr_tail: row.get(16)?,
                     ..message_row(row, "run")?
-                })
+                }))
             },
         )
-        .and_then(Iterator::collect)
+        .and_then(|rows| rows.filter_map(Result::transpose).collect())
         .map_err(sqlite)?;
+    let shown = |ended: &Ended| {
+        let start = &ended.start.1;
+        filter.hook.as_ref().is_none_or(|hook| *hook == start.hook)
+            && filter
+                .msg_id
+                .as_ref()
+                .is_none_or(|msg_id| start.push.msg_id.as_ref() == Some(msg_id))
+            && !(filter.failed && ended.result.outcome == Outcome::Succeeded)
+    };
+    found.extend(logged.iter().filter(|ended| shown(ended)).map(logged_row));
+    found.sort_by(|a, b| b.at.cmp(&a.at));
+    found.truncate(filter.limit);
     if filter.hook.is_none() {
         let mut pushes = reader
             .prepare(
@@ -1611,6 +1773,32 @@ fn message_row(row: &rusqlite::Row<'_>, kind: &'static str) -> rusqlite::Result<
         outcome: row.get(9)?,
         ..HistoryRow::blank(kind)
     })
+}
+
+/// The row an end in the end log will be.
+fn logged_row(ended: &Ended) -> HistoryRow {
+    let (at, start) = &ended.start;
+    let (push, result) = (&start.push, &ended.result);
+    HistoryRow {
+        at: timestamp(*at),
+        hook: Some(start.hook.clone()),
+        msg_id: push.msg_id.clone(),
+        request_id: push.request_id.clone(),
+        path: Some(push.path.clone()),
+        topic: push.topic.clone(),
+        subscription: push.subscription.clone(),
+        tags: Some(push.tags.clone()),
+        attempt: Some(ended.attempt),
+        outcome: result.outcome.as_str().to_owned(),
+        exit_code: result.exit_code,
+        signal: result.signal,
+        duration_ms: Some(result.duration_ms),
+        left_behind: Some(ended.end.left_behind),
+        error: result.error.clone(),
+        stdout_tail: Some(ended.end.stdout_tail.clone()),
+        stderr_tail: Some(ended.end.stderr_tail.clone()),
+        ..HistoryRow::blank("run")
+    }
 }
 
 /// The dead stored messages, latest death first: `at` is when it died, `outcome` its last

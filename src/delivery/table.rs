@@ -49,7 +49,8 @@ enum Entry {
         /// The result, when it succeeded: later pushes are answered with it. Boxed, to keep
         /// the table small.
         success: Option<Box<RunResult>>,
-        /// Its journal record is committed (always, without a journal).
+        /// Its journal record survives a crash (in the end log or committed; always, without
+        /// a journal): claims are answered from it.
         committed: bool,
         at: Instant,
         stamp: u64,
@@ -133,6 +134,15 @@ impl Table {
         Claim::Run { attempt, ticket }
     }
 
+    /// The attempt of `key`'s finished entry, if memory has one (its record may not be
+    /// committed yet).
+    pub(super) fn finished_attempt(&self, key: &Key) -> Option<u32> {
+        match self.shard(key).entries.get(key) {
+            Some(Entry::Finished { attempt, .. }) => Some(*attempt),
+            _ => None,
+        }
+    }
+
     /// Whether a run of `key` is going (claimed here and not over).
     pub(super) fn is_running(&self, key: &Key) -> bool {
         matches!(
@@ -188,6 +198,21 @@ impl Table {
             shard.evict(capacity);
         }
         stamp
+    }
+
+    /// The journal record of `key`'s entry `stamp` survives a crash (it is in the end log):
+    /// claims are answered from the entry, which memory keeps until [`Table::committed`].
+    pub(super) fn durable(&self, key: &Key, stamp: u64) {
+        let mut shard = self.shard(key);
+        if let Some(Entry::Finished {
+            stamp: s,
+            committed,
+            ..
+        }) = shard.entries.get_mut(key)
+            && *s == stamp
+        {
+            *committed = true;
+        }
     }
 
     /// The journal record of `key`'s entry `stamp` is committed: the journal answers for it

@@ -256,10 +256,22 @@ impl Dispatcher {
         let mut tries = 0;
         loop {
             match self.deliveries.claim_again(&hook.name, msg_id, dedup_for) {
-                Claim::Run { ticket, .. } => {
+                Claim::Run {
+                    ticket,
+                    attempt: claimed,
+                } => {
                     let run_id = self.deliveries.new_run_id();
                     return match self.acquire_again(hook, msg_id, run_id, &ticket).await {
-                        Ok(attempt) => self.replay_on(hook, kept, ticket, (run_id, attempt)).await,
+                        Ok(attempt) => {
+                            // Without a shared database: the claim's attempt counts an
+                            // outcome memory holds and the journal may not have yet; the
+                            // journal's latest, one older than `dedup_for`.
+                            let attempt = attempt.or_else(|| {
+                                let latest = self.deliveries.latest_attempt(&hook.name, msg_id);
+                                latest.ok().map(|latest| claimed.max(latest + 1))
+                            });
+                            self.replay_on(hook, kept, ticket, (run_id, attempt)).await
+                        }
                         Err(result) => result,
                     };
                 }

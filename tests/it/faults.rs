@@ -159,22 +159,26 @@ fn a_locked_journal_fails_closed_keeps_outcomes_in_memory_and_recovers() {
     let config = appending_config(&dir, "");
     let server = Server::start(&dir, &config);
     assert_eq!(server.post_seed("/", "before").status, 200);
+    wait_journaled(&dir, "before");
     let holder = Holder::lock(&dir.path().join("cmqhook.db"));
 
-    // Runs, but its end cannot be committed: not answered 200.
-    let locked = server.post_seed("/", "during");
-    assert_eq!(locked.status, 503, "{}", locked.text());
-    assert!(locked.header("retry-after").is_some());
-    assert_eq!(healthz(&server), 503);
+    // Runs; its end goes to the end log (answered 200) but not to SQLite.
+    assert_eq!(server.post_seed("/", "during").status, 200);
+    // Once the writer has found SQLite locked: nothing new starts.
+    assert!(wait_for(Duration::from_secs(10), || healthz(&server) == 503));
     assert!(
         get(server.addr, "/healthz")
             .text()
             .contains("journal cannot be written")
     );
-    // While failing, nothing new starts, and the retry of the run above is not run again.
-    assert_eq!(server.post_seed("/", "new").status, 503);
-    assert_eq!(server.post_seed("/", "during").status, 503);
-    // What was committed before still answers.
+    let new = server.post_seed("/", "new");
+    assert_eq!(new.status, 503, "{}", new.text());
+    assert!(new.header("retry-after").is_some());
+    // The run above is answered from memory, not run again; what was committed before
+    // still answers.
+    let retry = server.post_seed("/", "during");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["results"][0]["deduplicated"], true);
     assert_eq!(server.post_seed("/", "before").status, 200);
     let counts = runs(&dir);
     assert_eq!(counts.get("during"), Some(&1));
@@ -197,6 +201,64 @@ fn a_locked_journal_fails_closed_keeps_outcomes_in_memory_and_recovers() {
     let server = Server::start(&dir, &config);
     assert_eq!(server.post_seed("/", "during").status, 200);
     assert_eq!(runs(&dir)["during"], 1);
+}
+
+/// Waits until the journal's `runs` table holds a row of `msg_id` that is not running.
+fn wait_journaled(dir: &Dir, msg_id: &str) {
+    let db = dir.path().join("cmqhook.db");
+    let journaled = wait_for(Duration::from_secs(10), || {
+        let output = Command::new("sqlite3")
+            .arg(&db)
+            .arg(format!(
+                "SELECT count(*) FROM runs WHERE msg_id = '{msg_id}' AND outcome != 'running'"
+            ))
+            .output()
+            .expect("sqlite3 (apt-get install sqlite3)");
+        String::from_utf8_lossy(&output.stdout).trim() == "1"
+    });
+    assert!(journaled, "{msg_id} never reached the journal");
+}
+
+#[test]
+fn an_end_answered_from_the_end_log_is_remembered_after_a_sigkill_while_sqlite_was_locked() {
+    let dir = Dir::new();
+    let config = appending_config(&dir, "");
+    let mut server = Server::start(&dir, &config);
+    assert_eq!(server.post_seed("/", "before").status, 200);
+    wait_journaled(&dir, "before");
+    let holder = Holder::lock(&dir.path().join("cmqhook.db"));
+
+    // SQLite cannot take the end, the end log can: answered 200, and a retry is answered
+    // from memory without running it again.
+    let answered = server.post_seed("/", "logged");
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    let retry = server.post_seed("/", "logged");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["results"][0]["deduplicated"], true);
+    // The writer finds SQLite locked: nothing new starts.
+    assert!(wait_for(Duration::from_secs(10), || healthz(&server) == 503));
+    assert_eq!(server.post_seed("/", "new").status, 503);
+
+    server.signal("KILL");
+    server.wait_exit(Duration::from_secs(10));
+    holder.release();
+    let ends = std::fs::metadata(dir.path().join("cmqhook.db.ends-0"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        + std::fs::metadata(dir.path().join("cmqhook.db.ends-1"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    assert!(ends > 0, "the end is in the end log");
+
+    let server = Server::start(&dir, &config);
+    assert!(server.log_text().contains("written from the end log"));
+    let again = server.post_seed("/", "logged");
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["results"][0]["deduplicated"], true);
+    assert_eq!(runs(&dir).get("logged"), Some(&1));
+    let rows = dir.history(&["--msg-id", "logged"]);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["outcome"], "succeeded");
 }
 
 /// Mounts a small tmpfs at `at`; `false` where mounting is not permitted.
@@ -518,7 +580,8 @@ fn a_serve_stopped_while_its_journal_is_locked_still_exits() {
     let config = appending_config(&dir, "");
     let mut server = Server::start(&dir, &config);
     let holder = Holder::lock(&dir.path().join("cmqhook.db"));
-    assert_eq!(server.post_seed("/", "unwritten").status, 503);
+    // Answered from the end log; SQLite never gets it from this process.
+    assert_eq!(server.post_seed("/", "unwritten").status, 200);
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(
@@ -529,8 +592,10 @@ fn a_serve_stopped_while_its_journal_is_locked_still_exits() {
         server.log_text()
     );
     drop(holder);
-    // Never answered 200, so running it again is right.
+    // The next start writes it from the end log: not run again.
     let server = Server::start(&dir, &config);
-    assert_eq!(server.post_seed("/", "unwritten").status, 200);
-    assert_eq!(runs(&dir)["unwritten"], 2);
+    let again = server.post_seed("/", "unwritten");
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["results"][0]["deduplicated"], true);
+    assert_eq!(runs(&dir)["unwritten"], 1);
 }
