@@ -20,9 +20,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use fastbloom::AtomicBloomFilter;
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_from_iter};
@@ -359,6 +360,7 @@ pub struct Journal {
     urgent: Arc<AtomicBool>,
     writer_thread: std::thread::Thread,
     reader: Arc<Mutex<Connection>>,
+    keys: Arc<RwLock<AtomicBloomFilter>>,
     health: Arc<Health>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     boot: String,
@@ -367,6 +369,20 @@ pub struct Journal {
 }
 
 impl Record {
+    /// The (hook, message id) whose claim this record writes.
+    fn claim_key(&self) -> Option<(&str, &str)> {
+        match self {
+            Record::Started {
+                start, claim: true, ..
+            } => Some((&start.hook, start.push.msg_id.as_deref()?)),
+            Record::Ended { ended, .. } => {
+                let (hook, msg_id) = ended.key.as_ref()?;
+                Some((hook, msg_id))
+            }
+            _ => None,
+        }
+    }
+
     /// Tells whoever waits for this record whether its commit succeeded.
     fn tell(&self, committed: bool) {
         match self {
@@ -436,6 +452,8 @@ impl Journal {
                 row.get(0)
             })
             .map_err(sqlite)?;
+        let (filter, keys_room, keys_count) = load_keys(&writer).map_err(sqlite)?;
+        let keys = Arc::new(RwLock::new(filter));
         let reader = Arc::new(Mutex::new(open_reader(path).map_err(sqlite)?));
         let identity = identity(path).map_err(io)?;
         let health = Arc::new(Health::default());
@@ -450,6 +468,9 @@ impl Journal {
             health: Arc::clone(&health),
             log: Arc::clone(&log),
             urgent: Arc::clone(&urgent),
+            keys: Arc::clone(&keys),
+            keys_room,
+            keys_count,
             keep,
             keep_dead,
             keep_bodies,
@@ -460,6 +481,7 @@ impl Journal {
             .map_err(io)?;
         Ok(Journal {
             sender: Mutex::new(sender),
+            keys,
             log,
             urgent,
             writer_thread: writer.thread().clone(),
@@ -728,6 +750,11 @@ impl Journal {
 
     /// The claim of (`hook`, `msg_id`) if it is not older than `within`.
     pub fn last(&self, hook: &str, msg_id: &str, within: Duration) -> Result<Option<Last>, String> {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        if !keys.contains(&(hook, msg_id)) {
+            return Ok(None);
+        }
+        drop(keys);
         let since = timestamp(ago(within));
         let reader = self.reader();
         let found = reader
@@ -921,6 +948,29 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), JournalError>
     Ok(())
 }
 
+/// The fewest keys the key filter is sized for.
+#[cfg(not(test))]
+const KEYS_MIN: usize = 100_000;
+#[cfg(test)]
+const KEYS_MIN: usize = 100;
+
+/// A filter of the claims table's keys: 1 % false positives while it holds no more than
+/// twice the keys it was built with (at least [`KEYS_MIN`]); returned with that room and the
+/// count of keys in it.
+fn load_keys(connection: &Connection) -> rusqlite::Result<(AtomicBloomFilter, usize, usize)> {
+    let count: usize = connection.query_row("SELECT count(*) FROM claims", [], |row| row.get(0))?;
+    let room = (2 * count).max(KEYS_MIN);
+    let filter = AtomicBloomFilter::with_false_pos(0.01).expected_items(room);
+    let mut statement = connection.prepare("SELECT hook, msg_id FROM claims")?;
+    let mut rows = statement.query([])?;
+    let mut count = 0;
+    while let Some(row) = rows.next()? {
+        filter.insert(&(row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_str()?));
+        count += 1;
+    }
+    Ok((filter, room, count))
+}
+
 /// Before this process writes: the commands of runs that earlier owners left running are
 /// killed, those runs marked `interrupted`, and this owner's token recorded.
 fn take_over(connection: &Connection, boot: &str, grace: Duration) -> rusqlite::Result<()> {
@@ -1048,6 +1098,10 @@ struct Writer {
     health: Arc<Health>,
     log: Arc<EndLog>,
     urgent: Arc<AtomicBool>,
+    keys: Arc<RwLock<AtomicBloomFilter>>,
+    /// How many keys `keys` was sized for, and how many it holds (at most).
+    keys_room: usize,
+    keys_count: usize,
     keep: Duration,
     keep_dead: Duration,
     /// `None`: no body is kept.
@@ -1172,6 +1226,9 @@ impl Writer {
             Ok(()) => {
                 self.health.committed();
                 *failing_since = None;
+                // Before anyone is told: memory lets an outcome go when told, and from then
+                // on the filter must let look-ups of its key through to SQLite.
+                self.add_keys(pending);
                 for record in pending.drain(..) {
                     record.tell(true);
                 }
@@ -1201,6 +1258,28 @@ impl Writer {
                 }
                 *told = pending.len();
                 std::thread::sleep(RETRY_EVERY);
+            }
+        }
+    }
+
+    /// Adds the claim keys `batch` wrote to the filter; rebuilds it from the claims table
+    /// (pruned meanwhile) once it holds more than it was sized for.
+    fn add_keys(&mut self, batch: &[Record]) {
+        {
+            let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+            for key in batch.iter().filter_map(Record::claim_key) {
+                keys.insert(&key);
+                self.keys_count += 1;
+            }
+        }
+        if self.keys_count > self.keys_room {
+            match load_keys(&self.connection) {
+                Ok((filter, room, count)) => {
+                    *self.keys.write().unwrap_or_else(PoisonError::into_inner) = filter;
+                    (self.keys_room, self.keys_count) = (room, count);
+                }
+                // The filter grows less selective, never wrong.
+                Err(err) => tracing::warn!(error = %err, "cannot rebuild the journal's key filter"),
             }
         }
     }
@@ -1834,8 +1913,82 @@ fn dead(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::{PushFacts, RunEnd, RunResult};
 
     const DAY: Duration = Duration::from_secs(86_400);
+
+    /// A succeeded run of (`deploy`, `msg_id`) as `id`, whose commit is told to `done`.
+    fn ended(id: i64, msg_id: &str, done: &mpsc::Sender<Written>) -> Ended {
+        let done = done.clone();
+        let start = RunStart {
+            hook: "deploy".to_owned(),
+            attempt: 1,
+            push: PushFacts {
+                msg_id: Some(msg_id.to_owned()),
+                path: "/".to_owned(),
+                ..PushFacts::default()
+            },
+        };
+        Ended {
+            id,
+            at: SystemTime::now(),
+            attempt: 1,
+            start: (SystemTime::now(), Box::new(start)),
+            key: Some(("deploy".to_owned(), msg_id.to_owned())),
+            result: RunResult::without_run(Outcome::Succeeded, Duration::ZERO, None),
+            end: RunEnd {
+                left_behind: false,
+                stdout_tail: String::new(),
+                stderr_tail: String::new(),
+            },
+            stored: None,
+            on_commit: Box::new(move |written, _, _| {
+                let _ = done.send(written);
+            }),
+        }
+    }
+
+    #[test]
+    fn every_committed_key_passes_the_key_filter_also_after_it_was_rebuilt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let ids: Vec<String> = (0..3 * KEYS_MIN).map(|n| format!("m{n}")).collect();
+        let (done, told) = mpsc::channel();
+        {
+            let journal = Journal::open(&path, DAY, DAY, None, Duration::ZERO).expect("open");
+            assert_eq!(journal.last("deploy", "m0", DAY), Ok(None));
+            // Within the filter's room, then three times it: rebuilt on the way.
+            for range in [0..KEYS_MIN / 2, KEYS_MIN / 2..ids.len()] {
+                for n in range.clone() {
+                    journal.record_end(ended(n as i64 + 1, &ids[n], &done), n % 2 == 0);
+                }
+                let committed = told
+                    .iter()
+                    .filter(|written| *written == Written::Committed)
+                    .take(range.len())
+                    .count();
+                assert_eq!(committed, range.len());
+                for msg_id in &ids[..range.end] {
+                    let last = journal.last("deploy", msg_id, DAY).expect("look-up");
+                    assert_eq!(
+                        last.map(|last| last.outcome),
+                        Some(Outcome::Succeeded),
+                        "{msg_id}"
+                    );
+                }
+            }
+        }
+        // And built from the table at open.
+        let journal = Journal::open(&path, DAY, DAY, None, Duration::ZERO).expect("reopen");
+        for msg_id in &ids {
+            assert!(
+                journal
+                    .last("deploy", msg_id, DAY)
+                    .expect("look-up")
+                    .is_some()
+            );
+        }
+    }
 
     #[test]
     fn a_second_owner_is_refused_and_named() {
