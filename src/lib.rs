@@ -15,7 +15,8 @@
 //! 6. [`runner`] runs one command in its own process group and reports its outcome (started by
 //!    `posix_spawn` with an environment built once per hook: `runner/spawn.rs`, the crate's one
 //!    module with `unsafe`);
-//! 7. [`delivery`] journals the outcome and settles it for its waiters once committed;
+//! 7. [`delivery`] journals the outcome and settles it for its waiters once it survives a crash
+//!    (with SQLite, once it is in the end log, `delivery/end_log.rs`, written to SQLite behind);
 //! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0
 //!    and that is journaled.
 //!

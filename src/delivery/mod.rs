@@ -11,7 +11,8 @@
 //!
 //! A claim is one atomic operation (claim-or-observe): the look-up and the claim happen under
 //! one lock, so two pushes of one message never both start it. What the state promises, under
-//! faults too (SPEC §5): an outcome is settled for its waiters only once it is committed; while
+//! faults too (SPEC §5): an outcome is settled for its waiters only once it survives a crash of
+//! the process (committed; with SQLite, appended to the end log, `end_log.rs`); while
 //! the journal cannot be written nothing new starts; outcomes not yet written stay in memory
 //! and answer retries.
 

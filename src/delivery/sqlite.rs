@@ -2,14 +2,17 @@
 //! keyed by (hook, message id) that dedup look-ups read.
 //!
 //! One `serve` owns a journal file: it holds an exclusive `flock` on `FILE.lock` beside it.
-//! Writes go through one writer thread that commits in groups, never on the HTTP workers: it
-//! sleeps while idle, is woken by the first record, takes everything queued, commits it in one
-//! transaction, and tells each run's waiters once their record is committed (WAL with
-//! `synchronous = NORMAL`: a commit survives a crash of the process). A commit that fails
-//! (locked by another process, disk full) is retried until it succeeds; meanwhile
+//! A run's end is appended to the end log (`end_log.rs`) on the thread that ends it, and its
+//! waiters are told then: it survives a crash of the process from there, as a WAL commit with
+//! `synchronous = NORMAL` would. All records go to one writer thread that commits in groups,
+//! never on the HTTP workers: it sleeps while idle, is woken by the first record, gathers
+//! what comes within 10 ms while busy (at once after a pause, or for a record whose waiters
+//! wait for its commit: a stored push), and commits it in one transaction. A commit that
+//! fails (locked by another process, disk full) is retried until it succeeds; meanwhile
 //! [`Journal::health`] says why, so that nothing new starts. The writer also notices when the
 //! file is deleted and restores it from the open database. Reads (dedup look-ups,
-//! `cmqhook history`) use their own connection; WAL lets them run beside the writer.
+//! `cmqhook history`) use their own connection; WAL lets them run beside the writer. A Bloom
+//! filter of the claims' keys answers a look-up of a message never journaled without a read.
 //!
 //! The schema carries a version (`PRAGMA user_version`) and is migrated on open; migrations
 //! only add, and a newer schema is used as long as it says it is compatible with this one.
@@ -164,9 +167,10 @@ CREATE INDEX bodies_by_time ON bodies (received_at);
 ",
 ];
 
-/// How long the writer waits, after a record woke it, for more to commit with it. Nothing
-/// waits for it but the records' rows: answers wait for the end log, and a stored push, whose
-/// answer waits for its commit, cuts it short.
+/// While busy (its last commit is more recent than this), how long the writer waits, after a
+/// record woke it, for more to commit with it. Nothing waits for it but the records' rows:
+/// answers wait for the end log; a record whose waiters wait for its commit (a stored push)
+/// cuts it short; after a pause a record is written at once.
 const LINGER: Duration = Duration::from_millis(10);
 /// At most this many records go into one transaction.
 const BATCH: usize = 1024;
@@ -1109,7 +1113,7 @@ struct Writer {
 }
 
 impl Writer {
-    /// Waits for a record, lingers for more (unless one is urgent), takes whatever is
+    /// Waits for a record, lingers for more while busy (unless one is urgent), takes whatever is
     /// queued, commits it all in one transaction, and tells the waiters. A failed commit is
     /// kept and retried, and the waiters told. The end log's file is emptied once all it
     /// holds is committed.
@@ -1126,6 +1130,7 @@ impl Writer {
         // all in `pending` or committed.
         let mut rotated: Option<usize> = None;
         let mut drained = false;
+        let mut last_commit = Instant::now() - LINGER;
         loop {
             if pending.is_empty() {
                 if !open {
@@ -1137,7 +1142,11 @@ impl Writer {
                 match receiver.recv_timeout(CHECK_EVERY) {
                     Ok(record) => {
                         pending.push(record);
-                        self.linger();
+                        // Busy (the last commit was recent): more will come; gather them.
+                        // After a pause, the record is written at once.
+                        if last_commit.elapsed() < LINGER {
+                            self.linger();
+                        }
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => open = false,
@@ -1176,6 +1185,7 @@ impl Writer {
             }
             if !pending.is_empty() {
                 self.commit(&mut pending, &mut told, &mut failing_since);
+                last_commit = Instant::now();
             }
             if pending.is_empty()
                 && drained
