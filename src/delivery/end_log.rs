@@ -50,7 +50,16 @@ impl EndLog {
             let mut file = append_to(path)?;
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes)?;
-            records.extend(parse(&bytes));
+            let (read, skipped) = parse(&bytes);
+            if skipped > 0 {
+                // A write cut short was never answered; anything else is worth a look.
+                tracing::warn!(
+                    path = %path.display(),
+                    bytes = skipped,
+                    "the end log holds bytes that are not a whole record (a write cut short?); skipped"
+                );
+            }
+            records.extend(read);
             open.push(file);
         }
         let open: [File; 2] = open.try_into().expect("two files");
@@ -149,7 +158,7 @@ pub(super) fn read<T: DeserializeOwned>(journal: &Path) -> Vec<T> {
     paths(journal)
         .iter()
         .filter_map(|path| std::fs::read(path).ok())
-        .flat_map(|bytes| parse(&bytes))
+        .flat_map(|bytes| parse(&bytes).0)
         .collect()
 }
 
@@ -169,10 +178,11 @@ fn append_to(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// The whole records in `bytes`, skipping torn ones.
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Vec<T> {
+/// The whole records in `bytes`, and how many bytes were not part of one (torn records).
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
+    let mut whole = 0;
     while let Some(found) = find_magic(bytes, at) {
         let body = found + HEAD;
         let len = bytes
@@ -185,11 +195,12 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Vec<T> {
             (Some(record), Some(len)) => {
                 records.push(record);
                 at = body + len;
+                whole += HEAD + len;
             }
             _ => at = found + 1,
         }
     }
-    records
+    (records, bytes.len() - whole)
 }
 
 fn find_magic(bytes: &[u8], from: usize) -> Option<usize> {
@@ -259,6 +270,11 @@ mod tests {
         let mut torn = bytes[..second + (third - second) / 2].to_vec();
         torn.extend_from_slice(&bytes[third..]);
         torn.extend_from_slice(&bytes[second..second + 6]);
+        assert_eq!(
+            parse::<Rec>(&torn).1,
+            (third - second) / 2 + 6,
+            "bytes skipped"
+        );
         std::fs::write(&path, &torn).expect("write");
         let (_, found) = EndLog::open::<Rec>(&journal).expect("reopen");
         assert_eq!(found, [rec(1), rec(3)]);
