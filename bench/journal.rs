@@ -74,7 +74,7 @@ fn record(id: i64, wanted: Written, done: &mpsc::Sender<bool>) -> Ended {
             stderr_tail: String::new(),
         },
         stored: None,
-        on_commit: Box::new(move |written, _, _| {
+        on_commit: std::sync::Arc::new(move |written, _, _| {
             if written == wanted || written == Written::Failed {
                 let _ = done.send(written == wanted);
             }

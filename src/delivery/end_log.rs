@@ -31,6 +31,8 @@ pub(super) struct EndLog {
     files: RwLock<Files>,
     /// Whether each file may hold records (it was appended to since it was emptied).
     dirty: [AtomicBool; 2],
+    /// No more appends: the writer is stopping (see [`EndLog::close`]).
+    closed: AtomicBool,
 }
 
 struct Files {
@@ -41,7 +43,8 @@ struct Files {
 
 impl EndLog {
     /// Opens (creating) the two files beside `journal` and reads the records they hold, which
-    /// stay until [`EndLog::clear`].
+    /// stay until [`EndLog::clear`]. A whole record that does not read as one (written by
+    /// another version of cmqhook?) is an error: it was answered, and must not be dropped.
     pub(super) fn open<T: DeserializeOwned>(journal: &Path) -> std::io::Result<(EndLog, Vec<T>)> {
         let paths = paths(journal);
         let mut records = Vec::new();
@@ -50,7 +53,16 @@ impl EndLog {
             let mut file = append_to(path)?;
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes)?;
-            let (read, skipped) = parse(&bytes);
+            let (read, skipped) = parse(&bytes).map_err(|at| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: the record at byte {at} is whole but cannot be read; \
+                         it was written by another version of cmqhook?",
+                        path.display()
+                    ),
+                )
+            })?;
             if skipped > 0 {
                 // A write cut short was never answered; anything else is worth a look.
                 tracing::warn!(
@@ -70,6 +82,7 @@ impl EndLog {
             paths,
             files: RwLock::new(Files { current: 0, open }),
             dirty,
+            closed: AtomicBool::new(false),
         };
         Ok((log, records))
     }
@@ -87,9 +100,13 @@ impl EndLog {
 
     /// Appends a [`EndLog::frame`] with one write, then calls `then` with whether all of it
     /// was written, before the file can be rotated out: whatever `then` sends to the writer
-    /// is sent before the writer's next [`EndLog::rotate`] returns.
+    /// is sent before the writer's next [`EndLog::rotate`] returns. Nothing is written once
+    /// the log is closed.
     pub(super) fn append<R>(&self, bytes: &[u8], then: impl FnOnce(bool) -> R) -> R {
         let files = self.files.read().unwrap_or_else(PoisonError::into_inner);
+        if self.closed.load(Ordering::Acquire) {
+            return then(false);
+        }
         self.dirty[files.current].store(true, Ordering::Release);
         // One `write`: with O_APPEND it lands whole after every earlier one; the rest of a
         // short write would not, so a short write is a failed one.
@@ -112,6 +129,13 @@ impl EndLog {
         Some(old)
     }
 
+    /// Refuses appends from now on: every record appended before was sent to the writer, which
+    /// commits them all before it empties the log for good.
+    pub(super) fn close(&self) {
+        let _files = self.files.write().unwrap_or_else(PoisonError::into_inner);
+        self.closed.store(true, Ordering::Release);
+    }
+
     /// Empties file `index`, whose records are all committed.
     pub(super) fn clear(&self, index: usize) -> std::io::Result<()> {
         let files = self.files.read().unwrap_or_else(PoisonError::into_inner);
@@ -126,8 +150,9 @@ impl EndLog {
         self.clear(1)
     }
 
-    /// Opens a new file where a path no longer names the open one (deleted, replaced): its
-    /// records would be lost with a crash. Those records are in the writer's hands already.
+    /// Opens a new file where a path no longer names the open one (deleted, replaced): later
+    /// records would be lost with a crash. The records of the old file are in the writer's
+    /// queue; until it has committed them, a crash loses them.
     pub(super) fn check(&self) {
         let mut files = self.files.write().unwrap_or_else(PoisonError::into_inner);
         for index in 0..2 {
@@ -158,7 +183,8 @@ pub(super) fn read<T: DeserializeOwned>(journal: &Path) -> Vec<T> {
     paths(journal)
         .iter()
         .filter_map(|path| std::fs::read(path).ok())
-        .flat_map(|bytes| parse(&bytes).0)
+        .filter_map(|bytes| parse(&bytes).ok())
+        .flat_map(|(records, _)| records)
         .collect()
 }
 
@@ -178,8 +204,9 @@ fn append_to(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// The whole records in `bytes`, and how many bytes were not part of one (torn records).
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, usize) {
+/// The whole records in `bytes`, and how many bytes were not part of one (torn records); or
+/// the offset of a record that is JSON but not of the shape `T`.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Vec<T>, usize), usize> {
     let mut records = Vec::new();
     let mut at = 0;
     let mut whole = 0;
@@ -188,19 +215,25 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, usize) {
         let len = bytes
             .get(found + MAGIC.len()..body)
             .map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize);
-        let record = len
-            .and_then(|len| bytes.get(body..body.checked_add(len)?))
-            .and_then(|json| serde_json::from_slice(json).ok());
-        match (record, len) {
-            (Some(record), Some(len)) => {
+        let json = len.and_then(|len| bytes.get(body..body.checked_add(len)?));
+        match (json.map(serde_json::from_slice), len) {
+            (Some(Ok(record)), Some(len)) => {
                 records.push(record);
                 at = body + len;
                 whole += HEAD + len;
             }
+            // JSON of another shape (a torn record followed by others holds a magic number,
+            // which is no JSON).
+            (Some(Err(_)), Some(len))
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes[body..body + len])
+                    .is_ok() =>
+            {
+                return Err(found);
+            }
             _ => at = found + 1,
         }
     }
-    (records, bytes.len() - whole)
+    Ok((records, bytes.len() - whole))
 }
 
 fn find_magic(bytes: &[u8], from: usize) -> Option<usize> {
@@ -271,13 +304,29 @@ mod tests {
         torn.extend_from_slice(&bytes[third..]);
         torn.extend_from_slice(&bytes[second..second + 6]);
         assert_eq!(
-            parse::<Rec>(&torn).1,
-            (third - second) / 2 + 6,
+            parse::<Rec>(&torn).map(|(_, skipped)| skipped),
+            Ok((third - second) / 2 + 6),
             "bytes skipped"
         );
         std::fs::write(&path, &torn).expect("write");
         let (_, found) = EndLog::open::<Rec>(&journal).expect("reopen");
         assert_eq!(found, [rec(1), rec(3)]);
+    }
+
+    #[test]
+    fn a_whole_record_that_does_not_read_stops_the_open_and_a_closed_log_takes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = dir.path().join("j.db");
+        let (log, _) = EndLog::open::<Rec>(&journal).expect("open");
+        assert!(log.append(&EndLog::frame(&rec(1)), |ok| ok));
+        // Another shape of record, as another version might write.
+        assert!(log.append(&EndLog::frame(&("other", 2)), |ok| ok));
+        log.close();
+        assert!(!log.append(&EndLog::frame(&rec(3)), |ok| ok));
+        drop(log);
+        let err = EndLog::open::<Rec>(&journal).err().expect("refused");
+        assert!(err.to_string().contains("cannot be read"), "{err}");
+        assert_eq!(read::<Rec>(&journal), Vec::new(), "history skips the file");
     }
 
     #[test]

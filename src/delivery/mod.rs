@@ -229,8 +229,8 @@ pub struct RunResult {
     pub signal: Option<i32>,
     pub duration_ms: u64,
     pub error: Option<String>,
-    /// The outcome is committed to the journal (always, without one). A result that is not
-    /// may not be answered 2xx.
+    /// The outcome survives a crash of the process: committed to the journal, or in its end
+    /// log (always, without a journal). A result that does not may not be answered 2xx.
     pub recorded: bool,
     /// The outcome of a run this push did not start (another instance's): answered as
     /// deduplicated.
@@ -662,9 +662,10 @@ impl Deliveries {
         }
     }
 
-    /// Records how a run ended. Its waiters get the result once it is committed (at once
-    /// without a journal); if the journal cannot be written, they get it marked unrecorded,
-    /// and the outcome stays in memory, answering retries, until it is written.
+    /// Records how a run ended. Its waiters get the result once it survives a crash (at once
+    /// without a journal; once in the end log, or else committed, with SQLite; committed with
+    /// PostgreSQL); if it cannot be written, they get it marked unrecorded. The outcome stays
+    /// in memory, answering retries, until the database has it.
     pub fn end(&self, run: RunHandle, result: RunResult, end: RunEnd, dedup_for: Duration) {
         self.end_with(run, result, end, dedup_for, None);
     }
@@ -716,7 +717,7 @@ impl Deliveries {
             key,
             result,
             end,
-            on_commit: Box::new(on_commit),
+            on_commit: Arc::new(on_commit),
             stored,
         };
         match &self.store {
@@ -872,7 +873,7 @@ impl Deliveries {
                     key: None,
                     result,
                     end,
-                    on_commit: Box::new(|_, _, _| {}),
+                    on_commit: Arc::new(|_, _, _| {}),
                     stored: Some(update),
                 });
                 return;
@@ -898,7 +899,7 @@ impl Deliveries {
                 key: None,
                 result,
                 end,
-                on_commit: Box::new(on_commit),
+                on_commit: Arc::new(on_commit),
                 stored: Some(update),
             },
             false,
@@ -1058,7 +1059,18 @@ mod tests {
     /// Claims `msg_id` for hook `deploy`, runs nothing, ends it with `outcome`, and waits until
     /// the outcome is settled; returns the attempt.
     fn run_once(deliveries: &Deliveries, msg_id: &str, outcome: Outcome) -> u32 {
-        let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some(msg_id), DAY) else {
+        // An earlier outcome of the message is answered from memory, but not run again over,
+        // until it is committed: as CMQ would, try again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let claim = loop {
+            match deliveries.claim("deploy", Some(msg_id), DAY) {
+                Claim::Unavailable(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                claim => break claim,
+            }
+        };
+        let Claim::Run { attempt, ticket } = claim else {
             panic!("expected a run of {msg_id}");
         };
         let handle = deliveries.begin(
@@ -1125,6 +1137,46 @@ mod tests {
         .expect("history");
         let outcomes: Vec<&str> = rows.iter().map(|row| row.outcome.as_str()).collect();
         assert_eq!(outcomes, ["interrupted", "succeeded", "failed"]);
+    }
+
+    #[test]
+    fn an_outcome_only_in_the_end_log_answers_but_is_not_run_over_until_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let deliveries =
+            Deliveries::open_sqlite(&path, DAY, DAY, None, Duration::ZERO).expect("open");
+        // Another process's exclusive lock: SQLite cannot take the ends, the end log can.
+        let holder = rusqlite::Connection::open(&path).expect("open");
+        holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+        for (msg_id, outcome) in [("ok", Outcome::Succeeded), ("bad", Outcome::Failed)] {
+            let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some(msg_id), DAY)
+            else {
+                panic!("expected a run of {msg_id}");
+            };
+            let handle = deliveries.begin(
+                deliveries.new_run_id(),
+                start("deploy", msg_id, attempt),
+                Arc::clone(&ticket),
+            );
+            let done = ticket.subscribe();
+            deliveries.end(handle, result(outcome), end(), DAY);
+            assert!(settled(&done).recorded, "answered from the end log");
+        }
+        assert!(matches!(
+            deliveries.claim("deploy", Some("ok"), DAY),
+            Claim::Succeeded(_)
+        ));
+        // A run taking its place could be withdrawn, leaving nothing that remembers it.
+        assert!(matches!(
+            deliveries.claim("deploy", Some("bad"), DAY),
+            Claim::Unavailable(_)
+        ));
+        assert!(matches!(
+            deliveries.claim_again("deploy", "ok", DAY),
+            Claim::Unavailable(_)
+        ));
+        holder.execute_batch("COMMIT").expect("unlock");
+        assert_eq!(run_once(&deliveries, "bad", Outcome::Succeeded), 2);
     }
 
     #[test]

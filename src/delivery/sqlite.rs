@@ -255,10 +255,10 @@ pub enum Written {
 }
 
 /// What the writer calls when an end record was logged, committed, or failed to commit.
-pub type OnCommit = Box<dyn Fn(Written, Option<&Key>, &RunResult) + Send + Sync>;
+pub type OnCommit = Arc<dyn Fn(Written, Option<&Key>, &RunResult) + Send + Sync>;
 
 fn no_one_waits() -> OnCommit {
-    Box::new(|_, _, _| {})
+    Arc::new(|_, _, _| {})
 }
 
 impl Ended {
@@ -430,8 +430,10 @@ impl Journal {
         migrate(&mut writer, path)?;
         // Ends answered before the last process stopped, maybe not committed: first of all,
         // so that their runs are not taken for left running.
-        let (log, logged) = EndLog::open::<Ended>(path).map_err(io)?;
+        let (log, mut logged) = EndLog::open::<Ended>(path).map_err(io)?;
         if !logged.is_empty() {
+            // In the order the runs were numbered, which is the order of their attempts.
+            logged.sort_by_key(|ended| ended.id);
             let records: Vec<Record> = logged
                 .into_iter()
                 .map(|ended| Record::Ended {
@@ -728,10 +730,14 @@ impl Journal {
             });
         }
         let bytes = EndLog::frame(&ended);
-        self.log.append(&bytes, |logged| {
-            if logged {
-                ended.tell(Written::Logged);
-            }
+        // Told once the log's lock is let go (telling takes the key's lock); whether before or
+        // after the commit's telling makes no difference.
+        let (on_commit, key, result) = (
+            Arc::clone(&ended.on_commit),
+            ended.key.clone(),
+            ended.result.clone(),
+        );
+        let logged = self.log.append(&bytes, |logged| {
             let record = Record::Ended {
                 ended: Box::new(ended),
                 logged,
@@ -741,7 +747,11 @@ impl Journal {
             } else {
                 self.send_urgent(record);
             }
+            logged
         });
+        if logged {
+            on_commit(Written::Logged, key.as_ref(), &result);
+        }
     }
 
     /// Journals a push that ran nothing.
@@ -806,6 +816,9 @@ impl Journal {
     /// Stops the writer after it has committed everything sent so far (or, if the journal
     /// keeps failing, given up on it after a while).
     pub fn close(&self) {
+        // An end that comes now is not logged (its waiters wait for the commit): the writer
+        // empties the log once it has committed what is queued.
+        self.log.close();
         match self.sender.lock() {
             // Dropping the only sender ends the writer loop once the queue is written.
             Ok(mut sender) => *sender = mpsc::channel().0,
@@ -1131,6 +1144,8 @@ impl Writer {
         let mut rotated: Option<usize> = None;
         let mut drained = false;
         let mut last_commit = Instant::now() - LINGER;
+        // The last drain stopped at `BATCH` with records still queued.
+        let mut backlog = false;
         loop {
             if pending.is_empty() {
                 if !open {
@@ -1143,8 +1158,8 @@ impl Writer {
                     Ok(record) => {
                         pending.push(record);
                         // Busy (the last commit was recent): more will come; gather them.
-                        // After a pause, the record is written at once.
-                        if last_commit.elapsed() < LINGER {
+                        // After a pause, or with a backlog, the record is written at once.
+                        if last_commit.elapsed() < LINGER && !backlog {
                             self.linger();
                         }
                     }
@@ -1156,15 +1171,16 @@ impl Writer {
                 rotated = self.log.rotate();
                 drained = false;
             }
+            backlog = open;
             while open && pending.len() < told + BATCH {
                 match receiver.try_recv() {
                     Ok(record) => pending.push(record),
                     Err(TryRecvError::Empty) => {
-                        drained = true;
+                        (drained, backlog) = (true, false);
                         break;
                     }
                     Err(TryRecvError::Disconnected) => {
-                        drained = true;
+                        (drained, backlog) = (true, false);
                         open = false;
                     }
                 }
@@ -1952,7 +1968,7 @@ mod tests {
                 stderr_tail: String::new(),
             },
             stored: None,
-            on_commit: Box::new(move |written, _, _| {
+            on_commit: Arc::new(move |written, _, _| {
                 let _ = done.send(written);
             }),
         }

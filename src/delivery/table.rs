@@ -103,6 +103,14 @@ impl Table {
             }) if !again && at.elapsed() < dedup_for => {
                 return Claim::Succeeded(RunResult::clone(result));
             }
+            // With a journal, an entry in memory is one the database does not have yet
+            // (it may be in the end log): a run must not take its place, or a withdrawn run
+            // would leave nothing that remembers it.
+            Some(Entry::Finished { .. }) if self.capacity.is_none() => {
+                return Claim::Unavailable(
+                    "the previous outcome of this message is not journaled yet".to_owned(),
+                );
+            }
             Some(Entry::Finished { attempt, .. }) => attempt + 1,
             None => match journal(&key) {
                 Ok(Some(last)) if !again && last.outcome == Outcome::Succeeded => {
@@ -152,7 +160,8 @@ impl Table {
     }
 
     /// A claimed run did not start. Without a journal, memory is the only record, so the
-    /// previous attempt is remembered as failed; with one, the journal still knows it.
+    /// previous attempt is remembered as failed; with one, the database has it (a claim
+    /// takes the place of no entry it does not have, see [`Table::claim`]).
     pub(super) fn withdraw(&self, key: &Key, attempt: u32) {
         let mut shard = self.shard(key);
         if self.capacity.is_some() && attempt > 1 {
