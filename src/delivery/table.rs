@@ -43,6 +43,10 @@ struct Shard {
 enum Entry {
     Running {
         ticket: Arc<Ticket>,
+        /// With a journal: the finished entry this run took the place of, while the database
+        /// does not have it yet; put back if the run is withdrawn, so that memory still
+        /// answers for it.
+        previous: Option<Box<Entry>>,
     },
     Finished {
         attempt: u32,
@@ -88,7 +92,7 @@ impl Table {
     ) -> Claim {
         let mut shard = self.shard(&key);
         let attempt = match shard.entries.get(&key) {
-            Some(Entry::Running { ticket }) => return Claim::Running(Arc::clone(ticket)),
+            Some(Entry::Running { ticket, .. }) => return Claim::Running(Arc::clone(ticket)),
             Some(Entry::Finished {
                 committed: false, ..
             }) => {
@@ -102,14 +106,6 @@ impl Table {
                 ..
             }) if !again && at.elapsed() < dedup_for => {
                 return Claim::Succeeded(RunResult::clone(result));
-            }
-            // With a journal, an entry in memory is one the database does not have yet
-            // (it may be in the end log): a run must not take its place, or a withdrawn run
-            // would leave nothing that remembers it.
-            Some(Entry::Finished { .. }) if self.capacity.is_none() => {
-                return Claim::Unavailable(
-                    "the previous outcome of this message is not journaled yet".to_owned(),
-                );
             }
             Some(Entry::Finished { attempt, .. }) => attempt + 1,
             None => match journal(&key) {
@@ -133,10 +129,17 @@ impl Table {
             return Claim::Unavailable(reason);
         }
         let ticket = Arc::new(Ticket::default());
+        // With a journal, a finished entry in memory is one the database does not have yet
+        // (it is in the end log): kept with the run, in case the run is withdrawn.
+        let previous = match self.capacity {
+            None => shard.entries.remove(&key).map(Box::new),
+            Some(_) => None,
+        };
         shard.replace(
             key,
             Entry::Running {
                 ticket: Arc::clone(&ticket),
+                previous,
             },
         );
         Claim::Run { attempt, ticket }
@@ -160,8 +163,8 @@ impl Table {
     }
 
     /// A claimed run did not start. Without a journal, memory is the only record, so the
-    /// previous attempt is remembered as failed; with one, the database has it (a claim
-    /// takes the place of no entry it does not have, see [`Table::claim`]).
+    /// previous attempt is remembered as failed; with one, the entry the run took the place
+    /// of is put back if the database does not have it yet.
     pub(super) fn withdraw(&self, key: &Key, attempt: u32) {
         let mut shard = self.shard(key);
         if self.capacity.is_some() && attempt > 1 {
@@ -176,7 +179,14 @@ impl Table {
             shard.replace(key.clone(), failed);
             shard.order.push_back((key.clone(), stamp));
         } else {
-            shard.remove(key);
+            let previous = match shard.entries.get_mut(key) {
+                Some(Entry::Running { previous, .. }) => previous.take(),
+                _ => None,
+            };
+            match previous {
+                Some(previous) => shard.replace(key.clone(), *previous),
+                None => shard.remove(key),
+            }
         }
     }
 
@@ -228,6 +238,13 @@ impl Table {
     /// from now on, so memory lets it go (unless a newer run took its place).
     pub(super) fn committed(&self, key: &Key, stamp: u64) {
         let mut shard = self.shard(key);
+        // A run that took its place needs it no more.
+        if let Some(Entry::Running { previous, .. }) = shard.entries.get_mut(key)
+            && matches!(previous.as_deref(), Some(Entry::Finished { stamp: s, .. }) if *s == stamp)
+        {
+            *previous = None;
+            return;
+        }
         if matches!(shard.entries.get(key), Some(Entry::Finished { stamp: s, .. }) if *s == stamp) {
             shard.remove(key);
             let len = shard.entries.len();
