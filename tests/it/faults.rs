@@ -249,6 +249,10 @@ fn an_end_answered_from_the_end_log_is_remembered_after_a_sigkill_while_sqlite_w
             .map(|m| m.len())
             .unwrap_or(0);
     assert!(ends > 0, "the end is in the end log");
+    // Before any restart, `history` shows it from there.
+    let rows = dir.history(&["--msg-id", "logged"]);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["outcome"], "succeeded");
 
     let server = Server::start(&dir, &config);
     assert!(server.log_text().contains("written from the end log"));
