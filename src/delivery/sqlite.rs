@@ -1975,6 +1975,25 @@ mod tests {
     }
 
     #[test]
+    fn an_end_that_comes_once_closing_is_not_logged_and_its_waiters_hear_it_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let (done, told) = mpsc::channel();
+        let journal = Journal::open(&path, DAY, DAY, None, Duration::ZERO).expect("open");
+        journal.record_end(ended(1, "before", &done), true);
+        assert_eq!(told.recv().expect("told"), Written::Logged);
+        journal.close();
+        assert_eq!(told.recv().expect("told"), Written::Committed);
+        journal.record_end(ended(2, "late", &done), true);
+        assert_eq!(told.recv().expect("told"), Written::Failed);
+        // The log was emptied once everything in it was committed, and took nothing after.
+        for index in 0..2 {
+            let log = dir.path().join(format!("j.db.ends-{index}"));
+            assert_eq!(std::fs::metadata(&log).expect("log").len(), 0);
+        }
+    }
+
+    #[test]
     fn every_committed_key_passes_the_key_filter_also_after_it_was_rebuilt() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.db");
