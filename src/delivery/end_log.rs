@@ -22,6 +22,8 @@ use std::sync::{PoisonError, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::sqlite::{beside, identity};
+
 /// Starts every record; `0xFF` never occurs in UTF-8.
 const MAGIC: [u8; 4] = [0xFF, b'E', b'N', b'D'];
 const HEAD: usize = MAGIC.len() + 4;
@@ -49,7 +51,8 @@ impl EndLog {
         let paths = paths(journal);
         let mut records = Vec::new();
         let mut open = Vec::with_capacity(2);
-        for path in &paths {
+        let mut dirty = [false, false];
+        for (index, path) in paths.iter().enumerate() {
             let mut file = append_to(path)?;
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes)?;
@@ -72,16 +75,14 @@ impl EndLog {
                 );
             }
             records.extend(read);
+            dirty[index] = !bytes.is_empty();
             open.push(file);
         }
         let open: [File; 2] = open.try_into().expect("two files");
-        let dirty = [0, 1].map(|index| {
-            AtomicBool::new(open[index].metadata().map_or(true, |meta| meta.len() > 0))
-        });
         let log = EndLog {
             paths,
             files: RwLock::new(Files { current: 0, open }),
-            dirty,
+            dirty: dirty.map(AtomicBool::new),
             closed: AtomicBool::new(false),
         };
         Ok((log, records))
@@ -157,8 +158,8 @@ impl EndLog {
         let mut files = self.files.write().unwrap_or_else(PoisonError::into_inner);
         for index in 0..2 {
             let path = &self.paths[index];
-            let same = match (std::fs::metadata(path), files.open[index].metadata()) {
-                (Ok(named), Ok(open)) => (named.dev(), named.ino()) == (open.dev(), open.ino()),
+            let same = match (identity(path), files.open[index].metadata()) {
+                (Ok(named), Ok(open)) => named == (open.dev(), open.ino()),
                 _ => false,
             };
             if same {
@@ -189,11 +190,7 @@ pub(super) fn read<T: DeserializeOwned>(journal: &Path) -> Vec<T> {
 }
 
 fn paths(journal: &Path) -> [PathBuf; 2] {
-    [0, 1].map(|index| {
-        let mut name = journal.as_os_str().to_owned();
-        name.push(format!(".ends-{index}"));
-        PathBuf::from(name)
-    })
+    [beside(journal, ".ends-0"), beside(journal, ".ends-1")]
 }
 
 fn append_to(path: &Path) -> std::io::Result<File> {
@@ -215,22 +212,22 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Vec<T>, usize), usize> {
         let len = bytes
             .get(found + MAGIC.len()..body)
             .map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize);
-        let json = len.and_then(|len| bytes.get(body..body.checked_add(len)?));
-        match (json.map(serde_json::from_slice), len) {
-            (Some(Ok(record)), Some(len)) => {
+        let Some(json) = len.and_then(|len| bytes.get(body..body.checked_add(len)?)) else {
+            at = found + 1;
+            continue;
+        };
+        match serde_json::from_slice(json) {
+            Ok(record) => {
                 records.push(record);
-                at = body + len;
-                whole += HEAD + len;
+                at = body + json.len();
+                whole += HEAD + json.len();
             }
             // JSON of another shape (a torn record followed by others holds a magic number,
             // which is no JSON).
-            (Some(Err(_)), Some(len))
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes[body..body + len])
-                    .is_ok() =>
-            {
+            Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok() => {
                 return Err(found);
             }
-            _ => at = found + 1,
+            Err(_) => at = found + 1,
         }
     }
     Ok((records, bytes.len() - whole))

@@ -936,12 +936,7 @@ impl Deliveries {
     /// database gives a replay its attempt with its claim: [`Deliveries::acquire_again`].)
     pub fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
         match &self.store {
-            Store::Sqlite(journal) => {
-                // Memory first: an entry leaves it only once the journal has it.
-                let key = (hook.to_owned(), msg_id.to_owned());
-                let remembered = self.table.finished_attempt(&key).unwrap_or(0);
-                Ok(journal.latest_attempt(hook, msg_id)?.max(remembered))
-            }
+            Store::Sqlite(journal) => journal.latest_attempt(hook, msg_id),
             Store::Memory | Store::Postgres(_) => Ok(0),
         }
     }
@@ -1059,18 +1054,12 @@ mod tests {
     /// Claims `msg_id` for hook `deploy`, runs nothing, ends it with `outcome`, and waits until
     /// the outcome is settled; returns the attempt.
     fn run_once(deliveries: &Deliveries, msg_id: &str, outcome: Outcome) -> u32 {
-        // An earlier outcome of the message is answered from memory, but not run again over,
-        // until it is committed: as CMQ would, try again.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let claim = loop {
-            match deliveries.claim("deploy", Some(msg_id), DAY) {
-                Claim::Unavailable(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                claim => break claim,
-            }
-        };
-        let Claim::Run { attempt, ticket } = claim else {
+        run_settled(deliveries, msg_id, outcome).0
+    }
+
+    /// [`run_once`], with the result its waiters got.
+    fn run_settled(deliveries: &Deliveries, msg_id: &str, outcome: Outcome) -> (u32, RunResult) {
+        let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some(msg_id), DAY) else {
             panic!("expected a run of {msg_id}");
         };
         let handle = deliveries.begin(
@@ -1080,8 +1069,7 @@ mod tests {
         );
         let done = ticket.subscribe();
         deliveries.end(handle, result(outcome), end(), DAY);
-        settled(&done);
-        attempt
+        (attempt, settled(&done))
     }
 
     fn settled(done: &watch::Receiver<Option<RunResult>>) -> RunResult {
@@ -1149,18 +1137,8 @@ mod tests {
         let holder = rusqlite::Connection::open(&path).expect("open");
         holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
         for (msg_id, outcome) in [("ok", Outcome::Succeeded), ("bad", Outcome::Failed)] {
-            let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some(msg_id), DAY)
-            else {
-                panic!("expected a run of {msg_id}");
-            };
-            let handle = deliveries.begin(
-                deliveries.new_run_id(),
-                start("deploy", msg_id, attempt),
-                Arc::clone(&ticket),
-            );
-            let done = ticket.subscribe();
-            deliveries.end(handle, result(outcome), end(), DAY);
-            assert!(settled(&done).recorded, "answered from the end log");
+            let (_, settled) = run_settled(&deliveries, msg_id, outcome);
+            assert!(settled.recorded, "answered from the end log");
         }
         // A retry of the failure, and a replay of the success, are withdrawn (a full queue,
         // say): memory still knows both outcomes, which SQLite does not have yet.

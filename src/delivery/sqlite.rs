@@ -850,7 +850,7 @@ pub fn new_token() -> String {
 }
 
 /// The file `path` + `suffix`, beside the journal.
-fn beside(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn beside(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -891,7 +891,7 @@ fn lock(path: &Path) -> Result<Flock<File>, JournalError> {
 }
 
 /// (device, inode) of the file `path` names now.
-fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+pub(super) fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
     let metadata = std::fs::metadata(path)?;
     Ok((metadata.dev(), metadata.ino()))
 }
@@ -1171,20 +1171,16 @@ impl Writer {
                 rotated = self.log.rotate();
                 drained = false;
             }
-            backlog = open;
-            while open && pending.len() < told + BATCH {
+            let mut emptied = !open;
+            while !emptied && pending.len() < told + BATCH {
                 match receiver.try_recv() {
                     Ok(record) => pending.push(record),
-                    Err(TryRecvError::Empty) => {
-                        (drained, backlog) = (true, false);
-                        break;
-                    }
-                    Err(TryRecvError::Disconnected) => {
-                        (drained, backlog) = (true, false);
-                        open = false;
-                    }
+                    Err(TryRecvError::Empty) => emptied = true,
+                    Err(TryRecvError::Disconnected) => (emptied, open) = (true, false),
                 }
             }
+            drained |= emptied;
+            backlog = !emptied;
             if last_check.elapsed() >= CHECK_EVERY {
                 last_check = Instant::now();
                 self.check_file();
@@ -1538,8 +1534,8 @@ const RUN: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, p
 const START: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
                    subscription, tags, attempt, outcome)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running')";
-/// A claim never goes back to an earlier attempt: the end log's records are written again
-/// at open in no particular order.
+/// A claim never goes back to an earlier attempt: at open, the end log may hold records of a
+/// key that later records, already committed, have moved on from.
 const CLAIM: &str =
     "INSERT INTO claims (hook, msg_id, attempt, outcome, run_id, duration_ms, updated_at)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -1827,8 +1823,6 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
             && !(filter.failed && ended.result.outcome == Outcome::Succeeded)
     };
     found.extend(logged.iter().filter(|ended| shown(ended)).map(logged_row));
-    found.sort_by(|a, b| b.at.cmp(&a.at));
-    found.truncate(filter.limit);
     if filter.hook.is_none() {
         let mut pushes = reader
             .prepare(
@@ -1856,9 +1850,9 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
             .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
             .map_err(sqlite)?;
         found.extend(pushes);
-        found.sort_by(|a, b| b.at.cmp(&a.at));
-        found.truncate(filter.limit);
     }
+    found.sort_by(|a, b| b.at.cmp(&a.at));
+    found.truncate(filter.limit);
     Ok(found)
 }
 

@@ -145,15 +145,6 @@ impl Table {
         Claim::Run { attempt, ticket }
     }
 
-    /// The attempt of `key`'s finished entry, if memory has one (its record may not be
-    /// committed yet).
-    pub(super) fn finished_attempt(&self, key: &Key) -> Option<u32> {
-        match self.shard(key).entries.get(key) {
-            Some(Entry::Finished { attempt, .. }) => Some(*attempt),
-            _ => None,
-        }
-    }
-
     /// Whether a run of `key` is going (claimed here and not over).
     pub(super) fn is_running(&self, key: &Key) -> bool {
         matches!(

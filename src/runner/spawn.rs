@@ -119,10 +119,10 @@ impl Environment {
         }
         let path = self
             .path
-            .clone()
-            .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+            .as_deref()
+            .unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
         let mut denied = false;
-        for dir in std::env::split_paths(&path) {
+        for dir in std::env::split_paths(path) {
             let candidate = dir.join(name);
             let here = workdir.join(&candidate);
             if !std::fs::metadata(&here).is_ok_and(|meta| meta.is_file()) {
