@@ -265,6 +265,40 @@ fn an_end_answered_from_the_end_log_is_remembered_after_a_sigkill_while_sqlite_w
     assert_eq!(rows[0]["outcome"], "succeeded");
 }
 
+#[test]
+fn a_deleted_end_log_is_created_again_and_what_it_takes_then_survives_a_sigkill() {
+    let dir = Dir::new();
+    let config = appending_config(&dir, "");
+    let mut server = Server::start(&dir, &config);
+    assert_eq!(server.post_seed("/", "before").status, 200);
+    for index in 0..2 {
+        std::fs::remove_file(dir.path().join(format!("cmqhook.db.ends-{index}")))
+            .expect("rm the end log");
+    }
+    assert!(
+        server
+            .wait_for_log_line(Duration::from_secs(10), &["the end log was deleted"])
+            .is_some()
+    );
+    wait_journaled(&dir, "before");
+    // Only the end log can take the next end now: were it still the deleted file, the end
+    // would be gone with the process.
+    let holder = Holder::lock(&dir.path().join("cmqhook.db"));
+    let answered = server.post_seed("/", "after");
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    server.signal("KILL");
+    server.wait_exit(Duration::from_secs(10));
+    holder.release();
+
+    let server = Server::start(&dir, &config);
+    for id in ["before", "after"] {
+        let again = server.post_seed("/", id);
+        assert_eq!(again.status, 200, "{id}: {}", again.text());
+        assert_eq!(again.json()["results"][0]["deduplicated"], true, "{id}");
+    }
+    assert!(runs(&dir).values().all(|&n| n == 1), "{:?}", runs(&dir));
+}
+
 /// Mounts a small tmpfs at `at`; `false` where mounting is not permitted.
 fn mount_tmpfs(at: &Path, size: &str) -> bool {
     std::fs::create_dir_all(at).expect("mount point");
