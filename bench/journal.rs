@@ -74,6 +74,7 @@ fn record(id: i64, wanted: Written, done: &mpsc::Sender<bool>) -> Ended {
             stderr_tail: String::new(),
         },
         stored: None,
+        state: None,
         on_commit: std::sync::Arc::new(move |written, _, _| {
             if written == wanted || written == Written::Failed {
                 let _ = done.send(written == wanted);
@@ -102,7 +103,7 @@ fn measure(
     let mut batches = 0u64;
     while started.elapsed().as_secs_f64() < secs {
         for _ in 0..batch {
-            journal.record_end(record(*next_id, wanted, &done), logged);
+            journal.record_end(record(*next_id, wanted, &done));
             *next_id += 1;
         }
         for _ in 0..batch {

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use sqlite::{HistoryFilter, HistoryRow, JournalError, Written, history};
-use table::Table;
+use table::{Intent, Table};
 
 /// A run's outcome, as answered and journaled; converted to and from the journal's text here
 /// and nowhere else.
@@ -212,6 +212,9 @@ pub enum Storing {
     Known(StoredState),
     /// Cannot be stored now: answer 503.
     Unavailable(String),
+    /// A run of the message (by an `ack = "exit"` push, or a replay) is going: wait for it,
+    /// as a push to an `ack = "exit"` hook does.
+    Running(Arc<Ticket>),
     /// Being stored in the shared database, which says once it is committed whether this
     /// push stored it or what state the message had.
     Deciding(tokio::sync::oneshot::Receiver<postgres::Stored>),
@@ -327,6 +330,12 @@ pub enum Claim {
     Running(Arc<Ticket>),
     /// Ours to run, as this attempt.
     Run { attempt: u32, ticket: Arc<Ticket> },
+    /// Stored and not done (queued, or waiting for a retry): the stored schedule goes on.
+    Queued,
+    /// A stored message whose attempts all failed (asked for a push to a stored hook).
+    Dead,
+    /// A push to a stored hook is to be stored; its runs come after `attempt` runs.
+    Store { attempt: u32 },
     /// Nothing may start now (the journal cannot be written, or an earlier outcome of this
     /// message is not written yet): answer 503 and let the sender retry.
     Unavailable(String),
@@ -375,6 +384,8 @@ pub struct RunHandle {
     id: i64,
     attempt: u32,
     key: Option<Key>,
+    /// Whether its end goes through the in-memory table (its claim was taken there).
+    in_table: bool,
     ticket: Arc<Ticket>,
     start: (SystemTime, Box<RunStart>),
     /// Its start was journaled on its own (a run still going).
@@ -499,6 +510,28 @@ impl Deliveries {
         ))
     }
 
+    /// Whether (`hook`, `msg_id`) is stored work this process knows to be neither done nor
+    /// dead: the claim a push of it gets, if so.
+    fn stored_claim(&self, key: &Key) -> Result<(), Claim> {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        match live.get(key).map(|entry| *entry.borrow()) {
+            None => Ok(()),
+            Some(Some(true)) => Err(Claim::Queued),
+            Some(_) => Err(Claim::Unavailable(
+                "the first push of this message is not journaled yet".to_owned(),
+            )),
+        }
+    }
+
+    /// What the journal knows of `key` within `dedup_for` (nothing without one, or with a
+    /// shared database, which is asked by `acquire`, off the table's lock).
+    fn journaled(&self, key: &Key, dedup_for: Duration) -> Result<Option<table::Last>, String> {
+        match &self.store {
+            Store::Memory | Store::Postgres(_) => Ok(None),
+            Store::Sqlite(journal) => journal.last(&key.0, &key.1, dedup_for),
+        }
+    }
+
     /// Waits at most `within` for a shared database to be ready; true at once for the others.
     pub fn wait_ready(&self, within: Duration) -> bool {
         match &self.store {
@@ -594,15 +627,18 @@ impl Deliveries {
             };
         };
         let key = (hook.to_owned(), msg_id.to_owned());
-        // The shared database is asked by `acquire`, off this lock.
-        let journal = |key: &Key| match &self.store {
-            Store::Memory | Store::Postgres(_) => Ok(None),
-            Store::Sqlite(journal) => journal.last(&key.0, &key.1, dedup_for),
-        };
         // A success already journaled is answered even while the journal cannot be written;
-        // nothing new starts then.
-        self.table
-            .claim(key, dedup_for, false, journal, || self.health())
+        // nothing new starts then. Stored work of the message goes on by its own schedule.
+        self.table.claim(
+            key.clone(),
+            dedup_for,
+            Intent::Exit,
+            |key| self.journaled(key, dedup_for),
+            || {
+                self.health().map_err(Claim::Unavailable)?;
+                self.stored_claim(&key)
+            },
+        )
     }
 
     /// [`Deliveries::claim`] for a replay in `serve`: a success is claimed too (never
@@ -610,12 +646,34 @@ impl Deliveries {
     /// and get its result instead of running alongside it.
     pub fn claim_again(&self, hook: &str, msg_id: &str, dedup_for: Duration) -> Claim {
         let key = (hook.to_owned(), msg_id.to_owned());
-        let journal = |key: &Key| match &self.store {
-            Store::Memory | Store::Postgres(_) => Ok(None),
-            Store::Sqlite(journal) => journal.last(&key.0, &key.1, dedup_for),
-        };
-        self.table
-            .claim(key, dedup_for, true, journal, || self.health())
+        self.table.claim(
+            key,
+            dedup_for,
+            Intent::Replay,
+            |key| self.journaled(key, dedup_for),
+            || self.health().map_err(Claim::Unavailable),
+        )
+    }
+
+    /// [`Deliveries::claim`] for a run of stored work about to start: never alongside another
+    /// run of the message, and never after its success, whichever mode ran it. With a shared
+    /// database the database's take of the work is the claim: a run with attempt 0 (the
+    /// work's own next attempt).
+    pub fn claim_stored_run(&self, hook: &str, msg_id: &str, dedup_for: Duration) -> Claim {
+        if self.is_shared() {
+            return Claim::Run {
+                attempt: 0,
+                ticket: Arc::new(Ticket::default()),
+            };
+        }
+        let key = (hook.to_owned(), msg_id.to_owned());
+        self.table.claim(
+            key,
+            dedup_for,
+            Intent::StoredRun,
+            |key| self.journaled(key, dedup_for),
+            || self.health().map_err(Claim::Unavailable),
+        )
     }
 
     /// A claimed run that will not start: the claim is let go, and pushes that joined it are
@@ -643,6 +701,7 @@ impl Deliveries {
                 .msg_id
                 .clone()
                 .map(|msg_id| (start.hook.clone(), msg_id)),
+            in_table: true,
             ticket,
             start: (SystemTime::now(), Box::new(start)),
             start_sent: false,
@@ -670,8 +729,8 @@ impl Deliveries {
         self.end_with(run, result, end, dedup_for, None);
     }
 
-    /// [`Deliveries::end`], with the new state of the message's stored work, if it has some,
-    /// written in the same commit (a replay of a stored message).
+    /// [`Deliveries::end`] for a replay, with the new state of the message's stored work,
+    /// if it has some, written in the same commit.
     pub fn end_with(
         &self,
         run: RunHandle,
@@ -680,22 +739,48 @@ impl Deliveries {
         dedup_for: Duration,
         stored: Option<StoredUpdate>,
     ) {
+        self.record_end(run, (result, end), dedup_for, stored, None);
+    }
+
+    /// Every run's end, whatever its mode: the message is left in `state` (the run's
+    /// outcome if `None`); `stored`, the new state of its stored work, is written in the same
+    /// commit. The end is durable (in the end log, or committed) before its waiters, the
+    /// run's ticket included, are told; with stored work, the process lets the work go once
+    /// it is done or dead and durable.
+    fn record_end(
+        &self,
+        run: RunHandle,
+        (result, end): (RunResult, RunEnd),
+        dedup_for: Duration,
+        stored: Option<StoredUpdate>,
+        state: Option<Outcome>,
+    ) {
         let RunHandle {
             id,
             attempt,
             key,
+            in_table,
             ticket,
             start,
             ..
         } = run;
-        let stamp = key
-            .as_ref()
-            .map(|key| self.table.finish(key, attempt, &result, dedup_for));
+        let stamp = key.as_ref().filter(|_| in_table).map(|key| {
+            let state = state.unwrap_or(result.outcome);
+            self.table.finish(key, attempt, (&result, state), dedup_for)
+        });
         if let Store::Memory = self.store {
             ticket.settle(result);
             return;
         }
         let table = Arc::clone(&self.table);
+        // Stored work that is over is no longer this process's to answer for once durable.
+        let over = stored
+            .as_ref()
+            .filter(|update| {
+                update.only_if.is_none()
+                    && matches!(update.state, StoredState::Done | StoredState::Dead)
+            })
+            .map(|_| Arc::clone(&self.live));
         let on_commit = move |written: Written, key: Option<&Key>, result: &RunResult| {
             if let (Some(key), Some(stamp)) = (key, stamp) {
                 match written {
@@ -703,6 +788,13 @@ impl Deliveries {
                     Written::Committed => table.committed(key, stamp),
                     Written::Failed => {}
                 }
+            }
+            if let (Some(live), Some(key), Written::Logged | Written::Committed) =
+                (&over, key, written)
+            {
+                live.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(key);
             }
             ticket.settle(RunResult {
                 recorded: written != Written::Failed,
@@ -719,10 +811,11 @@ impl Deliveries {
             end,
             on_commit: Arc::new(on_commit),
             stored,
+            state,
         };
         match &self.store {
             Store::Memory => {}
-            Store::Sqlite(journal) => journal.record_end(ended, true),
+            Store::Sqlite(journal) => journal.record_end(ended),
             Store::Postgres(journal) => journal.record_end(ended),
         }
     }
@@ -755,37 +848,55 @@ impl Deliveries {
             }
         };
         let key = (push.hook.clone(), push.message.msg_id.clone());
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = live.get(&key) {
-            let committed = *entry.borrow();
-            return match committed {
-                Some(true) => Storing::Known(StoredState::Queued),
-                Some(false) => Storing::Unavailable(
-                    "the first push of this message is not journaled yet".to_owned(),
-                ),
-                None => Storing::Pending {
-                    committed: entry.subscribe(),
-                    first: false,
-                },
-            };
+        {
+            let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = live.get(&key) {
+                let committed = *entry.borrow();
+                return match committed {
+                    Some(true) => Storing::Known(StoredState::Queued),
+                    Some(false) => Storing::Unavailable(
+                        "the first push of this message is not journaled yet".to_owned(),
+                    ),
+                    None => Storing::Pending {
+                        committed: entry.subscribe(),
+                        first: false,
+                    },
+                };
+            }
         }
-        match journal.stored_state(&key.0, &key.1, dedup_for) {
-            Ok(Some(state)) => return Storing::Known(state),
-            Ok(None) => {}
-            Err(reason) => return Storing::Unavailable(reason),
-        }
-        // A message done longer ago than `dedup_for` is stored again as new, but not while a
-        // replay of it runs: never alongside it; CMQ retries.
-        if self.table.is_running(&key) {
-            return Storing::Unavailable(REPLAYING.to_owned());
-        }
-        if let Err(reason) = self.health() {
-            return Storing::Unavailable(reason);
-        }
+        // The one state of the message decides, whatever mode its earlier runs were in; the
+        // message becomes this process's stored work under the key's lock, so that a push
+        // to an `ack = "exit"` hook of the same name (a reload between the two) sees it.
         let entry = Arc::new(watch::Sender::new(None));
+        let claim = self.table.claim(
+            key.clone(),
+            dedup_for,
+            Intent::Store,
+            |key| journal.last(&key.0, &key.1, dedup_for),
+            || {
+                self.health().map_err(Claim::Unavailable)?;
+                let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+                if live.contains_key(&key) {
+                    return Err(Claim::Unavailable(
+                        "the first push of this message is being stored".to_owned(),
+                    ));
+                }
+                live.insert(key.clone(), Arc::clone(&entry));
+                Ok(())
+            },
+        );
+        let attempt = match claim {
+            Claim::Store { attempt } => attempt,
+            Claim::Succeeded(_) => return Storing::Known(StoredState::Done),
+            Claim::Queued => return Storing::Known(StoredState::Queued),
+            Claim::Dead => return Storing::Known(StoredState::Dead),
+            Claim::Running(ticket) => return Storing::Running(ticket),
+            Claim::Unavailable(reason) => return Storing::Unavailable(reason),
+            Claim::Run { .. } => {
+                return Storing::Unavailable("a stored push was claimed as a run".to_owned());
+            }
+        };
         let committed = entry.subscribe();
-        live.insert(key, Arc::clone(&entry));
-        drop(live);
         let at = SystemTime::now();
         let push = Arc::new(push);
         let work = self.work.clone();
@@ -794,14 +905,14 @@ impl Deliveries {
             if ok && *entry.borrow() != Some(true) {
                 let _ = work.send(StoredWork {
                     push: Arc::clone(&stored),
-                    attempt: 0,
+                    attempt,
                     failures: 0,
                     due: at,
                 });
             }
             entry.send_replace(Some(ok));
         };
-        journal.record_store(at, push, Box::new(on_commit));
+        journal.record_store(at, push, attempt, Box::new(on_commit));
         Storing::Pending {
             committed,
             first: true,
@@ -828,10 +939,16 @@ impl Deliveries {
         }
     }
 
-    /// Stored work's run `id` is about to start (`start.attempt` is its attempt): its state
-    /// becomes `running`. The run is journaled as any other, by [`Deliveries::started`] and
-    /// [`Deliveries::end_stored`].
-    pub fn begin_stored(&self, id: i64, start: RunStart, failures: u32) -> RunHandle {
+    /// Stored work's run `id`, claimed by [`Deliveries::claim_stored_run`] as `ticket`, is
+    /// about to start (`start.attempt` is its attempt): its state becomes `running`. The run
+    /// is journaled as any other, by [`Deliveries::started`] and [`Deliveries::end_stored`].
+    pub fn begin_stored(
+        &self,
+        id: i64,
+        start: RunStart,
+        failures: u32,
+        ticket: Arc<Ticket>,
+    ) -> RunHandle {
         if let (Store::Sqlite(journal), Some(msg_id)) = (&self.store, &start.push.msg_id) {
             journal.record_stored_state(StoredUpdate {
                 hook: start.hook.clone(),
@@ -847,51 +964,45 @@ impl Deliveries {
         RunHandle {
             id,
             attempt: start.attempt,
-            key: None,
-            ticket: Arc::new(Ticket::default()),
+            // With a shared database the work's row is its state (written by `take_due`
+            // and the end), not a claim.
+            key: start
+                .push
+                .msg_id
+                .clone()
+                .filter(|_| !self.is_shared())
+                .map(|msg_id| (start.hook.clone(), msg_id)),
+            in_table: !self.is_shared(),
+            ticket,
             start: (SystemTime::now(), Box::new(start)),
             start_sent: false,
         }
     }
 
-    /// Records how a run of stored work ended, and the work's new state, in one commit. Work
-    /// that is done or dead is no longer this process's to answer for once that is committed.
-    pub fn end_stored(&self, run: RunHandle, result: RunResult, end: RunEnd, update: StoredUpdate) {
-        let RunHandle {
-            id, attempt, start, ..
-        } = run;
-        let journal = match &self.store {
-            Store::Sqlite(journal) => journal,
-            Store::Postgres(journal) => {
-                // Written until it is; the row's lease (no longer renewed once written) keeps
-                // other instances off it meanwhile.
-                journal.record_end(sqlite::Ended {
-                    id,
-                    attempt,
-                    at: SystemTime::now(),
-                    start,
-                    key: None,
-                    result,
-                    end,
-                    on_commit: Arc::new(|_, _, _| {}),
-                    stored: Some(update),
-                });
-                return;
-            }
-            Store::Memory => return,
-        };
-        let finished = matches!(update.state, StoredState::Done | StoredState::Dead);
-        let live = Arc::clone(&self.live);
-        let key = (update.hook.clone(), update.msg_id.clone());
-        let on_commit = move |written: Written, _: Option<&Key>, _: &RunResult| {
-            if written == Written::Committed && finished {
-                live.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&key);
-            }
-        };
-        journal.record_end(
-            sqlite::Ended {
+    /// Records how a run of stored work ended, and the work's new state, in one commit: the
+    /// message's one state follows it (`succeeded`, `dead`, or `queued` while it waits for
+    /// its next attempt). Durable before it counts, as every end: the run's ticket is told
+    /// once the end is in the end log or committed, and the work that is done or dead is let
+    /// go then.
+    pub fn end_stored(
+        &self,
+        run: RunHandle,
+        (result, end): (RunResult, RunEnd),
+        dedup_for: Duration,
+        update: StoredUpdate,
+    ) {
+        if let Store::Postgres(journal) = &self.store {
+            // Written until it is; the row's lease (no longer renewed once written) keeps
+            // other instances off it meanwhile.
+            let RunHandle {
+                id,
+                attempt,
+                start,
+                ticket,
+                ..
+            } = run;
+            let settled = result.clone();
+            journal.record_end(sqlite::Ended {
                 id,
                 attempt,
                 at: SystemTime::now(),
@@ -899,11 +1010,32 @@ impl Deliveries {
                 key: None,
                 result,
                 end,
-                on_commit: Arc::new(on_commit),
+                on_commit: Arc::new(|_, _, _| {}),
                 stored: Some(update),
-            },
-            false,
-        );
+                state: None,
+            });
+            ticket.settle(settled);
+            return;
+        }
+        let state = match update.state {
+            StoredState::Done => Outcome::Succeeded,
+            StoredState::Dead => Outcome::Dead,
+            StoredState::Queued | StoredState::Waiting | StoredState::Running => Outcome::Queued,
+        };
+        self.record_end(run, (result, end), dedup_for, Some(update), Some(state));
+    }
+
+    /// Stored work found over without a run of its own (its message succeeded by another
+    /// mode's run or a replay): its new state is journaled, and the process lets it go.
+    pub fn settle_stored(&self, update: StoredUpdate) {
+        let key = (update.hook.clone(), update.msg_id.clone());
+        if let Store::Sqlite(journal) = &self.store {
+            journal.record_stored_state(update);
+        }
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
     }
 
     /// Keeps the body of a push that matched a hook (`keep_bodies`), committed with the runs'

@@ -165,6 +165,21 @@ CREATE TABLE bodies (
 CREATE INDEX bodies_by_message ON bodies (msg_id, id);
 CREATE INDEX bodies_by_time ON bodies (received_at);
 ",
+    // One state per (hook, message id), whatever the hook's `ack` (SPEC §5): `claims` is it
+    // for stored messages too (`queued` also while waiting for a retry, `running`,
+    // `succeeded`, `dead`); `stored` keeps their bodies and schedules. Until now a stored
+    // message's state was only in `stored`.
+    r"
+INSERT INTO claims (hook, msg_id, attempt, outcome, run_id, duration_ms, updated_at)
+    SELECT hook, msg_id, attempt,
+           CASE state WHEN 'done' THEN 'succeeded' WHEN 'dead' THEN 'dead' ELSE 'queued' END,
+           NULL, NULL, updated_at
+    FROM stored WHERE true
+ON CONFLICT (hook, msg_id) DO UPDATE SET
+    attempt = MAX(claims.attempt, excluded.attempt), outcome = excluded.outcome,
+    updated_at = excluded.updated_at
+WHERE excluded.updated_at >= claims.updated_at;
+",
 ];
 
 /// While busy (its last commit is more recent than this), how long the writer waits, after a
@@ -237,6 +252,10 @@ pub struct Ended {
     pub end: RunEnd,
     /// A stored message's new state, written in the same transaction.
     pub stored: Option<StoredUpdate>,
+    /// The state the message is left in, when it is not the run's outcome (stored work:
+    /// `queued` for a retry, `dead`). Absent in records of earlier versions.
+    #[serde(default)]
+    pub state: Option<Outcome>,
     /// Told what became of the record (see [`Written`]), with its `key` and `result`.
     #[serde(skip, default = "no_one_waits")]
     pub on_commit: OnCommit,
@@ -282,6 +301,8 @@ enum Record {
     Store {
         at: SystemTime,
         push: Arc<StoredPush>,
+        /// Runs of the message before it was stored (its runs count on from there).
+        attempt: u32,
         on_commit: OnStored,
     },
     /// Stored work changed state (its run started).
@@ -383,7 +404,11 @@ impl Record {
                 let (hook, msg_id) = ended.key.as_ref()?;
                 Some((hook, msg_id))
             }
-            _ => None,
+            Record::Store { push, .. } => Some((&push.hook, &push.message.msg_id)),
+            Record::StoredState { update, .. } => Some((&update.hook, &update.msg_id)),
+            Record::Kept { .. } | Record::Push { .. } | Record::Started { claim: false, .. } => {
+                None
+            }
         }
     }
 
@@ -548,10 +573,17 @@ impl Journal {
 
     /// Stores a push of a stored hook; `on_commit` is told when it is durable (or that a
     /// commit of it failed: it is retried).
-    pub fn record_store(&self, at: SystemTime, push: Arc<StoredPush>, on_commit: OnStored) {
+    pub fn record_store(
+        &self,
+        at: SystemTime,
+        push: Arc<StoredPush>,
+        attempt: u32,
+        on_commit: OnStored,
+    ) {
         self.send_urgent(Record::Store {
             at,
             push,
+            attempt,
             on_commit,
         });
     }
@@ -679,38 +711,6 @@ impl Journal {
             .transpose()
     }
 
-    /// The state of the stored message (`hook`, `msg_id`), unless it is done since longer
-    /// than `within`.
-    pub fn stored_state(
-        &self,
-        hook: &str,
-        msg_id: &str,
-        within: Duration,
-    ) -> Result<Option<StoredState>, String> {
-        let since = timestamp(ago(within));
-        let reader = self.reader();
-        let found = reader
-            .prepare_cached(
-                "SELECT state FROM stored
-                 WHERE hook = ?1 AND msg_id = ?2 AND (state != 'done' OR updated_at >= ?3)",
-            )
-            .and_then(|mut statement| {
-                statement
-                    .query_row(params![hook, msg_id, since], |row| row.get::<_, String>(0))
-                    .optional()
-            });
-        match found {
-            Ok(None) => Ok(None),
-            Ok(Some(state)) => StoredState::parse(&state).map(Some).ok_or_else(|| {
-                format!("journal holds a stored state this cmqhook does not know: `{state}`")
-            }),
-            Err(err) => {
-                tracing::error!(error = %err, "journal look-up failed");
-                Err(format!("journal look-up failed: {err}"))
-            }
-        }
-    }
-
     /// The stored work found at open that is neither done nor dead, to be resumed.
     pub fn take_resumable(&self) -> Vec<StoredWork> {
         match self.resumable.lock() {
@@ -719,16 +719,10 @@ impl Journal {
         }
     }
 
-    /// Journals how a run ended. With `answered` (a push waits for it), the end is first
-    /// appended to the end log, and `on_commit` hears [`Written::Logged`] at once if that
-    /// worked; if not, the commit, which it then waits for, is not delayed.
-    pub fn record_end(&self, ended: Ended, answered: bool) {
-        if !answered {
-            return self.send(Record::Ended {
-                ended: Box::new(ended),
-                logged: false,
-            });
-        }
+    /// Journals how a run ended, whatever its mode: the end is first appended to the end
+    /// log, and `on_commit` hears [`Written::Logged`] at once if that worked; if not, the
+    /// commit, which it then waits for, is not delayed.
+    pub fn record_end(&self, ended: Ended) {
         let bytes = EndLog::frame(&ended);
         // Told once the log's lock is let go (telling takes the key's lock); whether before or
         // after the commit's telling makes no difference.
@@ -774,7 +768,8 @@ impl Journal {
         let found = reader
             .prepare_cached(
                 "SELECT attempt, outcome, duration_ms FROM claims
-                 WHERE hook = ?1 AND msg_id = ?2 AND updated_at >= ?3",
+                 WHERE hook = ?1 AND msg_id = ?2
+                   AND (updated_at >= ?3 OR outcome IN ('running', 'queued', 'dead'))",
             )
             .and_then(|mut statement| {
                 statement
@@ -1446,15 +1441,40 @@ fn insert_records(transaction: &Connection, batch: &[Record]) -> rusqlite::Resul
     let sql = |sql| transaction.prepare_cached(sql);
     for record in batch {
         match record {
-            Record::Store { at, push: p, .. } => {
+            Record::Store {
+                at,
+                push: p,
+                attempt,
+                ..
+            } => {
                 let at = timestamp(*at);
-                let tail: [&dyn ToSql; 3] = [&p.hook, &p.stdin.as_deref(), &at];
+                let tail: [&dyn ToSql; 4] = [&p.hook, &p.stdin.as_deref(), &at, attempt];
                 sql(STORE)?.execute(params_from_iter(
                     message_values(&p.message).into_iter().chain(tail),
                 ))?;
+                sql(CLAIM)?.execute(params![
+                    p.hook,
+                    p.message.msg_id,
+                    attempt,
+                    Outcome::Queued,
+                    None::<i64>,
+                    None::<u64>,
+                    at
+                ])?;
             }
             Record::StoredState { at, update } => {
-                update_stored(transaction, &timestamp(*at), update)?;
+                let at = timestamp(*at);
+                if update_stored(transaction, &at, update)? > 0 {
+                    sql(CLAIM)?.execute(params![
+                        update.hook,
+                        update.msg_id,
+                        update.attempt,
+                        stored_claim(update.state),
+                        None::<i64>,
+                        None::<u64>,
+                        at
+                    ])?;
+                }
             }
             Record::Started {
                 id,
@@ -1491,7 +1511,7 @@ fn insert_records(transaction: &Connection, batch: &[Record]) -> rusqlite::Resul
                         hook,
                         msg_id,
                         ended.attempt,
-                        ended.result.outcome,
+                        ended.state.unwrap_or(ended.result.outcome),
                         ended.id,
                         ended.result.duration_ms,
                         finished_at
@@ -1550,9 +1570,9 @@ const PUSH: &str = "INSERT INTO pushes (at, status, reason, msg_id, request_id, 
 const STORE: &str = "INSERT INTO stored (msg_id, request_id, path, format, topic, subscription,
                      topic_owner, publish_time, tags, hook, body, state, attempt,
                      failures, next_at, received_at, updated_at)
- VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued', 0, 0, ?12, ?12, ?12)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued', ?13, 0, ?12, ?12, ?12)
  ON CONFLICT (hook, msg_id) DO UPDATE SET
-     state = 'queued', attempt = 0, failures = 0, next_at = excluded.next_at,
+     state = 'queued', attempt = excluded.attempt, failures = 0, next_at = excluded.next_at,
      received_at = excluded.received_at, updated_at = excluded.updated_at,
      last_outcome = NULL, request_id = excluded.request_id, path = excluded.path,
      format = excluded.format, topic = excluded.topic,
@@ -1565,6 +1585,16 @@ const KEEP: &str = "INSERT INTO bodies (msg_id, request_id, path, format, topic,
                      topic_owner, publish_time, tags, hooks, body, envelope,
                      received_at)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/// The message's one state (a `claims` row's `outcome`) for a stored state.
+fn stored_claim(state: StoredState) -> Outcome {
+    match state {
+        StoredState::Running => Outcome::Running,
+        StoredState::Done => Outcome::Succeeded,
+        StoredState::Dead => Outcome::Dead,
+        StoredState::Queued | StoredState::Waiting => Outcome::Queued,
+    }
+}
 
 fn update_stored(
     connection: &Connection,
@@ -1658,9 +1688,11 @@ fn prune(
         )
         .and_then(|runs| {
             let pushes = connection.execute("DELETE FROM pushes WHERE at < ?1", params![before])?;
+            // Stored work not done is kept until it is; a dead message for `keep_dead`.
             let claims = connection.execute(
-                "DELETE FROM claims WHERE updated_at < ?1 AND outcome != 'running'",
-                params![before],
+                "DELETE FROM claims WHERE outcome NOT IN ('running', 'queued')
+                   AND updated_at < CASE outcome WHEN 'dead' THEN ?2 ELSE ?1 END",
+                params![before, before_dead],
             )?;
             let stored = connection.execute(
                 "DELETE FROM stored WHERE (state = 'done' AND updated_at < ?1)
@@ -1962,6 +1994,7 @@ mod tests {
                 stderr_tail: String::new(),
             },
             stored: None,
+            state: None,
             on_commit: Arc::new(move |written, _, _| {
                 let _ = done.send(written);
             }),
@@ -1974,11 +2007,11 @@ mod tests {
         let path = dir.path().join("j.db");
         let (done, told) = mpsc::channel();
         let journal = Journal::open(&path, DAY, DAY, None, Duration::ZERO).expect("open");
-        journal.record_end(ended(1, "before", &done), true);
+        journal.record_end(ended(1, "before", &done));
         assert_eq!(told.recv().expect("told"), Written::Logged);
         journal.close();
         assert_eq!(told.recv().expect("told"), Written::Committed);
-        journal.record_end(ended(2, "late", &done), true);
+        journal.record_end(ended(2, "late", &done));
         assert_eq!(told.recv().expect("told"), Written::Failed);
         // The log was emptied once everything in it was committed, and took nothing after.
         for index in 0..2 {
@@ -1999,7 +2032,7 @@ mod tests {
             // Within the filter's room, then three times it: rebuilt on the way.
             for range in [0..KEYS_MIN / 2, KEYS_MIN / 2..ids.len()] {
                 for n in range.clone() {
-                    journal.record_end(ended(n as i64 + 1, &ids[n], &done), n % 2 == 0);
+                    journal.record_end(ended(n as i64 + 1, &ids[n], &done));
                 }
                 let committed = told
                     .iter()

@@ -13,12 +13,63 @@ use std::time::{Duration, Instant};
 use super::{Claim, Key, Outcome, RunResult, Ticket};
 use crate::telemetry::metrics;
 
-/// What the journal knows of a key: its latest attempt and outcome (and how long it ran).
+/// What the journal knows of a key: its latest attempt and its state (the state row's
+/// `outcome`: a run's outcome, `running`, or for a stored message `queued` (also while it
+/// waits for a retry) or `dead`), and how long its last run took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Last {
     pub attempt: u32,
     pub outcome: Outcome,
     pub duration_ms: u64,
+}
+
+/// Who asks for a (hook, message id): the one state of SPEC §5 answers each differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// A push to an `ack = "exit"` hook.
+    Exit,
+    /// A push to an `ack = "stored"` hook.
+    Store,
+    /// A run of stored work, about to start.
+    StoredRun,
+    /// `cmqhook replay`: runs again whatever the state.
+    Replay,
+}
+
+/// What the state of a (hook, message id) that is not running allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Run, as this attempt.
+    Run(u32),
+    /// Store the push; its runs come after `attempt` runs.
+    Store(u32),
+    /// It succeeded: nothing runs again.
+    Duplicate,
+    /// It is stored and not done: the stored schedule goes on.
+    Queued,
+    /// A stored message whose attempts all failed: only a replay (or a push to an
+    /// `ack = "exit"` hook) revives it.
+    Dead,
+}
+
+/// SPEC §5's table: what `intent` may do with a (hook, message id) whose latest attempt and
+/// state are `last` (`None`: never seen, or older than `dedup_for`). A running one is never
+/// decided here: it is joined.
+pub fn decide(last: Option<(u32, Outcome)>, intent: Intent) -> Decision {
+    let Some((attempt, state)) = last else {
+        return match intent {
+            Intent::Store => Decision::Store(0),
+            Intent::Exit | Intent::StoredRun | Intent::Replay => Decision::Run(1),
+        };
+    };
+    match (state, intent) {
+        (_, Intent::Replay) => Decision::Run(attempt + 1),
+        (Outcome::Succeeded, _) => Decision::Duplicate,
+        (Outcome::Queued, Intent::Exit | Intent::Store) => Decision::Queued,
+        (Outcome::Dead, Intent::Store) => Decision::Dead,
+        (_, Intent::Store) => Decision::Store(attempt),
+        (_, Intent::Exit | Intent::StoredRun) => Decision::Run(attempt + 1),
+    }
 }
 
 pub(super) struct Table {
@@ -50,6 +101,9 @@ enum Entry {
     },
     Finished {
         attempt: u32,
+        /// The state it left: the run's outcome, or for stored work `queued` (to run again)
+        /// or `dead`.
+        state: Outcome,
         /// The result, when it succeeded: later pushes are answered with it. Boxed, to keep
         /// the table small.
         success: Option<Box<RunResult>>,
@@ -79,19 +133,21 @@ impl Table {
         }
     }
 
-    /// Claim-or-observe under the key's lock; `journal` is asked only when memory knows
-    /// nothing of the key, and `may_start` only when the claim would start a run. `again`
-    /// (a replay): a success is claimed as any other outcome, to run once more.
+    /// Claim-or-observe under the key's lock, for `intent` ([`decide`]); `journal` is asked
+    /// only when memory knows nothing of the key, and `may_start` only when the claim would
+    /// start a run or store a push (its error is the claim then). [`Claim::Store`] leaves
+    /// the table as it was.
     pub(super) fn claim(
         &self,
         key: Key,
         dedup_for: Duration,
-        again: bool,
+        intent: Intent,
         journal: impl FnOnce(&Key) -> Result<Option<Last>, String>,
-        may_start: impl FnOnce() -> Result<(), String>,
+        may_start: impl FnOnce() -> Result<(), Claim>,
     ) -> Claim {
         let mut shard = self.shard(&key);
-        let attempt = match shard.entries.get(&key) {
+        let mut success = None;
+        let last = match shard.entries.get(&key) {
             Some(Entry::Running { ticket, .. }) => return Claim::Running(Arc::clone(ticket)),
             Some(Entry::Finished {
                 committed: false, ..
@@ -101,16 +157,22 @@ impl Table {
                 );
             }
             Some(Entry::Finished {
-                success: Some(result),
+                attempt,
+                state,
+                success: result,
                 at,
                 ..
-            }) if !again && at.elapsed() < dedup_for => {
-                return Claim::Succeeded(RunResult::clone(result));
+            }) => {
+                success = result.as_deref().cloned();
+                // Memory keeps a success for `dedup_for` (journal off); the journal says for
+                // itself what is older.
+                (at.elapsed() < dedup_for || *state != Outcome::Succeeded)
+                    .then_some((*attempt, *state))
+                    .or(Some((*attempt, Outcome::Failed)))
             }
-            Some(Entry::Finished { attempt, .. }) => attempt + 1,
             None => match journal(&key) {
-                Ok(Some(last)) if !again && last.outcome == Outcome::Succeeded => {
-                    return Claim::Succeeded(RunResult {
+                Ok(last) => last.map(|last| {
+                    success = Some(RunResult {
                         outcome: Outcome::Succeeded,
                         exit_code: Some(0),
                         signal: None,
@@ -119,14 +181,29 @@ impl Table {
                         recorded: true,
                         elsewhere: false,
                     });
-                }
-                Ok(Some(last)) => last.attempt + 1,
-                Ok(None) => 1,
+                    (last.attempt, last.outcome)
+                }),
                 Err(reason) => return Claim::Unavailable(reason),
             },
         };
-        if let Err(reason) = may_start() {
-            return Claim::Unavailable(reason);
+        let attempt = match decide(last, intent) {
+            Decision::Duplicate => {
+                return Claim::Succeeded(success.unwrap_or_else(|| {
+                    RunResult::without_run(Outcome::Succeeded, Duration::ZERO, None)
+                }));
+            }
+            Decision::Queued => return Claim::Queued,
+            Decision::Dead => return Claim::Dead,
+            Decision::Store(attempt) => {
+                return match may_start() {
+                    Ok(()) => Claim::Store { attempt },
+                    Err(claim) => claim,
+                };
+            }
+            Decision::Run(attempt) => attempt,
+        };
+        if let Err(claim) = may_start() {
+            return claim;
         }
         let ticket = Arc::new(Ticket::default());
         // With a journal, a finished entry in memory is one the database does not have yet
@@ -145,14 +222,6 @@ impl Table {
         Claim::Run { attempt, ticket }
     }
 
-    /// Whether a run of `key` is going (claimed here and not over).
-    pub(super) fn is_running(&self, key: &Key) -> bool {
-        matches!(
-            self.shard(key).entries.get(key),
-            Some(Entry::Running { .. })
-        )
-    }
-
     /// A claimed run did not start. Without a journal, memory is the only record, so the
     /// previous attempt is remembered as failed; with one, the entry the run took the place
     /// of is put back if the database does not have it yet.
@@ -162,6 +231,7 @@ impl Table {
             let stamp = shard.stamp();
             let failed = Entry::Finished {
                 attempt: attempt - 1,
+                state: Outcome::Failed,
                 success: None,
                 committed: true,
                 at: Instant::now(),
@@ -181,14 +251,14 @@ impl Table {
         }
     }
 
-    /// Attempt `attempt` of `key` ended with `result`; returns the entry's stamp. Without a
-    /// journal (`capacity` set) the entry is committed at once and kept for `dedup_for`;
-    /// with one, it waits for [`Table::committed`].
+    /// Attempt `attempt` of `key` ended with `result`, leaving the message in `state`;
+    /// returns the entry's stamp. Without a journal (`capacity` set) the entry is committed
+    /// at once and kept for `dedup_for`; with one, it waits for [`Table::committed`].
     pub(super) fn finish(
         &self,
         key: &Key,
         attempt: u32,
-        result: &RunResult,
+        (result, state): (&RunResult, Outcome),
         dedup_for: Duration,
     ) -> u64 {
         let mut shard = self.shard(key);
@@ -196,6 +266,7 @@ impl Table {
         let success = (result.outcome == Outcome::Succeeded).then(|| Box::new(result.clone()));
         let finished = Entry::Finished {
             attempt,
+            state,
             success,
             committed: self.capacity.is_some(),
             at: Instant::now(),

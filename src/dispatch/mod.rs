@@ -26,7 +26,7 @@ use crate::cmq::Push;
 use crate::config::{Ack, Action, Config, Hook, StdinMode, Unmatched};
 use crate::delivery::{
     Acquired, Claim, Deliveries, Outcome, PushFacts, PushRecord, RunEnd, RunHandle, RunResult,
-    RunStart, Ticket, millis,
+    RunStart, StoredState, Ticket, millis,
 };
 use crate::routing::RoutedConfig;
 use crate::runner::orphans::MARKER;
@@ -526,6 +526,22 @@ impl Dispatcher {
                 ));
             }
             Claim::Run { attempt, ticket } => (attempt, ticket),
+            // Stored work of the message (the hook's `ack` was switched by a reload): its
+            // schedule goes on, and this push is answered as a push to the stored hook.
+            Claim::Queued => {
+                return Pending::Ready(self.stored(
+                    hook,
+                    Ok(Some(StoredState::Queued)),
+                    Duration::ZERO,
+                ));
+            }
+            Claim::Dead | Claim::Store { .. } => {
+                return Pending::Ready(self.stored(
+                    hook,
+                    Ok(Some(StoredState::Dead)),
+                    Duration::ZERO,
+                ));
+            }
         };
         let Some(slot) = self.slots_for(hook).reserve(&self.global) else {
             tracing::warn!(hook = %hook.name, "queue full");

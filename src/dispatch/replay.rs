@@ -288,6 +288,12 @@ impl Dispatcher {
                     tokio::time::sleep(CLAIM_RETRY).await;
                 }
                 Claim::Succeeded(result) => return HookResult::new(hook, result, true),
+                // A replay claims whatever the state: none of these comes to it.
+                Claim::Queued | Claim::Dead | Claim::Store { .. } => {
+                    return not_started(
+                        "the message is stored: its own runs are not over".to_owned(),
+                    );
+                }
             }
         }
     }

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 
 use crate::config::{Ack, Hook};
 use crate::delivery::{
-    Outcome, RunResult, RunStart, StoredPush, StoredState, StoredUpdate, StoredWork, Storing,
+    Claim, Outcome, RunResult, RunStart, StoredPush, StoredState, StoredUpdate, StoredWork, Storing,
 };
 use crate::dispatch::HookResult;
 use crate::telemetry::metrics;
@@ -58,6 +58,14 @@ impl Dispatcher {
                 Pending::Ready(self.stored(hook, Err(reason), Duration::ZERO))
             }
             Storing::Deciding(stored) => Pending::Deciding(stored),
+            Storing::Running(ticket) => {
+                metrics().dedup_hits.with_label_values(&[&hook.name]).inc();
+                tracing::debug!(hook = %hook.name, msg_id, "joining the running run");
+                Pending::Waiting {
+                    ticket,
+                    owner: false,
+                }
+            }
         }
     }
 
@@ -244,7 +252,45 @@ impl Dispatcher {
     ) -> StoredState {
         let name = work.push.hook.clone();
         let msg_id = work.push.message.msg_id.clone();
-        work.attempt += 1;
+        let dedup_for = self.config().server.dedup_for;
+        // The message's one state: never alongside another run of it, never after its
+        // success, whichever mode (or replay) ran it.
+        let (claimed, ticket) = loop {
+            match self.deliveries.claim_stored_run(&name, &msg_id, dedup_for) {
+                Claim::Run { attempt, ticket } => break (attempt, ticket),
+                Claim::Running(ticket) => {
+                    tracing::debug!(hook = %name, msg_id, "stored run waits for the running run");
+                    let mut done = ticket.subscribe();
+                    let _ = done.wait_for(Option::is_some).await;
+                }
+                Claim::Succeeded(_) => {
+                    tracing::info!(hook = %name, msg_id, "stored message succeeded already: done");
+                    self.deliveries.settle_stored(StoredUpdate {
+                        hook: name.clone(),
+                        msg_id: msg_id.clone(),
+                        state: StoredState::Done,
+                        attempt: work.attempt,
+                        failures: work.failures,
+                        next_at: None,
+                        last_outcome: Some(Outcome::Succeeded),
+                        only_if: None,
+                    });
+                    return StoredState::Done;
+                }
+                Claim::Unavailable(reason) => {
+                    tracing::debug!(hook = %name, msg_id, reason, "stored run waits for the journal");
+                    tokio::select! {
+                        () = tokio::time::sleep(JOURNAL_POLL) => {}
+                        () = self.draining.cancelled() => return StoredState::Queued,
+                    }
+                }
+                Claim::Queued | Claim::Dead | Claim::Store { .. } => {
+                    tracing::error!(hook = %name, msg_id, "stored run claimed as a push: not run");
+                    return StoredState::Queued;
+                }
+            }
+        };
+        work.attempt = (work.attempt + 1).max(claimed);
         let attempt = work.attempt;
         let push = rebuilt(&work.push);
         let start = RunStart {
@@ -252,7 +298,9 @@ impl Dispatcher {
             attempt,
             push: facts(&push, &work.push.message.path),
         };
-        let mut handle = self.deliveries.begin_stored(run_id, start, work.failures);
+        let mut handle =
+            self.deliveries
+                .begin_stored(run_id, start, work.failures, Arc::clone(&ticket));
         let spec = run_spec(
             hook,
             &push,
@@ -275,7 +323,6 @@ impl Dispatcher {
                 },
             )
             .await;
-        drop(permits);
         let outcome = result.outcome;
         let (state, next_at) = match outcome {
             Outcome::Succeeded => (StoredState::Done, None),
@@ -324,7 +371,14 @@ impl Dispatcher {
             last_outcome: Some(outcome),
             only_if: None,
         };
-        self.deliveries.end_stored(handle, result, end, update);
+        // The slot is freed, and the next attempt scheduled, only once the end is durable.
+        let mut done = ticket.subscribe();
+        self.deliveries
+            .end_stored(handle, (result, end), dedup_for, update);
+        let _ = done
+            .wait_for(|settled| settled.as_ref().is_some_and(|result| result.recorded))
+            .await;
+        drop(permits);
         state
     }
 
@@ -348,31 +402,40 @@ impl Dispatcher {
             }
         }
         let mut said = false;
-        let hook = loop {
+        loop {
             // Before the look, so that a reload between the two is not missed.
             let reloaded = self.reloaded.notified();
             let config = self.config();
-            if let Some(hook) = config.hooks.iter().find(|hook| hook.name == work.push.hook) {
-                break Arc::clone(hook);
-            }
-            if !std::mem::replace(&mut said, true) {
-                tracing::warn!(
-                    hook = %work.push.hook,
-                    msg_id = %work.push.message.msg_id,
-                    "stored work of a hook that is no longer configured waits until a reload configures it again"
-                );
-            }
-            tokio::select! {
-                () = reloaded => {}
+            let Some(hook) = config.hooks.iter().find(|hook| hook.name == work.push.hook) else {
+                if !std::mem::replace(&mut said, true) {
+                    tracing::warn!(
+                        hook = %work.push.hook,
+                        msg_id = %work.push.message.msg_id,
+                        "stored work of a hook that is no longer configured waits until a reload configures it again"
+                    );
+                }
+                tokio::select! {
+                    () = reloaded => {}
+                    () = self.draining.cancelled() => return None,
+                }
+                continue;
+            };
+            let hook = Arc::clone(hook);
+            let slots = self.slots_for(&hook);
+            let permits = tokio::select! {
+                permits = slots.acquire_unqueued(&self.global) => permits,
                 () = self.draining.cancelled() => return None,
+            };
+            if self.is_draining() {
+                return None;
             }
-        };
-        let slots = self.slots_for(&hook);
-        let permits = tokio::select! {
-            permits = slots.acquire_unqueued(&self.global) => permits,
-            () = self.draining.cancelled() => return None,
-        };
-        (!self.is_draining()).then_some((hook, permits))
+            // A reload while it waited for its slot applies to it (SPEC §5): it runs with the
+            // hook as configured when its run starts, or waits if the hook was removed.
+            let current = self.config();
+            if current.hooks.iter().any(|now| Arc::ptr_eq(now, &hook)) {
+                return Some((hook, permits));
+            }
+        }
     }
 }
 

@@ -409,7 +409,7 @@ fn a_stored_message_done_before_dedup_for_is_not_stored_again_while_a_replay_of_
     let server = Server::start(
         &dir,
         &config(
-            "dedup_for = \"1s\"",
+            "dedup_for = \"1s\"\nrespond_within = \"1s\"",
             &format!("[hooks.job]\nack = \"stored\"\nretry = []\ncommand = '{command}'"),
         ),
     );
@@ -423,11 +423,12 @@ fn a_stored_message_done_before_dedup_for_is_not_stored_again_while_a_replay_of_
         cmqhook(&["replay", "-c", &config, "--msg-id", "again-1"], b"")
     });
     dir.wait_at_gate("replay");
-    // Not stored (it would run beside the replay): 503, and CMQ retries.
+    // Not stored (it would run beside the replay): it waits for the replay, as a push to an
+    // `ack = "exit"` hook does (SPEC §5), and is answered 503 once `respond_within` passed.
     let during = server.post_seed("/", "again-1");
     assert_eq!(during.status, 503, "{}", during.text());
     assert!(
-        during.text().contains("replay of this message is running"),
+        during.text().contains("\"outcome\":\"running\""),
         "{}",
         during.text()
     );
