@@ -629,7 +629,13 @@ impl Journal {
                         let hooks: String = row.get(9)?;
                         Ok(KeptPush {
                             message: message(row, 0)?,
-                            hooks: serde_json::from_str(&hooks).unwrap_or_default(),
+                            hooks: serde_json::from_str(&hooks).map_err(|err| {
+                                rusqlite::Error::FromSqlConversionFailure(
+                                    9,
+                                    rusqlite::types::Type::Text,
+                                    Box::new(err),
+                                )
+                            })?,
                             body: bytes::Bytes::from(row.get::<_, Vec<u8>>(10)?),
                             envelope: row.get::<_, Option<Vec<u8>>>(11)?.map(bytes::Bytes::from),
                         })
@@ -1144,6 +1150,16 @@ impl Writer {
         loop {
             if pending.is_empty() {
                 if !open {
+                    // A clean stop leaves everything in the journal file itself: a copy of
+                    // it alone (without `-wal`) is a whole backup. Before the end log is
+                    // emptied, so that a failure here loses nothing.
+                    if self.file_ok
+                        && let Err(err) = self
+                            .connection
+                            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                    {
+                        tracing::warn!(error = %err, "cannot checkpoint the journal at stop");
+                    }
                     if let Err(err) = self.log.clear_all() {
                         tracing::warn!(error = %err, "cannot empty the end log");
                     }
@@ -1381,18 +1397,20 @@ impl Writer {
                 .and_then(|backup| backup.run_to_completion(1024, Duration::ZERO, None))
                 .map_err(sqlite)?;
         }
-        let mut reader = match self.reader.lock() {
-            Ok(reader) => reader,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        // The old connections go before the new file takes the name: closing them removes
-        // the old `-wal` by name.
-        *reader = Connection::open_in_memory().map_err(sqlite)?;
-        self.connection = Connection::open_in_memory().map_err(sqlite)?;
+        // The copy takes the name while the old connections still hold the deleted file: if
+        // the rename fails, nothing is lost, and the next check tries again.
         std::fs::rename(&copy_path, &self.path).map_err(|source| JournalError::Io {
             path: self.path.clone(),
             source,
         })?;
+        let mut reader = match self.reader.lock() {
+            Ok(reader) => reader,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // The old connections close before new ones open: closing them removes the old
+        // `-wal` (empty since the checkpoint) by name, which then is the new file's.
+        *reader = Connection::open_in_memory().map_err(sqlite)?;
+        self.connection = Connection::open_in_memory().map_err(sqlite)?;
         self.connection = open_writer(&self.path).map_err(sqlite)?;
         *reader = open_reader(&self.path).map_err(sqlite)?;
         self.identity = identity(&self.path).map_err(|source| JournalError::Io {

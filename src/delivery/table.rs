@@ -377,3 +377,52 @@ impl Shard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC §5's table, row by row: (state, attempt) × (push to an exit hook, push to a
+    /// stored hook), plus a stored run and a replay.
+    #[test]
+    fn decide_follows_the_one_state_table_of_spec_5() {
+        use Decision::*;
+        type Row = (Option<(u32, Outcome)>, [Decision; 4]);
+        let rows: [Row; 8] = [
+            (None, [Run(1), Store(0), Run(1), Run(1)]),
+            (
+                Some((2, Outcome::Succeeded)),
+                [Duplicate, Duplicate, Duplicate, Run(3)],
+            ),
+            (
+                Some((2, Outcome::Failed)),
+                [Run(3), Store(2), Run(3), Run(3)],
+            ),
+            (
+                Some((2, Outcome::TimedOut)),
+                [Run(3), Store(2), Run(3), Run(3)],
+            ),
+            (
+                Some((2, Outcome::Interrupted)),
+                [Run(3), Store(2), Run(3), Run(3)],
+            ),
+            (
+                Some((2, Outcome::Killed)),
+                [Run(3), Store(2), Run(3), Run(3)],
+            ),
+            (Some((2, Outcome::Queued)), [Queued, Queued, Run(3), Run(3)]),
+            (Some((2, Outcome::Dead)), [Run(3), Dead, Run(3), Run(3)]),
+        ];
+        for (last, expected) in rows {
+            let intents = [
+                Intent::Exit,
+                Intent::Store,
+                Intent::StoredRun,
+                Intent::Replay,
+            ];
+            for (intent, expected) in intents.into_iter().zip(expected) {
+                assert_eq!(decide(last, intent), expected, "{last:?} {intent:?}");
+            }
+        }
+    }
+}

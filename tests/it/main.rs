@@ -7,6 +7,7 @@ mod pg;
 mod cli;
 mod delivery;
 mod faults;
+mod journal_file;
 mod one_state;
 mod operations;
 mod pg_replay;
