@@ -8,6 +8,7 @@ mod cli;
 mod delivery;
 mod faults;
 mod operations;
+mod pg_fleet;
 mod pg_replay;
 mod pg_stored;
 mod postgres;
