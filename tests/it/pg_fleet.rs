@@ -188,13 +188,13 @@ fn an_end_written_after_another_instance_took_the_message_over_is_superseded_and
         "a's end was never written: {}",
         db.sql(runs)
     );
-    assert_eq!(db.sql(runs).lines().collect::<Vec<_>>(), ["b|2|f", "a|1|t"]);
     // The message's state is still b's success: a deduplicates it, nothing runs again.
     assert_eq!(
         db.sql("SELECT instance, attempt, outcome FROM cmqhook_claims WHERE msg_id = 'over'")
             .trim(),
         "b|2|succeeded"
     );
+    assert_eq!(db.sql(runs).lines().collect::<Vec<_>>(), ["b|2|f", "a|1|t"]);
     let again = push_until_200(&fleet[0], "over", Duration::from_secs(10));
     assert!(deduplicated(&again), "{}", again.text());
     assert_eq!(shared.attempts(), ["2"]);
@@ -262,7 +262,8 @@ impl Session {
     fn sync(&mut self) -> Vec<String> {
         self.marks += 1;
         let mark = format!("mark-{}", self.marks);
-        self.send(&format!("SELECT '{mark}';"));
+        // Printed even in a transaction that an error aborted.
+        self.send(&format!("\\echo {mark}"));
         let mut printed = Vec::new();
         loop {
             let line = self
@@ -479,4 +480,71 @@ fn a_batch_takes_its_rows_in_message_id_order_whatever_order_they_came_in() {
     assert_eq!(printed, ["took or-b"], "the batch took or-b's rows first");
     session.run("ROLLBACK;");
     all_200(pushes);
+}
+
+// ---------------------------------------------------------------------------------------
+// Fencing: a claimed run that has not started yet when its instance fences itself.
+
+#[test]
+#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
+fn a_fenced_instance_lets_go_of_a_run_waiting_for_a_slot_without_ever_starting_it() {
+    let db = test_db();
+    let proxy = Proxy::start(db.server_addr());
+    let shared = Dir::new();
+    // `hold` keeps the hook's one slot at a gate; `waiting` is claimed and waits for it.
+    let command = format!(
+        "if [ \"$CMQ_MSG_ID\" = hold ]; then {gate}; fi; {record}",
+        gate = shared.gate("held", 60),
+        record = shared.record(0)
+    );
+    let hooks = format!(
+        "[defaults]\nkill_grace = \"200ms\"\n\n[hooks.record]\nconcurrency = 1\ncommand = '''{command}'''"
+    );
+    let keys = "respond_within = \"5s\"";
+    let fleet = Instance::start_all(vec![
+        Spec::new(
+            "a",
+            config(
+                &server_keys(&db.url_via(&proxy), Some("a"), "2s", keys),
+                &hooks,
+            ),
+        ),
+        Spec::new(
+            "b",
+            config(&server_keys(&db.url(), Some("b"), "2s", keys), &hooks),
+        ),
+    ]);
+    let hold = push_in_background(fleet[0].server.addr, "hold");
+    shared.wait_at_gate("held");
+    let waiting = push_in_background(fleet[0].server.addr, "waiting");
+    let claimed =
+        "SELECT count(*) FROM cmqhook_claims WHERE msg_id = 'waiting' AND outcome = 'running'";
+    assert!(
+        wait_for(Duration::from_secs(10), || db.sql(claimed).trim() == "1"),
+        "waiting was never claimed"
+    );
+    // a's self-fencing stops `hold`; the slot it frees must not start `waiting`, whose claim
+    // b may take over once the lease ran out.
+    proxy.cut();
+    assert_ne!(hold.join().expect("push").status, 200);
+    let waiting = waiting.join().expect("push");
+    assert_eq!(waiting.status, 503, "{}", waiting.text());
+    let taken = push_until_200(&fleet[1], "waiting", Duration::from_secs(20));
+    assert_eq!(taken.outcome(), "succeeded");
+    assert_eq!(shared.attempts(), ["2"]);
+
+    proxy.restore();
+    // Once a answers for `waiting`, every end a had of it is written (until then, a says
+    // "not journaled yet"): there is none, not even of a command stopped at once.
+    let again = push_until_200(&fleet[0], "waiting", Duration::from_secs(20));
+    assert!(deduplicated(&again), "{}", again.text());
+    let started_by_a = db.sql(
+        "SELECT count(*) FROM cmqhook_runs
+         WHERE msg_id = 'waiting' AND instance = 'a' AND run_id IS NOT NULL",
+    );
+    assert_eq!(
+        started_by_a.trim(),
+        "0",
+        "a started `waiting` after it fenced itself"
+    );
 }
