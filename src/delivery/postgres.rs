@@ -1369,7 +1369,11 @@ impl State {
             };
             let wait = match outcome {
                 Ok(()) => {
-                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = sent;
+                    // Before the first connection no lease is held, and every lease is taken
+                    // after it: counting from when a slow start (a migration waiting for
+                    // another instance's) began would fence this instance at once.
+                    let renewed = if ready { sent } else { Instant::now() };
+                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = renewed;
                     if !ready {
                         self.ready.store(true, Ordering::Release);
                         if said_down {
