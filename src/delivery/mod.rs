@@ -785,7 +785,9 @@ impl Deliveries {
             if let (Some(key), Some(stamp)) = (key, stamp) {
                 match written {
                     Written::Logged => table.durable(key, stamp),
-                    Written::Committed => table.committed(key, stamp),
+                    // Superseded: the database holds the message's state (another
+                    // instance's), so memory lets go of this run's outcome all the same.
+                    Written::Committed | Written::Superseded => table.committed(key, stamp),
                     Written::Failed => {}
                 }
             }

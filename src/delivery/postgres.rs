@@ -32,6 +32,7 @@ use super::{
 };
 use crate::runner::orphans;
 use crate::secrets::Secrets;
+use crate::telemetry::metrics;
 
 mod replays;
 mod tls;
@@ -43,8 +44,9 @@ const POOL_SIZE: usize = 16;
 /// How long one statement (or getting a connection for it) may take before the database counts
 /// as unreachable.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the monitor looks again while the database is unreachable.
-const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+/// How often the monitor looks again while the database is unreachable: pushes are answered
+/// again within 1 s of it being reachable (SPEC §8), so well within that.
+const RECONNECT_EVERY: Duration = Duration::from_millis(200);
 /// How often journaled rows older than `dedup_for` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How long `check` and `history` wait for the database.
@@ -57,6 +59,9 @@ const MAX_BATCH: usize = 512;
 const NOT_CONNECTED: &str = "journal unreachable: not connected yet";
 /// How often a record that could not be written is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
+/// How many times a statement (or a batch's transaction) is run when PostgreSQL aborts it to
+/// break a deadlock or a serialization failure (40P01, 40001), before that counts as failed.
+const CONFLICT_TRIES: u32 = 8;
 
 /// The schema, in order; each step only adds, so that an older instance keeps working against
 /// a newer schema during a rolling upgrade. Applied under a transaction-scoped advisory lock,
@@ -200,6 +205,11 @@ CREATE TABLE cmqhook_replays (
 );
 CREATE INDEX cmqhook_replays_open ON cmqhook_replays (id) WHERE state <> 'done';
 ",
+    // A run's end that came after another instance had taken its message over (SPEC §8):
+    // recorded, but the message's state is that instance's. NULL: written before this.
+    r"
+ALTER TABLE cmqhook_runs ADD COLUMN superseded boolean;
+",
 ];
 
 /// A claim of a message for the first time, for [`State::claimer`]: `reply` hears whether
@@ -253,6 +263,9 @@ struct State {
     orphan_grace: Duration,
     /// `Err(reason)` while the database cannot be used.
     health: Mutex<Result<(), String>>,
+    /// Wakes the monitor when the database is found unreachable: it probes at once and then
+    /// every [`RECONNECT_EVERY`], instead of waiting for the next renewal.
+    wake: tokio::sync::Notify,
     /// The schema is in place and this host's orphans are taken care of.
     ready: AtomicBool,
     closing: tokio_util::sync::CancellationToken,
@@ -370,6 +383,7 @@ impl Postgres {
             keep_bodies,
             orphan_grace,
             health: Mutex::new(Err(NOT_CONNECTED.to_owned())),
+            wake: tokio::sync::Notify::new(),
             ready: AtomicBool::new(false),
             closing: tokio_util::sync::CancellationToken::new(),
             renewed: Mutex::new(Instant::now()),
@@ -580,10 +594,15 @@ impl State {
         let health = health.map_err(|reason| self.secrets.redact(&reason).into_owned());
         let mut current = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         match (&*current, &health) {
-            (Ok(()), Err(reason)) => tracing::error!(
-                reason = reason.as_str(),
-                "journal unreachable: nothing new starts"
-            ),
+            (Ok(()), Err(reason)) => {
+                tracing::error!(
+                    reason = reason.as_str(),
+                    "journal unreachable: nothing new starts"
+                );
+                // Healthy again only by a renewal that succeeds (never before the leases
+                // are renewed, for self-fencing); the monitor tries one now.
+                self.wake.notify_one();
+            }
             (Err(before), Ok(())) if before != NOT_CONNECTED => {
                 tracing::warn!("journal reachable again; pushes are taken again");
             }
@@ -682,16 +701,52 @@ impl State {
         Ok((client, statement))
     }
 
-    /// What a statement bounded by [`STATEMENT_TIMEOUT`] came to; a failure marks the
-    /// database unreachable.
-    async fn bounded<T>(
+    /// What a statement (or a transaction) came to, each try bounded by
+    /// [`STATEMENT_TIMEOUT`]. One that PostgreSQL aborted to break a deadlock or a
+    /// serialization failure is run again (nothing of it was committed), up to
+    /// [`CONFLICT_TRIES`] times; any other failure marks the database unreachable.
+    async fn bounded<T, F: Future<Output = Result<T, tokio_postgres::Error>>>(
         &self,
-        statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+        mut statement: impl FnMut() -> F,
     ) -> Result<T, String> {
-        match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(self.failed(&err.to_string())),
-            Err(_) => Err(self.failed("a statement timed out")),
+        let mut tries = 1;
+        loop {
+            let tried = tokio::time::timeout(STATEMENT_TIMEOUT, statement()).await;
+            if let Some(done) = self.settle(tried, &mut tries).await {
+                return done;
+            }
+        }
+    }
+
+    /// What one try of [`State::bounded`] came to: `None` after a conflict, to try again.
+    async fn settle<T>(
+        &self,
+        tried: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+        tries: &mut u32,
+    ) -> Option<Result<T, String>> {
+        match tried {
+            Ok(Ok(value)) => Some(Ok(value)),
+            Ok(Err(err)) if is_conflict(&err) => {
+                if *tries >= CONFLICT_TRIES {
+                    // The database answers: no reason to stop taking pushes.
+                    return Some(Err(format!(
+                        "journal busy: {} ({tries} tries)",
+                        describe(&err)
+                    )));
+                }
+                tracing::info!(
+                    error = describe(&err).as_str(),
+                    tries = *tries,
+                    "the database aborted a statement to break a conflict; running it again"
+                );
+                // Apart in time, so that the two sides do not meet again at once.
+                let jitter = u64::from(std::process::id() % 7 + *tries * 3);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+                *tries += 1;
+                None
+            }
+            Ok(Err(err)) => Some(Err(self.failed(&err.to_string()))),
+            Err(_) => Some(Err(self.failed("a statement timed out"))),
         }
     }
 
@@ -701,7 +756,9 @@ impl State {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, String> {
         let (client, statement) = self.prepared(sql).await?;
-        self.bounded(client.execute(&statement, params)).await
+        let (client, statement) = (&client, &statement);
+        self.bounded(move || client.execute(statement, params))
+            .await
     }
 
     async fn query(
@@ -710,7 +767,8 @@ impl State {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, String> {
         let (client, statement) = self.prepared(sql).await?;
-        self.bounded(client.query(&statement, params)).await
+        let (client, statement) = (&client, &statement);
+        self.bounded(move || client.query(statement, params)).await
     }
 
     async fn acquire(
@@ -1053,6 +1111,9 @@ impl State {
     ) {
         let mut batch: Vec<FreshClaim> = Vec::new();
         while self.gather(&mut claims, &mut batch).await {
+            // Keys taken in one order by every instance (as [`Write::rows`]): two batches
+            // waiting for each other's uncommitted keys would deadlock.
+            batch.sort_by(|a, b| (&a.msg_id, &a.hook).cmp(&(&b.msg_id, &b.hook)));
             let hooks: Vec<&str> = batch.iter().map(|claim| claim.hook.as_str()).collect();
             let msg_ids: Vec<&str> = batch.iter().map(|claim| claim.msg_id.as_str()).collect();
             let run_ids: Vec<i64> = batch.iter().map(|claim| claim.run_id).collect();
@@ -1105,15 +1166,17 @@ impl State {
                 continue;
             }
             match self.write_batch(&batch).await {
-                Ok(()) => {
-                    for write in batch.drain(..) {
+                Ok(superseded) => {
+                    for (write, superseded) in batch.drain(..).zip(superseded) {
                         if let Write::End(ended) = write {
                             self.let_go(ended.id);
-                            (ended.on_commit)(
-                                Written::Committed,
-                                ended.key.as_ref(),
-                                &ended.result,
-                            );
+                            let written = if superseded {
+                                self.superseded(&ended);
+                                Written::Superseded
+                            } else {
+                                Written::Committed
+                            };
+                            (ended.on_commit)(written, ended.key.as_ref(), &ended.result);
                         }
                     }
                     told = 0;
@@ -1145,7 +1208,26 @@ impl State {
         }
     }
 
-    async fn write_batch(&self, batch: &[Write]) -> Result<(), String> {
+    /// A run's end came after another instance had taken its claim (or its stored work)
+    /// over: its row says so, and the message's state is the other instance's.
+    fn superseded(&self, ended: &Ended) {
+        let start = &ended.start.1;
+        metrics().superseded.with_label_values(&[&start.hook]).inc();
+        tracing::warn!(
+            hook = start.hook.as_str(),
+            msg_id = start.push.msg_id.as_deref().unwrap_or(""),
+            attempt = ended.attempt,
+            outcome = ended.result.outcome.as_str(),
+            "a run ended after another instance had taken its message over: recorded as superseded, the message's state left as that instance's"
+        );
+    }
+
+    /// Writes `batch` in one transaction (one statement if it is alone), its writes in the
+    /// order of [`Write::rows`], so that two instances' batches never wait for each other's
+    /// rows in a cycle; a deadlock or serialization failure runs the whole batch again. For
+    /// each write, in `batch`'s order: whether it was a run's end superseded by another
+    /// instance's claim.
+    async fn write_batch(&self, batch: &[Write]) -> Result<Vec<bool>, String> {
         let (mut client, statement) = self.prepared(END_RUN).await?;
         let prepare = async |needed: bool, sql: &str| match needed {
             true => client
@@ -1176,9 +1258,11 @@ impl State {
             KEEP_BODY,
         )
         .await?;
-        let rows = batch
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|a, b| batch[*a].rows().cmp(&batch[*b].rows()));
+        let rows = order
             .iter()
-            .map(|write| match write {
+            .map(|index| match &batch[*index] {
                 Write::End(ended) => Row::End(EndRow::of(ended), StoredRow::of(ended)),
                 Write::Keep(at, kept) => Row::Keep(*at, KeptRow::of(kept)),
             })
@@ -1213,20 +1297,36 @@ impl State {
                 }
             })
             .collect();
-        let write = async {
-            if let [(statement, params)] = params.as_slice() {
-                // One statement commits on its own: no BEGIN and COMMIT to send and parse.
-                return client.execute(*statement, params).await.map(drop);
+        let mut tries = 1;
+        // [`State::bounded`], but the transaction needs the connection mutably.
+        let written = loop {
+            let write = async {
+                if let [(statement, params)] = params.as_slice() {
+                    // One statement commits on its own: no BEGIN and COMMIT to send and parse.
+                    return Ok(vec![client.query(*statement, params).await?]);
+                }
+                // One transaction, its statements pipelined: one commit for the whole batch.
+                let transaction = client.transaction().await?;
+                let statements = params
+                    .iter()
+                    .map(|(statement, params)| transaction.query(*statement, params));
+                let written = futures_util::future::try_join_all(statements).await?;
+                transaction.commit().await?;
+                Ok(written)
+            };
+            let tried = tokio::time::timeout(STATEMENT_TIMEOUT, write).await;
+            if let Some(done) = self.settle(tried, &mut tries).await {
+                break done?;
             }
-            // One transaction, its statements pipelined: one commit for the whole batch.
-            let transaction = client.transaction().await?;
-            let statements = params
-                .iter()
-                .map(|(statement, params)| transaction.execute(*statement, params));
-            futures_util::future::try_join_all(statements).await?;
-            transaction.commit().await
         };
-        self.bounded(write).await
+        let mut superseded = vec![false; batch.len()];
+        for (index, rows) in order.into_iter().zip(written) {
+            // An end's statement returns its run's row; a kept body's, nothing.
+            superseded[index] = rows
+                .first()
+                .is_some_and(|row| row.get::<_, Option<bool>>(0) == Some(true));
+        }
+        Ok(superseded)
     }
 
     async fn write_push(&self, at: SystemTime, record: &PushRecord) -> Result<(), String> {
@@ -1253,7 +1353,9 @@ impl State {
     }
 
     /// Connects, migrates and takes over this host's orphans until that works; then renews
-    /// this process's leases every lease/3, and prunes old rows now and then.
+    /// this process's leases every lease/3, and at once when a statement found the database
+    /// unreachable (then every [`RECONNECT_EVERY`] until a renewal succeeds, which makes the
+    /// instance healthy again).
     async fn monitor(self: Arc<Self>) {
         let mut said_down = false;
         loop {
@@ -1267,7 +1369,11 @@ impl State {
             };
             let wait = match outcome {
                 Ok(()) => {
-                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = sent;
+                    // Before the first connection no lease is held, and every lease is taken
+                    // after it: counting from when a slow start (a migration waiting for
+                    // another instance's) began would fence this instance at once.
+                    let renewed = if ready { sent } else { Instant::now() };
+                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = renewed;
                     if !ready {
                         self.ready.store(true, Ordering::Release);
                         if said_down {
@@ -1292,6 +1398,7 @@ impl State {
             tokio::select! {
                 () = self.closing.cancelled() => return,
                 () = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+                () = self.wake.notified() => {}
             }
         }
     }
@@ -1467,17 +1574,31 @@ impl State {
             .collect();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&lease, &self.owner.boot, &held];
+        // Rows locked in the order the writer's batches take them (message id, then hook,
+        // bytewise), so that a renewal and a batch of ends never deadlock.
         let renewal = self.execute(
-            "WITH stored AS (
-                UPDATE cmqhook_stored SET lease_until = now() + $1::float8 * interval '1 second'
+            "WITH claims AS (
+                SELECT hook, msg_id FROM cmqhook_claims
+                WHERE owner_boot = $2 AND run_id = ANY($3) AND outcome = 'running'
+                ORDER BY msg_id COLLATE \"C\", hook COLLATE \"C\" FOR UPDATE
+             ),
+             stored_rows AS (
+                SELECT hook, msg_id FROM cmqhook_stored
                 WHERE owner_boot = $2 AND run_id = ANY($3) AND state = 'running'
+                ORDER BY msg_id COLLATE \"C\", hook COLLATE \"C\" FOR UPDATE
+             ),
+             stored AS (
+                UPDATE cmqhook_stored AS s
+                SET lease_until = now() + $1::float8 * interval '1 second'
+                FROM stored_rows AS r WHERE s.hook = r.hook AND s.msg_id = r.msg_id
              ),
              replays AS (
                 UPDATE cmqhook_replays SET lease_until = now() + $1::float8 * interval '1 second'
                 WHERE owner_boot = $2 AND state = 'taken'
              )
-             UPDATE cmqhook_claims SET lease_until = now() + $1::float8 * interval '1 second'
-             WHERE owner_boot = $2 AND run_id = ANY($3) AND outcome = 'running'",
+             UPDATE cmqhook_claims AS c
+             SET lease_until = now() + $1::float8 * interval '1 second'
+             FROM claims AS r WHERE c.hook = r.hook AND c.msg_id = r.msg_id",
             &params,
         );
         match tokio::time::timeout(self.lease / 3, renewal).await {
@@ -1525,9 +1646,11 @@ impl State {
     }
 }
 
-/// The statement that journals a run's end, after the CTEs `$prefix`.
+/// The statement that journals a run's end, after the CTEs `$prefix`; `$superseded` says
+/// whether another instance had taken the run's message over (what the run held did not
+/// match). It returns the run's `superseded`.
 macro_rules! end_run {
-    ($prefix:literal) => {
+    ($prefix:literal, $superseded:literal) => {
         concat!(
             "WITH ",
             $prefix,
@@ -1536,21 +1659,30 @@ macro_rules! end_run {
         SET outcome = $10, ended_at = now(), lease_until = now(), exit_code = $11,
             signal = $12, duration_ms = $13
         WHERE hook = $2 AND msg_id = $3 AND owner_boot = $18 AND attempt = $9
+        RETURNING 1
      )
      INSERT INTO cmqhook_runs
         (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
          subscription, tags, attempt, outcome, exit_code, signal, duration_ms,
-         left_behind, error, stdout_tail, stderr_tail, owner_boot, run_id)
+         left_behind, error, stdout_tail, stderr_tail, owner_boot, run_id, superseded)
      VALUES ($1, $19, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-             $15, $16, $17, $18, $20)
-     -- Written again after a commit whose answer was lost: once is enough.
-     ON CONFLICT (owner_boot, run_id) DO NOTHING"
+             $15, $16, $17, $18, $20, ",
+            $superseded,
+            ")
+     -- Written again after a commit whose answer was lost: once is enough, and what the
+     -- first write found is the answer.
+     ON CONFLICT (owner_boot, run_id) DO UPDATE SET superseded = cmqhook_runs.superseded
+     RETURNING superseded"
         )
     };
 }
 
-/// A run's end and its claim's outcome, in one statement.
-const END_RUN: &str = end_run!("");
+/// A run's end and its claim's outcome, in one statement; superseded if the claim is no
+/// longer the run's (a run without a message id has none).
+const END_RUN: &str = end_run!(
+    "",
+    "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)"
+);
 
 /// [`END_RUN`] for a run of stored work, with the work's new state: `$21` the state, `$22`
 /// its failures, `$23` the seconds until its next run (NULL: unchanged), `$24` the run's
@@ -1563,7 +1695,10 @@ const END_STORED_RUN: &str = end_run!(
             last_outcome = $24, updated_at = now(), lease_until = NULL
         WHERE hook = $2 AND msg_id = $3 AND owner_boot = $18 AND run_id = $20
           AND state = 'running'
-     ),"
+        RETURNING 1
+     ),",
+    // Superseded if the work is no longer the run's (resumed elsewhere).
+    "NOT EXISTS (SELECT 1 FROM stored)"
 );
 
 /// [`END_STORED_RUN`] for a replay of a stored message (not a run of its own work): the work
@@ -1575,7 +1710,9 @@ const END_REPLAYED_RUN: &str = end_run!(
             next_at = COALESCE(now() + $23::float8 * interval '1 second', next_at),
             last_outcome = $24, updated_at = now()
         WHERE hook = $2 AND msg_id = $3 AND state = $25
-     ),"
+     ),",
+    // A replay runs under a claim, as any run.
+    "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)"
 );
 
 /// Keeps a push's body for replay (`keep_bodies`): a CMQ retry of a message replaces the row
@@ -1594,6 +1731,17 @@ const KEEP_BODY: &str = "WITH replaced AS (
 pub(super) enum Write {
     End(Ended),
     Keep(SystemTime, KeptPush),
+}
+
+impl Write {
+    /// The rows a write locks are those of its message id, then of its hook (a kept body's
+    /// before its hooks'): every batch takes them in this order (bytewise, as `COLLATE "C"`).
+    fn rows(&self) -> (Option<&str>, &str) {
+        match self {
+            Write::End(ended) => (ended.start.1.push.msg_id.as_deref(), &ended.start.1.hook),
+            Write::Keep(_, kept) => (Some(&kept.message.msg_id), ""),
+        }
+    }
 }
 
 /// A [`Write`]'s values.
@@ -1961,6 +2109,15 @@ fn signed(attempt: u32) -> i32 {
 /// A duration as a statement's `float8` seconds.
 fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
+}
+
+/// Whether PostgreSQL aborted a statement to break a deadlock (40P01) or a serialization
+/// failure (40001): running it again is safe and expected to succeed.
+fn is_conflict(err: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    err.code().is_some_and(|code| {
+        *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+    })
 }
 
 fn describe_pool(err: &deadpool_postgres::PoolError) -> String {

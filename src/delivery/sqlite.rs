@@ -269,6 +269,9 @@ pub enum Written {
     Logged,
     /// Committed to the database.
     Committed,
+    /// Committed to the shared database as superseded: another instance had taken the
+    /// run's message over, and the message's state is that instance's.
+    Superseded,
     /// A commit of it failed; it is tried again.
     Failed,
 }
