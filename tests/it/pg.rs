@@ -3,9 +3,9 @@
 //! in front of it that a test cuts and restores; and fleets of `cmqhook serve` sharing one
 //! database ([`Instance`]).
 //!
-//! Without `CMQHOOK_TEST_POSTGRES`, [`TestDb::create`] writes a "skipped" line straight to
-//! the test process's stderr (libtest captures only the `print!` family, so the line shows in
-//! `cargo test` output) and returns `None`; the test then returns and passes.
+//! Every test that uses [`TestDb`] is `#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]`:
+//! `cargo test` reports it ignored; run with `--include-ignored`, it fails (never skips)
+//! without `CMQHOOK_TEST_POSTGRES`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -164,13 +164,6 @@ pub fn test_name() -> String {
         .to_owned()
 }
 
-/// Says on the real stderr (not captured by libtest) that the running test was skipped.
-pub fn say_skipped(why: &str) {
-    // One write, so that the line is not split by libtest's own output.
-    let line = format!("{}: skipped: {why}\n", test_name());
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
 /// `psql` on `url` running `sql`: `Ok(stdout)` (unaligned, tuples only), or `Err(stderr)`.
 pub fn psql(url: &str, sql: &str) -> Result<String, String> {
     let output = psql_command(url)
@@ -213,13 +206,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates a database for the running test, or, without `CMQHOOK_TEST_POSTGRES`, says
-    /// that the test was skipped and returns `None`:
-    /// `let Some(db) = TestDb::create() else { return };`
-    pub fn create() -> Option<TestDb> {
+    /// Creates a database for the running test; panics without `CMQHOOK_TEST_POSTGRES` (a
+    /// test that needs it is `#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]`, so it
+    /// runs only when asked to, and then a missing server is a failure, never a skip).
+    pub fn create() -> TestDb {
         let Some(admin) = std::env::var(ENV).ok().filter(|url| !url.is_empty()) else {
-            say_skipped(&format!("{ENV} is not set (see README)"));
-            return None;
+            panic!(
+                "needs PostgreSQL: set {ENV} to a server's URL, e.g. \
+                 {ENV}=postgres://root@127.0.0.1:5432/test (see README, Development)"
+            );
         };
         let serial = SERIAL
             .lock()
@@ -230,12 +225,12 @@ impl TestDb {
             panic!("CREATE DATABASE {name} on {ENV}={admin}: {err}");
         }
         let url = admin.with_database(&name);
-        Some(TestDb {
+        TestDb {
             admin,
             name,
             url,
             _serial: serial,
-        })
+        }
     }
 
     /// The database's URL, for `journal`.
