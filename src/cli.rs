@@ -20,6 +20,7 @@ use crate::delivery::{
 use crate::dispatch::{Dispatcher, HookResult, Reply, Verdict};
 use crate::replay_socket;
 use crate::routing::RoutedConfig;
+use crate::runner;
 use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
@@ -80,6 +81,10 @@ enum Command {
     /// Print the man page of cmqhook, or of one of its commands, as roff, e.g.
     /// `cmqhook man route | man -l -`.
     Man(ManArgs),
+    /// The guard of the commands' process groups, which `serve`, `run` and `replay` start
+    /// (not for use by hand).
+    #[command(name = runner::guard::SUBCOMMAND, hide = true)]
+    Guard,
 }
 
 /// What a push carries, given by hand. With --topic or --subscription it is a JSON push,
@@ -334,6 +339,17 @@ pub fn main() -> ExitCode {
         i8::try_from(cli.verbose).unwrap_or(i8::MAX)
     };
     telemetry::init(cli.log_format, verbosity);
+    // Whatever kills these commands, it kills no command they started along with them.
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Run(_) | Command::Replay(_)
+    ) && let Some(format) = clap::ValueEnum::to_possible_value(&cli.log_format)
+    {
+        runner::guard::start(vec![
+            "--log-format".to_owned(),
+            format.get_name().to_owned(),
+        ]);
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
@@ -345,6 +361,7 @@ pub fn main() -> ExitCode {
         Command::Init(args) => init(&args),
         Command::Completions(args) => completions(&args),
         Command::Man(args) => man(&args),
+        Command::Guard => Ok(runner::guard::main()),
     };
     result.unwrap_or_else(|err| {
         // The reader left (`| head -1`): nothing to say about it.

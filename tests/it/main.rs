@@ -7,6 +7,7 @@ mod pg;
 mod cli;
 mod delivery;
 mod faults;
+mod guard;
 mod operations;
 mod pg_replay;
 mod pg_stored;
