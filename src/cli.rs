@@ -2,6 +2,7 @@
 //! `replay`, and
 //! for getting started `init`, `completions` and `man`.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,10 +82,6 @@ enum Command {
     /// Print the man page of cmqhook, or of one of its commands, as roff, e.g.
     /// `cmqhook man route | man -l -`.
     Man(ManArgs),
-    /// The guard of the commands' process groups, which `serve`, `run` and `replay` start
-    /// (not for use by hand).
-    #[command(name = runner::guard::SUBCOMMAND, hide = true)]
-    Guard,
 }
 
 /// What a push carries, given by hand. With --topic or --subscription it is a JSON push,
@@ -332,6 +329,21 @@ impl CliError {
 
 /// Parses the command line, runs the command, and maps its result to an exit status.
 pub fn main() -> ExitCode {
+    // The guard those commands start (`runner::guard`), as `cmqhook __guard LOG_FORMAT`: not
+    // a command for people, so neither in `--help` nor in the completions.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(OsStr::new(runner::guard::SUBCOMMAND)) {
+        let json = args.next().as_deref() == Some(OsStr::new("json"));
+        telemetry::init(
+            if json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            },
+            0,
+        );
+        return runner::guard::main();
+    }
     let cli = Cli::parse();
     let verbosity = if cli.quiet {
         -1
@@ -339,16 +351,13 @@ pub fn main() -> ExitCode {
         i8::try_from(cli.verbose).unwrap_or(i8::MAX)
     };
     telemetry::init(cli.log_format, verbosity);
-    // Whatever kills these commands, it kills no command they started along with them.
+    // Killed by any signal, these take the commands they started with them (SPEC §5).
     if matches!(
         cli.command,
         Command::Serve(_) | Command::Run(_) | Command::Replay(_)
     ) && let Some(format) = clap::ValueEnum::to_possible_value(&cli.log_format)
     {
-        runner::guard::start(vec![
-            "--log-format".to_owned(),
-            format.get_name().to_owned(),
-        ]);
+        runner::guard::start(vec![format.get_name().to_owned()]);
     }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -361,7 +370,6 @@ pub fn main() -> ExitCode {
         Command::Init(args) => init(&args),
         Command::Completions(args) => completions(&args),
         Command::Man(args) => man(&args),
-        Command::Guard => Ok(runner::guard::main()),
     };
     result.unwrap_or_else(|err| {
         // The reader left (`| head -1`): nothing to say about it.

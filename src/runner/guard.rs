@@ -2,15 +2,15 @@
 //! process that started them dies, by any signal (SIGKILL, the OOM killer), within a second and
 //! without systemd or an init (SPEC §5, "Runs never outlive their `serve`").
 //!
-//! [`start`] runs this same binary again as `cmqhook __guard` ([`main`]), in a session of its
-//! own, reading a pipe whose only writer is the starting process (its end is close-on-exec, so
-//! no command holds it). Each run is told to it in three writes of a line, each atomic:
-//! `A ID MARKER` before the command is spawned, `G ID PGID` once its group exists, `E ID` when
-//! the run is over (its command exited and was reaped, or its group was killed). When the
-//! pipe ends, the starting process is gone: the guard SIGKILLs the groups of the runs it was
-//! not told were over, and the processes carrying their markers (`CMQHOOK_RUN`, see
-//! [`orphans`](super::orphans)) — which also covers a command spawned in the instant before its
-//! `G` could be written. Background processes of runs that ended are in no group it holds,
+//! [`start`] runs this same binary again as `cmqhook __guard LOG_FORMAT` ([`main`]), in a
+//! session of its own, reading a pipe whose only writer is the starting process (its end is
+//! close-on-exec, so no command holds it). Each run is told to it in three writes of a line,
+//! each atomic: `A ID MARKER` before the command is spawned, `G ID PGID` once its group exists,
+//! `E ID` when the run is over (its command exited and was reaped, or its group was killed).
+//! When the pipe ends, the starting process is gone: the guard SIGKILLs the groups of the runs
+//! it was not told were over, and the processes carrying their markers (`CMQHOOK_RUN`, see
+//! [`orphans`](super::orphans)) — which also covers a command spawned in the instant before
+//! its `G` could be written. Background processes of runs that ended are in no group it holds,
 //! and carry a marker it has forgotten: they are left alone (SPEC §4).
 //!
 //! A clean stop needs no message: by then every run has ended (the drain waited for it or
@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -33,7 +33,7 @@ use rustix::process::{WaitId, WaitIdOptions, waitid};
 
 use super::{orphans, procfs, spawn};
 
-/// The subcommand that runs [`main`]; hidden from `--help`.
+/// The first argument that makes `cmqhook` run [`main`] (the CLI keeps it out of `--help`).
 pub const SUBCOMMAND: &str = "__guard";
 
 /// How long a write to the guard may wait for room in the pipe before the guard counts as
@@ -41,6 +41,8 @@ pub const SUBCOMMAND: &str = "__guard";
 const WRITE_WITHIN: Duration = Duration::from_secs(1);
 /// The room asked for in the pipe: a run's lines take about 60 bytes.
 const PIPE_SIZE: i32 = 1 << 20;
+/// The guard's pause after each read of its pipe.
+const READ_EVERY: Duration = Duration::from_millis(20);
 /// After its starting process died, how long the guard keeps looking for the marked
 /// processes of a run whose group it did not learn: its command was being spawned, and shows
 /// its marker once it has exec'd.
@@ -49,15 +51,17 @@ const SPAWNING_FOR: Duration = Duration::from_millis(200);
 const SCAN_AT_MOST: Duration = Duration::from_millis(800);
 /// Between two looks through `/proc`.
 const SCAN_EVERY: Duration = Duration::from_millis(10);
-/// The first wait before a guard that could not start, or died at once, is started again;
-/// doubled each time, up to [`RESTART_AT_MOST`].
+/// A guard that ran this long before it died is replaced at once.
+const STEADY: Duration = Duration::from_secs(1);
+/// The first wait before a guard that could not start, or died within [`STEADY`], is started
+/// again; doubled each time, up to [`RESTART_AT_MOST`].
 const RESTART_FIRST: Duration = Duration::from_millis(100);
 const RESTART_AT_MOST: Duration = Duration::from_secs(10);
 
 /// The runs of this process and the guard that watches them.
 struct Keeper {
-    /// The options the guard is started with before [`SUBCOMMAND`] (the log format).
-    options: Vec<String>,
+    /// The guard's arguments after [`SUBCOMMAND`] (the log format).
+    args: Vec<String>,
     state: Mutex<State>,
 }
 
@@ -84,14 +88,14 @@ struct Run {
 static KEEPER: OnceLock<Keeper> = OnceLock::new();
 
 /// Starts the guard of this process's runs (once; later calls do nothing), and a thread that
-/// starts a new one whenever it dies. `options` go before [`SUBCOMMAND`] on its command line.
+/// starts a new one whenever it dies. `args` follow [`SUBCOMMAND`] on its command line.
 /// A guard that cannot be started is logged at ERROR and tried again; runs are not held up.
-pub fn start(options: Vec<String>) {
+pub fn start(args: Vec<String>) {
     let mut first = false;
     let keeper = KEEPER.get_or_init(|| {
         first = true;
         Keeper {
-            options,
+            args,
             state: Mutex::new(State::default()),
         }
     });
@@ -188,8 +192,9 @@ impl Keeper {
         let (reader, writer) = std::io::pipe()?;
         // Room for every run that a busy process starts while the guard is not scheduled.
         let _ = fcntl(&writer, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-        let mut args: Vec<&str> = self.options.iter().map(String::as_str).collect();
-        args.push(SUBCOMMAND);
+        let args: Vec<&str> = std::iter::once(SUBCOMMAND)
+            .chain(self.args.iter().map(String::as_str))
+            .collect();
         let pid = spawn::spawn_session(&args, reader.as_fd())?;
         drop(reader);
         let mut writer = File::from(std::os::fd::OwnedFd::from(writer));
@@ -227,7 +232,9 @@ impl Keeper {
             let since = Instant::now();
             match started {
                 Ok(pid) => {
-                    let status = wait(pid);
+                    // Forgotten before it is reaped: until then its pid names no other process,
+                    // so `send` may still kill it.
+                    let status = wait(pid, WaitIdOptions::NOWAIT);
                     let mut state = self.lock();
                     state.pipe = None;
                     state.pid = None;
@@ -237,14 +244,17 @@ impl Keeper {
                         running = state.runs.len(),
                         "the guard of running commands died: starting a new one"
                     );
+                    drop(state);
+                    wait(pid, WaitIdOptions::empty());
                 }
                 Err(err) => tracing::error!(
                     error = %err,
                     "cannot start the guard of running commands: if cmqhook is killed, its commands run on; trying again"
                 ),
             }
-            // A guard that keeps dying at once is not started in a busy loop.
-            if since.elapsed() > RESTART_AT_MOST {
+            // One that lived is replaced at once; one that keeps dying (or cannot start) is
+            // not started in a busy loop.
+            if since.elapsed() >= STEADY {
                 pause = RESTART_FIRST;
             } else {
                 std::thread::sleep(pause);
@@ -278,13 +288,14 @@ fn write_within(pipe: &mut File, mut data: &[u8], within: Duration) -> std::io::
     Ok(())
 }
 
-/// Waits for the child `pid` to exit and reaps it; how it ended.
-fn wait(pid: u32) -> String {
+/// Waits for the child `pid` to exit, and reaps it unless `options` say `NOWAIT`; how it
+/// ended.
+fn wait(pid: u32, options: WaitIdOptions) -> String {
     let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
         return "no such process".to_owned();
     };
     loop {
-        match waitid(WaitId::Pid(raw), WaitIdOptions::EXITED) {
+        match waitid(WaitId::Pid(raw), WaitIdOptions::EXITED | options) {
             Ok(Some(status)) => {
                 return match (status.exit_status(), status.terminating_signal()) {
                     (Some(code), _) => format!("exit {code}"),
@@ -292,8 +303,7 @@ fn wait(pid: u32) -> String {
                     (None, None) => "ended".to_owned(),
                 };
             }
-            Ok(None) => {}
-            Err(rustix::io::Errno::INTR) => {}
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
             Err(err) => return format!("cannot be waited for: {err}"),
         }
     }
@@ -304,18 +314,29 @@ fn wait(pid: u32) -> String {
 pub fn main() -> ExitCode {
     let mut runs: HashMap<u64, Run> = HashMap::new();
     let mut stdin = std::io::stdin().lock();
-    let mut line = Vec::new();
+    let mut buffer = vec![0; 64 * 1024];
+    // What was read of a line whose end has not come yet.
+    let mut pending = Vec::new();
     loop {
-        line.clear();
-        match stdin.read_until(b'\n', &mut line) {
+        match stdin.read(&mut buffer) {
             Ok(0) => break,
-            // A line is written whole or not at all: one without its end was never sent.
-            Ok(_) if line.last() == Some(&b'\n') => apply(&mut runs, &line),
-            Ok(_) => break,
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Ok(n) => pending.extend_from_slice(&buffer[..n]),
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
+        let whole = pending
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |end| end + 1);
+        for line in pending[..whole].split_inclusive(|&b| b == b'\n') {
+            apply(&mut runs, line);
+        }
+        pending.drain(..whole);
+        // Lines are read in batches: a busy process's runs wake the guard a few dozen times a
+        // second, not three times a run, and its death is still seen within this pause.
+        std::thread::sleep(READ_EVERY);
     }
+    // What is left pending was never sent: each line is written whole or not at all.
     if !runs.is_empty() {
         let (groups, processes) = kill_runs(&runs);
         tracing::warn!(
