@@ -2,6 +2,7 @@
 //! `replay`, and
 //! for getting started `init`, `completions` and `man`.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ use crate::delivery::{
 use crate::dispatch::{Dispatcher, HookResult, Reply, Verdict};
 use crate::replay_socket;
 use crate::routing::RoutedConfig;
+use crate::runner;
 use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
@@ -327,6 +329,21 @@ impl CliError {
 
 /// Parses the command line, runs the command, and maps its result to an exit status.
 pub fn main() -> ExitCode {
+    // The guard those commands start (`runner::guard`), as `cmqhook __guard LOG_FORMAT`: not
+    // a command for people, so neither in `--help` nor in the completions.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(OsStr::new(runner::guard::SUBCOMMAND)) {
+        let json = args.next().as_deref() == Some(OsStr::new("json"));
+        telemetry::init(
+            if json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            },
+            0,
+        );
+        return runner::guard::main();
+    }
     let cli = Cli::parse();
     let verbosity = if cli.quiet {
         -1
@@ -334,6 +351,14 @@ pub fn main() -> ExitCode {
         i8::try_from(cli.verbose).unwrap_or(i8::MAX)
     };
     telemetry::init(cli.log_format, verbosity);
+    // Killed by any signal, these take the commands they started with them (SPEC §5).
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Run(_) | Command::Replay(_)
+    ) && let Some(format) = clap::ValueEnum::to_possible_value(&cli.log_format)
+    {
+        runner::guard::start(vec![format.get_name().to_owned()]);
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),

@@ -1465,7 +1465,7 @@ impl State {
             .await?;
         let dead: Vec<String> = rows
             .iter()
-            .filter(|row| !orphans::process_alive(row.get(1)))
+            .filter(|row| !orphans::owner_alive(row.get(1), row.get(0)))
             .map(|row| row.get(0))
             .collect();
         if dead.is_empty() {

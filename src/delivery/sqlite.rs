@@ -842,15 +842,7 @@ impl Drop for Journal {
 
 /// A random token naming one `serve` process in run markers.
 pub fn new_token() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    let seed = (
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|since| since.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("{:016x}", RandomState::new().hash_one(seed))
+    orphans::new_token()
 }
 
 /// The file `path` + `suffix`, beside the journal.

@@ -7,6 +7,7 @@ mod pg;
 mod cli;
 mod delivery;
 mod faults;
+mod guard;
 mod journal_file;
 mod one_state;
 mod operations;

@@ -323,6 +323,8 @@ fn a_restarted_instance_kills_its_previous_stored_run_and_resumes_it_at_once() {
     assert_eq!(first.push("restart-1").status, 200);
     shared.wait_at_gate("held");
     let orphan = wait_for_pid(&pids);
+    // As if its guard had died with it: its command runs on.
+    crate::guard::kill_past_the_guard(&first.server);
     first.kill();
     assert!(alive(orphan), "the command outlives its instance");
 

@@ -587,6 +587,8 @@ fn a_restarted_instance_kills_what_its_previous_process_left_and_runs_it_again_a
     assert_eq!(first.push("restart-1").status, 503);
     shared.wait_at_gate("held");
     let orphan = wait_for_pid(&pids);
+    // As if its guard had died with it: its command runs on.
+    crate::guard::kill_past_the_guard(&first.server);
     first.kill();
     assert!(alive(orphan), "the command outlives its instance");
 

@@ -302,7 +302,7 @@ fn message_data_never_reaches_a_command_line() {
 }
 
 /// The processes whose process group is `pgid`.
-fn process_group(pgid: u32) -> Vec<u32> {
+pub fn process_group(pgid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
