@@ -13,6 +13,7 @@ mod one_state;
 mod operations;
 mod pg_fleet;
 mod pg_replay;
+mod pg_state;
 mod pg_stored;
 mod postgres;
 mod properties;
