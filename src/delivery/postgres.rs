@@ -647,8 +647,10 @@ impl Postgres {
             .take();
         if let Some(runtime) = runtime {
             // Writes in flight are retried while the database is away; give them a moment.
+            // Each pooled connection is a task that lives as long as the pool: not a write.
             let deadline = Instant::now() + STATEMENT_TIMEOUT;
-            while runtime.metrics().num_alive_tasks() > 0 && Instant::now() < deadline {
+            let connections = || self.state.pool.status().size;
+            while runtime.metrics().num_alive_tasks() > connections() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             runtime.shutdown_timeout(Duration::from_millis(100));

@@ -17,7 +17,7 @@ use super::{Active, Dispatcher, Pending, facts, run_spec};
 use crate::cmq::Push;
 use futures_util::FutureExt;
 
-use crate::config::{Ack, Hook};
+use crate::config::{Ack, DurationText, Hook};
 use crate::delivery::{
     Claim, Outcome, RunResult, RunStart, StoredPush, StoredState, StoredUpdate, StoredWork, Storing,
 };
@@ -384,7 +384,7 @@ impl Dispatcher {
                 hook = %name,
                 msg_id,
                 attempt,
-                retry_in = %humantime::format_duration(
+                retry_in = %DurationText(
                     hook.retry[usize::try_from(work.failures - 1).unwrap_or(0)]
                 ),
                 "stored message will be retried"

@@ -11,6 +11,7 @@ mod guard;
 mod journal_file;
 mod one_state;
 mod operations;
+mod operator;
 mod pg_fleet;
 mod pg_replay;
 mod pg_state;
