@@ -1,6 +1,6 @@
 //! The end log: what lets the SQLite journal answer a push without waiting for a commit.
 //!
-//! A run's end is appended, with one `write(2)` on the thread that ends the run, to a file
+//! A run's end is appended, with a `write(2)` on the thread that ends the run, to a file
 //! beside the journal (`FILE.ends-0` or `FILE.ends-1`), and its push is answered once that
 //! write succeeded and the file is still there: the record is then in the kernel's page cache
 //! and survives a crash of the process, as a WAL commit with `synchronous = NORMAL` does. The
@@ -10,9 +10,10 @@
 //! anything else happens.
 //!
 //! An append counts only in a file its path still names: a record in a deleted file is lost
-//! with the process. So after each append the open files' link counts are checked (one
-//! `fstat` each), and a deleted file is created again with every record it held, which the log
-//! keeps in memory until the file is emptied (as long as the writer lags behind).
+//! with the process. So after each append the file's link count is checked (one `fstat`), and
+//! a deleted file is created again with every record it held, which the log keeps in memory
+//! until the file is emptied (as long as the writer lags behind), before the append counts;
+//! the writer also checks every second that each path names its file.
 //!
 //! A record (format 2) is a magic number, the format's version, the JSON's length, a CRC32 of
 //! those and the JSON, and the JSON; records of format 1 (a magic number, the length, the
@@ -147,9 +148,9 @@ impl EndLog {
         Frame(Ok(bytes))
     }
 
-    /// Appends a [`EndLog::frame`] with one write, checks that its file and the other one,
-    /// if it holds records, are still there (creating a deleted one again with what it held),
-    /// then calls `then` with whether the record is in a file its path names, before the
+    /// Appends a [`EndLog::frame`] with one write, checks that its file is still there
+    /// (creating a deleted one again with what it held, and the other one too if it was
+    /// deleted), then calls `then` with whether the record is in a file its path names, before the
     /// file can be rotated out: whatever `then` sends to the writer is sent before the
     /// writer's next [`EndLog::rotate`] returns. Nothing is written once the log is closed.
     pub(super) fn append<R>(&self, frame: &Frame, then: impl FnOnce(bool) -> R) -> R {
@@ -229,15 +230,17 @@ impl State {
             tracing::error!(path = %paths[current].display(), error = %err, "cannot append to the end log");
             return false;
         }
-        // The other file may hold records not yet committed too: they were counted, and are
-        // lost with the process if it was deleted; this record counts only if its own file
-        // is there.
-        let mut logged = true;
-        for index in [current, 1 - current] {
-            let held = &mut self.files[index];
-            if !held.bytes.is_empty() && held.unlinked() {
-                logged &= held.recreate(&paths[index]) || index != current;
-            }
+        // The record counts only in a file its path names. A deleted one is created again
+        // with its records; so is the other one if it was deleted too (`rm FILE.ends-*`):
+        // its records were counted. One `fstat` an append: the other file alone is left to
+        // the writer's [`EndLog::check`], which runs between its commits, failed ones too.
+        if !self.files[current].unlinked() {
+            return true;
+        }
+        let logged = self.files[current].recreate(&paths[current]);
+        let other = &mut self.files[1 - current];
+        if !other.bytes.is_empty() && other.unlinked() {
+            other.recreate(&paths[1 - current]);
         }
         logged
     }
