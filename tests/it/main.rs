@@ -6,6 +6,7 @@ mod pg;
 
 mod cli;
 mod delivery;
+mod end_log;
 mod faults;
 mod guard;
 mod journal_file;
