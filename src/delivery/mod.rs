@@ -17,6 +17,7 @@
 //! and answer retries.
 
 mod end_log;
+mod model;
 pub mod postgres;
 pub mod sqlite;
 mod table;
@@ -29,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use sqlite::{HistoryFilter, HistoryRow, JournalError, Written, history};
+pub use model::{HistoryFilter, HistoryRow, JournalError, Written};
+pub use sqlite::history;
 use table::{Intent, Table};
 
 /// A run's outcome, as answered and journaled; converted to and from the journal's text here
@@ -803,7 +805,7 @@ impl Deliveries {
                 ..result.clone()
             });
         };
-        let ended = sqlite::Ended {
+        let ended = model::Ended {
             id,
             attempt,
             at: SystemTime::now(),

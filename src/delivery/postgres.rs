@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::sqlite::{Ended, HistoryFilter, HistoryRow, JournalError, Written};
+use super::model::{Ended, HistoryFilter, HistoryRow, JournalError, Written};
 use super::{
     KeptPush, Message, Outcome, PushRecord, RunResult, StoredPush, StoredState, StoredWork,
 };
