@@ -24,6 +24,8 @@ use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
 
+mod man;
+
 /// Runs shell commands for Tencent Cloud CMQ topic pushes, answering 2xx only when they
 /// exited 0.
 #[derive(Debug, Parser)]
@@ -211,8 +213,13 @@ struct CompletionsArgs {
 
 #[derive(Debug, Args)]
 struct ManArgs {
-    /// The page of this command (e.g. `route`, as `cmqhook-route(1)`) instead of `cmqhook(1)`.
+    /// The page of this command (e.g. `route`, as `cmqhook-route(1)`), or `cmqhook.toml` for
+    /// the config reference (`cmqhook.toml(5)`), instead of `cmqhook(1)`.
     command: Option<String>,
+    /// Write every page (cmqhook.1, cmqhook-COMMAND.1, cmqhook.toml.5) into DIR instead, and
+    /// print their paths.
+    #[arg(long, value_name = "DIR", conflicts_with = "command")]
+    out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -873,24 +880,36 @@ fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
     let mut cli = Cli::command().disable_help_subcommand(true);
     // Built, so that a subcommand's page is named `cmqhook-NAME` and shows `cmqhook NAME`.
     cli.build();
-    let page = match &args.command {
-        None => cli,
+    if let Some(dir) = &args.out_dir {
+        let written = man::write_all(&cli, dir).map_err(|err| {
+            CliError::Shown(format!(
+                "cannot write man pages into {}: {err}",
+                dir.display()
+            ))
+        })?;
+        for file in written {
+            say!("{}", file.display())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let page = match args.command.as_deref() {
+        None => man::command_page(&cli),
+        Some(man::CONFIG_PAGE) => man::config_page(),
         Some(name) => match cli.find_subcommand(name) {
-            Some(command) => command.clone(),
+            Some(command) => man::command_page(command),
             None => {
                 let known: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
-                let message = format!("no command `{name}`; one of: {}", known.join(", "));
+                let message = format!(
+                    "no command `{name}`; one of: {}, or {} for the config reference",
+                    known.join(", "),
+                    man::CONFIG_PAGE
+                );
                 cli.error(clap::error::ErrorKind::InvalidValue, message)
                     .exit()
             }
         },
     };
-    let mut roff = Vec::new();
-    clap_mangen::Man::new(page)
-        .source(format!("cmqhook {}", env!("CARGO_PKG_VERSION")))
-        .render(&mut roff)
-        .expect("writing into memory cannot fail");
-    write_stdout(&roff)
+    write_stdout(&page)
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<ExitCode, CliError> {

@@ -25,6 +25,7 @@ mod diagnostic;
 mod listen;
 mod load;
 mod raw;
+pub mod reference;
 mod selector;
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ mod faults;
 mod journal_file;
 mod one_state;
 mod operations;
+mod package;
 mod pg_replay;
 mod pg_stored;
 mod postgres;
