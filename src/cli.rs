@@ -29,7 +29,9 @@ mod man;
 /// Runs shell commands for Tencent Cloud CMQ topic pushes, answering 2xx only when they
 /// exited 0.
 #[derive(Debug, Parser)]
-#[command(name = "cmqhook", version, about)]
+// No bare `about`: it would take Cargo.toml's `description`, which is the Debian package's
+// one-line synopsis; the about text is this doc comment.
+#[command(name = "cmqhook", version)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
