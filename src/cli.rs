@@ -2,6 +2,7 @@
 //! `replay`, and
 //! for getting started `init`, `completions` and `man`.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,13 +14,14 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::cmq::{Format, OutgoingPush, Push, PushError};
-use crate::config::{Config, ConfigError, Hook, Listen};
+use crate::config::{Ack, Config, ConfigError, DurationText, Hook, Listen};
 use crate::delivery::{
     self, Deliveries, HistoryFilter, HistoryRow, JournalError, Outcome, postgres,
 };
 use crate::dispatch::{Dispatcher, HookResult, Reply, Verdict};
 use crate::replay_socket;
 use crate::routing::RoutedConfig;
+use crate::runner;
 use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
@@ -66,14 +68,19 @@ enum Command {
     Run(RunArgs),
     /// Send one push to URL as CMQ would (x-cmq-* headers, envelope or raw body,
     /// Content-Type: text/plain, CMQ's User-Agent); print the status and response body.
+    /// As with `route` and `run`, the push is a JSON envelope when --topic or --subscription
+    /// is given, a SIMPLIFIED one (the raw body) otherwise; --format says which outright.
     /// Exit 0 on 2xx.
     Send(SendArgs),
     /// List recent deliveries from the journal, newest first.
     History(HistoryArgs),
     /// Run the latest kept push of a message again (`keep_bodies`), through the hooks that ran
     /// it (or --hook), as `serve` would: the same CMQ_* environment and stdin, the next
-    /// CMQHOOK_ATTEMPT and CMQHOOK_REPLAY=1; journaled. Exit 0 iff every hook succeeded. Runs
-    /// the hooks itself, holding the journal's lock: not while a `serve` holds it.
+    /// CMQHOOK_ATTEMPT and CMQHOOK_REPLAY=1; journaled. Exit 0 iff every hook succeeded. Never
+    /// alongside a run of the message: while a `serve` holds the journal, replay asks it
+    /// (through FILE.replay.sock beside a SQLite journal, through the database for PostgreSQL)
+    /// and waits for the outcome; without one, it takes the journal's lock (with PostgreSQL,
+    /// the message's claim) and runs the hooks itself.
     Replay(ReplayArgs),
     /// Write a commented starter config that `check` accepts. Never overwrites: exit 1 if FILE
     /// exists.
@@ -133,15 +140,16 @@ struct RunArgs {
 struct SendArgs {
     /// The endpoint, e.g. http://127.0.0.1:9000/cmq/deploy
     url: String,
-    /// The subscription's message format.
-    #[arg(long, value_enum, default_value_t = Format::Json)]
-    format: Format,
-    /// The envelope's `topicName` (JSON only).
-    #[arg(long, default_value = "")]
-    topic: String,
-    /// The envelope's `subscriptionName` (JSON only).
-    #[arg(long, default_value = "")]
-    subscription: String,
+    /// The subscription's message format: `json` sends CMQ's JSON envelope, `simplified` the
+    /// raw body [default: json with --topic or --subscription, else simplified]
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// The envelope's `topicName`; makes the push a JSON one.
+    #[arg(long)]
+    topic: Option<String>,
+    /// The envelope's `subscriptionName`; makes the push a JSON one.
+    #[arg(long)]
+    subscription: Option<String>,
     /// A message tag (x-cmq-message-tag); repeat for several.
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
@@ -215,8 +223,9 @@ struct CompletionsArgs {
 
 #[derive(Debug, Args)]
 struct ManArgs {
-    /// The page of this command (e.g. `route`, as `cmqhook-route(1)`), or `cmqhook.toml` for
-    /// the config reference (`cmqhook.toml(5)`), instead of `cmqhook(1)`.
+    /// The page of this command (e.g. `route`, as `cmqhook-route(1)`; any command `cmqhook
+    /// --help` lists), or `cmqhook.toml` for the config reference (`cmqhook.toml(5)`), instead
+    /// of `cmqhook(1)`.
     command: Option<String>,
     /// Write every page (cmqhook.1, cmqhook-COMMAND.1, cmqhook.toml.5) into DIR instead, and
     /// print their paths.
@@ -336,6 +345,21 @@ impl CliError {
 
 /// Parses the command line, runs the command, and maps its result to an exit status.
 pub fn main() -> ExitCode {
+    // The guard those commands start (`runner::guard`), as `cmqhook __guard LOG_FORMAT`: not
+    // a command for people, so neither in `--help` nor in the completions.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(OsStr::new(runner::guard::SUBCOMMAND)) {
+        let json = args.next().as_deref() == Some(OsStr::new("json"));
+        telemetry::init(
+            if json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            },
+            0,
+        );
+        return runner::guard::main();
+    }
     let cli = Cli::parse();
     let verbosity = if cli.quiet {
         -1
@@ -343,6 +367,14 @@ pub fn main() -> ExitCode {
         i8::try_from(cli.verbose).unwrap_or(i8::MAX)
     };
     telemetry::init(cli.log_format, verbosity);
+    // Killed by any signal, these take the commands they started with them (SPEC §5).
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Run(_) | Command::Replay(_)
+    ) && let Some(format) = clap::ValueEnum::to_possible_value(&cli.log_format)
+    {
+        runner::guard::start(vec![format.get_name().to_owned()]);
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
@@ -377,7 +409,7 @@ fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
         if config.hooks.len() == 1 { "" } else { "s" }
     )?;
     for hook in &config.hooks {
-        say!("{}", describe(hook))?;
+        say!("{}", describe(hook, config.server.respond_within))?;
     }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
@@ -394,8 +426,8 @@ fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `name  selectors  -> action`, as `check` prints it.
-fn describe(hook: &Hook) -> String {
+/// `name  selectors  -> action`, and when it is answered, as `check` prints it.
+fn describe(hook: &Hook, respond_within: Duration) -> String {
     let selector = &hook.selector;
     let mut parts = Vec::new();
     if let Some(path) = &hook.path_shown {
@@ -413,13 +445,35 @@ fn describe(hook: &Hook) -> String {
     if parts.is_empty() {
         parts.push("(every push)".to_owned());
     }
+    let ack = match hook.ack {
+        Ack::Exit if hook.timeout > respond_within => format!(
+            "exit (2xx once the command exited 0; a run longer than respond_within, {}, has the first delivery answered 503 and CMQ's retry gets its outcome)",
+            DurationText(respond_within)
+        ),
+        Ack::Exit => "exit (2xx once the command exited 0; CMQ retries a failure)".to_owned(),
+        Ack::Stored => {
+            let retry: Vec<String> = hook
+                .retry
+                .iter()
+                .map(|delay| DurationText(*delay).to_string())
+                .collect();
+            format!(
+                "stored (2xx once stored; retry after {}, then dead)",
+                if retry.is_empty() {
+                    "none".to_owned()
+                } else {
+                    retry.join(", ")
+                }
+            )
+        }
+    };
     format!(
-        "{}\n  match: {}\n  run:   {} (workdir {}, timeout {})",
+        "{}\n  match: {}\n  run:   {} (workdir {}, timeout {})\n  ack:   {ack}",
         hook.name,
         parts.join(" "),
         hook.action,
         hook.workdir.display(),
-        humantime::format_duration(hook.timeout)
+        DurationText(hook.timeout)
     )
 }
 
@@ -568,7 +622,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
             None => "`keep_bodies` is \"off\" in [server]: set it (e.g. \"7d\") to keep the bodies of pushes for replay".to_owned(),
             Some(keep) => format!(
                 "none was kept within `keep_bodies` ({})",
-                humantime::format_duration(keep)
+                DurationText(keep)
             ),
         };
         CliError::Shown(format!("no kept body for message `{msg_id}`: {why}"))
@@ -766,11 +820,13 @@ fn report_replies(
 
 fn send(args: &SendArgs) -> Result<ExitCode, CliError> {
     let push = OutgoingPush {
-        format: args.format,
+        format: args
+            .format
+            .unwrap_or_else(|| push_format(args.topic.is_some() || args.subscription.is_some())),
         msg_id: args.msg_id.clone().unwrap_or_else(new_id),
         request_id: args.request_id.clone().unwrap_or_else(new_request_id),
-        topic: args.topic.clone(),
-        subscription: args.subscription.clone(),
+        topic: args.topic.clone().unwrap_or_default(),
+        subscription: args.subscription.clone().unwrap_or_default(),
         tags: args.tags.clone(),
         publish_time: unix_seconds(),
         body: read_body(args.body_file.as_deref())?,
@@ -879,8 +935,9 @@ fn completions(args: &CompletionsArgs) -> Result<ExitCode, CliError> {
 }
 
 fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
-    let mut cli = Cli::command().disable_help_subcommand(true);
-    // Built, so that a subcommand's page is named `cmqhook-NAME` and shows `cmqhook NAME`.
+    let mut cli = Cli::command();
+    // Built, so that a subcommand's page is named `cmqhook-NAME` and shows `cmqhook NAME`, and
+    // so that `help`, a command `cmqhook --help` lists, has its page too.
     cli.build();
     if let Some(dir) = &args.out_dir {
         let written = man::write_all(&cli, dir).map_err(|err| {
@@ -902,11 +959,13 @@ fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
             None => {
                 let known: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
                 let message = format!(
-                    "no command `{name}`; one of: {}, or {} for the config reference",
+                    "no command `{name}`: `cmqhook man` prints cmqhook(1), `cmqhook man COMMAND` the page of one of: {}, and `cmqhook man {}` the config reference",
                     known.join(", "),
                     man::CONFIG_PAGE
                 );
-                cli.error(clap::error::ErrorKind::InvalidValue, message)
+                // A usage error (exit 2), with the usage of `man`.
+                let mut man = cli.find_subcommand("man").cloned().unwrap_or(cli);
+                man.error(clap::error::ErrorKind::InvalidValue, message)
                     .exit()
             }
         },
@@ -968,13 +1027,8 @@ fn history_line(delivery: &HistoryRow) -> String {
 
 /// The push `route` and `run` try: JSON when a topic or subscription is given.
 fn local_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {
-    let json = args.topic.is_some() || args.subscription.is_some();
     OutgoingPush {
-        format: if json {
-            Format::Json
-        } else {
-            Format::Simplified
-        },
+        format: push_format(args.topic.is_some() || args.subscription.is_some()),
         msg_id,
         request_id: new_request_id(),
         topic: args.topic.clone().unwrap_or_default(),
@@ -982,6 +1036,16 @@ fn local_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {
         tags: args.tags.clone(),
         publish_time: unix_seconds(),
         body,
+    }
+}
+
+/// How `route`, `run` and `send` build a push by default: a JSON envelope when it names a
+/// topic or subscription (which only an envelope carries), SIMPLIFIED otherwise.
+fn push_format(names_topic_or_subscription: bool) -> Format {
+    if names_topic_or_subscription {
+        Format::Json
+    } else {
+        Format::Simplified
     }
 }
 

@@ -227,18 +227,19 @@ impl Config {
             warnings.push("no hooks are configured: every push is unmatched".to_owned());
         }
         if !self.server.listen.is_loopback() {
-            let secret_path = self.hooks.iter().any(|hook| {
-                hook.path_shown
-                    .as_deref()
-                    .is_some_and(|path| path.contains("${"))
-            });
-            if self.server.token.is_none() && !secret_path {
-                warnings.push(format!(
-                    "`listen = \"{}\"` is not loopback, and there is neither a `token` nor a hook `path` with a `${{...}}` secret: anyone who finds the URL can run your hooks",
-                    self.server.listen
-                ));
+            // A hook is protected by the token, by a path nobody can guess, or by `allow`.
+            let mut exposed = 0;
+            if self.server.token.is_none() && allows_everyone(&self.server.allow) {
+                for hook in self.hooks.iter().filter(|hook| !has_secret_path(hook)) {
+                    warnings.push(format!(
+                        "anyone who can reach {} can run hook `{}`: `listen` is not loopback, and neither `token`, a secret `path` (`path = \"/cmq/${{DEPLOY_SECRET}}\"`) nor `allow` protects it",
+                        self.server.listen, hook.name
+                    ));
+                    exposed += 1;
+                }
             }
-            if self.server.allow.is_empty() {
+            // Said already, hook by hook.
+            if self.server.allow.is_empty() && exposed == 0 {
                 warnings.push(format!(
                     "`allow` is open to every address while listening on `{}`",
                     self.server.listen
@@ -250,8 +251,8 @@ impl Config {
             if let Some(longest) = longest.filter(|grace| self.server.lease < *grace * 3) {
                 warnings.push(format!(
                     "`lease` ({}) is shorter than 3 x the longest kill_grace ({}): a command stopped because its lease cannot be renewed may outlive the lease",
-                    humantime::format_duration(self.server.lease),
-                    humantime::format_duration(longest)
+                    DurationText(self.server.lease),
+                    DurationText(longest)
                 ));
             }
         }
@@ -282,5 +283,50 @@ impl Config {
         }
         warnings.extend(self.located_warnings.iter().map(ToString::to_string));
         warnings
+    }
+}
+
+/// Whether `allow` lets every address in (empty, or a `/0` network).
+fn allows_everyone(allow: &[IpNet]) -> bool {
+    allow.is_empty() || allow.iter().any(|net| net.prefix_len() == 0)
+}
+
+/// Whether `hook`'s `path` takes a `${NAME}` from the environment (a literal `$${` does not).
+fn has_secret_path(hook: &Hook) -> bool {
+    hook.path_shown.as_deref().is_some_and(|written| {
+        secrets::expand_vars(written, &|_| Some(String::new()))
+            .is_ok_and(|(_, taken)| !taken.is_empty())
+    })
+}
+
+/// A duration as the config takes it back: `1d 2h`, `1m 30s`, `500ms` (humantime's own
+/// format says `1day`, and `1month` past 30 days, which read oddly beside the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationText(pub Duration);
+
+impl fmt::Display for DurationText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (secs, nanos) = (self.0.as_secs(), u64::from(self.0.subsec_nanos()));
+        let parts = [
+            (secs / 86_400, "d"),
+            (secs / 3600 % 24, "h"),
+            (secs / 60 % 60, "m"),
+            (secs % 60, "s"),
+            (nanos / 1_000_000, "ms"),
+            (nanos / 1000 % 1000, "us"),
+            (nanos % 1000, "ns"),
+        ];
+        let mut written = false;
+        for (count, unit) in parts.into_iter().filter(|(count, _)| *count > 0) {
+            if written {
+                f.write_str(" ")?;
+            }
+            write!(f, "{count}{unit}")?;
+            written = true;
+        }
+        if !written {
+            f.write_str("0s")?;
+        }
+        Ok(())
     }
 }

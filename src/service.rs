@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, Listen};
+use crate::config::{Config, ConfigError, DurationText, Listen};
 use crate::delivery::{Deliveries, JournalError};
 use crate::dispatch::Dispatcher;
 use crate::http;
@@ -53,7 +53,16 @@ pub enum ServeError {
 pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeError> {
     let config = Config::load_for_serve(config_file)?;
     raise_open_files_limit();
-    for warning in config.warnings() {
+    // Judged on the address served: `--listen 0.0.0.0:9000` exposes the hooks as the file would.
+    let warnings = match &listen {
+        Some(listen) => {
+            let mut served = config.clone();
+            served.server.listen = listen.clone();
+            served.warnings()
+        }
+        None => config.warnings(),
+    };
+    for warning in warnings {
         tracing::warn!("{warning}");
     }
     // The journal first: it may refuse (another serve owns it), and commands a dead serve
@@ -220,7 +229,7 @@ pub async fn run(
     let grace = dispatcher.config().server.shutdown_grace;
     tracing::info!(
         running = dispatcher.active(),
-        grace = %humantime::format_duration(grace),
+        grace = %DurationText(grace),
         "draining: new pushes get 503, running commands may finish"
     );
     dispatcher.start_draining();

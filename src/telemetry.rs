@@ -163,6 +163,7 @@ pub struct Metrics {
     pub dedup_evictions: prometheus::IntCounter,
     pub stored_pending: prometheus::IntGaugeVec,
     pub dead_letters: prometheus::IntCounterVec,
+    pub superseded: prometheus::IntCounterVec,
 }
 
 /// The process's metrics, registered on first use.
@@ -227,6 +228,11 @@ pub fn metrics() -> &'static Metrics {
             "Stored messages that died (their last retry failed), by hook.",
             &["hook"],
         );
+        let superseded = counter(
+            "cmqhook_superseded_total",
+            "Runs' ends written after another instance had taken their message over (shared database), by hook.",
+            &["hook"],
+        );
         let dedup_evictions = prometheus::IntCounter::new(
             "cmqhook_dedup_evictions_total",
             "Outcomes forgotten early because the in-memory dedup table was full (journal off).",
@@ -261,6 +267,7 @@ pub fn metrics() -> &'static Metrics {
             dedup_evictions,
             stored_pending,
             dead_letters,
+            superseded,
         }
     })
 }
@@ -277,6 +284,7 @@ impl Metrics {
         self.queued.with_label_values(&[hook]);
         self.stored_pending.with_label_values(&[hook]);
         self.dead_letters.with_label_values(&[hook]);
+        self.superseded.with_label_values(&[hook]);
     }
 
     /// The Prometheus text exposition of every series.

@@ -354,6 +354,14 @@ const EXTRAS: &[Extra] = &[
             ),
         ],
     },
+    Extra {
+        command: "help",
+        exit_status: &[("0", "The help was printed.")],
+        signals: &[],
+        environment: &[],
+        files: &[],
+        examples: &[("The help of a command", "cmqhook help route")],
+    },
 ];
 
 /// The page of `command` (`cmqhook` itself or one of its subcommands, built by the caller so
@@ -543,8 +551,9 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
 
+    /// The tree `cmqhook man` renders.
     fn built() -> clap::Command {
-        let mut cli = Cli::command().disable_help_subcommand(true);
+        let mut cli = Cli::command();
         cli.build();
         cli
     }

@@ -12,13 +12,17 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::raw::{RawDuration, RawHook, RawServer, keys_of};
-use super::{Ack, Action, Config, ConfigError, Diagnostic, Hook, Pattern, Selector, Server};
+use super::raw::{RawDuration, RawHook, RawServer, duration_error, keys_of};
+use super::{
+    Ack, Action, Config, ConfigError, Diagnostic, DurationText, Hook, Pattern, Selector, Server,
+};
 use crate::runner::Environment;
 use crate::secrets::{Secret, Secrets, expand_vars};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
+/// A hook's `timeout`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// A claim's lease in a shared journal.
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// `journal = "off"`: (hook, message id) outcomes kept in memory, oldest finished evicted first.
@@ -69,6 +73,7 @@ pub(super) fn parse(
         secret_vars: Vec::new(),
         journal: JournalKind::Sqlite,
         dedup_for: Duration::MAX,
+        respond_within: Duration::MAX,
     };
     let config = loader.load();
     match config {
@@ -171,6 +176,8 @@ struct Loader<'a> {
     /// Known once [server] is read, for the hooks' checks.
     journal: JournalKind,
     dedup_for: Duration,
+    /// Known once [server] is read; `Duration::MAX` when it cannot be (no timeout is judged).
+    respond_within: Duration,
 }
 
 impl Loader<'_> {
@@ -319,15 +326,16 @@ impl Loader<'_> {
             }
         }
         // A broken [server] does not stop the hooks from being checked: report every error.
-        let journal_broken = server.is_broken("journal");
+        let dedup_for_broken = server.is_broken("dedup_for");
+        let respond_within_broken = server.is_broken("respond_within");
         let server = self.server(server);
-        self.journal = match (&server.journal, &server.postgres) {
-            _ if journal_broken => JournalKind::Unknown,
-            (_, Some(_)) => JournalKind::Postgres,
-            (Some(_), None) => JournalKind::Sqlite,
-            (None, None) => JournalKind::Off,
-        };
-        self.dedup_for = server.dedup_for;
+        // What a broken value would have been is unknown: nothing is judged by it.
+        if !dedup_for_broken {
+            self.dedup_for = server.dedup_for;
+        }
+        if !respond_within_broken {
+            self.respond_within = server.respond_within;
+        }
         let raw = &defaults.raw;
         for (selector, span) in [
             ("path", raw.path.as_ref().map(Spanned::span)),
@@ -358,7 +366,9 @@ impl Loader<'_> {
     }
 
     fn server(&mut self, section: Section<RawServer>) -> Server {
-        let journal_broken = section.is_broken("journal");
+        // Also set when its value is in error (an unset variable): checks of keys that depend
+        // on the journal are skipped then, rather than judged against "off".
+        let mut journal_broken = section.is_broken("journal");
         let raw = section.raw;
         let listen = match raw.listen {
             Some(listen) => {
@@ -422,9 +432,18 @@ impl Loader<'_> {
                     None
                 }
                 Some(path) => Some(self.dir.join(path)),
-                None => None,
+                None => {
+                    journal_broken = true;
+                    None
+                }
             },
             None => Some(self.dir.join(DEFAULT_JOURNAL)),
+        };
+        self.journal = match (&journal, &postgres) {
+            _ if journal_broken => JournalKind::Unknown,
+            (_, Some(_)) => JournalKind::Postgres,
+            (Some(_), None) => JournalKind::Sqlite,
+            (None, None) => JournalKind::Off,
         };
         let lease = match raw.lease {
             Some(lease) if lease.get_ref().into_inner() < Duration::from_secs(1) => {
@@ -479,7 +498,7 @@ impl Loader<'_> {
                 Err(err) => {
                     self.error(
                         span,
-                        format!("server.keep_bodies: `{text}`: {err} (a duration such as \"7d\", or \"off\")"),
+                        format!("server.keep_bodies: {} (or \"off\")", duration_error(&text, &err)),
                     );
                     None
                 }
@@ -585,11 +604,13 @@ impl Loader<'_> {
             }
             (None, Some(argv)) => Some(Action::Argv(argv.into_inner().into())),
         };
-        let workdir_broken = unreadable("workdir", raw.workdir.is_some());
+        let mut workdir_broken = unreadable("workdir", raw.workdir.is_some());
         let workdir = match raw.workdir.or_else(|| defaults.raw.workdir.clone()) {
             Some(workdir) => {
                 let path = self.dir.join(workdir.get_ref());
                 if !path.is_dir() {
+                    // Programs are looked for from it: not in a directory that is not there.
+                    workdir_broken = true;
                     let message = format!(
                         "{}: `{}` is not a directory",
                         key("workdir"),
@@ -667,6 +688,8 @@ impl Loader<'_> {
             Some(tags.into_inner())
         });
         let ack_given = raw.ack.is_some();
+        // A hook's `ack` in error is not `[defaults]`' ack: nothing is judged by that.
+        let ack_broken = unreadable("ack", ack_given);
         let ack = raw.ack.or_else(|| defaults.raw.ack.clone());
         let retry_given = raw.retry.is_some();
         let raw_retry = raw.retry.or_else(|| defaults.raw.retry.clone());
@@ -681,7 +704,7 @@ impl Loader<'_> {
         };
         let ack_span = ack.as_ref().map(Spanned::span);
         let ack = ack.map(Spanned::into_inner).unwrap_or_default();
-        if let (Ack::Stored, Some(span)) = (ack, ack_span) {
+        if let (Ack::Stored, Some(span), false) = (ack, ack_span, ack_broken) {
             let shown = if ack_given {
                 key("ack")
             } else {
@@ -707,11 +730,37 @@ impl Loader<'_> {
                     retry_span.unwrap_or(span),
                     format!(
                         "{shown}: the retry schedule ({}) is longer in total than `server.dedup_for` ({}): a CMQ retry after `dedup_for` would run the message again",
-                        humantime::format_duration(total),
-                        humantime::format_duration(self.dedup_for)
+                        DurationText(total),
+                        DurationText(self.dedup_for)
                     ),
                 );
             }
+        }
+        let timeout_given = raw.timeout.is_some();
+        let raw_timeout = raw.timeout.or_else(|| defaults.raw.timeout.clone());
+        let timeout = raw_timeout
+            .as_ref()
+            .map_or(DEFAULT_TIMEOUT, |timeout| timeout.get_ref().into_inner());
+        // Only a timeout the config sets says that runs may take that long: the default (5m)
+        // says nothing about a hook's runs, and `check` shows what it means beside the hook.
+        if let Some(span) = raw_timeout.as_ref().map(Spanned::span)
+            && !unreadable("timeout", timeout_given)
+            && ack == Ack::Exit
+            && timeout > self.respond_within
+        {
+            let shown = if timeout_given {
+                key("timeout")
+            } else {
+                format!("hooks.{name}: defaults.timeout")
+            };
+            self.warning(
+                span,
+                format!(
+                    "{shown}: {} is longer than `server.respond_within` ({}): the first delivery of a message whose run takes longer is answered 503 (CMQ's retry gets the outcome); `ack = \"stored\"` answers at once",
+                    DurationText(timeout),
+                    DurationText(self.respond_within)
+                ),
+            );
         }
         if self.diagnostics.len() > before {
             return None;
@@ -739,10 +788,7 @@ impl Loader<'_> {
             environment: Arc::default(),
             output_secrets: Secrets::default(),
             stdin: raw.stdin.or(defaults.raw.stdin).unwrap_or_default(),
-            timeout: duration(
-                raw.timeout.or(defaults.raw.timeout),
-                Duration::from_secs(300),
-            ),
+            timeout,
             kill_grace: duration(
                 raw.kill_grace.or(defaults.raw.kill_grace),
                 Duration::from_secs(5),

@@ -35,7 +35,50 @@ pub(super) struct RawServer {
     pub(super) keep_bodies: Option<Spanned<String>>,
 }
 
-pub(super) type RawDuration = humantime_serde::Serde<Duration>;
+/// A duration as written: a human string (`"500ms"`, `"15s"`, `"1d 2h"`). One that cannot be
+/// read says how to write it: a bare number gets the same number with a unit as an example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RawDuration(Duration);
+
+impl RawDuration {
+    pub(super) fn into_inner(self) -> Duration {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Human;
+        impl Visitor<'_> for Human {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"20s\", \"500ms\", \"10m\" or \"1d 2h\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawDuration, E> {
+                humantime::parse_duration(text)
+                    .map(RawDuration)
+                    .map_err(|err| E::custom(duration_error(text, &err)))
+            }
+        }
+        deserializer.deserialize_str(Human)
+    }
+}
+
+/// Why `text` is no duration, with an example of one.
+pub(super) fn duration_error(text: &str, err: &humantime::DurationError) -> String {
+    let number = text.trim();
+    if !number.is_empty() && number.chars().all(|c| c.is_ascii_digit()) {
+        format!(
+            "`{text}` has no unit: write a duration such as \"{number}s\" (units: ms, s, m, h, d)"
+        )
+    } else {
+        format!(
+            "`{text}` is not a duration ({err}): write one such as \"20s\", \"500ms\", \"10m\" or \"1d 2h\""
+        )
+    }
+}
 
 #[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +93,7 @@ pub(super) struct RawHook {
     pub(super) env: Option<IndexMap<String, String>>,
     pub(super) pass_env: Option<Vec<String>>,
     pub(super) stdin: Option<StdinMode>,
-    pub(super) timeout: Option<RawDuration>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
     pub(super) kill_grace: Option<RawDuration>,
     pub(super) concurrency: Option<usize>,
     pub(super) queue: Option<usize>,

@@ -685,11 +685,14 @@ fn listen_takes_a_host_name_and_port() {
             .iter()
             .any(|warning| warning.contains("is not loopback"))
     };
-    let config = parse("[server]\nlisten = \"localhost:9000\"\n");
+    let hook = "[hooks.a]\ncommand = \"true\"\n";
+    let config = parse(&format!("[server]\nlisten = \"localhost:9000\"\n{hook}"));
     assert_eq!(config.server.listen.to_string(), "localhost:9000");
     assert!(!not_loopback(&config), "{:?}", config.warnings());
     // Not resolved by `check`: a name other than localhost may be reachable from elsewhere.
-    let config = parse("[server]\nlisten = \"cmq.example.com:9000\"\n");
+    let config = parse(&format!(
+        "[server]\nlisten = \"cmq.example.com:9000\"\n{hook}"
+    ));
     assert!(not_loopback(&config), "{:?}", config.warnings());
 }
 
@@ -1696,5 +1699,74 @@ fn keep_bodies_needs_a_journal() {
     assert_eq!(
         config.server.keep_bodies,
         Some(std::time::Duration::from_secs(86_400))
+    );
+}
+
+#[test]
+fn a_value_in_error_is_not_judged_by_the_checks_that_depend_on_it() {
+    // An unset variable in `journal` is not "off": neither keep_bodies nor a stored hook
+    // is told the journal is off.
+    let diagnostics = diagnostics(
+        "[server]\njournal = \"postgres://u:${UNSET}@db/x\"\nkeep_bodies = \"7d\"\n\n\
+         [hooks.a]\ncommand = \"true\"\nack = \"stored\"\n",
+    );
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_at(&diagnostics[0], 2, 11, &["server.journal", "UNSET"]);
+    // A `dedup_for` that cannot be read does not judge a retry schedule.
+    one_error(
+        "[server]\ndedup_for = \"a day\"\n\n[hooks.a]\ncommand = \"true\"\nack = \"stored\"\n\
+         retry = [\"30h\"]\n",
+        2,
+        13,
+        &["server.dedup_for"],
+    );
+    // A workdir that is not there is where the program would be looked for.
+    one_error(
+        "[hooks.a]\nworkdir = \"no-such-dir\"\nargv = [\"./deploy.sh\"]\n",
+        2,
+        11,
+        &["hooks.a.workdir", "not a directory"],
+    );
+    // A hook's `ack` in error is not [defaults]' ack.
+    one_error(
+        "[server]\njournal = \"off\"\n[defaults]\nack = \"stored\"\n\
+         [hooks.a]\ncommand = \"true\"\nack = \"sometimes\"\n",
+        7,
+        7,
+        &["hooks.a.ack", "sometimes"],
+    );
+}
+
+#[test]
+fn durations_are_shown_as_the_config_writes_them() {
+    for (duration, shown) in [
+        (Duration::ZERO, "0s"),
+        (Duration::from_millis(500), "500ms"),
+        (Duration::from_secs(90), "1m 30s"),
+        (Duration::from_secs(86_400), "1d"),
+        (Duration::from_secs(26 * 3600), "1d 2h"),
+        (Duration::from_secs(40 * 86_400), "40d"),
+        (Duration::new(1, 2_003), "1s 2us 3ns"),
+    ] {
+        let text = DurationText(duration).to_string();
+        assert_eq!(text, shown);
+        // What is printed reads back as the same duration.
+        assert_eq!(humantime::parse_duration(&text), Ok(duration), "{text}");
+    }
+}
+
+#[test]
+fn a_duration_that_cannot_be_read_gives_an_example() {
+    one_error(
+        "[hooks.a]\ncommand = \"true\"\ntimeout = \"20\"\n",
+        3,
+        11,
+        &["hooks.a.timeout", "`20` has no unit", "\"20s\""],
+    );
+    one_error(
+        "[hooks.a]\ncommand = \"true\"\nretry = [\"1m\", \"ten\"]\n",
+        3,
+        16,
+        &["hooks.a.retry", "`ten` is not a duration", "\"20s\""],
     );
 }

@@ -216,8 +216,8 @@ pub enum Storing {
     /// as a push to an `ack = "exit"` hook does.
     Running(Arc<Ticket>),
     /// Being stored in the shared database, which says once it is committed whether this
-    /// push stored it or what state the message had.
-    Deciding(tokio::sync::oneshot::Receiver<postgres::Stored>),
+    /// push stored it or what state the message had (see [`postgres::Postgres::store`]).
+    Deciding(watch::Receiver<Option<postgres::Stored>>),
 }
 
 /// Stored messages this process knows to be neither done nor dead, by key, with whether
@@ -421,9 +421,6 @@ pub struct Deliveries {
     work: tokio::sync::mpsc::UnboundedSender<StoredWork>,
     work_receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<StoredWork>>>,
 }
-
-/// Why a push of a stored message is not stored while a replay of it runs.
-pub const REPLAYING: &str = "a replay of this message is running; retry once it is over";
 
 impl Deliveries {
     /// In memory only (`journal = "off"`): at most `capacity` finished outcomes are kept,
@@ -785,7 +782,9 @@ impl Deliveries {
             if let (Some(key), Some(stamp)) = (key, stamp) {
                 match written {
                     Written::Logged => table.durable(key, stamp),
-                    Written::Committed => table.committed(key, stamp),
+                    // Superseded: the database holds the message's state (another
+                    // instance's), so memory lets go of this run's outcome all the same.
+                    Written::Committed | Written::Superseded => table.committed(key, stamp),
                     Written::Failed => {}
                 }
             }
@@ -991,32 +990,9 @@ impl Deliveries {
         dedup_for: Duration,
         update: StoredUpdate,
     ) {
-        if let Store::Postgres(journal) = &self.store {
-            // Written until it is; the row's lease (no longer renewed once written) keeps
-            // other instances off it meanwhile.
-            let RunHandle {
-                id,
-                attempt,
-                start,
-                ticket,
-                ..
-            } = run;
-            let settled = result.clone();
-            journal.record_end(sqlite::Ended {
-                id,
-                attempt,
-                at: SystemTime::now(),
-                start,
-                key: None,
-                result,
-                end,
-                on_commit: Arc::new(|_, _, _| {}),
-                stored: Some(update),
-                state: None,
-            });
-            ticket.settle(settled);
-            return;
-        }
+        // With a shared database the claim follows the work in the end's statement; until
+        // that is committed, the run keeps the claim's lease renewed, which keeps other
+        // instances off the message.
         let state = match update.state {
             StoredState::Done => Outcome::Succeeded,
             StoredState::Dead => Outcome::Dead,

@@ -7,10 +7,16 @@
 //! by the database's clock and renewed by its owner every lease/3; an instance that died leaves
 //! claims whose lease runs out, and the next push of such a message, anywhere, runs it again.
 //!
-//! Stored work (`ack = "stored"`) lives in `cmqhook_stored`, one row per (hook, message id):
-//! stored by one `INSERT … ON CONFLICT` statement, taken by any instance with `FOR UPDATE
-//! SKIP LOCKED` when due, run under a lease renewed with the claims', and resumed by any
-//! instance once that lease ran out.
+//! The claims table is the one state of every (hook, message id), whatever the hook's `ack`
+//! (SPEC §5): a run's outcome, `running`, or for a stored message `queued` (also while it
+//! waits for a retry), `succeeded` or `dead`. Every statement that changes a stored message
+//! changes its claim in the same statement. Stored work (`ack = "stored"`) keeps its body and
+//! schedule in `cmqhook_stored`, one row per (hook, message id): stored by one statement only
+//! when its claim allows it, taken by any instance with `FOR UPDATE SKIP LOCKED` when due
+//! together with its claim (so never while another run of the message holds the claim), and
+//! resumed by any instance once the claim's lease ran out. The claim's lease is the lease of
+//! a stored run too; the work's row keeps one in step (renewed in the same statement), which
+//! only instances of earlier versions judge by.
 //!
 //! Everything here runs on a runtime of its own (one thread), so that its connections do not
 //! depend on which HTTP worker first used them; callers await its tasks from their own
@@ -32,6 +38,7 @@ use super::{
 };
 use crate::runner::orphans;
 use crate::secrets::Secrets;
+use crate::telemetry::metrics;
 
 mod replays;
 mod tls;
@@ -43,8 +50,9 @@ const POOL_SIZE: usize = 16;
 /// How long one statement (or getting a connection for it) may take before the database counts
 /// as unreachable.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the monitor looks again while the database is unreachable.
-const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+/// How often the monitor looks again while the database is unreachable: pushes are answered
+/// again within 1 s of it being reachable (SPEC §8), so well within that.
+const RECONNECT_EVERY: Duration = Duration::from_millis(200);
 /// How often journaled rows older than `dedup_for` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How long `check` and `history` wait for the database.
@@ -57,6 +65,9 @@ const MAX_BATCH: usize = 512;
 const NOT_CONNECTED: &str = "journal unreachable: not connected yet";
 /// How often a record that could not be written is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
+/// How many times a statement (or a batch's transaction) is run when PostgreSQL aborts it to
+/// break a deadlock or a serialization failure (40P01, 40001), before that counts as failed.
+const CONFLICT_TRIES: u32 = 8;
 
 /// The schema, in order; each step only adds, so that an older instance keeps working against
 /// a newer schema during a rolling upgrade. Applied under a transaction-scoped advisory lock,
@@ -200,6 +211,36 @@ CREATE TABLE cmqhook_replays (
 );
 CREATE INDEX cmqhook_replays_open ON cmqhook_replays (id) WHERE state <> 'done';
 ",
+    // A run's end that came after another instance had taken its message over (SPEC §8):
+    // recorded, but the message's state is that instance's. NULL: written before this.
+    r"
+ALTER TABLE cmqhook_runs ADD COLUMN superseded boolean;
+",
+    // One state per (hook, message id), whatever the hook's `ack` (SPEC §5): the claims row is
+    // it for stored messages too. Until now a stored message's state was only in
+    // `cmqhook_stored`: each row becomes its claim's state where it is newer than the claim
+    // (done: succeeded, dead: dead, else queued). Work running now keeps its owner and lease
+    // (`running`), so that no instance takes it while its run goes on.
+    r"
+INSERT INTO cmqhook_claims AS c
+    (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host, owner_pid, run_id,
+     lease_until, ended_at)
+SELECT hook, msg_id, attempt,
+       CASE state WHEN 'done' THEN 'succeeded' WHEN 'dead' THEN 'dead'
+                  WHEN 'running' THEN 'running' ELSE 'queued' END,
+       COALESCE(instance, ''), COALESCE(owner_boot, ''), COALESCE(owner_host, ''),
+       COALESCE(owner_pid, 0), COALESCE(run_id, 0), COALESCE(lease_until, updated_at),
+       CASE WHEN state = 'running' THEN NULL ELSE updated_at END
+FROM cmqhook_stored
+ON CONFLICT (hook, msg_id) DO UPDATE SET
+    attempt = GREATEST(c.attempt, EXCLUDED.attempt), outcome = EXCLUDED.outcome,
+    instance = EXCLUDED.instance, owner_boot = EXCLUDED.owner_boot,
+    owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid,
+    run_id = EXCLUDED.run_id, lease_until = EXCLUDED.lease_until,
+    ended_at = EXCLUDED.ended_at, exit_code = NULL, signal = NULL, duration_ms = NULL
+WHERE c.outcome <> 'running'
+  AND COALESCE(c.ended_at, '-infinity') <= COALESCE(EXCLUDED.ended_at, 'infinity');
+",
 ];
 
 /// A claim of a message for the first time, for [`State::claimer`]: `reply` hears whether
@@ -228,8 +269,12 @@ pub enum Acquired {
     Run { attempt: u32 },
     /// Succeeded within `dedup_for` (here or on another instance): not run again.
     Succeeded(RunResult),
-    /// Another instance runs it now, under a lease not yet expired: ask again later.
+    /// Another run holds it now (on any instance, in any mode), under a lease not yet
+    /// expired: ask again later.
     Elsewhere,
+    /// Stored and not done (queued, waiting for a retry, or its run's lease ran out and it is
+    /// to be resumed): the stored schedule goes on, nothing runs for this push.
+    Queued,
     /// The database cannot be reached: nothing may start.
     Unavailable(String),
 }
@@ -253,6 +298,9 @@ struct State {
     orphan_grace: Duration,
     /// `Err(reason)` while the database cannot be used.
     health: Mutex<Result<(), String>>,
+    /// Wakes the monitor when the database is found unreachable: it probes at once and then
+    /// every [`RECONNECT_EVERY`], instead of waiting for the next renewal.
+    wake: tokio::sync::Notify,
     /// The schema is in place and this host's orphans are taken care of.
     ready: AtomicBool,
     closing: tokio_util::sync::CancellationToken,
@@ -262,6 +310,10 @@ struct State {
     fence: tokio::sync::watch::Sender<u64>,
     /// Run ends and kept bodies, to the writer task.
     writes: tokio::sync::mpsc::UnboundedSender<Write>,
+    /// Ends of stored work and replays, to a writer of their own: no answer waits for them,
+    /// so nothing else holds them back, and a stored success is committed within a moment of
+    /// its command's exit (a SIGKILL after that does not run it again).
+    urgent: tokio::sync::mpsc::UnboundedSender<Write>,
     /// Claims of messages seen for the first time, to the claimer task.
     claims: tokio::sync::mpsc::UnboundedSender<FreshClaim>,
     /// Pushes that ran nothing, to their writer; full means dropped (a flood of refused
@@ -277,8 +329,23 @@ struct State {
 }
 
 /// What storing a push came to: `Ok(None)` stored by this push, `Ok(Some(state))` stored
-/// before (not again), `Err(reason)` not stored.
+/// before (not again), `Err(reason)` not stored. `Ok(Some(StoredState::Running))` is never
+/// the last word: the push waits for another run of the message.
 pub type Stored = Result<Option<StoredState>, String>;
+
+/// What one try at storing a push found.
+enum Decided {
+    /// Stored by this push.
+    Stored,
+    /// Not stored: the message is in this state (`Done`: succeeded within `dedup_for`).
+    Known(StoredState),
+    /// A run of the message that is not its stored work holds its claim (an `ack = "exit"`
+    /// push's, or a replay's): the push waits for it, as a push to an `ack = "exit"` hook does.
+    Running,
+}
+
+/// How often a push of a stored hook looks again while another run of its message goes on.
+const RUNNING_POLL: Duration = Duration::from_millis(100);
 
 /// `journal` values that name a PostgreSQL database.
 pub fn is_url(journal: &str) -> bool {
@@ -354,6 +421,7 @@ impl Postgres {
                 reason: format!("cannot make a connection pool: {err}"),
             })?;
         let (writes, writes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (urgent, urgent_rx) = tokio::sync::mpsc::unbounded_channel();
         let (claims, claims_rx) = tokio::sync::mpsc::unbounded_channel();
         let (pushes, pushes_rx) = tokio::sync::mpsc::channel(PUSHES_QUEUED);
         let state = Arc::new(State {
@@ -370,11 +438,13 @@ impl Postgres {
             keep_bodies,
             orphan_grace,
             health: Mutex::new(Err(NOT_CONNECTED.to_owned())),
+            wake: tokio::sync::Notify::new(),
             ready: AtomicBool::new(false),
             closing: tokio_util::sync::CancellationToken::new(),
             renewed: Mutex::new(Instant::now()),
             fence: tokio::sync::watch::Sender::new(0),
             writes,
+            urgent,
             claims,
             pushes,
             held: Mutex::new(HashSet::new()),
@@ -385,6 +455,7 @@ impl Postgres {
         handle.spawn(Arc::clone(&state).monitor());
         handle.spawn(Arc::clone(&state).fencer());
         handle.spawn(Arc::clone(&state).writer(writes_rx));
+        handle.spawn(Arc::clone(&state).writer(urgent_rx));
         handle.spawn(Arc::clone(&state).claimer(claims_rx));
         handle.spawn(Arc::clone(&state).push_writer(pushes_rx));
         handle.spawn(Arc::clone(&state).pruner());
@@ -446,21 +517,40 @@ impl Postgres {
         .unwrap_or_else(Acquired::Unavailable)
     }
 
-    /// Stores `push` for its stored hook unless the message is known already (a done one for
-    /// `dedup_for`); the receiver hears once that is committed, or why not.
+    /// Stores `push` for its stored hook if the message's one state allows it (SPEC §5:
+    /// none, a success older than `dedup_for`, a failure or interruption); else the receiver
+    /// hears the state (succeeded, queued, dead). While a run that is not the message's stored
+    /// work holds it (a push to the hook while its `ack` was `"exit"`, or a replay), it waits
+    /// for that run, as long as the receiver does. The receiver hears once that is committed,
+    /// or why not: `Ok(Some(StoredState::Running))` meanwhile, while it waits for that run.
     pub fn store(
         &self,
         push: StoredPush,
         dedup_for: Duration,
-    ) -> tokio::sync::oneshot::Receiver<Stored> {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+    ) -> tokio::sync::watch::Receiver<Option<Stored>> {
+        let (sender, receiver) = tokio::sync::watch::channel(None);
         let state = Arc::clone(&self.state);
         self.handle.spawn(async move {
-            let stored = state.store(&push, dedup_for).await;
+            // While another run holds the message, until it is over or the push is answered
+            // without it (its `respond_within` ran out: the receiver is gone).
+            let stored = loop {
+                match state.store(&push, dedup_for).await {
+                    Ok(Decided::Stored) => break Ok(None),
+                    Ok(Decided::Known(known)) => break Ok(Some(known)),
+                    Ok(Decided::Running) => {
+                        sender.send_replace(Some(Ok(Some(StoredState::Running))));
+                    }
+                    Err(reason) => break Err(reason),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(RUNNING_POLL) => {}
+                    () = sender.closed() => return,
+                }
+            };
             if matches!(stored, Ok(None)) {
                 state.stored.notify_one();
             }
-            let _ = sender.send(stored);
+            sender.send_replace(Some(stored));
         });
         receiver
     }
@@ -471,9 +561,10 @@ impl Postgres {
     }
 
     /// Takes the earliest due stored work of `hook` (queued, waiting past its `next_at`, or
-    /// running under a lease that ran out) for a run as `run_id`, atomically across instances:
-    /// its row is `running` under this instance's lease, its attempt counted. `Ok(None)`:
-    /// nothing due.
+    /// running under a lease that ran out) for a run as `run_id`, atomically across instances,
+    /// together with its message's claim: both are `running` under this instance's lease, its
+    /// attempt counted. Work whose claim another run holds (any mode) is not taken; work whose
+    /// message succeeded by another run is done without a run. `Ok(None)`: nothing taken.
     pub async fn take_due(&self, hook: &str, run_id: i64) -> Result<Option<StoredWork>, String> {
         let hook = hook.to_owned();
         self.on_runtime(async move |state| state.take_due(&hook, run_id).await)
@@ -509,8 +600,12 @@ impl Postgres {
     /// the first failure and of the success. A record that cannot be written is tried again
     /// until it is (its outcome answers retries from memory meanwhile).
     pub fn record_end(&self, ended: Ended) {
+        let writer = match ended.stored {
+            Some(_) => &self.state.urgent,
+            None => &self.state.writes,
+        };
         if let Err(tokio::sync::mpsc::error::SendError(Write::End(ended))) =
-            self.state.writes.send(Write::End(ended))
+            writer.send(Write::End(ended))
         {
             tracing::error!("the journal writer has stopped; a run's end is not written");
             (ended.on_commit)(Written::Failed, ended.key.as_ref(), &ended.result);
@@ -552,8 +647,10 @@ impl Postgres {
             .take();
         if let Some(runtime) = runtime {
             // Writes in flight are retried while the database is away; give them a moment.
+            // Each pooled connection is a task that lives as long as the pool: not a write.
             let deadline = Instant::now() + STATEMENT_TIMEOUT;
-            while runtime.metrics().num_alive_tasks() > 0 && Instant::now() < deadline {
+            let connections = || self.state.pool.status().size;
+            while runtime.metrics().num_alive_tasks() > connections() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             runtime.shutdown_timeout(Duration::from_millis(100));
@@ -580,10 +677,15 @@ impl State {
         let health = health.map_err(|reason| self.secrets.redact(&reason).into_owned());
         let mut current = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         match (&*current, &health) {
-            (Ok(()), Err(reason)) => tracing::error!(
-                reason = reason.as_str(),
-                "journal unreachable: nothing new starts"
-            ),
+            (Ok(()), Err(reason)) => {
+                tracing::error!(
+                    reason = reason.as_str(),
+                    "journal unreachable: nothing new starts"
+                );
+                // Healthy again only by a renewal that succeeds (never before the leases
+                // are renewed, for self-fencing); the monitor tries one now.
+                self.wake.notify_one();
+            }
             (Err(before), Ok(())) if before != NOT_CONNECTED => {
                 tracing::warn!("journal reachable again; pushes are taken again");
             }
@@ -682,16 +784,52 @@ impl State {
         Ok((client, statement))
     }
 
-    /// What a statement bounded by [`STATEMENT_TIMEOUT`] came to; a failure marks the
-    /// database unreachable.
-    async fn bounded<T>(
+    /// What a statement (or a transaction) came to, each try bounded by
+    /// [`STATEMENT_TIMEOUT`]. One that PostgreSQL aborted to break a deadlock or a
+    /// serialization failure is run again (nothing of it was committed), up to
+    /// [`CONFLICT_TRIES`] times; any other failure marks the database unreachable.
+    async fn bounded<T, F: Future<Output = Result<T, tokio_postgres::Error>>>(
         &self,
-        statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+        mut statement: impl FnMut() -> F,
     ) -> Result<T, String> {
-        match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(self.failed(&err.to_string())),
-            Err(_) => Err(self.failed("a statement timed out")),
+        let mut tries = 1;
+        loop {
+            let tried = tokio::time::timeout(STATEMENT_TIMEOUT, statement()).await;
+            if let Some(done) = self.settle(tried, &mut tries).await {
+                return done;
+            }
+        }
+    }
+
+    /// What one try of [`State::bounded`] came to: `None` after a conflict, to try again.
+    async fn settle<T>(
+        &self,
+        tried: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+        tries: &mut u32,
+    ) -> Option<Result<T, String>> {
+        match tried {
+            Ok(Ok(value)) => Some(Ok(value)),
+            Ok(Err(err)) if is_conflict(&err) => {
+                if *tries >= CONFLICT_TRIES {
+                    // The database answers: no reason to stop taking pushes.
+                    return Some(Err(format!(
+                        "journal busy: {} ({tries} tries)",
+                        describe(&err)
+                    )));
+                }
+                tracing::info!(
+                    error = describe(&err).as_str(),
+                    tries = *tries,
+                    "the database aborted a statement to break a conflict; running it again"
+                );
+                // Apart in time, so that the two sides do not meet again at once.
+                let jitter = u64::from(std::process::id() % 7 + *tries * 3);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+                *tries += 1;
+                None
+            }
+            Ok(Err(err)) => Some(Err(self.failed(&err.to_string()))),
+            Err(_) => Some(Err(self.failed("a statement timed out"))),
         }
     }
 
@@ -701,7 +839,9 @@ impl State {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, String> {
         let (client, statement) = self.prepared(sql).await?;
-        self.bounded(client.execute(&statement, params)).await
+        let (client, statement) = (&client, &statement);
+        self.bounded(move || client.execute(statement, params))
+            .await
     }
 
     async fn query(
@@ -710,7 +850,8 @@ impl State {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, String> {
         let (client, statement) = self.prepared(sql).await?;
-        self.bounded(client.query(&statement, params)).await
+        let (client, statement) = (&client, &statement);
+        self.bounded(move || client.query(statement, params)).await
     }
 
     async fn acquire(
@@ -748,11 +889,15 @@ impl State {
         self.take_over(hook, msg_id, run_id, dedup_for, false).await
     }
 
-    /// One statement takes the claim of a known message if it is retryable or its lease ran
-    /// out (then the run that lost it gets an `interrupted` row), else reads what holds it.
-    /// `again` (a replay): a success is taken too, and the attempt is the one after every run
-    /// journaled. The read sees the row as it was when the statement began, so a claim
-    /// changed by another instance meanwhile can leave it empty: ask again.
+    /// One statement takes the claim of a known message if SPEC §5's table lets a push of an
+    /// `ack = "exit"` hook run it: failed, timed out, killed, interrupted, dead, succeeded
+    /// longer ago than `dedup_for`, or running under a lease that ran out (then the run that
+    /// lost it gets an `interrupted` row), unless that run was the message's stored work,
+    /// which is resumed by its schedule. Else it reads what holds it: a success, stored work
+    /// not done ([`Acquired::Queued`]), or another run. `again` (a replay): whatever the
+    /// state, unless a run holds it, and the attempt is the one after every run journaled.
+    /// The read sees the row as it was when the statement began, so a claim changed by
+    /// another instance meanwhile can leave it empty: ask again.
     pub(super) async fn take_over(
         &self,
         hook: &str,
@@ -770,6 +915,12 @@ impl State {
                         SELECT instance, attempt, lease_until FROM cmqhook_claims
                         WHERE hook = $1 AND msg_id = $2 AND outcome = 'running'
                           AND lease_until < now()
+                     ),
+                     -- Stored work of the message that is not over: its schedule goes on.
+                     stored_live AS (
+                        SELECT 1 FROM cmqhook_stored
+                        WHERE hook = $1 AND msg_id = $2
+                          AND state IN ('queued', 'waiting', 'running')
                      ),
                      taken AS (
                         INSERT INTO cmqhook_claims AS c
@@ -791,8 +942,10 @@ impl State {
                             owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid,
                             run_id = EXCLUDED.run_id, lease_until = EXCLUDED.lease_until,
                             ended_at = NULL, exit_code = NULL, signal = NULL, duration_ms = NULL
-                        WHERE c.outcome NOT IN ('running', 'succeeded')
-                           OR (c.outcome = 'running' AND c.lease_until < now())
+                        WHERE c.outcome NOT IN ('running', 'succeeded', 'queued')
+                           OR (c.outcome = 'queued' AND $10)
+                           OR (c.outcome = 'running' AND c.lease_until < now()
+                               AND ($10 OR NOT EXISTS (SELECT 1 FROM stored_live)))
                            OR (c.outcome = 'succeeded'
                                AND ($10 OR c.ended_at < now() - $9::float8 * interval '1 second'))
                         RETURNING c.attempt
@@ -806,9 +959,13 @@ impl State {
                                'interrupted', 'its instance stopped renewing its claim''s lease'
                         FROM expired WHERE EXISTS (SELECT 1 FROM taken)
                      )
-                     SELECT true, attempt, NULL::text, NULL::bigint FROM taken
+                     SELECT true, attempt, NULL::text, NULL::bigint, false FROM taken
                      UNION ALL
-                     SELECT false, attempt, outcome, duration_ms FROM cmqhook_claims
+                     SELECT false, attempt, outcome, duration_ms,
+                            outcome = 'queued'
+                            OR (outcome = 'running' AND lease_until < now()
+                                AND EXISTS (SELECT 1 FROM stored_live))
+                     FROM cmqhook_claims
                      WHERE hook = $1 AND msg_id = $2 AND NOT EXISTS (SELECT 1 FROM taken)",
                     &[
                         &hook,
@@ -854,57 +1011,91 @@ impl State {
                     elsewhere: true,
                 });
             }
+            if row.get::<_, bool>(4) {
+                return Acquired::Queued;
+            }
             return Acquired::Elsewhere;
         }
         Acquired::Elsewhere
     }
 
-    async fn store(&self, push: &StoredPush, dedup_for: Duration) -> Stored {
+    /// What SPEC §5's table makes of a push of the stored hook `push.hook`, decided and
+    /// written by one statement on the message's claim: stored (the claim `queued`, with the
+    /// attempts so far, and the work's row written) when the claim is none, a success older
+    /// than `dedup_for`, a failure, or a run whose lease ran out (which gets its
+    /// `interrupted` row); else what the state is. The read sees the claim as it was when the
+    /// statement began: one another instance committed meanwhile leaves it empty, so ask
+    /// again.
+    async fn store(&self, push: &StoredPush, dedup_for: Duration) -> Result<Decided, String> {
         self.health()?;
         let message = &push.message;
         let body = push.stdin.as_deref();
         let dedup = seconds(dedup_for);
-        // Stored by this push (a row with no state), or what holds it. The read sees the table
-        // as the statement began: a row another instance committed meanwhile leaves it empty,
-        // so ask again.
         for _ in 0..3 {
             let rows = self
                 .query(
-                    "WITH replaying AS (
-                        SELECT 1 FROM cmqhook_claims
-                        WHERE hook = $1 AND msg_id = $2 AND outcome = 'running'
-                          AND lease_until >= now()
+                    "WITH found AS (
+                        SELECT outcome, attempt, instance, lease_until,
+                               outcome = 'running' AND lease_until < now() AS expired
+                        FROM cmqhook_claims WHERE hook = $1 AND msg_id = $2
+                     ),
+                     -- Stored work of the message that is not over: its schedule goes on.
+                     stored_live AS (
+                        SELECT 1 FROM cmqhook_stored
+                        WHERE hook = $1 AND msg_id = $2
+                          AND state IN ('queued', 'waiting', 'running')
+                     ),
+                     claimed AS (
+                        INSERT INTO cmqhook_claims AS c
+                            (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
+                             owner_pid, run_id, lease_until, ended_at)
+                        VALUES ($1, $2, 0, 'queued', $13, $14, $15, $16, 0, now(), now())
+                        ON CONFLICT (hook, msg_id) DO UPDATE
+                        SET outcome = 'queued', instance = EXCLUDED.instance,
+                            owner_boot = EXCLUDED.owner_boot, owner_host = EXCLUDED.owner_host,
+                            owner_pid = EXCLUDED.owner_pid, run_id = 0, lease_until = now(),
+                            ended_at = now(), exit_code = NULL, signal = NULL,
+                            duration_ms = NULL
+                        WHERE c.outcome NOT IN ('running', 'succeeded', 'queued', 'dead')
+                           OR (c.outcome = 'succeeded'
+                               AND c.ended_at < now() - $12::float8 * interval '1 second')
+                           OR (c.outcome = 'running' AND c.lease_until < now()
+                               AND NOT EXISTS (SELECT 1 FROM stored_live))
+                        RETURNING c.attempt
                      ),
                      stored AS (
                         INSERT INTO cmqhook_stored AS s
                             (hook, msg_id, state, attempt, failures, next_at, received_at,
                              updated_at, request_id, path, format, topic, subscription,
                              topic_owner, publish_time, tags, body)
-                        VALUES ($1, $2, 'queued', 0, 0, now(), now(), now(), $3, $4, $5, $6, $7,
-                                $8, $9, $10, $11)
+                        SELECT $1, $2, 'queued', attempt, 0, now(), now(), now(), $3::text,
+                               $4::text, $5::text, $6::text, $7::text, $8::text, $9::text,
+                               $10::text, $11::bytea
+                        FROM claimed
                         ON CONFLICT (hook, msg_id) DO UPDATE SET
-                            state = 'queued', attempt = 0, failures = 0, next_at = now(),
-                            received_at = now(), updated_at = now(), last_outcome = NULL,
-                            request_id = EXCLUDED.request_id, path = EXCLUDED.path,
-                            format = EXCLUDED.format, topic = EXCLUDED.topic,
-                            subscription = EXCLUDED.subscription,
+                            state = 'queued', attempt = EXCLUDED.attempt, failures = 0,
+                            next_at = now(), received_at = now(), updated_at = now(),
+                            last_outcome = NULL, request_id = EXCLUDED.request_id,
+                            path = EXCLUDED.path, format = EXCLUDED.format,
+                            topic = EXCLUDED.topic, subscription = EXCLUDED.subscription,
                             topic_owner = EXCLUDED.topic_owner,
                             publish_time = EXCLUDED.publish_time, tags = EXCLUDED.tags,
                             body = EXCLUDED.body, owner_boot = NULL, run_id = NULL,
                             lease_until = NULL
-                        -- Done longer ago than `dedup_for`: a new message, unless a replay
-                        -- of it runs (never alongside it).
-                        WHERE s.state = 'done'
-                          AND s.updated_at < now() - $12::float8 * interval '1 second'
-                          AND NOT EXISTS (SELECT 1 FROM replaying)
-                        RETURNING 1
+                     ),
+                     -- The run whose lease ran out gets its row: its instance cannot write it.
+                     noted AS (
+                        INSERT INTO cmqhook_runs
+                            (instance, started_at, ended_at, hook, msg_id, path, tags, attempt,
+                             outcome, error)
+                        SELECT instance, lease_until, lease_until, $1, $2, '', '', attempt,
+                               'interrupted', 'its instance stopped renewing its claim''s lease'
+                        FROM found WHERE expired AND EXISTS (SELECT 1 FROM claimed)
                      )
-                     SELECT NULL::text FROM stored
+                     SELECT NULL::text, false FROM claimed
                      UNION ALL
-                     SELECT CASE WHEN state = 'done' AND EXISTS (SELECT 1 FROM replaying)
-                                 THEN 'replaying' ELSE state END
-                     FROM cmqhook_stored
-                     WHERE hook = $1 AND msg_id = $2 AND NOT EXISTS (SELECT 1 FROM stored)",
+                     SELECT outcome, EXISTS (SELECT 1 FROM stored_live) FROM found
+                     WHERE NOT EXISTS (SELECT 1 FROM claimed)",
                     &[
                         &push.hook,
                         &message.msg_id,
@@ -918,23 +1109,39 @@ impl State {
                         &text(&message.tags),
                         &body,
                         &dedup,
+                        &self.owner.instance,
+                        &self.owner.boot,
+                        &self.owner.host,
+                        &self.owner.pid,
                     ],
                 )
                 .await?;
             let Some(row) = rows.first() else {
                 continue;
             };
-            let Some(known) = row.get::<_, Option<String>>(0) else {
-                return Ok(None);
+            let Some(state) = row.get::<_, Option<String>>(0) else {
+                return Ok(Decided::Stored);
             };
-            if known == "replaying" {
-                return Err(super::REPLAYING.to_owned());
+            let stored_live: bool = row.get(1);
+            match Outcome::parse(&state) {
+                Some(Outcome::Succeeded) => return Ok(Decided::Known(StoredState::Done)),
+                Some(Outcome::Queued) => return Ok(Decided::Known(StoredState::Queued)),
+                Some(Outcome::Dead) => return Ok(Decided::Known(StoredState::Dead)),
+                // The stored work's own run (or its resumption, once its lease ran out).
+                Some(Outcome::Running) if stored_live => {
+                    return Ok(Decided::Known(StoredState::Queued));
+                }
+                Some(Outcome::Running) => return Ok(Decided::Running),
+                Some(_) => {}
+                None => {
+                    return Err(format!(
+                        "journal holds a state this cmqhook does not know: `{state}`"
+                    ));
+                }
             }
-            return StoredState::parse(&known).map(Some).ok_or_else(|| {
-                format!("journal holds a stored state this cmqhook does not know: `{known}`")
-            });
+            // A state that allows storing, read from before another instance changed it.
         }
-        Err("the message's stored state changed while it was read; retry".to_owned())
+        Err("the message's state changed while it was read; retry".to_owned())
     }
 
     async fn take_due(&self, hook: &str, run_id: i64) -> Result<Option<StoredWork>, String> {
@@ -942,38 +1149,73 @@ impl State {
         let rows = self
             .query(
                 "WITH due AS (
-                    -- Locked, so re-read if another instance changed it meanwhile.
-                    SELECT hook, msg_id, state AS was, instance AS was_instance,
-                           attempt AS was_attempt, lease_until AS was_lease
-                    FROM cmqhook_stored
-                    WHERE hook = $1
-                      AND (state = 'queued' OR (state = 'waiting' AND next_at <= now())
-                           -- Its instance stopped renewing the lease: resumed here.
-                           OR (state = 'running' AND lease_until < now()))
-                    ORDER BY next_at LIMIT 1
-                    FOR UPDATE SKIP LOCKED
+                    -- Locked, so re-read if another instance changed it meanwhile. Not
+                    -- while a run of the message (any mode, any instance) holds its claim;
+                    -- a stored run whose claim's lease ran out is resumed here.
+                    SELECT s.hook, s.msg_id, s.attempt AS stored_attempt, c.outcome AS was,
+                           c.instance AS was_instance, c.attempt AS was_attempt,
+                           c.lease_until AS was_lease,
+                           c.outcome IS NOT DISTINCT FROM 'succeeded' AS settled
+                    FROM cmqhook_stored AS s
+                    LEFT JOIN cmqhook_claims AS c ON c.hook = s.hook AND c.msg_id = s.msg_id
+                    WHERE s.hook = $1
+                      AND (s.state = 'queued' OR (s.state = 'waiting' AND s.next_at <= now())
+                           OR (s.state = 'running'
+                               AND (s.lease_until IS NULL OR s.lease_until < now())))
+                      AND (c.outcome IS DISTINCT FROM 'running' OR c.lease_until < now())
+                    ORDER BY s.next_at LIMIT 1
+                    FOR UPDATE OF s SKIP LOCKED
+                 ),
+                 -- The claim is the take: atomic on its latest version, so that a run that
+                 -- took it meanwhile keeps it.
+                 claimed AS (
+                    INSERT INTO cmqhook_claims AS c
+                        (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
+                         owner_pid, run_id, lease_until)
+                    SELECT hook, msg_id, stored_attempt + 1, 'running', $2, $3, $4, $5, $6,
+                           now() + $7::float8 * interval '1 second'
+                    FROM due WHERE NOT settled
+                    ON CONFLICT (hook, msg_id) DO UPDATE
+                    SET attempt = GREATEST(c.attempt + 1, EXCLUDED.attempt),
+                        outcome = 'running', instance = EXCLUDED.instance,
+                        owner_boot = EXCLUDED.owner_boot, owner_host = EXCLUDED.owner_host,
+                        owner_pid = EXCLUDED.owner_pid, run_id = EXCLUDED.run_id,
+                        lease_until = EXCLUDED.lease_until, ended_at = NULL, exit_code = NULL,
+                        signal = NULL, duration_ms = NULL
+                    WHERE c.outcome NOT IN ('running', 'succeeded')
+                       OR (c.outcome = 'running' AND c.lease_until < now())
+                    RETURNING c.msg_id, c.attempt
                  ),
                  taken AS (
                     UPDATE cmqhook_stored AS s
-                    SET state = 'running', attempt = s.attempt + 1, instance = $2,
+                    SET state = 'running', attempt = claimed.attempt, instance = $2,
                         owner_boot = $3, owner_host = $4, owner_pid = $5, run_id = $6,
                         lease_until = now() + $7::float8 * interval '1 second',
                         updated_at = now()
-                    FROM due WHERE s.hook = due.hook AND s.msg_id = due.msg_id
+                    FROM claimed WHERE s.hook = $1 AND s.msg_id = claimed.msg_id
                     RETURNING s.attempt, s.failures, s.msg_id, s.request_id, s.path, s.format,
                               s.topic, s.subscription, s.topic_owner, s.publish_time, s.tags,
-                              s.body, due.was, due.was_instance, due.was_attempt, due.was_lease
+                              s.body
+                 ),
+                 -- Its message succeeded by another run (a replay, or a push to the hook
+                 -- while its `ack` was \"exit\"): done, nothing runs.
+                 settled AS (
+                    UPDATE cmqhook_stored AS s
+                    SET state = 'done', last_outcome = 'succeeded', updated_at = now(),
+                        lease_until = NULL
+                    FROM due WHERE due.settled AND s.hook = due.hook AND s.msg_id = due.msg_id
                  ),
                  -- The run whose lease ran out gets its row: its instance cannot write it.
                  noted AS (
                     INSERT INTO cmqhook_runs
                         (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
                          subscription, tags, attempt, outcome, error)
-                    SELECT COALESCE(was_instance, ''), was_lease, was_lease, $1, msg_id,
-                           request_id, COALESCE(path, ''), topic, subscription, tags,
-                           was_attempt, 'interrupted',
-                           'its instance stopped renewing the stored run''s lease'
-                    FROM taken WHERE was = 'running'
+                    SELECT COALESCE(due.was_instance, ''), due.was_lease, due.was_lease, $1,
+                           taken.msg_id, taken.request_id, COALESCE(taken.path, ''),
+                           taken.topic, taken.subscription, taken.tags, due.was_attempt,
+                           'interrupted', 'its instance stopped renewing the run''s lease'
+                    FROM taken JOIN due ON due.msg_id = taken.msg_id
+                    WHERE due.was = 'running'
                  )
                  SELECT attempt, failures, msg_id, request_id, path, format, topic,
                         subscription, topic_owner, publish_time, tags, body
@@ -1053,6 +1295,9 @@ impl State {
     ) {
         let mut batch: Vec<FreshClaim> = Vec::new();
         while self.gather(&mut claims, &mut batch).await {
+            // Keys taken in one order by every instance (as [`Write::rows`]): two batches
+            // waiting for each other's uncommitted keys would deadlock.
+            batch.sort_by(|a, b| (&a.msg_id, &a.hook).cmp(&(&b.msg_id, &b.hook)));
             let hooks: Vec<&str> = batch.iter().map(|claim| claim.hook.as_str()).collect();
             let msg_ids: Vec<&str> = batch.iter().map(|claim| claim.msg_id.as_str()).collect();
             let run_ids: Vec<i64> = batch.iter().map(|claim| claim.run_id).collect();
@@ -1105,15 +1350,17 @@ impl State {
                 continue;
             }
             match self.write_batch(&batch).await {
-                Ok(()) => {
-                    for write in batch.drain(..) {
+                Ok(superseded) => {
+                    for (write, superseded) in batch.drain(..).zip(superseded) {
                         if let Write::End(ended) = write {
                             self.let_go(ended.id);
-                            (ended.on_commit)(
-                                Written::Committed,
-                                ended.key.as_ref(),
-                                &ended.result,
-                            );
+                            let written = if superseded {
+                                self.superseded(&ended);
+                                Written::Superseded
+                            } else {
+                                Written::Committed
+                            };
+                            (ended.on_commit)(written, ended.key.as_ref(), &ended.result);
                         }
                     }
                     told = 0;
@@ -1145,8 +1392,29 @@ impl State {
         }
     }
 
-    async fn write_batch(&self, batch: &[Write]) -> Result<(), String> {
-        let (mut client, statement) = self.prepared(END_RUN).await?;
+    /// A run's end came after another instance had taken its claim (or its stored work)
+    /// over: its row says so, and the message's state is the other instance's.
+    fn superseded(&self, ended: &Ended) {
+        let start = &ended.start.1;
+        metrics().superseded.with_label_values(&[&start.hook]).inc();
+        tracing::warn!(
+            hook = start.hook.as_str(),
+            msg_id = start.push.msg_id.as_deref().unwrap_or(""),
+            attempt = ended.attempt,
+            outcome = ended.result.outcome.as_str(),
+            "a run ended after another instance had taken its message over: recorded as superseded, the message's state left as that instance's"
+        );
+    }
+
+    /// Writes `batch` in one transaction (one statement if it is alone), its writes in the
+    /// order of [`Write::rows`], so that two instances' batches never wait for each other's
+    /// rows in a cycle; a deadlock or serialization failure runs the whole batch again. For
+    /// each write, in `batch`'s order: whether it was a run's end superseded by another
+    /// instance's claim.
+    async fn write_batch(&self, batch: &[Write]) -> Result<Vec<bool>, String> {
+        let mut client = self.client().await?;
+        // Only the statements the batch needs: preparing one on a connection that has not
+        // yet costs a round trip, which a stored end about to free its slot waits for.
         let prepare = async |needed: bool, sql: &str| match needed {
             true => client
                 .prepare_cached(sql)
@@ -1161,6 +1429,7 @@ impl State {
                 Write::Keep(..) => None,
             })
         };
+        let end_statement = prepare(ends().any(|ended| ended.stored.is_none()), END_RUN).await?;
         let stored_statement = prepare(
             ends().any(|ended| ended.stored.as_ref().is_some_and(|s| s.only_if.is_none())),
             END_STORED_RUN,
@@ -1176,9 +1445,11 @@ impl State {
             KEEP_BODY,
         )
         .await?;
-        let rows = batch
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|a, b| batch[*a].rows().cmp(&batch[*b].rows()));
+        let rows = order
             .iter()
-            .map(|write| match write {
+            .map(|index| match &batch[*index] {
                 Write::End(ended) => Row::End(EndRow::of(ended), StoredRow::of(ended)),
                 Write::Keep(at, kept) => Row::Keep(*at, KeptRow::of(kept)),
             })
@@ -1200,7 +1471,7 @@ impl State {
                                 _ => unreachable!("prepared for every stored row"),
                             }
                         }
-                        None => &statement,
+                        None => end_statement.as_ref().expect("prepared for every end"),
                     };
                     (statement, params)
                 }
@@ -1213,20 +1484,36 @@ impl State {
                 }
             })
             .collect();
-        let write = async {
-            if let [(statement, params)] = params.as_slice() {
-                // One statement commits on its own: no BEGIN and COMMIT to send and parse.
-                return client.execute(*statement, params).await.map(drop);
+        let mut tries = 1;
+        // [`State::bounded`], but the transaction needs the connection mutably.
+        let written = loop {
+            let write = async {
+                if let [(statement, params)] = params.as_slice() {
+                    // One statement commits on its own: no BEGIN and COMMIT to send and parse.
+                    return Ok(vec![client.query(*statement, params).await?]);
+                }
+                // One transaction, its statements pipelined: one commit for the whole batch.
+                let transaction = client.transaction().await?;
+                let statements = params
+                    .iter()
+                    .map(|(statement, params)| transaction.query(*statement, params));
+                let written = futures_util::future::try_join_all(statements).await?;
+                transaction.commit().await?;
+                Ok(written)
+            };
+            let tried = tokio::time::timeout(STATEMENT_TIMEOUT, write).await;
+            if let Some(done) = self.settle(tried, &mut tries).await {
+                break done?;
             }
-            // One transaction, its statements pipelined: one commit for the whole batch.
-            let transaction = client.transaction().await?;
-            let statements = params
-                .iter()
-                .map(|(statement, params)| transaction.execute(*statement, params));
-            futures_util::future::try_join_all(statements).await?;
-            transaction.commit().await
         };
-        self.bounded(write).await
+        let mut superseded = vec![false; batch.len()];
+        for (index, rows) in order.into_iter().zip(written) {
+            // An end's statement returns its run's row; a kept body's, nothing.
+            superseded[index] = rows
+                .first()
+                .is_some_and(|row| row.get::<_, Option<bool>>(0) == Some(true));
+        }
+        Ok(superseded)
     }
 
     async fn write_push(&self, at: SystemTime, record: &PushRecord) -> Result<(), String> {
@@ -1253,7 +1540,9 @@ impl State {
     }
 
     /// Connects, migrates and takes over this host's orphans until that works; then renews
-    /// this process's leases every lease/3, and prunes old rows now and then.
+    /// this process's leases every lease/3, and at once when a statement found the database
+    /// unreachable (then every [`RECONNECT_EVERY`] until a renewal succeeds, which makes the
+    /// instance healthy again).
     async fn monitor(self: Arc<Self>) {
         let mut said_down = false;
         loop {
@@ -1267,7 +1556,11 @@ impl State {
             };
             let wait = match outcome {
                 Ok(()) => {
-                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = sent;
+                    // Before the first connection no lease is held, and every lease is taken
+                    // after it: counting from when a slow start (a migration waiting for
+                    // another instance's) began would fence this instance at once.
+                    let renewed = if ready { sent } else { Instant::now() };
+                    *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = renewed;
                     if !ready {
                         self.ready.store(true, Ordering::Release);
                         if said_down {
@@ -1292,6 +1585,7 @@ impl State {
             tokio::select! {
                 () = self.closing.cancelled() => return,
                 () = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+                () = self.wake.notified() => {}
             }
         }
     }
@@ -1358,7 +1652,7 @@ impl State {
             .await?;
         let dead: Vec<String> = rows
             .iter()
-            .filter(|row| !orphans::process_alive(row.get(1)))
+            .filter(|row| !orphans::owner_alive(row.get(1), row.get(0)))
             .map(|row| row.get(0))
             .collect();
         if dead.is_empty() {
@@ -1390,10 +1684,16 @@ impl State {
         })
         .await
         .unwrap_or(0);
+        // A stored run's claim is its message's state: queued again, as its work.
         let interrupted = self
             .execute(
-                "UPDATE cmqhook_claims SET outcome = 'interrupted', ended_at = now(),
-                        lease_until = now()
+                "UPDATE cmqhook_claims AS c
+                 SET outcome = CASE WHEN EXISTS (
+                         SELECT 1 FROM cmqhook_stored AS s
+                         WHERE s.hook = c.hook AND s.msg_id = c.msg_id
+                           AND s.state IN ('queued', 'waiting', 'running')
+                     ) THEN 'queued' ELSE 'interrupted' END,
+                     ended_at = now(), lease_until = now()
                  WHERE outcome = 'running' AND owner_boot = ANY($1)",
                 &[&dead],
             )
@@ -1467,17 +1767,31 @@ impl State {
             .collect();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&lease, &self.owner.boot, &held];
+        // Rows locked in the order the writer's batches take them (message id, then hook,
+        // bytewise), so that a renewal and a batch of ends never deadlock.
         let renewal = self.execute(
-            "WITH stored AS (
-                UPDATE cmqhook_stored SET lease_until = now() + $1::float8 * interval '1 second'
+            "WITH claims AS (
+                SELECT hook, msg_id FROM cmqhook_claims
+                WHERE owner_boot = $2 AND run_id = ANY($3) AND outcome = 'running'
+                ORDER BY msg_id COLLATE \"C\", hook COLLATE \"C\" FOR UPDATE
+             ),
+             stored_rows AS (
+                SELECT hook, msg_id FROM cmqhook_stored
                 WHERE owner_boot = $2 AND run_id = ANY($3) AND state = 'running'
+                ORDER BY msg_id COLLATE \"C\", hook COLLATE \"C\" FOR UPDATE
+             ),
+             stored AS (
+                UPDATE cmqhook_stored AS s
+                SET lease_until = now() + $1::float8 * interval '1 second'
+                FROM stored_rows AS r WHERE s.hook = r.hook AND s.msg_id = r.msg_id
              ),
              replays AS (
                 UPDATE cmqhook_replays SET lease_until = now() + $1::float8 * interval '1 second'
                 WHERE owner_boot = $2 AND state = 'taken'
              )
-             UPDATE cmqhook_claims SET lease_until = now() + $1::float8 * interval '1 second'
-             WHERE owner_boot = $2 AND run_id = ANY($3) AND outcome = 'running'",
+             UPDATE cmqhook_claims AS c
+             SET lease_until = now() + $1::float8 * interval '1 second'
+             FROM claims AS r WHERE c.hook = r.hook AND c.msg_id = r.msg_id",
             &params,
         );
         match tokio::time::timeout(self.lease / 3, renewal).await {
@@ -1515,67 +1829,103 @@ impl State {
             &[&keep_bodies],
         )
         .await?;
+        // Stored work not done is kept until it is; a dead message for `keep_dead`.
         self.execute(
             "DELETE FROM cmqhook_claims
-             WHERE outcome <> 'running' AND ended_at < now() - $1::float8 * interval '1 second'",
-            &[&keep],
+             WHERE outcome NOT IN ('running', 'queued')
+               AND ended_at < now() - CASE outcome WHEN 'dead' THEN $2::float8
+                                                   ELSE $1::float8 END * interval '1 second'",
+            &[&keep, &seconds(self.keep_dead)],
         )
         .await
         .map(drop)
     }
 }
 
-/// The statement that journals a run's end, after the CTEs `$prefix`.
+/// The statement that journals a run's end: the claim, if the run still holds it (its
+/// owner, run and attempt, still `running`: not taken over by another instance), is left in
+/// the state `$claim` (SQL); then the CTEs `$then` (which may read `ended`, the claim written);
+/// `$superseded` says whether another instance had taken the run's message over. It returns
+/// the run's `superseded`.
 macro_rules! end_run {
-    ($prefix:literal) => {
+    ($claim:literal, $then:literal, $superseded:literal) => {
         concat!(
-            "WITH ",
-            $prefix,
-            " ended AS (
+            "WITH ended AS (
         UPDATE cmqhook_claims
-        SET outcome = $10, ended_at = now(), lease_until = now(), exit_code = $11,
+        SET outcome = ",
+            $claim,
+            ", ended_at = now(), lease_until = now(), exit_code = $11,
             signal = $12, duration_ms = $13
-        WHERE hook = $2 AND msg_id = $3 AND owner_boot = $18 AND attempt = $9
-     )
+        WHERE hook = $2 AND msg_id = $3 AND owner_boot = $18 AND run_id = $20
+          AND attempt = $9 AND outcome = 'running'
+        RETURNING 1
+     ),",
+            $then,
+            "
      INSERT INTO cmqhook_runs
         (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
          subscription, tags, attempt, outcome, exit_code, signal, duration_ms,
-         left_behind, error, stdout_tail, stderr_tail, owner_boot, run_id)
+         left_behind, error, stdout_tail, stderr_tail, owner_boot, run_id, superseded)
      VALUES ($1, $19, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-             $15, $16, $17, $18, $20)
-     -- Written again after a commit whose answer was lost: once is enough.
-     ON CONFLICT (owner_boot, run_id) DO NOTHING"
+             $15, $16, $17, $18, $20, ",
+            $superseded,
+            ")
+     -- Written again after a commit whose answer was lost: once is enough, and what the
+     -- first write found is the answer.
+     ON CONFLICT (owner_boot, run_id) DO UPDATE SET superseded = cmqhook_runs.superseded
+     RETURNING superseded"
         )
     };
 }
 
-/// A run's end and its claim's outcome, in one statement.
-const END_RUN: &str = end_run!("");
+/// A run's end and its claim's outcome, in one statement; superseded if the claim is no
+/// longer the run's (a run without a message id has none). A success of a dead stored
+/// message (a push while its hook's `ack` was `"exit"`) ends its dead state (SPEC §5).
+const END_RUN: &str = end_run!(
+    "$10",
+    "
+     revived AS (
+        UPDATE cmqhook_stored
+        SET state = 'done', last_outcome = $10, updated_at = now()
+        WHERE hook = $2 AND msg_id = $3 AND state = 'dead' AND $10 = 'succeeded'
+          AND EXISTS (SELECT 1 FROM ended)
+     )",
+    "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)"
+);
 
 /// [`END_RUN`] for a run of stored work, with the work's new state: `$21` the state, `$22`
 /// its failures, `$23` the seconds until its next run (NULL: unchanged), `$24` the run's
-/// outcome. Only the run that holds the row changes it (not one whose lease ran out).
+/// outcome. The claim follows the work (done: `succeeded`, dead: `dead`, else `queued` for
+/// its next attempt), and only the run that still holds the claim changes either: one whose
+/// lease ran out and whose work another instance took over is superseded.
 const END_STORED_RUN: &str = end_run!(
-    "stored AS (
+    "CASE $21::text WHEN 'done' THEN 'succeeded' WHEN 'dead' THEN 'dead' ELSE 'queued' END",
+    "
+     stored AS (
         UPDATE cmqhook_stored
         SET state = $21, failures = $22,
             next_at = COALESCE(now() + $23::float8 * interval '1 second', next_at),
             last_outcome = $24, updated_at = now(), lease_until = NULL
-        WHERE hook = $2 AND msg_id = $3 AND owner_boot = $18 AND run_id = $20
-          AND state = 'running'
-     ),"
+        WHERE hook = $2 AND msg_id = $3 AND EXISTS (SELECT 1 FROM ended)
+     )",
+    "NOT EXISTS (SELECT 1 FROM ended)"
 );
 
-/// [`END_STORED_RUN`] for a replay of a stored message (not a run of its own work): the work
-/// changes only if it is still in the state `$25` the replay saw.
+/// [`END_STORED_RUN`] for a replay of a stored message (not a run of its own work): the
+/// claim is left as the replay's outcome (a failure leaves the message failed, a success
+/// settles it), and the work changes only if it is still in the state `$25` the replay saw.
 const END_REPLAYED_RUN: &str = end_run!(
-    "stored AS (
+    "$10",
+    "
+     stored AS (
         UPDATE cmqhook_stored
         SET state = $21, failures = $22,
             next_at = COALESCE(now() + $23::float8 * interval '1 second', next_at),
             last_outcome = $24, updated_at = now()
-        WHERE hook = $2 AND msg_id = $3 AND state = $25
-     ),"
+        WHERE hook = $2 AND msg_id = $3 AND state = $25 AND EXISTS (SELECT 1 FROM ended)
+     )",
+    // A replay runs under a claim, as any run.
+    "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)"
 );
 
 /// Keeps a push's body for replay (`keep_bodies`): a CMQ retry of a message replaces the row
@@ -1594,6 +1944,17 @@ const KEEP_BODY: &str = "WITH replaced AS (
 pub(super) enum Write {
     End(Ended),
     Keep(SystemTime, KeptPush),
+}
+
+impl Write {
+    /// The rows a write locks are those of its message id, then of its hook (a kept body's
+    /// before its hooks'): every batch takes them in this order (bytewise, as `COLLATE "C"`).
+    fn rows(&self) -> (Option<&str>, &str) {
+        match self {
+            Write::End(ended) => (ended.start.1.push.msg_id.as_deref(), &ended.start.1.hook),
+            Write::Keep(_, kept) => (Some(&kept.message.msg_id), ""),
+        }
+    }
 }
 
 /// A [`Write`]'s values.
@@ -1961,6 +2322,15 @@ fn signed(attempt: u32) -> i32 {
 /// A duration as a statement's `float8` seconds.
 fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
+}
+
+/// Whether PostgreSQL aborted a statement to break a deadlock (40P01) or a serialization
+/// failure (40001): running it again is safe and expected to succeed.
+fn is_conflict(err: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    err.code().is_some_and(|code| {
+        *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+    })
 }
 
 fn describe_pool(err: &deadpool_postgres::PoolError) -> String {

@@ -433,16 +433,7 @@ impl Dispatcher {
                         result
                     }
                 }
-                Pending::Deciding(stored) => {
-                    let stored = tokio::time::timeout_at(deadline, stored).await;
-                    let waited = started.elapsed();
-                    let stored = match stored {
-                        Ok(Ok(stored)) => stored,
-                        Ok(Err(_)) => Err("journal unreachable: stopped".to_owned()),
-                        Err(_) => Err("the journal did not answer in time".to_owned()),
-                    };
-                    self.stored(hook, stored, waited)
-                }
+                Pending::Deciding(stored) => self.decided(hook, stored, (started, deadline)).await,
                 Pending::Waiting { ticket, owner } => {
                     let mut done = ticket.subscribe();
                     match tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await {
@@ -825,6 +816,15 @@ impl Dispatcher {
                     return settle(result);
                 }
                 Some(Acquired::Elsewhere) => count(),
+                // Stored work of the message (the hook's `ack` was switched by a reload): its
+                // schedule goes on, and this push is answered as a push to the stored hook.
+                Some(Acquired::Queued) => {
+                    count();
+                    return settle(RunResult {
+                        elsewhere: true,
+                        ..RunResult::without_run(Outcome::Queued, Duration::ZERO, None)
+                    });
+                }
             }
             let gone = tokio::select! {
                 () = tokio::time::sleep(ELSEWHERE_POLL) => false,
@@ -861,7 +861,7 @@ enum Pending {
         first: bool,
     },
     /// A stored hook's push, being stored in the shared database.
-    Deciding(tokio::sync::oneshot::Receiver<crate::delivery::postgres::Stored>),
+    Deciding(tokio::sync::watch::Receiver<Option<crate::delivery::postgres::Stored>>),
     Waiting {
         ticket: Arc<Ticket>,
         /// This push started the run (and may withdraw it).

@@ -322,6 +322,12 @@ impl Dispatcher {
                 None => return Ok(None),
                 Some(Acquired::Run { attempt }) => return Ok(Some(attempt)),
                 Some(Acquired::Unavailable(reason)) => return Err(not_started(reason)),
+                // A replay takes a queued claim: only a race with a push storing it again.
+                Some(Acquired::Queued) => {
+                    return Err(not_started(
+                        "the message is stored: its own runs are not over".to_owned(),
+                    ));
+                }
                 Some(Acquired::Succeeded(_) | Acquired::Elsewhere) => {
                     tracing::debug!(hook = %hook.name, msg_id, "replay: waiting for another instance's run");
                 }

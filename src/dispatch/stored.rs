@@ -17,7 +17,7 @@ use super::{Active, Dispatcher, Pending, facts, run_spec};
 use crate::cmq::Push;
 use futures_util::FutureExt;
 
-use crate::config::{Ack, Hook};
+use crate::config::{Ack, DurationText, Hook};
 use crate::delivery::{
     Claim, Outcome, RunResult, RunStart, StoredPush, StoredState, StoredUpdate, StoredWork, Storing,
 };
@@ -103,6 +103,35 @@ impl Dispatcher {
                 result
             }
         }
+    }
+
+    /// The result of a push for the stored hook `hook` being stored in a shared database
+    /// (`stored`), by `deadline` (the push came at `started`): while another run of the
+    /// message holds it, the push waits for that run, and is answered `running` (503) if it
+    /// is still going then, as a push to an `ack = "exit"` hook is.
+    pub(super) async fn decided(
+        &self,
+        hook: &Arc<Hook>,
+        mut stored: tokio::sync::watch::Receiver<Option<crate::delivery::postgres::Stored>>,
+        (started, deadline): (tokio::time::Instant, tokio::time::Instant),
+    ) -> HookResult {
+        let waiting = |stored: &Option<_>| matches!(stored, Some(Ok(Some(StoredState::Running))));
+        let decided = tokio::time::timeout_at(
+            deadline,
+            stored.wait_for(|stored| stored.is_some() && !waiting(stored)),
+        )
+        .await
+        .map(|decided| decided.map(|decided| decided.clone()));
+        let waited = started.elapsed();
+        let stored = match decided {
+            Ok(Ok(Some(stored))) => stored,
+            Ok(Ok(None) | Err(_)) => Err("journal unreachable: stopped".to_owned()),
+            Err(_) if waiting(&stored.borrow()) => {
+                return HookResult::without_run(hook, Outcome::Running, waited, None);
+            }
+            Err(_) => Err("the journal did not answer in time".to_owned()),
+        };
+        self.stored(hook, stored, waited)
     }
 
     /// Runs the stored work the journal hands over, each as a task of its own, until
@@ -355,7 +384,7 @@ impl Dispatcher {
                 hook = %name,
                 msg_id,
                 attempt,
-                retry_in = %humantime::format_duration(
+                retry_in = %DurationText(
                     hook.retry[usize::try_from(work.failures - 1).unwrap_or(0)]
                 ),
                 "stored message will be retried"

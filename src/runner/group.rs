@@ -15,6 +15,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
+use super::guard::Watch;
 use super::procfs;
 use super::spawn::Child;
 
@@ -28,27 +29,36 @@ const DIE_AFTER_KILL: Duration = Duration::from_millis(200);
 
 /// The process group of one run. While armed, dropping it kills the group with SIGKILL, so
 /// that no path (a cancelled future, a runtime shutting down) leaves a timed-out or abandoned
-/// command behind.
+/// command behind; and the guard holds it, so that neither does this process's death.
 pub(super) struct Group {
     /// `None` once disarmed, or when the leader's pid is unknown.
     pgid: Option<Pid>,
     /// The member last found alive: looked at first next time, so that a group that keeps
     /// running costs one small read rather than a walk through `/proc`.
     member: Option<u32>,
+    /// The run as the guard knows it, while armed (dropped after the group is killed).
+    watch: Option<Watch>,
 }
 
 impl Group {
-    /// The group led by the process `leader` (started in a process group of its own).
-    pub(super) fn led_by(leader: u32) -> Group {
+    /// The group led by the process `leader` (started in a process group of its own); the
+    /// guard, if `watch` is its run, is told it.
+    pub(super) fn led_by(leader: u32, watch: Option<Watch>) -> Group {
+        if let Some(watch) = &watch {
+            watch.group(leader);
+        }
         Group {
             pgid: i32::try_from(leader).ok().map(Pid::from_raw),
             member: Some(leader),
+            watch,
         }
     }
 
-    /// From now on what is left in the group is not ours: dropping it kills nothing.
+    /// From now on what is left in the group is not ours: dropping it kills nothing, and the
+    /// guard forgets it.
     pub(super) fn disarm(&mut self) {
         self.pgid = None;
+        self.watch = None;
     }
 
     /// Whether a process of the group is still alive: one that is neither gone nor a zombie.
@@ -148,7 +158,7 @@ mod tests {
         // A group of one process, a child of this test that exits and is not reaped yet.
         let mut child = Command::new("true").process_group(0).spawn().expect("true");
         let pid = child.id();
-        let mut group = Group::led_by(pid);
+        let mut group = Group::led_by(pid, None);
         // Not reaped: a zombie.
         assert!(eventually(|| !procfs::is_alive(pid)));
         let pgid = Pid::from_raw(i32::try_from(pid).expect("pid"));
@@ -165,7 +175,7 @@ mod tests {
             .process_group(0)
             .spawn()
             .expect("sleep");
-        let mut group = Group::led_by(child.id());
+        let mut group = Group::led_by(child.id(), None);
         assert!(group.is_alive());
         let _ = child.kill();
         child.wait().expect("reaped");

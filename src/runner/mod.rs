@@ -6,6 +6,7 @@
 //! ([`RunOutcome`]), never an error.
 
 mod group;
+pub mod guard;
 pub mod orphans;
 mod procfs;
 mod spawn;
@@ -143,6 +144,14 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         (Ok(out), Ok(err)) => (out, err),
         (Err(err), _) | (_, Err(err)) => return failed(err),
     };
+    // The guard learns of the run before its command exists, so that it is killed if this
+    // process dies at any point from here on.
+    let marker = spec
+        .run_env
+        .iter()
+        .find(|(name, _)| *name == orphans::MARKER)
+        .map(|(_, marker)| marker.as_str());
+    let watch = guard::Watch::new(marker);
     // In a process group of its own, so that a timeout reaches every process it started.
     let spawned = spawn::spawn(
         &spec.environment,
@@ -164,7 +173,7 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         Err(err) => return failed(err),
     };
     let pid = child.id();
-    let mut group = Group::led_by(pid);
+    let mut group = Group::led_by(pid, watch);
     let label = Arc::new(spec.label);
     tracing::debug!(hook = %label.hook, msg_id = %label.msg_id, pid, "started");
 

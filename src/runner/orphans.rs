@@ -34,6 +34,28 @@ pub struct Found {
 
 /// Every process whose marker names one of `tokens`.
 pub fn find(tokens: &HashSet<String>) -> Vec<Found> {
+    marked(|marker| {
+        std::str::from_utf8(marker)
+            .ok()
+            .and_then(|text| text.split_once(':'))
+            .is_some_and(|(token, _)| tokens.contains(token))
+    })
+    .into_iter()
+    .filter_map(|(pid, marker)| {
+        let text = std::str::from_utf8(&marker).ok()?;
+        let (token, run) = text.split_once(':')?;
+        Some(Found {
+            token: token.to_owned(),
+            pid: i32::try_from(pid).ok()?,
+            run: run.parse().ok()?,
+            marker,
+        })
+    })
+    .collect()
+}
+
+/// Every process but this one whose marker `wanted` accepts, with that marker.
+pub(super) fn marked(wanted: impl Fn(&[u8]) -> bool) -> Vec<(u32, Vec<u8>)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -42,20 +64,8 @@ pub fn find(tokens: &HashSet<String>) -> Vec<Found> {
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != own)
-        .filter_map(|pid| {
-            let marker = marker_of(pid)?;
-            let text = std::str::from_utf8(&marker).ok()?;
-            let (token, run) = text.split_once(':')?;
-            if !tokens.contains(token) {
-                return None;
-            }
-            Some(Found {
-                token: token.to_owned(),
-                pid: i32::try_from(pid).ok()?,
-                run: run.parse().ok()?,
-                marker,
-            })
-        })
+        .filter_map(|pid| Some((pid, marker_of(pid)?)))
+        .filter(|(_, marker)| wanted(marker))
         .collect()
 }
 
@@ -100,9 +110,43 @@ fn is_alive(process: &Found) -> bool {
     procfs::is_alive(pid) && marker_of(pid).as_deref() == Some(process.marker.as_slice())
 }
 
-/// Whether a process `pid` exists on this host.
-pub fn process_alive(pid: i32) -> bool {
-    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// A random token naming this `serve` process in run markers: `RANDOM.START`, START being
+/// when this process started (see [`owner_alive`]).
+pub fn new_token() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|since| since.as_nanos())
+        .unwrap_or(0);
+    let random = RandomState::new().hash_one((std::process::id(), nanos));
+    match procfs::start_of(std::process::id()) {
+        Some(start) => format!("{random:016x}.{start}"),
+        None => format!("{random:016x}"),
+    }
+}
+
+/// Whether the `serve` whose token is `token` and whose pid was `pid` (on this host, this
+/// boot) still runs. Gone: no such process, a zombie (a dead `serve` its parent has not
+/// reaped yet), this very process (whose token is another), or a process that started at
+/// another time than the token says (the pid was given to another process since). A token
+/// without a start time (written by an older cmqhook) is judged by the process's state alone.
+pub fn owner_alive(pid: i32, token: &str) -> bool {
+    let Ok(pid) = u32::try_from(pid) else {
+        return false;
+    };
+    if pid == 0 || pid == std::process::id() {
+        return false;
+    }
+    let Some(start) = procfs::start_of(pid) else {
+        return false;
+    };
+    match token
+        .rsplit_once('.')
+        .map(|(_, start)| start.parse::<u64>())
+    {
+        Some(Ok(recorded)) => recorded == start,
+        _ => true,
+    }
 }
 
 /// This boot of this host: tells a previous `serve` here from one on another host.
@@ -153,5 +197,57 @@ mod tests {
         );
         let _ = other.kill();
         let _ = other.wait();
+    }
+
+    #[test]
+    fn a_serve_is_judged_by_its_state_and_its_start_time_not_by_its_pid_alone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("a pid");
+        let start = procfs::start_of(child.id()).expect("a live process");
+        assert!(owner_alive(pid, &format!("0123456789abcdef.{start}")));
+        // The pid now names a process that started at another time than the token's.
+        assert!(!owner_alive(
+            pid,
+            &format!("0123456789abcdef.{}", start + 1)
+        ));
+        // A token of an older cmqhook has no start time: the state alone decides.
+        assert!(owner_alive(pid, "0123456789abcdef"));
+        // Killed and not reaped: a zombie, as a SIGKILLed serve is until its parent waits.
+        child.kill().expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while procfs::start_of(child.id()).is_some() && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "not reaped yet"
+        );
+        assert!(!owner_alive(pid, &format!("0123456789abcdef.{start}")));
+        assert!(!owner_alive(pid, "0123456789abcdef"));
+        child.wait().expect("reaped");
+        assert!(!owner_alive(pid, "0123456789abcdef"));
+    }
+
+    #[test]
+    fn this_process_and_no_process_are_not_another_serve() {
+        let own = i32::try_from(std::process::id()).expect("a pid");
+        assert!(!owner_alive(own, "0123456789abcdef"));
+        assert!(!owner_alive(0, "0123456789abcdef"));
+        assert!(!owner_alive(-1, "0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_new_token_carries_this_processs_start_time_and_no_colon() {
+        let token = new_token();
+        let start = procfs::start_of(std::process::id()).expect("this process");
+        assert_eq!(
+            token.rsplit_once('.').map(|(_, at)| at),
+            Some(start.to_string().as_str())
+        );
+        assert!(!token.contains(':'), "{token}");
+        assert_ne!(token, new_token());
     }
 }

@@ -192,8 +192,48 @@ pub(super) fn spawn(environment: &Environment, start: &Start<'_>) -> io::Result<
         None => dev_null()?.as_raw_fd(),
     };
     let fds = [stdin, start.stdout.as_raw_fd(), start.stderr.as_raw_fd()];
-    let pid = posix_spawn(&program, &argv_ptrs, &envp, &workdir, fds)?;
+    let pid = posix_spawn(&program, &argv_ptrs, &envp, &workdir, fds, Detach::Group)?;
     Ok(Child::new(pid))
+}
+
+/// Starts this program again with `args` (after `argv[0]`) and our environment, in a session
+/// of its own (so that neither a terminal's Ctrl-C nor a signal to our process group reaches
+/// it), in `/`, its stdin `stdin`, its stdout `/dev/null` and its stderr ours. Returns its pid;
+/// the caller reaps it.
+pub(super) fn spawn_session(args: &[&str], stdin: BorrowedFd<'_>) -> io::Result<u32> {
+    let nul = |err: std::ffi::NulError| io::Error::new(io::ErrorKind::InvalidInput, err);
+    let argv = std::iter::once("cmqhook")
+        .chain(args.iter().copied())
+        .map(CString::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(nul)?;
+    let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let environment = Environment::new(&[], &[]);
+    let envp = environment.with(&[], &[]);
+    let fds = [
+        stdin.as_raw_fd(),
+        dev_null()?.as_raw_fd(),
+        io::stderr().as_raw_fd(),
+    ];
+    // The binary that runs now, even if an upgrade replaced or removed its file since.
+    posix_spawn(
+        c"/proc/self/exe",
+        &argv_ptrs,
+        &envp,
+        c"/",
+        fds,
+        Detach::Session,
+    )
+}
+
+/// Where a spawned process goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detach {
+    /// A process group of its own, in our session.
+    Group,
+    /// A session (and so a process group) of its own.
+    Session,
 }
 
 /// `/dev/null`, opened once, for commands without stdin.
@@ -207,14 +247,16 @@ fn dev_null() -> io::Result<&'static File> {
 }
 
 /// `posix_spawn` of `program` with `argv` and `envp` (both NULL-terminated), in `workdir`, its
-/// stdin, stdout and stderr `fds`, in a new process group, with no signal blocked and SIGPIPE
-/// (which Rust programs ignore) at its default, as std's `Command` starts a command.
+/// stdin, stdout and stderr `fds`, in a new process group or session (`detach`), with no
+/// signal blocked and SIGPIPE (which Rust programs ignore) at its default, as std's `Command`
+/// starts a command.
 fn posix_spawn(
     program: &CStr,
     argv: &[*const c_char],
     envp: &[*const c_char],
     workdir: &CStr,
     fds: [RawFd; 3],
+    detach: Detach,
 ) -> io::Result<u32> {
     debug_assert!(argv.last().is_some_and(|last| last.is_null()));
     debug_assert!(envp.last().is_some_and(|last| last.is_null()));
@@ -255,11 +297,15 @@ fn posix_spawn(
             signals.as_ptr(),
         ))?;
         check(libc::posix_spawnattr_setpgroup(&mut attributes.value, 0))?;
+        let detached = match detach {
+            Detach::Group => libc::POSIX_SPAWN_SETPGROUP,
+            // glibc's own flag (2.26); a session leader cannot also be given a group.
+            Detach::Session => libc::c_int::from(libc::POSIX_SPAWN_SETSID),
+        };
         check(libc::posix_spawnattr_setflags(
             &mut attributes.value,
-            (libc::POSIX_SPAWN_SETPGROUP
-                | libc::POSIX_SPAWN_SETSIGMASK
-                | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+            (detached | libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF)
+                as libc::c_short,
         ))?;
         let mut pid: libc::pid_t = 0;
         check(libc::posix_spawn(
@@ -458,7 +504,15 @@ mod tests {
         let environment = Environment::new(&[], &[]);
         let envp = environment.with(&[], &[]);
         let fd = null.as_raw_fd();
-        posix_spawn(c"/bin/sh", &argv_ptrs, &envp, c"/", [fd, fd, fd]).expect("started")
+        posix_spawn(
+            c"/bin/sh",
+            &argv_ptrs,
+            &envp,
+            c"/",
+            [fd, fd, fd],
+            Detach::Group,
+        )
+        .expect("started")
     }
 
     fn gone(pid: u32) -> bool {

@@ -6,13 +6,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
 /// A config with `server` lines and one hook `record` that appends its message id to
 /// `dir/ran` (one line per run).
-fn appending_config(dir: &Dir, server: &str) -> String {
+pub(crate) fn appending_config(dir: &Dir, server: &str) -> String {
     config(
         server,
         &format!(
@@ -23,7 +23,7 @@ fn appending_config(dir: &Dir, server: &str) -> String {
 }
 
 /// How many times each message id ran.
-fn runs(dir: &Dir) -> HashMap<String, usize> {
+pub(crate) fn runs(dir: &Dir) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for line in std::fs::read_to_string(dir.path().join("ran"))
         .unwrap_or_default()
@@ -111,38 +111,74 @@ fn try_post(addr: std::net::SocketAddr, msg_id: &str, body: &[u8]) -> Option<u16
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
-/// A `sqlite3` process holding an exclusive transaction on `db` until dropped or released.
+/// The variable with which [`Holder::lock`] runs this test binary as the process that holds
+/// the lock: the database's path.
+const HOLD: &str = "CMQHOOK_IT_HOLD_SQLITE_LOCK";
+/// The line the holding process prints once it holds the lock.
+const HELD: &str = "cmqhook-it: the SQLite lock is held";
+
+/// Another process holding an exclusive transaction on a SQLite database until released
+/// (committed) or dropped (killed): this test binary, running only
+/// [`harness_another_process_holds_the_sqlite_lock_until_released`] with [`HOLD`] set, so
+/// that the fault needs no `sqlite3` program.
 pub struct Holder {
     child: std::process::Child,
 }
 
 impl Holder {
     pub fn lock(db: &Path) -> Holder {
-        let mut child = Command::new("sqlite3")
-            .arg(db)
+        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+            .args([
+                "faults::harness_another_process_holds_the_sqlite_lock_until_released",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HOLD, db)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("sqlite3 (apt-get install sqlite3)");
-        let stdin = child.stdin.as_mut().expect("stdin");
-        stdin
-            .write_all(b".timeout 5000\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")
-            .expect("write");
-        stdin.flush().expect("flush");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
-        assert_eq!(line.trim(), "locked");
-        Holder { child }
+            .expect("run the test binary as the lock holder");
+        // libtest's own output comes first, on the same line as the holder's (`test NAME ...
+        // `). Read to the end on a thread of its own, so that the holder never blocks on it.
+        let output = child.stdout.take().expect("stdout");
+        let (held_tx, held) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines().map_while(Result::ok) {
+                if line.ends_with(HELD) {
+                    let _ = held_tx.send(());
+                }
+            }
+        });
+        let mut holder = Holder { child };
+        if held.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = holder.child.try_wait().expect("try_wait");
+            panic!(
+                "the lock holder did not take the lock on {db:?} within 30 s (exit: {status:?})"
+            );
+        }
+        holder
     }
 
+    /// Commits the holder's transaction and waits for it to exit.
     pub fn release(mut self) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"COMMIT;\n.quit\n").expect("write");
+        stdin.write_all(b"commit\n").expect("write");
         let _ = self.child.stdin.take();
-        self.child.wait().expect("sqlite3 exits");
+        let mut status = None;
+        let exited = wait_for(Duration::from_secs(30), || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        assert!(
+            exited,
+            "the lock holder did not exit within 30 s of its release"
+        );
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the lock holder failed: {status:?}"
+        );
     }
 }
 
@@ -151,6 +187,61 @@ impl Drop for Holder {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Two roles: run by [`Holder::lock`] (with [`HOLD`] set), it is the process that holds the
+/// lock until a line or the end of its stdin; as a test, it checks that such a holder keeps
+/// this process from writing until it is released or killed.
+#[test]
+fn harness_another_process_holds_the_sqlite_lock_until_released() {
+    if let Some(db) = std::env::var_os(HOLD) {
+        let connection = rusqlite::Connection::open(db).expect("open the database");
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        connection
+            .execute_batch("BEGIN EXCLUSIVE")
+            .expect("take the lock");
+        // Straight to stdout and flushed: the test process waits for this line.
+        writeln!(std::io::stdout(), "{HELD}").expect("say so");
+        std::io::stdout().flush().expect("flush");
+        // A line, or the end of stdin when the test process is gone.
+        let _ = std::io::stdin().read_line(&mut String::new());
+        connection.execute_batch("COMMIT").expect("commit");
+        return;
+    }
+    let dir = Dir::new();
+    let db = dir.path().join("locked.db");
+    let connection = rusqlite::Connection::open(&db).expect("open");
+    connection.busy_timeout(Duration::ZERO).expect("no wait");
+    connection
+        .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER);")
+        .expect("create");
+    let insert = |n: i64| connection.execute("INSERT INTO t VALUES (?1)", [n]);
+    let busy = |result: rusqlite::Result<usize>| {
+        matches!(
+            result,
+            Err(rusqlite::Error::SqliteFailure(err, _)) if err.code == rusqlite::ErrorCode::DatabaseBusy
+        )
+    };
+    let holder = Holder::lock(&db);
+    assert!(
+        busy(insert(1)),
+        "written while another process held the lock"
+    );
+    let count = || -> i64 {
+        connection
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .expect("read while locked")
+    };
+    assert_eq!(count(), 0);
+    holder.release();
+    insert(2).expect("written once released");
+    let holder = Holder::lock(&db);
+    assert!(busy(insert(3)));
+    drop(holder);
+    insert(4).expect("written once the holder was killed");
+    assert_eq!(count(), 2);
 }
 
 #[test]
@@ -204,17 +295,23 @@ fn a_locked_journal_fails_closed_keeps_outcomes_in_memory_and_recovers() {
 }
 
 /// Waits until the journal's `runs` table holds a row of `msg_id` that is not running.
-fn wait_journaled(dir: &Dir, msg_id: &str) {
-    let db = dir.path().join("cmqhook.db");
+pub(crate) fn wait_journaled(dir: &Dir, msg_id: &str) {
+    wait_journaled_in(&dir.path().join("cmqhook.db"), msg_id);
+}
+
+/// [`wait_journaled`] for the journal `db`.
+fn wait_journaled_in(db: &Path, msg_id: &str) {
+    let journal =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the journal");
     let journaled = wait_for(Duration::from_secs(10), || {
-        let output = Command::new("sqlite3")
-            .arg(&db)
-            .arg(format!(
-                "SELECT count(*) FROM runs WHERE msg_id = '{msg_id}' AND outcome != 'running'"
-            ))
-            .output()
-            .expect("sqlite3 (apt-get install sqlite3)");
-        String::from_utf8_lossy(&output.stdout).trim() == "1"
+        journal
+            .query_row(
+                "SELECT count(*) FROM runs WHERE msg_id = ?1 AND outcome != 'running'",
+                [msg_id],
+                |row| row.get::<_, i64>(0),
+            )
+            .is_ok_and(|count| count == 1)
     });
     assert!(journaled, "{msg_id} never reached the journal");
 }
@@ -299,18 +396,28 @@ fn a_deleted_end_log_is_created_again_and_what_it_takes_then_survives_a_sigkill(
     assert!(runs(&dir).values().all(|&n| n == 1), "{:?}", runs(&dir));
 }
 
-/// Mounts a small tmpfs at `at`; `false` where mounting is not permitted.
-fn mount_tmpfs(at: &Path, size: &str) -> bool {
-    std::fs::create_dir_all(at).expect("mount point");
-    Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(at)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
+/// A small tmpfs mounted at a path, unmounted when dropped.
 struct Mounted(PathBuf);
+
+impl Mounted {
+    /// Mounts a tmpfs of `size` at `at`; panics where that is not permitted (the test needs
+    /// root, and is ignored unless asked for).
+    fn tmpfs(at: &Path, size: &str) -> Mounted {
+        std::fs::create_dir_all(at).expect("mount point");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "needs root to mount a tmpfs: mount {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Mounted(at.to_owned())
+    }
+}
 
 impl Drop for Mounted {
     fn drop(&mut self) {
@@ -318,69 +425,121 @@ impl Drop for Mounted {
     }
 }
 
+/// The sizes of the end log's two files beside `db` (0 for one that does not exist).
+fn end_log_sizes(db: &Path) -> [u64; 2] {
+    [0, 1].map(|index| {
+        let mut path = db.as_os_str().to_owned();
+        path.push(format!(".ends-{index}"));
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    })
+}
+
 #[test]
-fn a_full_disk_fails_closed_and_nothing_runs_twice_once_there_is_room_again() {
+#[ignore = "needs root: mounts a tmpfs"]
+fn a_full_disk_answers_503_for_a_run_whose_end_cannot_be_written_and_runs_nothing_twice() {
     let dir = Dir::new();
     let state = dir.path().join("state");
-    if !mount_tmpfs(&state, "2m") {
-        eprintln!("SKIPPED a_full_disk_fails_closed…: cannot mount a tmpfs here (needs root)");
-        return;
-    }
-    let _mounted = Mounted(state.clone());
+    let _mounted = Mounted::tmpfs(&state, "2m");
+    let db = state.join("cmqhook.db");
     let config = appending_config(&dir, "journal = \"state/cmqhook.db\"");
-    let server = Server::start(&dir, &config);
+    let mut server = Server::start(&dir, &config);
     assert_eq!(server.post_seed("/", "room").status, 200);
-    // Fill what is left of the filesystem.
+    // Committed, and the end log emptied (its pages freed): once the disk is full, neither
+    // can take an end. (An end-log page with room left would take one, and that end, in
+    // the page cache, would rightly be answered 200.)
+    wait_journaled_in(&db, "room");
+    assert!(wait_for(Duration::from_secs(10), || end_log_sizes(&db) == [0, 0]));
     let mut filler = std::fs::File::create(state.join("filler")).expect("filler");
     let block = vec![0u8; 64 * 1024];
     while filler.write_all(&block).is_ok() {}
     let _ = filler.write_all(&block[..512]);
     drop(filler);
 
-    let mut answers: Vec<(String, u16)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let id = format!("full{}", answers.len());
-        let status = server.post_seed("/", &id).status;
-        answers.push((id, status));
-        if status == 503 && answers.iter().filter(|(_, s)| *s == 503).count() >= 3 {
-            break;
-        }
-    }
-    assert!(
-        answers.iter().any(|(_, status)| *status == 503),
-        "no 503 in {} pushes on a full disk",
-        answers.len()
-    );
+    // It runs; its end cannot be written anywhere: 503, never 200.
+    let full = server.post_seed("/", "full");
+    assert_eq!(full.status, 503, "{}", full.text());
+    assert_eq!(full.json()["results"][0]["outcome"], "succeeded");
+    assert_eq!(runs(&dir).get("full"), Some(&1));
+    // Fail closed: nothing new starts, and a retry neither runs it again nor is answered 200.
     assert_eq!(healthz(&server), 503);
-    // Retries while full: answered 503 again, nothing runs twice.
-    for (id, _) in &answers {
-        let status = server.post_seed("/", id).status;
-        assert!(status == 200 || status == 503, "{id}: {status}");
-    }
-    assert!(runs(&dir).values().all(|&n| n == 1), "{:?}", runs(&dir));
+    let new = server.post_seed("/", "new");
+    assert_eq!(new.status, 503, "{}", new.text());
+    let retry = server.post_seed("/", "full");
+    assert_eq!(retry.status, 503, "{}", retry.text());
+    assert_eq!(runs(&dir).get("new"), None);
+    assert_eq!(runs(&dir).get("full"), Some(&1));
+    assert_eq!(end_log_sizes(&db), [0, 0], "the end log took nothing");
 
+    // Room again: the end kept in memory is written, and the retry answered from it.
     std::fs::remove_file(state.join("filler")).expect("room again");
     assert!(wait_for(Duration::from_secs(10), || healthz(&server) == 200));
-    for (id, _) in &answers {
+    let retry = server.post_seed("/", "full");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["results"][0]["deduplicated"], true);
+    assert_eq!(server.post_seed("/", "new").status, 200);
+    server.signal("KILL");
+    server.wait_exit(Duration::from_secs(10));
+
+    let server = Server::start(&dir, &config);
+    for id in ["room", "full", "new"] {
         let again = server.post_seed("/", id);
         assert_eq!(again.status, 200, "{id}: {}", again.text());
+        assert_eq!(again.json()["results"][0]["deduplicated"], true, "{id}");
     }
     let counts = runs(&dir);
-    for (id, _) in &answers {
-        assert_eq!(
-            counts.get(id),
-            Some(&1),
-            "{id} ran {:?} times",
-            counts.get(id)
-        );
-    }
-    drop(server);
+    assert_eq!(
+        (counts.len(), counts["room"], counts["full"], counts["new"]),
+        (3, 1, 1, 1)
+    );
+}
+
+#[test]
+fn a_run_whose_end_neither_the_end_log_nor_sqlite_can_take_is_answered_503_never_200() {
+    let dir = Dir::new();
+    let config = appending_config(&dir, "");
     let server = Server::start(&dir, &config);
-    for (id, _) in &answers {
-        assert_eq!(server.post_seed("/", id).status, 200, "{id}");
+    assert_eq!(server.post_seed("/", "before").status, 200);
+    wait_journaled(&dir, "before");
+    // The end log's paths name a full device (every write fails with ENOSPC, as on a full
+    // disk), and, once the server has opened them, another process holds SQLite's lock.
+    for index in 0..2 {
+        let link = dir.path().join(format!("full-{index}"));
+        std::os::unix::fs::symlink("/dev/full", &link).expect("symlink");
+        std::fs::rename(&link, dir.path().join(format!("cmqhook.db.ends-{index}")))
+            .expect("the end log names /dev/full");
     }
-    assert!(runs(&dir).values().all(|&n| n == 1), "{:?}", runs(&dir));
+    // The writer's check finds both paths replaced, and opens what they name now.
+    assert!(wait_for(Duration::from_secs(10), || {
+        let log = server.log_text();
+        log.matches("the end log was deleted or replaced").count()
+            + log.matches("cannot create the end log again").count()
+            >= 2
+    }));
+    let holder = Holder::lock(&dir.path().join("cmqhook.db"));
+
+    // It runs; its end is written nowhere: 503, however it ended.
+    let lost = server.post_seed("/", "lost");
+    assert_eq!(lost.status, 503, "{}", lost.text());
+    let result = &lost.json()["results"][0];
+    assert_eq!(result["outcome"], "succeeded", "{result}");
+    assert!(
+        result["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("could not be journaled")),
+        "{result}"
+    );
+    let retry = server.post_seed("/", "lost");
+    assert_eq!(retry.status, 503, "{}", retry.text());
+    assert_eq!(runs(&dir).get("lost"), Some(&1));
+
+    // Once SQLite can take it, the end kept in memory is committed: answered, not run again.
+    holder.release();
+    assert!(wait_for(Duration::from_secs(10), || healthz(&server) == 200));
+    let retry = server.post_seed("/", "lost");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["results"][0]["deduplicated"], true);
+    assert_eq!(runs(&dir).get("lost"), Some(&1));
+    // The end log's paths still name /dev/full, which reads as endless zeros: no restart.
 }
 
 #[test]
@@ -437,7 +596,8 @@ command = "sleep 60 > /dev/null 2>&1 & echo $! > {left}"
         .trim()
         .parse()
         .expect("pid");
-    server.signal("KILL");
+    // As if the guard had died with it: its commands run on.
+    crate::guard::kill_past_the_guard(&server);
     server.wait_exit(Duration::from_secs(10));
     assert!(
         orphans.iter().all(|&pid| alive(pid)),
@@ -471,26 +631,33 @@ command = "sleep 60 > /dev/null 2>&1 & echo $! > {left}"
     let _ = Command::new("kill").arg(left_behind.to_string()).status();
 }
 
+/// `cmqhook serve` on `dir`'s config, which must refuse to start: its output once it exited
+/// (within 10 s, else it is killed and this panics).
+pub(crate) fn refused_serve(dir: &Dir) -> std::process::Output {
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "-c"])
+        .arg(dir.config_file())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let exited = wait_for(Duration::from_secs(10), || {
+        serve.try_wait().expect("try_wait").is_some()
+    });
+    if !exited {
+        let _ = serve.kill();
+    }
+    let output = serve.wait_with_output().expect("output");
+    assert!(exited, "serve kept running: {}", both(&output));
+    output
+}
+
 #[test]
 fn a_second_serve_on_the_same_journal_is_refused() {
     let dir = Dir::new();
     let config = appending_config(&dir, "");
     let server = Server::start(&dir, &config);
-    let mut second = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "-c"])
-        .arg(dir.config_file())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("second serve");
-    let exited = wait_for(Duration::from_secs(10), || {
-        second.try_wait().expect("try_wait").is_some()
-    });
-    if !exited {
-        let _ = second.kill();
-    }
-    let output = second.wait_with_output().expect("output");
-    assert!(exited, "a second serve on the same journal kept running");
+    let output = refused_serve(&dir);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

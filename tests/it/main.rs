@@ -6,12 +6,17 @@ mod pg;
 
 mod cli;
 mod delivery;
+mod end_log;
 mod faults;
+mod guard;
 mod journal_file;
 mod one_state;
 mod operations;
+mod operator;
 mod package;
+mod pg_fleet;
 mod pg_replay;
+mod pg_state;
 mod pg_stored;
 mod postgres;
 mod properties;

@@ -3,9 +3,9 @@
 //! in front of it that a test cuts and restores; and fleets of `cmqhook serve` sharing one
 //! database ([`Instance`]).
 //!
-//! Without `CMQHOOK_TEST_POSTGRES`, [`TestDb::create`] writes a "skipped" line straight to
-//! the test process's stderr (libtest captures only the `print!` family, so the line shows in
-//! `cargo test` output) and returns `None`; the test then returns and passes.
+//! Every test that uses [`TestDb`] is `#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]`:
+//! `cargo test` reports it ignored; run with `--include-ignored`, it fails (never skips)
+//! without `CMQHOOK_TEST_POSTGRES`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -164,13 +164,6 @@ pub fn test_name() -> String {
         .to_owned()
 }
 
-/// Says on the real stderr (not captured by libtest) that the running test was skipped.
-pub fn say_skipped(why: &str) {
-    // One write, so that the line is not split by libtest's own output.
-    let line = format!("{}: skipped: {why}\n", test_name());
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
 /// `psql` on `url` running `sql`: `Ok(stdout)` (unaligned, tuples only), or `Err(stderr)`.
 pub fn psql(url: &str, sql: &str) -> Result<String, String> {
     let output = psql_command(url)
@@ -213,13 +206,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates a database for the running test, or, without `CMQHOOK_TEST_POSTGRES`, says
-    /// that the test was skipped and returns `None`:
-    /// `let Some(db) = TestDb::create() else { return };`
-    pub fn create() -> Option<TestDb> {
+    /// Creates a database for the running test; panics without `CMQHOOK_TEST_POSTGRES` (a
+    /// test that needs it is `#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]`, so it
+    /// runs only when asked to, and then a missing server is a failure, never a skip).
+    pub fn create() -> TestDb {
         let Some(admin) = std::env::var(ENV).ok().filter(|url| !url.is_empty()) else {
-            say_skipped(&format!("{ENV} is not set (see README)"));
-            return None;
+            panic!(
+                "needs PostgreSQL: set {ENV} to a server's URL, e.g. \
+                 {ENV}=postgres://root@127.0.0.1:5432/test (see README, Development)"
+            );
         };
         let serial = SERIAL
             .lock()
@@ -230,12 +225,12 @@ impl TestDb {
             panic!("CREATE DATABASE {name} on {ENV}={admin}: {err}");
         }
         let url = admin.with_database(&name);
-        Some(TestDb {
+        TestDb {
             admin,
             name,
             url,
             _serial: serial,
-        })
+        }
     }
 
     /// The database's URL, for `journal`.
@@ -251,6 +246,25 @@ impl TestDb {
     /// The database's URL reaching it through `proxy`.
     pub fn url_via(&self, proxy: &Proxy) -> String {
         self.url.via(proxy.addr).to_string()
+    }
+
+    /// The database's URL reaching it through `proxy` without TLS (`sslmode=disable` in place
+    /// of any TLS setting `CMQHOOK_TEST_POSTGRES` has), so that the proxy can read the
+    /// statements ([`Proxy::mute_replies_after`]).
+    pub fn url_via_plain(&self, proxy: &Proxy) -> String {
+        let mut url = self.url.via(proxy.addr);
+        let mut query: Vec<&str> = url
+            .query
+            .split('&')
+            .filter(|pair| {
+                !pair.is_empty()
+                    && !pair.starts_with("sslmode=")
+                    && !pair.starts_with("sslrootcert=")
+            })
+            .collect();
+        query.push("sslmode=disable");
+        url.query = query.join("&");
+        url.to_string()
     }
 
     /// Where the server listens.
@@ -323,7 +337,8 @@ fn unique_name() -> String {
 /// connection it forwards and closes new ones as soon as they are accepted, as a dead server
 /// or a reset connection looks to cmqhook; [`Proxy::freeze`] is a silent partition (a host
 /// gone): connections stay open but no byte goes through either way, new ones are accepted
-/// and hang; [`Proxy::restore`] forwards again (what a freeze held back goes on then).
+/// and hang; [`Proxy::mute_replies_after`] loses the answer to one statement;
+/// [`Proxy::restore`] forwards again (what a freeze held back goes on then).
 /// Plain threads and std sockets.
 pub struct Proxy {
     /// Where it listens.
@@ -345,8 +360,11 @@ struct ProxyShared {
 struct ProxyState {
     up: bool,
     frozen: bool,
-    /// What the server sends is dropped (what the client sends still goes through).
-    muted: bool,
+    /// The connection whose server's bytes are dropped (what its client sends still goes
+    /// through).
+    muted: Option<usize>,
+    /// Bytes that, the next time a client sends them, mute its connection.
+    mute_after: Option<Vec<u8>>,
     /// Both sockets of every forwarded connection not yet known to be over.
     open: Vec<(usize, TcpStream, TcpStream)>,
     next: usize,
@@ -362,7 +380,8 @@ impl Proxy {
             state: Mutex::new(ProxyState {
                 up: true,
                 frozen: false,
-                muted: false,
+                muted: None,
+                mute_after: None,
                 open: Vec::new(),
                 next: 0,
             }),
@@ -397,11 +416,16 @@ impl Proxy {
         self.shared.lock().frozen = true;
     }
 
-    /// Drops every byte the server sends, on every connection, while what clients send still
-    /// reaches it (a statement runs and commits, its answer is lost), until
-    /// [`Proxy::restore`].
-    pub fn mute_replies(&self) {
-        self.shared.lock().muted = true;
+    /// Once a client sends `marker` (e.g. a value only one statement carries), drops every
+    /// byte the server sends on that connection from then on, while what the client sends
+    /// still reaches it: that statement runs and commits, its answer is lost. Other
+    /// connections go on (muting them all would lose the answers of whatever else the
+    /// instance sends meanwhile, which then holds the connections the statement needs).
+    /// Until [`Proxy::restore`]. The proxy reads only what is not encrypted: the instance
+    /// connects with [`TestDb::url_via_plain`].
+    pub fn mute_replies_after(&self, marker: &[u8]) {
+        assert!(!marker.is_empty(), "an empty marker");
+        self.shared.lock().mute_after = Some(marker.to_vec());
     }
 
     /// Forwards again, after a cut, a freeze or a mute.
@@ -409,7 +433,8 @@ impl Proxy {
         let mut state = self.shared.lock();
         state.up = true;
         state.frozen = false;
-        state.muted = false;
+        state.muted = None;
+        state.mute_after = None;
     }
 
     /// Whether it forwards (neither cut nor frozen).
@@ -509,6 +534,8 @@ fn pump(
     (id, from_server): (usize, bool),
 ) {
     let mut buf = [0u8; 16 * 1024];
+    // The end of what the client sent before, for a marker split between two reads.
+    let mut tail = Vec::new();
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -516,8 +543,13 @@ fn pump(
                 if !unfrozen(shared, id) {
                     break;
                 }
-                if from_server && shared.lock().muted {
-                    continue;
+                if from_server {
+                    if shared.lock().muted == Some(id) {
+                        continue;
+                    }
+                } else {
+                    // Muted before the bytes go on: their answer cannot come back first.
+                    watch_for_marker(shared, id, &mut tail, &buf[..n]);
                 }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
@@ -543,6 +575,25 @@ fn unfrozen(shared: &ProxyShared, id: usize) -> bool {
             }
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Mutes connection `id` if `sent` (after `tail`, the end of what it sent before) holds the
+/// marker [`Proxy::mute_replies_after`] waits for.
+fn watch_for_marker(shared: &ProxyShared, id: usize, tail: &mut Vec<u8>, sent: &[u8]) {
+    let mut state = shared.lock();
+    let Some(marker) = &state.mute_after else {
+        return;
+    };
+    tail.extend_from_slice(sent);
+    let found = tail
+        .windows(marker.len())
+        .any(|window| window == marker.as_slice());
+    let keep = marker.len() - 1;
+    tail.drain(..tail.len().saturating_sub(keep));
+    if found {
+        state.muted = Some(id);
+        state.mute_after = None;
     }
 }
 

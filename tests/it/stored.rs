@@ -218,6 +218,13 @@ fn a_stored_run_killed_with_the_server_resumes_at_the_next_start_with_no_new_pus
     let mut server = Server::start(&dir, &config);
     assert_eq!(server.post_seed("/", "k1").status, 200);
     let command_pid = wait_for_pid(&pid);
+    // Once its start is journaled (a run's start is written once it lasts 10 ms): its
+    // `interrupted` row below is the account of that start.
+    assert!(wait_for(Duration::from_secs(10), || {
+        dir.history(&["--msg-id", "k1"])
+            .iter()
+            .any(|row| row["outcome"] == "running")
+    }));
     server.signal("KILL");
     server.wait_exit(Duration::from_secs(10));
     // Its command's group too, as a power loss would.
