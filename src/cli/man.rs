@@ -183,7 +183,7 @@ const EXTRAS: &[Extra] = &[
         files: &[FILE_CONFIG, FILE_JOURNAL],
         examples: &[(
             "Check the packaged config with the service's environment",
-            "sudo sh -c 'set -a; . /etc/cmqhook/env; cmqhook check -c /etc/cmqhook/hooks.toml'",
+            "sudo -u cmqhook sh -c 'set -a; . /etc/cmqhook/env; cmqhook check -c /etc/cmqhook/hooks.toml'",
         )],
     },
     Extra {
