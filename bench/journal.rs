@@ -48,6 +48,7 @@ fn record(id: i64, wanted: Written, done: &mpsc::Sender<bool>) -> Ended {
             Box::new(RunStart {
                 hook: "bench".to_owned(),
                 attempt: 1,
+                replay: false,
                 push: PushFacts {
                     msg_id: Some(msg_id.clone()),
                     request_id: Some(msg_id.clone()),

@@ -1022,8 +1022,38 @@ fn history_line(delivery: &HistoryRow) -> String {
     if let Some(subscription) = &delivery.subscription {
         line.push_str(&format!("  subscription={subscription}"));
     }
+    if delivery.replay {
+        line.push_str("  replay");
+    }
+    // Why it failed, as the command said it last (escaped with the whole line).
+    let failed = matches!(
+        delivery.outcome.as_str(),
+        "failed" | "timed_out" | "killed" | "interrupted"
+    ) || delivery.kind == "dead";
+    if let Some(reason) = delivery.stderr_tail.as_deref().and_then(last_line)
+        && failed
+    {
+        line.push_str(&format!("  -- {reason}"));
+    }
     line
 }
+
+/// The last line of `text` that is not blank, cut at [`REASON_CHARS`] characters.
+fn last_line(text: &str) -> Option<String> {
+    let line = text
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())?
+        .trim_end();
+    let mut cut: String = line.chars().take(REASON_CHARS).collect();
+    if line.chars().count() > REASON_CHARS {
+        cut.push('…');
+    }
+    Some(cut)
+}
+
+/// How much of a failed run's last stderr line `history` shows.
+const REASON_CHARS: usize = 120;
 
 /// The push `route` and `run` try: JSON when a topic or subscription is given.
 fn local_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {

@@ -360,6 +360,9 @@ pub struct RunStart {
     pub hook: String,
     pub attempt: u32,
     pub push: PushFacts,
+    /// A run of `cmqhook replay` (absent in end-log records of earlier versions).
+    #[serde(default)]
+    pub replay: bool,
 }
 
 /// How a run ended, for the journal.
@@ -1131,6 +1134,7 @@ mod tests {
         RunStart {
             hook: hook.to_owned(),
             attempt,
+            replay: false,
             push: PushFacts {
                 msg_id: Some(msg_id.to_owned()),
                 path: "/".to_owned(),

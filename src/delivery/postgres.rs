@@ -241,6 +241,10 @@ ON CONFLICT (hook, msg_id) DO UPDATE SET
 WHERE c.outcome <> 'running'
   AND COALESCE(c.ended_at, '-infinity') <= COALESCE(EXCLUDED.ended_at, 'infinity');
 ",
+    // Runs of `cmqhook replay` are marked.
+    r"
+ALTER TABLE cmqhook_runs ADD COLUMN replay boolean NOT NULL DEFAULT false;
+",
 ];
 
 /// A claim of a message for the first time, for [`State::claimer`]: `reply` hears whether
@@ -1473,6 +1477,7 @@ impl State {
                         }
                         None => end_statement.as_ref().expect("prepared for every end"),
                     };
+                    params.push(&end.replay);
                     (statement, params)
                 }
                 Row::Keep(at, kept) => {
@@ -1848,7 +1853,7 @@ impl State {
 /// `$superseded` says whether another instance had taken the run's message over. It returns
 /// the run's `superseded`.
 macro_rules! end_run {
-    ($claim:literal, $then:literal, $superseded:literal) => {
+    ($claim:literal, $then:literal, $superseded:literal, $replay:literal) => {
         concat!(
             "WITH ended AS (
         UPDATE cmqhook_claims
@@ -1865,10 +1870,13 @@ macro_rules! end_run {
      INSERT INTO cmqhook_runs
         (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
          subscription, tags, attempt, outcome, exit_code, signal, duration_ms,
-         left_behind, error, stdout_tail, stderr_tail, owner_boot, run_id, superseded)
+         left_behind, error, stdout_tail, stderr_tail, owner_boot, run_id, superseded,
+         replay)
      VALUES ($1, $19, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
              $15, $16, $17, $18, $20, ",
             $superseded,
+            ", ",
+            $replay,
             ")
      -- Written again after a commit whose answer was lost: once is enough, and what the
      -- first write found is the answer.
@@ -1890,7 +1898,9 @@ const END_RUN: &str = end_run!(
         WHERE hook = $2 AND msg_id = $3 AND state = 'dead' AND $10 = 'succeeded'
           AND EXISTS (SELECT 1 FROM ended)
      )",
-    "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)"
+    "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)",
+    // Whether it is a replay is each statement's last value.
+    "$21"
 );
 
 /// [`END_RUN`] for a run of stored work, with the work's new state: `$21` the state, `$22`
@@ -1908,7 +1918,8 @@ const END_STORED_RUN: &str = end_run!(
             last_outcome = $24, updated_at = now(), lease_until = NULL
         WHERE hook = $2 AND msg_id = $3 AND EXISTS (SELECT 1 FROM ended)
      )",
-    "NOT EXISTS (SELECT 1 FROM ended)"
+    "NOT EXISTS (SELECT 1 FROM ended)",
+    "$25"
 );
 
 /// [`END_STORED_RUN`] for a replay of a stored message (not a run of its own work): the
@@ -1925,7 +1936,8 @@ const END_REPLAYED_RUN: &str = end_run!(
         WHERE hook = $2 AND msg_id = $3 AND state = $25 AND EXISTS (SELECT 1 FROM ended)
      )",
     // A replay runs under a claim, as any run.
-    "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)"
+    "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)",
+    "$26"
 );
 
 /// Keeps a push's body for replay (`keep_bodies`): a CMQ retry of a message replaces the row
@@ -2036,6 +2048,7 @@ struct EndRow<'a> {
     error: Option<std::borrow::Cow<'a, str>>,
     stdout_tail: std::borrow::Cow<'a, str>,
     stderr_tail: std::borrow::Cow<'a, str>,
+    replay: bool,
 }
 
 impl<'a> EndRow<'a> {
@@ -2061,6 +2074,7 @@ impl<'a> EndRow<'a> {
             error: result.error.as_deref().map(text),
             stdout_tail: text(&ended.end.stdout_tail),
             stderr_tail: text(&ended.end.stderr_tail),
+            replay: start.replay,
         }
     }
 
@@ -2158,7 +2172,8 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
                 &format!(
                     "SELECT {AT}, hook, msg_id, request_id, path, topic, subscription, tags,
                             attempt, outcome, exit_code, signal, duration_ms, left_behind, error,
-                            stdout_tail, stderr_tail, instance
+                            stdout_tail, stderr_tail, instance,
+                            COALESCE((to_jsonb(cmqhook_runs) ->> 'replay')::boolean, false)
                      FROM cmqhook_runs
                      WHERE ($1::text IS NULL OR hook = $1) AND ($2::text IS NULL OR msg_id = $2)
                        AND (NOT $3 OR outcome NOT IN ('succeeded', 'running'))
@@ -2182,6 +2197,7 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
                 stdout_tail: row.get(15),
                 stderr_tail: row.get(16),
                 instance: row.get(17),
+                replay: row.get(18),
                 ..history_row(row, "run")
             })
             .collect();
@@ -2246,8 +2262,11 @@ async fn dead(
         .query(
             "SELECT to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
                     hook, msg_id, request_id, path, topic, subscription, tags, attempt,
-                    COALESCE(last_outcome, ''), instance
-             FROM cmqhook_stored
+                    COALESCE(last_outcome, ''), instance,
+                    (SELECT stderr_tail FROM cmqhook_runs AS r
+                     WHERE r.hook = s.hook AND r.msg_id = s.msg_id
+                     ORDER BY r.id DESC LIMIT 1)
+             FROM cmqhook_stored AS s
              WHERE state = 'dead' AND ($1::text IS NULL OR hook = $1)
                AND ($2::text IS NULL OR msg_id = $2)
              ORDER BY updated_at DESC, hook, msg_id LIMIT $3",
@@ -2258,6 +2277,7 @@ async fn dead(
         .iter()
         .map(|row| HistoryRow {
             instance: row.get(10),
+            stderr_tail: row.get(11),
             ..history_row(row, "dead")
         })
         .collect())

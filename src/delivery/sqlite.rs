@@ -180,6 +180,10 @@ ON CONFLICT (hook, msg_id) DO UPDATE SET
     updated_at = excluded.updated_at
 WHERE excluded.updated_at >= claims.updated_at;
 ",
+    // Runs of `cmqhook replay` are marked.
+    r"
+ALTER TABLE runs ADD COLUMN replay INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// While busy (its last commit is more recent than this), how long the writer waits, after a
@@ -1555,9 +1559,10 @@ fn insert_records(transaction: &Connection, batch: &[Record]) -> rusqlite::Resul
 /// A finished run's row: the start's columns, then the end's, in the order of the values
 /// `start_values` and `end_values` give; over the row of its start if that was written.
 const RUN: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
-                   subscription, tags, attempt, finished_at, outcome, exit_code,
+                   subscription, tags, attempt, replay, finished_at, outcome, exit_code,
                    signal, duration_ms, left_behind, error, stdout_tail, stderr_tail)
- VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
+         ?20)
  ON CONFLICT (id) DO UPDATE SET
      finished_at = excluded.finished_at, outcome = excluded.outcome,
      exit_code = excluded.exit_code, signal = excluded.signal,
@@ -1565,8 +1570,8 @@ const RUN: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, p
      error = excluded.error, stdout_tail = excluded.stdout_tail,
      stderr_tail = excluded.stderr_tail";
 const START: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
-                   subscription, tags, attempt, outcome)
- VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running')";
+                   subscription, tags, attempt, replay, outcome)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'running')";
 /// A claim never goes back to an earlier attempt: at open, the end log may hold records of a
 /// key that later records, already committed, have moved on from.
 const CLAIM: &str =
@@ -1647,7 +1652,7 @@ fn facts(push: &PushFacts) -> [&dyn ToSql; 6] {
     ]
 }
 
-/// A run's start columns, from `id` to `attempt`.
+/// A run's start columns, from `id` to `replay`.
 fn start_values<'a>(
     id: &'a i64,
     at: &'a dyn ToSql,
@@ -1656,7 +1661,7 @@ fn start_values<'a>(
     let head: [&dyn ToSql; 3] = [id, at, &run.hook];
     head.into_iter()
         .chain(facts(&run.push))
-        .chain(std::iter::once(&run.attempt as &dyn ToSql))
+        .chain([&run.attempt as &dyn ToSql, &run.replay])
 }
 
 /// A run's end columns, from `finished_at` to `stderr_tail`.
@@ -1761,6 +1766,8 @@ pub struct HistoryRow {
     pub error: Option<String>,
     pub stdout_tail: Option<String>,
     pub stderr_tail: Option<String>,
+    /// A run of `cmqhook replay`.
+    pub replay: bool,
     /// The `instance` that ran it or took the push (shared PostgreSQL journal only).
     pub instance: Option<String>,
 }
@@ -1788,6 +1795,7 @@ impl HistoryRow {
             error: None,
             stdout_tail: None,
             stderr_tail: None,
+            replay: false,
             instance: None,
         }
     }
@@ -1825,16 +1833,25 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
     // not started again): their rows are shown as the next start will write them.
     let logged: Vec<Ended> = super::end_log::read(path);
     let logged_ids: HashSet<i64> = logged.iter().map(|ended| ended.id).collect();
+    // A journal no `serve` of schema 6 or later has opened yet has no `replay` column.
+    let marked: bool = reader
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('runs') WHERE name = 'replay')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(sqlite)?;
+    let replay = if marked { "replay" } else { "0" };
     let mut runs = reader
-        .prepare(
+        .prepare(&format!(
             "SELECT started_at, hook, msg_id, request_id, path, topic, subscription, tags,
                     attempt, outcome, exit_code, signal, duration_ms, left_behind, error,
-                    stdout_tail, stderr_tail, id
+                    stdout_tail, stderr_tail, id, {replay}
              FROM runs
              WHERE (?1 IS NULL OR hook = ?1) AND (?2 IS NULL OR msg_id = ?2)
                AND (?3 = 0 OR outcome NOT IN ('succeeded', 'running'))
-             ORDER BY started_at DESC, id DESC LIMIT ?4",
-        )
+             ORDER BY started_at DESC, id DESC LIMIT ?4"
+        ))
         .map_err(sqlite)?;
     let mut found: Vec<HistoryRow> = runs
         .query_map(
@@ -1852,6 +1869,7 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
                     error: row.get(14)?,
                     stdout_tail: row.get(15)?,
                     stderr_tail: row.get(16)?,
+                    replay: row.get(18)?,
                     ..message_row(row, "run")?
                 }))
             },
@@ -1941,6 +1959,7 @@ fn logged_row(ended: &Ended) -> HistoryRow {
         error: result.error.clone(),
         stdout_tail: Some(ended.end.stdout_tail.clone()),
         stderr_tail: Some(ended.end.stderr_tail.clone()),
+        replay: start.replay,
         ..HistoryRow::blank("run")
     }
 }
@@ -1963,14 +1982,20 @@ fn dead(
     }
     let mut statement = reader.prepare(
         "SELECT updated_at, hook, msg_id, request_id, path, topic, subscription, tags, attempt,
-                COALESCE(last_outcome, '')
+                COALESCE(last_outcome, ''),
+                (SELECT stderr_tail FROM runs AS r
+                 WHERE r.hook = stored.hook AND r.msg_id = stored.msg_id
+                 ORDER BY r.id DESC LIMIT 1)
          FROM stored
          WHERE state = 'dead' AND (?1 IS NULL OR hook = ?1) AND (?2 IS NULL OR msg_id = ?2)
          ORDER BY updated_at DESC, id DESC LIMIT ?3",
     )?;
     statement
         .query_map(params![filter.hook, filter.msg_id, limit], |row| {
-            message_row(row, "dead")
+            Ok(HistoryRow {
+                stderr_tail: row.get(10)?,
+                ..message_row(row, "dead")?
+            })
         })?
         .collect()
 }
@@ -1988,6 +2013,7 @@ mod tests {
         let start = RunStart {
             hook: "deploy".to_owned(),
             attempt: 1,
+            replay: false,
             push: PushFacts {
                 msg_id: Some(msg_id.to_owned()),
                 path: "/".to_owned(),

@@ -608,6 +608,7 @@ impl Dispatcher {
             hook: hook.name.clone(),
             attempt: job.attempt,
             push: facts(push, &job.path),
+            replay: false,
         };
         let mut handle = self
             .deliveries

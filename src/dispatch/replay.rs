@@ -389,6 +389,7 @@ impl Dispatcher {
             hook: hook.name.clone(),
             attempt,
             push: facts(&push, &kept.message.path),
+            replay: true,
         };
         let mut handle = self.deliveries.begin(run_id, start, Arc::clone(&ticket));
         let mut spec = run_spec(

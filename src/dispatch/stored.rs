@@ -326,6 +326,7 @@ impl Dispatcher {
             hook: name.clone(),
             attempt,
             push: facts(&push, &work.push.message.path),
+            replay: false,
         };
         let mut handle =
             self.deliveries

@@ -287,3 +287,72 @@ fn an_idle_postgresql_instance_stops_within_a_second_of_draining() {
         server.log_text()
     );
 }
+
+/// `history`'s text lines of `args` (run in `dir`'s config).
+fn history_text(dir: &Dir, args: &[&str]) -> String {
+    let config = dir.config_file();
+    let mut all = vec!["history", "-c", config.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    let output = cmqhook(&all, b"");
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    text(&output.stdout)
+}
+
+#[test]
+fn history_says_why_a_run_failed_marks_replays_and_gives_dead_letters_their_reason() {
+    let dir = Dir::new();
+    let long = "x".repeat(200);
+    let hooks = format!(
+        "[hooks.job]\npath = \"/exit\"\ncommand = '''if [ \"$CMQHOOK_REPLAY\" = 1 ]; then exit 0; fi; echo first >&2; echo 'disk full on /srv <b>' >&2; exit 3'''\n\n\
+         [hooks.stored]\npath = \"/stored\"\nack = \"stored\"\nretry = []\ncommand = '''echo 'no route to host' >&2; exit 1'''\n\n\
+         [hooks.long]\npath = \"/long\"\ncommand = '''echo {long} >&2; exit 1'''\n"
+    );
+    let server = Server::start(&dir, &config("keep_bodies = \"1d\"", &hooks));
+    assert_eq!(server.post_seed("/exit", "why-1").status, 500);
+    assert_eq!(server.post_seed("/long", "why-2").status, 500);
+    assert_eq!(server.post_seed("/stored", "why-3").status, 200);
+    assert!(wait_for(Duration::from_secs(20), || {
+        history_text(&dir, &["--dead"]).contains("why-3")
+    }));
+
+    let text_of = history_text(&dir, &["--msg-id", "why-1"]);
+    assert!(
+        text_of.contains("failed") && text_of.contains("-- disk full on /srv <b>"),
+        "{text_of}"
+    );
+    assert!(!text_of.contains("first"), "only the last line: {text_of}");
+    let long_line = history_text(&dir, &["--msg-id", "why-2"]);
+    assert!(
+        long_line.contains(&format!("-- {}…", "x".repeat(120))) && !long_line.contains(&long),
+        "{long_line}"
+    );
+    let dead = history_text(&dir, &["--dead"]);
+    assert!(dead.contains("-- no route to host"), "{dead}");
+    let dead_json = dir.history(&["--dead"]);
+    assert!(
+        dead_json[0]["stderr_tail"]
+            .as_str()
+            .is_some_and(|tail| tail.contains("no route to host")),
+        "{dead_json:?}"
+    );
+
+    let config = dir.config_file();
+    let replayed = cmqhook(
+        &[
+            "replay",
+            "-c",
+            config.to_str().expect("utf-8"),
+            "--msg-id",
+            "why-1",
+        ],
+        b"",
+    );
+    assert_eq!(replayed.status.code(), Some(0), "{}", both(&replayed));
+    let after = history_text(&dir, &["--msg-id", "why-1"]);
+    let newest = after.lines().next().unwrap_or_default();
+    assert!(
+        newest.contains("succeeded") && newest.ends_with("  replay"),
+        "{after}"
+    );
+    assert_eq!(dir.history(&["--msg-id", "why-1"])[0]["replay"], true);
+}
