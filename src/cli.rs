@@ -26,10 +26,14 @@ use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
 
+mod man;
+
 /// Runs shell commands for Tencent Cloud CMQ topic pushes, answering 2xx only when they
 /// exited 0.
 #[derive(Debug, Parser)]
-#[command(name = "cmqhook", version, about)]
+// No bare `about`: it would take Cargo.toml's `description`, which is the Debian package's
+// one-line synopsis; the about text is this doc comment.
+#[command(name = "cmqhook", version)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -220,8 +224,13 @@ struct CompletionsArgs {
 #[derive(Debug, Args)]
 struct ManArgs {
     /// The page of this command (e.g. `route`, as `cmqhook-route(1)`; any command `cmqhook
-    /// --help` lists) instead of `cmqhook(1)`.
+    /// --help` lists), or `cmqhook.toml` for the config reference (`cmqhook.toml(5)`), instead
+    /// of `cmqhook(1)`.
     command: Option<String>,
+    /// Write every page (cmqhook.1, cmqhook-COMMAND.1, cmqhook.toml.5) into DIR instead, and
+    /// print their paths.
+    #[arg(long, value_name = "DIR", conflicts_with = "command")]
+    out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -930,15 +939,29 @@ fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
     // Built, so that a subcommand's page is named `cmqhook-NAME` and shows `cmqhook NAME`, and
     // so that `help`, a command `cmqhook --help` lists, has its page too.
     cli.build();
-    let page = match &args.command {
-        None => cli,
+    if let Some(dir) = &args.out_dir {
+        let written = man::write_all(&cli, dir).map_err(|err| {
+            CliError::Shown(format!(
+                "cannot write man pages into {}: {err}",
+                dir.display()
+            ))
+        })?;
+        for file in written {
+            say!("{}", file.display())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let page = match args.command.as_deref() {
+        None => man::command_page(&cli),
+        Some(man::CONFIG_PAGE) => man::config_page(),
         Some(name) => match cli.find_subcommand(name) {
-            Some(command) => command.clone(),
+            Some(command) => man::command_page(command),
             None => {
                 let known: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
                 let message = format!(
-                    "no command `{name}`: `cmqhook man` prints cmqhook(1), and `cmqhook man COMMAND` the page of one of: {}",
-                    known.join(", ")
+                    "no command `{name}`: `cmqhook man` prints cmqhook(1), `cmqhook man COMMAND` the page of one of: {}, and `cmqhook man {}` the config reference",
+                    known.join(", "),
+                    man::CONFIG_PAGE
                 );
                 // A usage error (exit 2), with the usage of `man`.
                 let mut man = cli.find_subcommand("man").cloned().unwrap_or(cli);
@@ -947,12 +970,7 @@ fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
             }
         },
     };
-    let mut roff = Vec::new();
-    clap_mangen::Man::new(page)
-        .source(format!("cmqhook {}", env!("CARGO_PKG_VERSION")))
-        .render(&mut roff)
-        .expect("writing into memory cannot fail");
-    write_stdout(&roff)
+    write_stdout(&page)
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<ExitCode, CliError> {

@@ -1,6 +1,7 @@
 //! The TOML configuration: raw structs as written (`raw`), checked and completed into a
 //! [`Config`] (`load`), with a [`Diagnostic`] for each problem (`diagnostic`); `${NAME}`
-//! expansion and redaction in [`crate::secrets`]; a hook's selectors in `selector`.
+//! expansion and redaction in [`crate::secrets`]; a hook's selectors in `selector`; every key
+//! with its default and meaning, as `cmqhook.toml(5)` shows them, in [`reference`].
 //!
 //! Every error names `file:line:column` and the key, and all of them are reported, not only the
 //! first. `${NAME}` is expanded in `listen`, `token`, `path` and `journal` only; every value the
@@ -25,6 +26,7 @@ mod diagnostic;
 mod listen;
 mod load;
 mod raw;
+pub mod reference;
 mod selector;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@ mod journal_file;
 mod one_state;
 mod operations;
 mod operator;
+mod package;
 mod pg_fleet;
 mod pg_replay;
 mod pg_state;
