@@ -325,3 +325,23 @@ fn replay_reports_an_instance_that_took_it_and_died_once_its_lease_expired() {
     );
     assert_eq!(shared.attempts(), ["1"]);
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
+fn replay_of_a_kept_push_whose_hooks_cannot_be_read_fails_and_runs_nothing() {
+    let db = TestDb::create();
+    let shared = Dir::new();
+    let mut fleet = fleet(
+        &db.url(),
+        &["a"],
+        "keep_bodies = \"1d\"",
+        &shared.recorder_hook("any"),
+    );
+    assert_eq!(fleet[0].push("bad-hooks").status, 200);
+    assert_eq!(fleet[0].server.stop(), Some(0));
+    db.sql("UPDATE cmqhook_bodies SET hooks = 'not json' WHERE msg_id = 'bad-hooks'");
+    let (code, stdout, stderr) = replay(&fleet[0], "bad-hooks", &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("unreadabl"), "{stderr}");
+    assert_eq!(shared.attempts(), ["1"], "a replay ran");
+}

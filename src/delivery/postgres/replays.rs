@@ -133,7 +133,9 @@ impl State {
                 let hooks: String = row.get(9);
                 return Ok(Some(KeptPush {
                     message: message(row),
-                    hooks: serde_json::from_str(&hooks).unwrap_or_default(),
+                    hooks: serde_json::from_str(&hooks).map_err(|err| {
+                        format!("the kept push of `{msg_id}` names its hooks unreadably: {err}")
+                    })?,
                     body: bytes::Bytes::from(row.get::<_, Vec<u8>>(10)),
                     envelope: row.get::<_, Option<Vec<u8>>>(11).map(bytes::Bytes::from),
                 }));
