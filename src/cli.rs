@@ -447,7 +447,7 @@ fn describe(hook: &Hook, respond_within: Duration) -> String {
     }
     let ack = match hook.ack {
         Ack::Exit if hook.timeout > respond_within => format!(
-            "exit (2xx once the command exited 0; a run longer than respond_within, {}, has the first delivery answered 503 and CMQ's retry gets its outcome)",
+            "exit (2xx once the command exited 0; a run longer than respond_within, {}, has the first delivery answered 503 and CMQ's retry gets its outcome; `ack = \"stored\"` answers at once)",
             DurationText(respond_within)
         ),
         Ack::Exit => "exit (2xx once the command exited 0; CMQ retries a failure)".to_owned(),
