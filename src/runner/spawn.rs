@@ -90,8 +90,8 @@ impl Environment {
     }
 
     /// The `envp` of one run: these entries but those `run` sets, then `run`'s.
-    fn with<'a>(&'a self, run: &'a [CString], run_names: &[&str]) -> Vec<*const c_char> {
-        let mut envp = Vec::with_capacity(self.entries.len() + run.len() + 1);
+    fn with<'a>(&'a self, run: &'a [CString], run_names: &[&str]) -> Vec<&'a CStr> {
+        let mut envp = Vec::with_capacity(self.entries.len() + run.len());
         // A run's variables are all `CMQ…`: then only entries so named are compared.
         let prefix: &[u8] = if run_names.iter().all(|name| name.starts_with(RUN_PREFIX)) {
             RUN_PREFIX.as_bytes()
@@ -101,11 +101,10 @@ impl Environment {
         for (entry, &len) in self.entries.iter().zip(&self.name_lens) {
             let name = &entry.as_bytes()[..len];
             if !name.starts_with(prefix) || !run_names.iter().any(|run| run.as_bytes() == name) {
-                envp.push(entry.as_ptr());
+                envp.push(entry.as_c_str());
             }
         }
-        envp.extend(run.iter().map(|entry| entry.as_ptr()));
-        envp.push(std::ptr::null());
+        envp.extend(run.iter().map(CString::as_c_str));
         envp
     }
 
@@ -176,8 +175,7 @@ pub(super) fn spawn(environment: &Environment, start: &Start<'_>) -> io::Result<
         .map(|arg| CString::new(*arg))
         .collect::<Result<Vec<_>, _>>()
         .map_err(nul)?;
-    let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
+    let argv: Vec<&CStr> = argv.iter().map(CString::as_c_str).collect();
     let run = start
         .run_env
         .iter()
@@ -192,7 +190,7 @@ pub(super) fn spawn(environment: &Environment, start: &Start<'_>) -> io::Result<
         None => dev_null()?.as_raw_fd(),
     };
     let fds = [stdin, start.stdout.as_raw_fd(), start.stderr.as_raw_fd()];
-    let pid = posix_spawn(&program, &argv_ptrs, &envp, &workdir, fds, Detach::Group)?;
+    let pid = posix_spawn(&program, &argv, &envp, &workdir, fds, Detach::Group)?;
     Ok(Child::new(pid))
 }
 
@@ -207,8 +205,7 @@ pub(super) fn spawn_session(args: &[&str], stdin: BorrowedFd<'_>) -> io::Result<
         .map(CString::new)
         .collect::<Result<Vec<_>, _>>()
         .map_err(nul)?;
-    let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
+    let argv: Vec<&CStr> = argv.iter().map(CString::as_c_str).collect();
     let environment = Environment::new(&[], &[]);
     let envp = environment.with(&[], &[]);
     let fds = [
@@ -219,7 +216,7 @@ pub(super) fn spawn_session(args: &[&str], stdin: BorrowedFd<'_>) -> io::Result<
     // The binary that runs now, even if an upgrade replaced or removed its file since.
     posix_spawn(
         c"/proc/self/exe",
-        &argv_ptrs,
+        &argv,
         &envp,
         c"/",
         fds,
@@ -246,20 +243,28 @@ fn dev_null() -> io::Result<&'static File> {
     Ok(DEV_NULL.get_or_init(|| file))
 }
 
-/// `posix_spawn` of `program` with `argv` and `envp` (both NULL-terminated), in `workdir`, its
+/// `posix_spawn` of `program` with `argv` and `envp` (made NULL-terminated here), in `workdir`, its
 /// stdin, stdout and stderr `fds`, in a new process group or session (`detach`), with no
 /// signal blocked and SIGPIPE (which Rust programs ignore) at its default, as std's `Command`
 /// starts a command.
 fn posix_spawn(
     program: &CStr,
-    argv: &[*const c_char],
-    envp: &[*const c_char],
+    argv: &[&CStr],
+    envp: &[&CStr],
     workdir: &CStr,
     fds: [RawFd; 3],
     detach: Detach,
 ) -> io::Result<u32> {
-    debug_assert!(argv.last().is_some_and(|last| last.is_null()));
-    debug_assert!(envp.last().is_some_and(|last| last.is_null()));
+    // The arrays `posix_spawn` reads: pointers into `argv` and `envp`, which outlive the call,
+    // each ended by a NULL.
+    let terminated = |strings: &[&CStr]| -> Vec<*const c_char> {
+        strings
+            .iter()
+            .map(|string| string.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argv, envp) = (terminated(argv), terminated(envp));
     let check = |code: libc::c_int| match code {
         0 => Ok(()),
         code => Err(io::Error::from_raw_os_error(code)),
@@ -270,9 +275,10 @@ fn posix_spawn(
     )?;
     let mut attributes =
         Attributes::new(libc::posix_spawnattr_init, libc::posix_spawnattr_destroy)?;
-    // SAFETY: `actions` and `attributes` are initialised and owned here; the strings and
-    // arrays are NUL- and NULL-terminated (checked above) and outlive the call, which copies
-    // what it keeps; the sigset is initialised by sigemptyset before it is read.
+    // SAFETY: `actions` and `attributes` are initialised and owned here; the strings are
+    // `CStr`s (NUL-terminated) and the arrays NULL-terminated (built above), all outliving the
+    // call, which copies what it keeps; the sigset is initialised by sigemptyset before it is
+    // read.
     unsafe {
         for (target, fd) in fds.into_iter().enumerate() {
             check(libc::posix_spawn_file_actions_adddup2(
@@ -499,14 +505,13 @@ mod tests {
             .iter()
             .map(|arg| CString::new(*arg).expect("no NUL"))
             .collect();
-        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
+        let argv: Vec<&CStr> = argv.iter().map(CString::as_c_str).collect();
         let environment = Environment::new(&[], &[]);
         let envp = environment.with(&[], &[]);
         let fd = null.as_raw_fd();
         posix_spawn(
             c"/bin/sh",
-            &argv_ptrs,
+            &argv,
             &envp,
             c"/",
             [fd, fd, fd],
