@@ -403,68 +403,7 @@ impl Dispatcher {
             .collect();
         let mut results = Vec::with_capacity(pending.len());
         for (hook, pending) in hooks.iter().zip(pending) {
-            let result = match pending {
-                Pending::Ready(result) => result,
-                Pending::Storing {
-                    mut committed,
-                    first,
-                } => {
-                    let stored =
-                        tokio::time::timeout_at(deadline, committed.wait_for(Option::is_some))
-                            .await;
-                    let stored = matches!(stored, Ok(Ok(ref done)) if **done == Some(true));
-                    let waited = started.elapsed();
-                    if stored {
-                        HookResult::new(
-                            hook,
-                            RunResult::without_run(Outcome::Queued, waited, None),
-                            !first,
-                        )
-                    } else {
-                        let mut result = HookResult::without_run(
-                            hook,
-                            Outcome::NotStarted,
-                            waited,
-                            Some(
-                                "the push could not be stored in the journal yet; retry".to_owned(),
-                            ),
-                        );
-                        result.recorded = false;
-                        result
-                    }
-                }
-                Pending::Deciding(stored) => self.decided(hook, stored, (started, deadline)).await,
-                Pending::Waiting { ticket, owner } => {
-                    let mut done = ticket.subscribe();
-                    match tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await {
-                        Ok(Ok(result)) => match result.clone() {
-                            Some(result) => HookResult::new(hook, result, !owner),
-                            None => HookResult::without_run(
-                                hook,
-                                Outcome::Interrupted,
-                                started.elapsed(),
-                                None,
-                            ),
-                        },
-                        Ok(Err(_)) => HookResult::without_run(
-                            hook,
-                            Outcome::Interrupted,
-                            started.elapsed(),
-                            None,
-                        ),
-                        Err(_) => {
-                            // Out of time: a run that has not started is withdrawn, so that what
-                            // CMQ's retry finds is the truth.
-                            let outcome = if owner && ticket.withdraw() {
-                                Outcome::NotStarted
-                            } else {
-                                Outcome::Running
-                            };
-                            HookResult::without_run(hook, outcome, started.elapsed(), None)
-                        }
-                    }
-                }
-            };
+            let result = pending.resolve(self, hook, (started, deadline)).await;
             results.push(result);
         }
         Answer {
@@ -868,6 +807,76 @@ enum Pending {
         /// This push started the run (and may withdraw it).
         owner: bool,
     },
+}
+
+impl Pending {
+    /// What a hook's part of a push came to, waiting (until `deadline`; the push came at
+    /// `started`) for a run, a store or the shared database's decision as it must.
+    async fn resolve(
+        self,
+        dispatcher: &Dispatcher,
+        hook: &Arc<Hook>,
+        (started, deadline): (tokio::time::Instant, tokio::time::Instant),
+    ) -> HookResult {
+        match self {
+            Pending::Ready(result) => result,
+            Pending::Storing {
+                mut committed,
+                first,
+            } => {
+                let stored =
+                    tokio::time::timeout_at(deadline, committed.wait_for(Option::is_some)).await;
+                let stored = matches!(stored, Ok(Ok(ref done)) if **done == Some(true));
+                let waited = started.elapsed();
+                if stored {
+                    HookResult::new(
+                        hook,
+                        RunResult::without_run(Outcome::Queued, waited, None),
+                        !first,
+                    )
+                } else {
+                    let mut result = HookResult::without_run(
+                        hook,
+                        Outcome::NotStarted,
+                        waited,
+                        Some("the push could not be stored in the journal yet; retry".to_owned()),
+                    );
+                    result.recorded = false;
+                    result
+                }
+            }
+            Pending::Deciding(stored) => {
+                dispatcher.decided(hook, stored, (started, deadline)).await
+            }
+            Pending::Waiting { ticket, owner } => {
+                let mut done = ticket.subscribe();
+                match tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await {
+                    Ok(Ok(result)) => match result.clone() {
+                        Some(result) => HookResult::new(hook, result, !owner),
+                        None => HookResult::without_run(
+                            hook,
+                            Outcome::Interrupted,
+                            started.elapsed(),
+                            None,
+                        ),
+                    },
+                    Ok(Err(_)) => {
+                        HookResult::without_run(hook, Outcome::Interrupted, started.elapsed(), None)
+                    }
+                    Err(_) => {
+                        // Out of time: a run that has not started is withdrawn, so that what
+                        // CMQ's retry finds is the truth.
+                        let outcome = if owner && ticket.withdraw() {
+                            Outcome::NotStarted
+                        } else {
+                            Outcome::Running
+                        };
+                        HookResult::without_run(hook, outcome, started.elapsed(), None)
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A run to be executed.

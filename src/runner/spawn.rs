@@ -214,14 +214,7 @@ pub(super) fn spawn_session(args: &[&str], stdin: BorrowedFd<'_>) -> io::Result<
         io::stderr().as_raw_fd(),
     ];
     // The binary that runs now, even if an upgrade replaced or removed its file since.
-    posix_spawn(
-        c"/proc/self/exe",
-        &argv,
-        &envp,
-        c"/",
-        fds,
-        Detach::Session,
-    )
+    posix_spawn(c"/proc/self/exe", &argv, &envp, c"/", fds, Detach::Session)
 }
 
 /// Where a spawned process goes.
@@ -509,15 +502,7 @@ mod tests {
         let environment = Environment::new(&[], &[]);
         let envp = environment.with(&[], &[]);
         let fd = null.as_raw_fd();
-        posix_spawn(
-            c"/bin/sh",
-            &argv,
-            &envp,
-            c"/",
-            [fd, fd, fd],
-            Detach::Group,
-        )
-        .expect("started")
+        posix_spawn(c"/bin/sh", &argv, &envp, c"/", [fd, fd, fd], Detach::Group).expect("started")
     }
 
     fn gone(pid: u32) -> bool {
