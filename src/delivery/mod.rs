@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use model::{HistoryFilter, HistoryRow, JournalError, Written};
+pub use model::{HistoryFilter, HistoryRow, JournalError, RunRecord, Written};
 pub use sqlite::history;
 use table::{Intent, Table};
 

@@ -164,3 +164,32 @@ pub struct HistoryFilter {
     pub dead: bool,
     pub limit: usize,
 }
+
+/// One run as `cmqhook show` and the console's `/api/runs` see it (SPEC §10). Its JSON is
+/// the object of `/api/runs/{id}` (with `output`) and of each item of `/api/runs` (without).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunRecord {
+    pub id: i64,
+    pub hook: String,
+    pub msg_id: Option<String>,
+    pub request_id: Option<String>,
+    pub attempt: u32,
+    /// The run's outcome (`succeeded`, `failed`, `timed_out`, …).
+    pub outcome: String,
+    /// An end recorded after another instance had taken the message over (SPEC §8).
+    pub superseded: bool,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// RFC 3339.
+    pub started_at: String,
+    pub duration_ms: Option<u64>,
+    pub instance: Option<String>,
+    /// A run of `cmqhook replay` or the console's replay.
+    pub replay: bool,
+    pub topic: Option<String>,
+    pub subscription: Option<String>,
+    pub tags: Vec<String>,
+    /// The kept output (SPEC §10), present only where one run is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
