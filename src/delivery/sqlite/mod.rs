@@ -31,7 +31,8 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_from_iter};
 
-use super::end_log::EndLog;
+mod end_log;
+
 pub use super::model::{Ended, HistoryFilter, HistoryRow, JournalError, OnCommit, Written};
 use super::table::Last;
 use super::{
@@ -39,6 +40,7 @@ use super::{
     StoredState, StoredUpdate, StoredWork,
 };
 use crate::runner::orphans;
+use end_log::EndLog;
 
 /// Each entry migrates the schema from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -1675,7 +1677,7 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
     }
     // Ends answered but maybe not committed yet (or never, if the server was killed and
     // not started again): their rows are shown as the next start will write them.
-    let logged: Vec<Ended> = super::end_log::read(path);
+    let logged: Vec<Ended> = end_log::read(path);
     let logged_ids: HashSet<i64> = logged.iter().map(|ended| ended.id).collect();
     // A journal no `serve` of schema 6 or later has opened yet has no `replay` column.
     let marked: bool = reader
