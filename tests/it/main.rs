@@ -3,6 +3,7 @@
 
 mod harness;
 mod pg;
+mod standin;
 
 mod cli;
 mod delivery;
@@ -20,6 +21,7 @@ mod pg_state;
 mod pg_stored;
 mod postgres;
 mod properties;
+mod pull_client;
 mod push;
 mod replay;
 mod security;
