@@ -23,6 +23,7 @@ mod postgres;
 mod properties;
 mod pull_client;
 mod push;
+mod queue_send;
 mod replay;
 mod security;
 mod stored;
