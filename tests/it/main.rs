@@ -22,6 +22,7 @@ mod pg_stored;
 mod postgres;
 mod properties;
 mod pull_client;
+mod pull_python;
 mod push;
 mod queue_send;
 mod replay;
