@@ -429,6 +429,9 @@ impl Inner {
             .config()
             .timeout_global(Some(timeout))
             .build()
+            // As signed: ureq would leave out a port the scheme implies (`:443`), which the
+            // endpoint may spell out.
+            .header("Host", &self.host)
             .content_type("application/x-www-form-urlencoded")
             .send(body)
             .map_err(|err| format!("{}: {err}", self.url))?;
