@@ -347,7 +347,7 @@ pub const QUEUE: Table = Table {
         Key {
             name: "pollers",
             default: Default::Value("1"),
-            meaning: "Long-polling loops on the queue (at least 1).",
+            meaning: "Long-polling loops on the queue, from 1 to 64.",
         },
     ],
 };

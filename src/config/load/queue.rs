@@ -15,6 +15,8 @@ use crate::secrets::Secret;
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// `batch`: the most messages BatchReceiveMessage returns.
 const MAX_BATCH: usize = 16;
+/// `pollers`: each holds a thread of tokio's blocking pool while it long-polls.
+const MAX_POLLERS: usize = 64;
 /// CMQ's limit on a queue name.
 const MAX_NAME_LEN: usize = 64;
 
@@ -131,7 +133,7 @@ impl Loader<'_> {
                 None => MAX_WAIT,
             };
             let batch = self.bounded(&key("batch"), raw.batch, 1..MAX_BATCH + 1, MAX_BATCH);
-            let pollers = self.bounded(&key("pollers"), raw.pollers, 1..usize::MAX, 1);
+            let pollers = self.bounded(&key("pollers"), raw.pollers, 1..MAX_POLLERS + 1, 1);
             if self.diagnostics.len() > before {
                 continue;
             }
@@ -192,11 +194,7 @@ impl Loader<'_> {
         };
         let n = *value.get_ref();
         if !range.contains(&n) {
-            let message = if range.end == usize::MAX {
-                format!("{key}: must be at least {}", range.start)
-            } else {
-                format!("{key}: must be from {} to {}", range.start, range.end - 1)
-            };
+            let message = format!("{key}: must be from {} to {}", range.start, range.end - 1);
             self.error(value.span(), message);
         }
         n
@@ -387,7 +385,7 @@ pollers = 0
                 "6:13: queue.a b.signature: unknown variant `HmacMD5`",
                 "7:8: queue.a b.wait: must be at most 30s",
                 "8:9: queue.a b.batch: must be from 1 to 16",
-                "9:11: queue.a b.pollers: must be at least 1",
+                "9:11: queue.a b.pollers: must be from 1 to 64",
             ],
         );
     }
