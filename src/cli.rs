@@ -416,6 +416,17 @@ fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
     for hook in &config.hooks {
         say!("{}", describe(hook, config.server.respond_within))?;
     }
+    for queue in &config.queues {
+        say!(
+            "queue {}  {}  {}, wait {}, batch {}, pollers {}",
+            queue.name,
+            config.redact(&queue.endpoint),
+            queue.signature,
+            DurationText(queue.wait),
+            queue.batch,
+            queue.pollers
+        )?;
+    }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cmqhook::config::{Queue, SignatureMethod};
 use cmqhook::pull::{ErrorKind, QueueClient, QueueError, Received};
 
-use crate::harness::{Dir, both, cmqhook, config, post, wait_for};
+use crate::harness::{Dir, both, cmqhook, config, post, text, wait_for};
 use crate::standin::{Fault, SECRET_ID, SECRET_KEY, StandIn};
 
 const QUEUE: &str = "deploys";
@@ -102,17 +102,23 @@ fn a_wrong_secret_key_is_an_auth_error_until_the_key_is_right() {
 }
 
 #[test]
-fn the_standin_queue_table_is_a_config_check_accepts() {
+fn check_accepts_the_standin_queue_table_and_shows_the_queue_without_its_key() {
     let standin = standin();
     let dir = Dir::new();
-    let text = format!(
+    let written = format!(
         "{}\n{}",
         config("", "[hooks.h]\ncommand = \"true\"\n"),
         standin.queue_table(QUEUE, "batch = 4")
     );
-    let file = dir.write_config(&text);
+    let file = dir.write_config(&written);
     let output = cmqhook(&["check", "-c", &file.display().to_string()], b"");
     assert!(output.status.success(), "{}", both(&output));
+    let line = format!(
+        "queue {QUEUE}  {}  HmacSHA256, wait 1s, batch 4, pollers 1",
+        standin.endpoint()
+    );
+    assert!(text(&output.stdout).contains(&line), "{}", both(&output));
+    assert!(!both(&output).contains(SECRET_KEY), "{}", both(&output));
 }
 
 #[test]
