@@ -43,8 +43,8 @@ pub const SYNTAX: &[&str] = &[
      secret_key and token) is replaced by the environment variable NAME when the config is \
      loaded; an unset variable is an error, and $$ is a literal $. Nothing \
      else is expanded, so a command keeps its $VARS for the shell. Every value taken from the \
-     environment into token, path or journal is a secret: it is shown as ${NAME} (the token as \
-     <token>) in logs, answers, the journal and check's output, and the variable it came from \
+     environment into token, path, journal or a [[queue]]'s secret_id is a secret, as are a \
+     queue's secret_key and token: it is shown as ${NAME} (the token as <token>) in logs, answers, the journal and check's output, and the variable it came from \
      is removed from every command's environment unless the hook lists it in pass_env.",
 ];
 
