@@ -342,6 +342,7 @@ impl Loader<'_> {
             ("topic", raw.topic.as_ref().map(Spanned::span)),
             ("subscription", raw.subscription.as_ref().map(Spanned::span)),
             ("tags", raw.tags.as_ref().map(Spanned::span)),
+            ("from_queue", raw.from_queue.as_ref().map(Spanned::span)),
         ] {
             if let Some(span) = span {
                 self.error(
@@ -687,6 +688,28 @@ impl Loader<'_> {
             }
             Some(tags.into_inner())
         });
+        let from_queue = raw.from_queue.and_then(|queue| {
+            if queue.get_ref().trim().is_empty() {
+                let message = format!("{}: must name a [[queue]]", key("from_queue"));
+                self.error(queue.span(), message);
+                return None;
+            }
+            // A queue message has none of these: the hook could never run.
+            let push_only = [
+                ("path", path.is_some()),
+                ("topic", topic.is_some()),
+                ("subscription", subscription.is_some()),
+            ];
+            if let Some((selector, _)) = push_only.into_iter().find(|(_, given)| *given) {
+                let message = format!(
+                    "{}: a message from a queue has no {selector}, so a hook with both never runs (select queue messages by from_queue and tags only)",
+                    key("from_queue")
+                );
+                self.error(queue.span(), message);
+                return None;
+            }
+            Some(queue.into_inner())
+        });
         let ack_given = raw.ack.is_some();
         // A hook's `ack` in error is not `[defaults]`' ack: nothing is judged by that.
         let ack_broken = unreadable("ack", ack_given);
@@ -775,6 +798,7 @@ impl Loader<'_> {
                 topic,
                 subscription,
                 tags,
+                from_queue,
             },
             path_shown,
             action: action?,

@@ -636,6 +636,34 @@ fn a_selector_in_defaults_is_an_error() {
 }
 
 #[test]
+fn from_queue_with_a_selector_only_pushes_have_is_an_error() {
+    for (selector, name) in [
+        ("path = \"/cmq\"", "path"),
+        ("topic = \"t\"", "topic"),
+        ("subscription = \"s\"", "subscription"),
+    ] {
+        one_error(
+            &format!("[hooks.deploy]\ncommand = \"true\"\n{selector}\nfrom_queue = \"deploys\"\n"),
+            4,
+            14,
+            &["hooks.deploy.from_queue", &format!("has no {name}")],
+        );
+    }
+    one_error(
+        "[hooks.deploy]\ncommand = \"true\"\nfrom_queue = \" \"\n",
+        3,
+        14,
+        &["hooks.deploy.from_queue", "must name a [[queue]]"],
+    );
+    one_error(
+        "[defaults]\nfrom_queue = \"deploys\"\n",
+        2,
+        14,
+        &["defaults.from_queue", "selector"],
+    );
+}
+
+#[test]
 fn max_running_zero_is_an_error() {
     one_error(
         "[server]\nmax_running = 0\n",

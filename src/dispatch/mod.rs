@@ -930,6 +930,7 @@ fn run_spec(
         ("CMQ_PUBLISH_TIME", text(&push.publish_time)),
         ("CMQ_TAGS", push.tags.join(",")),
         ("CMQ_FORMAT", push.format.as_str().to_owned()),
+        ("CMQ_QUEUE", text(&push.queue)),
         ("CMQHOOK_HOOK", hook.name.clone()),
         ("CMQHOOK_ATTEMPT", attempt.to_string()),
         (MARKER, marker),

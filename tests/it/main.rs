@@ -20,6 +20,7 @@ mod pg_state;
 mod pg_stored;
 mod postgres;
 mod properties;
+mod pull;
 mod push;
 mod replay;
 mod security;
