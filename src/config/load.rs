@@ -76,6 +76,7 @@ pub(super) fn parse(
         journal: JournalKind::Sqlite,
         dedup_for: Duration::MAX,
         respond_within: Duration::MAX,
+        queue_refs: Vec::new(),
     };
     let config = loader.load();
     match config {
@@ -180,6 +181,9 @@ struct Loader<'a> {
     dedup_for: Duration,
     /// Known once [server] is read; `Duration::MAX` when it cannot be (no timeout is judged).
     respond_within: Duration,
+    /// Every hook's `from_queue`: (hook, queue, where), checked once the `[[queue]]` tables
+    /// are read.
+    queue_refs: Vec<(String, String, Range<usize>)>,
 }
 
 impl Loader<'_> {
@@ -360,7 +364,15 @@ impl Loader<'_> {
             .filter_map(|(name, raw)| self.hook(name, raw, &defaults))
             .map(Arc::new)
             .collect();
+        let queue_names: Option<Vec<String>> = raw_queues
+            .iter()
+            .map(|section| section.raw.name.as_ref().map(|name| name.get_ref().clone()))
+            .collect();
         let queues = self.queues(raw_queues);
+        // A queue whose name cannot be read has its own error: no hook is judged by it.
+        if let Some(names) = queue_names {
+            self.check_queue_refs(&names);
+        }
         Some(Config {
             file: PathBuf::new(),
             server,
@@ -557,6 +569,24 @@ impl Loader<'_> {
         networks
     }
 
+    /// Every `from_queue` must name a `[[queue]]` of the file; an `ack = "exit"` hook fed by one
+    /// is told what a failure costs (SPEC §11).
+    fn check_queue_refs(&mut self, names: &[String]) {
+        for (hook, queue, span) in std::mem::take(&mut self.queue_refs) {
+            if !names.contains(&queue) {
+                let known = if names.is_empty() {
+                    "the file has no [[queue]] table".to_owned()
+                } else {
+                    format!("queues: {}", names.join(", "))
+                };
+                self.error(
+                    span,
+                    format!("hooks.{hook}.from_queue: no [[queue]] is named `{queue}` ({known})"),
+                );
+            }
+        }
+    }
+
     fn hook(
         &mut self,
         name: String,
@@ -694,6 +724,7 @@ impl Loader<'_> {
             }
             Some(tags.into_inner())
         });
+        let from_queue_span = raw.from_queue.as_ref().map(Spanned::span);
         let from_queue = raw.from_queue.and_then(|queue| {
             if queue.get_ref().trim().is_empty() {
                 let message = format!("{}: must name a [[queue]]", key("from_queue"));
@@ -714,7 +745,10 @@ impl Loader<'_> {
                 self.error(queue.span(), message);
                 return None;
             }
-            Some(queue.into_inner())
+            let span = queue.span();
+            let queue = queue.into_inner();
+            self.queue_refs.push((name.clone(), queue.clone(), span));
+            Some(queue)
         });
         let ack_given = raw.ack.is_some();
         // A hook's `ack` in error is not `[defaults]`' ack: nothing is judged by that.
@@ -764,6 +798,17 @@ impl Loader<'_> {
                     ),
                 );
             }
+        }
+        if let (Some(queue), Some(span), Ack::Exit, false) =
+            (&from_queue, from_queue_span, ack, ack_broken)
+        {
+            self.warning(
+                span,
+                format!(
+                    "{}: a message of queue `{queue}` whose run fails is left in the queue, runs again after every visibility timeout, and is lost once the queue's retention (msgRetentionSeconds) drops it; `ack = \"stored\"` deletes it once stored and retries it on a schedule of its own, keeping it as a dead letter after the last",
+                    key("from_queue")
+                ),
+            );
         }
         let timeout_given = raw.timeout.is_some();
         let raw_timeout = raw.timeout.or_else(|| defaults.raw.timeout.clone());

@@ -6,7 +6,8 @@ use crate::harness::*;
 /// A hook for the queue `deploys`, one for its messages tagged `web`, and one for pushes.
 fn queue_hooks(dir: &Dir) -> String {
     format!(
-        "[hooks.from-deploys]\nfrom_queue = \"deploys\"\ncommand = '{record}'\n\n\
+        "[[queue]]\nname = \"deploys\"\nendpoint = \"http://127.0.0.1:1\"\nsecret_id = \"id\"\nsecret_key = \"key-of-the-test\"\n\n\
+         [hooks.from-deploys]\nfrom_queue = \"deploys\"\ncommand = '{record}'\n\n\
          [hooks.web-deploys]\nfrom_queue = \"deploys\"\ntags = [\"web\"]\ncommand = '{record}'\n\n\
          [hooks.pushed]\npath = \"/cmq\"\ncommand = '{record}'\n",
         record = dir.record(0)
