@@ -26,7 +26,8 @@
 //! Beside the path: [`runner::guard`], a small process in a session of its own, kills the
 //! process groups of the runs still going when `serve` dies by any signal; [`runner::orphans`]
 //! finds and stops, at the next start, the commands of a `serve` that died; [`cli`]
-//! is the command line, and [`send`] its CMQ-like client; [`secrets`] hides what the config took
+//! is the command line, and [`send`] its CMQ-like client; [`pull`] takes messages from CMQ
+//! queues instead of pushes (SPEC §11), through a signed client of the queue API; [`secrets`] hides what the config took
 //! from the environment; [`telemetry`] sets up logs and
 //! metrics.
 
@@ -37,6 +38,7 @@ pub mod config;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;
+pub mod pull;
 pub mod replay_socket;
 pub mod routing;
 pub mod runner;
