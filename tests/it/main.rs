@@ -3,6 +3,7 @@
 
 mod harness;
 mod pg;
+mod standin;
 
 mod cli;
 mod delivery;
@@ -21,6 +22,7 @@ mod pg_stored;
 mod postgres;
 mod properties;
 mod pull;
+mod pull_client;
 mod push;
 mod replay;
 mod security;
