@@ -271,3 +271,161 @@ fn a_run_longer_than_the_visibility_timeout_runs_once_and_the_newest_handle_dele
     });
     assert!(deleted_by_newest, "{:#?}", standin.requests());
 }
+
+#[test]
+fn an_unmatched_message_is_left_with_reject_and_deleted_with_ack() {
+    let standin = standin(Duration::from_secs(1));
+    let dir = Dir::new();
+    let hook = format!("tags = [\"web\"]\ncommand = '{}'", dir.record(0));
+    let server = Server::start(
+        &dir,
+        &consuming(&standin, "unmatched = \"reject\"", "", &hook),
+    );
+    let id = standin.send("deploys", "for nobody", &["db"]);
+    // Rejected: left, so it comes back after every visibility timeout.
+    assert!(
+        wait_for(SETTLED_WITHIN, || standin.dequeue_count("deploys", &id)
+            >= 2),
+        "not received again"
+    );
+    assert!(standin.deleted("deploys").is_empty());
+    assert!(
+        server
+            .wait_for_log_line(SETTLED_WITHIN, &["no hook matches", "left in the queue"])
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    // The same message under `unmatched = "ack"` (a reload): deleted, still run by nothing.
+    dir.write_config(&consuming(&standin, "unmatched = \"ack\"", "", &hook));
+    server.signal("HUP");
+    wait_deleted(&standin, &[&id]);
+    assert!(dir.recorded().is_empty());
+}
+
+#[test]
+fn a_stored_hooks_message_is_deleted_once_stored_before_its_run_ends() {
+    let standin = standin(Duration::from_secs(30));
+    let dir = Dir::new();
+    let hook = format!("ack = \"stored\"\ncommand = '{}'", dir.held_record("held"));
+    let server = Server::start(&dir, &consuming(&standin, "", "", &hook));
+    let id = standin.send("deploys", "stored", &[]);
+    dir.wait_at_gate("held");
+    // Its run still holds at the gate: the message is deleted already.
+    wait_deleted(&standin, &[&id]);
+    assert!(dir.recorded().is_empty());
+    dir.open_gate("held");
+    assert!(wait_for(SETTLED_WITHIN, || dir.recorded().len() == 1));
+    dir.recorded()[0].assert_vars(&[("CMQ_QUEUE", "deploys"), ("CMQ_MSG_ID", &id)]);
+    assert_eq!(queue_metric(&server, "cmqhook_queue_deleted_total"), 1.0);
+}
+
+#[test]
+fn a_poller_receives_no_more_messages_than_its_hooks_have_free_slots() {
+    let standin = standin(Duration::from_secs(30));
+    let dir = Dir::new();
+    let hook = format!("concurrency = 1\ncommand = '{}'", dir.held_record("held"));
+    let _server = Server::start(&dir, &consuming(&standin, "", "batch = 16", &hook));
+    let ids: Vec<String> = (0..3)
+        .map(|n| standin.send("deploys", &format!("m{n}"), &[]))
+        .collect();
+    dir.wait_at_gate("held");
+    // One slot, taken: the other two stay in the queue, not received to wait for it.
+    assert!(
+        !wait_for(Duration::from_secs(2), || standin.invisible("deploys") > 1),
+        "received {} messages for one slot",
+        standin.invisible("deploys")
+    );
+    assert_eq!(standin.visible("deploys"), 2);
+    dir.open_gate("held");
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut deleted = Vec::new();
+    assert!(wait_for(SETTLED_WITHIN, || {
+        deleted = standin.deleted("deploys");
+        deleted.len() == 3
+    }));
+    deleted.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(deleted, expected);
+    // Every receive asked for one message at most: one slot was all there was.
+    for request in standin.requests() {
+        if request.action == "BatchReceiveMessage" {
+            assert_eq!(
+                request.params.get("numOfMsg").map(String::as_str),
+                Some("1")
+            );
+        }
+    }
+    assert!(!standin.requests_of("ReceiveMessage").is_empty());
+}
+
+#[test]
+fn a_refused_key_is_an_error_that_healthz_names_until_it_is_fixed() {
+    let standin = standin(Duration::from_secs(30));
+    standin.set_key(SECRET_ID, "another-key-entirely-0123456789");
+    let dir = Dir::new();
+    let hook = format!("command = '{}'", dir.record(0));
+    let server = Server::start(&dir, &consuming(&standin, "", "", &hook));
+    let mut health = server.get("/healthz");
+    assert!(wait_for(SETTLED_WITHIN, || {
+        health = server.get("/healthz");
+        health.status == 503
+    }));
+    let said = health.text();
+    assert!(
+        said.contains("queue `deploys`") && said.contains("4100"),
+        "{said}"
+    );
+    assert!(!said.contains(SECRET_KEY), "{said}");
+    let line = server
+        .wait_for_log_line(SETTLED_WITHIN, &["ERROR", "deploys", "refuses this key"])
+        .unwrap_or_else(|| panic!("{}", server.log_text()));
+    assert!(!line.contains(SECRET_KEY), "{line}");
+    let id = standin.send("deploys", "waits for the key", &[]);
+    // Fixed at the queue's end: polling goes on, finds it, and health comes back.
+    standin.set_key(SECRET_ID, SECRET_KEY);
+    wait_deleted(&standin, &[&id]);
+    assert!(wait_for(SETTLED_WITHIN, || server.get("/healthz").status == 200));
+    assert_eq!(dir.recorded().len(), 1);
+    let errors = server.metrics().get(
+        "cmqhook_queue_errors_total",
+        &[("queue", "deploys"), ("code", "4100")],
+    );
+    assert!(errors.is_some_and(|count| count >= 1.0), "{errors:?}");
+}
+
+#[test]
+fn throttling_backs_off_and_polling_resumes() {
+    let standin = standin(Duration::from_secs(30));
+    standin.inject(None, Fault::throttled(), 3);
+    let dir = Dir::new();
+    let hook = format!("command = '{}'", dir.record(0));
+    let started = Instant::now();
+    let server = Server::start(&dir, &consuming(&standin, "", "", &hook));
+    let id = standin.send("deploys", "after the throttling", &[]);
+    wait_deleted(&standin, &[&id]);
+    // Three throttled answers, each followed by a longer pause (0.5 s, 1 s, 2 s): without
+    // backing off they would all have been used up within milliseconds of the start.
+    assert!(
+        started.elapsed() >= Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+    let throttled = standin
+        .requests()
+        .iter()
+        .filter(|request| request.code == 4420)
+        .count();
+    assert_eq!(throttled, 3);
+    let errors = server.metrics().get(
+        "cmqhook_queue_errors_total",
+        &[("queue", "deploys"), ("code", "4420")],
+    );
+    assert_eq!(errors, Some(3.0));
+    assert!(
+        server
+            .wait_for_log_line(SETTLED_WITHIN, &["WARN", "throttled", "backing off"])
+            .is_some()
+    );
+}
