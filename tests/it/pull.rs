@@ -429,3 +429,74 @@ fn throttling_backs_off_and_polling_resumes() {
             .is_some()
     );
 }
+
+#[test]
+fn sigterm_stops_polling_first_and_deletes_what_the_running_runs_finish() {
+    let standin = standin(Duration::from_secs(30));
+    let dir = Dir::new();
+    let hook = format!("command = '{}'", dir.held_record("held"));
+    let mut server = Server::start(
+        &dir,
+        &consuming(&standin, "shutdown_grace = \"20s\"", "", &hook),
+    );
+    let first = standin.send("deploys", "running at the stop", &[]);
+    dir.wait_at_gate("held");
+    server.signal("TERM");
+    assert!(
+        server
+            .wait_for_log_line(SETTLED_WITHIN, &["draining"])
+            .is_some()
+    );
+    // No poll is waiting any more: a message sent now is not received.
+    assert!(wait_for(SETTLED_WITHIN, || standin.polling() == 0));
+    let receives = standin.requests_of("ReceiveMessage").len()
+        + standin.requests_of("BatchReceiveMessage").len();
+    let later = standin.send("deploys", "sent while draining", &[]);
+    dir.open_gate("held");
+    assert_eq!(server.wait_exit(SETTLED_WITHIN), Some(0));
+    assert_eq!(standin.deleted("deploys"), [first.as_str()]);
+    assert_eq!(dir.recorded().len(), 1);
+    assert_eq!(standin.dequeue_count("deploys", &later), 0);
+    let receives_after = standin.requests_of("ReceiveMessage").len()
+        + standin.requests_of("BatchReceiveMessage").len();
+    assert_eq!(receives_after, receives, "received while draining");
+}
+
+#[test]
+fn a_reload_adds_and_removes_a_queue_and_its_pollers() {
+    let standin = standin(Duration::from_secs(30));
+    let dir = Dir::new();
+    let push_hook = format!(
+        "[hooks.pushed]\npath = \"/cmq\"\ncommand = '{}'\n",
+        dir.record(0)
+    );
+    let server = Server::start(&dir, &config("", &push_hook));
+    let first = standin.send("deploys", "before the queue is configured", &[]);
+    assert_eq!(standin.polling(), 0);
+
+    let hook = format!("command = '{}'", dir.record(0));
+    dir.write_config(&consuming(&standin, "", "", &hook));
+    server.signal("HUP");
+    wait_deleted(&standin, &[&first]);
+    assert_eq!(dir.recorded()[0].var("CMQ_QUEUE"), Some("deploys"));
+
+    dir.write_config(&config("", &push_hook));
+    server.signal("HUP");
+    assert!(
+        server
+            .wait_for_log_line(SETTLED_WITHIN, &["stopped consuming the queue", "deploys"])
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    // The poll that was waiting ends with its wait (1 s); none follows.
+    assert!(wait_for(SETTLED_WITHIN, || standin.polling() == 0));
+    let second = standin.send("deploys", "after the queue is removed", &[]);
+    assert!(
+        !wait_for(Duration::from_secs(3), || standin
+            .dequeue_count("deploys", &second)
+            > 0),
+        "a removed queue is still polled"
+    );
+    assert_eq!(dir.recorded().len(), 1);
+}
