@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::pg::{Instance, LEASE, Spec, TestDb, server_keys};
 use crate::standin::{Fault, SECRET_ID, SECRET_KEY, StandIn};
 
 /// How long a message may take to be received, run and deleted.
@@ -499,4 +500,63 @@ fn a_reload_adds_and_removes_a_queue_and_its_pollers() {
         "a removed queue is still polled"
     );
     assert_eq!(dir.recorded().len(), 1);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
+fn two_instances_sharing_postgresql_polling_one_queue_run_each_message_once() {
+    let db = TestDb::create();
+    let standin = standin(Duration::from_secs(1));
+    // Runs longer than the visibility timeout: every message is received again, by either
+    // instance, while its first run goes.
+    let shared = Dir::new();
+    let hook = format!("command = 'sleep 1.5; {}'", shared.record(0));
+    let lease = format!("{}s", LEASE.as_secs());
+    let specs = ["a", "b"]
+        .into_iter()
+        .map(|label| {
+            let server = server_keys(&db.url(), Some(label), &lease, "");
+            Spec::new(label, consuming(&standin, &server, "batch = 4", &hook))
+        })
+        .collect();
+    let instances = Instance::start_all(specs);
+    let ids: Vec<String> = (0..8)
+        .map(|n| standin.send("deploys", &format!("fleet {n}"), &[]))
+        .collect();
+    let mut deleted = Vec::new();
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            deleted = standin.deleted("deploys");
+            deleted.len() == ids.len()
+        }),
+        "deleted {deleted:?} of {ids:?}"
+    );
+    let mut ran: Vec<String> = shared
+        .recorded()
+        .iter()
+        .map(|run| run.var("CMQ_MSG_ID").unwrap_or_default().to_owned())
+        .collect();
+    ran.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(ran, expected, "each message ran exactly once");
+    let redelivered: u64 = ids
+        .iter()
+        .map(|id| standin.dequeue_count("deploys", id))
+        .sum();
+    assert!(
+        redelivered > 8,
+        "no message was received twice: nothing was tested"
+    );
+    let received: f64 = instances
+        .iter()
+        .map(|instance| {
+            instance
+                .server
+                .metrics()
+                .get("cmqhook_queue_received_total", &[("queue", "deploys")])
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(received, redelivered as f64);
 }
