@@ -37,6 +37,14 @@ fn queue_metric(server: &Server, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `cmqhook_queue_errors_total` of `deploys` with this `code`.
+fn queue_errors(server: &Server, code: &str) -> Option<f64> {
+    server.metrics().get(
+        "cmqhook_queue_errors_total",
+        &[("queue", "deploys"), ("code", code)],
+    )
+}
+
 /// Waits until `standin` deleted exactly `ids` from `deploys`.
 fn wait_deleted(standin: &StandIn, ids: &[&str]) {
     let mut deleted = Vec::new();
@@ -241,10 +249,7 @@ fn a_redelivery_of_a_message_that_succeeded_is_deleted_without_running() {
         queue_metric(&server, "cmqhook_queue_redeliveries_deduplicated_total"),
         1.0
     );
-    let errors = server.metrics().get(
-        "cmqhook_queue_errors_total",
-        &[("queue", "deploys"), ("code", "network")],
-    );
+    let errors = queue_errors(&server, "network");
     assert_eq!(errors, Some(1.0));
 }
 
@@ -389,10 +394,7 @@ fn a_refused_key_is_an_error_that_healthz_names_until_it_is_fixed() {
     wait_deleted(&standin, &[&id]);
     assert!(wait_for(SETTLED_WITHIN, || server.get("/healthz").status == 200));
     assert_eq!(dir.recorded().len(), 1);
-    let errors = server.metrics().get(
-        "cmqhook_queue_errors_total",
-        &[("queue", "deploys"), ("code", "4100")],
-    );
+    let errors = queue_errors(&server, "4100");
     assert!(errors.is_some_and(|count| count >= 1.0), "{errors:?}");
 }
 
@@ -419,10 +421,7 @@ fn throttling_backs_off_and_polling_resumes() {
         .filter(|request| request.code == 4420)
         .count();
     assert_eq!(throttled, 3);
-    let errors = server.metrics().get(
-        "cmqhook_queue_errors_total",
-        &[("queue", "deploys"), ("code", "4420")],
-    );
+    let errors = queue_errors(&server, "4420");
     assert_eq!(errors, Some(3.0));
     assert!(
         server
