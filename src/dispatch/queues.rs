@@ -26,6 +26,12 @@ impl Dispatcher {
         free
     }
 
+    /// Whether the journal can take what messages would start now: while it cannot, a message
+    /// received would only be left to reappear, so none is received.
+    pub fn journal_writable(&self) -> bool {
+        self.deliveries.health().is_ok()
+    }
+
     /// Notes that `queue` cannot be consumed, and why (`Some`), or that it can again (`None`):
     /// `/healthz` answers 503 naming it meanwhile.
     pub fn set_queue_trouble(&self, queue: &str, trouble: Option<String>) {

@@ -7,6 +7,7 @@
 //! - A poller receives at most as many messages as the queue's hooks have free slots (less
 //!   what the other pollers of the queue are receiving), so that a message never waits for a
 //!   slot past its visibility timeout; the batch's runs take their slots as it is launched.
+//!   While the journal cannot be written, it receives nothing.
 //! - A message is deleted once every matching hook succeeded and that is journaled (for
 //!   `ack = "stored"`, once stored), or when no hook matches and `unmatched = "ack"`; otherwise
 //!   it is left to reappear after the visibility timeout. Its redelivery goes through dedup: one
@@ -204,7 +205,12 @@ async fn room(shared: &Shared, stop: &CancellationToken) -> Option<usize> {
         if stop.is_cancelled() {
             return None;
         }
-        let free = shared.dispatcher.free_slots(&shared.queue.name);
+        // Nothing could start while the journal cannot be written: nothing is received.
+        let free = if shared.dispatcher.journal_writable() {
+            shared.dispatcher.free_slots(&shared.queue.name)
+        } else {
+            0
+        };
         let batch = shared.queue.batch.clamp(1, MAX_BATCH);
         let reserved =
             shared
