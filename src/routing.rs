@@ -252,6 +252,11 @@ command = "true"
 from_queue = "deploys"
 tags = ["b"]
 command = "true"
+[[queue]]
+name = "deploys"
+endpoint = "http://127.0.0.1:1"
+secret_id = "id"
+secret_key = "key"
 "#;
         let config = Config::parse(Path::new("/nonexistent/hooks.toml"), text, |_| None)
             .map(RoutedConfig::new)

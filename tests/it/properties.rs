@@ -164,6 +164,12 @@ proptest! {
         for (index, lines) in selectors.iter().enumerate() {
             text += &format!("[hooks.h{index}]\nargv = [\"/bin/true\"]\n{lines}");
         }
+        // The queues `from_queue` may name.
+        for queue in ["q1", "q2"] {
+            text += &format!(
+                "[[queue]]\nname = \"{queue}\"\nendpoint = \"http://127.0.0.1:1\"\nsecret_id = \"i\"\nsecret_key = \"k\"\n"
+            );
+        }
         let config = Config::parse(Path::new("/nonexistent/hooks.toml"), &text, |_| None)
             .map(RoutedConfig::new)
             .map_err(|err| TestCaseError::fail(err.to_string()))?;
