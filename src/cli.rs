@@ -457,7 +457,10 @@ fn describe(hook: &Hook, respond_within: Duration) -> String {
     if parts.is_empty() {
         parts.push("(every push)".to_owned());
     }
+    let from_queue = selector.from_queue.is_some();
     let ack = match hook.ack {
+        // A queue message waits for its run however long it takes: no respond_within.
+        Ack::Exit if from_queue => "exit (deleted from the queue once the command exited 0; a failure is received again after the queue's visibility timeout, until its retention drops it)".to_owned(),
         Ack::Exit if hook.timeout > respond_within => format!(
             "exit (2xx once the command exited 0; a run longer than respond_within, {}, has the first delivery answered 503 and CMQ's retry gets its outcome; `ack = \"stored\"` answers at once)",
             DurationText(respond_within)
@@ -470,7 +473,12 @@ fn describe(hook: &Hook, respond_within: Duration) -> String {
                 .map(|delay| DurationText(*delay).to_string())
                 .collect();
             format!(
-                "stored (2xx once stored; retry after {}, then dead)",
+                "stored ({} once stored; retry after {}, then dead)",
+                if from_queue {
+                    "deleted from the queue"
+                } else {
+                    "2xx"
+                },
                 if retry.is_empty() {
                     "none".to_owned()
                 } else {

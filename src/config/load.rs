@@ -816,10 +816,12 @@ impl Loader<'_> {
             .as_ref()
             .map_or(DEFAULT_TIMEOUT, |timeout| timeout.get_ref().into_inner());
         // Only a timeout the config sets says that runs may take that long: the default (5m)
-        // says nothing about a hook's runs, and `check` shows what it means beside the hook.
+        // says nothing about a hook's runs, and `check` shows what it means beside the hook. A
+        // queue message waits for its runs however long they take: no respond_within for it.
         if let Some(span) = raw_timeout.as_ref().map(Spanned::span)
             && !unreadable("timeout", timeout_given)
             && ack == Ack::Exit
+            && from_queue.is_none()
             && timeout > self.respond_within
         {
             let shown = if timeout_given {

@@ -709,6 +709,15 @@ fn an_exit_hook_fed_by_a_queue_is_warned_that_a_failure_is_lost_after_the_retent
             && warning.contains("ack = \"stored\""),
         "{warning}"
     );
+    // Nor is it told about respond_within: a queue message waits for its run.
+    let long = parse(&format!(
+        "[hooks.deploy]\ncommand = \"true\"\ntimeout = \"1h\"\nfrom_queue = \"deploys\"\n{DEPLOYS_QUEUE}"
+    ));
+    assert!(
+        !long.warnings().iter().any(|w| w.contains("respond_within")),
+        "{:#?}",
+        long.warnings()
+    );
     let stored = parse(&format!(
         "[hooks.deploy]\ncommand = \"true\"\nack = \"stored\"\nfrom_queue = \"deploys\"\n{DEPLOYS_QUEUE}"
     ));
