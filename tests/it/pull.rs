@@ -559,3 +559,61 @@ fn two_instances_sharing_postgresql_polling_one_queue_run_each_message_once() {
         .sum();
     assert_eq!(received, redelivered as f64);
 }
+
+#[test]
+fn after_sigkill_mid_run_the_message_runs_again_once_the_killed_command_is_gone() {
+    let standin = standin(Duration::from_secs(1));
+    let dir = Dir::new();
+    let pids = dir.file("pids");
+    let hook = format!("command = '{}'", dir.held_first_attempt(&pids));
+    let text = consuming(&standin, "", "", &hook);
+    let mut server = Server::start(&dir, &text);
+    let id = standin.send("deploys", "killed mid-run", &[]);
+    dir.wait_at_gate("held");
+    let killed = wait_for_pid(&pids);
+    server.signal("KILL");
+    server.wait_exit(SETTLED_WITHIN);
+    // The guard stops the run's group when its serve dies: nothing of it overlaps the next.
+    assert!(
+        wait_for(Duration::from_secs(5), || !alive(killed)),
+        "the killed serve's command {killed} still runs"
+    );
+    assert!(standin.deleted("deploys").is_empty());
+    let _server = Server::start(&dir, &text);
+    wait_deleted(&standin, &[&id]);
+    assert_eq!(dir.attempts(), ["2"]);
+    assert!(standin.dequeue_count("deploys", &id) >= 2);
+}
+
+#[test]
+fn an_unreachable_queue_is_polled_again_with_backoff_until_it_answers() {
+    let mut standin = standin(Duration::from_secs(30));
+    standin.down();
+    let dir = Dir::new();
+    let hook = format!("command = '{}'", dir.record(0));
+    let server = Server::start(&dir, &consuming(&standin, "", "", &hook));
+    assert!(
+        wait_for(SETTLED_WITHIN, || queue_errors(&server, "network")
+            .is_some_and(|count| count >= 2.0)),
+        "{}",
+        server.log_text()
+    );
+    // A network error is no reason to take the instance out of service.
+    assert_eq!(server.get("/healthz").status, 200);
+    assert!(
+        server
+            .wait_for_log_line(
+                SETTLED_WITHIN,
+                &["WARN", "cannot reach the queue", "backing off"]
+            )
+            .is_some()
+    );
+    standin.up();
+    let id = standin.send("deploys", "once it is back", &[]);
+    wait_deleted(&standin, &[&id]);
+    assert!(
+        server
+            .wait_for_log_line(SETTLED_WITHIN, &["the queue answers again"])
+            .is_some()
+    );
+}
