@@ -617,3 +617,21 @@ fn an_unreachable_queue_is_polled_again_with_backoff_until_it_answers() {
             .is_some()
     );
 }
+
+#[test]
+fn sigterm_does_not_wait_for_a_long_poll_to_end() {
+    let standin = standin(Duration::from_secs(30));
+    let dir = Dir::new();
+    let hook = format!("command = '{}'", dir.record(0));
+    let text = consuming(&standin, "", "", &hook).replace("wait = \"1s\"", "wait = \"25s\"");
+    let mut server = Server::start(&dir, &text);
+    assert!(wait_for(SETTLED_WITHIN, || standin.polling() == 1));
+    let stopped = Instant::now();
+    assert_eq!(server.stop(), Some(0));
+    // The poll waits 25 s for a message that never comes: the stop does not.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
