@@ -13,7 +13,7 @@ use bytes::Bytes;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::cmq::{Format, OutgoingPush, Push, PushError};
+use crate::cmq::{Format, FormatSetting, OutgoingPush, Push, PushError};
 use crate::config::{Ack, Config, ConfigError, DurationText, Hook, Listen};
 use crate::delivery::{
     self, Deliveries, HistoryFilter, HistoryRow, JournalError, Outcome, postgres,
@@ -113,6 +113,10 @@ struct PushArgs {
     /// A message tag; repeat for several.
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
+    /// A message received from this [[queue]] (pull mode) instead of a push: it has no path,
+    /// topic or subscription.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["path", "topic", "subscription"])]
+    from_queue: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -458,10 +462,16 @@ fn describe(hook: &Hook, respond_within: Duration) -> String {
     if let Some(tags) = &selector.tags {
         parts.push(format!("tags={}", tags.join(",")));
     }
+    if let Some(queue) = &selector.from_queue {
+        parts.push(format!("from_queue={queue}"));
+    }
     if parts.is_empty() {
         parts.push("(every push)".to_owned());
     }
+    let from_queue = selector.from_queue.is_some();
     let ack = match hook.ack {
+        // A queue message waits for its run however long it takes: no respond_within.
+        Ack::Exit if from_queue => "exit (deleted from the queue once the command exited 0; a failure is received again after the queue's visibility timeout, until its retention drops it)".to_owned(),
         Ack::Exit if hook.timeout > respond_within => format!(
             "exit (2xx once the command exited 0; a run longer than respond_within, {}, has the first delivery answered 503 and CMQ's retry gets its outcome; `ack = \"stored\"` answers at once)",
             DurationText(respond_within)
@@ -474,7 +484,12 @@ fn describe(hook: &Hook, respond_within: Duration) -> String {
                 .map(|delay| DurationText(*delay).to_string())
                 .collect();
             format!(
-                "stored (2xx once stored; retry after {}, then dead)",
+                "stored ({} once stored; retry after {}, then dead)",
+                if from_queue {
+                    "deleted from the queue"
+                } else {
+                    "2xx"
+                },
                 if retry.is_empty() {
                     "none".to_owned()
                 } else {
@@ -500,8 +515,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
 
 fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
     let config = RoutedConfig::new(Config::load(&args.config.config)?);
-    let push = local_push(&args.push, new_id(), Bytes::new())
-        .parse(config.server.format, &args.push.path)?;
+    let push = local_push(&args.push, new_id(), Bytes::new(), config.server.format)?;
     let matched = if args.explain {
         let mut matched = false;
         for hook in &config.hooks {
@@ -537,10 +551,19 @@ fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::FAILURE)
 }
 
-/// `no hook matches this push: …`, naming what `push` carried (secrets redacted).
+/// `no hook matches this push: …`, naming what `push` carried (secrets redacted); for a
+/// message from a queue, the queue and its tags.
 fn no_match(config: &Config, push: &Push) -> String {
     // Each value redacted before it is quoted: escaping may change how a secret is spelled.
     let shown = |text: &str| config.redact(text).into_owned();
+    let tags = if push.tags.is_empty() {
+        "no tags".to_owned()
+    } else {
+        format!("tags [{}]", shown(&push.tags.join(", ")))
+    };
+    if let Some(queue) = &push.queue {
+        return format!("no hook matches this message from queue {queue:?}: {tags}");
+    }
     let mut carried = vec![format!("path {:?}", shown(&push.path))];
     match (&push.topic, &push.subscription) {
         (Some(topic), Some(subscription)) => {
@@ -549,11 +572,7 @@ fn no_match(config: &Config, push: &Push) -> String {
         }
         _ => carried.push("SIMPLIFIED (no topic or subscription)".to_owned()),
     }
-    carried.push(if push.tags.is_empty() {
-        "no tags".to_owned()
-    } else {
-        format!("tags [{}]", shown(&push.tags.join(", ")))
-    });
+    carried.push(tags);
     format!("no hook matches this push: {}", carried.join(", "))
 }
 
@@ -563,7 +582,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
     config.server.respond_within = Duration::from_secs(365 * 24 * 3600);
     let body = read_body(args.body_file.as_deref())?;
     let msg_id = args.msg_id.clone().unwrap_or_else(new_id);
-    let push = local_push(&args.push, msg_id, body).parse(config.server.format, &args.push.path)?;
+    let push = local_push(&args.push, msg_id, body, config.server.format)?;
     let unmatched = no_match(&config, &push);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1071,8 +1090,22 @@ fn last_line(text: &str) -> Option<String> {
 /// How much of a failed run's last stderr line `history` shows.
 const REASON_CHARS: usize = 120;
 
-/// The push `route` and `run` try: JSON when a topic or subscription is given.
-fn local_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {
+/// The push `route` and `run` try, as `serve` would read it under `format`: a message from
+/// the queue `--from-queue` names, else a push, JSON when a topic or subscription is given.
+fn local_push(
+    args: &PushArgs,
+    msg_id: String,
+    body: Bytes,
+    format: FormatSetting,
+) -> Result<Push, CliError> {
+    if let Some(queue) = &args.from_queue {
+        return Ok(Push::from_queue(queue, &msg_id, args.tags.clone(), body)?);
+    }
+    Ok(outgoing_push(args, msg_id, body).parse(format, &args.path)?)
+}
+
+/// The push `route` and `run` send by hand: JSON when a topic or subscription is given.
+fn outgoing_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {
     OutgoingPush {
         format: push_format(args.topic.is_some() || args.subscription.is_some()),
         msg_id,

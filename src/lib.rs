@@ -31,7 +31,9 @@
 //! process groups of the runs still going when `serve` dies by any signal; [`runner::orphans`]
 //! finds and stops, at the next start, the commands of a `serve` that died; [`cli`]
 //! is the command line, and [`send`] its CMQ-like client; [`pull`] takes messages from CMQ
-//! queues instead of pushes (SPEC §11), through a signed client of the queue API; [`secrets`] hides what the config took
+//! queues instead of pushes (SPEC §11), through a signed client of the queue API, and hands
+//! each to [`dispatch`] as a SIMPLIFIED push (`Dispatcher::launch`), deleting it when its
+//! answer would have been 2xx; [`secrets`] hides what the config took
 //! from the environment; [`telemetry`] sets up logs and
 //! metrics.
 

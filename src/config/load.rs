@@ -76,6 +76,7 @@ pub(super) fn parse(
         journal: JournalKind::Sqlite,
         dedup_for: Duration::MAX,
         respond_within: Duration::MAX,
+        queue_refs: Vec::new(),
     };
     let config = loader.load();
     match config {
@@ -180,6 +181,9 @@ struct Loader<'a> {
     dedup_for: Duration,
     /// Known once [server] is read; `Duration::MAX` when it cannot be (no timeout is judged).
     respond_within: Duration,
+    /// Every hook's `from_queue`: (hook, queue, where), checked once the `[[queue]]` tables
+    /// are read.
+    queue_refs: Vec<(String, String, Range<usize>)>,
 }
 
 impl Loader<'_> {
@@ -346,6 +350,7 @@ impl Loader<'_> {
             ("topic", raw.topic.as_ref().map(Spanned::span)),
             ("subscription", raw.subscription.as_ref().map(Spanned::span)),
             ("tags", raw.tags.as_ref().map(Spanned::span)),
+            ("from_queue", raw.from_queue.as_ref().map(Spanned::span)),
         ] {
             if let Some(span) = span {
                 self.error(
@@ -359,7 +364,15 @@ impl Loader<'_> {
             .filter_map(|(name, raw)| self.hook(name, raw, &defaults))
             .map(Arc::new)
             .collect();
+        let queue_names: Option<Vec<String>> = raw_queues
+            .iter()
+            .map(|section| section.raw.name.as_ref().map(|name| name.get_ref().clone()))
+            .collect();
         let queues = self.queues(raw_queues);
+        // A queue whose name cannot be read has its own error: no hook is judged by it.
+        if let Some(names) = queue_names {
+            self.check_queue_refs(&names);
+        }
         Some(Config {
             file: PathBuf::new(),
             server,
@@ -556,6 +569,24 @@ impl Loader<'_> {
         networks
     }
 
+    /// Every `from_queue` must name a `[[queue]]` of the file; an `ack = "exit"` hook fed by one
+    /// is told what a failure costs (SPEC §11).
+    fn check_queue_refs(&mut self, names: &[String]) {
+        for (hook, queue, span) in std::mem::take(&mut self.queue_refs) {
+            if !names.contains(&queue) {
+                let known = if names.is_empty() {
+                    "the file has no [[queue]] table".to_owned()
+                } else {
+                    format!("queues: {}", names.join(", "))
+                };
+                self.error(
+                    span,
+                    format!("hooks.{hook}.from_queue: no [[queue]] is named `{queue}` ({known})"),
+                );
+            }
+        }
+    }
+
     fn hook(
         &mut self,
         name: String,
@@ -693,6 +724,32 @@ impl Loader<'_> {
             }
             Some(tags.into_inner())
         });
+        let from_queue_span = raw.from_queue.as_ref().map(Spanned::span);
+        let from_queue = raw.from_queue.and_then(|queue| {
+            if queue.get_ref().trim().is_empty() {
+                let message = format!("{}: must name a [[queue]]", key("from_queue"));
+                self.error(queue.span(), message);
+                return None;
+            }
+            // A queue message has none of these: the hook could never run.
+            let push_only = [
+                ("path", path.is_some()),
+                ("topic", topic.is_some()),
+                ("subscription", subscription.is_some()),
+            ];
+            if let Some((selector, _)) = push_only.into_iter().find(|(_, given)| *given) {
+                let message = format!(
+                    "{}: a message from a queue has no {selector}, so a hook with both never runs (select queue messages by from_queue and tags only)",
+                    key("from_queue")
+                );
+                self.error(queue.span(), message);
+                return None;
+            }
+            let span = queue.span();
+            let queue = queue.into_inner();
+            self.queue_refs.push((name.clone(), queue.clone(), span));
+            Some(queue)
+        });
         let ack_given = raw.ack.is_some();
         // A hook's `ack` in error is not `[defaults]`' ack: nothing is judged by that.
         let ack_broken = unreadable("ack", ack_given);
@@ -742,16 +799,29 @@ impl Loader<'_> {
                 );
             }
         }
+        if let (Some(queue), Some(span), Ack::Exit, false) =
+            (&from_queue, from_queue_span, ack, ack_broken)
+        {
+            self.warning(
+                span,
+                format!(
+                    "{}: a message of queue `{queue}` whose run fails is left in the queue, runs again after every visibility timeout, and is lost once the queue's retention (msgRetentionSeconds) drops it; `ack = \"stored\"` deletes it once stored and retries it on a schedule of its own, keeping it as a dead letter after the last",
+                    key("from_queue")
+                ),
+            );
+        }
         let timeout_given = raw.timeout.is_some();
         let raw_timeout = raw.timeout.or_else(|| defaults.raw.timeout.clone());
         let timeout = raw_timeout
             .as_ref()
             .map_or(DEFAULT_TIMEOUT, |timeout| timeout.get_ref().into_inner());
         // Only a timeout the config sets says that runs may take that long: the default (5m)
-        // says nothing about a hook's runs, and `check` shows what it means beside the hook.
+        // says nothing about a hook's runs, and `check` shows what it means beside the hook. A
+        // queue message waits for its runs however long they take: no respond_within for it.
         if let Some(span) = raw_timeout.as_ref().map(Spanned::span)
             && !unreadable("timeout", timeout_given)
             && ack == Ack::Exit
+            && from_queue.is_none()
             && timeout > self.respond_within
         {
             let shown = if timeout_given {
@@ -781,6 +851,7 @@ impl Loader<'_> {
                 topic,
                 subscription,
                 tags,
+                from_queue,
             },
             path_shown,
             action: action?,

@@ -87,6 +87,7 @@ pub(super) struct RawHook {
     pub(super) topic: Option<Spanned<String>>,
     pub(super) subscription: Option<Spanned<String>>,
     pub(super) tags: Option<Spanned<Vec<String>>>,
+    pub(super) from_queue: Option<Spanned<String>>,
     pub(super) command: Option<Spanned<String>>,
     pub(super) argv: Option<Spanned<Vec<String>>>,
     pub(super) workdir: Option<Spanned<String>>,

@@ -176,7 +176,8 @@ pub const SERVER: Table = Table {
 /// `[defaults]`: hook keys given once for every hook.
 pub const DEFAULTS: Table = Table {
     name: "[defaults]",
-    about: "Any key of [hooks.NAME] except the selectors (path, topic, subscription, tags), \
+    about: "Any key of [hooks.NAME] except the selectors (path, topic, subscription, tags, \
+            from_queue), \
             applied to every hook that does not set it. env tables are merged, the hook's \
             values winning.",
     keys: &[],
@@ -186,7 +187,8 @@ pub const DEFAULTS: Table = Table {
 pub const HOOKS: Table = Table {
     name: "[hooks.NAME]",
     about: "One table a hook; NAME appears in logs, answers and CMQHOOK_HOOK. The selectors \
-            (path, topic, subscription, tags) that a hook gives must all match a push; an \
+            (path, topic, subscription, tags, from_queue) that a hook gives must all match a \
+            push; an \
             omitted selector matches anything, and a hook with none catches every push. Every \
             matching hook runs, concurrently. A topic or subscription selector never matches \
             a SIMPLIFIED push (those are unknown): route such subscriptions by path or tags. \
@@ -213,6 +215,14 @@ pub const HOOKS: Table = Table {
             name: "tags",
             default: Default::Text("any"),
             meaning: "Matches if the push carries any of these tags (CMQ's FilterTag).",
+        },
+        Key {
+            name: "from_queue",
+            default: Default::Text("none: pushes"),
+            meaning: "Pull mode: the name of a [[queue]] whose received messages this hook \
+                      takes (with tags, if given). It never matches a push; path, topic and \
+                      subscription never match a queue message, so it cannot be given with \
+                      them. CMQ_QUEUE is set to the queue's name.",
         },
         Key {
             name: "command",
@@ -368,6 +378,10 @@ pub const COMMAND_ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("CMQ_TAGS", "The message tags, comma-joined: a,b."),
     ("CMQ_FORMAT", "json or simplified."),
+    (
+        "CMQ_QUEUE",
+        "The [[queue]] a pull-mode message came from (empty for a push).",
+    ),
     ("CMQHOOK_HOOK", "The hook's name."),
     (
         "CMQHOOK_ATTEMPT",

@@ -501,5 +501,6 @@ pub(super) fn push_of(
         publish_time: message.publish_time.clone(),
         body,
         envelope,
+        queue: crate::cmq::queue_of_path(&message.path).map(str::to_owned),
     }
 }

@@ -21,6 +21,7 @@ mod pg_state;
 mod pg_stored;
 mod postgres;
 mod properties;
+mod pull;
 mod pull_client;
 mod pull_python;
 mod push;
