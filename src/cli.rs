@@ -387,6 +387,8 @@ pub fn main() -> ExitCode {
         Command::Completions(args) => completions(&args),
         Command::Man(args) => man(&args),
     };
+    // Output lines of the commands it ran still on their way to the log get there first.
+    runner::flush_log(std::time::Duration::from_secs(5));
     result.unwrap_or_else(|err| {
         // The reader left (`| head -1`): nothing to say about it.
         if err.is_closed_stdout() {

@@ -398,6 +398,11 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
+    /// The run's id in the journal (`cmqhook show ID`).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
     /// The value of `CMQHOOK_RUN` for this run's command: which `serve` and which run it
     /// belongs to, so that a later `serve` finds its processes if this one dies.
     pub fn marker(&self, deliveries: &Deliveries) -> String {

@@ -557,7 +557,8 @@ impl Dispatcher {
             push,
             stdin_of(hook, push),
             job.attempt,
-            handle.marker(&self.deliveries),
+            &handle,
+            &self.deliveries,
         );
         let ticket = Arc::clone(&job.ticket);
         let (result, end) = self
@@ -911,15 +912,17 @@ fn stdin_of(hook: &Hook, push: &Push) -> Option<bytes::Bytes> {
     }
 }
 
-/// The command one hook runs for one push, with its environment and `stdin` (SPEC §4);
-/// `marker` identifies the run in its processes' environment.
+/// The command one hook runs for one push, with its environment and `stdin` (SPEC §4), as
+/// the run of `handle`, which its processes' environment and its log lines name.
 fn run_spec(
     hook: &Hook,
     push: &Push,
     stdin: Option<bytes::Bytes>,
     attempt: u32,
-    marker: String,
+    handle: &RunHandle,
+    deliveries: &Deliveries,
 ) -> CommandSpec {
+    let marker = handle.marker(deliveries);
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
     let run_env = vec![
         ("CMQ_MSG_ID", text(&push.msg_id)),
@@ -948,8 +951,10 @@ fn run_spec(
         label: RunLabel {
             hook: hook.name.clone(),
             msg_id: text(&push.msg_id),
+            run_id: deliveries.is_journaled().then(|| handle.id()),
         },
         secrets: hook.output_secrets.clone(),
+        output: hook.output,
     }
 }
 
