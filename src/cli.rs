@@ -15,9 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cmq::{Format, OutgoingPush, Push, PushError};
 use crate::config::{Ack, Config, ConfigError, DurationText, Hook, Listen};
-use crate::delivery::{
-    self, Deliveries, HistoryFilter, HistoryRow, JournalError, Outcome, postgres,
-};
+use crate::delivery::{self, Deliveries, JournalError, Outcome, postgres};
 use crate::dispatch::{Dispatcher, HookResult, Reply, Verdict};
 use crate::replay_socket;
 use crate::routing::RoutedConfig;

@@ -67,6 +67,9 @@ fn history_line(delivery: &HistoryRow) -> String {
         or_dash(&delivery.hook),
         or_dash(&delivery.msg_id)
     );
+    if let Some(id) = delivery.run_id {
+        line.push_str(&format!("  run={id}"));
+    }
     if let Some(attempt) = delivery.attempt {
         line.push_str(&format!("  attempt={attempt}"));
     }

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use model::{HistoryFilter, HistoryRow, JournalError, RunRecord, Written};
-pub use sqlite::history;
+pub use sqlite::{history, run};
 use table::{Intent, Table};
 
 /// A run's outcome, as answered and journaled; converted to and from the journal's text here
@@ -372,6 +372,10 @@ pub struct RunEnd {
     pub left_behind: bool,
     pub stdout_tail: String,
     pub stderr_tail: String,
+    /// The kept output (SPEC §10; see `runner::STDOUT_MARK`); empty in end-log records of
+    /// earlier versions.
+    #[serde(default)]
+    pub output: String,
 }
 
 /// A push that ran nothing (refused, or unmatched).
@@ -571,6 +575,16 @@ impl Deliveries {
         match &self.store {
             Store::Postgres(journal) => Some(journal.fence()),
             Store::Memory | Store::Sqlite(_) => None,
+        }
+    }
+
+    /// The id that `cmqhook show` knows run `id` by, where it is known before the run ends:
+    /// the same with SQLite; `None` with PostgreSQL (whose ids are the fleet's, given as the
+    /// run is written) and with no journal.
+    pub fn shown_run_id(&self, id: i64) -> Option<i64> {
+        match self.store {
+            Store::Sqlite(_) => Some(id),
+            Store::Memory | Store::Postgres(_) => None,
         }
     }
 
@@ -1166,6 +1180,7 @@ mod tests {
             left_behind: false,
             stdout_tail: "out".to_owned(),
             stderr_tail: String::new(),
+            output: "out| out\n".to_owned(),
         }
     }
 

@@ -683,6 +683,7 @@ impl Dispatcher {
             left_behind: report.left_behind,
             stdout_tail: String::from_utf8_lossy(&report.stdout_tail).into_owned(),
             stderr_tail: String::from_utf8_lossy(&report.stderr_tail).into_owned(),
+            output: report.output,
         };
         (result, end)
     }
@@ -951,7 +952,8 @@ fn run_spec(
         label: RunLabel {
             hook: hook.name.clone(),
             msg_id: text(&push.msg_id),
-            run_id: deliveries.is_journaled().then(|| handle.id()),
+            run_id: deliveries.shown_run_id(handle.id()),
+            journaled: deliveries.is_journaled(),
         },
         secrets: hook.output_secrets.clone(),
         output: hook.output,

@@ -78,8 +78,10 @@ pub struct RunLabel {
     pub hook: String,
     /// Empty when there is none.
     pub msg_id: String,
-    /// The run's id in the journal; `None` with the journal off.
+    /// The run's id in the journal (`cmqhook show RUN_ID`), where it is known as it runs.
     pub run_id: Option<i64>,
+    /// Whether the run is journaled, its kept output with it.
+    pub journaled: bool,
 }
 
 /// How a run ended.

@@ -660,9 +660,13 @@ impl LogItem {
                     LogLines::Lines(n) => format!("log_output = {n}"),
                     LogLines::All => "the log could not keep up".to_owned(),
                 };
-                let kept = match label.run_id {
-                    Some(id) => format!("`cmqhook show {id}` has the kept output"),
-                    None => "the journal is off, so it is not kept".to_owned(),
+                let kept = match (label.run_id, label.journaled) {
+                    (Some(id), _) => format!("`cmqhook show {id}` has the kept output"),
+                    (None, true) => format!(
+                        "`cmqhook show RUN_ID` has the kept output (`cmqhook history --hook {} --msg-id {}` prints RUN_ID)",
+                        label.hook, label.msg_id
+                    ),
+                    (None, false) => "the journal is off, so it is not kept".to_owned(),
                 };
                 let s = if lines == 1 { "" } else { "s" };
                 tracing::info!(
