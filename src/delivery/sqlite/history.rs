@@ -129,16 +129,8 @@ impl Journal {
 /// Recent deliveries, newest first, read from the journal file at `path` (which may be in use
 /// by a running server).
 pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, JournalError> {
-    if !path.exists() {
-        return Err(JournalError::Missing {
-            path: path.to_owned(),
-        });
-    }
-    let sqlite = |source| JournalError::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
-    let reader = open_reader(path).map_err(sqlite)?;
+    let reader = open_for_command(path)?;
+    let sqlite = |source| sqlite_error(path, source);
     let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
     if filter.dead {
         return dead(&reader, filter, limit).map_err(sqlite);
@@ -284,23 +276,32 @@ fn logged_row(ended: &Ended) -> HistoryRow {
 /// journal file at `path` (which may be in use by a running server), or from the end log
 /// beside it for an end not committed yet. `None`: no such run (never run, or pruned).
 pub fn run(path: &Path, id: i64) -> Result<Option<RunRecord>, JournalError> {
-    if !path.exists() {
-        return Err(JournalError::Missing {
-            path: path.to_owned(),
-        });
-    }
-    let sqlite = |source| JournalError::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
-    let reader = open_reader(path).map_err(sqlite)?;
+    let reader = open_for_command(path)?;
     if let Some(ended) = super::end_log::read::<Ended>(path)
         .into_iter()
         .find(|ended| ended.id == id)
     {
         return Ok(Some(logged_record(&ended)));
     }
-    run_row(&reader, id).map_err(sqlite)
+    run_row(&reader, id).map_err(|source| sqlite_error(path, source))
+}
+
+/// A reader of the journal file at `path` for a command (`history`, `show`), which may be in
+/// use by a running server.
+fn open_for_command(path: &Path) -> Result<Connection, JournalError> {
+    if !path.exists() {
+        return Err(JournalError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    open_reader(path).map_err(|source| sqlite_error(path, source))
+}
+
+fn sqlite_error(path: &Path, source: rusqlite::Error) -> JournalError {
+    JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl Journal {
