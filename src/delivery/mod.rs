@@ -1063,6 +1063,17 @@ impl Deliveries {
         }
     }
 
+    /// Run `id` with its kept output (SPEC §10), as `cmqhook show` and the console's
+    /// `/api/runs/{id}` give it; `None`: no such run (or no journal). With SQLite, an end
+    /// still only in the end log is found once committed (within moments).
+    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, String> {
+        match &self.store {
+            Store::Sqlite(journal) => journal.run(id),
+            Store::Postgres(journal) => journal.run(id).await,
+            Store::Memory => Ok(None),
+        }
+    }
+
     /// The latest attempt journaled for (`hook`, `msg_id`), however old; 0 if none. (A shared
     /// database gives a replay its attempt with its claim: [`Deliveries::acquire_again`].)
     pub fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
@@ -1214,6 +1225,43 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never settled");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn a_runs_record_with_its_output_is_read_back_by_its_id_once_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let deliveries =
+            Deliveries::open_sqlite(&path, DAY, DAY, None, Duration::ZERO).expect("open");
+        let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some("m1"), DAY) else {
+            panic!("expected a run");
+        };
+        let id = deliveries.new_run_id();
+        let handle = deliveries.begin(id, start("deploy", "m1", attempt), Arc::clone(&ticket));
+        let done = ticket.subscribe();
+        deliveries.end(handle, result(Outcome::Failed), end(), DAY);
+        settled(&done);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let record = loop {
+            if let Some(record) = runtime.block_on(deliveries.run(id)).expect("readable") {
+                break record;
+            }
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(record.id, id);
+        assert_eq!(record.hook, "deploy");
+        assert_eq!(record.msg_id.as_deref(), Some("m1"));
+        assert_eq!(record.outcome, "failed");
+        assert_eq!(record.output.as_deref(), Some("out| out\n"));
+        // The same from the file, as `cmqhook show` reads it.
+        let shown = sqlite::run(&path, id).expect("readable");
+        assert_eq!(shown, Some(record));
+        assert_eq!(runtime.block_on(deliveries.run(id + 1000)), Ok(None));
+        deliveries.close();
     }
 
     #[test]
