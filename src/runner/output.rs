@@ -304,6 +304,8 @@ impl Tail {
 pub(super) struct Record {
     label: Arc<RunLabel>,
     log_lines: LogLines,
+    /// Whether output lines reach the log at all.
+    logged: bool,
     /// Lines still to log; `None`: every one.
     log_left: Option<u64>,
     unlogged_lines: u64,
@@ -318,13 +320,22 @@ pub(super) struct Record {
 impl Record {
     pub(super) fn new(label: Arc<RunLabel>, policy: OutputPolicy) -> Record {
         let head = HEAD_BYTES.min(policy.keep_bytes);
+        // With output lines filtered out of the log (`-q`), none is handed to the log thread,
+        // and none is said to be missing.
+        let logged = tracing::enabled!(target: "cmqhook::output", tracing::Level::INFO);
         Record {
             label,
-            log_lines: policy.log_lines,
+            log_lines: if logged {
+                policy.log_lines
+            } else {
+                LogLines::Lines(0)
+            },
             log_left: match policy.log_lines {
+                _ if !logged => Some(0),
                 LogLines::Lines(n) => Some(n),
                 LogLines::All => None,
             },
+            logged,
             unlogged_lines: 0,
             unlogged_bytes: 0,
             lines: 0,
@@ -411,7 +422,7 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        if self.unlogged_lines == 0 {
+        if self.unlogged_lines == 0 || !self.logged {
             return;
         }
         let summary = LogItem::Summary {
