@@ -1,5 +1,5 @@
-//! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `history`,
-//! `replay`, and
+//! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `queue send`,
+//! `history`, `replay`, and
 //! for getting started `init`, `completions` and `man`.
 
 use std::ffi::OsStr;
@@ -26,6 +26,7 @@ use crate::telemetry::{self, LogFormat};
 
 mod history;
 mod man;
+mod queue;
 mod show;
 
 /// Runs shell commands for Tencent Cloud CMQ topic pushes, answering 2xx only when they
@@ -72,6 +73,9 @@ enum Command {
     /// is given, a SIMPLIFIED one (the raw body) otherwise; --format says which outright.
     /// Exit 0 on 2xx.
     Send(SendArgs),
+    /// Pull mode's queues: `queue send` publishes one message to a [[queue]] of the
+    /// config, to try a setup end to end.
+    Queue(queue::QueueArgs),
     /// List recent deliveries from the journal, newest first.
     History(HistoryArgs),
     /// Print one run from the journal (`history` lists run ids): hook, message id, request
@@ -402,6 +406,7 @@ pub fn main() -> ExitCode {
         Command::Route(args) => route(&args),
         Command::Run(args) => run(&args),
         Command::Send(args) => send(&args),
+        Command::Queue(args) => queue::queue(&args),
         Command::History(args) => history::history(&args),
         Command::Show(args) => show::show(&args),
         Command::Replay(args) => replay(&args),
@@ -434,6 +439,17 @@ fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
     )?;
     for hook in &config.hooks {
         say!("{}", describe(hook, config.server.respond_within))?;
+    }
+    for queue in &config.queues {
+        say!(
+            "queue {}  {}  {}, wait {}, batch {}, pollers {}",
+            queue.name,
+            config.redact(&queue.endpoint),
+            queue.signature,
+            DurationText(queue.wait),
+            queue.batch,
+            queue.pollers
+        )?;
     }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");

@@ -19,6 +19,8 @@ use super::{
 use crate::runner::{DEFAULT_KEEP_BYTES, Environment, OutputPolicy};
 use crate::secrets::{Secret, Secrets, expand_vars};
 
+mod queue;
+
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
 /// A hook's `timeout`.
@@ -41,7 +43,7 @@ const DEFAULT_RETRY: [Duration; 5] = [
 /// twice that in memory.
 const MAX_KEEP_OUTPUT: usize = 16 * 1024 * 1024;
 /// The top-level tables.
-const SECTIONS: &[&str] = &["server", "defaults", "hooks"];
+const SECTIONS: &[&str] = &["server", "defaults", "hooks", "queue"];
 
 /// How far loading looks beyond the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +291,7 @@ impl Loader<'_> {
         let mut server = Section::absent();
         let mut defaults = Section::<RawHook>::absent();
         let mut raw_hooks = Vec::new();
+        let mut raw_queues = Vec::new();
         for (key, value) in root {
             match key.get_ref().as_ref() {
                 "server" => {
@@ -317,6 +320,7 @@ impl Loader<'_> {
                         }
                     }
                 }
+                "queue" => raw_queues = self.queue_tables(value),
                 other => {
                     let message = match did_you_mean(other, SECTIONS) {
                         Some(meant) => {
@@ -362,10 +366,12 @@ impl Loader<'_> {
             .filter_map(|(name, raw)| self.hook(name, raw, &defaults))
             .map(Arc::new)
             .collect();
+        let queues = self.queues(raw_queues);
         Some(Config {
             file: PathBuf::new(),
             server,
             hooks,
+            queues,
             secrets: Secrets::default(),
             secret_vars: Vec::new(),
             located_warnings: Vec::new(),
