@@ -37,7 +37,7 @@ pub use listen::{Listen, ListenError};
 use load::Scope;
 pub use selector::{LazyGlob, Mismatch, Pattern, Selector};
 
-use crate::runner::Environment;
+use crate::runner::{Environment, OutputPolicy};
 use crate::secrets::{self, Secrets};
 
 /// A validated configuration.
@@ -88,6 +88,9 @@ pub struct Server {
     /// `keep_bodies`: how long the body of every push that matched a hook is kept, for
     /// `cmqhook replay` (SPEC §9); `None`: "off".
     pub keep_bodies: Option<Duration>,
+    /// `log_output` and `keep_output` as [server] gives them: what a hook that does not set
+    /// them gets.
+    pub output: OutputPolicy,
 }
 
 /// One `[[queue]]` table: a CMQ queue consumed over the signed v2 API (SPEC §11).
@@ -237,6 +240,8 @@ pub struct Hook {
     /// `ack = "stored"`: the delays before attempts 2, 3, …; after the last, the message is
     /// dead.
     pub retry: Arc<[Duration]>,
+    /// `log_output` and `keep_output` (SPEC §4, §10).
+    pub output: OutputPolicy,
 }
 
 impl Config {

@@ -14,7 +14,9 @@
 //!    through a request recorded in the shared database that any `serve` takes);
 //! 6. [`runner`] runs one command in its own process group and reports its outcome (started by
 //!    `posix_spawn` with an environment built once per hook: `runner/spawn.rs`, the crate's one
-//!    module with `unsafe`);
+//!    module with `unsafe`); its output is read in large chunks, logged up to `log_output`
+//!    lines by a thread of its own, and kept, head and tail, for the run record
+//!    (`runner/output.rs`), which `cmqhook show` prints;
 //! 7. [`delivery`] journals the outcome and settles it for its waiters once it survives a crash
 //!    (with SQLite, once it is in the end log, `delivery/sqlite/end_log.rs`, written to SQLite
 //!    behind), keeping one state per (hook, message id) whatever the hook's `ack`

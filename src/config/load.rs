@@ -16,7 +16,7 @@ use super::raw::{RawDuration, RawHook, RawServer, duration_error, keys_of};
 use super::{
     Ack, Action, Config, ConfigError, Diagnostic, DurationText, Hook, Pattern, Selector, Server,
 };
-use crate::runner::Environment;
+use crate::runner::{DEFAULT_KEEP_BYTES, Environment, OutputPolicy};
 use crate::secrets::{Secret, Secrets, expand_vars};
 
 mod queue;
@@ -39,6 +39,9 @@ const DEFAULT_RETRY: [Duration; 5] = [
     Duration::from_secs(3600),
     Duration::from_secs(6 * 3600),
 ];
+/// The most `keep_output` may be (16 MiB, as its error says): a running command holds up to
+/// twice that in memory.
+const MAX_KEEP_OUTPUT: usize = 16 * 1024 * 1024;
 /// The top-level tables.
 const SECTIONS: &[&str] = &["server", "defaults", "hooks", "queue"];
 
@@ -77,6 +80,7 @@ pub(super) fn parse(
         dedup_for: Duration::MAX,
         respond_within: Duration::MAX,
         queue_refs: Vec::new(),
+        output: OutputPolicy::default(),
     };
     let config = loader.load();
     match config {
@@ -184,6 +188,8 @@ struct Loader<'a> {
     /// Every hook's `from_queue`: (hook, queue, where), checked once the `[[queue]]` tables
     /// are read.
     queue_refs: Vec<(String, String, Range<usize>)>,
+    /// Known once [server] is read: what hooks that do not say get.
+    output: OutputPolicy,
 }
 
 impl Loader<'_> {
@@ -344,6 +350,7 @@ impl Loader<'_> {
         if !respond_within_broken {
             self.respond_within = server.respond_within;
         }
+        self.output = server.output;
         let raw = &defaults.raw;
         for (selector, span) in [
             ("path", raw.path.as_ref().map(Spanned::span)),
@@ -523,6 +530,14 @@ impl Loader<'_> {
                 }
             }
         });
+        let output = OutputPolicy {
+            log_lines: raw
+                .log_output
+                .map_or(OutputPolicy::default().log_lines, |lines| lines.0),
+            keep_bytes: self
+                .keep_output("server.keep_output", raw.keep_output)
+                .unwrap_or(DEFAULT_KEEP_BYTES),
+        };
         Server {
             listen: listen.unwrap_or_else(|| {
                 DEFAULT_LISTEN
@@ -546,6 +561,29 @@ impl Loader<'_> {
             trusted_proxies: self.networks("server.trusted_proxies", raw.trusted_proxies),
             keep_dead: duration(raw.keep_dead, DEFAULT_KEEP_DEAD),
             keep_bodies,
+            output,
+        }
+    }
+
+    /// A `keep_output` size, if it is one this cmqhook keeps.
+    fn keep_output(
+        &mut self,
+        key: &str,
+        raw: Option<Spanned<bytesize::ByteSize>>,
+    ) -> Option<usize> {
+        let raw = raw?;
+        match usize::try_from(raw.get_ref().as_u64()) {
+            Ok(bytes) if bytes <= MAX_KEEP_OUTPUT => Some(bytes),
+            _ => {
+                self.error(
+                    raw.span(),
+                    format!(
+                        "{key}: {} is more than a run's output may keep (at most 16 MiB)",
+                        raw.get_ref().display().iec()
+                    ),
+                );
+                None
+            }
         }
     }
 
@@ -838,6 +876,20 @@ impl Loader<'_> {
                 ),
             );
         }
+        let keep_output = match raw.keep_output {
+            Some(keep) => self.keep_output(&key("keep_output"), Some(keep)),
+            None => {
+                let keep = defaults.raw.keep_output.clone();
+                self.keep_output(&format!("hooks.{name}: defaults.keep_output"), keep)
+            }
+        };
+        let output = OutputPolicy {
+            log_lines: raw
+                .log_output
+                .or(defaults.raw.log_output)
+                .map_or(self.output.log_lines, |lines| lines.0),
+            keep_bytes: keep_output.unwrap_or(self.output.keep_bytes),
+        };
         if self.diagnostics.len() > before {
             return None;
         }
@@ -874,6 +926,7 @@ impl Loader<'_> {
             queue: raw.queue.or(defaults.raw.queue).unwrap_or(16),
             ack,
             retry,
+            output,
             name,
         })
     }

@@ -170,6 +170,24 @@ pub const SERVER: Table = Table {
             meaning: "How long the body of every push that matched a hook is kept in the \
                       journal, for cmqhook replay: a duration, or \"off\". Needs a journal.",
         },
+        Key {
+            name: "log_output",
+            default: Default::Value("1000"),
+            meaning: "How many lines of a run's output (stdout and stderr) are logged: a \
+                      number (0: none) or \"all\". Beyond it, one line says how many lines and \
+                      bytes were not logged and that cmqhook show RUN_ID has the kept output. \
+                      Lines the log cannot take fast enough are counted there too: a command \
+                      never waits for the log. Hooks may set their own.",
+        },
+        Key {
+            name: "keep_output",
+            default: Default::Value("\"64 KiB\""),
+            meaning: "How much of a run's output its journal record keeps (cmqhook show): the \
+                      first 4 KiB and the last keep_output - 4 KiB, stdout and stderr \
+                      interleaved, each line starting with \"out| \" or \"err| \", secrets \
+                      redacted, and a line saying how many lines and bytes were cut between \
+                      them. At most 16 MiB. Hooks may set their own.",
+        },
     ],
 };
 
@@ -295,6 +313,16 @@ pub const HOOKS: Table = Table {
             default: Default::Value("[\"10s\", \"1m\", \"10m\", \"1h\", \"6h\"]"),
             meaning: "ack = \"stored\": the delays before attempts 2, 3, ...; after the last \
                       one fails the message is dead. Its total may not exceed dedup_for.",
+        },
+        Key {
+            name: "log_output",
+            default: Default::Text("[server] log_output"),
+            meaning: "How many lines of each run's output are logged (a number or \"all\").",
+        },
+        Key {
+            name: "keep_output",
+            default: Default::Text("[server] keep_output"),
+            meaning: "How much of each run's output its record keeps.",
         },
     ],
 };

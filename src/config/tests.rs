@@ -1863,3 +1863,51 @@ fn a_duration_that_cannot_be_read_gives_an_example() {
         &["hooks.a.retry", "`ten` is not a duration", "\"20s\""],
     );
 }
+
+#[test]
+fn log_output_and_keep_output_come_from_the_hook_then_defaults_then_server() {
+    use crate::runner::{LogLines, OutputPolicy};
+    let config = parse(
+        "[server]\nlog_output = 20\nkeep_output = \"8 KiB\"\n\n[defaults]\nkeep_output = 10000\n\n\
+         [hooks.a]\ncommand = \"true\"\n\n[hooks.b]\ncommand = \"true\"\nlog_output = \"all\"\nkeep_output = 0\n",
+    );
+    assert_eq!(
+        config.server.output,
+        OutputPolicy {
+            log_lines: LogLines::Lines(20),
+            keep_bytes: 8192
+        }
+    );
+    let a = &config.hooks[0];
+    assert_eq!(a.output.log_lines, LogLines::Lines(20));
+    assert_eq!(a.output.keep_bytes, 10_000);
+    let b = &config.hooks[1];
+    assert_eq!(b.output.log_lines, LogLines::All);
+    assert_eq!(b.output.keep_bytes, 0);
+    let plain = parse("[hooks.a]\ncommand = \"true\"\n");
+    assert_eq!(plain.hooks[0].output, OutputPolicy::default());
+    assert_eq!(plain.hooks[0].output.log_lines, LogLines::Lines(1000));
+    assert_eq!(plain.hooks[0].output.keep_bytes, 64 * 1024);
+}
+
+#[test]
+fn a_bad_log_output_or_keep_output_is_an_error_at_its_line() {
+    one_error(
+        "[server]\nlog_output = \"some\"\n",
+        2,
+        14,
+        &["server.log_output", "\"all\""],
+    );
+    one_error(
+        "[hooks.a]\ncommand = \"true\"\nlog_output = -1\n",
+        3,
+        14,
+        &["hooks.a.log_output", "negative"],
+    );
+    one_error(
+        "[hooks.a]\ncommand = \"true\"\nkeep_output = \"1 GiB\"\n",
+        3,
+        15,
+        &["hooks.a.keep_output", "16 MiB"],
+    );
+}

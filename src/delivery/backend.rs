@@ -21,8 +21,8 @@ use super::postgres::{Postgres, ReplayRequest};
 use super::sqlite::{Journal, OnStored};
 use super::table::Last;
 use super::{
-    Acquired, KeptPush, Key, PushRecord, RunStart, StoredPush, StoredState, StoredUpdate,
-    StoredWork, Storing, Written,
+    Acquired, KeptPush, Key, PushRecord, RunRecord, RunStart, StoredPush, StoredState,
+    StoredUpdate, StoredWork, Storing, Written,
 };
 
 /// A backend's answer that comes later.
@@ -148,6 +148,11 @@ pub(super) trait Backend: Send + Sync {
         _hook: Option<&'a str>,
         _within: Option<Duration>,
     ) -> Pending<'a, Result<Option<KeptPush>, String>> {
+        Box::pin(ready(Ok(None)))
+    }
+
+    /// Run `id` with its kept output (SPEC §10); `None`: no such run.
+    fn run(&self, _id: i64) -> Pending<'_, Result<Option<RunRecord>, String>> {
         Box::pin(ready(Ok(None)))
     }
 
@@ -279,6 +284,10 @@ impl Backend for Journal {
         Box::pin(ready(Journal::kept(self, msg_id, hook, within)))
     }
 
+    fn run(&self, id: i64) -> Pending<'_, Result<Option<RunRecord>, String>> {
+        Box::pin(ready(Journal::run(self, id)))
+    }
+
     fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
         Journal::latest_attempt(self, hook, msg_id)
     }
@@ -395,6 +404,10 @@ impl Backend for Postgres {
         within: Option<Duration>,
     ) -> Pending<'a, Result<Option<KeptPush>, String>> {
         Box::pin(Postgres::kept(self, msg_id, hook, within))
+    }
+
+    fn run(&self, id: i64) -> Pending<'_, Result<Option<RunRecord>, String>> {
+        Box::pin(Postgres::run(self, id))
     }
 
     fn stored_progress<'a>(

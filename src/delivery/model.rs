@@ -101,6 +101,8 @@ pub struct HistoryRow {
     pub at: String,
     /// `run` or `push` (a push that ran nothing).
     pub kind: &'static str,
+    /// A run's id (`cmqhook show RUN_ID`); for a dead message, its last run's.
+    pub run_id: Option<i64>,
     pub hook: Option<String>,
     pub msg_id: Option<String>,
     pub request_id: Option<String>,
@@ -131,6 +133,7 @@ impl HistoryRow {
         HistoryRow {
             at: String::new(),
             kind,
+            run_id: None,
             hook: None,
             msg_id: None,
             request_id: None,
@@ -192,4 +195,14 @@ pub struct RunRecord {
     /// The kept output (SPEC §10), present only where one run is asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+}
+
+impl RunRecord {
+    /// Tags as the journal keeps them (comma-joined), as a list.
+    pub fn split_tags(tags: &str) -> Vec<String> {
+        tags.split(',')
+            .filter(|tag| !tag.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }

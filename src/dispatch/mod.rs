@@ -565,7 +565,8 @@ impl Dispatcher {
             push,
             stdin_of(hook, push),
             job.attempt,
-            handle.marker(&self.deliveries),
+            &handle,
+            &self.deliveries,
         );
         let ticket = Arc::clone(&job.ticket);
         let (result, end) = self
@@ -690,6 +691,7 @@ impl Dispatcher {
             left_behind: report.left_behind,
             stdout_tail: String::from_utf8_lossy(&report.stdout_tail).into_owned(),
             stderr_tail: String::from_utf8_lossy(&report.stderr_tail).into_owned(),
+            output: report.output,
         };
         (result, end)
     }
@@ -965,15 +967,17 @@ fn stdin_of(hook: &Hook, push: &Push) -> Option<bytes::Bytes> {
     }
 }
 
-/// The command one hook runs for one push, with its environment and `stdin` (SPEC §4);
-/// `marker` identifies the run in its processes' environment.
+/// The command one hook runs for one push, with its environment and `stdin` (SPEC §4), as
+/// the run of `handle`, which its processes' environment and its log lines name.
 fn run_spec(
     hook: &Hook,
     push: &Push,
     stdin: Option<bytes::Bytes>,
     attempt: u32,
-    marker: String,
+    handle: &RunHandle,
+    deliveries: &Deliveries,
 ) -> CommandSpec {
+    let marker = handle.marker(deliveries);
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
     let run_env = vec![
         ("CMQ_MSG_ID", text(&push.msg_id)),
@@ -1003,8 +1007,11 @@ fn run_spec(
         label: RunLabel {
             hook: hook.name.clone(),
             msg_id: text(&push.msg_id),
+            run_id: deliveries.shown_run_id(handle.id()),
+            journaled: deliveries.is_journaled(),
         },
         secrets: hook.output_secrets.clone(),
+        output: hook.output,
     }
 }
 

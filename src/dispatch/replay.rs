@@ -397,7 +397,8 @@ impl Dispatcher {
             &push,
             stdin_of(hook, &push),
             attempt,
-            handle.marker(&self.deliveries),
+            &handle,
+            &self.deliveries,
         );
         spec.run_env.push(("CMQHOOK_REPLAY", "1".to_owned()));
         let (result, end) = self
