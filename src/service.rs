@@ -93,6 +93,7 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
         deliveries,
         CancellationToken::new(),
     ));
+    dispatcher.enable_notifications();
     let hooks = dispatcher.config().hooks.len();
     let system = actix_web::rt::System::new();
     let served = system.block_on(async {

@@ -164,6 +164,7 @@ pub struct Metrics {
     pub stored_pending: prometheus::IntGaugeVec,
     pub dead_letters: prometheus::IntCounterVec,
     pub superseded: prometheus::IntCounterVec,
+    pub notify_failures: prometheus::IntCounter,
 }
 
 /// The process's metrics, registered on first use.
@@ -241,6 +242,14 @@ pub fn metrics() -> &'static Metrics {
         registry
             .register(Box::new(dedup_evictions.clone()))
             .expect("each metric is registered once");
+        let notify_failures = prometheus::IntCounter::new(
+            "cmqhook_notify_failures_total",
+            "Notify commands that exited non-zero, timed out or could not start.",
+        )
+        .expect("metric names are valid");
+        registry
+            .register(Box::new(notify_failures.clone()))
+            .expect("each metric is registered once");
         let run_duration = prometheus::HistogramVec::new(
             HistogramOpts::new(
                 "cmqhook_run_duration_seconds",
@@ -268,6 +277,7 @@ pub fn metrics() -> &'static Metrics {
             stored_pending,
             dead_letters,
             superseded,
+            notify_failures,
         }
     })
 }

@@ -12,9 +12,10 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::raw::{RawDuration, RawHook, RawServer, duration_error, keys_of};
+use super::raw::{RawDuration, RawHook, RawNotify, RawServer, duration_error, keys_of};
 use super::{
-    Ack, Action, Config, ConfigError, Diagnostic, DurationText, Hook, Pattern, Selector, Server,
+    Ack, Action, Config, ConfigError, Diagnostic, DurationText, Hook, Notify, NotifyEvent, Pattern,
+    Selector, Server,
 };
 use crate::runner::Environment;
 use crate::secrets::{Secret, Secrets, expand_vars};
@@ -37,8 +38,16 @@ const DEFAULT_RETRY: [Duration; 5] = [
     Duration::from_secs(3600),
     Duration::from_secs(6 * 3600),
 ];
+/// `[notify] timeout`.
+const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[notify] on`.
+const DEFAULT_NOTIFY_ON: [NotifyEvent; 3] = [
+    NotifyEvent::Failed,
+    NotifyEvent::TimedOut,
+    NotifyEvent::Dead,
+];
 /// The top-level tables.
-const SECTIONS: &[&str] = &["server", "defaults", "hooks"];
+const SECTIONS: &[&str] = &["server", "defaults", "hooks", "notify"];
 
 /// How far loading looks beyond the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +104,12 @@ pub(super) fn parse(
                         .entry((Arc::clone(&hook.env), Arc::clone(&hook.hidden_env)))
                         .or_insert_with(|| Arc::new(Environment::new(&hook.env, &hook.hidden_env))),
                 );
+            }
+            // The notify command gets no secret's variable: it has no `pass_env`.
+            if let Some(notify) = &mut config.notify {
+                let notify = Arc::make_mut(notify);
+                notify.environment = Arc::new(Environment::new(&[], &loader.secret_vars));
+                notify.output_secrets = output_secrets.clone();
             }
             sort(&mut loader.warnings);
             Ok(Config {
@@ -283,6 +298,7 @@ impl Loader<'_> {
         let mut server = Section::absent();
         let mut defaults = Section::<RawHook>::absent();
         let mut raw_hooks = Vec::new();
+        let mut notify = None;
         for (key, value) in root {
             match key.get_ref().as_ref() {
                 "server" => {
@@ -296,6 +312,13 @@ impl Loader<'_> {
                     defaults = self
                         .section("defaults.", value)
                         .unwrap_or_else(|| Section::unreadable(span));
+                }
+                "notify" => {
+                    let span = value.span();
+                    notify = Some(
+                        self.section::<RawNotify>("notify.", value)
+                            .unwrap_or_else(|| Section::unreadable(span)),
+                    );
                 }
                 "hooks" => {
                     let span = value.span();
@@ -355,10 +378,14 @@ impl Loader<'_> {
             .filter_map(|(name, raw)| self.hook(name, raw, &defaults))
             .map(Arc::new)
             .collect();
+        let notify = notify
+            .and_then(|section| self.notify(section))
+            .map(Arc::new);
         Some(Config {
             file: PathBuf::new(),
             server,
             hooks,
+            notify,
             secrets: Secrets::default(),
             secret_vars: Vec::new(),
             located_warnings: Vec::new(),
@@ -528,6 +555,41 @@ impl Loader<'_> {
             keep_dead: duration(raw.keep_dead, DEFAULT_KEEP_DEAD),
             keep_bodies,
         }
+    }
+
+    /// `[notify]`: `None` without a usable `command` (an error unless a key that could not
+    /// be read was meant to be it).
+    fn notify(&mut self, section: Section<RawNotify>) -> Option<Notify> {
+        let Section { raw, span, broken } = section;
+        let command = match raw.command {
+            Some(command) if command.get_ref().trim().is_empty() => {
+                self.error(command.span(), "notify.command: must not be empty");
+                None
+            }
+            Some(command) => Some(command.into_inner()),
+            None if broken.contains(&"command") => None,
+            None => {
+                self.error(span, "notify: needs `command`");
+                None
+            }
+        };
+        let mut on = Vec::new();
+        let written = raw.on.map(Spanned::into_inner);
+        for event in written.unwrap_or_else(|| DEFAULT_NOTIFY_ON.to_vec()) {
+            if !on.contains(&event) {
+                on.push(event);
+            }
+        }
+        Some(Notify {
+            command: command?.into(),
+            on,
+            timeout: raw.timeout.map_or(DEFAULT_NOTIFY_TIMEOUT, |timeout| {
+                timeout.into_inner().into_inner()
+            }),
+            workdir: self.dir.clone().into(),
+            environment: Arc::default(),
+            output_secrets: Secrets::default(),
+        })
     }
 
     fn networks(&mut self, key: &str, raw: Option<Vec<Spanned<String>>>) -> Vec<IpNet> {

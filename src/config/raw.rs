@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{Ack, StdinMode, Unmatched};
+use super::{Ack, NotifyEvent, StdinMode, Unmatched};
 use crate::cmq::FormatSetting;
 
 #[derive(Deserialize, Default)]
@@ -33,6 +33,15 @@ pub(super) struct RawServer {
     pub(super) lease: Option<Spanned<RawDuration>>,
     pub(super) keep_dead: Option<RawDuration>,
     pub(super) keep_bodies: Option<Spanned<String>>,
+}
+
+/// `[notify]` (SPEC §10).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) command: Option<Spanned<String>>,
+    pub(super) on: Option<Spanned<Vec<NotifyEvent>>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
 }
 
 /// A duration as written: a human string (`"500ms"`, `"15s"`, `"1d 2h"`). One that cannot be

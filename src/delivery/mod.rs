@@ -401,7 +401,13 @@ impl RunHandle {
     /// The value of `CMQHOOK_RUN` for this run's command: which `serve` and which run it
     /// belongs to, so that a later `serve` finds its processes if this one dies.
     pub fn marker(&self, deliveries: &Deliveries) -> String {
-        format!("{}:{}", deliveries.boot, self.id)
+        deliveries.marker(self.id)
+    }
+
+    /// Its run id: the one `cmqhook show` takes (with SQLite; a shared database numbers
+    /// its rows itself).
+    pub fn id(&self) -> i64 {
+        self.id
     }
 }
 
@@ -568,6 +574,13 @@ impl Deliveries {
             Store::Postgres(journal) => Some(journal.fence()),
             Store::Memory | Store::Sqlite(_) => None,
         }
+    }
+
+    /// The value of `CMQHOOK_RUN` for the command of run `id` (from [`Deliveries::new_run_id`]).
+    /// With SQLite, a command whose run has no row in the journal (a notify command's) is
+    /// killed at the next start if this process died while it ran.
+    pub fn marker(&self, id: i64) -> String {
+        format!("{}:{id}", self.boot)
     }
 
     /// The id of a run about to be claimed: its part of the run's `CMQHOOK_RUN` marker.

@@ -8,6 +8,7 @@
 //! `Hook` × `Push` to the plain command the [`runner`](crate::runner) runs. Knows nothing of
 //! HTTP: the status code is `http`'s choice, made from [`Verdict`] or [`Refusal`].
 
+mod notify;
 mod replay;
 pub use replay::{Replayed, Reply};
 mod slots;
@@ -53,6 +54,7 @@ pub struct Dispatcher {
     /// Told at every reload.
     reloaded: Notify,
     draining: CancellationToken,
+    notifier: Arc<notify::Notifier>,
 }
 
 /// What a push came to.
@@ -257,6 +259,7 @@ impl Dispatcher {
             idle: Notify::new(),
             reloaded: Notify::new(),
             draining: CancellationToken::new(),
+            notifier: Arc::default(),
         };
         dispatcher.apply_bounds(&dispatcher.config());
         dispatcher
@@ -304,23 +307,31 @@ impl Dispatcher {
         self.deliveries.health()
     }
 
-    /// Runs spawned and not over yet.
+    /// Runs spawned and not over yet, and `[notify]` commands still going.
     pub fn active(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
+        self.active.load(Ordering::SeqCst) + self.notifier.going()
     }
 
-    /// Waits until no run is active, at most `within`; true if none is.
+    /// From now on the events `[notify]` lists run its command (`serve` only).
+    pub fn enable_notifications(&self) {
+        self.notifier.enable();
+    }
+
+    /// Waits until no run is active, then until no notify command is going (a run's end
+    /// starts its notification before it stops counting as active), at most `within` in
+    /// all; true if nothing is going.
     pub async fn wait_idle(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let idle = self.idle.notified();
-            if self.active() == 0 {
-                return true;
+            if self.active.load(Ordering::SeqCst) == 0 {
+                break;
             }
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.active() == 0;
+                break;
             }
         }
+        self.notifier.wait_idle(deadline).await && self.active() == 0
     }
 
     /// The configuration in force.
@@ -683,7 +694,18 @@ impl Dispatcher {
             stdout_tail: String::from_utf8_lossy(&report.stdout_tail).into_owned(),
             stderr_tail: String::from_utf8_lossy(&report.stderr_tail).into_owned(),
         };
+        if let Some(event) =
+            notify::Event::of_run((&hook.name, msg_id, attempt), handle.id(), &result, &end)
+        {
+            self.notify(event);
+        }
         (result, end)
+    }
+
+    /// Runs the `[notify]` command in force for `event`, if it lists it.
+    fn notify(&self, event: notify::Event) {
+        let marker = self.deliveries.marker(self.deliveries.new_run_id());
+        self.notifier.send(&self.config(), event, marker);
     }
 
     fn slots_for(&self, hook: &Hook) -> Arc<Slots> {

@@ -372,6 +372,15 @@ impl Dispatcher {
             }
         };
         if state == StoredState::Dead {
+            let last_run = (&name[..], Some(&msg_id[..]), attempt);
+            if let Some(last_run) =
+                super::notify::Event::of_run(last_run, handle.id(), &result, &end)
+            {
+                self.notify(super::notify::Event {
+                    kind: crate::config::NotifyEvent::Dead,
+                    ..last_run
+                });
+            }
             metrics().dead_letters.with_label_values(&[&name]).inc();
             tracing::warn!(
                 hook = %name,

@@ -1,0 +1,266 @@
+//! `[notify]` (SPEC §10): the notify command runs once per listed event — a failed, timed-out
+//! or killed run, a stored message that died — with the event's variables and the run's kept
+//! output on stdin; its own failure is logged at WARN, counted, and never retried; it never
+//! holds a hook's slot. The notify command here is the recorder, saving into `notes/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// The dir the notify recorder saves into.
+fn notes(dir: &Dir) -> PathBuf {
+    let notes = dir.file("notes");
+    if !notes.exists() {
+        std::fs::create_dir(&notes).expect("notes dir");
+    }
+    notes
+}
+
+/// A `[notify]` table: the recorder saving into `notes/` and exiting `code`, then `more` keys.
+fn notify_table(dir: &Dir, code: i32, more: &str) -> String {
+    format!(
+        "[notify]\ncommand = '{} {} {code}'\n{more}\n",
+        dir.file("record").display(),
+        notes(dir).display()
+    )
+}
+
+/// Every notification recorded so far, oldest first.
+fn notifications(dir: &Dir) -> Vec<Run> {
+    recorded_in(&notes(dir))
+}
+
+/// Waits (at most 20 s, else panics) until `count` notifications are recorded.
+fn wait_for_notifications(dir: &Dir, count: usize) -> Vec<Run> {
+    let mut seen = Vec::new();
+    let enough = wait_for(Duration::from_secs(20), || {
+        seen = notifications(dir);
+        seen.len() >= count
+    });
+    assert!(enough, "{} notifications, not {count}", seen.len());
+    seen
+}
+
+/// The id of the journal's run of `hook` for `msg_id` as `attempt` (read once `serve` stopped).
+fn run_id(dir: &Dir, hook: &str, msg_id: &str, attempt: u32) -> String {
+    let journal = rusqlite::Connection::open(dir.file("cmqhook.db")).expect("open the journal");
+    let id: i64 = journal
+        .query_row(
+            "SELECT id FROM runs WHERE hook = ?1 AND msg_id = ?2 AND attempt = ?3",
+            rusqlite::params![hook, msg_id, attempt],
+            |row| row.get(0),
+        )
+        .expect("the run's row");
+    id.to_string()
+}
+
+/// The notification whose `CMQHOOK_HOOK` is `hook`.
+fn about<'a>(notes: &'a [Run], hook: &str) -> &'a Run {
+    notes
+        .iter()
+        .find(|note| note.var("CMQHOOK_HOOK") == Some(hook))
+        .unwrap_or_else(|| panic!("no notification about {hook}"))
+}
+
+fn stdin_text(run: &Run) -> String {
+    String::from_utf8_lossy(&run.stdin).into_owned()
+}
+
+#[test]
+fn failed_and_timed_out_runs_notify_once_each_with_every_variable_and_the_output() {
+    let dir = Dir::new();
+    let hooks = "[hooks.ok]\npath = \"/ok\"\ncommand = \"echo fine\"\n\n\
+                 [hooks.fail]\npath = \"/fail\"\ncommand = \"echo out-line; echo err-line >&2; exit 3\"\n\n\
+                 [hooks.slow]\npath = \"/slow\"\ncommand = \"echo before-sleep; sleep 30\"\ntimeout = \"300ms\"\nkill_grace = \"200ms\"\n";
+    let text = format!("{}{}", config("", hooks), notify_table(&dir, 0, ""));
+    let mut server = Server::start(&dir, &text);
+    assert_eq!(server.post_seed("/ok", "m-ok").status, 200);
+    assert_eq!(server.post_seed("/fail", "m-fail").status, 500);
+    assert_eq!(server.post_seed("/slow", "m-slow").status, 504);
+    wait_for_notifications(&dir, 2);
+    // The drain waits for notify commands: once stopped, every notification is recorded.
+    assert_eq!(server.stop(), Some(0));
+    let notes = notifications(&dir);
+    assert_eq!(notes.len(), 2, "a success notifies nothing: {notes:#?}");
+
+    let failed = about(&notes, "fail");
+    failed.assert_vars(&[
+        ("CMQHOOK_EVENT", "failed"),
+        ("CMQ_MSG_ID", "m-fail"),
+        ("CMQHOOK_ATTEMPT", "1"),
+        ("CMQHOOK_OUTCOME", "failed"),
+        ("CMQHOOK_EXIT_CODE", "3"),
+        ("CMQHOOK_RUN_ID", &run_id(&dir, "fail", "m-fail", 1)),
+    ]);
+    let output = stdin_text(failed);
+    assert!(
+        output.contains("out-line") && output.contains("err-line"),
+        "{output:?}"
+    );
+
+    let timed_out = about(&notes, "slow");
+    timed_out.assert_vars(&[
+        ("CMQHOOK_EVENT", "timed_out"),
+        ("CMQ_MSG_ID", "m-slow"),
+        ("CMQHOOK_ATTEMPT", "1"),
+        ("CMQHOOK_OUTCOME", "timed_out"),
+        ("CMQHOOK_EXIT_CODE", ""),
+        ("CMQHOOK_RUN_ID", &run_id(&dir, "slow", "m-slow", 1)),
+    ]);
+    assert!(stdin_text(timed_out).contains("before-sleep"));
+}
+
+#[test]
+fn a_stored_message_that_dies_notifies_dead_with_its_last_run() {
+    let dir = Dir::new();
+    let hooks = "[hooks.job]\nack = \"stored\"\nretry = [\"100ms\"]\n\
+                 command = 'echo \"attempt $CMQHOOK_ATTEMPT failing\"; exit 4'\n";
+    let text = format!(
+        "{}{}",
+        config("", hooks),
+        notify_table(&dir, 0, "on = [\"dead\"]")
+    );
+    let mut server = Server::start(&dir, &text);
+    let answer = server.post_seed("/", "m-dead");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["results"][0]["outcome"], "queued");
+    wait_for_notifications(&dir, 1);
+    assert_eq!(server.stop(), Some(0));
+    let notes = notifications(&dir);
+    // Its two failed runs are not listed in `on`: only the death is told.
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    notes[0].assert_vars(&[
+        ("CMQHOOK_EVENT", "dead"),
+        ("CMQHOOK_HOOK", "job"),
+        ("CMQ_MSG_ID", "m-dead"),
+        ("CMQHOOK_ATTEMPT", "2"),
+        ("CMQHOOK_OUTCOME", "failed"),
+        ("CMQHOOK_EXIT_CODE", "4"),
+        ("CMQHOOK_RUN_ID", &run_id(&dir, "job", "m-dead", 2)),
+    ]);
+    assert_eq!(stdin_text(&notes[0]), "attempt 2 failing\n");
+}
+
+#[test]
+fn on_lists_the_events_and_a_reload_changes_them() {
+    let dir = Dir::new();
+    let hooks = "[hooks.fail]\npath = \"/fail\"\ncommand = \"exit 1\"\n\n\
+                 [hooks.killed]\npath = \"/killed\"\ncommand = \"kill -KILL $$\"\n";
+    let mut server = Server::start(&dir, &config("", hooks));
+    // No [notify]: nothing is told.
+    assert_eq!(server.post_seed("/fail", "before").status, 500);
+    let with_notify = format!(
+        "{}{}",
+        config("", hooks),
+        notify_table(&dir, 0, "on = [\"killed\"]")
+    );
+    dir.write_config(&with_notify);
+    server.signal("HUP");
+    assert!(
+        server
+            .wait_for_log_line(Duration::from_secs(10), &["config reloaded"])
+            .is_some()
+    );
+    assert_eq!(server.post_seed("/fail", "after").status, 500);
+    assert_eq!(server.post_seed("/killed", "after").status, 500);
+    wait_for_notifications(&dir, 1);
+    assert_eq!(server.stop(), Some(0));
+    let notes = notifications(&dir);
+    assert_eq!(notes.len(), 1, "only `killed` is listed: {notes:#?}");
+    notes[0].assert_vars(&[
+        ("CMQHOOK_EVENT", "killed"),
+        ("CMQHOOK_HOOK", "killed"),
+        ("CMQHOOK_OUTCOME", "killed"),
+        ("CMQHOOK_EXIT_CODE", ""),
+    ]);
+}
+
+#[test]
+fn a_failing_notify_command_is_logged_at_warn_counted_and_run_once() {
+    let dir = Dir::new();
+    let hooks = "[hooks.fail]\ncommand = \"exit 2\"\n";
+    let text = format!("{}{}", config("", hooks), notify_table(&dir, 7, ""));
+    let mut server = Server::start(&dir, &text);
+    let failures = |server: &Server| {
+        server
+            .metrics()
+            .get("cmqhook_notify_failures_total", &[])
+            .expect("the series exists from start")
+    };
+    assert_eq!(failures(&server), 0.0);
+    assert_eq!(server.post_seed("/", "m1").status, 500);
+    let line = server
+        .wait_for_log_line(Duration::from_secs(20), &["notify command failed"])
+        .expect("the notify command's failure is logged");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("exited 7") && line.contains("m1"), "{line}");
+    assert_eq!(failures(&server), 1.0);
+    assert_eq!(server.stop(), Some(0));
+    // Not retried, and its failure is no event of its own.
+    assert_eq!(notifications(&dir).len(), 1);
+    assert_eq!(
+        server.log_text().matches("notify command failed").count(),
+        1
+    );
+}
+
+#[test]
+fn a_slow_notify_command_is_killed_at_its_timeout_and_holds_no_hook_slot() {
+    let dir = Dir::new();
+    let pid_file = dir.file("notify.pid");
+    // The body is the exit code.
+    let hooks = "[hooks.a]\ncommand = 'exit \"$(cat)\"'\nconcurrency = 1\n";
+    let notify = format!(
+        "[notify]\ncommand = 'sleep 30 & echo $! > {}; wait'\ntimeout = \"500ms\"\n",
+        pid_file.display()
+    );
+    let text = format!("{}{notify}", config("max_running = 1", hooks));
+    let mut server = Server::start(&dir, &text);
+    let fail = server.post("/", &[("x-cmq-message-id", "m-fail")], b"5");
+    assert_eq!(fail.status, 500, "{}", fail.text());
+    let sleeper = wait_for_pid(&pid_file);
+    // With the notify command going, the hook's one slot (and the one global) is free.
+    let ok = server.post("/", &[("x-cmq-message-id", "m-ok")], b"0");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(alive(sleeper), "the notify command is still going");
+    let line = server
+        .wait_for_log_line(Duration::from_secs(20), &["notify command failed"])
+        .expect("the timeout is logged");
+    assert!(line.contains("timed out"), "{line}");
+    assert!(
+        wait_for(Duration::from_secs(5), || !alive(sleeper)),
+        "the notify command's group was killed"
+    );
+    assert_eq!(
+        server.metrics().get("cmqhook_notify_failures_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn check_rejects_an_unknown_event_and_a_notify_table_without_a_command() {
+    let dir = Dir::new();
+    let check = |toml: &str| {
+        let config = dir.write_config(toml);
+        let output = cmqhook(&["check", "-c", config.to_str().expect("utf-8")], b"");
+        (output.status.code(), text(&output.stderr))
+    };
+    let (code, stderr) = check("[notify]\ncommand = \"true\"\non = [\"failed\", \"exploded\"]\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("hooks.toml:3:17: notify.on") && stderr.contains("exploded"),
+        "{stderr}"
+    );
+    let (code, stderr) = check("[notify]\non = [\"dead\"]\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("hooks.toml:1:1: notify: needs `command`"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(
+        "[notify]\ncommand = \"true\"\non = [\"killed\", \"interrupted\"]\ntimeout = \"1m\"\n",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
