@@ -93,7 +93,6 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
         deliveries,
         CancellationToken::new(),
     ));
-    dispatcher.enable_notifications();
     let hooks = dispatcher.config().hooks.len();
     let system = actix_web::rt::System::new();
     let served = system.block_on(async {
@@ -103,6 +102,7 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
         if let Some(socket) = &mut replay_socket {
             socket.serve(Arc::clone(&dispatcher))?;
         }
+        dispatcher.enable_notifications();
         // Only now: whoever waits for this line may signal at once.
         tracing::info!(hooks, "listening on {local}");
         let reloader = Arc::clone(&dispatcher);

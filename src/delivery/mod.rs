@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use model::{HistoryFilter, HistoryRow, JournalError, RunRecord, Written};
+pub use model::{HistoryFilter, HistoryRow, JournalError, LeftRunning, RunRecord, Written};
 pub use sqlite::history;
 use table::{Intent, Table};
 
@@ -834,6 +834,15 @@ impl Deliveries {
             Store::Memory => {}
             Store::Sqlite(journal) => journal.record_end(ended),
             Store::Postgres(journal) => journal.record_end(ended),
+        }
+    }
+
+    /// The runs a previous process left running, which this one marked interrupted when it
+    /// took the journal over (once; empty after, and with the other backends).
+    pub fn take_left_running(&self) -> Vec<LeftRunning> {
+        match &self.store {
+            Store::Sqlite(journal) => journal.take_left_running(),
+            Store::Memory | Store::Postgres(_) => Vec::new(),
         }
     }
 

@@ -32,7 +32,9 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_from_iter};
 
 use super::end_log::EndLog;
-pub use super::model::{Ended, HistoryFilter, HistoryRow, JournalError, OnCommit, Written};
+pub use super::model::{
+    Ended, HistoryFilter, HistoryRow, JournalError, LeftRunning, OnCommit, Written,
+};
 use super::table::Last;
 use super::{
     KeptPush, Message, Outcome, PushFacts, PushRecord, RunEnd, RunResult, RunStart, StoredPush,
@@ -312,6 +314,8 @@ pub struct Journal {
     boot: String,
     first_free_id: i64,
     resumable: Mutex<Vec<StoredWork>>,
+    /// The runs a previous process left running, marked interrupted at open.
+    left_running: Mutex<Vec<LeftRunning>>,
 }
 
 impl Record {
@@ -397,7 +401,7 @@ impl Journal {
         let log = Arc::new(log);
         let urgent = Arc::new(AtomicBool::new(false));
         let boot = new_token();
-        take_over(&writer, &boot, orphan_grace).map_err(sqlite)?;
+        let left_running = take_over(&writer, &boot, orphan_grace).map_err(sqlite)?;
         let resumable = resumable(&writer).map_err(sqlite)?;
         let max_id: i64 = writer
             .query_row("SELECT COALESCE(MAX(id), 0) FROM runs", [], |row| {
@@ -443,6 +447,7 @@ impl Journal {
             boot,
             first_free_id: max_id + 1,
             resumable: Mutex::new(resumable),
+            left_running: Mutex::new(left_running),
         })
     }
 
@@ -636,6 +641,15 @@ impl Journal {
                     })
             })
             .transpose()
+    }
+
+    /// The runs a previous process left running, marked interrupted at open (once; empty
+    /// after).
+    pub fn take_left_running(&self) -> Vec<LeftRunning> {
+        match self.left_running.lock() {
+            Ok(mut left) => std::mem::take(&mut *left),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
     }
 
     /// The stored work found at open that is neither done nor dead, to be resumed.
@@ -903,8 +917,12 @@ fn load_keys(connection: &Connection) -> rusqlite::Result<(AtomicBloomFilter, us
 }
 
 /// Before this process writes: the commands of runs that earlier owners left running are
-/// killed, those runs marked `interrupted`, and this owner's token recorded.
-fn take_over(connection: &Connection, boot: &str, grace: Duration) -> rusqlite::Result<()> {
+/// killed, those runs marked `interrupted` (and returned), and this owner's token recorded.
+fn take_over(
+    connection: &Connection,
+    boot: &str,
+    grace: Duration,
+) -> rusqlite::Result<Vec<LeftRunning>> {
     let tokens: HashSet<String> = connection
         .prepare("SELECT token FROM boots")?
         .query_map([], |row| row.get(0))?
@@ -932,6 +950,19 @@ fn take_over(connection: &Connection, boot: &str, grace: Duration) -> rusqlite::
         }
     }
     let now = timestamp(SystemTime::now());
+    let left_running = connection
+        .prepare(
+            "SELECT id, hook, msg_id, attempt FROM runs WHERE outcome = 'running' ORDER BY id",
+        )?
+        .query_map([], |row| {
+            Ok(LeftRunning {
+                id: row.get(0)?,
+                hook: row.get(1)?,
+                msg_id: row.get(2)?,
+                attempt: row.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     let interrupted = connection.execute(
         "UPDATE runs SET outcome = 'interrupted', finished_at = ?1 WHERE outcome = 'running'",
         params![now],
@@ -951,7 +982,7 @@ fn take_over(connection: &Connection, boot: &str, grace: Duration) -> rusqlite::
         "INSERT INTO boots (token, pid, started_at) VALUES (?1, ?2, ?3)",
         params![boot, std::process::id(), now],
     )?;
-    Ok(())
+    Ok(left_running)
 }
 
 /// The stored work neither done nor dead, earliest due first; work that was running when its

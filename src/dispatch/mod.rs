@@ -312,9 +312,23 @@ impl Dispatcher {
         self.active.load(Ordering::SeqCst) + self.notifier.going()
     }
 
-    /// From now on the events `[notify]` lists run its command (`serve` only).
+    /// From now on the events `[notify]` lists run its command (`serve` only, on its
+    /// runtime); first those this process recorded when it took the journal over: the runs
+    /// a previous process left running, now interrupted.
     pub fn enable_notifications(&self) {
         self.notifier.enable();
+        for run in self.deliveries.take_left_running() {
+            self.notify(notify::Event {
+                kind: crate::config::NotifyEvent::Interrupted,
+                hook: run.hook,
+                msg_id: run.msg_id,
+                attempt: run.attempt,
+                outcome: Outcome::Interrupted,
+                exit_code: None,
+                run_id: run.id,
+                output: bytes::Bytes::new(),
+            });
+        }
     }
 
     /// Waits until no run is active, then until no notify command is going (a run's end

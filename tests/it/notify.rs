@@ -264,3 +264,41 @@ fn check_rejects_an_unknown_event_and_a_notify_table_without_a_command() {
     );
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn a_run_left_running_by_a_killed_serve_is_notified_as_interrupted_by_the_next_serve() {
+    let dir = Dir::new();
+    let hooks = format!("[hooks.held]\ncommand = '{}'\n", dir.gate("held", 30));
+    let text = format!(
+        "{}{}",
+        config("respond_within = \"200ms\"", &hooks),
+        notify_table(&dir, 0, "on = [\"interrupted\"]")
+    );
+    let mut first = Server::start(&dir, &text);
+    assert_eq!(first.post_seed("/", "m-left").status, 503);
+    dir.wait_at_gate("held");
+    let journaled = wait_for(Duration::from_secs(10), || {
+        dir.history(&["--msg-id", "m-left"])
+            .first()
+            .is_some_and(|row| row["outcome"] == "running")
+    });
+    assert!(journaled, "the run's start is journaled");
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+    assert!(notifications(&dir).is_empty());
+    // The next serve records the interruption, and so tells it.
+    let mut next = Server::start(&dir, &text);
+    wait_for_notifications(&dir, 1);
+    assert_eq!(next.stop(), Some(0));
+    let notes = notifications(&dir);
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    notes[0].assert_vars(&[
+        ("CMQHOOK_EVENT", "interrupted"),
+        ("CMQHOOK_HOOK", "held"),
+        ("CMQ_MSG_ID", "m-left"),
+        ("CMQHOOK_ATTEMPT", "1"),
+        ("CMQHOOK_OUTCOME", "interrupted"),
+        ("CMQHOOK_EXIT_CODE", ""),
+        ("CMQHOOK_RUN_ID", &run_id(&dir, "held", "m-left", 1)),
+    ]);
+}
