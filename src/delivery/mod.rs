@@ -383,6 +383,12 @@ pub struct PushRecord {
     pub push: PushFacts,
 }
 
+/// What [`Deliveries::recorded_run`] tells: the journal's id of a run, and whether its end
+/// was superseded.
+pub type RecordedRun = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<(i64, bool)>, String>> + Send>,
+>;
+
 /// A run between its claim and its end.
 pub struct RunHandle {
     id: i64,
@@ -403,10 +409,15 @@ impl RunHandle {
         deliveries.marker(self.id)
     }
 
-    /// Its run id: the one `cmqhook show` takes (with SQLite; a shared database numbers
-    /// its rows itself).
+    /// Its run id in this process (with SQLite, the one `cmqhook show` takes; a shared
+    /// database numbers its rows itself: [`Deliveries::recorded_run`]).
     pub fn id(&self) -> i64 {
         self.id
+    }
+
+    /// Its settled result, once its end is recorded (see [`Deliveries::end`]).
+    pub fn settled(&self) -> watch::Receiver<Option<RunResult>> {
+        self.ticket.subscribe()
     }
 }
 
@@ -833,6 +844,19 @@ impl Deliveries {
             Store::Memory => {}
             Store::Sqlite(journal) => journal.record_end(ended),
             Store::Postgres(journal) => journal.record_end(ended),
+        }
+    }
+
+    /// The id `cmqhook show` takes of this process's run `run_id` (from
+    /// [`Deliveries::new_run_id`]), and whether its end was superseded (SPEC §8), to be asked
+    /// once its end is recorded: the same id but with a shared database, which numbers its
+    /// rows itself (`None` while it has no row there).
+    pub fn recorded_run(&self, run_id: i64) -> RecordedRun {
+        match &self.store {
+            Store::Postgres(journal) => Box::pin(journal.recorded_run(run_id)),
+            Store::Memory | Store::Sqlite(_) => {
+                Box::pin(std::future::ready(Ok(Some((run_id, false)))))
+            }
         }
     }
 

@@ -318,7 +318,7 @@ impl Dispatcher {
     pub fn enable_notifications(&self) {
         self.notifier.enable();
         for run in self.deliveries.take_left_running() {
-            self.notify(notify::Event {
+            let event = notify::Event {
                 kind: crate::config::NotifyEvent::Interrupted,
                 hook: run.hook,
                 msg_id: run.msg_id,
@@ -327,7 +327,8 @@ impl Dispatcher {
                 exit_code: None,
                 run_id: run.id,
                 output: bytes::Bytes::new(),
-            });
+            };
+            self.notify(event, None);
         }
     }
 
@@ -711,15 +712,24 @@ impl Dispatcher {
         if let Some(event) =
             notify::Event::of_run((&hook.name, msg_id, attempt), handle.id(), &result, &end)
         {
-            self.notify(event);
+            self.notify(event, Some(handle.settled()));
         }
         (result, end)
     }
 
-    /// Runs the `[notify]` command in force for `event`, if it lists it.
-    fn notify(&self, event: notify::Event) {
+    /// Runs the `[notify]` command in force for `event`, if it lists it, once `settled`
+    /// (the run's result, if it is still to be recorded) says its end is recorded.
+    fn notify(
+        &self,
+        event: notify::Event,
+        settled: Option<tokio::sync::watch::Receiver<Option<RunResult>>>,
+    ) {
+        let recorded = notify::Recorded {
+            settled,
+            run: self.deliveries.recorded_run(event.run_id),
+        };
         let marker = self.deliveries.marker(self.deliveries.new_run_id());
-        self.notifier.send(&self.config(), event, marker);
+        self.notifier.send(&self.config(), event, recorded, marker);
     }
 
     fn slots_for(&self, hook: &Hook) -> Arc<Slots> {

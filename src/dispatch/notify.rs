@@ -18,13 +18,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NotifyEvent};
-use crate::delivery::{Outcome, RunEnd, RunResult};
+use crate::delivery::{Outcome, RecordedRun, RunEnd, RunResult};
 use crate::runner::orphans::MARKER;
 use crate::runner::{CommandSpec, Program, RunLabel, RunOutcome, run_command};
 use crate::telemetry::metrics;
 
 /// How long a notify command has to exit after its timeout's SIGTERM.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a notification waits for its run's end to be recorded (the journal may be away)
+/// before it goes without the run's id.
+const RECORD_WAIT: Duration = Duration::from_secs(30);
 /// The `hook` field of a notify command's log lines.
 const LABEL: &str = "[notify]";
 
@@ -38,9 +41,47 @@ pub(super) struct Event {
     /// The run's outcome (for `dead`, its last run's).
     pub outcome: Outcome,
     pub exit_code: Option<i32>,
+    /// The run's id in this process ([`crate::delivery::Deliveries::new_run_id`]).
     pub run_id: i64,
     /// The run's kept output.
     pub output: bytes::Bytes,
+}
+
+/// How a notification learns its run's id in the journal: once `settled` (if any) says the
+/// run's end is recorded, `run` tells it.
+pub(super) struct Recorded {
+    pub settled: Option<tokio::sync::watch::Receiver<Option<RunResult>>>,
+    pub run: RecordedRun,
+}
+
+/// What a notification knows of its run's id in the journal.
+enum JournalId {
+    Known(i64),
+    /// The end is not recorded in time, or the journal cannot say.
+    Unknown,
+    /// The end was superseded: another instance took the message over and records its
+    /// events (SPEC §8).
+    Superseded,
+}
+
+impl Recorded {
+    async fn journal_id(self) -> JournalId {
+        if let Some(mut settled) = self.settled {
+            let recorded = settled.wait_for(|result| result.as_ref().is_some_and(|r| r.recorded));
+            if !matches!(tokio::time::timeout(RECORD_WAIT, recorded).await, Ok(Ok(_))) {
+                return JournalId::Unknown;
+            }
+        }
+        match self.run.await {
+            Ok(Some((_, true))) => JournalId::Superseded,
+            Ok(Some((id, false))) => JournalId::Known(id),
+            Ok(None) => JournalId::Unknown,
+            Err(reason) => {
+                tracing::debug!(reason, "cannot read a notified run's id");
+                JournalId::Unknown
+            }
+        }
+    }
 }
 
 impl Event {
@@ -129,8 +170,16 @@ impl Notifier {
     }
 
     /// Runs `config`'s notify command for `event`, as a task of its own, if notifications
-    /// are enabled and `on` lists the event; `marker` marks its processes (`CMQHOOK_RUN`).
-    pub(super) fn send(self: &Arc<Self>, config: &Config, event: Event, marker: String) {
+    /// are enabled and `on` lists the event: once the run's end is recorded, with its id in
+    /// the journal (`recorded`), and not at all if the end was superseded. `marker` marks its
+    /// processes (`CMQHOOK_RUN`).
+    pub(super) fn send(
+        self: &Arc<Self>,
+        config: &Config,
+        event: Event,
+        recorded: Recorded,
+        marker: String,
+    ) {
         if !self.enabled.load(Ordering::SeqCst) {
             return;
         }
@@ -154,10 +203,9 @@ impl Notifier {
                     .map(|code| code.to_string())
                     .unwrap_or_default(),
             ),
-            ("CMQHOOK_RUN_ID", event.run_id.to_string()),
             (MARKER, marker),
         ];
-        let spec = CommandSpec {
+        let mut spec = CommandSpec {
             program: Program::Shell(Arc::clone(&notify.command)),
             workdir: Arc::clone(&notify.workdir),
             environment: Arc::clone(&notify.environment),
@@ -174,6 +222,19 @@ impl Notifier {
         self.going.fetch_add(1, Ordering::SeqCst);
         let going = Going(Arc::clone(self));
         tokio::spawn(async move {
+            let run_id = match recorded.journal_id().await {
+                JournalId::Known(id) => id.to_string(),
+                JournalId::Unknown => String::new(),
+                JournalId::Superseded => {
+                    tracing::debug!(
+                        hook = %event.hook,
+                        run_id = event.run_id,
+                        "not notified: the run's end was superseded"
+                    );
+                    return;
+                }
+            };
+            spec.run_env.push(("CMQHOOK_RUN_ID", run_id));
             // Never stopped by shutdown: its timeout bounds it, and the drain waits for it.
             let report = run_command(spec, CancellationToken::new()).await;
             let failure = match &report.outcome {

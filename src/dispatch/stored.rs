@@ -376,10 +376,11 @@ impl Dispatcher {
             if let Some(last_run) =
                 super::notify::Event::of_run(last_run, handle.id(), &result, &end)
             {
-                self.notify(super::notify::Event {
+                let dead = super::notify::Event {
                     kind: crate::config::NotifyEvent::Dead,
                     ..last_run
-                });
+                };
+                self.notify(dead, Some(handle.settled()));
             }
             metrics().dead_letters.with_label_values(&[&name]).inc();
             tracing::warn!(

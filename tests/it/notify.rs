@@ -302,3 +302,38 @@ fn a_run_left_running_by_a_killed_serve_is_notified_as_interrupted_by_the_next_s
         ("CMQHOOK_RUN_ID", &run_id(&dir, "held", "m-left", 1)),
     ]);
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
+fn with_postgres_a_failed_run_notifies_with_the_id_of_its_row_in_the_shared_database() {
+    use crate::pg::{TestDb, server_keys};
+    let db = TestDb::create();
+    let dir = Dir::new();
+    let hooks = "[hooks.fail]\ncommand = \"echo pg-out; exit 6\"\n";
+    let server = server_keys(&db.url(), Some("a"), "2s", "");
+    let text = format!("{}{}", config(&server, hooks), notify_table(&dir, 0, ""));
+    let mut server = Server::start(&dir, &text);
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            db.sql("SELECT to_regclass('cmqhook_runs')").trim() == "cmqhook_runs"
+        }),
+        "the schema is created"
+    );
+    // The database numbers its rows apart from this process's run ids.
+    db.sql("SELECT setval(pg_get_serial_sequence('cmqhook_runs', 'id'), 1000)");
+    assert_eq!(server.post_seed("/", "m-pg").status, 500);
+    wait_for_notifications(&dir, 1);
+    assert_eq!(server.stop(), Some(0));
+    let id = db.sql("SELECT id FROM cmqhook_runs WHERE msg_id = 'm-pg'");
+    assert_eq!(id.trim(), "1001");
+    let notes = notifications(&dir);
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    notes[0].assert_vars(&[
+        ("CMQHOOK_EVENT", "failed"),
+        ("CMQHOOK_HOOK", "fail"),
+        ("CMQ_MSG_ID", "m-pg"),
+        ("CMQHOOK_EXIT_CODE", "6"),
+        ("CMQHOOK_RUN_ID", "1001"),
+    ]);
+    assert_eq!(stdin_text(&notes[0]), "pg-out\n");
+}
