@@ -318,18 +318,30 @@ impl Dispatcher {
     pub fn enable_notifications(&self) {
         self.notifier.enable();
         for run in self.deliveries.take_left_running() {
-            let event = notify::Event {
-                kind: crate::config::NotifyEvent::Interrupted,
-                hook: run.hook,
-                msg_id: run.msg_id,
-                attempt: run.attempt,
-                outcome: Outcome::Interrupted,
-                exit_code: None,
-                run_id: run.id,
-                output: bytes::Bytes::new(),
-            };
-            self.notify(event, None);
+            self.notify_interrupted(run);
         }
+    }
+
+    /// Tells `[notify]` of a run another process left running, which this one recorded as
+    /// interrupted: at the start of a SQLite journal, or when its claim's lease ran out in a
+    /// shared one and this instance took the message over. Its id is the journal's already.
+    fn notify_interrupted(&self, run: crate::delivery::LeftRunning) {
+        let event = notify::Event {
+            kind: crate::config::NotifyEvent::Interrupted,
+            hook: run.hook,
+            msg_id: run.msg_id,
+            attempt: run.attempt,
+            outcome: Outcome::Interrupted,
+            exit_code: None,
+            run_id: run.id,
+            output: bytes::Bytes::new(),
+        };
+        let recorded = notify::Recorded {
+            settled: None,
+            run: Box::pin(std::future::ready(Ok(Some((run.id, false))))),
+        };
+        let marker = self.deliveries.marker(self.deliveries.new_run_id());
+        self.notifier.send(&self.config(), event, recorded, marker);
     }
 
     /// Waits until no run is active, then until no notify command is going (a run's end
@@ -791,7 +803,12 @@ impl Dispatcher {
             };
             match acquired {
                 None => return Shared::Local,
-                Some(Acquired::Run { attempt }) => return Shared::Claimed(attempt),
+                Some(Acquired::Run { attempt, took_over }) => {
+                    if let Some(run) = took_over {
+                        self.notify_interrupted(run);
+                    }
+                    return Shared::Claimed(attempt);
+                }
                 Some(Acquired::Succeeded(result)) => {
                     count();
                     return settle(result);

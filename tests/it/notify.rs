@@ -337,3 +337,43 @@ fn with_postgres_a_failed_run_notifies_with_the_id_of_its_row_in_the_shared_data
     ]);
     assert_eq!(stdin_text(&notes[0]), "pg-out\n");
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
+fn with_postgres_the_instance_that_takes_over_a_dead_instances_run_notifies_interrupted() {
+    use crate::pg::{Instance, Spec, TestDb, server_keys};
+    let db = TestDb::create();
+    let shared = Dir::new();
+    let hooks = format!(
+        "[defaults]\nkill_grace = \"200ms\"\n\n[hooks.held]\ncommand = '{}'\n",
+        shared.held_first_attempt(&shared.file("pids"))
+    );
+    let spec = |label: &str, extra: &str| {
+        let server = server_keys(&db.url(), Some(label), "2s", extra);
+        let notify = notify_table(&shared, 0, "on = [\"interrupted\"]");
+        Spec::new(label, format!("{}{notify}", config(&server, &hooks)))
+    };
+    let mut fleet =
+        Instance::start_all(vec![spec("a", "respond_within = \"500ms\""), spec("b", "")]);
+    assert_eq!(fleet[0].push("m-take").status, 503);
+    shared.wait_at_gate("held");
+    fleet[0].kill();
+    // CMQ's retry reaches b, which takes the message over once a's lease ran out.
+    let retry = fleet[1].push("m-take");
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    wait_for_notifications(&shared, 1);
+    assert_eq!(fleet[1].server.stop(), Some(0));
+    let id =
+        db.sql("SELECT id FROM cmqhook_runs WHERE msg_id = 'm-take' AND outcome = 'interrupted'");
+    let notes = notifications(&shared);
+    assert_eq!(notes.len(), 1, "the success notifies nothing: {notes:#?}");
+    notes[0].assert_vars(&[
+        ("CMQHOOK_EVENT", "interrupted"),
+        ("CMQHOOK_HOOK", "held"),
+        ("CMQ_MSG_ID", "m-take"),
+        ("CMQHOOK_ATTEMPT", "1"),
+        ("CMQHOOK_OUTCOME", "interrupted"),
+        ("CMQHOOK_EXIT_CODE", ""),
+        ("CMQHOOK_RUN_ID", id.trim()),
+    ]);
+}
