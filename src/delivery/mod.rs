@@ -979,9 +979,13 @@ impl Deliveries {
     }
 
     /// With a shared database: takes the earliest due stored work of `hook` for the run `id`
-    /// (see [`postgres::Postgres::take_due`]); `Ok(None)` when none is due, and always with
-    /// the other backends.
-    pub async fn take_due(&self, hook: &str, id: i64) -> Result<Option<StoredWork>, String> {
+    /// (see [`postgres::Postgres::take_due`]), with the interrupted run of another instance
+    /// it took over, if any; `Ok(None)` when none is due, and always with the other backends.
+    pub async fn take_due(
+        &self,
+        hook: &str,
+        id: i64,
+    ) -> Result<Option<postgres::TakenWork>, String> {
         match &self.store {
             Store::Postgres(journal) => journal.take_due(hook, id).await,
             Store::Memory | Store::Sqlite(_) => Ok(None),

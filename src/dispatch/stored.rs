@@ -177,7 +177,10 @@ impl Dispatcher {
                         }
                         let run_id = self.deliveries.new_run_id();
                         match self.deliveries.take_due(&hook.name, run_id).await {
-                            Ok(Some(work)) => {
+                            Ok(Some((work, took_over))) => {
+                                if let Some(run) = took_over {
+                                    self.notify_interrupted(run);
+                                }
                                 tokio::spawn(Arc::clone(&self).run_taken(
                                     Arc::clone(hook),
                                     permits,

@@ -377,3 +377,50 @@ fn with_postgres_the_instance_that_takes_over_a_dead_instances_run_notifies_inte
         ("CMQHOOK_RUN_ID", id.trim()),
     ]);
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
+fn with_postgres_the_instance_that_resumes_a_dead_instances_stored_run_notifies_interrupted() {
+    use crate::pg::{Instance, Spec, TestDb, server_keys};
+    let db = TestDb::create();
+    let shared = Dir::new();
+    let hooks = format!(
+        "[defaults]\nkill_grace = \"200ms\"\n\n[hooks.job]\nack = \"stored\"\ncommand = '{}'\n",
+        shared.held_first_attempt(&shared.file("pids"))
+    );
+    let spec = |label: &str| {
+        let server = server_keys(&db.url(), Some(label), "2s", "");
+        let notify = notify_table(&shared, 0, "on = [\"interrupted\"]");
+        Spec::new(label, format!("{}{notify}", config(&server, &hooks)))
+    };
+    let mut a = Instance::start(spec("a"));
+    assert_eq!(a.push("m-resume").status, 200);
+    shared.wait_at_gate("held");
+    // b comes once a runs it, then a dies: b resumes the work when a's lease ran out.
+    let mut b = Instance::start(spec("b"));
+    a.kill();
+    wait_for_runs_recorded(&shared, 1);
+    wait_for_notifications(&shared, 1);
+    assert_eq!(b.server.stop(), Some(0));
+    let id =
+        db.sql("SELECT id FROM cmqhook_runs WHERE msg_id = 'm-resume' AND outcome = 'interrupted'");
+    let notes = notifications(&shared);
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    notes[0].assert_vars(&[
+        ("CMQHOOK_EVENT", "interrupted"),
+        ("CMQHOOK_HOOK", "job"),
+        ("CMQ_MSG_ID", "m-resume"),
+        ("CMQHOOK_ATTEMPT", "1"),
+        ("CMQHOOK_OUTCOME", "interrupted"),
+        ("CMQHOOK_RUN_ID", id.trim()),
+    ]);
+}
+
+/// Waits (at most 20 s, else panics) until the recorder saved `count` runs in `dir`.
+fn wait_for_runs_recorded(dir: &Dir, count: usize) {
+    assert!(
+        wait_for(Duration::from_secs(20), || dir.recorded().len() >= count),
+        "{} runs recorded, not {count}",
+        dir.recorded().len()
+    );
+}
