@@ -277,11 +277,14 @@ fn a_slow_notify_command_is_killed_at_its_timeout_and_holds_no_hook_slot() {
 }
 
 #[test]
-fn check_rejects_an_unknown_event_and_a_notify_table_without_a_command() {
+fn check_rejects_an_unknown_event_and_a_notify_table_without_a_command_and_shows_a_valid_one() {
     let dir = Dir::new();
-    let check = |toml: &str| {
+    let run_check = |toml: &str| {
         let config = dir.write_config(toml);
-        let output = cmqhook(&["check", "-c", config.to_str().expect("utf-8")], b"");
+        cmqhook(&["check", "-c", config.to_str().expect("utf-8")], b"")
+    };
+    let check = |toml: &str| {
+        let output = run_check(toml);
         (output.status.code(), text(&output.stderr))
     };
     let (code, stderr) = check("[notify]\ncommand = \"true\"\non = [\"failed\", \"exploded\"]\n");
@@ -296,10 +299,16 @@ fn check_rejects_an_unknown_event_and_a_notify_table_without_a_command() {
         stderr.contains("hooks.toml:1:1: notify: needs `command`"),
         "{stderr}"
     );
-    let (code, stderr) = check(
-        "[notify]\ncommand = \"true\"\non = [\"killed\", \"interrupted\"]\ntimeout = \"1m\"\n",
+    let valid = run_check(
+        "[notify]\ncommand = \"page-oncall\"\non = [\"killed\", \"interrupted\"]\ntimeout = \"1m\"\n",
     );
-    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(valid.status.code(), Some(0), "{}", both(&valid));
+    let shown = text(&valid.stdout);
+    assert!(
+        shown.contains("[notify]\n  on:    killed, interrupted\n  run:   sh -c \"page-oncall\"")
+            && shown.contains("timeout 1m)"),
+        "{shown}"
+    );
 }
 
 #[test]
