@@ -16,17 +16,22 @@
 //!    `posix_spawn` with an environment built once per hook: `runner/spawn.rs`, the crate's one
 //!    module with `unsafe`);
 //! 7. [`delivery`] journals the outcome and settles it for its waiters once it survives a crash
-//!    (with SQLite, once it is in the end log, `delivery/end_log.rs`, written to SQLite behind),
-//!    keeping one state per (hook, message id) whatever the hook's `ack` (`delivery/table.rs`
-//!    decides every push, stored run and replay from it; `delivery/model.rs` holds the types
-//!    both journals share);
+//!    (with SQLite, once it is in the end log, `delivery/sqlite/end_log.rs`, written to SQLite
+//!    behind), keeping one state per (hook, message id) whatever the hook's `ack`
+//!    (`delivery/table.rs` decides every push, stored run and replay from it;
+//!    `delivery/model.rs` holds the types both journals share); `Deliveries` works over one
+//!    `Backend` (`delivery/backend.rs`: memory, SQLite, PostgreSQL), and each journal is a
+//!    folder of files by idea (`delivery/sqlite/`: schema, writer, end log, recovery,
+//!    history; `delivery/postgres/`: schema, claims, leases, stored, writer, history,
+//!    replays, tls), its reads (`history`, `replay`, the console) in its `history.rs`;
 //! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0
 //!    and that is journaled.
 //!
 //! Beside the path: [`runner::guard`], a small process in a session of its own, kills the
 //! process groups of the runs still going when `serve` dies by any signal; [`runner::orphans`]
 //! finds and stops, at the next start, the commands of a `serve` that died; [`cli`]
-//! is the command line, and [`send`] its CMQ-like client; [`secrets`] hides what the config took
+//! is the command line, and [`send`] its CMQ-like client; [`pull`] takes messages from CMQ
+//! queues instead of pushes (SPEC §11), through a signed client of the queue API; [`secrets`] hides what the config took
 //! from the environment; [`telemetry`] sets up logs and
 //! metrics.
 
@@ -37,6 +42,7 @@ pub mod config;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;
+pub mod pull;
 pub mod replay_socket;
 pub mod routing;
 pub mod runner;

@@ -20,6 +20,8 @@ use super::{
 use crate::runner::Environment;
 use crate::secrets::{Secret, Secrets, expand_vars};
 
+mod queue;
+
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
 /// A hook's `timeout`.
@@ -47,7 +49,7 @@ const DEFAULT_NOTIFY_ON: [NotifyEvent; 3] = [
     NotifyEvent::Dead,
 ];
 /// The top-level tables.
-const SECTIONS: &[&str] = &["server", "defaults", "hooks", "notify"];
+const SECTIONS: &[&str] = &["server", "defaults", "hooks", "queue", "notify"];
 
 /// How far loading looks beyond the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +300,7 @@ impl Loader<'_> {
         let mut server = Section::absent();
         let mut defaults = Section::<RawHook>::absent();
         let mut raw_hooks = Vec::new();
+        let mut raw_queues = Vec::new();
         let mut notify = None;
         for (key, value) in root {
             match key.get_ref().as_ref() {
@@ -334,6 +337,7 @@ impl Loader<'_> {
                         }
                     }
                 }
+                "queue" => raw_queues = self.queue_tables(value),
                 other => {
                     let message = match did_you_mean(other, SECTIONS) {
                         Some(meant) => {
@@ -378,6 +382,7 @@ impl Loader<'_> {
             .filter_map(|(name, raw)| self.hook(name, raw, &defaults))
             .map(Arc::new)
             .collect();
+        let queues = self.queues(raw_queues);
         let notify = notify
             .and_then(|section| self.notify(section))
             .map(Arc::new);
@@ -385,6 +390,7 @@ impl Loader<'_> {
             file: PathBuf::new(),
             server,
             hooks,
+            queues,
             notify,
             secrets: Secrets::default(),
             secret_vars: Vec::new(),
