@@ -340,8 +340,7 @@ impl Dispatcher {
             settled: None,
             run: Box::pin(std::future::ready(Ok(Some((run.id, false))))),
         };
-        let marker = self.deliveries.marker(self.deliveries.new_run_id());
-        self.notifier.send(&self.config(), event, recorded, marker);
+        self.send_notification(event, recorded);
     }
 
     /// Waits until no run is active, then until no notify command is going (a run's end
@@ -740,7 +739,13 @@ impl Dispatcher {
             settled,
             run: self.deliveries.recorded_run(event.run_id),
         };
-        let marker = self.deliveries.marker(self.deliveries.new_run_id());
+        self.send_notification(event, recorded);
+    }
+
+    /// Hands `event` to the notifier with the `[notify]` in force; its command's marker
+    /// takes a run id only if it runs.
+    fn send_notification(&self, event: notify::Event, recorded: notify::Recorded) {
+        let marker = || self.deliveries.marker(self.deliveries.new_run_id());
         self.notifier.send(&self.config(), event, recorded, marker);
     }
 

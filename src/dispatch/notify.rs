@@ -172,13 +172,13 @@ impl Notifier {
     /// Runs `config`'s notify command for `event`, as a task of its own, if notifications
     /// are enabled and `on` lists the event: once the run's end is recorded, with its id in
     /// the journal (`recorded`), and not at all if the end was superseded. `marker` marks its
-    /// processes (`CMQHOOK_RUN`).
+    /// processes (`CMQHOOK_RUN`), made only for a command that runs.
     pub(super) fn send(
         self: &Arc<Self>,
         config: &Config,
         event: Event,
         recorded: Recorded,
-        marker: String,
+        marker: impl FnOnce() -> String,
     ) {
         if !self.enabled.load(Ordering::SeqCst) {
             return;
@@ -203,7 +203,7 @@ impl Notifier {
                     .map(|code| code.to_string())
                     .unwrap_or_default(),
             ),
-            (MARKER, marker),
+            (MARKER, marker()),
         ];
         let mut spec = CommandSpec {
             program: Program::Shell(Arc::clone(&notify.command)),
