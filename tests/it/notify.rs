@@ -437,3 +437,30 @@ fn wait_for_runs_recorded(dir: &Dir, count: usize) {
         dir.recorded().len()
     );
 }
+
+#[test]
+fn a_run_stopped_by_shutdown_notifies_interrupted_and_the_drain_waits_for_the_notification() {
+    let dir = Dir::new();
+    let hooks = format!("[hooks.held]\ncommand = '{}'\n", dir.gate("held", 30));
+    let text = format!(
+        "{}{}",
+        config(
+            "respond_within = \"200ms\"\nshutdown_grace = \"200ms\"",
+            &hooks
+        ),
+        notify_table(&dir, 0, "on = [\"interrupted\"]")
+    );
+    let mut server = Server::start(&dir, &text);
+    assert_eq!(server.post_seed("/", "m-stop").status, 503);
+    dir.wait_at_gate("held");
+    // No wait for the notification before the stop: the drain itself waits for it.
+    assert_eq!(server.stop(), Some(0));
+    let id = run_id(&dir, "held", "m-stop", 1);
+    let notes = notifications(&dir);
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    notes[0].assert_vars(&[
+        ("CMQHOOK_EVENT", "interrupted"),
+        ("CMQHOOK_OUTCOME", "interrupted"),
+        ("CMQHOOK_RUN_ID", &id),
+    ]);
+}
