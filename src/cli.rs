@@ -455,6 +455,20 @@ fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
             queue.pollers
         )?;
     }
+    if let Some(notify) = &config.notify {
+        let on: Vec<&str> = notify.on.iter().map(|event| event.as_str()).collect();
+        say!(
+            "[notify]\n  on:    {}\n  run:   sh -c {:?} (workdir {}, timeout {})",
+            if on.is_empty() {
+                "nothing".to_owned()
+            } else {
+                on.join(", ")
+            },
+            notify.command,
+            notify.workdir.display(),
+            DurationText(notify.timeout)
+        )?;
+    }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }

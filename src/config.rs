@@ -50,6 +50,8 @@ pub struct Config {
     pub hooks: Vec<Arc<Hook>>,
     /// The `[[queue]]` tables (SPEC §11), in file order; names are unique.
     pub queues: Vec<Queue>,
+    /// `[notify]`: the command run for the events it lists; `None` without a `command`.
+    pub notify: Option<Arc<Notify>>,
     /// Values that must never be shown, with what to show instead.
     secrets: Secrets,
     /// The variables they came from.
@@ -189,6 +191,48 @@ pub enum StdinMode {
     /// The raw push body.
     Envelope,
     None,
+}
+
+/// What a `[notify]` command is told about (SPEC §10): a run that ended so, or a stored
+/// message that died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    Failed,
+    TimedOut,
+    Killed,
+    Interrupted,
+    /// A stored message's last retry failed (SPEC §9).
+    Dead,
+}
+
+impl NotifyEvent {
+    /// The name in `on` and in `CMQHOOK_EVENT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::Failed => "failed",
+            NotifyEvent::TimedOut => "timed_out",
+            NotifyEvent::Killed => "killed",
+            NotifyEvent::Interrupted => "interrupted",
+            NotifyEvent::Dead => "dead",
+        }
+    }
+}
+
+/// `[notify]`: the command run once for each event `on` lists.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    /// Run as `/bin/sh -c COMMAND`.
+    pub command: Arc<str>,
+    /// In the order written, without repeats.
+    pub on: Vec<NotifyEvent>,
+    pub timeout: Duration,
+    /// The config file's directory.
+    pub workdir: Arc<Path>,
+    /// The environment of `serve` less every variable a secret came from (built at load).
+    pub environment: Arc<Environment>,
+    /// The secrets looked for in its output.
+    pub output_secrets: Secrets,
 }
 
 /// How a hook's command is started.

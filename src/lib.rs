@@ -27,7 +27,9 @@
 //!    history; `delivery/postgres/`: schema, claims, leases, stored, writer, history,
 //!    replays, tls), its reads (`history`, `replay`, the console) in its `history.rs`;
 //! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0
-//!    and that is journaled.
+//!    and that is journaled; a run that failed, timed out, was killed or interrupted, or a
+//!    stored message that died, is told to the `[notify]` command (`dispatch/notify.rs`, fed
+//!    by those outcome decisions, running its command through [`runner`] outside the slots).
 //!
 //! Beside the path: [`runner::guard`], a small process in a session of its own, kills the
 //! process groups of the runs still going when `serve` dies by any signal; [`runner::orphans`]

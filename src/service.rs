@@ -106,6 +106,7 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
         if let Some(socket) = &mut replay_socket {
             socket.serve(Arc::clone(&dispatcher))?;
         }
+        dispatcher.enable_notifications();
         // Only now: whoever waits for this line may signal at once.
         tracing::info!(hooks, "listening on {local}");
         let reloader = Arc::clone(&dispatcher);

@@ -169,6 +169,7 @@ pub struct Metrics {
     pub queue_deleted: prometheus::IntCounterVec,
     pub queue_errors: prometheus::IntCounterVec,
     pub queue_redelivered: prometheus::IntCounterVec,
+    pub notify_failures: prometheus::IntCounter,
 }
 
 /// The process's metrics, registered on first use.
@@ -266,6 +267,14 @@ pub fn metrics() -> &'static Metrics {
         registry
             .register(Box::new(dedup_evictions.clone()))
             .expect("each metric is registered once");
+        let notify_failures = prometheus::IntCounter::new(
+            "cmqhook_notify_failures_total",
+            "Notify commands that exited non-zero, timed out or could not start.",
+        )
+        .expect("metric names are valid");
+        registry
+            .register(Box::new(notify_failures.clone()))
+            .expect("each metric is registered once");
         let run_duration = prometheus::HistogramVec::new(
             HistogramOpts::new(
                 "cmqhook_run_duration_seconds",
@@ -297,6 +306,7 @@ pub fn metrics() -> &'static Metrics {
             queue_deleted,
             queue_errors,
             queue_redelivered,
+            notify_failures,
         }
     })
 }

@@ -12,9 +12,10 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::raw::{RawDuration, RawHook, RawServer, duration_error, keys_of};
+use super::raw::{RawDuration, RawHook, RawNotify, RawServer, duration_error, keys_of};
 use super::{
-    Ack, Action, Config, ConfigError, Diagnostic, DurationText, Hook, Pattern, Selector, Server,
+    Ack, Action, Config, ConfigError, Diagnostic, DurationText, Hook, Notify, NotifyEvent, Pattern,
+    Selector, Server,
 };
 use crate::runner::{DEFAULT_KEEP_BYTES, Environment, OutputPolicy};
 use crate::secrets::{Secret, Secrets, expand_vars};
@@ -42,8 +43,16 @@ const DEFAULT_RETRY: [Duration; 5] = [
 /// The most `keep_output` may be (16 MiB, as its error says): a running command holds up to
 /// twice that in memory.
 const MAX_KEEP_OUTPUT: usize = 16 * 1024 * 1024;
+/// `[notify] timeout`.
+const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[notify] on`.
+const DEFAULT_NOTIFY_ON: [NotifyEvent; 3] = [
+    NotifyEvent::Failed,
+    NotifyEvent::TimedOut,
+    NotifyEvent::Dead,
+];
 /// The top-level tables.
-const SECTIONS: &[&str] = &["server", "defaults", "hooks", "queue"];
+const SECTIONS: &[&str] = &["server", "defaults", "hooks", "queue", "notify"];
 
 /// How far loading looks beyond the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +111,12 @@ pub(super) fn parse(
                         .entry((Arc::clone(&hook.env), Arc::clone(&hook.hidden_env)))
                         .or_insert_with(|| Arc::new(Environment::new(&hook.env, &hook.hidden_env))),
                 );
+            }
+            // The notify command gets no secret's variable: it has no `pass_env`.
+            if let Some(notify) = &mut config.notify {
+                let notify = Arc::make_mut(notify);
+                notify.environment = Arc::new(Environment::new(&[], &loader.secret_vars));
+                notify.output_secrets = output_secrets.clone();
             }
             sort(&mut loader.warnings);
             Ok(Config {
@@ -296,6 +311,7 @@ impl Loader<'_> {
         let mut defaults = Section::<RawHook>::absent();
         let mut raw_hooks = Vec::new();
         let mut raw_queues = Vec::new();
+        let mut notify = None;
         for (key, value) in root {
             match key.get_ref().as_ref() {
                 "server" => {
@@ -309,6 +325,13 @@ impl Loader<'_> {
                     defaults = self
                         .section("defaults.", value)
                         .unwrap_or_else(|| Section::unreadable(span));
+                }
+                "notify" => {
+                    let span = value.span();
+                    notify = Some(
+                        self.section::<RawNotify>("notify.", value)
+                            .unwrap_or_else(|| Section::unreadable(span)),
+                    );
                 }
                 "hooks" => {
                     let span = value.span();
@@ -380,11 +403,15 @@ impl Loader<'_> {
         if let Some(names) = queue_names {
             self.check_queue_refs(&names);
         }
+        let notify = notify
+            .and_then(|section| self.notify(section))
+            .map(Arc::new);
         Some(Config {
             file: PathBuf::new(),
             server,
             hooks,
             queues,
+            notify,
             secrets: Secrets::default(),
             secret_vars: Vec::new(),
             located_warnings: Vec::new(),
@@ -585,6 +612,41 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// `[notify]`: `None` without a usable `command` (an error unless a key that could not
+    /// be read was meant to be it).
+    fn notify(&mut self, section: Section<RawNotify>) -> Option<Notify> {
+        let Section { raw, span, broken } = section;
+        let command = match raw.command {
+            Some(command) if command.get_ref().trim().is_empty() => {
+                self.error(command.span(), "notify.command: must not be empty");
+                None
+            }
+            Some(command) => Some(command.into_inner()),
+            None if broken.contains(&"command") => None,
+            None => {
+                self.error(span, "notify: needs `command`");
+                None
+            }
+        };
+        let mut on = Vec::new();
+        let written = raw.on.map(Spanned::into_inner);
+        for event in written.unwrap_or_else(|| DEFAULT_NOTIFY_ON.to_vec()) {
+            if !on.contains(&event) {
+                on.push(event);
+            }
+        }
+        Some(Notify {
+            command: command?.into(),
+            on,
+            timeout: raw.timeout.map_or(DEFAULT_NOTIFY_TIMEOUT, |timeout| {
+                timeout.into_inner().into_inner()
+            }),
+            workdir: self.dir.clone().into(),
+            environment: Arc::default(),
+            output_secrets: Secrets::default(),
+        })
     }
 
     fn networks(&mut self, key: &str, raw: Option<Vec<Spanned<String>>>) -> Vec<IpNet> {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{Ack, SignatureMethod, StdinMode, Unmatched};
+use super::{Ack, NotifyEvent, SignatureMethod, StdinMode, Unmatched};
 use crate::cmq::FormatSetting;
 use crate::runner::LogLines;
 
@@ -77,6 +77,15 @@ impl<'de> Deserialize<'de> for RawLogOutput {
         }
         deserializer.deserialize_any(Lines)
     }
+}
+
+/// `[notify]` (SPEC §10).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) command: Option<Spanned<String>>,
+    pub(super) on: Option<Spanned<Vec<NotifyEvent>>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
 }
 
 /// A duration as written: a human string (`"500ms"`, `"15s"`, `"1d 2h"`). One that cannot be

@@ -48,8 +48,8 @@ pub const SYNTAX: &[&str] = &[
      is removed from every command's environment unless the hook lists it in pass_env.",
 ];
 
-/// `[server]`, `[defaults]`, `[hooks.NAME]` and `[[queue]]`, in that order.
-pub const TABLES: &[Table] = &[SERVER, DEFAULTS, HOOKS, QUEUE];
+/// `[server]`, `[defaults]`, `[hooks.NAME]`, `[[queue]]` and `[notify]`, in that order.
+pub const TABLES: &[Table] = &[SERVER, DEFAULTS, HOOKS, QUEUE, NOTIFY];
 
 /// `[server]`: the listener, the journal, limits.
 pub const SERVER: Table = Table {
@@ -390,6 +390,39 @@ pub const QUEUE: Table = Table {
     ],
 };
 
+/// `[notify]`: the command told of failures.
+pub const NOTIFY: Table = Table {
+    name: "[notify]",
+    about: "A command serve runs once for each event on lists: a run that failed, timed out, \
+            was killed or interrupted, or a stored message that died. It gets CMQHOOK_EVENT, \
+            CMQHOOK_HOOK, CMQ_MSG_ID, CMQHOOK_ATTEMPT, CMQHOOK_OUTCOME, CMQHOOK_EXIT_CODE and \
+            CMQHOOK_RUN_ID, and the run's kept output on stdin. It runs in its own process \
+            group, outside the hooks' slots, from the config file's directory, without the \
+            variables secrets came from. Its own failure is logged at WARN and counted in \
+            cmqhook_notify_failures_total; it is never retried and never notified about.",
+    keys: &[
+        Key {
+            name: "command",
+            default: Default::Text("none: no notifications"),
+            meaning: "Run as /bin/sh -c COMMAND; required in [notify].",
+        },
+        Key {
+            name: "on",
+            default: Default::Value("[\"failed\", \"timed_out\", \"dead\"]"),
+            meaning: "The events to run it for: failed, timed_out, killed, interrupted (runs \
+                      that ended so) and dead (a stored message whose last retry failed; that \
+                      last run is also a failed or timed_out event). Any other name is an \
+                      error.",
+        },
+        Key {
+            name: "timeout",
+            default: Default::Value("\"30s\""),
+            meaning: "Then SIGTERM to its process group, SIGKILL 5s later; counted as a \
+                      failure.",
+        },
+    ],
+};
+
 /// The variables a hook's command gets, on top of the inherited environment and its `env`.
 pub const COMMAND_ENVIRONMENT: &[(&str, &str)] = &[
     ("CMQ_MSG_ID", "The message id."),
@@ -429,7 +462,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::config::raw::{RawHook, RawQueue, RawServer, keys_of};
+    use crate::config::raw::{RawHook, RawNotify, RawQueue, RawServer, keys_of};
 
     fn names(table: &Table) -> Vec<&'static str> {
         table.keys.iter().map(|key| key.name).collect()
@@ -440,6 +473,7 @@ mod tests {
         assert_eq!(names(&SERVER), keys_of::<RawServer>());
         assert_eq!(names(&HOOKS), keys_of::<RawHook>());
         assert_eq!(names(&QUEUE), keys_of::<RawQueue>());
+        assert_eq!(names(&NOTIFY), keys_of::<RawNotify>());
         assert!(DEFAULTS.keys.is_empty(), "[defaults] takes the hook keys");
     }
 
@@ -457,21 +491,17 @@ mod tests {
         let server = |config: &Config| format!("{:?}", config.server);
         let hooks = |config: &Config| format!("{:?}", config.hooks);
         let queues = |config: &Config| format!("{:?}", config.queues);
+        let notify = |config: &Config| format!("{:?}", config.notify);
         let queue = "[[queue]]\nname = \"q\"\nendpoint = \"https://cmq.example\"\nsecret_id = \"id\"\nsecret_key = \"key\"\n";
-        let cases = [
-            (&SERVER, "[server]\n", ""),
-            (&HOOKS, "", hook),
-            (&QUEUE, "", queue),
+        type Shown<'a> = &'a dyn Fn(&Config) -> String;
+        let cases: [(&Table, &str, &str, Shown); 4] = [
+            (&SERVER, "[server]\n", "", &server),
+            (&HOOKS, "", hook, &hooks),
+            (&QUEUE, "", queue, &queues),
+            (&NOTIFY, "[notify]\ncommand = \"true\"\n", "", &notify),
         ];
         let mut checked = 0;
-        for (table, before, after) in cases {
-            let show: &dyn Fn(&Config) -> String = if table.name == SERVER.name {
-                &server
-            } else if table.name == QUEUE.name {
-                &queues
-            } else {
-                &hooks
-            };
+        for (table, before, after, show) in cases {
             let without = loaded(&format!("{before}{after}"), show);
             for key in table.keys {
                 let Default::Value(value) = key.default else {

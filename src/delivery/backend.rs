@@ -17,16 +17,19 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 
 use super::model::Ended;
-use super::postgres::{Postgres, ReplayRequest};
+use super::postgres::{Postgres, ReplayRequest, TakenWork};
 use super::sqlite::{Journal, OnStored};
 use super::table::Last;
 use super::{
-    Acquired, KeptPush, Key, PushRecord, RunRecord, RunStart, StoredPush, StoredState,
-    StoredUpdate, StoredWork, Storing, Written,
+    Acquired, KeptPush, Key, LeftRunning, PushRecord, RunRecord, RunStart, StoredPush, StoredState,
+    StoredUpdate, Storing, Written,
 };
 
 /// A backend's answer that comes later.
 pub(super) type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A run's id in the journal and whether its end was superseded; `None` while it has no row.
+type RecordedRow = Result<Option<(i64, bool)>, String>;
 
 /// Per hook, the count of stored messages waiting to run.
 type Waiting = Result<Vec<(String, i64)>, String>;
@@ -130,8 +133,20 @@ pub(super) trait Backend: Send + Sync {
         &'a self,
         _hook: &'a str,
         _run_id: i64,
-    ) -> Option<Pending<'a, Result<Option<StoredWork>, String>>> {
+    ) -> Option<Pending<'a, Result<Option<TakenWork>, String>>> {
         None
+    }
+
+    /// The id of this process's run `run_id` in a shared database, which numbers its rows
+    /// itself, and whether its end was superseded; `None`: the run's id is `run_id`.
+    fn recorded_run(&self, _run_id: i64) -> Option<Pending<'static, RecordedRow>> {
+        None
+    }
+
+    /// The runs a previous process left running, marked interrupted when this one took the
+    /// journal over (once; empty after).
+    fn take_left_running(&self) -> Vec<LeftRunning> {
+        Vec::new()
     }
 
     /// Keeps the body of a push that matched a hook (`keep_bodies`).
@@ -231,6 +246,10 @@ impl Backend for Memory {
 impl Backend for Journal {
     fn health(&self) -> Result<(), String> {
         Journal::health(self)
+    }
+
+    fn take_left_running(&self) -> Vec<LeftRunning> {
+        Journal::take_left_running(self)
     }
 
     fn last(&self, key: &Key, dedup_for: Duration) -> Result<Option<Last>, String> {
@@ -385,8 +404,12 @@ impl Backend for Postgres {
         &'a self,
         hook: &'a str,
         run_id: i64,
-    ) -> Option<Pending<'a, Result<Option<StoredWork>, String>>> {
+    ) -> Option<Pending<'a, Result<Option<TakenWork>, String>>> {
         Some(Box::pin(Postgres::take_due(self, hook, run_id)))
+    }
+
+    fn recorded_run(&self, run_id: i64) -> Option<Pending<'static, RecordedRow>> {
+        Some(Box::pin(Postgres::recorded_run(self, run_id)))
     }
 
     fn keep(&self, push: KeptPush) {

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use backend::{Backend, Memory};
-pub use model::{HistoryFilter, HistoryRow, JournalError, RunRecord, Written};
+pub use model::{HistoryFilter, HistoryRow, JournalError, LeftRunning, RunRecord, Written};
 pub use sqlite::{history, run};
 use table::{Intent, Table};
 
@@ -393,6 +393,12 @@ pub struct PushRecord {
     pub push: PushFacts,
 }
 
+/// What [`Deliveries::recorded_run`] tells: the journal's id of a run, and whether its end
+/// was superseded.
+pub type RecordedRun = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<(i64, bool)>, String>> + Send>,
+>;
+
 /// A run between its claim and its end.
 pub struct RunHandle {
     id: i64,
@@ -407,7 +413,8 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
-    /// The run's id in the journal (`cmqhook show ID`).
+    /// Its run id in this process (with SQLite, the one `cmqhook show` takes; a shared
+    /// database numbers its rows itself: [`Deliveries::recorded_run`]).
     pub fn id(&self) -> i64 {
         self.id
     }
@@ -415,7 +422,12 @@ impl RunHandle {
     /// The value of `CMQHOOK_RUN` for this run's command: which `serve` and which run it
     /// belongs to, so that a later `serve` finds its processes if this one dies.
     pub fn marker(&self, deliveries: &Deliveries) -> String {
-        format!("{}:{}", deliveries.boot, self.id)
+        deliveries.marker(self.id)
+    }
+
+    /// Its settled result, once its end is recorded (see [`Deliveries::end`]).
+    pub fn settled(&self) -> watch::Receiver<Option<RunResult>> {
+        self.ticket.subscribe()
     }
 }
 
@@ -568,6 +580,13 @@ impl Deliveries {
     /// run is written) and with no journal.
     pub fn shown_run_id(&self, id: i64) -> Option<i64> {
         (self.backend.is_journaled() && !self.backend.is_shared()).then_some(id)
+    }
+
+    /// The value of `CMQHOOK_RUN` for the command of run `id` (from [`Deliveries::new_run_id`]).
+    /// With SQLite, a command whose run has no row in the journal (a notify command's) is
+    /// killed at the next start if this process died while it ran.
+    pub fn marker(&self, id: i64) -> String {
+        format!("{}:{id}", self.boot)
     }
 
     /// The id of a run about to be claimed: its part of the run's `CMQHOOK_RUN` marker.
@@ -812,6 +831,22 @@ impl Deliveries {
         self.backend.record_end(ended);
     }
 
+    /// The id `cmqhook show` takes of this process's run `run_id` (from
+    /// [`Deliveries::new_run_id`]), and whether its end was superseded (SPEC §8), to be asked
+    /// once its end is recorded: the same id but with a shared database, which numbers its
+    /// rows itself (`None` while it has no row there).
+    pub fn recorded_run(&self, run_id: i64) -> RecordedRun {
+        self.backend
+            .recorded_run(run_id)
+            .unwrap_or_else(|| Box::pin(std::future::ready(Ok(Some((run_id, false))))))
+    }
+
+    /// The runs a previous process left running, which this one marked interrupted when it
+    /// took the journal over (once; empty after, and with the other backends).
+    pub fn take_left_running(&self) -> Vec<LeftRunning> {
+        self.backend.take_left_running()
+    }
+
     /// The receiver of stored work ready to run (once; `None` after): pushes of stored hooks
     /// once committed, and at start the work a previous process left.
     pub fn take_stored_work(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoredWork>> {
@@ -911,9 +946,13 @@ impl Deliveries {
     }
 
     /// With a shared database: takes the earliest due stored work of `hook` for the run `id`
-    /// (see [`postgres::Postgres::take_due`]); `Ok(None)` when none is due, and always with
-    /// the other backends.
-    pub async fn take_due(&self, hook: &str, id: i64) -> Result<Option<StoredWork>, String> {
+    /// (see [`postgres::Postgres::take_due`]), with the interrupted run of another instance
+    /// it took over, if any; `Ok(None)` when none is due, and always with the other backends.
+    pub async fn take_due(
+        &self,
+        hook: &str,
+        id: i64,
+    ) -> Result<Option<postgres::TakenWork>, String> {
         match self.backend.take_due(hook, id) {
             Some(taken) => taken.await,
             None => Ok(None),

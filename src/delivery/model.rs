@@ -157,6 +157,16 @@ impl HistoryRow {
     }
 }
 
+/// A run that a previous process left `running`, marked `interrupted` when this one took the
+/// journal over: an event this process records (SPEC §10, `[notify]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftRunning {
+    pub id: i64,
+    pub hook: String,
+    pub msg_id: Option<String>,
+    pub attempt: u32,
+}
+
 /// What `cmqhook history` asks for.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {

@@ -8,6 +8,7 @@
 //! `Hook` × `Push` to the plain command the [`runner`](crate::runner) runs. Knows nothing of
 //! HTTP: the status code is `http`'s choice, made from [`Verdict`] or [`Refusal`].
 
+mod notify;
 mod queues;
 mod replay;
 pub use replay::{Replayed, Reply};
@@ -56,6 +57,7 @@ pub struct Dispatcher {
     draining: CancellationToken,
     /// Queues (pull mode) that cannot be consumed now, and why: `/healthz` names them.
     queue_troubles: Mutex<std::collections::BTreeMap<String, String>>,
+    notifier: Arc<notify::Notifier>,
 }
 
 /// What a push came to.
@@ -261,6 +263,7 @@ impl Dispatcher {
             reloaded: Notify::new(),
             draining: CancellationToken::new(),
             queue_troubles: Mutex::default(),
+            notifier: Arc::default(),
         };
         dispatcher.apply_bounds(&dispatcher.config());
         dispatcher
@@ -310,23 +313,57 @@ impl Dispatcher {
         self.queues_health()
     }
 
-    /// Runs spawned and not over yet.
+    /// Runs spawned and not over yet, and `[notify]` commands still going.
     pub fn active(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
+        self.active.load(Ordering::SeqCst) + self.notifier.going()
     }
 
-    /// Waits until no run is active, at most `within`; true if none is.
+    /// From now on the events `[notify]` lists run its command (`serve` only, on its
+    /// runtime); first those this process recorded when it took the journal over: the runs
+    /// a previous process left running, now interrupted.
+    pub fn enable_notifications(&self) {
+        self.notifier.enable();
+        for run in self.deliveries.take_left_running() {
+            self.notify_interrupted(run);
+        }
+    }
+
+    /// Tells `[notify]` of a run another process left running, which this one recorded as
+    /// interrupted: at the start of a SQLite journal, or when its claim's lease ran out in a
+    /// shared one and this instance took the message over. Its id is the journal's already.
+    fn notify_interrupted(&self, run: crate::delivery::LeftRunning) {
+        let event = notify::Event {
+            kind: crate::config::NotifyEvent::Interrupted,
+            hook: run.hook,
+            msg_id: run.msg_id,
+            attempt: run.attempt,
+            outcome: Outcome::Interrupted,
+            exit_code: None,
+            run_id: run.id,
+            output: bytes::Bytes::new(),
+        };
+        let recorded = notify::Recorded {
+            settled: None,
+            run: Box::pin(std::future::ready(Ok(Some((run.id, false))))),
+        };
+        self.send_notification(event, recorded);
+    }
+
+    /// Waits until no run is active, then until no notify command is going (a run's end
+    /// starts its notification before it stops counting as active), at most `within` in
+    /// all; true if nothing is going.
     pub async fn wait_idle(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let idle = self.idle.notified();
-            if self.active() == 0 {
-                return true;
+            if self.active.load(Ordering::SeqCst) == 0 {
+                break;
             }
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.active() == 0;
+                break;
             }
         }
+        self.notifier.wait_idle(deadline).await && self.active() == 0
     }
 
     /// The configuration in force.
@@ -693,7 +730,33 @@ impl Dispatcher {
             stderr_tail: String::from_utf8_lossy(&report.stderr_tail).into_owned(),
             output: report.output,
         };
+        if let Some(event) =
+            notify::Event::of_run((&hook.name, msg_id, attempt), handle.id(), &result, &end)
+        {
+            self.notify(event, Some(handle.settled()));
+        }
         (result, end)
+    }
+
+    /// Runs the `[notify]` command in force for `event`, if it lists it, once `settled`
+    /// (the run's result, if it is still to be recorded) says its end is recorded.
+    fn notify(
+        &self,
+        event: notify::Event,
+        settled: Option<tokio::sync::watch::Receiver<Option<RunResult>>>,
+    ) {
+        let recorded = notify::Recorded {
+            settled,
+            run: self.deliveries.recorded_run(event.run_id),
+        };
+        self.send_notification(event, recorded);
+    }
+
+    /// Hands `event` to the notifier with the `[notify]` in force; its command's marker
+    /// takes a run id only if it runs.
+    fn send_notification(&self, event: notify::Event, recorded: notify::Recorded) {
+        let marker = || self.deliveries.marker(self.deliveries.new_run_id());
+        self.notifier.send(&self.config(), event, recorded, marker);
     }
 
     fn slots_for(&self, hook: &Hook) -> Arc<Slots> {
@@ -755,7 +818,12 @@ impl Dispatcher {
             };
             match acquired {
                 None => return Shared::Local,
-                Some(Acquired::Run { attempt }) => return Shared::Claimed(attempt),
+                Some(Acquired::Run { attempt, took_over }) => {
+                    if let Some(run) = took_over {
+                        self.notify_interrupted(run);
+                    }
+                    return Shared::Claimed(attempt);
+                }
                 Some(Acquired::Succeeded(result)) => {
                     count();
                     return settle(result);

@@ -320,7 +320,12 @@ impl Dispatcher {
                 .await
             {
                 None => return Ok(None),
-                Some(Acquired::Run { attempt }) => return Ok(Some(attempt)),
+                Some(Acquired::Run { attempt, took_over }) => {
+                    if let Some(run) = took_over {
+                        self.notify_interrupted(run);
+                    }
+                    return Ok(Some(attempt));
+                }
                 Some(Acquired::Unavailable(reason)) => return Err(not_started(reason)),
                 // A replay takes a queued claim: only a race with a push storing it again.
                 Some(Acquired::Queued) => {

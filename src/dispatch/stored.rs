@@ -177,7 +177,10 @@ impl Dispatcher {
                         }
                         let run_id = self.deliveries.new_run_id();
                         match self.deliveries.take_due(&hook.name, run_id).await {
-                            Ok(Some(work)) => {
+                            Ok(Some((work, took_over))) => {
+                                if let Some(run) = took_over {
+                                    self.notify_interrupted(run);
+                                }
                                 tokio::spawn(Arc::clone(&self).run_taken(
                                     Arc::clone(hook),
                                     permits,
@@ -373,6 +376,16 @@ impl Dispatcher {
             }
         };
         if state == StoredState::Dead {
+            let last_run = (&name[..], Some(&msg_id[..]), attempt);
+            if let Some(last_run) =
+                super::notify::Event::of_run(last_run, handle.id(), &result, &end)
+            {
+                let dead = super::notify::Event {
+                    kind: crate::config::NotifyEvent::Dead,
+                    ..last_run
+                };
+                self.notify(dead, Some(handle.settled()));
+            }
             metrics().dead_letters.with_label_values(&[&name]).inc();
             tracing::warn!(
                 hook = %name,

@@ -184,14 +184,7 @@ impl Dir {
 
     /// Every run the recorder saw, oldest first.
     pub fn recorded(&self) -> Vec<Run> {
-        let mut runs: Vec<Run> = std::fs::read_dir(self.runs())
-            .expect("runs dir")
-            .filter_map(Result::ok)
-            .filter(|entry| entry.file_name().to_string_lossy().starts_with("run."))
-            .filter_map(|entry| Run::read(&entry.path()))
-            .collect();
-        runs.sort_by_key(|run| run.modified);
-        runs
+        recorded_in(&self.runs())
     }
 
     /// `CMQHOOK_ATTEMPT` of every recorded run, oldest first.
@@ -230,6 +223,18 @@ impl Dir {
         assert!(settled, "history {args:?} did not settle: {rows:#?}");
         rows
     }
+}
+
+/// Every run the recorder saved under `dir` (its first argument), oldest first.
+pub fn recorded_in(dir: &Path) -> Vec<Run> {
+    let mut runs: Vec<Run> = std::fs::read_dir(dir)
+        .expect("the recorder's dir")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("run."))
+        .filter_map(|entry| Run::read(&entry.path()))
+        .collect();
+    runs.sort_by_key(|run| run.modified);
+    runs
 }
 
 /// What one recorder run saved.

@@ -11,6 +11,7 @@ mod end_log;
 mod faults;
 mod guard;
 mod journal_file;
+mod notify;
 mod one_state;
 mod operations;
 mod operator;

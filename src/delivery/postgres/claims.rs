@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Outcome, Postgres, RunResult, State, seconds, signed};
+use crate::delivery::LeftRunning;
 
 /// A claim of a message for the first time, for [`State::claimer`]: `reply` hears whether
 /// this run took the key (`false`: the message is known), or why the database could not say.
@@ -21,8 +22,12 @@ pub(super) struct FreshClaim {
 /// What the database said to a claim.
 #[derive(Debug, Clone)]
 pub enum Acquired {
-    /// Ours to run, as this attempt.
-    Run { attempt: u32 },
+    /// Ours to run, as this attempt; `took_over`: the run of another instance whose lease
+    /// ran out, which this claim recorded as interrupted (SPEC §8), if there was one.
+    Run {
+        attempt: u32,
+        took_over: Option<LeftRunning>,
+    },
     /// Succeeded within `dedup_for` (here or on another instance): not run again.
     Succeeded(RunResult),
     /// Another run holds it now (on any instance, in any mode), under a lease not yet
@@ -105,7 +110,10 @@ impl State {
         match inserted.await {
             Ok(Ok(true)) => {
                 self.hold(run_id);
-                return Acquired::Run { attempt: 1 };
+                return Acquired::Run {
+                    attempt: 1,
+                    took_over: None,
+                };
             }
             Ok(Ok(false)) => {}
             Ok(Err(reason)) => return Acquired::Unavailable(reason),
@@ -183,13 +191,17 @@ impl State {
                         SELECT instance, lease_until, lease_until, $1, $2, '', '', attempt,
                                'interrupted', 'its instance stopped renewing its claim''s lease'
                         FROM expired WHERE EXISTS (SELECT 1 FROM taken)
+                        RETURNING id, attempt
                      )
-                     SELECT true, attempt, NULL::text, NULL::bigint, false FROM taken
+                     SELECT true, attempt, NULL::text, NULL::bigint, false,
+                            (SELECT id FROM noted), (SELECT attempt FROM noted)
+                     FROM taken
                      UNION ALL
                      SELECT false, attempt, outcome, duration_ms,
                             outcome = 'queued'
                             OR (outcome = 'running' AND lease_until < now()
-                                AND EXISTS (SELECT 1 FROM stored_live))
+                                AND EXISTS (SELECT 1 FROM stored_live)),
+                            NULL::bigint, NULL::integer
                      FROM cmqhook_claims
                      WHERE hook = $1 AND msg_id = $2 AND NOT EXISTS (SELECT 1 FROM taken)",
                     &[
@@ -217,8 +229,19 @@ impl State {
             let attempt: i32 = row.get(1);
             if taken {
                 self.hold(run_id);
+                let noted: (Option<i64>, Option<i32>) = (row.get(5), row.get(6));
+                let took_over = match noted {
+                    (Some(id), Some(attempt)) => Some(LeftRunning {
+                        id,
+                        hook: hook.to_owned(),
+                        msg_id: Some(msg_id.to_owned()),
+                        attempt: u32::try_from(attempt).unwrap_or(0),
+                    }),
+                    _ => None,
+                };
                 return Acquired::Run {
                     attempt: u32::try_from(attempt).unwrap_or(1),
+                    took_over,
                 };
             }
             let outcome: Option<String> = row.get(2);

@@ -3,6 +3,7 @@
 //! the metrics read (kept bodies, a stored message's progress, the stored work waiting). The
 //! console and `show` add their read queries here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
@@ -35,6 +36,30 @@ impl Postgres {
         let (hook, msg_id) = (hook.to_owned(), msg_id.to_owned());
         self.on_runtime(async move |state| state.stored_progress(&hook, &msg_id).await)
             .await
+    }
+
+    /// The id `cmqhook show` takes of this process's run `run_id`, and whether its end was
+    /// superseded (SPEC §8), once its end is committed; `None` while it has no row. Asks
+    /// only when polled.
+    pub fn recorded_run(
+        &self,
+        run_id: i64,
+    ) -> impl Future<Output = Result<Option<(i64, bool)>, String>> + Send + 'static {
+        let (handle, state) = (self.handle.clone(), Arc::clone(&self.state));
+        async move {
+            let task = handle.spawn(async move {
+                let rows = state
+                    .query(
+                        "SELECT id, superseded FROM cmqhook_runs
+                         WHERE owner_boot = $1 AND run_id = $2",
+                        &[&state.owner.boot, &run_id],
+                    )
+                    .await?;
+                Ok(rows.first().map(|row| (row.get(0), row.get(1))))
+            });
+            task.await
+                .unwrap_or_else(|_| Err("journal unreachable: stopped".to_owned()))
+        }
     }
 
     /// Per hook, the stored messages of every instance waiting to run (queued, or waiting for

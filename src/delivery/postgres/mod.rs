@@ -58,7 +58,7 @@ pub use claims::Acquired;
 use claims::FreshClaim;
 pub use history::{history, run};
 pub use replays::{ReplayRequest, Requested, request_replay};
-pub use stored::Stored;
+pub use stored::{Stored, TakenWork};
 use writer::Write;
 
 /// Connections kept open to the database.

@@ -4,9 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::delivery::LeftRunning;
+
 use super::{
     Message, Outcome, Postgres, State, StoredPush, StoredState, StoredWork, seconds, text,
 };
+
+/// Stored work taken to run, with the run of another instance whose lease ran out, which
+/// taking it recorded as interrupted (SPEC §8), if there was one.
+pub type TakenWork = (StoredWork, Option<LeftRunning>);
 
 /// What storing a push came to: `Ok(None)` stored by this push, `Ok(Some(state))` stored
 /// before (not again), `Err(reason)` not stored. `Ok(Some(StoredState::Running))` is never
@@ -76,7 +82,7 @@ impl Postgres {
     /// together with its message's claim: both are `running` under this instance's lease, its
     /// attempt counted. Work whose claim another run holds (any mode) is not taken; work whose
     /// message succeeded by another run is done without a run. `Ok(None)`: nothing taken.
-    pub async fn take_due(&self, hook: &str, run_id: i64) -> Result<Option<StoredWork>, String> {
+    pub async fn take_due(&self, hook: &str, run_id: i64) -> Result<Option<TakenWork>, String> {
         let hook = hook.to_owned();
         self.on_runtime(async move |state| state.take_due(&hook, run_id).await)
             .await
@@ -209,7 +215,7 @@ impl State {
         Err("the message's state changed while it was read; retry".to_owned())
     }
 
-    async fn take_due(&self, hook: &str, run_id: i64) -> Result<Option<StoredWork>, String> {
+    async fn take_due(&self, hook: &str, run_id: i64) -> Result<Option<TakenWork>, String> {
         self.health()?;
         let rows = self
             .query(
@@ -281,9 +287,11 @@ impl State {
                            'interrupted', 'its instance stopped renewing the run''s lease'
                     FROM taken JOIN due ON due.msg_id = taken.msg_id
                     WHERE due.was = 'running'
+                    RETURNING id, attempt
                  )
                  SELECT attempt, failures, msg_id, request_id, path, format, topic,
-                        subscription, topic_owner, publish_time, tags, body
+                        subscription, topic_owner, publish_time, tags, body,
+                        (SELECT id FROM noted), (SELECT attempt FROM noted)
                  FROM taken",
                 &[
                     &hook,
@@ -302,7 +310,17 @@ impl State {
         self.hold(run_id);
         let attempt: i32 = row.get(0);
         let failures: i32 = row.get(1);
-        Ok(Some(StoredWork {
+        let noted: (Option<i64>, Option<i32>) = (row.get(12), row.get(13));
+        let took_over = match noted {
+            (Some(id), Some(attempt)) => Some(LeftRunning {
+                id,
+                hook: hook.to_owned(),
+                msg_id: row.get(2),
+                attempt: u32::try_from(attempt).unwrap_or(0),
+            }),
+            _ => None,
+        };
+        let work = StoredWork {
             // The attempt the run is: counted already.
             attempt: u32::try_from(attempt - 1).unwrap_or(0),
             failures: u32::try_from(failures).unwrap_or(0),
@@ -322,6 +340,7 @@ impl State {
                 },
                 stdin: row.get::<_, Option<Vec<u8>>>(11).map(bytes::Bytes::from),
             }),
-        }))
+        };
+        Ok(Some((work, took_over)))
     }
 }

@@ -41,7 +41,9 @@ use fastbloom::AtomicBloomFilter;
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use super::model::{Ended, HistoryFilter, HistoryRow, JournalError, OnCommit, Written};
+pub use super::model::{
+    Ended, HistoryFilter, HistoryRow, JournalError, LeftRunning, OnCommit, Written,
+};
 use super::table::Last;
 use super::{
     KeptPush, Message, Outcome, PushRecord, RunStart, StoredPush, StoredUpdate, StoredWork,
@@ -70,6 +72,8 @@ pub struct Journal {
     boot: String,
     first_free_id: i64,
     resumable: Mutex<Vec<StoredWork>>,
+    /// The runs a previous process left running, marked interrupted at open.
+    left_running: Mutex<Vec<LeftRunning>>,
 }
 
 impl Journal {
@@ -119,7 +123,7 @@ impl Journal {
         let log = Arc::new(log);
         let urgent = Arc::new(AtomicBool::new(false));
         let boot = new_token();
-        take_over(&writer, &boot, orphan_grace).map_err(sqlite)?;
+        let left_running = take_over(&writer, &boot, orphan_grace).map_err(sqlite)?;
         let resumable = resumable(&writer).map_err(sqlite)?;
         let max_id: i64 = writer
             .query_row("SELECT COALESCE(MAX(id), 0) FROM runs", [], |row| {
@@ -165,6 +169,7 @@ impl Journal {
             boot,
             first_free_id: max_id + 1,
             resumable: Mutex::new(resumable),
+            left_running: Mutex::new(left_running),
         })
     }
 
@@ -247,6 +252,15 @@ impl Journal {
             at: SystemTime::now(),
             push: Box::new(push),
         });
+    }
+
+    /// The runs a previous process left running, marked interrupted at open (once; empty
+    /// after).
+    pub fn take_left_running(&self) -> Vec<LeftRunning> {
+        match self.left_running.lock() {
+            Ok(mut left) => std::mem::take(&mut *left),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
     }
 
     /// The stored work found at open that is neither done nor dead, to be resumed.

@@ -10,17 +10,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::schema::{open_reader, open_writer};
 use super::writer::Writer;
-use super::{JournalError, beside, identity, lock, message, timestamp};
+use super::{JournalError, LeftRunning, beside, identity, lock, message, timestamp};
 use crate::delivery::{StoredPush, StoredWork};
 use crate::runner::orphans;
 
 /// Before this process writes: the commands of runs that earlier owners left running are
-/// killed, those runs marked `interrupted`, and this owner's token recorded.
+/// killed, those runs marked `interrupted` (and returned), and this owner's token recorded.
 pub(super) fn take_over(
     connection: &Connection,
     boot: &str,
     grace: Duration,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Vec<LeftRunning>> {
     let tokens: HashSet<String> = connection
         .prepare("SELECT token FROM boots")?
         .query_map([], |row| row.get(0))?
@@ -48,6 +48,19 @@ pub(super) fn take_over(
         }
     }
     let now = timestamp(SystemTime::now());
+    let left_running = connection
+        .prepare(
+            "SELECT id, hook, msg_id, attempt FROM runs WHERE outcome = 'running' ORDER BY id",
+        )?
+        .query_map([], |row| {
+            Ok(LeftRunning {
+                id: row.get(0)?,
+                hook: row.get(1)?,
+                msg_id: row.get(2)?,
+                attempt: row.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     let interrupted = connection.execute(
         "UPDATE runs SET outcome = 'interrupted', finished_at = ?1 WHERE outcome = 'running'",
         params![now],
@@ -67,7 +80,7 @@ pub(super) fn take_over(
         "INSERT INTO boots (token, pid, started_at) VALUES (?1, ?2, ?3)",
         params![boot, std::process::id(), now],
     )?;
-    Ok(())
+    Ok(left_running)
 }
 
 /// The stored work neither done nor dead, earliest due first; work that was running when its
