@@ -194,22 +194,13 @@ impl State {
                 .map_err(|err| self.failed(&err.to_string())),
             false => Ok(None),
         };
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by(|a, b| batch[*a].rows().cmp(&batch[*b].rows()));
         let ends = || {
             batch.iter().filter_map(|write| match write {
                 Write::End(ended) => Some(ended),
                 Write::Keep(..) => None,
             })
         };
-        // Every plain run's end of the batch in one statement (their claims locked first, in
-        // the order of [`Write::rows`]); stored work's and replays' one a run.
-        let plain: Vec<usize> = order
-            .iter()
-            .copied()
-            .filter(|index| matches!(&batch[*index], Write::End(ended) if ended.stored.is_none()))
-            .collect();
-        let ends_statement = prepare(!plain.is_empty(), END_RUNS).await?;
+        let end_statement = prepare(ends().any(|ended| ended.stored.is_none()), END_RUN).await?;
         let stored_statement = prepare(
             ends().any(|ended| ended.stored.as_ref().is_some_and(|s| s.only_if.is_none())),
             END_STORED_RUN,
@@ -225,9 +216,10 @@ impl State {
             KEEP_BODY,
         )
         .await?;
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|a, b| batch[*a].rows().cmp(&batch[*b].rows()));
         let rows = order
             .iter()
-            .filter(|index| !plain.contains(index))
             .map(|index| match &batch[*index] {
                 Write::End(ended) => Row::End(EndRow::of(ended), StoredRow::of(ended)),
                 Write::Keep(at, kept) => Row::Keep(*at, KeptRow::of(kept)),
@@ -250,7 +242,7 @@ impl State {
                                 _ => unreachable!("prepared for every stored row"),
                             }
                         }
-                        None => unreachable!("plain ends are written by END_RUNS"),
+                        None => end_statement.as_ref().expect("prepared for every end"),
                     };
                     params.push(&end.replay);
                     (statement, params)
@@ -264,19 +256,6 @@ impl State {
                 }
             })
             .collect();
-        let plain_rows: Vec<EndRow> = plain
-            .iter()
-            .filter_map(|index| match &batch[*index] {
-                Write::End(ended) => Some(EndRow::of(ended)),
-                Write::Keep(..) => None,
-            })
-            .collect();
-        let columns = EndColumns::of(&plain_rows);
-        let mut params: Vec<(&tokio_postgres::Statement, Vec<_>)> = params;
-        if let Some(statement) = &ends_statement {
-            // Claims before kept bodies, in every batch of every instance.
-            params.insert(0, (statement, columns.params(self).to_vec()));
-        }
         let mut tries = 1;
         // [`State::bounded`], but the transaction needs the connection mutably.
         let written = loop {
@@ -300,22 +279,7 @@ impl State {
             }
         };
         let mut superseded = vec![false; batch.len()];
-        let mut written = written.into_iter();
-        if ends_statement.is_some() {
-            // One row per plain end: its run id and whether it was superseded.
-            let rows = written.next().unwrap_or_default();
-            let by_run: std::collections::HashMap<i64, bool> = rows
-                .iter()
-                .map(|row| (row.get(0), row.get::<_, Option<bool>>(1) == Some(true)))
-                .collect();
-            for index in &plain {
-                if let Write::End(ended) = &batch[*index] {
-                    superseded[*index] = by_run.get(&ended.id).copied().unwrap_or(false);
-                }
-            }
-        }
-        let others = order.into_iter().filter(|index| !plain.contains(index));
-        for (index, rows) in others.zip(written) {
+        for (index, rows) in order.into_iter().zip(written) {
             // An end's statement returns its run's row; a kept body's, nothing.
             superseded[index] = rows
                 .first()
@@ -428,63 +392,24 @@ macro_rules! end_run {
     };
 }
 
-/// The ends of plain runs (not stored work, not a replay of it) of a batch and their claims'
-/// outcomes, in one statement: `$1` the instance, `$2` its boot, then one array a column (see
-/// [`EndColumns`]). A claim is ended only if its run still holds it (its owner, run and
-/// attempt, still `running`: not taken over by another instance); the claims are locked first,
-/// in the order of [`Write::rows`], as a renewal takes them. A run with a message id whose
-/// claim is no longer its own is superseded. A success of a dead stored message (a push while
-/// its hook's `ack` was `"exit"`) ends its dead state (SPEC §5). It returns each run's id and
-/// `superseded`.
-const END_RUNS: &str = "WITH input AS (
-    SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::int4[], $11::text[], $12::int4[],
-                         $13::int4[], $14::int8[], $15::bool[], $16::text[], $17::text[],
-                         $18::text[], $19::timestamptz[], $20::int8[], $21::bool[])
-        AS t (hook, msg_id, request_id, path, topic, subscription, tags, attempt, outcome,
-              exit_code, signal, duration_ms, left_behind, error, stdout_tail, stderr_tail,
-              started_at, run_id, replay)
- ),
- held AS (
-    SELECT c.hook, c.msg_id FROM cmqhook_claims AS c
-    JOIN input AS i ON c.hook = i.hook AND c.msg_id = i.msg_id AND c.run_id = i.run_id
-                   AND c.attempt = i.attempt
-    WHERE c.owner_boot = $2 AND c.outcome = 'running'
-    ORDER BY c.msg_id COLLATE \"C\", c.hook COLLATE \"C\" FOR UPDATE OF c
- ),
- ended AS (
-    UPDATE cmqhook_claims AS c
-    SET outcome = i.outcome, ended_at = now(), lease_until = now(), exit_code = i.exit_code,
-        signal = i.signal, duration_ms = i.duration_ms
-    FROM held AS h, input AS i
-    WHERE c.hook = h.hook AND c.msg_id = h.msg_id AND i.hook = h.hook AND i.msg_id = h.msg_id
-      AND c.owner_boot = $2 AND c.run_id = i.run_id AND c.attempt = i.attempt
-      AND c.outcome = 'running'
-    RETURNING i.run_id, c.hook, c.msg_id, i.outcome
- ),
- revived AS (
-    UPDATE cmqhook_stored AS s
-    SET state = 'done', last_outcome = e.outcome, updated_at = now()
-    FROM ended AS e
-    WHERE s.hook = e.hook AND s.msg_id = e.msg_id AND s.state = 'dead'
-      AND e.outcome = 'succeeded'
- )
- INSERT INTO cmqhook_runs
-    (instance, started_at, ended_at, hook, msg_id, request_id, path, topic, subscription,
-     tags, attempt, outcome, exit_code, signal, duration_ms, left_behind, error, stdout_tail,
-     stderr_tail, owner_boot, run_id, superseded, replay)
- SELECT $1, i.started_at, now(), i.hook, i.msg_id, i.request_id, i.path, i.topic,
-        i.subscription, i.tags, i.attempt, i.outcome, i.exit_code, i.signal, i.duration_ms,
-        i.left_behind, i.error, i.stdout_tail, i.stderr_tail, $2, i.run_id,
-        i.msg_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended AS e WHERE e.run_id = i.run_id),
-        i.replay
- FROM input AS i
- -- Written again after a commit whose answer was lost: once is enough, and what the first
- -- write found is the answer.
- ON CONFLICT (owner_boot, run_id) DO UPDATE SET superseded = cmqhook_runs.superseded
- RETURNING run_id, superseded";
+/// A run's end and its claim's outcome, in one statement; superseded if the claim is no
+/// longer the run's (a run without a message id has none). A success of a dead stored
+/// message (a push while its hook's `ack` was `"exit"`) ends its dead state (SPEC §5).
+const END_RUN: &str = end_run!(
+    "$10",
+    "
+     revived AS (
+        UPDATE cmqhook_stored
+        SET state = 'done', last_outcome = $10, updated_at = now()
+        WHERE hook = $2 AND msg_id = $3 AND state = 'dead' AND $10 = 'succeeded'
+          AND EXISTS (SELECT 1 FROM ended)
+     )",
+    "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)",
+    // Whether it is a replay is each statement's last value.
+    "$21"
+);
 
-/// A run of stored work's end ([`EndRow::params`], `$21` on), with the work's new state: `$21` the state, `$22`
+/// [`END_RUN`] for a run of stored work, with the work's new state: `$21` the state, `$22`
 /// its failures, `$23` the seconds until its next run (NULL: unchanged), `$24` the run's
 /// outcome. The claim follows the work (done: `succeeded`, dead: `dead`, else `queued` for
 /// its next attempt), and only the run that still holds the claim changes either: one whose
@@ -609,7 +534,7 @@ impl<'a> KeptRow<'a> {
     }
 }
 
-/// The values of one run's end ([`END_STORED_RUN`]'s first twenty, a column of [`END_RUNS`]).
+/// The values of one run's [`END_RUN`].
 struct EndRow<'a> {
     run_id: i64,
     started_at: SystemTime,
@@ -688,90 +613,7 @@ impl<'a> EndRow<'a> {
     }
 }
 
-/// The [`EndRow`]s of a batch's plain runs as [`END_RUNS`]' columns, in the batch's order.
-struct EndColumns<'a> {
-    hook: Vec<&'a str>,
-    msg_id: Vec<Option<&'a str>>,
-    request_id: Vec<Option<&'a str>>,
-    path: Vec<&'a str>,
-    topic: Vec<Option<&'a str>>,
-    subscription: Vec<Option<&'a str>>,
-    tags: Vec<&'a str>,
-    attempt: Vec<i32>,
-    outcome: Vec<&'static str>,
-    exit_code: Vec<Option<i32>>,
-    signal: Vec<Option<i32>>,
-    duration_ms: Vec<i64>,
-    left_behind: Vec<bool>,
-    error: Vec<Option<&'a str>>,
-    stdout_tail: Vec<&'a str>,
-    stderr_tail: Vec<&'a str>,
-    started_at: Vec<SystemTime>,
-    run_id: Vec<i64>,
-    replay: Vec<bool>,
-}
-
-impl<'a> EndColumns<'a> {
-    fn of(rows: &'a [EndRow<'a>]) -> EndColumns<'a> {
-        let column = |value: &dyn Fn(&'a EndRow<'a>) -> Option<&'a str>| {
-            rows.iter().map(value).collect::<Vec<_>>()
-        };
-        let text =
-            |value: &dyn Fn(&'a EndRow<'a>) -> &'a str| rows.iter().map(value).collect::<Vec<_>>();
-        EndColumns {
-            hook: text(&|row| row.hook),
-            msg_id: column(&|row| row.msg_id),
-            request_id: column(&|row| row.request_id.as_deref()),
-            path: text(&|row| &row.path),
-            topic: column(&|row| row.topic.as_deref()),
-            subscription: column(&|row| row.subscription.as_deref()),
-            tags: text(&|row| &row.tags),
-            attempt: rows.iter().map(|row| row.attempt).collect(),
-            outcome: rows.iter().map(|row| row.outcome).collect(),
-            exit_code: rows.iter().map(|row| row.exit_code).collect(),
-            signal: rows.iter().map(|row| row.signal).collect(),
-            duration_ms: rows.iter().map(|row| row.duration_ms).collect(),
-            left_behind: rows.iter().map(|row| row.left_behind).collect(),
-            error: column(&|row| row.error.as_deref()),
-            stdout_tail: text(&|row| &row.stdout_tail),
-            stderr_tail: text(&|row| &row.stderr_tail),
-            started_at: rows.iter().map(|row| row.started_at).collect(),
-            run_id: rows.iter().map(|row| row.run_id).collect(),
-            replay: rows.iter().map(|row| row.replay).collect(),
-        }
-    }
-
-    fn params<'b>(
-        &'b self,
-        state: &'b State,
-    ) -> [&'b (dyn tokio_postgres::types::ToSql + Sync); 21] {
-        [
-            &state.owner.instance,
-            &state.owner.boot,
-            &self.hook,
-            &self.msg_id,
-            &self.request_id,
-            &self.path,
-            &self.topic,
-            &self.subscription,
-            &self.tags,
-            &self.attempt,
-            &self.outcome,
-            &self.exit_code,
-            &self.signal,
-            &self.duration_ms,
-            &self.left_behind,
-            &self.error,
-            &self.stdout_tail,
-            &self.stderr_tail,
-            &self.started_at,
-            &self.run_id,
-            &self.replay,
-        ]
-    }
-}
-
-/// The values a run of stored work adds to an [`EndRow`] in [`END_STORED_RUN`] (and a replay's
+/// The values a run of stored work adds to [`END_RUN`] in [`END_STORED_RUN`] (and a replay's
 /// `only_if` in [`END_REPLAYED_RUN`]).
 struct StoredRow {
     state: &'static str,
