@@ -4,7 +4,7 @@
 # database (each behind its own wrk, half the connections each; their throughputs are added).
 # Measured in one run, round-robin over the setups, `reps` times; prints requests/s and p50
 # for each, the ratios PostgreSQL / SQLite, and (for a local server) the PostgreSQL server's
-# own CPU per push. Traffic goes to 127.0.0.1 only.
+# backends' CPU per push (those of the bench's database only). Traffic goes to 127.0.0.1 only.
 #
 # PostgreSQL fsyncs every commit by default (synchronous_commit = on); the SQLite journal does
 # not (WAL, synchronous = NORMAL): a PostgreSQL commit survives power loss, a SQLite one a crash
@@ -91,11 +91,13 @@ load() {
              END {printf "%.0f %.3f\n", rps, p50}'
 }
 
-# CPU ticks (1/100 s) of every local postgres process, children included; empty when the
-# database runs elsewhere.
+# CPU ticks (1/100 s) of the local postgres backends serving the bench's database (not those
+# of other databases on a shared server), children included; empty when the database runs
+# elsewhere.
 pg_ticks() {
     local pids
-    pids=$(pgrep -u postgres postgres 2>/dev/null || true)
+    [ -n "$(postgres_pids)" ] || return 0
+    pids=$(psql "$admin" -Atc "SELECT pid FROM pg_stat_activity WHERE datname = '$db'")
     [ -n "$pids" ] || return 0
     for pid in $pids; do
         awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat" 2>/dev/null || true
@@ -167,7 +169,7 @@ for setup in sqlite pg; do
 done
 if [ -s "$work/server-cpu" ]; then
     echo
-    echo "PostgreSQL server CPU a push (all its processes, /proc/PID/stat), µs:"
+    echo "PostgreSQL server CPU a push (the bench database's backends, /proc/PID/stat), µs:"
     for conns in 1 8 64; do
         awk -v c="$conns" '$1 == c {printf " %s", $2}' "$work/server-cpu" | sed "s/^/  c$conns:/"
         echo

@@ -172,6 +172,11 @@ fn an_end_written_after_another_instance_took_the_message_over_is_superseded_and
     ]);
     assert_eq!(fleet[0].push("over").status, 503);
     shared.wait_at_gate("held");
+    // A second run on a, of a message no other instance takes over: its end is written with
+    // the superseded one (in one batch, once the database is back) and is not superseded.
+    std::fs::remove_file(shared.file("held.reached")).expect("the gate was reached");
+    assert_eq!(fleet[0].push("mine").status, 503);
+    shared.wait_at_gate("held");
     proxy.cut();
     // a cannot renew its lease; once it ran out, b takes the message over and succeeds.
     let taken = push_until_200(&fleet[1], "over", Duration::from_secs(20));
@@ -195,6 +200,15 @@ fn an_end_written_after_another_instance_took_the_message_over_is_superseded_and
         "b|2|succeeded"
     );
     assert_eq!(db.sql(runs).lines().collect::<Vec<_>>(), ["b|2|f", "a|1|t"]);
+    let mine = "SELECT r.instance, r.attempt, r.superseded, c.outcome = r.outcome
+                FROM cmqhook_runs AS r JOIN cmqhook_claims AS c USING (hook, msg_id)
+                WHERE msg_id = 'mine' AND r.run_id IS NOT NULL";
+    assert!(
+        wait_for(Duration::from_secs(20), || !db.sql(mine).trim().is_empty()),
+        "a's end of mine was never written"
+    );
+    // Its claim is ended with the run's outcome.
+    assert_eq!(db.sql(mine).trim(), "a|1|f|t");
     let again = push_until_200(&fleet[0], "over", Duration::from_secs(10));
     assert!(deduplicated(&again), "{}", again.text());
     assert_eq!(shared.attempts(), ["2"]);
