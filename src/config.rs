@@ -45,6 +45,8 @@ pub struct Config {
     /// The file it was read from.
     pub file: PathBuf,
     pub server: Server,
+    /// `[console]`: absent, no console.
+    pub console: Option<Console>,
     /// In file order.
     pub hooks: Vec<Arc<Hook>>,
     /// Values that must never be shown, with what to show instead.
@@ -85,6 +87,16 @@ pub struct Server {
     /// `keep_bodies`: how long the body of every push that matched a hook is kept, for
     /// `cmqhook replay` (SPEC §9); `None`: "off".
     pub keep_bodies: Option<Duration>,
+}
+
+/// `[console]`: the console's listener (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Console {
+    /// Never the push listener's address.
+    pub listen: Listen,
+    /// The console's token (a secret); `None` only on a loopback address, where the console
+    /// is then read-only (no replay).
+    pub token: Option<String>,
 }
 
 /// What to answer a push that no hook matches.

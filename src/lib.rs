@@ -34,6 +34,7 @@ pub mod access;
 pub mod cli;
 pub mod cmq;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;

@@ -35,6 +35,14 @@ pub(super) struct RawServer {
     pub(super) keep_bodies: Option<Spanned<String>>,
 }
 
+/// `[console]` (SPEC §10).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsole {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) token: Option<Spanned<String>>,
+}
+
 /// A duration as written: a human string (`"500ms"`, `"15s"`, `"1d 2h"`). One that cannot be
 /// read says how to write it: a bare number gets the same number with a unit as an example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use model::{HistoryFilter, HistoryRow, JournalError, RunRecord, Written};
+pub use model::{
+    DeadLetter, FigureRows, HistoryFilter, HistoryRow, HookFigures, HourFigures, JournalError,
+    LastFailure, RunPage, RunQuery, RunRecord, Written,
+};
 pub use sqlite::history;
 use table::{Intent, Table};
 
@@ -1100,6 +1103,50 @@ impl Deliveries {
         match &self.store {
             Store::Postgres(journal) => Some(journal.stored_waiting().await),
             Store::Memory | Store::Sqlite(_) => None,
+        }
+    }
+
+    /// The console's page of runs (SPEC §10): those matching `query`, newest first; with a
+    /// shared database, every instance's. Empty without a journal.
+    pub async fn runs(&self, query: RunQuery) -> Result<RunPage, String> {
+        let runs = match &self.store {
+            Store::Sqlite(journal) => journal.runs(query.clone()).await?,
+            Store::Postgres(journal) => journal.runs(query.clone()).await?,
+            Store::Memory => Vec::new(),
+        };
+        Ok(RunPage::of(runs, &query))
+    }
+
+    /// The run `id` with its output, if the journal has it.
+    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, String> {
+        match &self.store {
+            Store::Sqlite(journal) => journal.run(id).await,
+            Store::Postgres(journal) => journal.run(id).await,
+            Store::Memory => Ok(None),
+        }
+    }
+
+    /// The console's overview (SPEC §10): the figures of each hook of `configured` (then of
+    /// every other hook the journal has runs of) at `now`.
+    pub async fn hook_figures(
+        &self,
+        configured: &[String],
+        now: SystemTime,
+    ) -> Result<Vec<HookFigures>, String> {
+        let rows = match &self.store {
+            Store::Sqlite(journal) => journal.figures(now).await?,
+            Store::Postgres(journal) => journal.figures(now).await?,
+            Store::Memory => FigureRows::default(),
+        };
+        Ok(HookFigures::of(configured, &rows, now))
+    }
+
+    /// The dead letters, latest death first, at most `limit`, each with its last run.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, String> {
+        match &self.store {
+            Store::Sqlite(journal) => journal.dead_letters(limit).await,
+            Store::Postgres(journal) => journal.dead_letters(limit).await,
+            Store::Memory => Ok(Vec::new()),
         }
     }
 

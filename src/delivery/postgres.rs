@@ -40,6 +40,7 @@ use crate::runner::orphans;
 use crate::secrets::Secrets;
 use crate::telemetry::metrics;
 
+mod reads;
 mod replays;
 mod tls;
 

@@ -40,6 +40,8 @@ use super::{
 };
 use crate::runner::orphans;
 
+mod reads;
+
 /// Each entry migrates the schema from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
     r"
@@ -312,6 +314,8 @@ pub struct Journal {
     boot: String,
     first_free_id: i64,
     resumable: Mutex<Vec<StoredWork>>,
+    /// The journal file, which the console's reads open on their own (`reads.rs`).
+    path: PathBuf,
 }
 
 impl Record {
@@ -443,6 +447,7 @@ impl Journal {
             boot,
             first_free_id: max_id + 1,
             resumable: Mutex::new(resumable),
+            path: path.to_owned(),
         })
     }
 
