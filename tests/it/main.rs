@@ -5,6 +5,7 @@ mod harness;
 mod pg;
 
 mod cli;
+mod console;
 mod delivery;
 mod end_log;
 mod faults;
