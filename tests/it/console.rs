@@ -137,12 +137,10 @@ fn hidden(html: &str, name: &str) -> String {
 #[test]
 fn every_api_route_answers_in_the_shape_of_spec_10() {
     let dir = Dir::new();
-    let hooks = format!(
-        "[hooks.ok]\npath = \"/ok\"\ncommand = 'echo hello; echo \"<b>bold</b>\" >&2'\n\n\
-         [hooks.bad]\npath = \"/bad\"\nack = \"stored\"\nretry = [\"100ms\"]\n\
-         command = 'echo \"it broke: disk full\" >&2; exit 3'\n"
-    );
-    let (server, console) = start(&dir, "keep_bodies = \"1d\"", &hooks);
+    let hooks = "[hooks.ok]\npath = \"/ok\"\ncommand = 'echo hello; echo \"<b>bold</b>\" >&2'\n\n\
+                 [hooks.bad]\npath = \"/bad\"\nack = \"stored\"\nretry = [\"100ms\"]\n\
+                 command = 'echo \"it broke: disk full\" >&2; exit 3'\n";
+    let (server, console) = start(&dir, "keep_bodies = \"1d\"", hooks);
     assert_eq!(server.post_seed("/ok", SCRIPT_ID).status, 200);
     assert_eq!(server.post_seed("/bad", "doomed").status, 200);
     // Dead once its one retry failed too.
