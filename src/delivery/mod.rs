@@ -16,7 +16,6 @@
 //! the journal cannot be written nothing new starts; outcomes not yet written stay in memory
 //! and answer retries.
 
-mod end_log;
 mod model;
 pub mod postgres;
 pub mod sqlite;

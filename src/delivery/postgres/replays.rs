@@ -1,14 +1,13 @@
-//! What `cmqhook replay` (SPEC §9) needs from the shared database: the bodies `keep_bodies`
-//! keeps, the state of a stored message, a claim for a replay (taken even after a success),
-//! and the replay requests that `cmqhook replay` records for whichever `serve` of the fleet
-//! comes first, with the answer that `serve` writes back.
+//! What `cmqhook replay` (SPEC §9) needs from the shared database besides what it reads
+//! (`history.rs`: kept bodies, a stored message's state): a claim for a replay (taken even
+//! after a success), and the replay requests that `cmqhook replay` records for whichever
+//! `serve` of the fleet comes first, with the answer that `serve` writes back.
 
 use std::time::{Duration, Instant};
 
 use super::{
     Acquired, CLI_TIMEOUT, JournalError, Postgres, RETRY_EVERY, State, describe, parse_url, seconds,
 };
-use crate::delivery::{KeptPush, Message, StoredState};
 
 /// How often `cmqhook replay` looks at its request.
 const REQUEST_POLL: Duration = Duration::from_millis(100);
@@ -31,31 +30,6 @@ pub enum Requested {
 }
 
 impl Postgres {
-    /// The latest push of `msg_id` kept within `within` (`None`: bodies are not kept), else
-    /// the body of the message's stored work (of `hook`, if given), as the SQLite journal's
-    /// [`crate::delivery::sqlite::Journal::kept`].
-    pub async fn kept(
-        &self,
-        msg_id: &str,
-        hook: Option<&str>,
-        within: Option<Duration>,
-    ) -> Result<Option<KeptPush>, String> {
-        let (msg_id, hook) = (msg_id.to_owned(), hook.map(str::to_owned));
-        self.on_runtime(async move |state| state.kept(&msg_id, hook.as_deref(), within).await)
-            .await
-    }
-
-    /// The state and failures of the stored message (`hook`, `msg_id`), if there is one.
-    pub async fn stored_progress(
-        &self,
-        hook: &str,
-        msg_id: &str,
-    ) -> Result<Option<(StoredState, u32)>, String> {
-        let (hook, msg_id) = (hook.to_owned(), msg_id.to_owned());
-        self.on_runtime(async move |state| state.stored_progress(&hook, &msg_id).await)
-            .await
-    }
-
     /// Claims (`hook`, `msg_id`) for a replay as `run_id`: as [`Postgres::acquire`], but a
     /// success is taken too, and the attempt is the one after every run journaled.
     pub async fn acquire_again(&self, hook: &str, msg_id: &str, run_id: i64) -> Acquired {
@@ -93,104 +67,9 @@ impl Postgres {
         })
         .await
     }
-
-    /// Per hook, the stored messages of every instance waiting to run (queued, or waiting for
-    /// a retry).
-    pub async fn stored_waiting(&self) -> Result<Vec<(String, i64)>, String> {
-        self.on_runtime(async move |state| {
-            let rows = state
-                .query(
-                    "SELECT hook, count(*) FROM cmqhook_stored
-                     WHERE state IN ('queued', 'waiting') GROUP BY hook",
-                    &[],
-                )
-                .await?;
-            Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
-        })
-        .await
-    }
 }
 
 impl State {
-    async fn kept(
-        &self,
-        msg_id: &str,
-        hook: Option<&str>,
-        within: Option<Duration>,
-    ) -> Result<Option<KeptPush>, String> {
-        if let Some(within) = within {
-            let rows = self
-                .query(
-                    "SELECT msg_id, request_id, path, format, topic, subscription, topic_owner,
-                            publish_time, tags, hooks, body, envelope
-                     FROM cmqhook_bodies
-                     WHERE msg_id = $1 AND kept_at >= now() - $2::float8 * interval '1 second'
-                     ORDER BY id DESC LIMIT 1",
-                    &[&msg_id, &seconds(within)],
-                )
-                .await?;
-            if let Some(row) = rows.first() {
-                let hooks: String = row.get(9);
-                return Ok(Some(KeptPush {
-                    message: message(row),
-                    hooks: serde_json::from_str(&hooks).map_err(|err| {
-                        format!("the kept push of `{msg_id}` names its hooks unreadably: {err}")
-                    })?,
-                    body: bytes::Bytes::from(row.get::<_, Vec<u8>>(10)),
-                    envelope: row.get::<_, Option<Vec<u8>>>(11).map(bytes::Bytes::from),
-                }));
-            }
-        }
-        let rows = self
-            .query(
-                "SELECT msg_id, request_id, COALESCE(path, ''), format, topic, subscription,
-                        topic_owner, publish_time, tags, hook, body
-                 FROM cmqhook_stored WHERE msg_id = $1 AND ($2::text IS NULL OR hook = $2)
-                 ORDER BY received_at DESC LIMIT 1",
-                &[&msg_id, &hook],
-            )
-            .await?;
-        Ok(rows.first().map(|row| {
-            // Its body is what the hook reads on stdin, also as its envelope.
-            let stdin = row
-                .get::<_, Option<Vec<u8>>>(10)
-                .map(bytes::Bytes::from)
-                .unwrap_or_default();
-            KeptPush {
-                message: message(row),
-                hooks: vec![row.get(9)],
-                body: stdin.clone(),
-                envelope: Some(stdin),
-            }
-        }))
-    }
-
-    async fn stored_progress(
-        &self,
-        hook: &str,
-        msg_id: &str,
-    ) -> Result<Option<(StoredState, u32)>, String> {
-        let rows = self
-            .query(
-                "SELECT state, failures FROM cmqhook_stored WHERE hook = $1 AND msg_id = $2",
-                &[&hook, &msg_id],
-            )
-            .await?;
-        rows.first()
-            .map(|row| {
-                let state: String = row.get(0);
-                let failures: i32 = row.get(1);
-                StoredState::parse(&state)
-                    .map(|state| (state, u32::try_from(failures).unwrap_or(0)))
-                    .ok_or_else(|| {
-                        format!(
-                            "journal holds a stored state this cmqhook does not know: `{state}`"
-                        )
-                    })
-            })
-            .transpose()
-    }
-
     async fn acquire_again(&self, hook: &str, msg_id: &str, run_id: i64) -> Acquired {
         if let Err(reason) = self.health() {
             return Acquired::Unavailable(reason);
@@ -217,22 +96,6 @@ impl State {
             msg_id: row.get(1),
             hook: row.get(2),
         }))
-    }
-}
-
-/// A [`Message`] from the columns msg_id, request_id, path, format, topic, subscription,
-/// topic_owner, publish_time, tags (the first nine).
-fn message(row: &tokio_postgres::Row) -> Message {
-    Message {
-        msg_id: row.get(0),
-        request_id: row.get(1),
-        path: row.get(2),
-        format: row.get(3),
-        topic: row.get(4),
-        subscription: row.get(5),
-        topic_owner: row.get(6),
-        publish_time: row.get(7),
-        tags: row.get(8),
     }
 }
 

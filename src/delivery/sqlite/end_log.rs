@@ -33,7 +33,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::sqlite::{beside, identity};
+use super::{beside, identity};
 
 /// Starts every record of format 2 (and later); `0xFF` never occurs in UTF-8, so JSON text
 /// cannot contain it.
