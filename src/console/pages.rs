@@ -283,6 +283,7 @@ struct HookRow {
     p50: String,
     p95: String,
     last_run_at: String,
+    last_failure_at: String,
 }
 
 #[derive(Template)]
@@ -318,6 +319,10 @@ async fn overview(viewer: Viewer, console: web::Data<Console>) -> HttpResponse {
                 .last_run_at
                 .as_deref()
                 .map_or_else(String::new, time),
+            last_failure_at: figures
+                .last_failure
+                .as_ref()
+                .map_or_else(String::new, |failure| time(&failure.at)),
             figures,
         })
         .collect();

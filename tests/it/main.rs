@@ -4,6 +4,7 @@
 mod harness;
 mod pg;
 
+mod browser;
 mod cli;
 mod console;
 mod delivery;
