@@ -403,18 +403,9 @@ impl Loader<'_> {
             }
             None => None,
         };
-        let token = raw.token.and_then(|token| {
-            let value = self.expand("server.token", &token, true)?;
-            if value.is_empty() {
-                self.error(token.span(), "server.token: must not be empty");
-                return None;
-            }
-            self.secrets.push(Secret {
-                value: value.clone(),
-                shown: "<token>".to_owned(),
-            });
-            Some(value)
-        });
+        let token = raw
+            .token
+            .and_then(|token| self.token("server.token", "<token>", &token));
         let max_running = match raw.max_running {
             Some(n) if *n.get_ref() == 0 => {
                 self.error(n.span(), "server.max_running: must be at least 1");
@@ -545,6 +536,21 @@ impl Loader<'_> {
         }
     }
 
+    /// The token `key` as written: `${NAME}` expanded, not empty, and a secret shown as
+    /// `shown`.
+    fn token(&mut self, key: &str, shown: &str, written: &Spanned<String>) -> Option<String> {
+        let value = self.expand(key, written, true)?;
+        if value.is_empty() {
+            self.error(written.span(), format!("{key}: must not be empty"));
+            return None;
+        }
+        self.secrets.push(Secret {
+            value: value.clone(),
+            shown: shown.to_owned(),
+        });
+        Some(value)
+    }
+
     /// `[console]`: its listener (never `push`, the push listener's address, when that is
     /// known) and its token, required unless the listener is loopback.
     fn console(&mut self, section: Section<RawConsole>, push: Option<&Listen>) -> Option<Console> {
@@ -581,18 +587,7 @@ impl Loader<'_> {
             );
         }
         let token = match raw.token {
-            Some(token) => {
-                let value = self.expand("console.token", &token, true)?;
-                if value.is_empty() {
-                    self.error(token.span(), "console.token: must not be empty");
-                    return None;
-                }
-                self.secrets.push(Secret {
-                    value: value.clone(),
-                    shown: "<console token>".to_owned(),
-                });
-                Some(value)
-            }
+            Some(token) => Some(self.token("console.token", "<console token>", &token)?),
             None if !listen.is_loopback() && !token_broken => {
                 self.error(
                     span,

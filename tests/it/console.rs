@@ -28,7 +28,7 @@ pub struct Console {
 }
 
 impl Console {
-    /// `METHOD path` with `headers` and `body`, `Connection: close`.
+    /// `METHOD path` with `headers` and `body`.
     pub fn request(
         &self,
         method: &str,
@@ -36,18 +36,7 @@ impl Console {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            self.addr,
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body);
-        exchange(self.addr, &request)
+        exchange(self.addr, &request(self.addr, method, path, headers, body))
     }
 
     /// `GET path` with the token as Bearer.
