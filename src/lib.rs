@@ -16,10 +16,14 @@
 //!    `posix_spawn` with an environment built once per hook: `runner/spawn.rs`, the crate's one
 //!    module with `unsafe`);
 //! 7. [`delivery`] journals the outcome and settles it for its waiters once it survives a crash
-//!    (with SQLite, once it is in the end log, `delivery/end_log.rs`, written to SQLite behind),
-//!    keeping one state per (hook, message id) whatever the hook's `ack` (`delivery/table.rs`
-//!    decides every push, stored run and replay from it; `delivery/model.rs` holds the types
-//!    both journals share);
+//!    (with SQLite, once it is in the end log, `delivery/sqlite/end_log.rs`, written to SQLite
+//!    behind), keeping one state per (hook, message id) whatever the hook's `ack`
+//!    (`delivery/table.rs` decides every push, stored run and replay from it;
+//!    `delivery/model.rs` holds the types both journals share); `Deliveries` works over one
+//!    `Backend` (`delivery/backend.rs`: memory, SQLite, PostgreSQL), and each journal is a
+//!    folder of files by idea (`delivery/sqlite/`: schema, writer, end log, recovery,
+//!    history; `delivery/postgres/`: schema, claims, leases, stored, writer, history,
+//!    replays, tls), its reads (`history`, `replay`, the console) in its `history.rs`;
 //! 8. [`http`] turns the [`dispatch::Answer`] into a status: 2xx only if every command exited 0
 //!    and that is journaled.
 //!

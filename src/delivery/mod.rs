@@ -2,20 +2,25 @@
 //!
 //! Claiming a (hook, message id) for a run, joining a run in flight, recording a run's start
 //! and end, answering duplicates, and forgetting outcomes older than `dedup_for` all happen
-//! here, behind one type, [`Deliveries`], over a backend:
+//! here, behind one type, [`Deliveries`], over one `Backend` (`backend.rs`: the trait, and
+//! what each backend answers to each operation):
 //!
 //! - memory (`journal = "off"`): a bounded table, forgotten on restart;
 //! - SQLite ([`sqlite`]): the embedded journal, one owner per file, written by one thread;
 //! - PostgreSQL ([`postgres`]): one database shared by several instances, where a claim is
 //!   also taken in the database ([`Deliveries::acquire`]) before a run starts.
 //!
+//! `table.rs` is the in-memory claim-or-observe every backend decides through; `model.rs`
+//! holds the types the journals share.
+//!
 //! A claim is one atomic operation (claim-or-observe): the look-up and the claim happen under
 //! one lock, so two pushes of one message never both start it. What the state promises, under
 //! faults too (SPEC §5): an outcome is settled for its waiters only once it survives a crash of
-//! the process (committed; with SQLite, appended to the end log, `end_log.rs`); while
+//! the process (committed; with SQLite, appended to the end log, `sqlite/end_log.rs`); while
 //! the journal cannot be written nothing new starts; outcomes not yet written stay in memory
 //! and answer retries.
 
+mod backend;
 mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -29,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use backend::{Backend, Memory};
 pub use model::{
     DeadLetter, FigureRows, HistoryFilter, HistoryRow, HookFigures, HourFigures, JournalError,
     LastFailure, RunPage, RunQuery, RunRecord, Written,
@@ -407,19 +413,12 @@ impl RunHandle {
     }
 }
 
-/// The backends.
-enum Store {
-    Memory,
-    Sqlite(sqlite::Journal),
-    Postgres(postgres::Postgres),
-}
-
 pub use postgres::Acquired;
 
 /// The owner of every (hook, message id)'s state.
 pub struct Deliveries {
     table: Arc<Table>,
-    store: Store,
+    backend: Box<dyn Backend>,
     /// This process's identity in run markers.
     boot: String,
     next_id: std::sync::atomic::AtomicI64,
@@ -435,17 +434,17 @@ impl Deliveries {
     pub fn in_memory(capacity: usize) -> Deliveries {
         Deliveries::over(
             Table::new(1, Some(capacity)),
-            Store::Memory,
+            Box::new(Memory),
             sqlite::new_token(),
             1,
         )
     }
 
-    fn over(table: Table, store: Store, boot: String, first_id: i64) -> Deliveries {
+    fn over(table: Table, backend: Box<dyn Backend>, boot: String, first_id: i64) -> Deliveries {
         let (work, work_receiver) = tokio::sync::mpsc::unbounded_channel();
         Deliveries {
             table: Arc::new(table),
-            store,
+            backend,
             boot,
             next_id: std::sync::atomic::AtomicI64::new(first_id),
             live: Live::default(),
@@ -468,8 +467,7 @@ impl Deliveries {
         let resumable = journal.take_resumable();
         let boot = journal.boot().to_owned();
         let first_id = journal.first_free_id();
-        let deliveries =
-            Deliveries::over(Table::new(16, None), Store::Sqlite(journal), boot, first_id);
+        let deliveries = Deliveries::over(Table::new(16, None), Box::new(journal), boot, first_id);
         {
             let mut live = deliveries
                 .live
@@ -508,7 +506,7 @@ impl Deliveries {
         )?;
         Ok(Deliveries::over(
             Table::new(16, None),
-            Store::Postgres(journal),
+            Box::new(journal),
             boot,
             1,
         ))
@@ -530,46 +528,33 @@ impl Deliveries {
     /// What the journal knows of `key` within `dedup_for` (nothing without one, or with a
     /// shared database, which is asked by `acquire`, off the table's lock).
     fn journaled(&self, key: &Key, dedup_for: Duration) -> Result<Option<table::Last>, String> {
-        match &self.store {
-            Store::Memory | Store::Postgres(_) => Ok(None),
-            Store::Sqlite(journal) => journal.last(&key.0, &key.1, dedup_for),
-        }
+        self.backend.last(key, dedup_for)
     }
 
     /// Waits at most `within` for a shared database to be ready; true at once for the others.
     pub fn wait_ready(&self, within: Duration) -> bool {
-        match &self.store {
-            Store::Postgres(journal) => journal.wait_ready(within),
-            Store::Memory | Store::Sqlite(_) => true,
-        }
+        self.backend.wait_ready(within)
     }
 
     /// Whether the journal is a database shared with other instances.
     pub fn is_shared(&self) -> bool {
-        matches!(self.store, Store::Postgres(_))
+        self.backend.is_shared()
     }
 
     /// Whether outcomes outlive the process.
     pub fn is_journaled(&self) -> bool {
-        !matches!(self.store, Store::Memory)
+        self.backend.is_journaled()
     }
 
     /// `Ok` while new runs may start; else why not.
     pub fn health(&self) -> Result<(), String> {
-        match &self.store {
-            Store::Memory => Ok(()),
-            Store::Sqlite(journal) => journal.health(),
-            Store::Postgres(journal) => journal.health(),
-        }
+        self.backend.health()
     }
 
     /// With a shared database: changes when this instance could not renew its claims' leases
     /// for so long that they may soon be taken over; its running commands must stop then.
     pub fn fence(&self) -> Option<watch::Receiver<u64>> {
-        match &self.store {
-            Store::Postgres(journal) => Some(journal.fence()),
-            Store::Memory | Store::Sqlite(_) => None,
-        }
+        self.backend.fence()
     }
 
     /// The id of a run about to be claimed: its part of the run's `CMQHOOK_RUN` marker.
@@ -586,20 +571,13 @@ impl Deliveries {
         run_id: i64,
         dedup_for: Duration,
     ) -> Option<Acquired> {
-        match &self.store {
-            Store::Postgres(journal) => {
-                Some(journal.acquire(hook, msg_id, run_id, dedup_for).await)
-            }
-            Store::Memory | Store::Sqlite(_) => None,
-        }
+        Some(self.backend.acquire(hook, msg_id, run_id, dedup_for)?.await)
     }
 
     /// A claim taken by [`Deliveries::acquire`] whose run will not start: the database lets it
     /// go, and its attempt is not used up.
     pub fn release(&self, hook: &str, msg_id: &str, attempt: u32, run_id: i64) {
-        if let Store::Postgres(journal) = &self.store {
-            journal.release(hook, msg_id, attempt, run_id);
-        }
+        self.backend.release(hook, msg_id, attempt, run_id);
     }
 
     /// A run this process claimed will not happen because the outcome is known elsewhere (or
@@ -716,12 +694,11 @@ impl Deliveries {
     pub fn started(&self, run: &mut RunHandle) {
         // The shared database's claim already says the run is going; its row is written
         // whole at the end.
-        if let Store::Sqlite(journal) = &self.store
-            && !run.start_sent
-        {
+        if !run.start_sent {
             run.start_sent = true;
             let (at, start) = &run.start;
-            journal.record_start(run.id, *at, start.clone(), run.key.is_some());
+            self.backend
+                .record_start(run.id, *at, start, run.key.is_some());
         }
     }
 
@@ -772,7 +749,7 @@ impl Deliveries {
             let state = state.unwrap_or(result.outcome);
             self.table.finish(key, attempt, (&result, state), dedup_for)
         });
-        if let Store::Memory = self.store {
+        if !self.backend.is_journaled() {
             ticket.settle(result);
             return;
         }
@@ -819,11 +796,7 @@ impl Deliveries {
             stored,
             state,
         };
-        match &self.store {
-            Store::Memory => {}
-            Store::Sqlite(journal) => journal.record_end(ended),
-            Store::Postgres(journal) => journal.record_end(ended),
-        }
+        self.backend.record_end(ended);
     }
 
     /// The receiver of stored work ready to run (once; `None` after): pushes of stored hooks
@@ -839,19 +812,11 @@ impl Deliveries {
     /// done one for `dedup_for`). Atomic like a claim: of two pushes of one message, one
     /// stores it and the other waits for that. Once committed, the work goes to the scheduler.
     pub fn store(&self, push: StoredPush, dedup_for: Duration) -> Storing {
-        let journal = match &self.store {
-            Store::Sqlite(journal) => journal,
-            // The database's unique key makes storing atomic across instances; its scheduler
-            // finds the work there ([`Deliveries::take_due`]).
-            Store::Postgres(journal) => {
-                if let Err(reason) = self.health() {
-                    return Storing::Unavailable(reason);
-                }
-                return Storing::Deciding(journal.store(push, dedup_for));
-            }
-            Store::Memory => {
-                return Storing::Unavailable("`ack = \"stored\"` needs a journal".to_owned());
-            }
+        // Without a journal, or with a shared database (whose unique key makes storing
+        // atomic across instances), the backend decides; else this process does, below.
+        let push = match self.backend.decide_store(push, dedup_for) {
+            Ok(storing) => return storing,
+            Err(push) => push,
         };
         let key = (push.hook.clone(), push.message.msg_id.clone());
         {
@@ -878,7 +843,7 @@ impl Deliveries {
             key.clone(),
             dedup_for,
             Intent::Store,
-            |key| journal.last(&key.0, &key.1, dedup_for),
+            |key| self.journaled(key, dedup_for),
             || {
                 self.health().map_err(Claim::Unavailable)?;
                 let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
@@ -904,7 +869,6 @@ impl Deliveries {
         };
         let committed = entry.subscribe();
         let at = SystemTime::now();
-        let push = Arc::new(push);
         let work = self.work.clone();
         let stored = Arc::clone(&push);
         let on_commit = move |ok: bool| {
@@ -918,7 +882,8 @@ impl Deliveries {
             }
             entry.send_replace(Some(ok));
         };
-        journal.record_store(at, push, attempt, Box::new(on_commit));
+        self.backend
+            .record_store(at, push, attempt, Box::new(on_commit));
         Storing::Pending {
             committed,
             first: true,
@@ -929,19 +894,16 @@ impl Deliveries {
     /// ([`Deliveries::take_due`]), as several instances share it, rather than handed over by
     /// [`Deliveries::take_stored_work`]; with what wakes the asking early.
     pub fn stored_polled(&self) -> Option<Arc<tokio::sync::Notify>> {
-        match &self.store {
-            Store::Postgres(journal) => Some(journal.stored_wakeup()),
-            Store::Memory | Store::Sqlite(_) => None,
-        }
+        self.backend.stored_wakeup()
     }
 
     /// With a shared database: takes the earliest due stored work of `hook` for the run `id`
     /// (see [`postgres::Postgres::take_due`]); `Ok(None)` when none is due, and always with
     /// the other backends.
     pub async fn take_due(&self, hook: &str, id: i64) -> Result<Option<StoredWork>, String> {
-        match &self.store {
-            Store::Postgres(journal) => journal.take_due(hook, id).await,
-            Store::Memory | Store::Sqlite(_) => Ok(None),
+        match self.backend.take_due(hook, id) {
+            Some(taken) => taken.await,
+            None => Ok(None),
         }
     }
 
@@ -955,8 +917,8 @@ impl Deliveries {
         failures: u32,
         ticket: Arc<Ticket>,
     ) -> RunHandle {
-        if let (Store::Sqlite(journal), Some(msg_id)) = (&self.store, &start.push.msg_id) {
-            journal.record_stored_state(StoredUpdate {
+        if let Some(msg_id) = &start.push.msg_id {
+            self.backend.record_stored_state(StoredUpdate {
                 hook: start.hook.clone(),
                 msg_id: msg_id.clone(),
                 state: StoredState::Running,
@@ -1012,9 +974,7 @@ impl Deliveries {
     /// mode's run or a replay): its new state is journaled, and the process lets it go.
     pub fn settle_stored(&self, update: StoredUpdate) {
         let key = (update.hook.clone(), update.msg_id.clone());
-        if let Store::Sqlite(journal) = &self.store {
-            journal.record_stored_state(update);
-        }
+        self.backend.record_stored_state(update);
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1024,11 +984,7 @@ impl Deliveries {
     /// Keeps the body of a push that matched a hook (`keep_bodies`), committed with the runs'
     /// ends.
     pub fn keep(&self, push: KeptPush) {
-        match &self.store {
-            Store::Memory => {}
-            Store::Sqlite(journal) => journal.record_kept(push),
-            Store::Postgres(journal) => journal.keep(push),
-        }
+        self.backend.keep(push);
     }
 
     /// The latest push of `msg_id` kept within `within` (`None`: bodies are not kept), or
@@ -1040,20 +996,13 @@ impl Deliveries {
         hook: Option<&str>,
         within: Option<Duration>,
     ) -> Result<Option<KeptPush>, String> {
-        match &self.store {
-            Store::Sqlite(journal) => journal.kept(msg_id, hook, within),
-            Store::Postgres(journal) => journal.kept(msg_id, hook, within).await,
-            Store::Memory => Ok(None),
-        }
+        self.backend.kept(msg_id, hook, within).await
     }
 
     /// The latest attempt journaled for (`hook`, `msg_id`), however old; 0 if none. (A shared
     /// database gives a replay its attempt with its claim: [`Deliveries::acquire_again`].)
     pub fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
-        match &self.store {
-            Store::Sqlite(journal) => journal.latest_attempt(hook, msg_id),
-            Store::Memory | Store::Postgres(_) => Ok(0),
-        }
+        self.backend.latest_attempt(hook, msg_id)
     }
 
     /// The state and failures of the stored message (`hook`, `msg_id`), if there is one.
@@ -1062,67 +1011,49 @@ impl Deliveries {
         hook: &str,
         msg_id: &str,
     ) -> Result<Option<(StoredState, u32)>, String> {
-        match &self.store {
-            Store::Sqlite(journal) => journal.stored_progress(hook, msg_id),
-            Store::Postgres(journal) => journal.stored_progress(hook, msg_id).await,
-            Store::Memory => Ok(None),
-        }
+        self.backend.stored_progress(hook, msg_id).await
     }
 
     /// With a shared database, claims (`hook`, `msg_id`) there for a replay, after
     /// [`Deliveries::claim_again`] gave it to this process: even after a success, as the
     /// attempt after every run journaled. `None` with any other backend.
     pub async fn acquire_again(&self, hook: &str, msg_id: &str, run_id: i64) -> Option<Acquired> {
-        match &self.store {
-            Store::Postgres(journal) => Some(journal.acquire_again(hook, msg_id, run_id).await),
-            Store::Memory | Store::Sqlite(_) => None,
-        }
+        Some(self.backend.acquire_again(hook, msg_id, run_id)?.await)
     }
 
     /// With a shared database, the oldest replay request of `cmqhook replay` that no instance
     /// took yet, now this one's; `Ok(None)` if there is none (always, with other backends).
     pub async fn take_replay(&self) -> Result<Option<postgres::ReplayRequest>, String> {
-        match &self.store {
-            Store::Postgres(journal) => journal.take_replay().await,
-            Store::Memory | Store::Sqlite(_) => Ok(None),
+        match self.backend.take_replay() {
+            Some(taken) => taken.await,
+            None => Ok(None),
         }
     }
 
     /// Answers the replay request `id` taken by [`Deliveries::take_replay`].
     pub async fn answer_replay(&self, id: i64, answer: String) -> Result<(), String> {
-        match &self.store {
-            Store::Postgres(journal) => journal.answer_replay(id, answer).await,
-            Store::Memory | Store::Sqlite(_) => Ok(()),
+        match self.backend.answer_replay(id, answer) {
+            Some(answered) => answered.await,
+            None => Ok(()),
         }
     }
 
     /// With a shared database, per hook, the stored messages of every instance waiting to
     /// run; `None` with other backends (each instance counts its own work).
     pub async fn stored_waiting(&self) -> Option<Result<Vec<(String, i64)>, String>> {
-        match &self.store {
-            Store::Postgres(journal) => Some(journal.stored_waiting().await),
-            Store::Memory | Store::Sqlite(_) => None,
-        }
+        Some(self.backend.stored_waiting()?.await)
     }
 
     /// The console's page of runs (SPEC §10): those matching `query`, newest first; with a
     /// shared database, every instance's. Empty without a journal.
     pub async fn runs(&self, query: RunQuery) -> Result<RunPage, String> {
-        let runs = match &self.store {
-            Store::Sqlite(journal) => journal.runs(query.clone()).await?,
-            Store::Postgres(journal) => journal.runs(query.clone()).await?,
-            Store::Memory => Vec::new(),
-        };
+        let runs = self.backend.runs(query.clone()).await?;
         Ok(RunPage::of(runs, &query))
     }
 
     /// The run `id` with its output, if the journal has it.
     pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, String> {
-        match &self.store {
-            Store::Sqlite(journal) => journal.run(id).await,
-            Store::Postgres(journal) => journal.run(id).await,
-            Store::Memory => Ok(None),
-        }
+        self.backend.run(id).await
     }
 
     /// The console's overview (SPEC §10): the figures of each hook of `configured` (then of
@@ -1132,39 +1063,23 @@ impl Deliveries {
         configured: &[String],
         now: SystemTime,
     ) -> Result<Vec<HookFigures>, String> {
-        let rows = match &self.store {
-            Store::Sqlite(journal) => journal.figures(now).await?,
-            Store::Postgres(journal) => journal.figures(now).await?,
-            Store::Memory => FigureRows::default(),
-        };
+        let rows = self.backend.figures(now).await?;
         Ok(HookFigures::of(configured, &rows, now))
     }
 
     /// The dead letters, latest death first, at most `limit`, each with its last run.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, String> {
-        match &self.store {
-            Store::Sqlite(journal) => journal.dead_letters(limit).await,
-            Store::Postgres(journal) => journal.dead_letters(limit).await,
-            Store::Memory => Ok(Vec::new()),
-        }
+        self.backend.dead_letters(limit).await
     }
 
     /// Journals a push that ran nothing.
     pub fn record_push(&self, push: PushRecord) {
-        match &self.store {
-            Store::Memory => {}
-            Store::Sqlite(journal) => journal.record_push(push),
-            Store::Postgres(journal) => journal.record_push(push),
-        }
+        self.backend.record_push(push);
     }
 
     /// Commits what is queued and lets the journal go.
     pub fn close(&self) {
-        match &self.store {
-            Store::Memory => {}
-            Store::Sqlite(journal) => journal.close(),
-            Store::Postgres(journal) => journal.close(),
-        }
+        self.backend.close();
     }
 }
 
