@@ -32,7 +32,9 @@
 //! finds and stops, at the next start, the commands of a `serve` that died; [`cli`]
 //! is the command line, and [`send`] its CMQ-like client; [`secrets`] hides what the config took
 //! from the environment; [`telemetry`] sets up logs and
-//! metrics.
+//! metrics; [`console`] is `serve`'s second listener (`[console]`, SPEC §10): a JSON API and
+//! server-rendered pages over what [`delivery`] reads from the journal, and replays through
+//! [`dispatch`].
 
 pub mod access;
 pub mod cli;
