@@ -1,5 +1,5 @@
-//! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `history`,
-//! `replay`, and
+//! The command line (clap derive): `serve`, `check`, `route`, `run`, `send`, `queue send`,
+//! `history`, `replay`, and
 //! for getting started `init`, `completions` and `man`.
 
 use std::ffi::OsStr;
@@ -27,6 +27,7 @@ use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
 
 mod man;
+mod queue;
 
 /// Runs shell commands for Tencent Cloud CMQ topic pushes, answering 2xx only when they
 /// exited 0.
@@ -72,6 +73,9 @@ enum Command {
     /// is given, a SIMPLIFIED one (the raw body) otherwise; --format says which outright.
     /// Exit 0 on 2xx.
     Send(SendArgs),
+    /// Pull mode's queues: `queue send` publishes one message to a [[queue]] of the
+    /// config, to try a setup end to end.
+    Queue(queue::QueueArgs),
     /// List recent deliveries from the journal, newest first.
     History(HistoryArgs),
     /// Run the latest kept push of a message again (`keep_bodies`), through the hooks that ran
@@ -381,6 +385,7 @@ pub fn main() -> ExitCode {
         Command::Route(args) => route(&args),
         Command::Run(args) => run(&args),
         Command::Send(args) => send(&args),
+        Command::Queue(args) => queue::queue(&args),
         Command::History(args) => history(&args),
         Command::Replay(args) => replay(&args),
         Command::Init(args) => init(&args),
@@ -410,6 +415,17 @@ fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
     )?;
     for hook in &config.hooks {
         say!("{}", describe(hook, config.server.respond_within))?;
+    }
+    for queue in &config.queues {
+        say!(
+            "queue {}  {}  {}, wait {}, batch {}, pollers {}",
+            queue.name,
+            config.redact(&queue.endpoint),
+            queue.signature,
+            DurationText(queue.wait),
+            queue.batch,
+            queue.pollers
+        )?;
     }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");

@@ -4,8 +4,9 @@
 //! with its default and meaning, as `cmqhook.toml(5)` shows them, in [`reference`].
 //!
 //! Every error names `file:line:column` and the key, and all of them are reported, not only the
-//! first. `${NAME}` is expanded in `listen`, `token`, `path` and `journal` only; every value the
-//! last three take from the environment is a secret that [`Config::redact`] hides again, and
+//! first. `${NAME}` is expanded in `listen`, `token`, `path` and `journal` only (and in a
+//! `[[queue]]`'s credentials and endpoint, `load/queue.rs`); every value the last three take
+//! from the environment is a secret (as are a queue's credentials) that [`Config::redact`] hides again, and
 //! the variables it came from are not passed to commands unless a hook lists them in `pass_env`.
 //! This module does not run anything: it only checks that workdirs and programs exist (and, for
 //! `check` and `serve`, that the journal can be created and whether shell commands' programs
@@ -49,6 +50,8 @@ pub struct Config {
     pub console: Option<Console>,
     /// In file order.
     pub hooks: Vec<Arc<Hook>>,
+    /// The `[[queue]]` tables (SPEC §11), in file order; names are unique.
+    pub queues: Vec<Queue>,
     /// Values that must never be shown, with what to show instead.
     secrets: Secrets,
     /// The variables they came from.
@@ -97,6 +100,70 @@ pub struct Console {
     /// The console's token (a secret); `None` only on a loopback address, where the console
     /// is then read-only (no replay).
     pub token: Option<String>,
+}
+
+/// One `[[queue]]` table: a CMQ queue consumed over the signed v2 API (SPEC §11).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Queue {
+    /// The queue's name in CMQ (`queueName`); unique among the tables.
+    pub name: String,
+    /// `scheme://host[:port]`, without a trailing `/` (requests go to `{endpoint}/v2/index.php`).
+    pub endpoint: String,
+    /// A secret when it came from `${NAME}`.
+    pub secret_id: String,
+    /// Always a secret: [`Config::redact`] hides it, and `Debug` does not show it.
+    pub secret_key: String,
+    /// Temporary credentials' session token (`Token`); a secret.
+    pub token: Option<String>,
+    pub signature: SignatureMethod,
+    /// Long polling (`pollingWaitSeconds`): whole seconds, 0 to 30.
+    pub wait: Duration,
+    /// Messages a receive asks for (`numOfMsg`): 1 to 16.
+    pub batch: usize,
+    /// Long-polling loops on the queue: at least 1.
+    pub pollers: usize,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .field("secret_id", &self.secret_id)
+            .field("secret_key", &"<secret_key>")
+            .field("token", &self.token.as_ref().map(|_| "<token>"))
+            .field("signature", &self.signature)
+            .field("wait", &self.wait)
+            .field("batch", &self.batch)
+            .field("pollers", &self.pollers)
+            .finish()
+    }
+}
+
+/// How a queue request is signed (`SignatureMethod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum SignatureMethod {
+    #[default]
+    #[serde(rename = "HmacSHA256")]
+    HmacSha256,
+    #[serde(rename = "HmacSHA1")]
+    HmacSha1,
+}
+
+impl SignatureMethod {
+    /// As the API spells it: `HmacSHA256`, `HmacSHA1`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureMethod::HmacSha256 => "HmacSHA256",
+            SignatureMethod::HmacSha1 => "HmacSHA1",
+        }
+    }
+}
+
+impl fmt::Display for SignatureMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What to answer a push that no hook matches.

@@ -30,7 +30,8 @@
 //! Beside the path: [`runner::guard`], a small process in a session of its own, kills the
 //! process groups of the runs still going when `serve` dies by any signal; [`runner::orphans`]
 //! finds and stops, at the next start, the commands of a `serve` that died; [`cli`]
-//! is the command line, and [`send`] its CMQ-like client; [`secrets`] hides what the config took
+//! is the command line, and [`send`] its CMQ-like client; [`pull`] takes messages from CMQ
+//! queues instead of pushes (SPEC §11), through a signed client of the queue API; [`secrets`] hides what the config took
 //! from the environment; [`telemetry`] sets up logs and
 //! metrics; [`console`] is `serve`'s second listener (`[console]`, SPEC §10): a JSON API and
 //! server-rendered pages over what [`delivery`] reads from the journal, and replays through
@@ -44,6 +45,7 @@ pub mod console;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;
+pub mod pull;
 pub mod replay_socket;
 pub mod routing;
 pub mod runner;

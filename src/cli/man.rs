@@ -49,8 +49,9 @@ const ENV_CONFIG: Item = (
 );
 const ENV_EXPANDED: Item = (
     "${NAME}",
-    "Every variable the config names as ${NAME} in listen, token, path or journal; an unset \
-     one is a config error. See cmqhook.toml(5).",
+    "Every variable the config names as ${NAME} in listen, token, path or journal, or in a \
+     [[queue]]'s endpoint, secret_id, secret_key or token; an unset one is a config error. \
+     See cmqhook.toml(5).",
 );
 const ENV_LOG: Item = (
     "RUST_LOG",
@@ -244,6 +245,33 @@ const EXTRAS: &[Extra] = &[
             (
                 "To a server with a token",
                 "cmqhook send http://127.0.0.1:9000/x --token \"$CMQHOOK_TOKEN\" --body-file msg.json",
+            ),
+        ],
+    },
+    Extra {
+        command: "queue",
+        exit_status: &[
+            (
+                "0",
+                "queue send: the queue took the message; its id is printed.",
+            ),
+            (
+                "1",
+                "The config is invalid or has no such [[queue]], the body cannot be read, or \
+                 CMQ refused the message (its code and message are printed) or did not answer.",
+            ),
+        ],
+        signals: &[],
+        environment: &[ENV_CONFIG, ENV_EXPANDED],
+        files: &[],
+        examples: &[
+            (
+                "Publish a message to the queue named deploys, with a tag",
+                "echo v1.2 | cmqhook queue send --queue deploys --tag web",
+            ),
+            (
+                "Publish a file's content",
+                "cmqhook queue send -c /etc/cmqhook/hooks.toml --queue deploys --body-file msg.json",
             ),
         ],
     },

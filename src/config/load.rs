@@ -21,6 +21,8 @@ use super::{
 use crate::runner::Environment;
 use crate::secrets::{Secret, Secrets, expand_vars};
 
+mod queue;
+
 const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_JOURNAL: &str = "cmqhook.db";
 /// A hook's `timeout`.
@@ -40,7 +42,7 @@ const DEFAULT_RETRY: [Duration; 5] = [
     Duration::from_secs(6 * 3600),
 ];
 /// The top-level tables.
-const SECTIONS: &[&str] = &["server", "console", "defaults", "hooks"];
+const SECTIONS: &[&str] = &["server", "console", "defaults", "hooks", "queue"];
 
 /// How far loading looks beyond the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +288,7 @@ impl Loader<'_> {
         let mut console = None;
         let mut defaults = Section::<RawHook>::absent();
         let mut raw_hooks = Vec::new();
+        let mut raw_queues = Vec::new();
         for (key, value) in root {
             match key.get_ref().as_ref() {
                 "server" => {
@@ -321,6 +324,7 @@ impl Loader<'_> {
                         }
                     }
                 }
+                "queue" => raw_queues = self.queue_tables(value),
                 other => {
                     let message = match did_you_mean(other, SECTIONS) {
                         Some(meant) => {
@@ -369,11 +373,13 @@ impl Loader<'_> {
             .filter_map(|(name, raw)| self.hook(name, raw, &defaults))
             .map(Arc::new)
             .collect();
+        let queues = self.queues(raw_queues);
         Some(Config {
             file: PathBuf::new(),
             server,
             console,
             hooks,
+            queues,
             secrets: Secrets::default(),
             secret_vars: Vec::new(),
             located_warnings: Vec::new(),

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{Ack, StdinMode, Unmatched};
+use super::{Ack, SignatureMethod, StdinMode, Unmatched};
 use crate::cmq::FormatSetting;
 
 #[derive(Deserialize, Default)]
@@ -107,6 +107,21 @@ pub(super) struct RawHook {
     pub(super) queue: Option<usize>,
     pub(super) ack: Option<Spanned<Ack>>,
     pub(super) retry: Option<Spanned<Vec<RawDuration>>>,
+}
+
+/// One `[[queue]]` table.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) endpoint: Option<Spanned<String>>,
+    pub(super) secret_id: Option<Spanned<String>>,
+    pub(super) secret_key: Option<Spanned<String>>,
+    pub(super) token: Option<Spanned<String>>,
+    pub(super) signature: Option<SignatureMethod>,
+    pub(super) wait: Option<Spanned<RawDuration>>,
+    pub(super) batch: Option<Spanned<usize>>,
+    pub(super) pollers: Option<Spanned<usize>>,
 }
 
 /// The keys `T` takes, in declaration order: the field names serde's derive hands to

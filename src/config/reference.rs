@@ -39,17 +39,17 @@ pub const SYNTAX: &[&str] = &[
     "Durations are human strings: \"500ms\", \"15s\", \"10m\", \"25h\", \"7d\". Sizes are human \
      strings (\"8 MiB\") or integers (bytes). Relative paths are relative to the directory of \
      the config file.",
-    "${NAME} in listen, token, path and journal is replaced by the environment variable NAME \
-     when the config is loaded; an unset variable is an error, and $$ is a literal $. Nothing \
-     else is expanded (but listen and token in [console]), so a command keeps its $VARS for \
-     the shell. Every value taken from the \
-     environment into token, path or journal is a secret: it is shown as ${NAME} (the token as \
-     <token>) in logs, answers, the journal and check's output, and the variable it came from \
+    "${NAME} in listen, token, path and journal (and in a [[queue]]'s endpoint, secret_id, \
+     secret_key and token, and [console]'s listen and token) is replaced by the environment variable NAME when the config is \
+     loaded; an unset variable is an error, and $$ is a literal $. Nothing \
+     else is expanded, so a command keeps its $VARS for the shell. Every value taken from the \
+     environment into token, path, journal or a [[queue]]'s secret_id is a secret, as are a \
+     queue's secret_key and token and [console]'s token: it is shown as ${NAME} (the token as <token>) in logs, answers, the journal and check's output, and the variable it came from \
      is removed from every command's environment unless the hook lists it in pass_env.",
 ];
 
-/// `[server]`, `[console]`, `[defaults]` and `[hooks.NAME]`, in that order.
-pub const TABLES: &[Table] = &[SERVER, CONSOLE, DEFAULTS, HOOKS];
+/// `[server]`, `[console]`, `[defaults]`, `[hooks.NAME]` and `[[queue]]`, in that order.
+pub const TABLES: &[Table] = &[SERVER, CONSOLE, DEFAULTS, HOOKS, QUEUE];
 
 /// `[server]`: the listener, the journal, limits.
 pub const SERVER: Table = Table {
@@ -316,6 +316,69 @@ pub const HOOKS: Table = Table {
     ],
 };
 
+/// `[[queue]]`: a CMQ queue consumed in pull mode (SPEC §11).
+pub const QUEUE: Table = Table {
+    name: "[[queue]]",
+    about: "A CMQ (or TDMQ for CMQ) queue subscribed to the topic, consumed over the signed \
+            legacy v2 queue API instead of taking pushes: no public endpoint is needed. One \
+            table a queue. ${NAME} is expanded in endpoint, secret_id, secret_key and token; \
+            secret_key and token are always secrets, and so is a secret_id taken from the \
+            environment.",
+    keys: &[
+        Key {
+            name: "name",
+            default: Default::Text("required"),
+            meaning: "The queue's name in CMQ (letters, digits, - and _; at most 64); unique \
+                      among the [[queue]] tables.",
+        },
+        Key {
+            name: "endpoint",
+            default: Default::Text("required"),
+            meaning: "The queue endpoint as the console shows it, http:// or https:// with no \
+                      path, e.g. \"https://cmq-gz.public.tencenttdmq.com\"; requests go to \
+                      ENDPOINT/v2/index.php.",
+        },
+        Key {
+            name: "secret_id",
+            default: Default::Text("required"),
+            meaning: "The API key's SecretId, e.g. \"${TENCENTCLOUD_SECRET_ID}\".",
+        },
+        Key {
+            name: "secret_key",
+            default: Default::Text("required"),
+            meaning: "The API key's SecretKey, e.g. \"${TENCENTCLOUD_SECRET_KEY}\"; it signs \
+                      every request and is never sent.",
+        },
+        Key {
+            name: "token",
+            default: Default::Text("none"),
+            meaning: "The session token of temporary credentials (sent as Token), e.g. \
+                      \"${TENCENTCLOUD_SESSION_TOKEN}\".",
+        },
+        Key {
+            name: "signature",
+            default: Default::Value("\"HmacSHA256\""),
+            meaning: "How requests are signed: HmacSHA256 or HmacSHA1.",
+        },
+        Key {
+            name: "wait",
+            default: Default::Value("\"30s\""),
+            meaning: "Long polling: how long a receive waits for a message \
+                      (pollingWaitSeconds), whole seconds from 0s to 30s.",
+        },
+        Key {
+            name: "batch",
+            default: Default::Value("16"),
+            meaning: "Messages a receive asks for, from 1 to 16.",
+        },
+        Key {
+            name: "pollers",
+            default: Default::Value("1"),
+            meaning: "Long-polling loops on the queue, from 1 to 64.",
+        },
+    ],
+};
+
 /// The variables a hook's command gets, on top of the inherited environment and its `env`.
 pub const COMMAND_ENVIRONMENT: &[(&str, &str)] = &[
     ("CMQ_MSG_ID", "The message id."),
@@ -351,7 +414,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::config::raw::{RawConsole, RawHook, RawServer, keys_of};
+    use crate::config::raw::{RawConsole, RawHook, RawQueue, RawServer, keys_of};
 
     fn names(table: &Table) -> Vec<&'static str> {
         table.keys.iter().map(|key| key.name).collect()
@@ -362,6 +425,7 @@ mod tests {
         assert_eq!(names(&SERVER), keys_of::<RawServer>());
         assert_eq!(names(&CONSOLE), keys_of::<RawConsole>());
         assert_eq!(names(&HOOKS), keys_of::<RawHook>());
+        assert_eq!(names(&QUEUE), keys_of::<RawQueue>());
         assert!(DEFAULTS.keys.is_empty(), "[defaults] takes the hook keys");
     }
 
@@ -378,11 +442,19 @@ mod tests {
         let hook = "[hooks.h]\ncommand = \"true\"\n";
         let server = |config: &Config| format!("{:?}", config.server);
         let hooks = |config: &Config| format!("{:?}", config.hooks);
-        let cases = [(&SERVER, "[server]\n", ""), (&HOOKS, "", hook)];
+        let queues = |config: &Config| format!("{:?}", config.queues);
+        let queue = "[[queue]]\nname = \"q\"\nendpoint = \"https://cmq.example\"\nsecret_id = \"id\"\nsecret_key = \"key\"\n";
+        let cases = [
+            (&SERVER, "[server]\n", ""),
+            (&HOOKS, "", hook),
+            (&QUEUE, "", queue),
+        ];
         let mut checked = 0;
         for (table, before, after) in cases {
             let show: &dyn Fn(&Config) -> String = if table.name == SERVER.name {
                 &server
+            } else if table.name == QUEUE.name {
+                &queues
             } else {
                 &hooks
             };

@@ -3,6 +3,7 @@
 
 mod harness;
 mod pg;
+mod standin;
 
 mod browser;
 mod cli;
@@ -22,7 +23,10 @@ mod pg_state;
 mod pg_stored;
 mod postgres;
 mod properties;
+mod pull_client;
+mod pull_python;
 mod push;
+mod queue_send;
 mod replay;
 mod security;
 mod stored;
