@@ -325,6 +325,13 @@ impl Config {
                 ));
             }
         }
+        if self.console.is_some() && self.server.journal.is_none() && self.server.postgres.is_none()
+        {
+            warnings.push(
+                "[console] with `journal = \"off\"`: the console reads runs from the journal, so it has none to show"
+                    .to_owned(),
+            );
+        }
         if self.server.postgres.is_some() {
             let longest = self.hooks.iter().map(|hook| hook.kill_grace).max();
             if let Some(longest) = longest.filter(|grace| self.server.lease < *grace * 3) {

@@ -1784,6 +1784,14 @@ fn a_console_beyond_loopback_needs_a_token_and_says_where() {
     let config = parse("[console]\nlisten = \"127.0.0.1:9001\"\n");
     assert_eq!(config.console.expect("console").token, None);
     assert!(parse("").console.is_none(), "no table, no console");
+    let off = parse("[server]\njournal = \"off\"\n[console]\nlisten = \"127.0.0.1:9001\"\n");
+    assert!(
+        off.warnings()
+            .iter()
+            .any(|w| w.contains("[console] with `journal = \"off\"`")),
+        "{:?}",
+        off.warnings()
+    );
 }
 
 #[test]
