@@ -248,7 +248,7 @@ pub struct HookFigures {
     /// Durations of the ended runs of the last 24 hours, nearest rank.
     pub p50_ms: Option<u64>,
     pub p95_ms: Option<u64>,
-    /// Its latest run that did not succeed, with why.
+    /// Its latest run of the last 24 hours that did not succeed, with why.
     pub last_failure: Option<LastFailure>,
     /// 24 hours, oldest first; the last is the hour going on.
     pub hourly: Vec<HourFigures>,
@@ -299,7 +299,7 @@ pub struct FigureRows {
     pub recent: Vec<RecentRun>,
     /// Each hook's latest run.
     pub latest: Vec<LatestRun>,
-    /// Each hook's latest run that did not succeed, by hook.
+    /// Each hook's latest run of the 24 hours that did not succeed, by hook.
     pub failures: Vec<(String, LastFailure)>,
 }
 

@@ -491,10 +491,11 @@ impl State {
             .query(
                 &format!(
                     "SELECT DISTINCT ON (hook) hook, id, {}, outcome, msg_id, error, stderr_tail
-                     FROM cmqhook_runs WHERE outcome IN {FAILED} ORDER BY hook, id DESC",
+                     FROM cmqhook_runs WHERE started_at >= $1 AND outcome IN {FAILED}
+                     ORDER BY hook, id DESC",
                     rfc3339!("started_at")
                 ),
-                &[],
+                &[&since],
             )
             .await?
             .iter()

@@ -403,16 +403,19 @@ impl Journal {
             let since = timestamp(now - Duration::from_secs(24 * 3600));
             let recent = reader
                 .prepare_cached(
-                    "SELECT hook, outcome, duration_ms, started_at FROM runs
+                    // Seconds since the epoch, reckoned by SQLite: no text parsed per row.
+                    "SELECT hook, outcome, duration_ms, CAST(strftime('%s', started_at) AS INTEGER)
+                     FROM runs
                      WHERE started_at >= ?1",
                 )?
                 .query_map(params![since], |row| {
-                    let at: String = row.get(3)?;
+                    let secs: i64 = row.get(3)?;
                     Ok(RecentRun {
                         hook: row.get(0)?,
                         outcome: row.get(1)?,
                         duration_ms: row.get(2)?,
-                        started_at: humantime::parse_rfc3339_weak(&at).unwrap_or(now),
+                        started_at: SystemTime::UNIX_EPOCH
+                            + Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -430,13 +433,15 @@ impl Journal {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            // Within the 24 hours too: through the index on the start, never a whole scan.
             let failures = reader
                 .prepare_cached(&format!(
                     "SELECT hook, id, started_at, outcome, msg_id, error, stderr_tail FROM runs
-                     WHERE id IN (SELECT MAX(id) FROM runs WHERE outcome IN {FAILED}
+                     WHERE id IN (SELECT MAX(id) FROM runs
+                                  WHERE started_at >= ?1 AND outcome IN {FAILED}
                                   GROUP BY hook)"
                 ))?
-                .query_map([], |row| {
+                .query_map(params![since], |row| {
                     let (error, stderr): (Option<String>, Option<String>) =
                         (row.get(5)?, row.get(6)?);
                     Ok((
