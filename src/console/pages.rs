@@ -382,6 +382,8 @@ struct RunsPage {
     hook: String,
     outcome: String,
     msg_id: String,
+    /// Whether runs name their instance (a shared journal's do).
+    instances: bool,
     /// The query of the next (older) page, and of the first page, if there are such.
     older: Option<String>,
     newest: Option<String>,
@@ -422,6 +424,7 @@ async fn runs(
         StatusCode::OK,
         &RunsPage {
             frame: Frame::new(&console, &viewer, "Deliveries", "runs"),
+            instances: runs.iter().any(|run| run.instance.is_some()),
             rows: runs.into_iter().map(RunRow::of).collect(),
             hooks: config.hooks.iter().map(|hook| hook.name.clone()).collect(),
             outcomes: OUTCOMES,
