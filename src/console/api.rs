@@ -6,11 +6,10 @@ use std::time::SystemTime;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::{Console, Replay, RunParams, Viewer};
-use crate::delivery::Outcome;
 
 /// Dead letters listed at most.
 const DEAD_LIMIT: usize = 500;
@@ -96,19 +95,6 @@ struct ReplayRequest {
     hook: Option<String>,
 }
 
-/// One hook's part of the answer to `POST /api/replay`.
-#[derive(Serialize)]
-struct Replayed<'a> {
-    hook: &'a str,
-    outcome: Outcome,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    duration_ms: u64,
-    error: Option<&'a str>,
-    /// The run it journaled (`/api/runs/{id}`), when it ran.
-    run_id: Option<i64>,
-}
-
 async fn replay(viewer: Viewer, console: web::Data<Console>, body: web::Bytes) -> HttpResponse {
     let request: ReplayRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -124,18 +110,6 @@ async fn replay(viewer: Viewer, console: web::Data<Console>, body: web::Bytes) -
         .await
     {
         Replay::Ran(results) => {
-            let results: Vec<Replayed> = results
-                .iter()
-                .map(|(result, run_id)| Replayed {
-                    hook: &result.hook,
-                    outcome: result.outcome,
-                    exit_code: result.exit_code,
-                    signal: result.signal,
-                    duration_ms: result.duration_ms,
-                    error: result.error.as_deref(),
-                    run_id: *run_id,
-                })
-                .collect();
             HttpResponse::Ok().json(json!({ "msg_id": request.msg_id, "results": results }))
         }
         Replay::Refused(status, why) => error(status, why),

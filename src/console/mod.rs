@@ -197,10 +197,50 @@ impl RunParams {
 
 /// What a replay asked of the console came to.
 pub(crate) enum Replay {
-    /// Each hook's result, with the id of the run it journaled, once it is found.
-    Ran(Vec<(HookResult, Option<i64>)>),
+    /// Each hook's result.
+    Ran(Vec<Ran>),
     /// Refused before anything ran: the status and why.
     Refused(StatusCode, String),
+}
+
+/// One hook's part of a replay (and of `POST /api/replay`'s answer).
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Ran {
+    /// `None` with `error` when a hook was not replayed at all.
+    hook: Option<String>,
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    duration_ms: u64,
+    error: Option<String>,
+    /// The run it journaled (`/api/runs/{id}`), once found.
+    run_id: Option<i64>,
+}
+
+impl Ran {
+    fn of(result: HookResult, run_id: Option<i64>) -> Ran {
+        Ran {
+            hook: Some(result.hook),
+            outcome: result.outcome,
+            exit_code: result.exit_code,
+            signal: result.signal,
+            duration_ms: result.duration_ms,
+            error: result.error,
+            run_id,
+        }
+    }
+
+    fn not_replayed(reason: String) -> Ran {
+        Ran {
+            hook: None,
+            outcome: Outcome::NotStarted,
+            exit_code: None,
+            signal: None,
+            duration_ms: 0,
+            error: Some(reason),
+            run_id: None,
+        }
+    }
 }
 
 /// How long the console looks for the run a replay journaled (its row is written behind the
@@ -273,7 +313,10 @@ impl Console {
         for result in results {
             let result = match result {
                 Ok(result) => result,
-                Err(reason) => return Replay::Refused(StatusCode::CONFLICT, reason),
+                Err(reason) => {
+                    ran.push(Ran::not_replayed(reason));
+                    continue;
+                }
             };
             let mut run = None;
             if result.outcome != Outcome::NotStarted {
@@ -295,7 +338,7 @@ impl Console {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            ran.push((result, run));
+            ran.push(Ran::of(result, run));
         }
         Replay::Ran(ran)
     }

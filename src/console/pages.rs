@@ -524,12 +524,12 @@ async fn replay(
         .replay(&viewer, &form.msg_id, Some(&form.hook))
         .await
     {
-        Replay::Ran(results) => match results.iter().find_map(|(_, run)| *run) {
+        Replay::Ran(results) => match results.iter().find_map(|ran| ran.run_id) {
             Some(run) => see_other(&format!("/runs/{run}")),
             None => {
                 let reason = results
                     .iter()
-                    .find_map(|(result, _)| result.error.clone())
+                    .find_map(|ran| ran.error.clone())
                     .unwrap_or_else(|| "the replay's run is not in the journal yet".to_owned());
                 error_page(
                     &console,
