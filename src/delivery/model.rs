@@ -460,3 +460,80 @@ pub fn tails(stdout: Option<&str>, stderr: Option<&str>) -> String {
     }
     output
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn figures_count_24_hours_by_hour_with_nearest_rank_percentiles_and_every_hook_named() {
+        // 10:30 UTC on some day: the hour going on starts at 10:00.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * 86_400 + 10 * 3600 + 1800);
+        let run = |hook: &str, outcome: &str, ms: u64, ago_secs: u64| RecentRun {
+            hook: hook.to_owned(),
+            outcome: outcome.to_owned(),
+            duration_ms: Some(ms),
+            started_at: now - Duration::from_secs(ago_secs),
+        };
+        let mut recent: Vec<RecentRun> = (1..=20)
+            .map(|n| run("a", "succeeded", n * 10, 60))
+            .collect();
+        recent.push(run("a", "failed", 1000, 2 * 3600));
+        recent.push(run("a", "running", 5, 10));
+        recent.push(run("elsewhere", "timed_out", 7, 23 * 3600));
+        let rows = FigureRows {
+            recent,
+            latest: vec![LatestRun {
+                hook: "a".to_owned(),
+                outcome: "running".to_owned(),
+                started_at: "t".to_owned(),
+            }],
+            failures: Vec::new(),
+        };
+        let figures = HookFigures::of(&["a".to_owned(), "idle".to_owned()], &rows, now);
+        let names: Vec<&str> = figures.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a", "idle", "elsewhere"]);
+        let a = &figures[0];
+        assert_eq!(
+            (a.runs, a.successes, a.failures),
+            (22, 20, 1),
+            "running counts as a run only"
+        );
+        // 21 ended durations: 10..=200 and 1000.
+        assert_eq!((a.p50_ms, a.p95_ms), (Some(110), Some(200)));
+        assert_eq!(a.hourly.len(), 24);
+        assert_eq!(a.hourly[23].hour, "1972-09-27T10:00:00Z");
+        assert_eq!((a.hourly[23].successes, a.hourly[21].failures), (20, 1));
+        assert_eq!(a.last_outcome.as_deref(), Some("running"));
+        let idle = &figures[1];
+        assert_eq!(
+            (idle.runs, idle.p50_ms, idle.last_outcome.as_deref()),
+            (0, None, None)
+        );
+        let elsewhere = &figures[2];
+        assert!(!elsewhere.configured);
+        assert_eq!(
+            elsewhere.hourly[0].failures, 1,
+            "23 hours ago: the first hour"
+        );
+    }
+
+    #[test]
+    fn a_failure_reason_is_the_error_else_the_last_stderr_line_cut_at_120() {
+        assert_eq!(
+            failure_reason(Some("spawn failed"), Some("x")).as_deref(),
+            Some("spawn failed")
+        );
+        assert_eq!(
+            failure_reason(None, Some("a\nlast one\n\n  \n")).as_deref(),
+            Some("last one")
+        );
+        assert_eq!(failure_reason(Some(""), None), None);
+        let long = "y".repeat(130);
+        let cut = failure_reason(None, Some(&long)).expect("reason");
+        assert_eq!(cut.chars().count(), REASON_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
+}
