@@ -597,7 +597,9 @@ fn with_postgresql_one_instances_console_shows_the_runs_of_another() {
     let db = TestDb::create();
     let url = db.url();
     let addr = free_addr();
-    let hook = "[hooks.record]\ncommand = 'echo ran on $CMQHOOK_HOOK'\n";
+    let hook = "[hooks.record]\npath = \"/\"\ncommand = 'echo ran on $CMQHOOK_HOOK'\n\n\
+                [hooks.doomed]\npath = \"/doomed\"\nack = \"stored\"\nretry = [\"100ms\"]\n\
+                command = 'echo \"no route to host\" >&2; exit 4'\n";
     let lease = format!("{}s", LEASE.as_secs());
     let with_console = format!(
         "{}\n{}",
@@ -626,4 +628,30 @@ fn with_postgresql_one_instances_console_shows_the_runs_of_another() {
     assert_eq!(hooks["hooks"][0]["runs"], 1, "{hooks}");
     let page = console.get("/runs").text();
     assert!(page.contains("on-beta") && page.contains("beta"), "{page}");
+    // Beta's dead letter, on alpha's console, with its last run and reason.
+    assert_eq!(
+        instances[1]
+            .server
+            .post_seed("/doomed", "dead-on-beta")
+            .status,
+        200
+    );
+    let mut dead = serde_json::Value::Null;
+    assert!(wait_for(Duration::from_secs(20), || {
+        dead = console.json("/api/dead")["dead"][0].clone();
+        !dead.is_null()
+    }));
+    assert_eq!(dead["msg_id"], "dead-on-beta");
+    assert_eq!(dead["reason"], "no route to host");
+    assert!(dead["last_run_id"].as_i64().is_some(), "{dead}");
+    let figures = console.json("/api/hooks")["hooks"].clone();
+    let doomed = figures
+        .as_array()
+        .expect("hooks")
+        .iter()
+        .find(|hook| hook["name"] == "doomed")
+        .expect("doomed")
+        .clone();
+    assert_eq!(doomed["failures"], 2, "{doomed}");
+    assert_eq!(doomed["last_failure"]["reason"], "no route to host");
 }
