@@ -3,7 +3,9 @@
 # (`/bin/true` and `cat` fed the CMQ example push, journal on SQLite) at concurrency 1, 8 and
 # 64, the two builds alternating within each round, so that a regression budget ("throughput
 # within the noise, p50 at most +0.15 ms") is judged on figures the machine's state moved alike.
-# The revision is built in a git worktree under target/ab/REV. Traffic to 127.0.0.1 only.
+# The revision is built in a git worktree under target/ab/REV, with the working tree's target
+# directory (its dependencies are built once), and its binary kept as target/ab/REV.cmqhook:
+# later runs against the same revision build only the working tree. Traffic to 127.0.0.1 only.
 #
 # Usage: bench/ab.sh REV [seconds] [rounds]
 set -euo pipefail
@@ -14,10 +16,14 @@ secs=${2:-3}
 rounds=${3:-3}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 tree=$PWD/target/ab/$rev
-[ -d "$tree" ] || git worktree add --detach "$tree" "$rev" >/dev/null
-(cd "$tree" && cargo build --release --locked -q --bin cmqhook)
+before=$PWD/target/ab/$rev.cmqhook
+if [ ! -x "$before" ]; then
+    [ -d "$tree" ] || git worktree add --detach "$tree" "$rev" >/dev/null
+    CARGO_TARGET_DIR=$PWD/target cargo build --manifest-path "$tree/Cargo.toml" --release --locked -q --bin cmqhook
+    cp target/release/cmqhook "$before"
+fi
 cargo build --release --locked -q --bin cmqhook
-declare -A bins=([before]=$tree/target/release/cmqhook [after]=$PWD/target/release/cmqhook)
+declare -A bins=([before]=$before [after]=$PWD/target/release/cmqhook)
 
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CPU a push, by whom: the server's own, its children's, and wrk's, for cmqhook with the journal
-# on and off and for the bare actix handler (bench/bare.rs), against the ceiling's own CPU a run
+# on and off and for the bare actix handler (bench/bare.rs; `bare-piped`: its `--piped` variant,
+# which pipes and drains the command's stdout and stderr as cmqhook does), against the ceiling's own CPU a run
 # (bench/ceiling.rs). `argv = ["/bin/true"]` fed the CMQ example push; the systems alternate,
 # `rounds` times. Read from /proc/PID/stat (utime + stime; cutime + cstime for the children).
 # Traffic to 127.0.0.1 only.
@@ -21,11 +22,12 @@ printf '%s' '{"TopicOwner":100015036,"topicName":"MyTopic","subscriptionName":"m
 printf '%s' 'test message' > "$work/message"
 ticks() { awk '{print $14 + $15, $16 + $17}' "/proc/$1/stat"; } # own, children (1/100 s)
 
-# serve NAME -> starts it (cmqhook-on, cmqhook-off or bare), sets $pid and $addr
+# serve NAME -> starts it (cmqhook-on, cmqhook-off, bare or bare-piped), sets $pid and $addr
 serve() {
     mkdir -p "$work/$1"
     case $1 in
         bare) "$PWD/target/release/examples/bare" 127.0.0.1:0 /bin/true >/dev/null 2>"$work/$1/log" & ;;
+        bare-piped) "$PWD/target/release/examples/bare" --piped 127.0.0.1:0 /bin/true >/dev/null 2>"$work/$1/log" & ;;
         *) journal=$([ "$1" = cmqhook-on ] && echo cmqhook.db || echo off)
            printf '[server]\nlisten = "127.0.0.1:0"\njournal = "%s"\n[hooks.bench]\nargv = ["/bin/true"]\n' \
                "$journal" > "$work/$1/hooks.toml"
@@ -55,7 +57,7 @@ measure() {
 
 /usr/bin/time -V >/dev/null 2>&1 || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 for round in $(seq "$rounds"); do
-    for system in cmqhook-on cmqhook-off bare; do measure "$system" "$round"; done
+    for system in cmqhook-on cmqhook-off bare bare-piped; do measure "$system" "$round"; done
     "$PWD/target/release/examples/ceiling" "$conns" "$secs" "$work/message" /bin/true |
         sed -E 's/.*rps=([^ ]+).*own_cpu_us_per_run=([^ ]+).*/ceiling      \1 runs\/s  own \2 us a run/'
 done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions a push, counted, not timed: cmqhook (journal off and on) and the bare actix
-# handler (bench/bare.rs) under valgrind's callgrind, fed `/bin/true` pushes by wrk at
+# handler (bench/bare.rs; `bare-piped`: its `--piped` variant, which pipes and drains the
+# command's stdout and stderr as cmqhook does) under valgrind's callgrind, fed `/bin/true` pushes by wrk at
 # concurrency 2 for a few seconds. The same binary and inputs give the same count whatever
 # else the machine does, so a change of a few percent shows where seconds would hide it.
 # User space only (the kernel's share of a push is not counted) and the server only (its
@@ -17,7 +18,8 @@ for tool in wrk valgrind; do
     command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
 done
 cargo build --release --locked -q --bin cmqhook --example bare
-# CMQHOOK_BIN: another cmqhook binary to count (an earlier build, say)
+# CMQHOOK_BIN: another cmqhook binary to count (an earlier build, say); SYSTEMS: which of
+# cmqhook-off, cmqhook-on, bare and bare-piped to count (all by default)
 bin=${CMQHOOK_BIN:-target/release/cmqhook}
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -27,8 +29,9 @@ printf '%s' '{"TopicOwner":100015036,"topicName":"MyTopic","subscriptionName":"m
 count() {
     local name=$1 feed=$2 out=$work/$1-$2 pid n=0
     case $name in
-        bare) valgrind --tool=callgrind --callgrind-out-file="$out.cg" \
-                  target/release/examples/bare 127.0.0.1:0 /bin/true >/dev/null 2>"$out.log" & ;;
+        bare|bare-piped)
+            valgrind --tool=callgrind --callgrind-out-file="$out.cg" target/release/examples/bare \
+                $([ "$name" = bare-piped ] && echo --piped) 127.0.0.1:0 /bin/true >/dev/null 2>"$out.log" & ;;
         *) printf '[server]\nlisten = "127.0.0.1:0"\njournal = "%s"\n[hooks.bench]\nargv = ["/bin/true"]\n' \
                "$([ "$name" = cmqhook-on ] && echo "$out.db" || echo off)" > "$out.toml"
            RUST_LOG=cmqhook::service=info valgrind --tool=callgrind --callgrind-out-file="$out.cg" \
@@ -46,18 +49,23 @@ count() {
 }
 
 echo "instructions a push (user space, the server's own), wrk -c2 for ${secs} s under callgrind"
-for name in cmqhook-off cmqhook-on bare; do
+for name in ${SYSTEMS:-cmqhook-off cmqhook-on bare bare-piped}; do
     read -r base _ < <(count "$name" idle)
     read -r total pushes < <(count "$name" fed)
     awk -v name="$name" -v base="$base" -v total="$total" -v n="$pushes" 'BEGIN {
         printf "%-12s %8.0f a push  (%d pushes; %.1f M to start and stop)\n", name, (total - base) / n, n, base / 1e6 }'
-    [ "$name" = cmqhook-off ] && off_pushes=$pushes
+    echo "$pushes" > "$work/$name.pushes"
 done
-echo
-echo "cmqhook with the journal off: instructions a push, inclusive, in its own code, the runner's"
-echo "spawn, malloc and free, and actix's HTTP/1 dispatcher (startup included, spread over the pushes):"
-callgrind_annotate --inclusive=yes "$work/cmqhook-off-fed.cg" 2>/dev/null |
-    grep -E '(cmqhook::|std::process|CStringArray|BTreeMap|/malloc.c:(malloc|free) |actix_http::h1::dispatcher::InnerDispatcher)' |
-    head -25 |
-    awk -v n="$off_pushes" '{c = $1; gsub(",", "", c); sub(/^ *[0-9,]+ +\([ 0-9.]+%\) +/, ""); sub(/ \[.*$/, "")
-                             printf "%8.0f  %s\n", c / n, substr($0, 1, 110)}'
+# KEEP=DIR: keep the callgrind files (NAME-fed.cg, NAME-idle.cg) there, for callgrind_annotate
+[ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$work"/*.cg "$KEEP"/
+for name in cmqhook-off cmqhook-on; do
+    [ -f "$work/$name.pushes" ] || continue
+    echo
+    echo "$name: instructions a push, inclusive, in its own code, the runner's spawn, malloc and"
+    echo "free, and actix's HTTP/1 dispatcher (startup included, spread over the pushes):"
+    callgrind_annotate --inclusive=yes "$work/$name-fed.cg" 2>/dev/null |
+        grep -E '(cmqhook::|std::process|CStringArray|BTreeMap|/malloc.c:(malloc|free) |actix_http::h1::dispatcher::InnerDispatcher)' |
+        head -25 |
+        awk -v n="$(cat "$work/$name.pushes")" '{c = $1; gsub(",", "", c); sub(/^ *[0-9,]+ +\([ 0-9.]+%\) +/, ""); sub(/ \[.*$/, "")
+                                                printf "%8.0f  %s\n", c / n, substr($0, 1, 110)}'
+done

@@ -117,14 +117,15 @@ JSON
     echo "webhook did not start:" >&2; cat "$work/$name/log" >&2; exit 1
 }
 
-# start_bare NAME WORKLOAD -> sets $addr: bench/bare.rs, the HTTP floor
+# start_bare NAME WORKLOAD -> sets $addr: bench/bare.rs --piped, the HTTP floor (stdout and
+# stderr piped and drained, as any runner that logs output must: issue 25's fair comparison)
 start_bare() {
     local name=$1 workload=$2
     rm -rf "${work:?}/$name"; mkdir -p "$work/$name"
     if [ "$workload" = true ]; then
-        "$bare" 127.0.0.1:0 /bin/true >/dev/null 2>"$work/$name/log" &
+        "$bare" --piped 127.0.0.1:0 /bin/true >/dev/null 2>"$work/$name/log" &
     else
-        "$bare" 127.0.0.1:0 /bin/sh -c 'cat >/dev/null' >/dev/null 2>"$work/$name/log" &
+        "$bare" --piped 127.0.0.1:0 /bin/sh -c 'cat >/dev/null' >/dev/null 2>"$work/$name/log" &
     fi
     echo $! > "$work/$name/pid"
     await_listening "$name"
@@ -288,8 +289,9 @@ report() {
     echo "webhook runs in synchronous mode (\`include-command-output-in-response\`); for \`cat\` it"
     echo "writes the body to a file the command reads, having no stdin for commands."
     echo "\`concurrency = $cpus\` is the hook setting that bounds a hook's children to one per CPU."
-    echo "The bare actix handler (\`bench/bare.rs\`) spawns the command for each POST and answers"
-    echo "its exit status, nothing else: what HTTP and the load generator cost on their own."
+    echo "The bare actix handler (\`bench/bare.rs --piped\`) spawns the command for each POST, writes"
+    echo "it the body while it reads its stdout and stderr to their end, and answers its exit status,"
+    echo "nothing else: what HTTP, the load generator and a runner's unavoidable pipes cost."
     echo
     echo "| workload | concurrency | system | req/s | p50 ms | p99 ms | p99/p50 | peak RSS MiB | × ceiling | × webhook | × bare |"
     echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -3,46 +3,60 @@
 //! without systemd or an init (SPEC §5, "Runs never outlive their `serve`").
 //!
 //! [`start`] runs this same binary again as `cmqhook __guard LOG_FORMAT` ([`main`]), in a
-//! session of its own, reading a pipe whose only writer is the starting process (its end is
-//! close-on-exec, so no command holds it). Each run is told to it in three writes of a line,
-//! each atomic: `A ID MARKER` before the command is spawned, `G ID PGID` once its group exists,
-//! `E ID` when the run is over (its command exited and was reaped, or its group was killed).
-//! When the pipe ends, the starting process is gone: the guard SIGKILLs the groups of the runs
-//! it was not told were over, and the processes carrying their markers (`CMQHOOK_RUN`, see
-//! [`orphans`](super::orphans)) — which also covers a command spawned in the instant before
-//! its `G` could be written. Background processes of runs that ended are in no group it holds,
-//! and carry a marker it has forgotten: they are left alone (SPEC §4).
+//! session of its own, with two descriptors: a pipe whose only writer is the starting process
+//! (its end is close-on-exec, so no command holds it), and a table of runs in memory both
+//! processes map (a memfd, its fd 3). The starting process keeps the table with plain atomic
+//! stores, no system call and no wake-up of the guard: a run's slot is filled with its
+//! `CMQHOOK_RUN` marker (see [`orphans`](super::orphans)) before its command is spawned, given
+//! the run's process group once it exists, and emptied when the run is over (its command exited
+//! and was reaped, or its group was killed). What was stored is in the shared pages the moment
+//! it is stored, and stays there when the process dies. The guard sleeps in a read of the pipe;
+//! when the read ends, the starting process is gone: the guard reads the table and SIGKILLs the
+//! groups of the runs still in it, and the processes carrying their markers — which also covers
+//! a command spawned in the instant before its group could be stored. Background processes of
+//! runs that ended are in no group it holds, and carry a marker no slot holds any more: they are
+//! left alone (SPEC §4).
 //!
 //! A clean stop needs no message: by then every run has ended (the drain waited for it or
-//! killed it), so the guard holds nothing and exits. If the guard dies, the starting process
-//! logs it at ERROR and starts a new one, telling it every run still going. Only `serve`,
-//! `run` and `replay` start one; without it (tests, a library user) runs go unguarded.
+//! killed it), so the table holds nothing and the guard exits. If the guard dies, the starting
+//! process logs it at ERROR and starts a new one on the same table, which holds every run still
+//! going. Only `serve`, `run` and `replay` start one; without it (tests, a library user) runs
+//! go unguarded.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsFd;
+use std::io::{ErrorKind, PipeWriter, Read};
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use rustix::process::{WaitId, WaitIdOptions, waitid};
 
+use super::spawn::SharedWords;
 use super::{orphans, procfs, spawn};
 
 /// The first argument that makes `cmqhook` run [`main`] (the CLI keeps it out of `--help`).
 pub const SUBCOMMAND: &str = "__guard";
 
-/// How long a write to the guard may wait for room in the pipe before the guard counts as
-/// stuck, and is killed and replaced.
-const WRITE_WITHIN: Duration = Duration::from_secs(1);
-/// The room asked for in the pipe: a run's lines take about 60 bytes.
-const PIPE_SIZE: i32 = 1 << 20;
-/// The guard's pause after each read of its pipe.
-const READ_EVERY: Duration = Duration::from_millis(20);
+/// Runs the table holds at once; a run beyond them goes unguarded (logged at ERROR). Each
+/// takes a slot of [`SLOT_WORDS`] words; the file's pages are touched only as slots are used.
+const SLOTS: usize = 1 << 16;
+/// A slot: its state word, then the marker's bytes.
+const SLOT_WORDS: usize = 8;
+/// The longest marker a slot holds (longer ones are left out; the group still is stored).
+const MARKER_BYTES: usize = (SLOT_WORDS - 1) * 8;
+/// The table's words: a header slot (word 0: how many slots were ever handed out), then the
+/// slots.
+const TABLE_WORDS: usize = (SLOTS + 1) * SLOT_WORDS;
+/// A slot's state word: 0 while free; `LIVE` while its run is going, with `GROUP` and the
+/// group's id in the upper 32 bits once that exists.
+const LIVE: u64 = 1;
+const GROUP: u64 = 2;
+/// The descriptor the guard finds its table at.
+const TABLE_FD: &str = "/proc/self/fd/3";
 /// After its starting process died, how long the guard keeps looking for the marked
 /// processes of a run whose group it did not learn: its command was being spawned, and shows
 /// its marker once it has exec'd.
@@ -62,18 +76,23 @@ const RESTART_AT_MOST: Duration = Duration::from_secs(10);
 struct Keeper {
     /// The guard's arguments after [`SUBCOMMAND`] (the log format).
     args: Vec<String>,
-    state: Mutex<State>,
+    /// The table's file, handed to each guard, and this process's mapping of it.
+    file: OwnedFd,
+    table: SharedWords,
+    slots: Mutex<Slots>,
+    /// The write end of the pipe to the guard: it ends when this process does.
+    pipe: Mutex<Option<PipeWriter>>,
 }
 
+/// Which slots of the table are free.
 #[derive(Default)]
-struct State {
-    /// The write end of the pipe to the guard; `None` while there is no guard to tell.
-    pipe: Option<File>,
-    /// The guard's pid, while it runs.
-    pid: Option<u32>,
-    /// The runs not over yet: what a new guard is told.
-    runs: HashMap<u64, Run>,
-    next: u64,
+struct Slots {
+    /// Freed slots, taken again first (so the table's used pages stay few).
+    free: Vec<usize>,
+    /// Slots ever handed out: the next new one.
+    next: usize,
+    /// The table was found full (logged once).
+    full: bool,
 }
 
 /// What the guard knows of one run.
@@ -91,17 +110,25 @@ static KEEPER: OnceLock<Keeper> = OnceLock::new();
 /// starts a new one whenever it dies. `args` follow [`SUBCOMMAND`] on its command line.
 /// A guard that cannot be started is logged at ERROR and tried again; runs are not held up.
 pub fn start(args: Vec<String>) {
-    let mut first = false;
-    let keeper = KEEPER.get_or_init(|| {
-        first = true;
-        Keeper {
-            args,
-            state: Mutex::new(State::default()),
-        }
-    });
-    if !first {
+    if KEEPER.get().is_some() {
         return;
     }
+    let keeper = match Keeper::new(args) {
+        Ok(keeper) => keeper,
+        Err(err) => {
+            tracing::error!(
+                error = %err,
+                "cannot make the table of running commands for their guard: if cmqhook is killed, its commands run on"
+            );
+            return;
+        }
+    };
+    if KEEPER.set(keeper).is_err() {
+        return;
+    }
+    let Some(keeper) = KEEPER.get() else {
+        return;
+    };
     let started = keeper.launch();
     let watcher = std::thread::Builder::new()
         .name("cmqhook-guard".to_owned())
@@ -113,115 +140,94 @@ pub fn start(args: Vec<String>) {
 
 /// A run told to the guard; dropping it tells the guard the run is over.
 pub(super) struct Watch {
-    id: u64,
+    slot: usize,
 }
 
 impl Watch {
     /// Tells the guard of a run about to be spawned, whose command carries `marker`. `None`
-    /// when there is no guard.
+    /// when there is no guard (or no room in its table).
     pub(super) fn new(marker: Option<&str>) -> Option<Watch> {
         let keeper = KEEPER.get()?;
-        // A marker the line cannot carry is left out; the group still is told.
-        let marker =
-            marker.filter(|marker| !marker.is_empty() && !marker.contains(char::is_whitespace));
-        let mut state = keeper.lock();
-        let id = state.next;
-        state.next += 1;
-        state.runs.insert(
-            id,
-            Run {
-                marker: marker.map(str::to_owned),
-                pgid: None,
-            },
-        );
-        if let Some(marker) = marker {
-            keeper.send(&mut state, format!("A {id} {marker}\n").as_bytes());
-        }
-        Some(Watch { id })
+        let slot = keeper.take_slot()?;
+        register(keeper.table.words(), slot, marker);
+        Some(Watch { slot })
     }
 
     /// Tells the guard the run's process group: `leader`'s.
     pub(super) fn group(&self, leader: u32) {
-        let Some(keeper) = KEEPER.get() else {
-            return;
-        };
-        let mut state = keeper.lock();
-        if let Some(run) = state.runs.get_mut(&self.id) {
-            run.pgid = Some(leader);
+        if let Some(keeper) = KEEPER.get() {
+            set_group(keeper.table.words(), self.slot, leader);
         }
-        keeper.send(&mut state, format!("G {} {leader}\n", self.id).as_bytes());
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let Some(keeper) = KEEPER.get() else {
-            return;
-        };
-        let mut state = keeper.lock();
-        state.runs.remove(&self.id);
-        keeper.send(&mut state, format!("E {}\n", self.id).as_bytes());
+        if let Some(keeper) = KEEPER.get() {
+            clear(keeper.table.words(), self.slot);
+            keeper.slots().free.push(self.slot);
+        }
     }
 }
 
 impl Keeper {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// The table (an anonymous file in memory, zeros: no run) and this process's mapping.
+    fn new(args: Vec<String>) -> std::io::Result<Keeper> {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let file = memfd_create(c"cmqhook-guard", MFdFlags::MFD_CLOEXEC)?;
+        let bytes = TABLE_WORDS * std::mem::size_of::<u64>();
+        nix::unistd::ftruncate(&file, i64::try_from(bytes).map_err(std::io::Error::other)?)?;
+        let table = SharedWords::map(file.as_fd(), TABLE_WORDS)?;
+        Ok(Keeper {
+            args,
+            file,
+            table,
+            slots: Mutex::new(Slots::default()),
+            pipe: Mutex::new(None),
+        })
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
         // What the lock guards stays whole across a panic: every change is one statement.
-        self.state
+        self.slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes `line` to the guard. A guard that cannot take it (gone, or stuck for
-    /// [`WRITE_WITHIN`]) is killed: the watcher starts a new one and tells it every run.
-    fn send(&self, state: &mut State, line: &[u8]) {
-        let Some(pipe) = state.pipe.as_mut() else {
-            return;
-        };
-        if let Err(err) = write_within(pipe, line, WRITE_WITHIN) {
-            tracing::error!(error = %err, "cannot tell the guard of running commands: replacing it");
-            state.pipe = None;
-            if let Some(pid) = state.pid {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
+    /// A free slot; the header counts it before it is used, so the guard reads it.
+    fn take_slot(&self) -> Option<usize> {
+        let mut slots = self.slots();
+        if let Some(slot) = slots.free.pop() {
+            return Some(slot);
         }
+        if slots.next == SLOTS {
+            if !std::mem::replace(&mut slots.full, true) {
+                tracing::error!(
+                    slots = SLOTS,
+                    "the guard's table of running commands is full: commands beyond it are not killed if cmqhook is"
+                );
+            }
+            return None;
+        }
+        let slot = slots.next;
+        slots.next += 1;
+        self.table.words()[0].store(slots.next as u64, Ordering::Release);
+        Some(slot)
     }
 
-    /// Starts a guard and tells it every run still going; its pid.
+    /// Starts a guard on the table; its pid.
     fn launch(&self) -> std::io::Result<u32> {
         let (reader, writer) = std::io::pipe()?;
-        // Room for every run that a busy process starts while the guard is not scheduled.
-        let _ = fcntl(&writer, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
         let args: Vec<&str> = std::iter::once(SUBCOMMAND)
             .chain(self.args.iter().map(String::as_str))
             .collect();
-        let pid = spawn::spawn_session(&args, reader.as_fd())?;
+        let pid = spawn::spawn_session(&args, reader.as_fd(), self.file.as_fd())?;
         drop(reader);
-        let mut writer = File::from(std::os::fd::OwnedFd::from(writer));
-        fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        let mut state = self.lock();
-        state.pid = Some(pid);
-        let mut told = Vec::new();
-        for (id, run) in &state.runs {
-            if let Some(marker) = &run.marker {
-                told.extend_from_slice(format!("A {id} {marker}\n").as_bytes());
-            }
-            if let Some(pgid) = run.pgid {
-                told.extend_from_slice(format!("G {id} {pgid}\n").as_bytes());
-            }
-        }
-        match write_within(&mut writer, &told, WRITE_WITHIN) {
-            Ok(()) => state.pipe = Some(writer),
-            Err(err) => {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                return Err(err);
-            }
-        }
-        tracing::debug!(
-            pid,
-            runs = state.runs.len(),
-            "guard of running commands started"
-        );
+        *self
+            .pipe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(writer);
+        tracing::debug!(pid, "guard of running commands started");
         Ok(pid)
     }
 
@@ -232,20 +238,13 @@ impl Keeper {
             let since = Instant::now();
             match started {
                 Ok(pid) => {
-                    // Forgotten before it is reaped: until then its pid names no other process,
-                    // so `send` may still kill it.
-                    let status = wait(pid, WaitIdOptions::NOWAIT);
-                    let mut state = self.lock();
-                    state.pipe = None;
-                    state.pid = None;
+                    let status = wait(pid);
                     tracing::error!(
                         pid,
                         status = %status,
-                        running = state.runs.len(),
+                        running = runs(self.table.words()).len(),
                         "the guard of running commands died: starting a new one"
                     );
-                    drop(state);
-                    wait(pid, WaitIdOptions::empty());
                 }
                 Err(err) => tracing::error!(
                     error = %err,
@@ -265,37 +264,70 @@ impl Keeper {
     }
 }
 
-/// Writes all of `data` to the non-blocking `pipe`, waiting up to `within` for room.
-fn write_within(pipe: &mut File, mut data: &[u8], within: Duration) -> std::io::Result<()> {
-    let deadline = Instant::now() + within;
-    while !data.is_empty() {
-        match pipe.write(data) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    return Err(std::io::Error::new(
-                        ErrorKind::TimedOut,
-                        "the guard has not read its pipe for a second",
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(err) => return Err(err),
-        }
+/// Fills `slot` for a run about to be spawned: its marker (if a slot holds it), then the state
+/// that makes the guard read it.
+fn register(words: &[AtomicU64], slot: usize, marker: Option<&str>) {
+    let at = (slot + 1) * SLOT_WORDS;
+    let marker = marker
+        .map(str::as_bytes)
+        .filter(|marker| !marker.is_empty() && marker.len() <= MARKER_BYTES && !marker.contains(&0))
+        .unwrap_or_default();
+    let mut bytes = [0; MARKER_BYTES];
+    bytes[..marker.len()].copy_from_slice(marker);
+    for (word, chunk) in words[at + 1..at + SLOT_WORDS]
+        .iter()
+        .zip(bytes.chunks_exact(8))
+    {
+        let chunk: [u8; 8] = chunk.try_into().expect("chunks of 8 bytes");
+        word.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
     }
-    Ok(())
+    // Release: a guard that sees the state sees the marker.
+    words[at].store(LIVE, Ordering::Release);
 }
 
-/// Waits for the child `pid` to exit, and reaps it unless `options` say `NOWAIT`; how it
-/// ended.
-fn wait(pid: u32, options: WaitIdOptions) -> String {
+/// Stores the process group of `slot`'s run.
+fn set_group(words: &[AtomicU64], slot: usize, pgid: u32) {
+    words[(slot + 1) * SLOT_WORDS].store(LIVE | GROUP | (u64::from(pgid) << 32), Ordering::Release);
+}
+
+/// Empties `slot`: its run is over.
+fn clear(words: &[AtomicU64], slot: usize) {
+    words[(slot + 1) * SLOT_WORDS].store(0, Ordering::Release);
+}
+
+/// The runs the table holds, by slot.
+fn runs(words: &[AtomicU64]) -> HashMap<u64, Run> {
+    let used = usize::try_from(words[0].load(Ordering::Acquire))
+        .unwrap_or(SLOTS)
+        .min(words.len() / SLOT_WORDS - 1);
+    let mut runs = HashMap::new();
+    for slot in 0..used {
+        let at = (slot + 1) * SLOT_WORDS;
+        let state = words[at].load(Ordering::Acquire);
+        if state & LIVE == 0 {
+            continue;
+        }
+        let bytes: Vec<u8> = words[at + 1..at + SLOT_WORDS]
+            .iter()
+            .flat_map(|word| word.load(Ordering::Relaxed).to_le_bytes())
+            .take_while(|&byte| byte != 0)
+            .collect();
+        let run = Run {
+            marker: (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned()),
+            pgid: (state & GROUP != 0).then_some((state >> 32) as u32),
+        };
+        runs.insert(slot as u64, run);
+    }
+    runs
+}
+
+/// Waits for the child `pid` to exit and reaps it; how it ended.
+fn wait(pid: u32) -> String {
     let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
         return "no such process".to_owned();
     };
     loop {
-        match waitid(WaitId::Pid(raw), WaitIdOptions::EXITED | options) {
+        match waitid(WaitId::Pid(raw), WaitIdOptions::EXITED) {
             Ok(Some(status)) => {
                 return match (status.exit_status(), status.terminating_signal()) {
                     (Some(code), _) => format!("exit {code}"),
@@ -309,34 +341,33 @@ fn wait(pid: u32, options: WaitIdOptions) -> String {
     }
 }
 
-/// `cmqhook __guard`: reads what its starting process tells it on stdin until that ends,
-/// then kills the runs it was not told were over.
+/// `cmqhook __guard`: maps the table of runs its starting process keeps, waits for that
+/// process to end (its pipe on stdin ends), then kills the runs the table still holds.
 pub fn main() -> ExitCode {
-    let mut runs: HashMap<u64, Run> = HashMap::new();
+    let table = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TABLE_FD)
+        .and_then(|file| SharedWords::map(file.as_fd(), TABLE_WORDS));
+    let table = match table {
+        Ok(table) => table,
+        Err(err) => {
+            tracing::error!(error = %err, "the guard cannot read the table of running commands");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut stdin = std::io::stdin().lock();
-    let mut buffer = vec![0; 64 * 1024];
-    // What was read of a line whose end has not come yet.
-    let mut pending = Vec::new();
+    let mut buffer = [0; 64];
+    // Nothing is written to the pipe: a read returns when it ends.
     loop {
         match stdin.read(&mut buffer) {
             Ok(0) => break,
-            Ok(n) => pending.extend_from_slice(&buffer[..n]),
-            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
             Err(_) => break,
         }
-        let whole = pending
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |end| end + 1);
-        for line in pending[..whole].split_inclusive(|&b| b == b'\n') {
-            apply(&mut runs, line);
-        }
-        pending.drain(..whole);
-        // Lines are read in batches: a busy process's runs wake the guard a few dozen times a
-        // second, not three times a run, and its death is still seen within this pause.
-        std::thread::sleep(READ_EVERY);
     }
-    // What is left pending was never sent: each line is written whole or not at all.
+    let runs = runs(table.words());
     if !runs.is_empty() {
         let (groups, processes) = kill_runs(&runs);
         tracing::warn!(
@@ -347,26 +378,6 @@ pub fn main() -> ExitCode {
         );
     }
     ExitCode::SUCCESS
-}
-
-/// One line from the starting process.
-fn apply(runs: &mut HashMap<u64, Run>, line: &[u8]) {
-    let text = String::from_utf8_lossy(line);
-    let mut words = text.split_whitespace();
-    let (kind, id) = (words.next(), words.next().and_then(|id| id.parse().ok()));
-    match (kind, id, words.next()) {
-        (Some("A"), Some(id), Some(marker)) => {
-            runs.entry(id).or_default().marker = Some(marker.to_owned());
-        }
-        (Some("G"), Some(id), Some(pgid)) => match pgid.parse() {
-            Ok(pgid) => runs.entry(id).or_default().pgid = Some(pgid),
-            Err(_) => tracing::warn!(line = %text.trim_end(), "the guard cannot read this line"),
-        },
-        (Some("E"), Some(id), None) => {
-            runs.remove(&id);
-        }
-        _ => tracing::warn!(line = %text.trim_end(), "the guard cannot read this line"),
-    }
 }
 
 /// SIGKILL to the process group of each of `runs`, and to the processes carrying one of their
@@ -427,31 +438,50 @@ mod tests {
         true
     }
 
+    /// A table as the guard maps it, here in this process's memory.
+    fn table() -> Vec<AtomicU64> {
+        (0..TABLE_WORDS).map(|_| AtomicU64::new(0)).collect()
+    }
+
     #[test]
-    fn lines_tell_runs_their_groups_and_their_ends() {
-        let mut runs = HashMap::new();
-        apply(&mut runs, b"A 1 tok.5:7\n");
-        apply(&mut runs, b"A 2 tok.5:8\n");
-        apply(&mut runs, b"G 1 4242\n");
-        apply(&mut runs, b"G 3 99\n");
-        apply(&mut runs, b"E 2\n");
-        apply(&mut runs, b"nonsense\n");
-        apply(&mut runs, b"G 1 x\n");
-        assert_eq!(runs.len(), 2);
+    fn the_table_holds_runs_their_markers_and_groups_until_they_end() {
+        let words = table();
+        assert!(runs(&words).is_empty());
+        words[0].store(4, Ordering::Release);
+        register(&words, 0, Some("tok.5:7"));
+        register(&words, 1, Some("tok.5:8"));
+        set_group(&words, 0, 4242);
+        register(&words, 2, None);
+        set_group(&words, 2, 99);
+        // Longer than a slot holds: the group is still held.
+        register(&words, 3, Some(&"x".repeat(MARKER_BYTES + 1)));
+        clear(&words, 1);
+        let held = runs(&words);
+        assert_eq!(held.len(), 3);
         assert_eq!(
-            runs[&1],
+            held[&0],
             Run {
                 marker: Some("tok.5:7".to_owned()),
                 pgid: Some(4242)
             }
         );
         assert_eq!(
-            runs[&3],
+            held[&2],
             Run {
                 marker: None,
                 pgid: Some(99)
             }
         );
+        assert_eq!(held[&3], Run::default());
+        // A slot used again holds only its new run's marker.
+        register(&words, 1, Some("t:9"));
+        assert_eq!(runs(&words)[&1].marker.as_deref(), Some("t:9"));
+        let longest = "m".repeat(MARKER_BYTES);
+        register(&words, 1, Some(&longest));
+        assert_eq!(runs(&words)[&1].marker.as_deref(), Some(longest.as_str()));
+        // Slots beyond the header's count are not read.
+        words[0].store(1, Ordering::Release);
+        assert_eq!(runs(&words).len(), 1);
     }
 
     /// A run whose group the guard was never told (serve died between spawning it and
@@ -528,11 +558,14 @@ mod tests {
             .process_group(0)
             .spawn()
             .expect("sleep");
-        let mut runs = HashMap::new();
-        apply(&mut runs, format!("G 1 {}\n", told.id()).as_bytes());
-        apply(&mut runs, format!("G 2 {}\n", ended.id()).as_bytes());
-        apply(&mut runs, b"E 2\n");
-        let (groups, found) = kill_runs(&runs);
+        let words = table();
+        words[0].store(2, Ordering::Release);
+        for (slot, child) in [(0, &told), (1, &ended)] {
+            register(&words, slot, None);
+            set_group(&words, slot, child.id());
+        }
+        clear(&words, 1);
+        let (groups, found) = kill_runs(&runs(&words));
         assert_eq!(groups, [told.id()]);
         assert_eq!(found, 0);
         assert!(!told.wait().expect("reaped").success());

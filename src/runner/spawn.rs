@@ -13,7 +13,9 @@
 //! So [`posix_spawn`] is the crate's one exception to its `unsafe_code` lint: calls of libc on
 //! values that function owns, each result checked, the attributes destroyed on every path.
 //! Once a command has started, nothing here fails: a command whose pidfd cannot be had is
-//! waited for by a thread of its own, never left running unseen.
+//! waited for by a thread of its own, never left running unseen. The other use of `unsafe`
+//! here is [`SharedWords`], the memory the guard (`guard.rs`) shares with its starting
+//! process: `mmap` of a file, reached only as atomics.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, OsStr, OsString, c_char};
@@ -179,7 +181,15 @@ pub(super) fn spawn(environment: &Environment, start: &Start<'_>) -> io::Result<
     let run = start
         .run_env
         .iter()
-        .map(|(name, value)| CString::new(format!("{name}={value}")))
+        .map(|(name, value)| {
+            // Not `format!`: its machinery was a tenth of a push's instructions here, for a
+            // dozen variables (bench/instructions.sh); the room for the NUL avoids a realloc.
+            let mut entry = Vec::with_capacity(name.len() + value.len() + 2);
+            entry.extend_from_slice(name.as_bytes());
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            CString::new(entry)
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(nul)?;
     let run_names: Vec<&str> = start.run_env.iter().map(|(name, _)| *name).collect();
@@ -190,15 +200,19 @@ pub(super) fn spawn(environment: &Environment, start: &Start<'_>) -> io::Result<
         None => dev_null()?.as_raw_fd(),
     };
     let fds = [stdin, start.stdout.as_raw_fd(), start.stderr.as_raw_fd()];
-    let pid = posix_spawn(&program, &argv, &envp, &workdir, fds, Detach::Group)?;
+    let pid = posix_spawn(&program, &argv, &envp, &workdir, &fds, Detach::Group)?;
     Ok(Child::new(pid))
 }
 
 /// Starts this program again with `args` (after `argv[0]`) and our environment, in a session
 /// of its own (so that neither a terminal's Ctrl-C nor a signal to our process group reaches
-/// it), in `/`, its stdin `stdin`, its stdout `/dev/null` and its stderr ours. Returns its pid;
-/// the caller reaps it.
-pub(super) fn spawn_session(args: &[&str], stdin: BorrowedFd<'_>) -> io::Result<u32> {
+/// it), in `/`, its stdin `stdin`, its stdout `/dev/null`, its stderr ours and its fd 3 `fd3`.
+/// Returns its pid; the caller reaps it.
+pub(super) fn spawn_session(
+    args: &[&str],
+    stdin: BorrowedFd<'_>,
+    fd3: BorrowedFd<'_>,
+) -> io::Result<u32> {
     let nul = |err: std::ffi::NulError| io::Error::new(io::ErrorKind::InvalidInput, err);
     let argv = std::iter::once("cmqhook")
         .chain(args.iter().copied())
@@ -212,9 +226,69 @@ pub(super) fn spawn_session(args: &[&str], stdin: BorrowedFd<'_>) -> io::Result<
         stdin.as_raw_fd(),
         dev_null()?.as_raw_fd(),
         io::stderr().as_raw_fd(),
+        fd3.as_raw_fd(),
     ];
     // The binary that runs now, even if an upgrade replaced or removed its file since.
-    posix_spawn(c"/proc/self/exe", &argv, &envp, c"/", fds, Detach::Session)
+    posix_spawn(c"/proc/self/exe", &argv, &envp, c"/", &fds, Detach::Session)
+}
+
+/// Words of memory shared with other processes through a file mapped by each (a memfd): what
+/// one process stores there, another reads, with no system call and even after the first one
+/// died. Only ever used as atomics.
+pub(super) struct SharedWords {
+    start: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is reached only through `&[AtomicU64]`, which any thread may use.
+unsafe impl Send for SharedWords {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Maps the first `len` words of `file` (at least that long), shared, to read and write.
+    pub(super) fn map(file: BorrowedFd<'_>, len: usize) -> io::Result<SharedWords> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<u64>())
+            .filter(|&bytes| bytes > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a mapping of no words"))?;
+        // SAFETY: a new mapping chosen by the kernel (no address given), of an open file; the
+        // result is checked before use.
+        let start = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if start == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let start = std::ptr::NonNull::new(start.cast())
+            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        Ok(SharedWords { start, len })
+    }
+
+    pub(super) fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `len` words mapped by `map` (page-aligned, so aligned for u64) until `drop`;
+        // other processes change them only through atomics too.
+        unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made by `map`, of this length; `words` borrows end with `self`.
+        unsafe {
+            libc::munmap(
+                self.start.as_ptr().cast(),
+                self.len * std::mem::size_of::<u64>(),
+            );
+        }
+    }
 }
 
 /// Where a spawned process goes.
@@ -237,7 +311,7 @@ fn dev_null() -> io::Result<&'static File> {
 }
 
 /// `posix_spawn` of `program` with `argv` and `envp` (made NULL-terminated here), in `workdir`, its
-/// stdin, stdout and stderr `fds`, in a new process group or session (`detach`), with no
+/// stdin, stdout and stderr (and further descriptors) `fds`, in a new process group or session (`detach`), with no
 /// signal blocked and SIGPIPE (which Rust programs ignore) at its default, as std's `Command`
 /// starts a command.
 fn posix_spawn(
@@ -245,7 +319,7 @@ fn posix_spawn(
     argv: &[&CStr],
     envp: &[&CStr],
     workdir: &CStr,
-    fds: [RawFd; 3],
+    fds: &[RawFd],
     detach: Detach,
 ) -> io::Result<u32> {
     // The arrays `posix_spawn` reads: pointers into `argv` and `envp`, which outlive the call,
@@ -273,7 +347,7 @@ fn posix_spawn(
     // call, which copies what it keeps; the sigset is initialised by sigemptyset before it is
     // read.
     unsafe {
-        for (target, fd) in fds.into_iter().enumerate() {
+        for (target, &fd) in fds.iter().enumerate() {
             check(libc::posix_spawn_file_actions_adddup2(
                 &mut actions.value,
                 fd,
@@ -502,7 +576,7 @@ mod tests {
         let environment = Environment::new(&[], &[]);
         let envp = environment.with(&[], &[]);
         let fd = null.as_raw_fd();
-        posix_spawn(c"/bin/sh", &argv, &envp, c"/", [fd, fd, fd], Detach::Group).expect("started")
+        posix_spawn(c"/bin/sh", &argv, &envp, c"/", &[fd, fd, fd], Detach::Group).expect("started")
     }
 
     fn gone(pid: u32) -> bool {
