@@ -382,6 +382,16 @@ fn without_the_token_the_console_answers_401_and_the_login_cookie_lets_a_person_
         401,
         "a made-up session"
     );
+    // Signing out takes the page's CSRF token, and drops the cookie.
+    let csrf = hidden(&console.page("/", &cookie).text(), "csrf");
+    assert_eq!(console.post_form("/logout", &[], Some(&cookie)).status, 403);
+    let out = console.post_form("/logout", &[("csrf", &csrf)], Some(&cookie));
+    assert_eq!(out.status, 303);
+    assert!(
+        out.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0")),
+        "{out:?}"
+    );
 }
 
 #[test]
