@@ -73,6 +73,7 @@ fn record(id: i64, wanted: Written, done: &mpsc::Sender<bool>) -> Ended {
             left_behind: false,
             stdout_tail: String::new(),
             stderr_tail: String::new(),
+            output: String::new(),
         },
         stored: None,
         state: None,

@@ -156,5 +156,6 @@ fn push(count: usize, i: usize) -> Push {
         publish_time: None,
         body: Bytes::new(),
         envelope: Bytes::new(),
+        queue: None,
     }
 }

@@ -13,11 +13,9 @@ use bytes::Bytes;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::cmq::{Format, OutgoingPush, Push, PushError};
+use crate::cmq::{Format, FormatSetting, OutgoingPush, Push, PushError};
 use crate::config::{Ack, Config, ConfigError, DurationText, Hook, Listen};
-use crate::delivery::{
-    self, Deliveries, HistoryFilter, HistoryRow, JournalError, Outcome, postgres,
-};
+use crate::delivery::{self, Deliveries, JournalError, Outcome, postgres};
 use crate::dispatch::{Dispatcher, HookResult, Reply, Verdict};
 use crate::replay_socket;
 use crate::routing::RoutedConfig;
@@ -26,8 +24,10 @@ use crate::send::{ExtraHeader, SendError, send_push};
 use crate::service::{self, ServeError};
 use crate::telemetry::{self, LogFormat};
 
+mod history;
 mod man;
 mod queue;
+mod show;
 
 /// Runs shell commands for Tencent Cloud CMQ topic pushes, answering 2xx only when they
 /// exited 0.
@@ -78,6 +78,13 @@ enum Command {
     Queue(queue::QueueArgs),
     /// List recent deliveries from the journal, newest first.
     History(HistoryArgs),
+    /// Print one run from the journal (`history` lists run ids): hook, message id, request
+    /// id, attempt, instance, start, duration, outcome with its exit code or signal, topic,
+    /// subscription, tags, whether it was a replay, and its kept output: stdout and stderr
+    /// interleaved as they came, each line starting with `out| ` or `err| `, the first 4 KiB
+    /// and the last `keep_output` - 4 KiB with a line saying what was cut between them.
+    /// Exit 1 with the journal off or no such run.
+    Show(ShowArgs),
     /// Run the latest kept push of a message again (`keep_bodies`), through the hooks that ran
     /// it (or --hook), as `serve` would: the same CMQ_* environment and stdin, the next
     /// CMQHOOK_ATTEMPT and CMQHOOK_REPLAY=1; journaled. Exit 0 iff every hook succeeded. Never
@@ -113,6 +120,10 @@ struct PushArgs {
     /// A message tag; repeat for several.
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
+    /// A message received from this [[queue]] (pull mode) instead of a push: it has no path,
+    /// topic or subscription.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["path", "topic", "subscription"])]
+    from_queue: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +207,18 @@ struct HistoryArgs {
     #[arg(long, default_value_t = 20)]
     limit: usize,
     /// JSON Lines: one JSON object per line, newest first.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The run's id, as `history` prints it (`run=ID`).
+    #[arg(value_name = "RUN_ID")]
+    run_id: i64,
+    /// The run as one JSON object: exactly what the console's /api/runs/{id} answers.
     #[arg(long)]
     json: bool,
 }
@@ -316,6 +339,8 @@ macro_rules! say {
         writeln!(std::io::stdout().lock(), $($arg)*).map_err(CliError::Stdout)
     };
 }
+// By path, for the modules of the commands.
+use say;
 
 impl CliError {
     /// Whether this is standard output closed by its reader.
@@ -386,12 +411,15 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Send(args) => send(&args),
         Command::Queue(args) => queue::queue(&args),
-        Command::History(args) => history(&args),
+        Command::History(args) => history::history(&args),
+        Command::Show(args) => show::show(&args),
         Command::Replay(args) => replay(&args),
         Command::Init(args) => init(&args),
         Command::Completions(args) => completions(&args),
         Command::Man(args) => man(&args),
     };
+    // Output lines of the commands it ran still on their way to the log get there first.
+    runner::flush_log(std::time::Duration::from_secs(5));
     result.unwrap_or_else(|err| {
         // The reader left (`| head -1`): nothing to say about it.
         if err.is_closed_stdout() {
@@ -465,10 +493,16 @@ fn describe(hook: &Hook, respond_within: Duration) -> String {
     if let Some(tags) = &selector.tags {
         parts.push(format!("tags={}", tags.join(",")));
     }
+    if let Some(queue) = &selector.from_queue {
+        parts.push(format!("from_queue={queue}"));
+    }
     if parts.is_empty() {
         parts.push("(every push)".to_owned());
     }
+    let from_queue = selector.from_queue.is_some();
     let ack = match hook.ack {
+        // A queue message waits for its run however long it takes: no respond_within.
+        Ack::Exit if from_queue => "exit (deleted from the queue once the command exited 0; a failure is received again after the queue's visibility timeout, until its retention drops it)".to_owned(),
         Ack::Exit if hook.timeout > respond_within => format!(
             "exit (2xx once the command exited 0; a run longer than respond_within, {}, has the first delivery answered 503 and CMQ's retry gets its outcome; `ack = \"stored\"` answers at once)",
             DurationText(respond_within)
@@ -481,7 +515,12 @@ fn describe(hook: &Hook, respond_within: Duration) -> String {
                 .map(|delay| DurationText(*delay).to_string())
                 .collect();
             format!(
-                "stored (2xx once stored; retry after {}, then dead)",
+                "stored ({} once stored; retry after {}, then dead)",
+                if from_queue {
+                    "deleted from the queue"
+                } else {
+                    "2xx"
+                },
                 if retry.is_empty() {
                     "none".to_owned()
                 } else {
@@ -507,8 +546,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
 
 fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
     let config = RoutedConfig::new(Config::load(&args.config.config)?);
-    let push = local_push(&args.push, new_id(), Bytes::new())
-        .parse(config.server.format, &args.push.path)?;
+    let push = local_push(&args.push, new_id(), Bytes::new(), config.server.format)?;
     let matched = if args.explain {
         let mut matched = false;
         for hook in &config.hooks {
@@ -544,10 +582,19 @@ fn route(args: &RouteArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::FAILURE)
 }
 
-/// `no hook matches this push: …`, naming what `push` carried (secrets redacted).
+/// `no hook matches this push: …`, naming what `push` carried (secrets redacted); for a
+/// message from a queue, the queue and its tags.
 fn no_match(config: &Config, push: &Push) -> String {
     // Each value redacted before it is quoted: escaping may change how a secret is spelled.
     let shown = |text: &str| config.redact(text).into_owned();
+    let tags = if push.tags.is_empty() {
+        "no tags".to_owned()
+    } else {
+        format!("tags [{}]", shown(&push.tags.join(", ")))
+    };
+    if let Some(queue) = &push.queue {
+        return format!("no hook matches this message from queue {queue:?}: {tags}");
+    }
     let mut carried = vec![format!("path {:?}", shown(&push.path))];
     match (&push.topic, &push.subscription) {
         (Some(topic), Some(subscription)) => {
@@ -556,11 +603,7 @@ fn no_match(config: &Config, push: &Push) -> String {
         }
         _ => carried.push("SIMPLIFIED (no topic or subscription)".to_owned()),
     }
-    carried.push(if push.tags.is_empty() {
-        "no tags".to_owned()
-    } else {
-        format!("tags [{}]", shown(&push.tags.join(", ")))
-    });
+    carried.push(tags);
     format!("no hook matches this push: {}", carried.join(", "))
 }
 
@@ -570,7 +613,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
     config.server.respond_within = Duration::from_secs(365 * 24 * 3600);
     let body = read_body(args.body_file.as_deref())?;
     let msg_id = args.msg_id.clone().unwrap_or_else(new_id);
-    let push = local_push(&args.push, msg_id, body).parse(config.server.format, &args.push.path)?;
+    let push = local_push(&args.push, msg_id, body, config.server.format)?;
     let unmatched = no_match(&config, &push);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -868,60 +911,6 @@ fn send(args: &SendArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
-    let config = Config::load(&args.config.config)?;
-    let filter = HistoryFilter {
-        hook: args.hook.clone(),
-        msg_id: args.msg_id.clone(),
-        failed: args.failed,
-        dead: args.dead,
-        limit: args.limit,
-    };
-    let deliveries = match (&config.server.postgres, &config.server.journal) {
-        (Some(url), _) => delivery::postgres::history(url, &filter)
-            .map_err(|err| CliError::Shown(config.redact(&err.to_string()).into_owned()))?,
-        (None, Some(path)) => match delivery::history(path, &filter) {
-            Err(JournalError::Missing { .. }) => {
-                // `serve` creates the journal: a fresh install has simply seen nothing yet.
-                let path = path.display().to_string();
-                eprintln!(
-                    "no deliveries yet: the journal {} does not exist yet (`cmqhook serve` creates it)",
-                    config.redact(&path)
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            found => found?,
-        },
-        (None, None) => {
-            return Err(CliError::JournalOff {
-                file: config.file.clone(),
-            });
-        }
-    };
-    if deliveries.is_empty() {
-        let filtered = args.hook.is_some() || args.msg_id.is_some() || args.failed;
-        eprintln!(
-            "{}",
-            if args.dead {
-                "no dead messages"
-            } else if filtered {
-                "no deliveries match"
-            } else {
-                "no deliveries yet"
-            }
-        );
-    }
-    for delivery in &deliveries {
-        if args.json {
-            let line = serde_json::to_string(delivery)?;
-            say!("{line}")?;
-        } else {
-            say!("{}", telemetry::escaped(&history_line(delivery)))?;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// What `init` writes: a config `check` accepts as it is, whose hook runs only `echo` and `cat`.
 const STARTER_CONFIG: &str = include_str!("../examples/starter.toml");
 
@@ -996,6 +985,23 @@ fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
     write_stdout(&page)
 }
 
+/// Where the config's journal is, for the commands that read it.
+enum JournalAt<'a> {
+    Postgres(&'a str),
+    Sqlite(&'a Path),
+}
+
+/// The config's journal; an error saying how to turn it on when it is off.
+fn journal_at(config: &Config) -> Result<JournalAt<'_>, CliError> {
+    match (&config.server.postgres, &config.server.journal) {
+        (Some(url), _) => Ok(JournalAt::Postgres(url)),
+        (None, Some(path)) => Ok(JournalAt::Sqlite(path)),
+        (None, None) => Err(CliError::JournalOff {
+            file: config.file.clone(),
+        }),
+    }
+}
+
 fn write_stdout(bytes: &[u8]) -> Result<ExitCode, CliError> {
     let mut stdout = std::io::stdout().lock();
     stdout
@@ -1005,81 +1011,22 @@ fn write_stdout(bytes: &[u8]) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn history_line(delivery: &HistoryRow) -> String {
-    let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
-    let mut line = format!(
-        "{}  {:<4}  {:<16}  msg={}",
-        delivery.at,
-        delivery.kind,
-        or_dash(&delivery.hook),
-        or_dash(&delivery.msg_id)
-    );
-    if let Some(attempt) = delivery.attempt {
-        line.push_str(&format!("  attempt={attempt}"));
+/// The push `route` and `run` try, as `serve` would read it under `format`: a message from
+/// the queue `--from-queue` names, else a push, JSON when a topic or subscription is given.
+fn local_push(
+    args: &PushArgs,
+    msg_id: String,
+    body: Bytes,
+    format: FormatSetting,
+) -> Result<Push, CliError> {
+    if let Some(queue) = &args.from_queue {
+        return Ok(Push::from_queue(queue, &msg_id, args.tags.clone(), body)?);
     }
-    if let Some(status) = delivery.status {
-        line.push_str(&format!("  status={status}"));
-    }
-    line.push_str(&format!("  {}", delivery.outcome));
-    if let Some(code) = delivery.exit_code {
-        line.push_str(&format!("  exit={code}"));
-    }
-    if let Some(signal) = delivery.signal {
-        line.push_str(&format!("  signal={signal}"));
-    }
-    if let Some(ms) = delivery.duration_ms {
-        line.push_str(&format!("  {ms}ms"));
-    }
-    if delivery.left_behind == Some(true) {
-        line.push_str("  left-processes-behind");
-    }
-    if let Some(path) = &delivery.path {
-        line.push_str(&format!("  path={path}"));
-    }
-    if let Some(instance) = &delivery.instance {
-        line.push_str(&format!("  instance={instance}"));
-    }
-    if let Some(topic) = &delivery.topic {
-        line.push_str(&format!("  topic={topic}"));
-    }
-    if let Some(subscription) = &delivery.subscription {
-        line.push_str(&format!("  subscription={subscription}"));
-    }
-    if delivery.replay {
-        line.push_str("  replay");
-    }
-    // Why it failed, as the command said it last (escaped with the whole line).
-    let failed = matches!(
-        delivery.outcome.as_str(),
-        "failed" | "timed_out" | "killed" | "interrupted"
-    ) || delivery.kind == "dead";
-    if let Some(reason) = delivery.stderr_tail.as_deref().and_then(last_line)
-        && failed
-    {
-        line.push_str(&format!("  -- {reason}"));
-    }
-    line
+    Ok(outgoing_push(args, msg_id, body).parse(format, &args.path)?)
 }
 
-/// The last line of `text` that is not blank, cut at [`REASON_CHARS`] characters.
-fn last_line(text: &str) -> Option<String> {
-    let line = text
-        .lines()
-        .rev()
-        .find(|line| !line.trim().is_empty())?
-        .trim_end();
-    let mut cut: String = line.chars().take(REASON_CHARS).collect();
-    if line.chars().count() > REASON_CHARS {
-        cut.push('…');
-    }
-    Some(cut)
-}
-
-/// How much of a failed run's last stderr line `history` shows.
-const REASON_CHARS: usize = 120;
-
-/// The push `route` and `run` try: JSON when a topic or subscription is given.
-fn local_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {
+/// The push `route` and `run` send by hand: JSON when a topic or subscription is given.
+fn outgoing_push(args: &PushArgs, msg_id: String, body: Bytes) -> OutgoingPush {
     OutgoingPush {
         format: push_format(args.topic.is_some() || args.subscription.is_some()),
         msg_id,

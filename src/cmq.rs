@@ -88,6 +88,46 @@ pub struct Push {
     pub body: Bytes,
     /// The raw request body, for hooks with `stdin = "envelope"`.
     pub envelope: Bytes,
+    /// The `[[queue]]` a pull-mode message was received from (SPEC §11); `None` for a push.
+    pub queue: Option<String>,
+}
+
+/// The prefix of the path a message received from a queue is journaled under: no HTTP push
+/// can have it, since a request path begins with `/`.
+const QUEUE_PATH: &str = "queue:";
+
+impl Push {
+    /// A message received from the queue `queue` (SPEC §11): a SIMPLIFIED push whose body is
+    /// `msgBody`, with no path, topic or subscription, journaled under the path `queue:NAME`.
+    /// Its id is checked as a pushed one's is.
+    pub fn from_queue(
+        queue: &str,
+        msg_id: &str,
+        tags: Vec<String>,
+        body: Bytes,
+    ) -> Result<Push, PushError> {
+        check_message_id(msg_id)?;
+        Ok(Push {
+            path: format!("{QUEUE_PATH}{queue}"),
+            format: Format::Simplified,
+            msg_id: (!msg_id.is_empty()).then(|| msg_id.to_owned()),
+            request_id: None,
+            tags,
+            topic: None,
+            subscription: None,
+            topic_owner: None,
+            publish_time: None,
+            envelope: body.clone(),
+            body,
+            queue: Some(queue.to_owned()),
+        })
+    }
+}
+
+/// The queue a message journaled under `path` came from: `Some` only for the paths that
+/// [`Push::from_queue`] gives.
+pub fn queue_of_path(path: &str) -> Option<&str> {
+    path.strip_prefix(QUEUE_PATH)
 }
 
 /// Why a push was refused.
@@ -137,6 +177,7 @@ pub fn parse_push(
         publish_time: None,
         body: raw.clone(),
         envelope: raw,
+        queue: None,
     };
     if let Some(envelope) = envelope {
         push.format = Format::Json;

@@ -37,7 +37,7 @@ pub use listen::{Listen, ListenError};
 use load::Scope;
 pub use selector::{LazyGlob, Mismatch, Pattern, Selector};
 
-use crate::runner::Environment;
+use crate::runner::{Environment, OutputPolicy};
 use crate::secrets::{self, Secrets};
 
 /// A validated configuration.
@@ -90,6 +90,9 @@ pub struct Server {
     /// `keep_bodies`: how long the body of every push that matched a hook is kept, for
     /// `cmqhook replay` (SPEC §9); `None`: "off".
     pub keep_bodies: Option<Duration>,
+    /// `log_output` and `keep_output` as [server] gives them: what a hook that does not set
+    /// them gets.
+    pub output: OutputPolicy,
 }
 
 /// `[console]`: the console's listener (SPEC §10).
@@ -249,6 +252,8 @@ pub struct Hook {
     /// `ack = "stored"`: the delays before attempts 2, 3, …; after the last, the message is
     /// dead.
     pub retry: Arc<[Duration]>,
+    /// `log_output` and `keep_output` (SPEC §4, §10).
+    pub output: OutputPolicy,
 }
 
 impl Config {

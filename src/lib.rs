@@ -14,7 +14,9 @@
 //!    through a request recorded in the shared database that any `serve` takes);
 //! 6. [`runner`] runs one command in its own process group and reports its outcome (started by
 //!    `posix_spawn` with an environment built once per hook: `runner/spawn.rs`, the crate's one
-//!    module with `unsafe`);
+//!    module with `unsafe`); its output is read in large chunks, logged up to `log_output`
+//!    lines by a thread of its own, and kept, head and tail, for the run record
+//!    (`runner/output.rs`), which `cmqhook show` prints;
 //! 7. [`delivery`] journals the outcome and settles it for its waiters once it survives a crash
 //!    (with SQLite, once it is in the end log, `delivery/sqlite/end_log.rs`, written to SQLite
 //!    behind), keeping one state per (hook, message id) whatever the hook's `ack`
@@ -31,7 +33,9 @@
 //! process groups of the runs still going when `serve` dies by any signal; [`runner::orphans`]
 //! finds and stops, at the next start, the commands of a `serve` that died; [`cli`]
 //! is the command line, and [`send`] its CMQ-like client; [`pull`] takes messages from CMQ
-//! queues instead of pushes (SPEC §11), through a signed client of the queue API; [`secrets`] hides what the config took
+//! queues instead of pushes (SPEC §11), through a signed client of the queue API, and hands
+//! each to [`dispatch`] as a SIMPLIFIED push (`Dispatcher::launch`), deleting it when its
+//! answer would have been 2xx; [`secrets`] hides what the config took
 //! from the environment; [`telemetry`] sets up logs and
 //! metrics; [`console`] is `serve`'s second listener (`[console]`, SPEC §10): a JSON API and
 //! server-rendered pages over what [`delivery`] reads from the journal, and replays through

@@ -64,6 +64,8 @@ pub struct Router {
     by_subscription: HashMap<String, Vec<usize>>,
     by_tag: HashMap<String, Vec<usize>>,
     by_path: HashMap<String, Vec<usize>>,
+    /// Hooks with `from_queue`, by queue: only that queue's messages can match them.
+    by_queue: HashMap<String, Vec<usize>>,
     topic_globs: GlobIndex,
     subscription_globs: GlobIndex,
     /// Hooks with no indexable selector: tested for every push.
@@ -115,6 +117,10 @@ impl Router {
             let entry = |map: &mut HashMap<String, Vec<usize>>, key: &str| {
                 map.entry(key.to_owned()).or_default().push(index);
             };
+            if let Some(queue) = &selector.from_queue {
+                entry(&mut router.by_queue, queue);
+                continue;
+            }
             // The most selective selector the hook gives decides where it is filed.
             match (
                 &selector.topic,
@@ -169,6 +175,9 @@ impl Router {
             lookup(&self.by_tag, tag, &mut candidates);
         }
         lookup(&self.by_path, &push.path, &mut candidates);
+        if let Some(queue) = &push.queue {
+            lookup(&self.by_queue, queue, &mut candidates);
+        }
         candidates.extend_from_slice(&self.rest);
         // Config order; a hook found under two of a push's tags counts once.
         candidates.sort_unstable();
@@ -203,6 +212,7 @@ mod tests {
             publish_time: None,
             body: Bytes::new(),
             envelope: Bytes::new(),
+            queue: None,
         }
     }
 
@@ -235,6 +245,18 @@ topic = "deploy"
 subscription = "web-*"
 tags = ["b"]
 command = "true"
+[hooks.queue]
+from_queue = "deploys"
+command = "true"
+[hooks.queue-tags]
+from_queue = "deploys"
+tags = ["b"]
+command = "true"
+[[queue]]
+name = "deploys"
+endpoint = "http://127.0.0.1:1"
+secret_id = "id"
+secret_key = "key"
 "#;
         let config = Config::parse(Path::new("/nonexistent/hooks.toml"), text, |_| None)
             .map(RoutedConfig::new)
@@ -266,5 +288,15 @@ command = "true"
             names(&push("/x", "depot", "web-2", &["b"])),
             ["any", "topic-glob", "sub-glob", "tags"]
         );
+        let message = |queue: &str, tags: &[&str]| {
+            let tags = tags.iter().map(|t| t.to_string()).collect();
+            Push::from_queue(queue, "m", tags, Bytes::new()).expect("a valid id")
+        };
+        assert_eq!(
+            names(&message("deploys", &["b"])),
+            ["any", "tags", "queue", "queue-tags"]
+        );
+        assert_eq!(names(&message("deploys", &[])), ["any", "queue"]);
+        assert_eq!(names(&message("builds", &["a"])), ["any", "tags"]);
     }
 }

@@ -1,8 +1,9 @@
 //! The `serve` command's life: bind, open the journal, run the HTTP server and the run
 //! runtime, reload on SIGHUP, and drain on SIGTERM/SIGINT.
 //!
-//! Drain: pushes and `/healthz` get 503 at once; running commands get `shutdown_grace` to
-//! finish; then their process groups are killed (journaled `interrupted`); in-flight requests
+//! Drain: queues are no longer polled; pushes and `/healthz` get 503 at once; running commands
+//! get `shutdown_grace` to finish; then their process groups are killed (journaled
+//! `interrupted`); the queue messages whose runs succeeded are deleted; in-flight requests
 //! are answered; the journal is flushed; exit 0.
 
 use std::net::{SocketAddr, TcpListener};
@@ -18,6 +19,7 @@ use crate::console;
 use crate::delivery::{Deliveries, JournalError};
 use crate::dispatch::Dispatcher;
 use crate::http;
+use crate::pull;
 use crate::replay_socket;
 
 /// The soft open-files limit `serve` raises itself to, if the hard limit allows.
@@ -26,6 +28,8 @@ const OPEN_FILES: u64 = 65_536;
 const DATABASE_WAIT: Duration = Duration::from_secs(3);
 /// How long killed runs may take to be reaped and journaled after the grace.
 const KILL_WAIT: Duration = Duration::from_secs(30);
+/// How long the deletes of queue messages whose runs ended may take at shutdown.
+const DELETE_WAIT: Duration = Duration::from_secs(15);
 /// How long orphaned commands get after SIGTERM when no hook says (`kill_grace`'s default).
 const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
@@ -260,11 +264,18 @@ pub async fn run(
     actix_web::rt::spawn(Arc::clone(&dispatcher).schedule_stored());
     // `cmqhook replay` with a shared database asks through it.
     actix_web::rt::spawn(Arc::clone(&dispatcher).serve_replay_requests());
+    // Pull mode: the `[[queue]]` tables' pollers, following reloads.
+    let consumer = pull::Consumer::start(Arc::clone(&dispatcher));
     let mut server = actix_web::rt::spawn(server);
     tokio::select! {
         () = shutdown => {}
-        ended = &mut server => return ended.unwrap_or_else(|err| Err(std::io::Error::other(err))),
+        ended = &mut server => {
+            consumer.stop_polling();
+            return ended.unwrap_or_else(|err| Err(std::io::Error::other(err)));
+        }
     }
+    // Before anything else: no message is received that would only wait for the end.
+    consumer.stop_polling();
     let grace = dispatcher.config().server.shutdown_grace;
     tracing::info!(
         running = dispatcher.active(),
@@ -279,6 +290,12 @@ pub async fn run(
         );
         dispatcher.interrupt();
         dispatcher.wait_idle(KILL_WAIT).await;
+    }
+    // Messages whose runs ended are deleted (or left) before the process ends.
+    if !consumer.finish(DELETE_WAIT).await {
+        tracing::warn!(
+            "some queue messages were not settled in time: they reappear after their visibility timeout"
+        );
     }
     // In-flight requests now have their outcomes; let them be answered.
     if let Some((console, handle)) = console {

@@ -164,6 +164,11 @@ pub struct Metrics {
     pub stored_pending: prometheus::IntGaugeVec,
     pub dead_letters: prometheus::IntCounterVec,
     pub superseded: prometheus::IntCounterVec,
+    /// Pull mode (SPEC §11), by queue.
+    pub queue_received: prometheus::IntCounterVec,
+    pub queue_deleted: prometheus::IntCounterVec,
+    pub queue_errors: prometheus::IntCounterVec,
+    pub queue_redelivered: prometheus::IntCounterVec,
 }
 
 /// The process's metrics, registered on first use.
@@ -233,6 +238,26 @@ pub fn metrics() -> &'static Metrics {
             "Runs' ends written after another instance had taken their message over (shared database), by hook.",
             &["hook"],
         );
+        let queue_received = counter(
+            "cmqhook_queue_received_total",
+            "Messages received from a [[queue]], redeliveries included, by queue.",
+            &["queue"],
+        );
+        let queue_deleted = counter(
+            "cmqhook_queue_deleted_total",
+            "Messages deleted from a [[queue]] (their hooks succeeded, or stored them), by queue.",
+            &["queue"],
+        );
+        let queue_errors = counter(
+            "cmqhook_queue_errors_total",
+            "Failed queue requests, by queue and code (the API's code, or network / malformed).",
+            &["queue", "code"],
+        );
+        let queue_redelivered = counter(
+            "cmqhook_queue_redeliveries_deduplicated_total",
+            "Messages received again that every hook had run or was running already: nothing ran, by queue.",
+            &["queue"],
+        );
         let dedup_evictions = prometheus::IntCounter::new(
             "cmqhook_dedup_evictions_total",
             "Outcomes forgotten early because the in-memory dedup table was full (journal off).",
@@ -268,6 +293,10 @@ pub fn metrics() -> &'static Metrics {
             stored_pending,
             dead_letters,
             superseded,
+            queue_received,
+            queue_deleted,
+            queue_errors,
+            queue_redelivered,
         }
     })
 }
@@ -285,6 +314,13 @@ impl Metrics {
         self.stored_pending.with_label_values(&[hook]);
         self.dead_letters.with_label_values(&[hook]);
         self.superseded.with_label_values(&[hook]);
+    }
+
+    /// Creates `queue`'s series at 0.
+    pub fn declare_queue(&self, queue: &str) {
+        self.queue_received.with_label_values(&[queue]);
+        self.queue_deleted.with_label_values(&[queue]);
+        self.queue_redelivered.with_label_values(&[queue]);
     }
 
     /// The Prometheus text exposition of every series.

@@ -301,6 +301,27 @@ const EXTRAS: &[Extra] = &[
         ],
     },
     Extra {
+        command: "show",
+        exit_status: &[
+            ("0", "The run was printed."),
+            (
+                "1",
+                "No such run (never run, or pruned after dedup_for), journal = \"off\" (the \
+                 message says how to turn it on), or the journal cannot be read.",
+            ),
+        ],
+        signals: &[],
+        environment: &[ENV_CONFIG, ENV_EXPANDED],
+        files: &[FILE_CONFIG, FILE_JOURNAL],
+        examples: &[
+            (
+                "Why did the last failure fail",
+                "cmqhook show \"$(cmqhook history --failed --limit 1 --json | jq .run_id)\"",
+            ),
+            ("One run, for a script", "cmqhook show 42 --json"),
+        ],
+    },
+    Extra {
         command: "replay",
         exit_status: &[
             ("0", "Every hook it ran succeeded."),

@@ -18,7 +18,7 @@ use super::{
     Ack, Action, Config, ConfigError, Console, Diagnostic, DurationText, Hook, Pattern, Selector,
     Server,
 };
-use crate::runner::Environment;
+use crate::runner::{DEFAULT_KEEP_BYTES, Environment, OutputPolicy};
 use crate::secrets::{Secret, Secrets, expand_vars};
 
 mod queue;
@@ -41,6 +41,9 @@ const DEFAULT_RETRY: [Duration; 5] = [
     Duration::from_secs(3600),
     Duration::from_secs(6 * 3600),
 ];
+/// The most `keep_output` may be (16 MiB, as its error says): a running command holds up to
+/// twice that in memory.
+const MAX_KEEP_OUTPUT: usize = 16 * 1024 * 1024;
 /// The top-level tables.
 const SECTIONS: &[&str] = &["server", "console", "defaults", "hooks", "queue"];
 
@@ -78,6 +81,8 @@ pub(super) fn parse(
         journal: JournalKind::Sqlite,
         dedup_for: Duration::MAX,
         respond_within: Duration::MAX,
+        queue_refs: Vec::new(),
+        output: OutputPolicy::default(),
     };
     let config = loader.load();
     match config {
@@ -182,6 +187,11 @@ struct Loader<'a> {
     dedup_for: Duration,
     /// Known once [server] is read; `Duration::MAX` when it cannot be (no timeout is judged).
     respond_within: Duration,
+    /// Every hook's `from_queue`: (hook, queue, where), checked once the `[[queue]]` tables
+    /// are read.
+    queue_refs: Vec<(String, String, Range<usize>)>,
+    /// Known once [server] is read: what hooks that do not say get.
+    output: OutputPolicy,
 }
 
 impl Loader<'_> {
@@ -354,12 +364,14 @@ impl Loader<'_> {
         if !respond_within_broken {
             self.respond_within = server.respond_within;
         }
+        self.output = server.output;
         let raw = &defaults.raw;
         for (selector, span) in [
             ("path", raw.path.as_ref().map(Spanned::span)),
             ("topic", raw.topic.as_ref().map(Spanned::span)),
             ("subscription", raw.subscription.as_ref().map(Spanned::span)),
             ("tags", raw.tags.as_ref().map(Spanned::span)),
+            ("from_queue", raw.from_queue.as_ref().map(Spanned::span)),
         ] {
             if let Some(span) = span {
                 self.error(
@@ -373,7 +385,15 @@ impl Loader<'_> {
             .filter_map(|(name, raw)| self.hook(name, raw, &defaults))
             .map(Arc::new)
             .collect();
+        let queue_names: Option<Vec<String>> = raw_queues
+            .iter()
+            .map(|section| section.raw.name.as_ref().map(|name| name.get_ref().clone()))
+            .collect();
         let queues = self.queues(raw_queues);
+        // A queue whose name cannot be read has its own error: no hook is judged by it.
+        if let Some(names) = queue_names {
+            self.check_queue_refs(&names);
+        }
         Some(Config {
             file: PathBuf::new(),
             server,
@@ -516,6 +536,14 @@ impl Loader<'_> {
                 }
             }
         });
+        let output = OutputPolicy {
+            log_lines: raw
+                .log_output
+                .map_or(OutputPolicy::default().log_lines, |lines| lines.0),
+            keep_bytes: self
+                .keep_output("server.keep_output", raw.keep_output)
+                .unwrap_or(DEFAULT_KEEP_BYTES),
+        };
         Server {
             listen: listen.unwrap_or_else(|| {
                 DEFAULT_LISTEN
@@ -539,6 +567,29 @@ impl Loader<'_> {
             trusted_proxies: self.networks("server.trusted_proxies", raw.trusted_proxies),
             keep_dead: duration(raw.keep_dead, DEFAULT_KEEP_DEAD),
             keep_bodies,
+            output,
+        }
+    }
+
+    /// A `keep_output` size, if it is one this cmqhook keeps.
+    fn keep_output(
+        &mut self,
+        key: &str,
+        raw: Option<Spanned<bytesize::ByteSize>>,
+    ) -> Option<usize> {
+        let raw = raw?;
+        match usize::try_from(raw.get_ref().as_u64()) {
+            Ok(bytes) if bytes <= MAX_KEEP_OUTPUT => Some(bytes),
+            _ => {
+                self.error(
+                    raw.span(),
+                    format!(
+                        "{key}: {} is more than a run's output may keep (at most 16 MiB)",
+                        raw.get_ref().display().iec()
+                    ),
+                );
+                None
+            }
         }
     }
 
@@ -626,6 +677,24 @@ impl Loader<'_> {
             }
         }
         networks
+    }
+
+    /// Every `from_queue` must name a `[[queue]]` of the file; an `ack = "exit"` hook fed by one
+    /// is told what a failure costs (SPEC §11).
+    fn check_queue_refs(&mut self, names: &[String]) {
+        for (hook, queue, span) in std::mem::take(&mut self.queue_refs) {
+            if !names.contains(&queue) {
+                let known = if names.is_empty() {
+                    "the file has no [[queue]] table".to_owned()
+                } else {
+                    format!("queues: {}", names.join(", "))
+                };
+                self.error(
+                    span,
+                    format!("hooks.{hook}.from_queue: no [[queue]] is named `{queue}` ({known})"),
+                );
+            }
+        }
     }
 
     fn hook(
@@ -765,6 +834,32 @@ impl Loader<'_> {
             }
             Some(tags.into_inner())
         });
+        let from_queue_span = raw.from_queue.as_ref().map(Spanned::span);
+        let from_queue = raw.from_queue.and_then(|queue| {
+            if queue.get_ref().trim().is_empty() {
+                let message = format!("{}: must name a [[queue]]", key("from_queue"));
+                self.error(queue.span(), message);
+                return None;
+            }
+            // A queue message has none of these: the hook could never run.
+            let push_only = [
+                ("path", path.is_some()),
+                ("topic", topic.is_some()),
+                ("subscription", subscription.is_some()),
+            ];
+            if let Some((selector, _)) = push_only.into_iter().find(|(_, given)| *given) {
+                let message = format!(
+                    "{}: a message from a queue has no {selector}, so a hook with both never runs (select queue messages by from_queue and tags only)",
+                    key("from_queue")
+                );
+                self.error(queue.span(), message);
+                return None;
+            }
+            let span = queue.span();
+            let queue = queue.into_inner();
+            self.queue_refs.push((name.clone(), queue.clone(), span));
+            Some(queue)
+        });
         let ack_given = raw.ack.is_some();
         // A hook's `ack` in error is not `[defaults]`' ack: nothing is judged by that.
         let ack_broken = unreadable("ack", ack_given);
@@ -814,16 +909,29 @@ impl Loader<'_> {
                 );
             }
         }
+        if let (Some(queue), Some(span), Ack::Exit, false) =
+            (&from_queue, from_queue_span, ack, ack_broken)
+        {
+            self.warning(
+                span,
+                format!(
+                    "{}: a message of queue `{queue}` whose run fails is left in the queue, runs again after every visibility timeout, and is lost once the queue's retention (msgRetentionSeconds) drops it; `ack = \"stored\"` deletes it once stored and retries it on a schedule of its own, keeping it as a dead letter after the last",
+                    key("from_queue")
+                ),
+            );
+        }
         let timeout_given = raw.timeout.is_some();
         let raw_timeout = raw.timeout.or_else(|| defaults.raw.timeout.clone());
         let timeout = raw_timeout
             .as_ref()
             .map_or(DEFAULT_TIMEOUT, |timeout| timeout.get_ref().into_inner());
         // Only a timeout the config sets says that runs may take that long: the default (5m)
-        // says nothing about a hook's runs, and `check` shows what it means beside the hook.
+        // says nothing about a hook's runs, and `check` shows what it means beside the hook. A
+        // queue message waits for its runs however long they take: no respond_within for it.
         if let Some(span) = raw_timeout.as_ref().map(Spanned::span)
             && !unreadable("timeout", timeout_given)
             && ack == Ack::Exit
+            && from_queue.is_none()
             && timeout > self.respond_within
         {
             let shown = if timeout_given {
@@ -840,6 +948,20 @@ impl Loader<'_> {
                 ),
             );
         }
+        let keep_output = match raw.keep_output {
+            Some(keep) => self.keep_output(&key("keep_output"), Some(keep)),
+            None => {
+                let keep = defaults.raw.keep_output.clone();
+                self.keep_output(&format!("hooks.{name}: defaults.keep_output"), keep)
+            }
+        };
+        let output = OutputPolicy {
+            log_lines: raw
+                .log_output
+                .or(defaults.raw.log_output)
+                .map_or(self.output.log_lines, |lines| lines.0),
+            keep_bytes: keep_output.unwrap_or(self.output.keep_bytes),
+        };
         if self.diagnostics.len() > before {
             return None;
         }
@@ -853,6 +975,7 @@ impl Loader<'_> {
                 topic,
                 subscription,
                 tags,
+                from_queue,
             },
             path_shown,
             action: action?,
@@ -875,6 +998,7 @@ impl Loader<'_> {
             queue: raw.queue.or(defaults.raw.queue).unwrap_or(16),
             ack,
             retry,
+            output,
             name,
         })
     }

@@ -12,6 +12,7 @@ use toml::Spanned;
 
 use super::{Ack, SignatureMethod, StdinMode, Unmatched};
 use crate::cmq::FormatSetting;
+use crate::runner::LogLines;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +34,49 @@ pub(super) struct RawServer {
     pub(super) lease: Option<Spanned<RawDuration>>,
     pub(super) keep_dead: Option<RawDuration>,
     pub(super) keep_bodies: Option<Spanned<String>>,
+    pub(super) log_output: Option<RawLogOutput>,
+    pub(super) keep_output: Option<Spanned<ByteSize>>,
+}
+
+/// `log_output` as written: a number of lines, or `"all"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RawLogOutput(pub(super) LogLines);
+
+impl<'de> Deserialize<'de> for RawLogOutput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Lines;
+        impl Visitor<'_> for Lines {
+            type Value = RawLogOutput;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of lines (0: none) or \"all\"")
+            }
+
+            fn visit_u64<E: de::Error>(self, lines: u64) -> Result<RawLogOutput, E> {
+                Ok(RawLogOutput(LogLines::Lines(lines)))
+            }
+
+            fn visit_i64<E: de::Error>(self, lines: i64) -> Result<RawLogOutput, E> {
+                u64::try_from(lines)
+                    .map(|lines| RawLogOutput(LogLines::Lines(lines)))
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "`{lines}` is negative: write a number of lines (0: none) or \"all\""
+                        ))
+                    })
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawLogOutput, E> {
+                match text {
+                    "all" => Ok(RawLogOutput(LogLines::All)),
+                    other => Err(E::custom(format!(
+                        "`{other}` is not a number of lines: write one (0: none) or \"all\""
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Lines)
+    }
 }
 
 /// `[console]` (SPEC §10).
@@ -95,6 +139,7 @@ pub(super) struct RawHook {
     pub(super) topic: Option<Spanned<String>>,
     pub(super) subscription: Option<Spanned<String>>,
     pub(super) tags: Option<Spanned<Vec<String>>>,
+    pub(super) from_queue: Option<Spanned<String>>,
     pub(super) command: Option<Spanned<String>>,
     pub(super) argv: Option<Spanned<Vec<String>>>,
     pub(super) workdir: Option<Spanned<String>>,
@@ -107,6 +152,8 @@ pub(super) struct RawHook {
     pub(super) queue: Option<usize>,
     pub(super) ack: Option<Spanned<Ack>>,
     pub(super) retry: Option<Spanned<Vec<RawDuration>>>,
+    pub(super) log_output: Option<RawLogOutput>,
+    pub(super) keep_output: Option<Spanned<ByteSize>>,
 }
 
 /// One `[[queue]]` table.

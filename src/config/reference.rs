@@ -170,6 +170,24 @@ pub const SERVER: Table = Table {
             meaning: "How long the body of every push that matched a hook is kept in the \
                       journal, for cmqhook replay: a duration, or \"off\". Needs a journal.",
         },
+        Key {
+            name: "log_output",
+            default: Default::Value("1000"),
+            meaning: "How many lines of a run's output (stdout and stderr) are logged: a \
+                      number (0: none) or \"all\". Beyond it, one line says how many lines and \
+                      bytes were not logged and that cmqhook show RUN_ID has the kept output. \
+                      Lines the log cannot take fast enough are counted there too: a command \
+                      never waits for the log. Hooks may set their own.",
+        },
+        Key {
+            name: "keep_output",
+            default: Default::Value("\"64 KiB\""),
+            meaning: "How much of a run's output its journal record keeps (cmqhook show): the \
+                      first 4 KiB and the last keep_output - 4 KiB, stdout and stderr \
+                      interleaved, each line starting with \"out| \" or \"err| \", secrets \
+                      redacted, and a line saying how many lines and bytes were cut between \
+                      them. At most 16 MiB. Hooks may set their own.",
+        },
     ],
 };
 
@@ -203,7 +221,8 @@ pub const CONSOLE: Table = Table {
 /// `[defaults]`: hook keys given once for every hook.
 pub const DEFAULTS: Table = Table {
     name: "[defaults]",
-    about: "Any key of [hooks.NAME] except the selectors (path, topic, subscription, tags), \
+    about: "Any key of [hooks.NAME] except the selectors (path, topic, subscription, tags, \
+            from_queue), \
             applied to every hook that does not set it. env tables are merged, the hook's \
             values winning.",
     keys: &[],
@@ -213,7 +232,8 @@ pub const DEFAULTS: Table = Table {
 pub const HOOKS: Table = Table {
     name: "[hooks.NAME]",
     about: "One table a hook; NAME appears in logs, answers and CMQHOOK_HOOK. The selectors \
-            (path, topic, subscription, tags) that a hook gives must all match a push; an \
+            (path, topic, subscription, tags, from_queue) that a hook gives must all match a \
+            push; an \
             omitted selector matches anything, and a hook with none catches every push. Every \
             matching hook runs, concurrently. A topic or subscription selector never matches \
             a SIMPLIFIED push (those are unknown): route such subscriptions by path or tags. \
@@ -240,6 +260,14 @@ pub const HOOKS: Table = Table {
             name: "tags",
             default: Default::Text("any"),
             meaning: "Matches if the push carries any of these tags (CMQ's FilterTag).",
+        },
+        Key {
+            name: "from_queue",
+            default: Default::Text("none: pushes"),
+            meaning: "Pull mode: the name of a [[queue]] whose received messages this hook \
+                      takes (with tags, if given). It never matches a push; path, topic and \
+                      subscription never match a queue message, so it cannot be given with \
+                      them. CMQ_QUEUE is set to the queue's name.",
         },
         Key {
             name: "command",
@@ -312,6 +340,16 @@ pub const HOOKS: Table = Table {
             default: Default::Value("[\"10s\", \"1m\", \"10m\", \"1h\", \"6h\"]"),
             meaning: "ack = \"stored\": the delays before attempts 2, 3, ...; after the last \
                       one fails the message is dead. Its total may not exceed dedup_for.",
+        },
+        Key {
+            name: "log_output",
+            default: Default::Text("[server] log_output"),
+            meaning: "How many lines of each run's output are logged (a number or \"all\").",
+        },
+        Key {
+            name: "keep_output",
+            default: Default::Text("[server] keep_output"),
+            meaning: "How much of each run's output its record keeps.",
         },
     ],
 };
@@ -395,6 +433,10 @@ pub const COMMAND_ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("CMQ_TAGS", "The message tags, comma-joined: a,b."),
     ("CMQ_FORMAT", "json or simplified."),
+    (
+        "CMQ_QUEUE",
+        "The [[queue]] a pull-mode message came from (empty for a push).",
+    ),
     ("CMQHOOK_HOOK", "The hook's name."),
     (
         "CMQHOOK_ATTEMPT",

@@ -5,6 +5,8 @@
 //! Every selector a hook gives must match; an omitted one matches anything. `tags` matches if
 //! the push carries any of them (CMQ FilterTag semantics). `topic` and `subscription` are exact
 //! or globs, and never match a SIMPLIFIED push, whose topic and subscription are unknown.
+//! `from_queue` matches only the messages received from that `[[queue]]` (SPEC §11), which
+//! `path`, `topic` and `subscription` never match.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -81,6 +83,8 @@ pub struct Selector {
     pub subscription: Option<Pattern>,
     /// Non-empty; any of them must be on the push.
     pub tags: Option<Vec<String>>,
+    /// The `[[queue]]` whose messages it takes (pull mode); never a push.
+    pub from_queue: Option<String>,
 }
 
 impl Selector {
@@ -90,6 +94,7 @@ impl Selector {
             && self.topic.is_none()
             && self.subscription.is_none()
             && self.tags.is_none()
+            && self.from_queue.is_none()
     }
 
     /// Whether every selector given matches `push`.
@@ -98,9 +103,30 @@ impl Selector {
     }
 
     /// `Ok` when every selector given matches `push`, else the first that does not, in the
-    /// order path, topic, subscription, tags. Borrows and allocates nothing, so it costs what
-    /// [`Selector::matches`] costs; only displaying the [`Mismatch`] formats anything.
+    /// order from_queue, path, topic, subscription, tags. Borrows and allocates nothing, so it
+    /// costs what [`Selector::matches`] costs; only displaying the [`Mismatch`] formats
+    /// anything.
     pub fn explain<'a>(&'a self, push: &'a Push) -> Result<(), Mismatch<'a>> {
+        if let Some(wanted) = &self.from_queue
+            && push.queue.as_ref() != Some(wanted)
+        {
+            return Err(Mismatch::Queue {
+                received: push.queue.as_deref(),
+                wanted,
+            });
+        }
+        if let Some(queue) = &push.queue {
+            // A queue message has no path, topic or subscription: a hook that asks for one is
+            // for pushes.
+            let asked = [
+                ("path", self.path.is_some()),
+                ("topic", self.topic.is_some()),
+                ("subscription", self.subscription.is_some()),
+            ];
+            if let Some((selector, _)) = asked.into_iter().find(|(_, given)| *given) {
+                return Err(Mismatch::NotFromQueue { selector, queue });
+            }
+        }
         if let Some(wanted) = &self.path
             && *wanted != push.path
         {
@@ -155,6 +181,16 @@ pub enum Mismatch<'a> {
         pushed: &'a [String],
         wanted: &'a [String],
     },
+    /// `from_queue`: a push (`received` is `None`), or a message from another queue.
+    Queue {
+        received: Option<&'a str>,
+        wanted: &'a str,
+    },
+    /// A message received from `queue` meets a `path`, `topic` or `subscription` selector.
+    NotFromQueue {
+        selector: &'static str,
+        queue: &'a str,
+    },
 }
 
 impl Mismatch<'_> {
@@ -196,6 +232,17 @@ impl Mismatch<'_> {
                 pushed.join(", "),
                 wanted.join(", ")
             ),
+            Mismatch::Queue {
+                received: None,
+                wanted,
+            } => format!("a push is no message from queue {wanted:?}"),
+            Mismatch::Queue {
+                received: Some(received),
+                wanted,
+            } => format!("queue {received:?} is not {wanted:?}"),
+            Mismatch::NotFromQueue { selector, queue } => format!(
+                "a message from queue {queue:?} has no {selector}: {selector} selects pushes"
+            ),
         }
     }
 }
@@ -226,6 +273,7 @@ mod tests {
             publish_time: None,
             body: Bytes::new(),
             envelope: Bytes::new(),
+            queue: None,
         }
     }
 
@@ -252,6 +300,7 @@ mod tests {
             topic: pattern("deploy"),
             subscription: pattern("web-*"),
             tags: Some(vec!["web".to_owned()]),
+            from_queue: None,
         };
         assert!(selector.matches(&json("deploy", "web-1", &["web"])));
         assert!(!selector.matches(&json("deploy2", "web-1", &["web"])));
@@ -292,6 +341,7 @@ mod tests {
             topic: pattern("deploy-*"),
             subscription: pattern("web"),
             tags: Some(vec!["x".to_owned(), "z".to_owned()]),
+            from_queue: None,
         };
         let why = |push: &Push| selector.explain(push).map_err(|why| why.to_string());
         assert_eq!(why(&json("deploy-1", "web", &["z"])), Ok(()));
@@ -337,5 +387,73 @@ mod tests {
             ..Selector::default()
         };
         assert!(by_tag.matches(&simplified));
+    }
+
+    fn from_queue(queue: &str, tags: &[&str]) -> Push {
+        let tags = tags.iter().map(|t| t.to_string()).collect();
+        Push::from_queue(queue, "m1", tags, Bytes::from_static(b"x")).expect("a valid id")
+    }
+
+    #[test]
+    fn from_queue_matches_only_that_queue_and_never_a_push() {
+        let selector = Selector {
+            from_queue: Some("deploys".to_owned()),
+            ..Selector::default()
+        };
+        assert!(!selector.is_empty());
+        assert!(selector.matches(&from_queue("deploys", &[])));
+        let why = |push: &Push| selector.explain(push).map_err(|why| why.to_string());
+        assert_eq!(
+            why(&from_queue("builds", &[])),
+            Err(r#"queue "builds" is not "deploys""#.to_owned())
+        );
+        assert_eq!(
+            why(&push(Format::Simplified, None, None, &[])),
+            Err(r#"a push is no message from queue "deploys""#.to_owned())
+        );
+        assert!(!selector.matches(&json("deploys", "deploys", &[])));
+        let with_tags = Selector {
+            tags: Some(vec!["web".to_owned()]),
+            ..selector
+        };
+        assert!(with_tags.matches(&from_queue("deploys", &["web", "x"])));
+        assert!(!with_tags.matches(&from_queue("deploys", &["db"])));
+    }
+
+    #[test]
+    fn path_topic_and_subscription_never_match_a_queue_message() {
+        for (selector, name) in [
+            (
+                Selector {
+                    path: Some("queue:deploys".to_owned()),
+                    ..Selector::default()
+                },
+                "path",
+            ),
+            (
+                Selector {
+                    topic: pattern("*"),
+                    ..Selector::default()
+                },
+                "topic",
+            ),
+            (
+                Selector {
+                    subscription: pattern("*"),
+                    ..Selector::default()
+                },
+                "subscription",
+            ),
+        ] {
+            let message = from_queue("deploys", &[]);
+            assert_eq!(
+                selector.explain(&message).map_err(|why| why.to_string()),
+                Err(format!(
+                    "a message from queue \"deploys\" has no {name}: {name} selects pushes"
+                ))
+            );
+        }
+        // Selectors a queue message can meet: none, or tags.
+        assert!(Selector::default().matches(&from_queue("deploys", &[])));
     }
 }

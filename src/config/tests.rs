@@ -636,6 +636,99 @@ fn a_selector_in_defaults_is_an_error() {
 }
 
 #[test]
+fn from_queue_with_a_selector_only_pushes_have_is_an_error() {
+    for (selector, name) in [
+        ("path = \"/cmq\"", "path"),
+        ("topic = \"t\"", "topic"),
+        ("subscription = \"s\"", "subscription"),
+    ] {
+        one_error(
+            &format!("[hooks.deploy]\ncommand = \"true\"\n{selector}\nfrom_queue = \"deploys\"\n"),
+            4,
+            14,
+            &["hooks.deploy.from_queue", &format!("has no {name}")],
+        );
+    }
+    one_error(
+        "[hooks.deploy]\ncommand = \"true\"\nfrom_queue = \" \"\n",
+        3,
+        14,
+        &["hooks.deploy.from_queue", "must name a [[queue]]"],
+    );
+    one_error(
+        "[defaults]\nfrom_queue = \"deploys\"\n",
+        2,
+        14,
+        &["defaults.from_queue", "selector"],
+    );
+}
+
+const DEPLOYS_QUEUE: &str = "[[queue]]\nname = \"deploys\"\nendpoint = \"http://127.0.0.1:1\"\n\
+                             secret_id = \"id\"\nsecret_key = \"literal-key\"\n";
+
+#[test]
+fn from_queue_must_name_a_queue_of_the_file() {
+    let builds = "[hooks.deploy]\ncommand = \"true\"\nfrom_queue = \"builds\"\n";
+    one_error(
+        builds,
+        3,
+        14,
+        &[
+            "hooks.deploy.from_queue",
+            "no [[queue]] is named `builds`",
+            "no [[queue]] table",
+        ],
+    );
+    one_error(
+        &format!("{builds}{DEPLOYS_QUEUE}"),
+        3,
+        14,
+        &["no [[queue]] is named `builds` (queues: deploys)"],
+    );
+    let config = parse(&format!(
+        "[hooks.deploy]\ncommand = \"true\"\nfrom_queue = \"deploys\"\n{DEPLOYS_QUEUE}"
+    ));
+    assert_eq!(
+        hook(&config, "deploy").selector.from_queue.as_deref(),
+        Some("deploys")
+    );
+}
+
+#[test]
+fn an_exit_hook_fed_by_a_queue_is_warned_that_a_failure_is_lost_after_the_retention() {
+    let exit = parse(&format!(
+        "[hooks.deploy]\ncommand = \"true\"\nfrom_queue = \"deploys\"\n{DEPLOYS_QUEUE}"
+    ));
+    let warnings = exit.warnings();
+    let warning = warnings
+        .iter()
+        .find(|warning| warning.contains("retention"))
+        .unwrap_or_else(|| panic!("{warnings:#?}"));
+    assert!(
+        warning.starts_with(&format!("{FILE}:3:14: hooks.deploy.from_queue"))
+            && warning.contains("ack = \"stored\""),
+        "{warning}"
+    );
+    // Nor is it told about respond_within: a queue message waits for its run.
+    let long = parse(&format!(
+        "[hooks.deploy]\ncommand = \"true\"\ntimeout = \"1h\"\nfrom_queue = \"deploys\"\n{DEPLOYS_QUEUE}"
+    ));
+    assert!(
+        !long.warnings().iter().any(|w| w.contains("respond_within")),
+        "{:#?}",
+        long.warnings()
+    );
+    let stored = parse(&format!(
+        "[hooks.deploy]\ncommand = \"true\"\nack = \"stored\"\nfrom_queue = \"deploys\"\n{DEPLOYS_QUEUE}"
+    ));
+    assert!(
+        !stored.warnings().iter().any(|w| w.contains("retention")),
+        "{:#?}",
+        stored.warnings()
+    );
+}
+
+#[test]
 fn max_running_zero_is_an_error() {
     one_error(
         "[server]\nmax_running = 0\n",
@@ -1821,5 +1914,53 @@ fn the_console_never_takes_the_push_listeners_address() {
         3,
         1,
         &["console.tokn", "did you mean `token`"],
+    );
+}
+
+#[test]
+fn log_output_and_keep_output_come_from_the_hook_then_defaults_then_server() {
+    use crate::runner::{LogLines, OutputPolicy};
+    let config = parse(
+        "[server]\nlog_output = 20\nkeep_output = \"8 KiB\"\n\n[defaults]\nkeep_output = 10000\n\n\
+         [hooks.a]\ncommand = \"true\"\n\n[hooks.b]\ncommand = \"true\"\nlog_output = \"all\"\nkeep_output = 0\n",
+    );
+    assert_eq!(
+        config.server.output,
+        OutputPolicy {
+            log_lines: LogLines::Lines(20),
+            keep_bytes: 8192
+        }
+    );
+    let a = &config.hooks[0];
+    assert_eq!(a.output.log_lines, LogLines::Lines(20));
+    assert_eq!(a.output.keep_bytes, 10_000);
+    let b = &config.hooks[1];
+    assert_eq!(b.output.log_lines, LogLines::All);
+    assert_eq!(b.output.keep_bytes, 0);
+    let plain = parse("[hooks.a]\ncommand = \"true\"\n");
+    assert_eq!(plain.hooks[0].output, OutputPolicy::default());
+    assert_eq!(plain.hooks[0].output.log_lines, LogLines::Lines(1000));
+    assert_eq!(plain.hooks[0].output.keep_bytes, 64 * 1024);
+}
+
+#[test]
+fn a_bad_log_output_or_keep_output_is_an_error_at_its_line() {
+    one_error(
+        "[server]\nlog_output = \"some\"\n",
+        2,
+        14,
+        &["server.log_output", "\"all\""],
+    );
+    one_error(
+        "[hooks.a]\ncommand = \"true\"\nlog_output = -1\n",
+        3,
+        14,
+        &["hooks.a.log_output", "negative"],
+    );
+    one_error(
+        "[hooks.a]\ncommand = \"true\"\nkeep_output = \"1 GiB\"\n",
+        3,
+        15,
+        &["hooks.a.keep_output", "16 MiB"],
     );
 }

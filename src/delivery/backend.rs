@@ -16,13 +16,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
-use super::model::{DeadLetter, Ended, FigureRows, RunQuery, RunRecord};
+use super::model::{DeadLetter, Ended, FigureRows, RunQuery};
 use super::postgres::{Postgres, ReplayRequest};
 use super::sqlite::{Journal, OnStored};
 use super::table::Last;
 use super::{
-    Acquired, KeptPush, Key, PushRecord, RunStart, StoredPush, StoredState, StoredUpdate,
-    StoredWork, Storing, Written,
+    Acquired, KeptPush, Key, PushRecord, RunRecord, RunStart, StoredPush, StoredState,
+    StoredUpdate, StoredWork, Storing, Written,
 };
 
 /// A backend's answer that comes later.
@@ -151,6 +151,11 @@ pub(super) trait Backend: Send + Sync {
         Box::pin(ready(Ok(None)))
     }
 
+    /// Run `id` with its kept output (SPEC §10); `None`: no such run.
+    fn run(&self, _id: i64) -> Pending<'_, Result<Option<RunRecord>, String>> {
+        Box::pin(ready(Ok(None)))
+    }
+
     /// The latest attempt journaled for (`hook`, `msg_id`), however old; 0 if none (a shared
     /// database gives a replay its attempt with its claim).
     fn latest_attempt(&self, _hook: &str, _msg_id: &str) -> Result<u32, String> {
@@ -187,11 +192,6 @@ pub(super) trait Backend: Send + Sync {
     /// without a journal).
     fn runs(&self, _query: RunQuery) -> Pending<'_, Result<Vec<RunRecord>, String>> {
         Box::pin(ready(Ok(Vec::new())))
-    }
-
-    /// The run `id` with its output.
-    fn run(&self, _id: i64) -> Pending<'_, Result<Option<RunRecord>, String>> {
-        Box::pin(ready(Ok(None)))
     }
 
     /// What the console's overview is made from, at `now`.
@@ -295,10 +295,6 @@ impl Backend for Journal {
         Box::pin(Journal::runs(self, query))
     }
 
-    fn run(&self, id: i64) -> Pending<'_, Result<Option<RunRecord>, String>> {
-        Box::pin(Journal::run(self, id))
-    }
-
     fn figures(&self, now: SystemTime) -> Pending<'_, Result<FigureRows, String>> {
         Box::pin(Journal::figures(self, now))
     }
@@ -314,6 +310,10 @@ impl Backend for Journal {
         within: Option<Duration>,
     ) -> Pending<'a, Result<Option<KeptPush>, String>> {
         Box::pin(ready(Journal::kept(self, msg_id, hook, within)))
+    }
+
+    fn run(&self, id: i64) -> Pending<'_, Result<Option<RunRecord>, String>> {
+        Box::pin(ready(Journal::run(self, id)))
     }
 
     fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
@@ -429,10 +429,6 @@ impl Backend for Postgres {
         Box::pin(Postgres::runs(self, query))
     }
 
-    fn run(&self, id: i64) -> Pending<'_, Result<Option<RunRecord>, String>> {
-        Box::pin(Postgres::run(self, id))
-    }
-
     fn figures(&self, now: SystemTime) -> Pending<'_, Result<FigureRows, String>> {
         Box::pin(Postgres::figures(self, now))
     }
@@ -448,6 +444,10 @@ impl Backend for Postgres {
         within: Option<Duration>,
     ) -> Pending<'a, Result<Option<KeptPush>, String>> {
         Box::pin(Postgres::kept(self, msg_id, hook, within))
+    }
+
+    fn run(&self, id: i64) -> Pending<'_, Result<Option<RunRecord>, String>> {
+        Box::pin(Postgres::run(self, id))
     }
 
     fn stored_progress<'a>(

@@ -39,7 +39,7 @@ pub use model::{
     DeadLetter, FigureRows, HistoryFilter, HistoryRow, HookFigures, HourFigures, JournalError,
     LastFailure, RunPage, RunQuery, RunRecord, Written,
 };
-pub use sqlite::history;
+pub use sqlite::{history, run};
 use table::{Intent, Table};
 
 /// A run's outcome, as answered and journaled; converted to and from the journal's text here
@@ -381,6 +381,10 @@ pub struct RunEnd {
     pub left_behind: bool,
     pub stdout_tail: String,
     pub stderr_tail: String,
+    /// The kept output (SPEC §10; see `runner::STDOUT_MARK`); empty in end-log records of
+    /// earlier versions.
+    #[serde(default)]
+    pub output: String,
 }
 
 /// A push that ran nothing (refused, or unmatched).
@@ -406,6 +410,11 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
+    /// The run's id in the journal (`cmqhook show ID`).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
     /// The value of `CMQHOOK_RUN` for this run's command: which `serve` and which run it
     /// belongs to, so that a later `serve` finds its processes if this one dies.
     pub fn marker(&self, deliveries: &Deliveries) -> String {
@@ -555,6 +564,13 @@ impl Deliveries {
     /// for so long that they may soon be taken over; its running commands must stop then.
     pub fn fence(&self) -> Option<watch::Receiver<u64>> {
         self.backend.fence()
+    }
+
+    /// The id that `cmqhook show` knows run `id` by, where it is known before the run ends:
+    /// the same with SQLite; `None` with PostgreSQL (whose ids are the fleet's, given as the
+    /// run is written) and with no journal.
+    pub fn shown_run_id(&self, id: i64) -> Option<i64> {
+        (self.backend.is_journaled() && !self.backend.is_shared()).then_some(id)
     }
 
     /// The id of a run about to be claimed: its part of the run's `CMQHOOK_RUN` marker.
@@ -999,6 +1015,13 @@ impl Deliveries {
         self.backend.kept(msg_id, hook, within).await
     }
 
+    /// Run `id` with its kept output (SPEC §10), as `cmqhook show` and the console's
+    /// `/api/runs/{id}` give it; `None`: no such run (or no journal). With SQLite, an end
+    /// still only in the end log is found once committed (within moments).
+    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, String> {
+        self.backend.run(id).await
+    }
+
     /// The latest attempt journaled for (`hook`, `msg_id`), however old; 0 if none. (A shared
     /// database gives a replay its attempt with its claim: [`Deliveries::acquire_again`].)
     pub fn latest_attempt(&self, hook: &str, msg_id: &str) -> Result<u32, String> {
@@ -1049,11 +1072,6 @@ impl Deliveries {
     pub async fn runs(&self, query: RunQuery) -> Result<RunPage, String> {
         let runs = self.backend.runs(query.clone()).await?;
         Ok(RunPage::of(runs, &query))
-    }
-
-    /// The run `id` with its output, if the journal has it.
-    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, String> {
-        self.backend.run(id).await
     }
 
     /// The console's overview (SPEC §10): the figures of each hook of `configured` (then of
@@ -1123,6 +1141,7 @@ mod tests {
             left_behind: false,
             stdout_tail: "out".to_owned(),
             stderr_tail: String::new(),
+            output: "out| out\n".to_owned(),
         }
     }
 
@@ -1156,6 +1175,43 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never settled");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn a_runs_record_with_its_output_is_read_back_by_its_id_once_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let deliveries =
+            Deliveries::open_sqlite(&path, DAY, DAY, None, Duration::ZERO).expect("open");
+        let Claim::Run { attempt, ticket } = deliveries.claim("deploy", Some("m1"), DAY) else {
+            panic!("expected a run");
+        };
+        let id = deliveries.new_run_id();
+        let handle = deliveries.begin(id, start("deploy", "m1", attempt), Arc::clone(&ticket));
+        let done = ticket.subscribe();
+        deliveries.end(handle, result(Outcome::Failed), end(), DAY);
+        settled(&done);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let record = loop {
+            if let Some(record) = runtime.block_on(deliveries.run(id)).expect("readable") {
+                break record;
+            }
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(record.id, id);
+        assert_eq!(record.hook, "deploy");
+        assert_eq!(record.msg_id.as_deref(), Some("m1"));
+        assert_eq!(record.outcome, "failed");
+        assert_eq!(record.output.as_deref(), Some("out| out\n"));
+        // The same from the file, as `cmqhook show` reads it.
+        let shown = sqlite::run(&path, id).expect("readable");
+        assert_eq!(shown, Some(record));
+        assert_eq!(runtime.block_on(deliveries.run(id + 1000)), Ok(None));
+        deliveries.close();
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct HistoryRow {
     pub at: String,
     /// `run` or `push` (a push that ran nothing).
     pub kind: &'static str,
+    /// A run's id (`cmqhook show RUN_ID`); for a dead message, its last run's.
+    pub run_id: Option<i64>,
     pub hook: Option<String>,
     pub msg_id: Option<String>,
     pub request_id: Option<String>,
@@ -131,6 +133,7 @@ impl HistoryRow {
         HistoryRow {
             at: String::new(),
             kind,
+            run_id: None,
             hook: None,
             msg_id: None,
             request_id: None,
@@ -439,26 +442,14 @@ impl HookFigures {
     }
 }
 
-/// Tags as the journal keeps them, comma-joined.
-pub fn split_tags(tags: &str) -> Vec<String> {
-    tags.split(',')
-        .filter(|tag| !tag.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A run's output from the tails the journal keeps of its streams, stdout first.
-pub fn tails(stdout: Option<&str>, stderr: Option<&str>) -> String {
-    let mut output = String::new();
-    for (stream, tail) in [("stdout", stdout), ("stderr", stderr)] {
-        for line in tail.unwrap_or("").lines() {
-            output.push_str(stream);
-            output.push_str(": ");
-            output.push_str(line);
-            output.push('\n');
-        }
+impl RunRecord {
+    /// Tags as the journal keeps them (comma-joined), as a list.
+    pub fn split_tags(tags: &str) -> Vec<String> {
+        tags.split(',')
+            .filter(|tag| !tag.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
-    output
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! `Hook` × `Push` to the plain command the [`runner`](crate::runner) runs. Knows nothing of
 //! HTTP: the status code is `http`'s choice, made from [`Verdict`] or [`Refusal`].
 
+mod queues;
 mod replay;
 pub use replay::{Replayed, Reply};
 mod slots;
@@ -53,6 +54,8 @@ pub struct Dispatcher {
     /// Told at every reload.
     reloaded: Notify,
     draining: CancellationToken,
+    /// Queues (pull mode) that cannot be consumed now, and why: `/healthz` names them.
+    queue_troubles: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// What a push came to.
@@ -257,6 +260,7 @@ impl Dispatcher {
             idle: Notify::new(),
             reloaded: Notify::new(),
             draining: CancellationToken::new(),
+            queue_troubles: Mutex::default(),
         };
         dispatcher.apply_bounds(&dispatcher.config());
         dispatcher
@@ -301,12 +305,14 @@ impl Dispatcher {
         self.draining.is_cancelled()
     }
 
-    /// `Ok` while pushes are taken; else why not (draining, or the journal cannot be written).
+    /// `Ok` while pushes are taken and every queue is consumed; else why not (draining, the
+    /// journal cannot be written, or a queue refuses this instance's key).
     pub fn health(&self) -> Result<(), String> {
         if self.is_draining() {
             return Err("draining".to_owned());
         }
-        self.deliveries.health()
+        self.deliveries.health()?;
+        self.queues_health()
     }
 
     /// Runs spawned and not over yet.
@@ -367,6 +373,14 @@ impl Dispatcher {
     /// dropped; a run still waiting for a slot when the answer goes out is withdrawn.
     /// `path` is the push's path with secrets redacted (`Config::redact`), for the journal.
     pub async fn dispatch(self: &Arc<Self>, push: Push, path: Arc<str>) -> Answer {
+        let respond_within = self.config().server.respond_within;
+        self.launch(push, path).answer(Some(respond_within)).await
+    }
+
+    /// The part of [`Dispatcher::dispatch`] that does not wait: routes `push`, journals it
+    /// when no hook matches, and claims, stores or starts each matching hook's part (a run
+    /// that can start takes its slots now). [`Launched::answer`] then waits for the outcomes.
+    pub fn launch(self: &Arc<Self>, push: Push, path: Arc<str>) -> Launched {
         let config = self.config();
         let hooks: Vec<Arc<Hook>> = config.route(&push).into_iter().cloned().collect();
         if hooks.is_empty() {
@@ -379,7 +393,7 @@ impl Dispatcher {
                 reason: "unmatched",
                 push: facts(&push, &path),
             });
-            return Answer {
+            return Launched::Unmatched(Answer {
                 verdict: Verdict::Unmatched(config.server.unmatched),
                 msg_id: push.msg_id,
                 results: Vec::new(),
@@ -389,13 +403,12 @@ impl Dispatcher {
                     subscription: push.subscription,
                     tags: push.tags,
                 })),
-            };
+            });
         }
         if config.server.keep_bodies.is_some() {
             self.keep(&push, &path, &hooks);
         }
         let started = tokio::time::Instant::now();
-        let deadline = started + config.server.respond_within;
         let mut push = push;
         if !hooks.iter().any(|hook| hook.stdin == StdinMode::Envelope) {
             // Nobody reads the raw body: let its memory go now, not when the runs end.
@@ -406,17 +419,12 @@ impl Dispatcher {
             .iter()
             .map(|hook| self.start(&config, hook, &push, &path))
             .collect();
-        let mut results = Vec::with_capacity(pending.len());
-        for (hook, pending) in hooks.iter().zip(pending) {
-            let result = pending.resolve(self, hook, (started, deadline)).await;
-            results.push(result);
-        }
-        Answer {
-            verdict: verdict(&results),
+        Launched::Started(Box::new(Started {
+            dispatcher: Arc::clone(self),
             msg_id: push.msg_id.clone(),
-            results,
-            unmatched: None,
-        }
+            parts: hooks.into_iter().zip(pending).collect(),
+            started,
+        }))
     }
 
     /// Claims (hook, message id) and, if this push is the one to run it, reserves a slot and
@@ -562,7 +570,8 @@ impl Dispatcher {
             push,
             stdin_of(hook, push),
             job.attempt,
-            handle.marker(&self.deliveries),
+            &handle,
+            &self.deliveries,
         );
         let ticket = Arc::clone(&job.ticket);
         let (result, end) = self
@@ -687,6 +696,7 @@ impl Dispatcher {
             left_behind: report.left_behind,
             stdout_tail: String::from_utf8_lossy(&report.stdout_tail).into_owned(),
             stderr_tail: String::from_utf8_lossy(&report.stderr_tail).into_owned(),
+            output: report.output,
         };
         (result, end)
     }
@@ -884,6 +894,52 @@ impl Pending {
     }
 }
 
+/// A push launched by [`Dispatcher::launch`]: what became of it, or what is left to wait for.
+pub enum Launched {
+    /// No hook matched: the answer is known.
+    Unmatched(Answer),
+    /// Hooks matched; their parts are claimed, stored or started.
+    Started(Box<Started>),
+}
+
+/// The parts of a launched push still to be waited for.
+pub struct Started {
+    dispatcher: Arc<Dispatcher>,
+    msg_id: Option<String>,
+    /// Each matching hook, in config order, with what its part is waiting on.
+    parts: Vec<(Arc<Hook>, Pending)>,
+    /// When the push came.
+    started: tokio::time::Instant,
+}
+
+impl Launched {
+    /// The answer, once every part's outcome is known, or `within` (from the launch) is over;
+    /// `None` waits as long as the runs take (a message from a queue, which no client waits
+    /// for). A run still waiting for a slot when the time is over is withdrawn.
+    pub async fn answer(self, within: Option<Duration>) -> Answer {
+        let started = match self {
+            Launched::Unmatched(answer) => return answer,
+            Launched::Started(started) => *started,
+        };
+        // A year is as good as forever to a run, and still a valid instant.
+        let within = within.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+        let deadline = started.started + within;
+        let mut results = Vec::with_capacity(started.parts.len());
+        for (hook, pending) in started.parts {
+            let result = pending
+                .resolve(&started.dispatcher, &hook, (started.started, deadline))
+                .await;
+            results.push(result);
+        }
+        Answer {
+            verdict: verdict(&results),
+            msg_id: started.msg_id,
+            results,
+            unmatched: None,
+        }
+    }
+}
+
 /// A run to be executed.
 struct Job {
     hook: Arc<Hook>,
@@ -916,15 +972,17 @@ fn stdin_of(hook: &Hook, push: &Push) -> Option<bytes::Bytes> {
     }
 }
 
-/// The command one hook runs for one push, with its environment and `stdin` (SPEC §4);
-/// `marker` identifies the run in its processes' environment.
+/// The command one hook runs for one push, with its environment and `stdin` (SPEC §4), as
+/// the run of `handle`, which its processes' environment and its log lines name.
 fn run_spec(
     hook: &Hook,
     push: &Push,
     stdin: Option<bytes::Bytes>,
     attempt: u32,
-    marker: String,
+    handle: &RunHandle,
+    deliveries: &Deliveries,
 ) -> CommandSpec {
+    let marker = handle.marker(deliveries);
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
     let run_env = vec![
         ("CMQ_MSG_ID", text(&push.msg_id)),
@@ -935,6 +993,7 @@ fn run_spec(
         ("CMQ_PUBLISH_TIME", text(&push.publish_time)),
         ("CMQ_TAGS", push.tags.join(",")),
         ("CMQ_FORMAT", push.format.as_str().to_owned()),
+        ("CMQ_QUEUE", text(&push.queue)),
         ("CMQHOOK_HOOK", hook.name.clone()),
         ("CMQHOOK_ATTEMPT", attempt.to_string()),
         (MARKER, marker),
@@ -953,8 +1012,11 @@ fn run_spec(
         label: RunLabel {
             hook: hook.name.clone(),
             msg_id: text(&push.msg_id),
+            run_id: deliveries.shown_run_id(handle.id()),
+            journaled: deliveries.is_journaled(),
         },
         secrets: hook.output_secrets.clone(),
+        output: hook.output,
     }
 }
 

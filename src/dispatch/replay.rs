@@ -430,7 +430,8 @@ impl Dispatcher {
             &push,
             stdin_of(hook, &push),
             attempt,
-            handle.marker(&self.deliveries),
+            &handle,
+            &self.deliveries,
         );
         spec.run_env.push(("CMQHOOK_REPLAY", "1".to_owned()));
         let (result, end) = self
@@ -534,5 +535,6 @@ pub(super) fn push_of(
         publish_time: message.publish_time.clone(),
         body,
         envelope,
+        queue: crate::cmq::queue_of_path(&message.path).map(str::to_owned),
     }
 }

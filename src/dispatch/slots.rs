@@ -63,6 +63,11 @@ impl Limit {
         bound.limit = limit;
     }
 
+    /// How many slots are free now.
+    pub fn free_now(&self) -> usize {
+        self.free.available_permits()
+    }
+
     /// A slot if one is free now.
     pub fn try_take(self: &Arc<Self>) -> Option<Held> {
         let permit = self.free.try_acquire().ok()?;
@@ -142,6 +147,11 @@ impl Slots {
     pub fn set_bounds(&self, concurrency: usize, queue: usize) {
         self.own.set(own_limit(concurrency));
         self.queue.store(queue, Ordering::Release);
+    }
+
+    /// How many runs of the hook could take its own slot now (global slots aside).
+    pub fn free_now(&self) -> usize {
+        self.own.free_now()
     }
 
     /// Takes the slots at once if they are free, else a place in the queue; `None` when the

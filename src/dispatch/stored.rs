@@ -336,7 +336,8 @@ impl Dispatcher {
             &push,
             work.push.stdin.clone(),
             attempt,
-            handle.marker(&self.deliveries),
+            &handle,
+            &self.deliveries,
         );
         let (result, end) = self
             .run_journaled(

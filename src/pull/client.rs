@@ -5,8 +5,9 @@
 //! about messages: what to receive, when to delete and how to back off are the poller's.
 //!
 //! HTTP is ureq's (the crate's client already, for `cmqhook send`), with rustls and the
-//! Mozilla roots for `https://`, run on tokio's blocking pool: one thread for each request in
-//! flight, which is a poller's long poll plus its deletes, a few threads in all. An async HTTP
+//! Mozilla roots for `https://`, each request on a thread of its own (not tokio's blocking
+//! pool, which a runtime waits for at shutdown): one thread for each request in flight, which
+//! is a poller's long poll plus its deletes, a few threads in all. An async HTTP
 //! client (reqwest, or hyper and its connection pool) would add about a dozen crates for no
 //! gain at that rate. A call whose future is dropped still completes on its thread: messages a
 //! dropped receive took are not seen, and reappear after the queue's visibility timeout.
@@ -375,12 +376,26 @@ impl QueueClient {
     ) -> Result<Vec<u8>, QueueError> {
         let inner = Arc::clone(&self.inner);
         let body = inner.signed_body(action, params);
-        let sent = tokio::task::spawn_blocking(move || inner.post(&body, timeout)).await;
-        match sent {
-            Ok(answer) => answer.map_err(|reason| QueueError::Network { action, reason }),
-            Err(join) => Err(QueueError::Network {
+        // A thread of its own, not tokio's blocking pool: a runtime that shuts down waits for
+        // its pool's threads, so a long poll going at SIGTERM would hold `serve` for up to
+        // `wait`; a detached thread ends with the process.
+        let (answered, answer) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("cmq-request".to_owned())
+            .spawn(move || {
+                let _ = answered.send(inner.post(&body, timeout));
+            });
+        if let Err(err) = spawned {
+            return Err(QueueError::Network {
                 action,
-                reason: format!("the request's thread failed: {join}"),
+                reason: format!("cannot start the request's thread: {err}"),
+            });
+        }
+        match answer.await {
+            Ok(answer) => answer.map_err(|reason| QueueError::Network { action, reason }),
+            Err(_) => Err(QueueError::Network {
+                action,
+                reason: "the request's thread failed".to_owned(),
             }),
         }
     }

@@ -8,32 +8,31 @@
 mod group;
 pub mod guard;
 pub mod orphans;
+mod output;
 mod procfs;
 mod spawn;
 
-use std::cell::RefCell;
-use std::io::{ErrorKind, PipeReader, PipeWriter, Read, Write};
+use std::io::{ErrorKind, PipeReader, PipeWriter, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::pin::Pin;
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::secrets::Secrets;
 use group::Group;
+pub use output::{
+    DEFAULT_KEEP_BYTES, DEFAULT_LOG_LINES, HEAD_BYTES, LogLines, OutputPolicy, STDERR_MARK,
+    STDOUT_MARK, TAIL_BYTES, cut_marker, flush_log,
+};
+use output::{Output, Record, Stream};
 pub use spawn::Environment;
 
-/// How much of the end of stdout and of stderr a report keeps.
-pub const TAIL_BYTES: usize = 4096;
-/// A line longer than this is logged in pieces, so that memory stays bounded.
-const MAX_LINE: usize = 4096;
 /// How long a command may run before its output is drained as it comes rather than read once
 /// it has exited.
 const EAGER: Duration = Duration::from_millis(10);
@@ -57,8 +56,10 @@ pub struct CommandSpec {
     pub kill_grace: Duration,
     /// Names the run in log lines; nothing else.
     pub label: RunLabel,
-    /// Hidden in the output's log lines and tails.
+    /// Hidden in the output's log lines, tails and kept output.
     pub secrets: Secrets,
+    /// How much output is logged and kept.
+    pub output: OutputPolicy,
 }
 
 /// What to execute.
@@ -70,12 +71,17 @@ pub enum Program {
     Argv(Arc<[String]>),
 }
 
-/// The `hook` and `msg_id` fields of a run's log lines.
+/// The `hook` and `msg_id` fields of a run's log lines, and the run id that the line saying
+/// how much output was not logged points at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunLabel {
     pub hook: String,
     /// Empty when there is none.
     pub msg_id: String,
+    /// The run's id in the journal (`cmqhook show RUN_ID`), where it is known as it runs.
+    pub run_id: Option<i64>,
+    /// Whether the run is journaled, its kept output with it.
+    pub journaled: bool,
 }
 
 /// How a run ended.
@@ -109,6 +115,9 @@ pub struct RunReport {
     pub pid: Option<u32>,
     pub stdout_tail: Vec<u8>,
     pub stderr_tail: Vec<u8>,
+    /// The kept output (SPEC §10): both streams, their lines marked, head and tail (see
+    /// [`STDOUT_MARK`]); as it was when the command ended.
+    pub output: String,
     /// The command exited but processes it started were still running in its group.
     pub left_behind: bool,
 }
@@ -127,6 +136,7 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         pid: None,
         stdout_tail: Vec::new(),
         stderr_tail: Vec::new(),
+        output: String::new(),
         left_behind: false,
     };
     let argv: Vec<&str> = match &spec.program {
@@ -187,8 +197,9 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
             }
         });
     }
-    let mut stdout = Output::new(out_read, "stdout", &label, &spec.secrets);
-    let mut stderr = Output::new(err_read, "stderr", &label, &spec.secrets);
+    let record = Arc::new(Mutex::new(Record::new(label, spec.output)));
+    let mut stdout = Output::new(out_read, Stream::Stdout, &record, &spec.secrets);
+    let mut stderr = Output::new(err_read, Stream::Stderr, &record, &spec.secrets);
 
     // Most commands are done in milliseconds: their output waits in the pipes and is read once
     // they exit, with no drain to register and schedule. A command still running after EAGER
@@ -246,6 +257,7 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         pid: Some(pid),
         stdout_tail: stdout.tail(),
         stderr_tail: stderr.tail(),
+        output: record.lock().unwrap_or_else(PoisonError::into_inner).kept(),
         left_behind,
     }
 }
@@ -295,211 +307,6 @@ fn outcome_of(status: std::io::Result<ExitStatus>) -> RunOutcome {
     }
 }
 
-/// One output stream of a run, logged line by line, its last bytes kept. Read directly from
-/// the pipe once the command has exited, or handed to a drain task that reads it as it comes.
-struct Output {
-    /// The pipe and where its bytes go, until it ends or is handed to the drain task.
-    reading: Option<(PipeReader, Sink)>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    tail: Arc<Mutex<Tail>>,
-}
-
-impl Output {
-    fn new(
-        pipe: PipeReader,
-        stream: &'static str,
-        label: &Arc<RunLabel>,
-        secrets: &Secrets,
-    ) -> Output {
-        let tail = Arc::new(Mutex::new(Tail::default()));
-        let sink = Sink {
-            stream,
-            label: Arc::clone(label),
-            tail: Arc::clone(&tail),
-            line: Vec::new(),
-            secrets: secrets.clone(),
-        };
-        Output {
-            reading: Some((pipe, sink)),
-            task: None,
-            tail,
-        }
-    }
-
-    /// From now on a task reads the stream as it comes.
-    fn drain(&mut self) {
-        let Some((pipe, sink)) = self.reading.take() else {
-            return;
-        };
-        match tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(OwnedFd::from(pipe)) {
-            Ok(pipe) => self.task = Some(tokio::spawn(drain(pipe, sink))),
-            Err(err) => tracing::warn!(
-                hook = %sink.label.hook,
-                msg_id = %sink.label.msg_id,
-                error = %err,
-                "cannot read the command's {}",
-                sink.stream
-            ),
-        }
-    }
-
-    /// Reads what the pipe holds now; if something still holds it open, drains it as it comes.
-    fn settle(&mut self) {
-        let Some((pipe, sink)) = self.reading.as_mut() else {
-            return;
-        };
-        let ended = SCRATCH.with_borrow_mut(|scratch| {
-            loop {
-                match pipe.read(scratch) {
-                    Ok(0) => return true,
-                    Ok(n) => sink.consume(&scratch[..n]),
-                    Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                    Err(err) if err.kind() == ErrorKind::WouldBlock => return false,
-                    Err(_) => return true,
-                }
-            }
-        });
-        if ended {
-            if let Some((_, mut sink)) = self.reading.take() {
-                sink.finish();
-            }
-        } else {
-            self.drain();
-        }
-    }
-
-    /// Waits for the drain task, if there is one. Dropping this future leaves it running.
-    async fn finished(&mut self) {
-        if let Some(task) = self.task.as_mut() {
-            let _ = task.await;
-            self.task = None;
-        }
-    }
-
-    fn tail(&self) -> Vec<u8> {
-        self.tail
-            .lock()
-            .map(|tail| tail.last().to_vec())
-            .unwrap_or_default()
-    }
-}
-
-/// Where a stream's bytes go, a line at a time: the log and the tail, secrets redacted in both.
-struct Sink {
-    stream: &'static str,
-    label: Arc<RunLabel>,
-    tail: Arc<Mutex<Tail>>,
-    /// The line read so far.
-    line: Vec<u8>,
-    secrets: Secrets,
-}
-
-impl Sink {
-    fn consume(&mut self, data: &[u8]) {
-        for piece in data.split_inclusive(|&b| b == b'\n') {
-            match piece.strip_suffix(b"\n") {
-                Some(end) => {
-                    self.line.extend_from_slice(end);
-                    self.emit(self.line.len(), b"\n");
-                }
-                None => {
-                    self.line.extend_from_slice(piece);
-                    if self.line.len() >= MAX_LINE {
-                        // Cut before what might be the start of a secret, so that it is
-                        // redacted whole in the next piece.
-                        let held = self.secrets.unfinished_suffix(&self.line);
-                        self.emit(self.line.len() - held, b"");
-                    }
-                }
-            }
-        }
-    }
-
-    /// Logs and keeps the first `len` bytes of the line, followed in the tail by `end`.
-    fn emit(&mut self, len: usize, end: &[u8]) {
-        let line = self.secrets.redact_bytes(&self.line[..len]);
-        log_line(&self.label, self.stream, &line);
-        if let Ok(mut tail) = self.tail.lock() {
-            tail.push(&line);
-            tail.push(end);
-        }
-        self.line.drain(..len);
-    }
-
-    /// The end of the stream: a last line without its newline is logged too.
-    fn finish(&mut self) {
-        if !self.line.is_empty() {
-            self.emit(self.line.len(), b"");
-        }
-    }
-}
-
-/// The last [`TAIL_BYTES`] of a stream. Holds up to twice that, so that dropping the oldest
-/// bytes costs one move per [`TAIL_BYTES`] pushed, not one per line.
-#[derive(Default)]
-struct Tail(Vec<u8>);
-
-impl Tail {
-    fn push(&mut self, data: &[u8]) {
-        if data.len() >= TAIL_BYTES {
-            self.0.clear();
-            self.0.extend_from_slice(&data[data.len() - TAIL_BYTES..]);
-            return;
-        }
-        if self.0.len() + data.len() > 2 * TAIL_BYTES {
-            let excess = self.0.len() - TAIL_BYTES;
-            self.0.drain(..excess);
-        }
-        self.0.extend_from_slice(data);
-    }
-
-    fn last(&self) -> &[u8] {
-        &self.0[self.0.len().saturating_sub(TAIL_BYTES)..]
-    }
-}
-
-thread_local! {
-    /// The read buffer of every output stream read on this thread. A stream is read into it and
-    /// done with it before anything yields, so a run waiting for output holds no buffer of its
-    /// own.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 16 * 1024].into_boxed_slice());
-}
-
-async fn drain(mut pipe: impl AsyncRead + Unpin, mut sink: Sink) {
-    // Reads once; false at the end of the stream.
-    let mut read = |cx: &mut std::task::Context<'_>| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            let mut buf = ReadBuf::new(scratch);
-            match Pin::new(&mut pipe).poll_read(cx, &mut buf) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                    sink.consume(buf.filled());
-                    Poll::Ready(true)
-                }
-                // The end, or an error that ends it.
-                Poll::Ready(_) => Poll::Ready(false),
-            }
-        })
-    };
-    while std::future::poll_fn(&mut read).await {}
-    sink.finish();
-}
-
-fn log_line(label: &RunLabel, stream: &'static str, line: &[u8]) {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.is_empty() {
-        return;
-    }
-    tracing::info!(
-        target: "cmqhook::output",
-        hook = %label.hook,
-        msg_id = %label.msg_id,
-        stream,
-        "{}",
-        String::from_utf8_lossy(line)
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,6 +332,7 @@ mod tests {
             kill_grace: Duration::from_millis(100),
             label: RunLabel::default(),
             secrets: Secrets::default(),
+            output: OutputPolicy::default(),
         }
     }
 
@@ -703,25 +511,6 @@ mod tests {
         assert!(!report.left_behind, "{report:?}");
     }
 
-    #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut tail = Tail::default();
-        tail.push(b"hello ");
-        tail.push(b"world");
-        assert_eq!(tail.last(), b"hello world");
-        tail.push(&vec![b'x'; TAIL_BYTES - 2]);
-        assert_eq!(tail.last().len(), TAIL_BYTES);
-        assert!(tail.last().starts_with(b"ld"));
-        tail.push(&vec![b'y'; TAIL_BYTES * 3]);
-        assert_eq!(tail.last(), vec![b'y'; TAIL_BYTES]);
-        for n in 0..10_000u32 {
-            tail.push(format!("{n}\n").as_bytes());
-            assert!(tail.0.len() <= 2 * TAIL_BYTES);
-        }
-        assert!(tail.last().ends_with(b"9998\n9999\n"));
-        assert_eq!(tail.last().len(), TAIL_BYTES);
-    }
-
     #[tokio::test]
     async fn secrets_are_redacted_in_the_tail_also_across_a_long_line() {
         use crate::secrets::Secret;
@@ -729,7 +518,7 @@ mod tests {
         // The secret straddles the point where a long line is cut into pieces.
         let script = format!(
             "head -c {} /dev/zero | tr '\\0' x; printf '{secret}\\n{secret} end\\n'",
-            MAX_LINE - 4
+            output::MAX_LINE - 4
         );
         let report = run(CommandSpec {
             secrets: Secrets::new(vec![Secret {

@@ -130,6 +130,8 @@ fn every_example_config_is_valid_and_warns_about_nothing() {
         // As .ci/run does: the examples take their secrets from the environment.
         let mut command = cmqhook_command(&["check", "-c", config.to_str().expect("utf-8")]);
         command.env("DEPLOY_SECRET", "placeholder-secret");
+        command.env("TENCENTCLOUD_SECRET_ID", "AKIDplaceholder-secret-id");
+        command.env("TENCENTCLOUD_SECRET_KEY", "placeholder-secret-key");
         let output = output_of(command, b"");
         assert_eq!(
             output.status.code(),

@@ -392,7 +392,7 @@ fn the_journal_is_a_sqlite_file_with_a_versioned_schema() {
     let version: i64 = sqlite
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .expect("version");
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     let mode: String = sqlite
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .expect("mode");

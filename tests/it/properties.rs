@@ -26,9 +26,15 @@ fn selector_lines() -> impl Strategy<Value = String> {
         proptest::option::of(name()),
         proptest::option::of(name()),
         proptest::option::of(proptest::sample::subsequence(vec!["x", "y", "z"], 1..=2)),
+        proptest::option::of(prop_oneof![Just("q1"), Just("q2")]),
     )
-        .prop_map(|(path, topic, subscription, tags)| {
+        .prop_map(|(path, topic, subscription, tags, queue)| {
             let mut lines = String::new();
+            // `from_queue` only where the config takes it: beside no push-only selector.
+            if let Some(queue) = queue.filter(|_| (path, topic, subscription) == (None, None, None))
+            {
+                lines += &format!("from_queue = \"{queue}\"\n");
+            }
             if let Some(path) = path {
                 lines += &format!("path = \"{path}\"\n");
             }
@@ -51,23 +57,31 @@ fn routed_push() -> impl Strategy<Value = Push> {
         prop_oneof![Just("/a"), Just("/b"), Just("/c")],
         proptest::option::of((name(), name())),
         proptest::sample::subsequence(vec!["x", "y", "z", "w"], 0..=3),
+        proptest::option::of(prop_oneof![Just("q1"), Just("q2")]),
     )
-        .prop_map(|(path, names, tags)| Push {
-            path: path.to_owned(),
-            format: if names.is_some() {
-                Format::Json
-            } else {
-                Format::Simplified
+        .prop_map(|(path, names, tags, queue)| match queue {
+            Some(queue) => {
+                let tags = tags.into_iter().map(str::to_owned).collect();
+                Push::from_queue(queue, "1", tags, Bytes::new()).expect("a valid id")
+            }
+            None => Push {
+                path: path.to_owned(),
+                format: if names.is_some() {
+                    Format::Json
+                } else {
+                    Format::Simplified
+                },
+                msg_id: Some("1".to_owned()),
+                request_id: None,
+                tags: tags.into_iter().map(str::to_owned).collect(),
+                topic: names.map(|(topic, _)| topic.to_owned()),
+                subscription: names.map(|(_, subscription)| subscription.to_owned()),
+                topic_owner: None,
+                publish_time: None,
+                body: Bytes::new(),
+                envelope: Bytes::new(),
+                queue: None,
             },
-            msg_id: Some("1".to_owned()),
-            request_id: None,
-            tags: tags.into_iter().map(str::to_owned).collect(),
-            topic: names.map(|(topic, _)| topic.to_owned()),
-            subscription: names.map(|(_, subscription)| subscription.to_owned()),
-            topic_owner: None,
-            publish_time: None,
-            body: Bytes::new(),
-            envelope: Bytes::new(),
         })
 }
 
@@ -149,6 +163,12 @@ proptest! {
         let mut text = String::new();
         for (index, lines) in selectors.iter().enumerate() {
             text += &format!("[hooks.h{index}]\nargv = [\"/bin/true\"]\n{lines}");
+        }
+        // The queues `from_queue` may name.
+        for queue in ["q1", "q2"] {
+            text += &format!(
+                "[[queue]]\nname = \"{queue}\"\nendpoint = \"http://127.0.0.1:1\"\nsecret_id = \"i\"\nsecret_key = \"k\"\n"
+            );
         }
         let config = Config::parse(Path::new("/nonexistent/hooks.toml"), &text, |_| None)
             .map(RoutedConfig::new)

@@ -40,6 +40,7 @@ fn seed_json_push_runs_the_hook_with_the_message_on_stdin_and_cmq_variables() {
         ("CMQ_PUBLISH_TIME", "11203432"),
         ("CMQ_TAGS", "a,b"),
         ("CMQ_FORMAT", "json"),
+        ("CMQ_QUEUE", ""),
         ("CMQHOOK_HOOK", "deploy"),
         ("CMQHOOK_ATTEMPT", "1"),
         ("DEPLOY_ENV", "prod"),

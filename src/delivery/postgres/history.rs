@@ -10,9 +10,9 @@ use super::{
     CLI_TIMEOUT, HistoryFilter, HistoryRow, JournalError, KeptPush, Message, Postgres, State,
     StoredState, describe, parse_url, seconds,
 };
+use crate::delivery::RunRecord;
 use crate::delivery::model::{
-    DeadLetter, FigureRows, LastFailure, LatestRun, RecentRun, RunQuery, RunRecord, failure_reason,
-    split_tags, tails,
+    DeadLetter, FigureRows, LastFailure, LatestRun, RecentRun, RunQuery, failure_reason,
 };
 
 impl Postgres {
@@ -155,17 +155,21 @@ fn message(row: &tokio_postgres::Row) -> Message {
     }
 }
 
-/// Recent deliveries of every instance, newest first.
-pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, JournalError> {
+/// Runs `read` for a command (`history`, `show`) on a connection of its own to the database
+/// at `url`, within [`CLI_TIMEOUT`]; `None` where the schema is not there yet.
+fn cli_read<T>(
+    url: &str,
+    read: impl AsyncFnOnce(tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+) -> Result<Option<T>, JournalError> {
     let failed = |reason: String| JournalError::Postgres { reason };
     let (config, tls) = parse_url(url).map_err(failed)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| failed(format!("cannot start its runtime: {err}")))?;
+    let unreachable =
+        |err: tokio_postgres::Error| failed(format!("journal unreachable: {}", describe(&err)));
     let read = async move {
-        let unreachable =
-            |err: tokio_postgres::Error| failed(format!("journal unreachable: {}", describe(&err)));
         let (client, connection) = config.connect(tls).await.map_err(unreachable)?;
         tokio::spawn(connection);
         let exists: bool = client
@@ -174,11 +178,77 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
             .map_err(unreachable)?
             .get(0);
         if !exists {
-            return Ok(Vec::new());
+            return Ok(None);
         }
+        read(client).await.map(Some).map_err(unreachable)
+    };
+    // A database that accepts connections and then says nothing must not hang the command.
+    runtime.block_on(async {
+        tokio::time::timeout(CLI_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err(failed("journal unreachable: no answer in time".to_owned())))
+    })
+}
+
+/// One run of any instance with its kept output (`cmqhook show`, the console's
+/// `/api/runs/{id}`); `None`: no such run (never run, or pruned).
+pub fn run(url: &str, id: i64) -> Result<Option<RunRecord>, JournalError> {
+    cli_read(url, async move |client| {
+        let row = client.query_opt(RUN, &[&id]).await?;
+        Ok(row.as_ref().map(run_record))
+    })
+    .map(Option::flatten)
+}
+
+impl Postgres {
+    /// As [`run`], on this instance's connections: for its console.
+    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, String> {
+        self.on_runtime(async move |state| {
+            let rows = state.query(RUN, &[&id]).await?;
+            Ok(rows.first().map(run_record))
+        })
+        .await
+    }
+}
+
+/// Run `$1` (`cmqhook_runs.id`, the same for every instance).
+const RUN: &str = "SELECT id, hook, msg_id, request_id, attempt, outcome,
+        COALESCE(superseded, false), exit_code, signal,
+        to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+        duration_ms, instance, COALESCE((to_jsonb(r) ->> 'replay')::boolean, false), topic,
+        subscription, tags, COALESCE(to_jsonb(r) ->> 'output', '')
+ FROM cmqhook_runs AS r WHERE id = $1";
+
+fn run_record(row: &tokio_postgres::Row) -> RunRecord {
+    RunRecord {
+        id: row.get(0),
+        hook: row.get(1),
+        msg_id: row.get(2),
+        request_id: row.get(3),
+        attempt: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+        outcome: row.get(5),
+        superseded: row.get(6),
+        exit_code: row.get(7),
+        signal: row.get(8),
+        started_at: row.get(9),
+        duration_ms: row
+            .get::<_, Option<i64>>(10)
+            .and_then(|n| u64::try_from(n).ok()),
+        instance: row.get(11),
+        replay: row.get(12),
+        topic: row.get(13),
+        subscription: row.get(14),
+        tags: RunRecord::split_tags(row.get(15)),
+        output: Some(row.get(16)),
+    }
+}
+
+/// Recent deliveries of every instance, newest first.
+pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, JournalError> {
+    let read = async move |client: tokio_postgres::Client| {
         let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
         if filter.dead {
-            return dead(&client, filter, limit).await.map_err(unreachable);
+            return dead(&client, filter, limit).await;
         }
         const AT: &str =
             "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
@@ -188,7 +258,7 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
                     "SELECT {AT}, hook, msg_id, request_id, path, topic, subscription, tags,
                             attempt, outcome, exit_code, signal, duration_ms, left_behind, error,
                             stdout_tail, stderr_tail, instance,
-                            COALESCE((to_jsonb(cmqhook_runs) ->> 'replay')::boolean, false)
+                            COALESCE((to_jsonb(cmqhook_runs) ->> 'replay')::boolean, false), id
                      FROM cmqhook_runs
                      WHERE ($1::text IS NULL OR hook = $1) AND ($2::text IS NULL OR msg_id = $2)
                        AND (NOT $3 OR outcome NOT IN ('succeeded', 'running'))
@@ -196,8 +266,7 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
                 ),
                 &[&filter.hook, &filter.msg_id, &filter.failed, &limit],
             )
-            .await
-            .map_err(unreachable)?;
+            .await?;
         let mut found: Vec<HistoryRow> = runs
             .iter()
             .map(|row| HistoryRow {
@@ -213,6 +282,7 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
                 stderr_tail: row.get(16),
                 instance: row.get(17),
                 replay: row.get(18),
+                run_id: row.get(19),
                 ..history_row(row, "run")
             })
             .collect();
@@ -230,8 +300,7 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
                     ),
                     &[&filter.msg_id, &filter.failed, &limit],
                 )
-                .await
-                .map_err(unreachable)?;
+                .await?;
             found.extend(pushes.iter().map(|row| HistoryRow {
                 at: row.get(0),
                 msg_id: row.get(3),
@@ -250,12 +319,7 @@ pub fn history(url: &str, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, Jou
         }
         Ok(found)
     };
-    // A database that accepts connections and then says nothing must not hang the command.
-    runtime.block_on(async {
-        tokio::time::timeout(CLI_TIMEOUT, read)
-            .await
-            .unwrap_or_else(|_| Err(failed("journal unreachable: no answer in time".to_owned())))
-    })
+    cli_read(url, read).map(Option::unwrap_or_default)
 }
 
 /// The dead stored messages of every instance, latest death first: `at` is when it died,
@@ -280,6 +344,9 @@ async fn dead(
                     COALESCE(last_outcome, ''), instance,
                     (SELECT stderr_tail FROM cmqhook_runs AS r
                      WHERE r.hook = s.hook AND r.msg_id = s.msg_id
+                     ORDER BY r.id DESC LIMIT 1),
+                    (SELECT id FROM cmqhook_runs AS r
+                     WHERE r.hook = s.hook AND r.msg_id = s.msg_id
                      ORDER BY r.id DESC LIMIT 1)
              FROM cmqhook_stored AS s
              WHERE state = 'dead' AND ($1::text IS NULL OR hook = $1)
@@ -293,6 +360,7 @@ async fn dead(
         .map(|row| HistoryRow {
             instance: row.get(10),
             stderr_tail: row.get(11),
+            run_id: row.get(12),
             ..history_row(row, "dead")
         })
         .collect())
@@ -346,29 +414,6 @@ impl Postgres {
             .await
     }
 
-    /// The run `id` with its output, if the database has it.
-    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, String> {
-        self.on_runtime(async move |state| {
-            let rows = state
-                .query(
-                    &format!(
-                        "SELECT {RUN_COLUMNS}, stdout_tail, stderr_tail FROM cmqhook_runs
-                         WHERE id = $1"
-                    ),
-                    &[&id],
-                )
-                .await?;
-            Ok(rows.first().map(|row| {
-                let (stdout, stderr): (Option<String>, Option<String>) = (row.get(16), row.get(17));
-                RunRecord {
-                    output: Some(tails(stdout.as_deref(), stderr.as_deref())),
-                    ..record(row)
-                }
-            }))
-        })
-        .await
-    }
-
     /// What the overview needs (see the SQLite journal's `figures`), for the fleet.
     pub async fn figures(&self, now: SystemTime) -> Result<FigureRows, String> {
         self.on_runtime(async move |state| state.figures(now).await)
@@ -414,7 +459,7 @@ impl Postgres {
                         request_id: row.get(5),
                         topic: row.get(6),
                         subscription: row.get(7),
-                        tags: split_tags(&tags),
+                        tags: RunRecord::split_tags(&tags),
                         instance: row.get(9),
                         last_run_id: row.get(10),
                         reason: failure_reason(error.as_deref(), stderr.as_deref()),
@@ -542,7 +587,7 @@ fn record(row: &tokio_postgres::Row) -> RunRecord {
         replay: row.get(10),
         topic: row.get(11),
         subscription: row.get(12),
-        tags: split_tags(&tags),
+        tags: RunRecord::split_tags(&tags),
         output: None,
     }
 }

@@ -56,7 +56,7 @@ use crate::runner::orphans;
 use crate::secrets::Secrets;
 pub use claims::Acquired;
 use claims::FreshClaim;
-pub use history::history;
+pub use history::{history, run};
 pub use replays::{ReplayRequest, Requested, request_replay};
 pub use stored::Stored;
 use writer::Write;

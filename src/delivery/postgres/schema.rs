@@ -179,6 +179,10 @@ WHERE c.outcome <> 'running'
     r"
 ALTER TABLE cmqhook_runs ADD COLUMN replay boolean NOT NULL DEFAULT false;
 ",
+    // Each run keeps its output (SPEC §10): head and tail, lines marked with their stream.
+    r"
+ALTER TABLE cmqhook_runs ADD COLUMN output text;
+",
 ];
 
 impl State {

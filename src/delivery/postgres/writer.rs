@@ -245,6 +245,7 @@ impl State {
                         None => end_statement.as_ref().expect("prepared for every end"),
                     };
                     params.push(&end.replay);
+                    params.push(&end.output);
                     (statement, params)
                 }
                 Row::Keep(at, kept) => {
@@ -313,13 +314,21 @@ impl State {
 
     async fn prune(&self) -> Result<(), String> {
         let keep = seconds(self.keep);
-        for table in ["cmqhook_runs WHERE ended_at", "cmqhook_pushes WHERE at"] {
-            self.execute(
-                &format!("DELETE FROM {table} < now() - $1::float8 * interval '1 second'"),
-                &[&keep],
-            )
-            .await?;
-        }
+        // A dead message keeps its runs (and their output) as long as it is kept.
+        self.execute(
+            "DELETE FROM cmqhook_runs AS r
+             WHERE ended_at < now() - $1::float8 * interval '1 second'
+               AND NOT EXISTS (SELECT 1 FROM cmqhook_stored AS s
+                               WHERE s.hook = r.hook AND s.msg_id = r.msg_id
+                                 AND s.state = 'dead')",
+            &[&keep],
+        )
+        .await?;
+        self.execute(
+            "DELETE FROM cmqhook_pushes WHERE at < now() - $1::float8 * interval '1 second'",
+            &[&keep],
+        )
+        .await?;
         self.execute(
             "DELETE FROM cmqhook_stored
              WHERE (state = 'done' AND updated_at < now() - $1::float8 * interval '1 second')
@@ -359,7 +368,7 @@ impl State {
 /// `$superseded` says whether another instance had taken the run's message over. It returns
 /// the run's `superseded`.
 macro_rules! end_run {
-    ($claim:literal, $then:literal, $superseded:literal, $replay:literal) => {
+    ($claim:literal, $then:literal, $superseded:literal, $replay:literal, $output:literal) => {
         concat!(
             "WITH ended AS (
         UPDATE cmqhook_claims
@@ -377,12 +386,14 @@ macro_rules! end_run {
         (instance, started_at, ended_at, hook, msg_id, request_id, path, topic,
          subscription, tags, attempt, outcome, exit_code, signal, duration_ms,
          left_behind, error, stdout_tail, stderr_tail, owner_boot, run_id, superseded,
-         replay)
+         replay, output)
      VALUES ($1, $19, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
              $15, $16, $17, $18, $20, ",
             $superseded,
             ", ",
             $replay,
+            ", ",
+            $output,
             ")
      -- Written again after a commit whose answer was lost: once is enough, and what the
      -- first write found is the answer.
@@ -405,8 +416,9 @@ const END_RUN: &str = end_run!(
           AND EXISTS (SELECT 1 FROM ended)
      )",
     "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)",
-    // Whether it is a replay is each statement's last value.
-    "$21"
+    // Whether it is a replay, then the kept output, are each statement's last values.
+    "$21",
+    "$22"
 );
 
 /// [`END_RUN`] for a run of stored work, with the work's new state: `$21` the state, `$22`
@@ -425,7 +437,8 @@ const END_STORED_RUN: &str = end_run!(
         WHERE hook = $2 AND msg_id = $3 AND EXISTS (SELECT 1 FROM ended)
      )",
     "NOT EXISTS (SELECT 1 FROM ended)",
-    "$25"
+    "$25",
+    "$26"
 );
 
 /// [`END_STORED_RUN`] for a replay of a stored message (not a run of its own work): the
@@ -443,7 +456,8 @@ const END_REPLAYED_RUN: &str = end_run!(
      )",
     // A replay runs under a claim, as any run.
     "$3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ended)",
-    "$26"
+    "$26",
+    "$27"
 );
 
 /// Keeps a push's body for replay (`keep_bodies`): a CMQ retry of a message replaces the row
@@ -555,6 +569,7 @@ struct EndRow<'a> {
     stdout_tail: std::borrow::Cow<'a, str>,
     stderr_tail: std::borrow::Cow<'a, str>,
     replay: bool,
+    output: std::borrow::Cow<'a, str>,
 }
 
 impl<'a> EndRow<'a> {
@@ -581,6 +596,7 @@ impl<'a> EndRow<'a> {
             stdout_tail: text(&ended.end.stdout_tail),
             stderr_tail: text(&ended.end.stderr_tail),
             replay: start.replay,
+            output: text(&ended.end.output),
         }
     }
 

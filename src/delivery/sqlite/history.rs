@@ -15,10 +15,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::schema::open_reader;
 use super::{Ended, HistoryFilter, HistoryRow, Journal, JournalError, ago, message, timestamp};
 use crate::delivery::model::{
-    DeadLetter, FigureRows, LastFailure, LatestRun, RecentRun, RunQuery, RunRecord, failure_reason,
-    split_tags, tails,
+    DeadLetter, FigureRows, LastFailure, LatestRun, RecentRun, RunQuery, failure_reason,
 };
-use crate::delivery::{KeptPush, Outcome, StoredState};
+use crate::delivery::{KeptPush, Outcome, RunRecord, StoredState};
 
 impl Journal {
     /// The latest kept push of `msg_id` not older than `within` (`None`: bodies are not kept);
@@ -136,16 +135,8 @@ impl Journal {
 /// Recent deliveries, newest first, read from the journal file at `path` (which may be in use
 /// by a running server).
 pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, JournalError> {
-    if !path.exists() {
-        return Err(JournalError::Missing {
-            path: path.to_owned(),
-        });
-    }
-    let sqlite = |source| JournalError::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
-    let reader = open_reader(path).map_err(sqlite)?;
+    let reader = open_for_command(path)?;
+    let sqlite = |source| sqlite_error(path, source);
     let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
     if filter.dead {
         return dead(&reader, filter, limit).map_err(sqlite);
@@ -183,6 +174,7 @@ pub fn history(path: &Path, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, J
                     return Ok(None);
                 }
                 Ok(Some(HistoryRow {
+                    run_id: Some(id),
                     exit_code: row.get(10)?,
                     signal: row.get(11)?,
                     duration_ms: row.get(12)?,
@@ -281,7 +273,116 @@ fn logged_row(ended: &Ended) -> HistoryRow {
         stdout_tail: Some(ended.end.stdout_tail.clone()),
         stderr_tail: Some(ended.end.stderr_tail.clone()),
         replay: start.replay,
+        run_id: Some(ended.id),
         ..HistoryRow::blank("run")
+    }
+}
+
+/// One run with its kept output (`cmqhook show`, the console's `/api/runs/{id}`), from the
+/// journal file at `path` (which may be in use by a running server), or from the end log
+/// beside it for an end not committed yet. `None`: no such run (never run, or pruned).
+pub fn run(path: &Path, id: i64) -> Result<Option<RunRecord>, JournalError> {
+    let reader = open_for_command(path)?;
+    if let Some(ended) = super::end_log::read::<Ended>(path)
+        .into_iter()
+        .find(|ended| ended.id == id)
+    {
+        return Ok(Some(logged_record(&ended)));
+    }
+    run_row(&reader, id).map_err(|source| sqlite_error(path, source))
+}
+
+/// A reader of the journal file at `path` for a command (`history`, `show`), which may be in
+/// use by a running server.
+fn open_for_command(path: &Path) -> Result<Connection, JournalError> {
+    if !path.exists() {
+        return Err(JournalError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    open_reader(path).map_err(|source| sqlite_error(path, source))
+}
+
+fn sqlite_error(path: &Path, source: rusqlite::Error) -> JournalError {
+    JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Journal {
+    /// As [`run`], through this journal's reader: for the console of the `serve` that owns it.
+    /// An end still only in the end log is not found until it is committed (moments later).
+    pub fn run(&self, id: i64) -> Result<Option<RunRecord>, String> {
+        run_row(&self.reader(), id).map_err(|err| format!("journal look-up failed: {err}"))
+    }
+}
+
+/// The row of run `id`, in a journal of any schema version.
+fn run_row(reader: &Connection, id: i64) -> rusqlite::Result<Option<RunRecord>> {
+    // Columns added by later schema versions than the journal may have.
+    let has = |column: &str| -> rusqlite::Result<bool> {
+        reader.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1)",
+            params![column],
+            |row| row.get(0),
+        )
+    };
+    let replay = if has("replay")? { "replay" } else { "0" };
+    let output = if has("output")? { "output" } else { "NULL" };
+    reader
+        .prepare(&format!(
+            "SELECT id, hook, msg_id, request_id, attempt, outcome, exit_code, signal,
+                    started_at, duration_ms, {replay}, topic, subscription,
+                    COALESCE(tags, ''), COALESCE({output}, '')
+             FROM runs WHERE id = ?1"
+        ))?
+        .query_row(params![id], |row| {
+            Ok(RunRecord {
+                id: row.get(0)?,
+                hook: row.get(1)?,
+                msg_id: row.get(2)?,
+                request_id: row.get(3)?,
+                attempt: row.get(4)?,
+                outcome: row.get(5)?,
+                superseded: false,
+                exit_code: row.get(6)?,
+                signal: row.get(7)?,
+                started_at: row.get(8)?,
+                duration_ms: row.get(9)?,
+                instance: None,
+                replay: row.get(10)?,
+                topic: row.get(11)?,
+                subscription: row.get(12)?,
+                tags: RunRecord::split_tags(&row.get::<_, String>(13)?),
+                output: Some(row.get(14)?),
+            })
+        })
+        .optional()
+}
+
+/// The record an end in the end log will be.
+fn logged_record(ended: &Ended) -> RunRecord {
+    let (at, start) = &ended.start;
+    let (push, result) = (&start.push, &ended.result);
+    RunRecord {
+        id: ended.id,
+        hook: start.hook.clone(),
+        msg_id: push.msg_id.clone(),
+        request_id: push.request_id.clone(),
+        attempt: ended.attempt,
+        outcome: result.outcome.as_str().to_owned(),
+        superseded: false,
+        exit_code: result.exit_code,
+        signal: result.signal,
+        started_at: timestamp(*at),
+        duration_ms: Some(result.duration_ms),
+        instance: None,
+        replay: start.replay,
+        topic: push.topic.clone(),
+        subscription: push.subscription.clone(),
+        tags: RunRecord::split_tags(&push.tags),
+        output: Some(ended.end.output.clone()),
     }
 }
 
@@ -306,6 +407,9 @@ fn dead(
                 COALESCE(last_outcome, ''),
                 (SELECT stderr_tail FROM runs AS r
                  WHERE r.hook = stored.hook AND r.msg_id = stored.msg_id
+                 ORDER BY r.id DESC LIMIT 1),
+                (SELECT id FROM runs AS r
+                 WHERE r.hook = stored.hook AND r.msg_id = stored.msg_id
                  ORDER BY r.id DESC LIMIT 1)
          FROM stored
          WHERE state = 'dead' AND (?1 IS NULL OR hook = ?1) AND (?2 IS NULL OR msg_id = ?2)
@@ -315,6 +419,7 @@ fn dead(
         .query_map(params![filter.hook, filter.msg_id, limit], |row| {
             Ok(HistoryRow {
                 stderr_tail: row.get(10)?,
+                run_id: row.get(11)?,
                 ..message_row(row, "dead")?
             })
         })?
@@ -369,29 +474,6 @@ impl Journal {
                     record,
                 )?
                 .collect()
-        })
-        .await
-    }
-
-    /// The run `id` with its output, if the journal has it.
-    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, String> {
-        self.read(move |reader| {
-            reader
-                .query_row(
-                    &format!(
-                        "SELECT {RUN_COLUMNS}, stdout_tail, stderr_tail FROM runs WHERE id = ?1"
-                    ),
-                    params![id],
-                    |row| {
-                        let (stdout, stderr): (Option<String>, Option<String>) =
-                            (row.get(14)?, row.get(15)?);
-                        Ok(RunRecord {
-                            output: Some(tails(stdout.as_deref(), stderr.as_deref())),
-                            ..record(row)?
-                        })
-                    },
-                )
-                .optional()
         })
         .await
     }
@@ -494,7 +576,7 @@ impl Journal {
                         request_id: row.get(5)?,
                         topic: row.get(6)?,
                         subscription: row.get(7)?,
-                        tags: split_tags(&tags),
+                        tags: RunRecord::split_tags(&tags),
                         instance: None,
                         last_run_id: row.get(9)?,
                         reason: failure_reason(error.as_deref(), stderr.as_deref()),
@@ -525,7 +607,7 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         replay: row.get(10)?,
         topic: row.get(11)?,
         subscription: row.get(12)?,
-        tags: split_tags(tags.as_deref().unwrap_or("")),
+        tags: RunRecord::split_tags(tags.as_deref().unwrap_or("")),
         output: None,
     })
 }

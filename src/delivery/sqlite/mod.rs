@@ -48,7 +48,7 @@ use super::{
 };
 use crate::runner::orphans;
 use end_log::EndLog;
-pub use history::history;
+pub use history::{history, run};
 use recovery::{resumable, take_over};
 use schema::{migrate, open_reader, open_writer};
 use writer::{Health, Record, Writer, write_batch};
@@ -509,6 +509,7 @@ mod tests {
                 left_behind: false,
                 stdout_tail: String::new(),
                 stderr_tail: String::new(),
+                output: String::new(),
             },
             stored: None,
             state: None,

@@ -152,6 +152,10 @@ WHERE excluded.updated_at >= claims.updated_at;
     r"
 ALTER TABLE runs ADD COLUMN replay INTEGER NOT NULL DEFAULT 0;
 ",
+    // Each run keeps its output (SPEC §10): head and tail, lines marked with their stream.
+    r"
+ALTER TABLE runs ADD COLUMN output TEXT;
+",
 ];
 
 /// How long a write waits for another process's lock before the commit counts as failed.

@@ -541,15 +541,15 @@ fn insert_records(transaction: &Connection, batch: &[Record]) -> rusqlite::Resul
 /// `start_values` and `end_values` give; over the row of its start if that was written.
 const RUN: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
                    subscription, tags, attempt, replay, finished_at, outcome, exit_code,
-                   signal, duration_ms, left_behind, error, stdout_tail, stderr_tail)
+                   signal, duration_ms, left_behind, error, stdout_tail, stderr_tail, output)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-         ?20)
+         ?20, ?21)
  ON CONFLICT (id) DO UPDATE SET
      finished_at = excluded.finished_at, outcome = excluded.outcome,
      exit_code = excluded.exit_code, signal = excluded.signal,
      duration_ms = excluded.duration_ms, left_behind = excluded.left_behind,
      error = excluded.error, stdout_tail = excluded.stdout_tail,
-     stderr_tail = excluded.stderr_tail";
+     stderr_tail = excluded.stderr_tail, output = excluded.output";
 
 const START: &str = "INSERT INTO runs (id, started_at, hook, msg_id, request_id, path, topic,
                    subscription, tags, attempt, replay, outcome)
@@ -651,8 +651,12 @@ fn start_values<'a>(
         .chain([&run.attempt as &dyn ToSql, &run.replay])
 }
 
-/// A run's end columns, from `finished_at` to `stderr_tail`.
-fn end_values<'a>(at: &'a dyn ToSql, result: &'a RunResult, end: &'a RunEnd) -> [&'a dyn ToSql; 9] {
+/// A run's end columns, from `finished_at` to `output`.
+fn end_values<'a>(
+    at: &'a dyn ToSql,
+    result: &'a RunResult,
+    end: &'a RunEnd,
+) -> [&'a dyn ToSql; 10] {
     [
         at,
         &result.outcome,
@@ -663,6 +667,7 @@ fn end_values<'a>(at: &'a dyn ToSql, result: &'a RunResult, end: &'a RunEnd) -> 
         &result.error,
         &end.stdout_tail,
         &end.stderr_tail,
+        &end.output,
     ]
 }
 
@@ -688,7 +693,11 @@ fn prune(
     let before = timestamp(before);
     let pruned = connection
         .execute(
-            "DELETE FROM runs WHERE started_at < ?1 AND outcome != 'running'",
+            // A dead message keeps its runs (and their output) as long as it is kept.
+            "DELETE FROM runs WHERE started_at < ?1 AND outcome != 'running'
+               AND NOT EXISTS (SELECT 1 FROM stored
+                               WHERE stored.hook = runs.hook AND stored.msg_id = runs.msg_id
+                                 AND stored.state = 'dead')",
             params![before],
         )
         .and_then(|runs| {
