@@ -469,6 +469,13 @@ fn check(args: &ConfigArg) -> Result<ExitCode, CliError> {
             DurationText(notify.timeout)
         )?;
     }
+    if let Some(console) = &config.console {
+        let access = match console.token {
+            Some(_) => "token required",
+            None => "no token: read-only, no replay",
+        };
+        say!("console  http://{}  {access}", console.listen)?;
+    }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }

@@ -46,6 +46,8 @@ pub struct Config {
     /// The file it was read from.
     pub file: PathBuf,
     pub server: Server,
+    /// `[console]`: absent, no console.
+    pub console: Option<Console>,
     /// In file order.
     pub hooks: Vec<Arc<Hook>>,
     /// The `[[queue]]` tables (SPEC §11), in file order; names are unique.
@@ -93,6 +95,16 @@ pub struct Server {
     /// `log_output` and `keep_output` as [server] gives them: what a hook that does not set
     /// them gets.
     pub output: OutputPolicy,
+}
+
+/// `[console]`: the console's listener (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Console {
+    /// Never the push listener's address.
+    pub listen: Listen,
+    /// The console's token (a secret); `None` only on a loopback address, where the console
+    /// is then read-only (no replay).
+    pub token: Option<String>,
 }
 
 /// One `[[queue]]` table: a CMQ queue consumed over the signed v2 API (SPEC §11).
@@ -361,6 +373,13 @@ impl Config {
                     self.server.listen
                 ));
             }
+        }
+        if self.console.is_some() && self.server.journal.is_none() && self.server.postgres.is_none()
+        {
+            warnings.push(
+                "[console] with `journal = \"off\"`: the console reads runs from the journal, so it has none to show"
+                    .to_owned(),
+            );
         }
         if self.server.postgres.is_some() {
             let longest = self.hooks.iter().map(|hook| hook.kill_grace).max();

@@ -39,12 +39,15 @@
 //! each to [`dispatch`] as a SIMPLIFIED push (`Dispatcher::launch`), deleting it when its
 //! answer would have been 2xx; [`secrets`] hides what the config took
 //! from the environment; [`telemetry`] sets up logs and
-//! metrics.
+//! metrics; [`console`] is `serve`'s second listener (`[console]`, SPEC §10): a JSON API and
+//! server-rendered pages over what [`delivery`] reads from the journal, and replays through
+//! [`dispatch`].
 
 pub mod access;
 pub mod cli;
 pub mod cmq;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;

@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, DurationText, Listen};
+use crate::console;
 use crate::delivery::{Deliveries, JournalError};
 use crate::dispatch::Dispatcher;
 use crate::http;
@@ -87,6 +88,15 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
         _ => None,
     };
     let listeners = bind(listen.as_ref().unwrap_or(&config.server.listen))?;
+    let console_listeners = match &config.console {
+        Some(console) => bind(&console.listen)?,
+        None => Vec::new(),
+    };
+    let console_at = console_listeners
+        .iter()
+        .map(|listener| Ok(format!("http://{}", listener.local_addr()?)))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .join(" and ");
     let local = listeners
         .iter()
         .map(|listener| Ok(format!("http://{}", listener.local_addr()?)))
@@ -108,6 +118,9 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
         }
         dispatcher.enable_notifications();
         // Only now: whoever waits for this line may signal at once.
+        if !console_at.is_empty() {
+            tracing::info!("console on {console_at}");
+        }
         tracing::info!(hooks, "listening on {local}");
         let reloader = Arc::clone(&dispatcher);
         let config_file = config_file.to_owned();
@@ -122,7 +135,15 @@ pub fn serve(config_file: &Path, listen: Option<Listen>) -> Result<(), ServeErro
                 _ = int.recv() => {}
             }
         };
-        run(listeners, Arc::clone(&dispatcher), shutdown).await
+        run(
+            Listeners {
+                push: listeners,
+                console: console_listeners,
+            },
+            Arc::clone(&dispatcher),
+            shutdown,
+        )
+        .await
     });
     dispatcher.close();
     drop(replay_socket);
@@ -212,16 +233,34 @@ pub fn open_deliveries(config: &Config) -> Result<Deliveries, JournalError> {
     }
 }
 
-/// Serves pushes on `listeners` until `shutdown` completes, then drains: pushes get 503,
-/// running commands get `shutdown_grace`, then their groups are killed, and in-flight requests
-/// are answered. Handles no signals itself, so a test can run it in-process on `127.0.0.1:0`.
+/// The bound sockets `serve` serves on.
+pub struct Listeners {
+    /// Pushes (several when `listen` names a host with several addresses).
+    pub push: Vec<TcpListener>,
+    /// The console (SPEC §10); none without `[console]`.
+    pub console: Vec<TcpListener>,
+}
+
+/// Serves pushes (and the console) on `listeners` until `shutdown` completes, then drains:
+/// pushes get 503, running commands get `shutdown_grace`, then their groups are killed, and
+/// in-flight requests are answered. Handles no signals itself, so a test can run it
+/// in-process on `127.0.0.1:0`.
 pub async fn run(
-    listeners: Vec<TcpListener>,
+    listeners: Listeners,
     dispatcher: Arc<Dispatcher>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let server = http::server(listeners, Arc::clone(&dispatcher))?;
+    let server = http::server(listeners.push, Arc::clone(&dispatcher))?;
     let handle = server.handle();
+    // The console is answered while the runs drain (a replay gets 503), and stops with the
+    // push listener.
+    let console = if listeners.console.is_empty() {
+        None
+    } else {
+        let console = console::server(listeners.console, Arc::clone(&dispatcher))?;
+        let handle = console.handle();
+        Some((actix_web::rt::spawn(console), handle))
+    };
     // Stored work (`ack = "stored"`): what the journal holds from before, and what comes in.
     actix_web::rt::spawn(Arc::clone(&dispatcher).schedule_stored());
     // `cmqhook replay` with a shared database asks through it.
@@ -260,6 +299,12 @@ pub async fn run(
         );
     }
     // In-flight requests now have their outcomes; let them be answered.
+    if let Some((console, handle)) = console {
+        handle.stop(true).await;
+        if let Ok(Err(err)) = console.await {
+            tracing::warn!(error = %err, "the console stopped with an error");
+        }
+    }
     handle.stop(true).await;
     server
         .await
@@ -293,6 +338,13 @@ fn reload(dispatcher: &Dispatcher, config_file: &Path) {
             if config.server.listen != old.server.listen {
                 tracing::warn!(
                     "`server.listen` changed: the new address takes effect only after a restart"
+                );
+            }
+            if config.console.as_ref().map(|console| &console.listen)
+                != old.console.as_ref().map(|console| &console.listen)
+            {
+                tracing::warn!(
+                    "`console.listen` changed: the console's new address (or its start or stop) takes effect only after a restart"
                 );
             }
             if config.server.journal != old.server.journal
@@ -346,6 +398,10 @@ mod tests {
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = std::thread::spawn(move || {
+            let listeners = Listeners {
+                push: listeners,
+                console: Vec::new(),
+            };
             actix_web::rt::System::new().block_on(run(listeners, dispatcher, async {
                 let _ = stopped.await;
             }))

@@ -71,6 +71,37 @@ impl Listen {
         }
     }
 
+    /// Whether a listener on `self` and one on `other` would take the same port of the same
+    /// address, as far as can be told without resolving: the same port (0, any free port,
+    /// never clashes) on the same host, on an unspecified address (`0.0.0.0`, `[::]`) and
+    /// any other, or on two loopback spellings.
+    pub fn overlaps(&self, other: &Listen) -> bool {
+        let (port, other_port) = (self.port(), other.port());
+        if port == 0 || port != other_port {
+            return false;
+        }
+        let unspecified =
+            |listen: &Listen| matches!(listen, Listen::Addr(addr) if addr.ip().is_unspecified());
+        let host = |listen: &Listen| match listen {
+            Listen::Addr(addr) => addr.ip().to_string(),
+            Listen::Host { host, .. } => {
+                host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+            }
+        };
+        unspecified(self)
+            || unspecified(other)
+            || (self.is_loopback() && other.is_loopback())
+            || host(self) == host(other)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Listen::Addr(addr) => addr.port(),
+            Listen::Host { port, .. } => *port,
+        }
+    }
+
     /// Every address to bind, in the resolver's order, without repeats; an error when a name
     /// resolves to nothing.
     pub fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
@@ -158,6 +189,26 @@ mod tests {
             let listen: Listen = text.parse().expect(text);
             assert_eq!(listen.is_loopback(), loopback, "{text}");
         }
+    }
+
+    #[test]
+    fn listeners_overlap_on_one_port_of_one_address_an_unspecified_one_or_two_loopbacks() {
+        let overlap = |a: &str, b: &str| {
+            let (a, b): (Listen, Listen) = (a.parse().expect(a), b.parse().expect(b));
+            assert_eq!(a.overlaps(&b), b.overlaps(&a), "{a} {b}: symmetric");
+            a.overlaps(&b)
+        };
+        assert!(overlap("127.0.0.1:9000", "127.0.0.1:9000"));
+        assert!(overlap("0.0.0.0:9000", "10.0.0.5:9000"));
+        assert!(overlap("[::]:9000", "127.0.0.1:9000"));
+        assert!(overlap("localhost:9000", "127.0.0.1:9000"));
+        assert!(overlap("Host.example:9000", "host.example.:9000"));
+        assert!(!overlap("127.0.0.1:9000", "127.0.0.1:9001"));
+        assert!(
+            !overlap("127.0.0.1:0", "127.0.0.1:0"),
+            "any free port: two of them"
+        );
+        assert!(!overlap("10.0.0.5:9000", "10.0.0.6:9000"));
     }
 
     #[test]

@@ -12,10 +12,11 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::raw::{RawDuration, RawHook, RawNotify, RawServer, duration_error, keys_of};
+use super::Listen;
+use super::raw::{RawConsole, RawDuration, RawHook, RawNotify, RawServer, duration_error, keys_of};
 use super::{
-    Ack, Action, Config, ConfigError, Diagnostic, DurationText, Hook, Notify, NotifyEvent, Pattern,
-    Selector, Server,
+    Ack, Action, Config, ConfigError, Console, Diagnostic, DurationText, Hook, Notify, NotifyEvent,
+    Pattern, Selector, Server,
 };
 use crate::runner::{DEFAULT_KEEP_BYTES, Environment, OutputPolicy};
 use crate::secrets::{Secret, Secrets, expand_vars};
@@ -52,7 +53,7 @@ const DEFAULT_NOTIFY_ON: [NotifyEvent; 3] = [
     NotifyEvent::Dead,
 ];
 /// The top-level tables.
-const SECTIONS: &[&str] = &["server", "defaults", "hooks", "queue", "notify"];
+const SECTIONS: &[&str] = &["server", "console", "defaults", "hooks", "queue", "notify"];
 
 /// How far loading looks beyond the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,6 +309,7 @@ impl Loader<'_> {
             }
         };
         let mut server = Section::absent();
+        let mut console = None;
         let mut defaults = Section::<RawHook>::absent();
         let mut raw_hooks = Vec::new();
         let mut raw_queues = Vec::new();
@@ -319,6 +321,13 @@ impl Loader<'_> {
                     server = self
                         .section("server.", value)
                         .unwrap_or_else(|| Section::unreadable(span));
+                }
+                "console" => {
+                    let span = value.span();
+                    console = Some(
+                        self.section::<RawConsole>("console.", value)
+                            .unwrap_or_else(|| Section::unreadable(span)),
+                    );
                 }
                 "defaults" => {
                     let span = value.span();
@@ -365,7 +374,11 @@ impl Loader<'_> {
         // A broken [server] does not stop the hooks from being checked: report every error.
         let dedup_for_broken = server.is_broken("dedup_for");
         let respond_within_broken = server.is_broken("respond_within");
+        let server_listen_broken = server.is_broken("listen");
         let server = self.server(server);
+        let console = console.and_then(|console| {
+            self.console(console, (!server_listen_broken).then_some(&server.listen))
+        });
         // What a broken value would have been is unknown: nothing is judged by it.
         if !dedup_for_broken {
             self.dedup_for = server.dedup_for;
@@ -409,6 +422,7 @@ impl Loader<'_> {
         Some(Config {
             file: PathBuf::new(),
             server,
+            console,
             hooks,
             queues,
             notify,
@@ -441,18 +455,9 @@ impl Loader<'_> {
             }
             None => None,
         };
-        let token = raw.token.and_then(|token| {
-            let value = self.expand("server.token", &token, true)?;
-            if value.is_empty() {
-                self.error(token.span(), "server.token: must not be empty");
-                return None;
-            }
-            self.secrets.push(Secret {
-                value: value.clone(),
-                shown: "<token>".to_owned(),
-            });
-            Some(value)
-        });
+        let token = raw
+            .token
+            .and_then(|token| self.token("server.token", "<token>", &token));
         let max_running = match raw.max_running {
             Some(n) if *n.get_ref() == 0 => {
                 self.error(n.span(), "server.max_running: must be at least 1");
@@ -647,6 +652,72 @@ impl Loader<'_> {
             environment: Arc::default(),
             output_secrets: Secrets::default(),
         })
+    }
+
+    /// The token `key` as written: `${NAME}` expanded, not empty, and a secret shown as
+    /// `shown`.
+    fn token(&mut self, key: &str, shown: &str, written: &Spanned<String>) -> Option<String> {
+        let value = self.expand(key, written, true)?;
+        if value.is_empty() {
+            self.error(written.span(), format!("{key}: must not be empty"));
+            return None;
+        }
+        self.secrets.push(Secret {
+            value: value.clone(),
+            shown: shown.to_owned(),
+        });
+        Some(value)
+    }
+
+    /// `[console]`: its listener (never `push`, the push listener's address, when that is
+    /// known) and its token, required unless the listener is loopback.
+    fn console(&mut self, section: Section<RawConsole>, push: Option<&Listen>) -> Option<Console> {
+        let listen_broken = section.is_broken("listen");
+        let token_broken = section.is_broken("token");
+        let raw = section.raw;
+        let Some(written) = raw.listen else {
+            if !listen_broken {
+                self.error(
+                    section.span,
+                    "console.listen: required: where the console listens, e.g. \"127.0.0.1:9001\"",
+                );
+            }
+            return None;
+        };
+        let span = written.span();
+        // A port is no secret, as for `server.listen`.
+        let listen: Listen = match self.expand("console.listen", &written, false)?.parse() {
+            Ok(listen) => listen,
+            Err(err) => {
+                let message = format!("console.listen: `{}`: {err}", written.get_ref());
+                self.error(span, message);
+                return None;
+            }
+        };
+        if let Some(push) = push
+            && listen.overlaps(push)
+        {
+            self.error(
+                span.clone(),
+                format!(
+                    "console.listen: `{listen}` is the push listener's address (server.listen = `{push}`): give the console an address of its own"
+                ),
+            );
+        }
+        let token = match raw.token {
+            Some(token) => Some(self.token("console.token", "<console token>", &token)?),
+            None if !listen.is_loopback() && !token_broken => {
+                self.error(
+                    span,
+                    format!(
+                        "console.listen: `{listen}` is not loopback: anyone who can reach it would see every run; set `token` in [console] (token = \"${{CMQHOOK_CONSOLE_TOKEN}}\") or listen on 127.0.0.1"
+                    ),
+                );
+                None
+            }
+            None => None,
+        };
+        Some(Console { listen, token })
     }
 
     fn networks(&mut self, key: &str, raw: Option<Vec<Spanned<String>>>) -> Vec<IpNet> {

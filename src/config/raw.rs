@@ -88,6 +88,14 @@ pub(super) struct RawNotify {
     pub(super) timeout: Option<Spanned<RawDuration>>,
 }
 
+/// `[console]` (SPEC §10).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsole {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) token: Option<Spanned<String>>,
+}
+
 /// A duration as written: a human string (`"500ms"`, `"15s"`, `"1d 2h"`). One that cannot be
 /// read says how to write it: a bare number gets the same number with a unit as an example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,16 +40,17 @@ pub const SYNTAX: &[&str] = &[
      strings (\"8 MiB\") or integers (bytes). Relative paths are relative to the directory of \
      the config file.",
     "${NAME} in listen, token, path and journal (and in a [[queue]]'s endpoint, secret_id, \
-     secret_key and token) is replaced by the environment variable NAME when the config is \
+     secret_key and token, and [console]'s listen and token) is replaced by the environment variable NAME when the config is \
      loaded; an unset variable is an error, and $$ is a literal $. Nothing \
      else is expanded, so a command keeps its $VARS for the shell. Every value taken from the \
      environment into token, path, journal or a [[queue]]'s secret_id is a secret, as are a \
-     queue's secret_key and token: it is shown as ${NAME} (the token as <token>) in logs, answers, the journal and check's output, and the variable it came from \
+     queue's secret_key and token and [console]'s token: it is shown as ${NAME} (the token as <token>) in logs, answers, the journal and check's output, and the variable it came from \
      is removed from every command's environment unless the hook lists it in pass_env.",
 ];
 
-/// `[server]`, `[defaults]`, `[hooks.NAME]`, `[[queue]]` and `[notify]`, in that order.
-pub const TABLES: &[Table] = &[SERVER, DEFAULTS, HOOKS, QUEUE, NOTIFY];
+/// `[server]`, `[console]`, `[defaults]`, `[hooks.NAME]`, `[[queue]]` and `[notify]`, in that
+/// order.
+pub const TABLES: &[Table] = &[SERVER, CONSOLE, DEFAULTS, HOOKS, QUEUE, NOTIFY];
 
 /// `[server]`: the listener, the journal, limits.
 pub const SERVER: Table = Table {
@@ -187,6 +188,33 @@ pub const SERVER: Table = Table {
                       interleaved, each line starting with \"out| \" or \"err| \", secrets \
                       redacted, and a line saying how many lines and bytes were cut between \
                       them. At most 16 MiB. Hooks may set their own.",
+        },
+    ],
+};
+
+/// `[console]`: the web console and its JSON API (SPEC §10).
+pub const CONSOLE: Table = Table {
+    name: "[console]",
+    about: "The console: a second listener of serve with a JSON API (/api/hooks, /api/runs, \
+            /api/runs/ID, /api/dead, POST /api/replay) and pages for a person (overview, \
+            deliveries, one run with its output, dead letters with a Replay button), read from \
+            the journal (with PostgreSQL, the whole fleet's). Without this table there is no \
+            console.",
+    keys: &[
+        Key {
+            name: "listen",
+            default: Default::Text("required"),
+            meaning: "Where the console listens: IP:PORT or HOST:PORT, never the push \
+                      listener's address. ${NAME} is expanded.",
+        },
+        Key {
+            name: "token",
+            default: Default::Text("none"),
+            meaning: "The console's secret (${NAME} is expanded; use one): presented as \
+                      Authorization: Bearer TOKEN, or through the login form, which sets an \
+                      HttpOnly, SameSite=Strict cookie; otherwise 401. Required unless listen \
+                      is loopback (check refuses it); without one the console is read-only, \
+                      no replay.",
         },
     ],
 };
@@ -462,7 +490,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::config::raw::{RawHook, RawNotify, RawQueue, RawServer, keys_of};
+    use crate::config::raw::{RawConsole, RawHook, RawNotify, RawQueue, RawServer, keys_of};
 
     fn names(table: &Table) -> Vec<&'static str> {
         table.keys.iter().map(|key| key.name).collect()
@@ -471,6 +499,7 @@ mod tests {
     #[test]
     fn the_reference_documents_exactly_the_keys_the_loader_takes() {
         assert_eq!(names(&SERVER), keys_of::<RawServer>());
+        assert_eq!(names(&CONSOLE), keys_of::<RawConsole>());
         assert_eq!(names(&HOOKS), keys_of::<RawHook>());
         assert_eq!(names(&QUEUE), keys_of::<RawQueue>());
         assert_eq!(names(&NOTIFY), keys_of::<RawNotify>());

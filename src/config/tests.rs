@@ -1432,7 +1432,7 @@ fn unknown_sections_suggest_the_nearest_section() {
     assert!(
         diagnostic
             .message
-            .contains("expected one of `server`, `defaults`, `hooks`"),
+            .contains("expected one of `server`, `console`, `defaults`, `hooks`"),
         "{diagnostic}"
     );
 }
@@ -1861,6 +1861,59 @@ fn a_duration_that_cannot_be_read_gives_an_example() {
         3,
         16,
         &["hooks.a.retry", "`ten` is not a duration", "\"20s\""],
+    );
+}
+
+#[test]
+fn a_console_beyond_loopback_needs_a_token_and_says_where() {
+    let text = "[console]\nlisten = \"0.0.0.0:9001\"\n";
+    one_error(text, 2, 10, &["console.listen", "not loopback", "token"]);
+    // With one (from the environment: a secret, redacted like the push token), it is fine.
+    let config = parse("[console]\nlisten = \"0.0.0.0:9001\"\ntoken = \"${CMQHOOK_TOKEN}\"\n");
+    let console = config.console.as_ref().expect("console");
+    assert_eq!(console.token.as_deref(), Some("tok-7f3a9c"));
+    assert_eq!(config.redact("a tok-7f3a9c b"), "a ${CMQHOOK_TOKEN} b");
+    // A loopback console may go without one: it is read-only then.
+    let config = parse("[console]\nlisten = \"127.0.0.1:9001\"\n");
+    assert_eq!(config.console.expect("console").token, None);
+    assert!(parse("").console.is_none(), "no table, no console");
+    let off = parse("[server]\njournal = \"off\"\n[console]\nlisten = \"127.0.0.1:9001\"\n");
+    assert!(
+        off.warnings()
+            .iter()
+            .any(|w| w.contains("[console] with `journal = \"off\"`")),
+        "{:?}",
+        off.warnings()
+    );
+}
+
+#[test]
+fn the_console_never_takes_the_push_listeners_address() {
+    let text = "[server]\nlisten = \"127.0.0.1:9000\"\n[console]\nlisten = \"localhost:9000\"\n";
+    one_error(
+        text,
+        4,
+        10,
+        &["console.listen", "push listener", "127.0.0.1:9000"],
+    );
+    // The default push address counts too.
+    one_error(
+        "[console]\nlisten = \"127.0.0.1:9000\"\n",
+        2,
+        10,
+        &["push listener"],
+    );
+    one_error(
+        "[console]\ntoken = \"x\"\n",
+        1,
+        1,
+        &["console.listen: required"],
+    );
+    one_error(
+        "[console]\nlisten = \"127.0.0.1:9001\"\ntokn = \"x\"\n",
+        3,
+        1,
+        &["console.tokn", "did you mean `token`"],
     );
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
-use super::model::Ended;
+use super::model::{DeadLetter, Ended, FigureRows, RunQuery};
 use super::postgres::{Postgres, ReplayRequest, TakenWork};
 use super::sqlite::{Journal, OnStored};
 use super::table::Last;
@@ -203,6 +203,22 @@ pub(super) trait Backend: Send + Sync {
         None
     }
 
+    /// The console's runs matching `query`, newest first: up to `query.limit + 1` (none
+    /// without a journal).
+    fn runs(&self, _query: RunQuery) -> Pending<'_, Result<Vec<RunRecord>, String>> {
+        Box::pin(ready(Ok(Vec::new())))
+    }
+
+    /// What the console's overview is made from, at `now`.
+    fn figures(&self, _now: SystemTime) -> Pending<'_, Result<FigureRows, String>> {
+        Box::pin(ready(Ok(FigureRows::default())))
+    }
+
+    /// The dead letters, latest death first, at most `limit`.
+    fn dead_letters(&self, _limit: usize) -> Pending<'_, Result<Vec<DeadLetter>, String>> {
+        Box::pin(ready(Ok(Vec::new())))
+    }
+
     /// Commits what is queued and lets the journal go.
     fn close(&self) {}
 }
@@ -292,6 +308,18 @@ impl Backend for Journal {
 
     fn record_push(&self, push: PushRecord) {
         Journal::record_push(self, push);
+    }
+
+    fn runs(&self, query: RunQuery) -> Pending<'_, Result<Vec<RunRecord>, String>> {
+        Box::pin(Journal::runs(self, query))
+    }
+
+    fn figures(&self, now: SystemTime) -> Pending<'_, Result<FigureRows, String>> {
+        Box::pin(Journal::figures(self, now))
+    }
+
+    fn dead_letters(&self, limit: usize) -> Pending<'_, Result<Vec<DeadLetter>, String>> {
+        Box::pin(Journal::dead_letters(self, limit))
     }
 
     fn kept<'a>(
@@ -418,6 +446,18 @@ impl Backend for Postgres {
 
     fn record_push(&self, push: PushRecord) {
         Postgres::record_push(self, push);
+    }
+
+    fn runs(&self, query: RunQuery) -> Pending<'_, Result<Vec<RunRecord>, String>> {
+        Box::pin(Postgres::runs(self, query))
+    }
+
+    fn figures(&self, now: SystemTime) -> Pending<'_, Result<FigureRows, String>> {
+        Box::pin(Postgres::figures(self, now))
+    }
+
+    fn dead_letters(&self, limit: usize) -> Pending<'_, Result<Vec<DeadLetter>, String>> {
+        Box::pin(Postgres::dead_letters(self, limit))
     }
 
     fn kept<'a>(

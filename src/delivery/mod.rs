@@ -35,7 +35,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use backend::{Backend, Memory};
-pub use model::{HistoryFilter, HistoryRow, JournalError, LeftRunning, RunRecord, Written};
+pub use model::{
+    DeadLetter, FigureRows, HistoryFilter, HistoryRow, HookFigures, HourFigures, JournalError,
+    LastFailure, LeftRunning, RunPage, RunQuery, RunRecord, Written,
+};
 pub use sqlite::{history, run};
 use table::{Intent, Table};
 
@@ -1101,6 +1104,29 @@ impl Deliveries {
     /// run; `None` with other backends (each instance counts its own work).
     pub async fn stored_waiting(&self) -> Option<Result<Vec<(String, i64)>, String>> {
         Some(self.backend.stored_waiting()?.await)
+    }
+
+    /// The console's page of runs (SPEC §10): those matching `query`, newest first; with a
+    /// shared database, every instance's. Empty without a journal.
+    pub async fn runs(&self, query: RunQuery) -> Result<RunPage, String> {
+        let runs = self.backend.runs(query.clone()).await?;
+        Ok(RunPage::of(runs, &query))
+    }
+
+    /// The console's overview (SPEC §10): the figures of each hook of `configured` (then of
+    /// every other hook the journal has runs of) at `now`.
+    pub async fn hook_figures(
+        &self,
+        configured: &[String],
+        now: SystemTime,
+    ) -> Result<Vec<HookFigures>, String> {
+        let rows = self.backend.figures(now).await?;
+        Ok(HookFigures::of(configured, &rows, now))
+    }
+
+    /// The dead letters, latest death first, at most `limit`, each with its last run.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, String> {
+        self.backend.dead_letters(limit).await
     }
 
     /// Journals a push that ran nothing.

@@ -299,6 +299,11 @@ impl Dispatcher {
         self.draining.cancel();
     }
 
+    /// The delivery state, for the console's reads.
+    pub fn deliveries(&self) -> &Deliveries {
+        &self.deliveries
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
     }

@@ -87,6 +87,9 @@ pub enum Replayed {
     Unreadable(String),
     /// No body of the message is kept within `keep_bodies`.
     NotKept,
+    /// Nothing ran: the stored message of `hook` is queued, waiting for a retry or running
+    /// (its own runs are not over). Only [`Dispatcher::replay_unless_busy`] says so.
+    Busy { hook: String, state: StoredState },
     /// Per hook: its result, or why it was not replayed.
     Ran(Vec<Result<HookResult, String>>),
 }
@@ -100,6 +103,10 @@ impl Replayed {
                 not_kept: true,
                 ..Reply::default()
             }],
+            Replayed::Busy { hook, state } => vec![Reply::refusal(format!(
+                "{hook}: not replayed: the stored message is {}: its own runs are not over",
+                state.as_str()
+            ))],
             Replayed::Ran(results) => results
                 .into_iter()
                 .map(|result| match result {
@@ -197,6 +204,17 @@ impl Dispatcher {
     /// and replays it through `hook` (else every hook that ran it) that this config has, at
     /// once, each with [`Dispatcher::replay_claimed`].
     pub async fn replay_message(&self, msg_id: &str, hook: Option<&str>) -> Replayed {
+        self.replay_kept(msg_id, hook, false).await
+    }
+
+    /// The console's replay (SPEC §10): as [`Dispatcher::replay_message`], but nothing runs
+    /// while the stored message of one of the hooks is queued, waiting for a retry or running
+    /// ([`Replayed::Busy`]).
+    pub async fn replay_unless_busy(&self, msg_id: &str, hook: Option<&str>) -> Replayed {
+        self.replay_kept(msg_id, hook, true).await
+    }
+
+    async fn replay_kept(&self, msg_id: &str, hook: Option<&str>, refuse_busy: bool) -> Replayed {
         if self.is_draining() {
             return Replayed::Unreadable("the serve is shutting down".to_owned());
         }
@@ -214,6 +232,21 @@ impl Dispatcher {
             Some(name) => vec![name.to_owned()],
             None => kept.hooks.clone(),
         };
+        for name in names.iter().filter(|_| refuse_busy) {
+            match self.deliveries.stored_progress(name, msg_id).await {
+                Ok(Some((
+                    state @ (StoredState::Queued | StoredState::Waiting | StoredState::Running),
+                    _,
+                ))) => {
+                    return Replayed::Busy {
+                        hook: name.clone(),
+                        state,
+                    };
+                }
+                Ok(_) => {}
+                Err(reason) => return Replayed::Unreadable(reason),
+            }
+        }
         let runs = names.iter().map(|name| {
             let hook = config.hooks.iter().find(|hook| &hook.name == name).cloned();
             let kept = &kept;

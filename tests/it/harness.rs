@@ -744,8 +744,24 @@ pub fn post_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Vec<u8> {
+    let mut all = vec![
+        ("Content-Type", "text/plain"),
+        ("User-Agent", "Qcloud Notification Service Agent"),
+    ];
+    all.extend_from_slice(headers);
+    request(addr, "POST", path, &all, body)
+}
+
+/// The bytes of `METHOD path` with `headers`, `Content-Length` and `Connection: close`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nUser-Agent: Qcloud Notification Service Agent\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
     for (name, value) in headers {

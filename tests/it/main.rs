@@ -5,7 +5,9 @@ mod harness;
 mod pg;
 mod standin;
 
+mod browser;
 mod cli;
+mod console;
 mod delivery;
 mod end_log;
 mod faults;

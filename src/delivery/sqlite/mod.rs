@@ -74,6 +74,8 @@ pub struct Journal {
     resumable: Mutex<Vec<StoredWork>>,
     /// The runs a previous process left running, marked interrupted at open.
     left_running: Mutex<Vec<LeftRunning>>,
+    /// The journal file, which the console's reads open on their own (`history.rs`).
+    path: PathBuf,
 }
 
 impl Journal {
@@ -170,6 +172,7 @@ impl Journal {
             first_free_id: max_id + 1,
             resumable: Mutex::new(resumable),
             left_running: Mutex::new(left_running),
+            path: path.to_owned(),
         })
     }
 
