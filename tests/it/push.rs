@@ -471,10 +471,12 @@ fn huge_output_keeps_server_memory_flat() {
     assert_eq!(response.status, 200, "{}", response.text());
     let peak = server.peak_rss_kib();
     eprintln!("idle RSS {idle} KiB, peak RSS {peak} KiB after 300 MB of output");
-    // README: idle at 7.5-8 MiB, near 15 MiB with 64 pushes in flight (a release build). This
-    // debug build measured 13.9-14.3 MiB idle and 15.9-16.2 MiB at the peak: 30 MiB leaves
-    // room for a busier allocator, and 300 MB buffered anywhere would blow it many times over.
-    assert!(peak < 30 * 1024, "peak RSS {peak} KiB");
+    // README: idle at 7.5-8 MiB, near 15 MiB with 64 pushes in flight (a release build). A
+    // debug build's RSS is mostly its own binary's pages: 25.8 MiB idle, of which 22.5 MiB
+    // file-backed, since the console and pull mode (2026-12), and 31.4 MiB at the peak. 40 MiB
+    // leaves room for a busier allocator; 300 MB buffered anywhere would blow it many times
+    // over, and the growth check below is the one that says memory stays flat.
+    assert!(peak < 40 * 1024, "peak RSS {peak} KiB");
     assert!(
         peak.saturating_sub(idle) < 10 * 1024,
         "RSS grew from {idle} to {peak} KiB"
