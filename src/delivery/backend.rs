@@ -143,8 +143,8 @@ pub(super) trait Backend: Send + Sync {
         None
     }
 
-    /// The runs a previous process left running, marked interrupted when this one took the
-    /// journal over (once; empty after).
+    /// The runs another process left running, marked interrupted by this one and not told
+    /// yet (each once; empty after).
     fn take_left_running(&self) -> Vec<LeftRunning> {
         Vec::new()
     }
@@ -426,6 +426,10 @@ impl Backend for Postgres {
 
     fn stored_wakeup(&self) -> Option<Arc<Notify>> {
         Some(Postgres::stored_wakeup(self))
+    }
+
+    fn take_left_running(&self) -> Vec<LeftRunning> {
+        Postgres::take_left_running(self)
     }
 
     fn take_due<'a>(

@@ -844,8 +844,10 @@ impl Deliveries {
             .unwrap_or_else(|| Box::pin(std::future::ready(Ok(Some((run_id, false))))))
     }
 
-    /// The runs a previous process left running, which this one marked interrupted when it
-    /// took the journal over (once; empty after, and with the other backends).
+    /// The runs another process left running that this one marked interrupted and has not
+    /// told yet, each once: when it took a SQLite journal over; in a shared database, this
+    /// host's orphans of an earlier `serve` and expired claims a stored push took over, as
+    /// they come (the stored scheduler's wakeup is told). Empty with the other backends.
     pub fn take_left_running(&self) -> Vec<LeftRunning> {
         self.backend.take_left_running()
     }

@@ -334,8 +334,9 @@ impl Dispatcher {
     }
 
     /// Tells `[notify]` of a run another process left running, which this one recorded as
-    /// interrupted: at the start of a SQLite journal, or when its claim's lease ran out in a
-    /// shared one and this instance took the message over. Its id is the journal's already.
+    /// interrupted: at the start of a SQLite journal; in a shared one, when this instance
+    /// took over what an earlier `serve` on its host left, or a message whose claim's lease
+    /// ran out. Its id is the journal's already.
     fn notify_interrupted(&self, run: crate::delivery::LeftRunning) {
         let event = notify::Event {
             kind: crate::config::NotifyEvent::Interrupted,

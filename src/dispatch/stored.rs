@@ -158,9 +158,15 @@ impl Dispatcher {
 
     /// With a shared database, where every instance takes due work from one table: looks for
     /// due work of each stored hook with a free slot every [`POLL_EVERY`] (at once when this
-    /// instance stored a push), and runs each piece taken, one attempt, until draining.
+    /// instance stored a push), and runs each piece taken, one attempt, until draining. Each
+    /// time, first tells `[notify]` of the runs the journal recorded as interrupted meanwhile
+    /// (this host's orphans, found once the database is reached; an expired claim a push
+    /// took over), which wake it too.
     async fn poll_stored(self: Arc<Self>, wakeup: &tokio::sync::Notify) {
         loop {
+            for run in self.deliveries.take_left_running() {
+                self.notify_interrupted(run);
+            }
             if !self.is_draining() && self.deliveries.health().is_ok() {
                 let config = self.config();
                 self.gauge_fleet_pending(&config).await;

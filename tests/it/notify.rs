@@ -63,12 +63,10 @@ fn about<'a>(notes: &'a [Run], hook: &str) -> &'a Run {
         .unwrap_or_else(|| panic!("no notification about {hook}"))
 }
 
-/// Asserts that `dir` holds exactly one notification, `interrupted`, about attempt 1 of
-/// `hook` for `msg_id`, whose run is `run_id` in the journal.
-fn assert_one_interrupted(dir: &Dir, (hook, msg_id): (&str, &str), run_id: &str) {
-    let notes = notifications(dir);
-    assert_eq!(notes.len(), 1, "{notes:#?}");
-    notes[0].assert_vars(&[
+/// Asserts that `note` tells `interrupted` about attempt 1 of `hook` for `msg_id`, whose run
+/// is `run_id` in the journal.
+fn assert_interrupted(note: &Run, (hook, msg_id): (&str, &str), run_id: &str) {
+    note.assert_vars(&[
         ("CMQHOOK_EVENT", "interrupted"),
         ("CMQHOOK_HOOK", hook),
         ("CMQ_MSG_ID", msg_id),
@@ -79,15 +77,32 @@ fn assert_one_interrupted(dir: &Dir, (hook, msg_id): (&str, &str), run_id: &str)
     ]);
 }
 
+/// Asserts that `dir` holds exactly one notification, as [`assert_interrupted`] says.
+fn assert_one_interrupted(dir: &Dir, run: (&str, &str), run_id: &str) {
+    let notes = notifications(dir);
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    assert_interrupted(&notes[0], run, run_id);
+}
+
 /// An instance `label` of a fleet on `db` with `hooks` (the `[server]` keys `extra` added)
-/// that notifies `interrupted` into `shared`'s notes.
+/// that notifies `interrupted` into `shared`'s notes; leases of 2 s.
 fn interrupted_spec(
     db: &crate::pg::TestDb,
     shared: &Dir,
     hooks: &str,
     (label, extra): (&str, &str),
 ) -> crate::pg::Spec {
-    let server = crate::pg::server_keys(&db.url(), Some(label), "2s", extra);
+    leased_spec(db, shared, hooks, (label, "2s", extra))
+}
+
+/// [`interrupted_spec`] with leases of `lease`.
+fn leased_spec(
+    db: &crate::pg::TestDb,
+    shared: &Dir,
+    hooks: &str,
+    (label, lease, extra): (&str, &str, &str),
+) -> crate::pg::Spec {
+    let server = crate::pg::server_keys(&db.url(), Some(label), lease, extra);
     let notify = notify_table(shared, 0, "on = [\"interrupted\"]");
     crate::pg::Spec::new(label, format!("{}{notify}", config(&server, hooks)))
 }
@@ -423,6 +438,100 @@ fn with_postgres_the_instance_that_resumes_a_dead_instances_stored_run_notifies_
         &shared,
         ("job", "m-resume"),
         &interrupted_id(&db, "m-resume"),
+    );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
+fn with_postgres_a_restarted_instance_notifies_the_runs_its_killed_process_left_interrupted() {
+    use crate::pg::{Instance, TestDb, lines_of};
+    let db = TestDb::create();
+    let shared = Dir::new();
+    let pids = shared.file("pids");
+    let command = shared.held_first_attempt(&pids);
+    let hooks = format!(
+        "[defaults]\nkill_grace = \"200ms\"\n\n\
+         [hooks.held]\npath = \"/held\"\ncommand = '{command}'\n\n\
+         [hooks.job]\npath = \"/job\"\nack = \"stored\"\ncommand = '{command}'\n"
+    );
+    // A long lease: the restarted process takes its runs over at once, by the orphan rule.
+    let spec = || {
+        leased_spec(
+            &db,
+            &shared,
+            &hooks,
+            ("a", "30s", "respond_within = \"300ms\""),
+        )
+    };
+    let mut first = Instance::start(spec());
+    assert_eq!(first.server.post_seed("/held", "m-exit").status, 503);
+    assert_eq!(first.server.post_seed("/job", "m-stored").status, 200);
+    assert!(
+        wait_for(Duration::from_secs(10), || lines_of(&pids).len() == 2),
+        "both commands started"
+    );
+    first.kill();
+    assert!(notifications(&shared).is_empty());
+    // The same instance again, on the same host: it records both runs, and tells them.
+    let mut again = Instance::start(spec());
+    wait_for_notifications(&shared, 2);
+    // The stored work is resumed (attempt 2, whose success notifies nothing).
+    wait_for_runs_recorded(&shared, 1);
+    assert_eq!(again.server.stop(), Some(0));
+    let notes = notifications(&shared);
+    assert_eq!(notes.len(), 2, "{notes:#?}");
+    assert_interrupted(
+        about(&notes, "held"),
+        ("held", "m-exit"),
+        &interrupted_id(&db, "m-exit"),
+    );
+    assert_interrupted(
+        about(&notes, "job"),
+        ("job", "m-stored"),
+        &interrupted_id(&db, "m-stored"),
+    );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
+fn with_postgres_a_stored_push_that_takes_over_a_dead_instances_exit_run_notifies_interrupted() {
+    use crate::pg::{Instance, TestDb};
+    let db = TestDb::create();
+    let shared = Dir::new();
+    let command = shared.held_first_attempt(&shared.file("pids"));
+    // The hook's `ack` is "exit" on a, "stored" on b (as while a change rolls out).
+    let hooks = |ack: &str| {
+        format!(
+            "[defaults]\nkill_grace = \"200ms\"\n\n[hooks.held]\nack = \"{ack}\"\ncommand = '{command}'\n"
+        )
+    };
+    let mut fleet = Instance::start_all(vec![
+        interrupted_spec(
+            &db,
+            &shared,
+            &hooks("exit"),
+            ("a", "respond_within = \"500ms\""),
+        ),
+        interrupted_spec(&db, &shared, &hooks("stored"), ("b", "")),
+    ]);
+    assert_eq!(fleet[0].push("m-switch").status, 503);
+    shared.wait_at_gate("held");
+    fleet[0].kill();
+    // CMQ's retry reaches b, whose push stores the message once a's lease ran out.
+    let mut last = 0;
+    let stored = wait_for(Duration::from_secs(20), || {
+        last = fleet[1].push("m-switch").status;
+        last == 200
+    });
+    assert!(stored, "b's push was answered {last}");
+    wait_for_notifications(&shared, 1);
+    // The stored work runs as attempt 2; its success notifies nothing.
+    wait_for_runs_recorded(&shared, 1);
+    assert_eq!(fleet[1].server.stop(), Some(0));
+    assert_one_interrupted(
+        &shared,
+        ("held", "m-switch"),
+        &interrupted_id(&db, "m-switch"),
     );
 }
 

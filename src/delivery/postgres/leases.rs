@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{State, orphans, seconds};
+use super::{LeftRunning, State, orphans, seconds};
 
 /// How often the monitor looks again while the database is unreachable: pushes are answered
 /// again within 1 s of it being reachable (SPEC §8), so well within that.
@@ -121,22 +121,33 @@ impl State {
         })
         .await
         .unwrap_or(0);
-        // A stored run's claim is its message's state: queued again, as its work.
+        // A stored run's claim is its message's state: queued again, as its work. Any other
+        // run gets its row: the process that ran it cannot write it.
         let interrupted = self
-            .execute(
-                "UPDATE cmqhook_claims AS c
-                 SET outcome = CASE WHEN EXISTS (
-                         SELECT 1 FROM cmqhook_stored AS s
-                         WHERE s.hook = c.hook AND s.msg_id = c.msg_id
-                           AND s.state IN ('queued', 'waiting', 'running')
-                     ) THEN 'queued' ELSE 'interrupted' END,
-                     ended_at = now(), lease_until = now()
-                 WHERE outcome = 'running' AND owner_boot = ANY($1)",
+            .query(
+                "WITH marked AS (
+                    UPDATE cmqhook_claims AS c
+                    SET outcome = CASE WHEN EXISTS (
+                            SELECT 1 FROM cmqhook_stored AS s
+                            WHERE s.hook = c.hook AND s.msg_id = c.msg_id
+                              AND s.state IN ('queued', 'waiting', 'running')
+                        ) THEN 'queued' ELSE 'interrupted' END,
+                        ended_at = now(), lease_until = now()
+                    WHERE outcome = 'running' AND owner_boot = ANY($1)
+                    RETURNING c.hook, c.msg_id, c.attempt, c.instance, c.outcome
+                 )
+                 INSERT INTO cmqhook_runs
+                    (instance, started_at, ended_at, hook, msg_id, path, tags, attempt, outcome,
+                     error)
+                 SELECT instance, now(), now(), hook, msg_id, '', '', attempt, 'interrupted',
+                        'its cmqhook stopped while it ran'
+                 FROM marked WHERE outcome = 'interrupted'
+                 RETURNING id, hook, msg_id, attempt",
                 &[&dead],
             )
             .await?;
         let resumed = self
-            .execute(
+            .query(
                 "WITH resumed AS (
                     UPDATE cmqhook_stored AS s
                     SET state = 'queued', next_at = now(), updated_at = now(),
@@ -154,16 +165,25 @@ impl State {
                  SELECT COALESCE(instance, ''), started_at, now(), hook, msg_id, request_id,
                         COALESCE(path, ''), topic, subscription, tags, attempt, 'interrupted',
                         'its cmqhook stopped while it ran'
-                 FROM resumed",
+                 FROM resumed
+                 RETURNING id, hook, msg_id, attempt",
                 &[&dead],
             )
             .await?;
         tracing::warn!(
-            claims = interrupted,
-            stored = resumed,
+            claims = interrupted.len(),
+            stored = resumed.len(),
             processes = killed,
             "claims a previous cmqhook on this host left running are marked interrupted, its stored work resumed"
         );
+        // Events this process recorded, for `[notify]`; the scheduler is woken for the work
+        // resumed, and tells them.
+        self.left_running(interrupted.iter().chain(&resumed).map(|row| LeftRunning {
+            id: row.get(0),
+            hook: row.get(1),
+            msg_id: row.get(2),
+            attempt: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+        }));
         Ok(())
     }
 

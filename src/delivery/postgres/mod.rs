@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::model::{Ended, HistoryFilter, HistoryRow, JournalError, Written};
+use super::model::{Ended, HistoryFilter, HistoryRow, JournalError, LeftRunning, Written};
 use super::{
     KeptPush, Message, Outcome, PushRecord, RunResult, StoredPush, StoredState, StoredWork,
 };
@@ -144,6 +144,10 @@ struct State {
     secrets: Secrets,
     /// Told when this instance stored a push: the scheduler looks for due work at once.
     stored: Arc<tokio::sync::Notify>,
+    /// Runs of other processes this one recorded as interrupted outside a run of its own
+    /// (this host's orphans, a stored push's takeover of an expired claim), not yet told to
+    /// `[notify]`: the scheduler, woken by `stored`, takes them.
+    left_running: Mutex<Vec<LeftRunning>>,
 }
 
 /// `journal` values that name a PostgreSQL database.
@@ -249,6 +253,7 @@ impl Postgres {
             held: Mutex::new(HashSet::new()),
             secrets,
             stored: Arc::new(tokio::sync::Notify::new()),
+            left_running: Mutex::new(Vec::new()),
         });
         let handle = runtime.handle().clone();
         handle.spawn(Arc::clone(&state).monitor());
@@ -280,6 +285,18 @@ impl Postgres {
     /// `Ok` while new runs may start; else why not.
     pub fn health(&self) -> Result<(), String> {
         self.state.health()
+    }
+
+    /// The runs of other processes this one recorded as interrupted and has not told yet
+    /// (see [`State::left_running`]); empty after.
+    pub fn take_left_running(&self) -> Vec<LeftRunning> {
+        std::mem::take(
+            &mut *self
+                .state
+                .left_running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Changes when running commands must stop: their leases could not be renewed for two
@@ -355,6 +372,20 @@ impl State {
             _ => {}
         }
         *current = health;
+    }
+
+    /// Keeps `runs`, recorded here as interrupted, for [`Postgres::take_left_running`], and
+    /// wakes the scheduler, which takes them.
+    fn left_running(&self, runs: impl IntoIterator<Item = LeftRunning>) {
+        let mut left = self
+            .left_running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = left.len();
+        left.extend(runs);
+        if left.len() > before {
+            self.stored.notify_one();
+        }
     }
 
     fn hold(&self, run_id: i64) {

@@ -162,10 +162,14 @@ impl State {
                         SELECT instance, lease_until, lease_until, $1, $2, '', '', attempt,
                                'interrupted', 'its instance stopped renewing its claim''s lease'
                         FROM found WHERE expired AND EXISTS (SELECT 1 FROM claimed)
+                        RETURNING id, attempt
                      )
-                     SELECT NULL::text, false FROM claimed
+                     SELECT NULL::text, false, (SELECT id FROM noted), (SELECT attempt FROM noted)
+                     FROM claimed
                      UNION ALL
-                     SELECT outcome, EXISTS (SELECT 1 FROM stored_live) FROM found
+                     SELECT outcome, EXISTS (SELECT 1 FROM stored_live), NULL::bigint,
+                            NULL::integer
+                     FROM found
                      WHERE NOT EXISTS (SELECT 1 FROM claimed)",
                     &[
                         &push.hook,
@@ -191,6 +195,16 @@ impl State {
                 continue;
             };
             let Some(state) = row.get::<_, Option<String>>(0) else {
+                // An event this instance recorded, for `[notify]`.
+                let noted: (Option<i64>, Option<i32>) = (row.get(2), row.get(3));
+                if let (Some(id), Some(attempt)) = noted {
+                    self.left_running([LeftRunning {
+                        id,
+                        hook: push.hook.clone(),
+                        msg_id: Some(message.msg_id.clone()),
+                        attempt: u32::try_from(attempt).unwrap_or(0),
+                    }]);
+                }
                 return Ok(Decided::Stored);
             };
             let stored_live: bool = row.get(1);
