@@ -590,8 +590,17 @@ fn after_sigkill_mid_run_the_message_runs_again_once_the_killed_command_is_gone(
         "the killed serve's command {killed} still runs"
     );
     assert!(standin.deleted("deploys").is_empty());
-    let _server = Server::start(&dir, &text);
-    wait_deleted(&standin, &[&id]);
+    let server = Server::start(&dir, &text);
+    let deleted = wait_for(SETTLED_WITHIN, || {
+        standin.deleted("deploys") == [id.as_str()]
+    });
+    assert!(
+        deleted,
+        "deleted {:?}; requests {:#?}; log:\n{}",
+        standin.deleted("deploys"),
+        standin.requests(),
+        server.log_text()
+    );
     assert_eq!(dir.attempts(), ["2"]);
     assert!(standin.dequeue_count("deploys", &id) >= 2);
 }
