@@ -8,6 +8,8 @@
 # later runs against the same revision build only the working tree. Traffic to 127.0.0.1 only.
 #
 # Usage: bench/ab.sh REV [seconds] [rounds]
+#   WORKLOADS (default "true cat") and CONNS (default "1 8 64") narrow the run, e.g. to look
+#   again at one figure that moved
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -66,8 +68,8 @@ measure() {
 
 echo "before = $rev, after = the working tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo ', modified'))"
 for round in $(seq "$rounds"); do
-    for workload in true cat; do
-        for conns in 1 8 64; do
+    for workload in ${WORKLOADS:-true cat}; do
+        for conns in ${CONNS:-1 8 64}; do
             # Which build goes first alternates, so neither always meets a warmer machine.
             if (( round % 2 )); then order="before after"; else order="after before"; fi
             for name in $order; do measure "$name" "$workload" "$conns" "$round"; done

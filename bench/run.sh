@@ -2,8 +2,10 @@
 # The performance benchmark, in one run: cmqhook (journal on and off) against the spawn ceiling
 # (bench/ceiling.rs: the same commands spawned directly, no HTTP) and adnanh/webhook in
 # synchronous mode, for two workloads at concurrency 1, 8 and 64; then idle and peak memory,
-# 1,000 pushes held open at once, and routing among 10,000 hooks. Prints the figures and writes
-# them to BENCHMARKS.md (BENCH_OUT overrides). Traffic goes to 127.0.0.1 only; every load is
+# 1,000 pushes held open at once, and routing among 10,000 hooks; then issue 25's figures: a
+# chatty command against its pipe (bench/output.sh), own CPU a push against the piped bare
+# handler (bench/cpu.sh) and, with a PostgreSQL server, the shared journal (bench/postgres.sh).
+# Prints the figures and writes them to BENCHMARKS.md (BENCH_OUT overrides). Traffic goes to 127.0.0.1 only; every load is
 # bounded in time.
 #
 # Usage: bench/run.sh [seconds-per-measurement] [repetitions]
@@ -259,6 +261,18 @@ stop held
 echo "== routing" >&2
 routing_out=$("$routing" 10000)
 
+# ---- output: a chatty command against its pipe ---------------------------------------------
+echo "== output" >&2
+output_out=$(CMQHOOK=$bin bench/output.sh "$reps" 2>&1) || output_out="bench/output.sh failed: $output_out"
+
+# ---- own CPU a push, against the piped bare handler -----------------------------------------
+echo "== own CPU" >&2
+cpu_out=$(bench/cpu.sh 8 "$secs" "$reps" 2>&1) || cpu_out="bench/cpu.sh failed: $cpu_out"
+# cpu_median SYSTEM FIELD -> the median over rounds of a bench/cpu.sh figure (pushes/s or own)
+cpu_median() {
+    median $(awk -v s="$1" -v f="$2" '$1 == s { for (i = 2; i <= NF; i++) if ($i == f) print (f == "own" ? $(i + 1) : $(i - 1)) }' <<<"$cpu_out")
+}
+
 # ---- PostgreSQL ---------------------------------------------------------------------------
 # The shared journal against the SQLite one, when a PostgreSQL server is there to use.
 postgres_out=
@@ -271,6 +285,12 @@ if [ -n "${CMQHOOK_TEST_POSTGRES:-}" ] || pg_isready -q -h 127.0.0.1 2>/dev/null
         pinned_out=$(PIN=1 bench/postgres.sh "$secs" "$reps" 2>&1 | grep -v '^debconf') || pinned_out="PIN=1 bench/postgres.sh failed"
     fi
 fi
+
+# pg_ratio OUTPUT CONNS -> the median over rounds of bench/postgres.sh's pg/sqlite throughput
+pg_ratio() {
+    [ -n "$1" ] || return 0
+    median $(awk -v c="c$2" '$1 == c && /pg\/sqlite throughput/ { sub(",", "", $6); print $6 }' <<<"$1")
+}
 
 # ---- report -------------------------------------------------------------------------------
 report() {
@@ -357,11 +377,37 @@ report() {
             echo
         fi
     fi
+    echo "## A chatty command against its pipe"
+    echo
+    echo "\`bench/output.sh $reps\`: the command's time through \`serve\` (request to answer, SQLite journal,"
+    echo "\`log_output = 1000\`, \`keep_output = 64 KiB\`) against \`sh -c CMD | cat >/dev/null\`."
+    echo
+    echo '```'
+    echo "$output_out"
+    echo '```'
+    echo
+    echo "## Own CPU a push"
+    echo
+    echo "\`bench/cpu.sh 8 $secs $reps\`: \`/bin/true\` at 8 connections; CPU a push of the server itself"
+    echo "(\`/proc/PID/stat\`), of its children and of wrk. \`bare-piped\` is \`bench/bare.rs --piped\`."
+    echo
+    echo '```'
+    echo "$cpu_out"
+    echo '```'
+    echo
     echo "## Targets"
     echo
     awk -v idle="$idle_rss" -v held="$held_peak" -v emfile="$held_emfile" -v answered="${held_answered:-0}" -v bad="$held_bad" \
         -v load_ms="$(sed -E 's/.*load_ms=([^ ]+).*/\1/' <<<"$routing_out")" \
         -v route="$(sed -E 's/.*route_us_per_push=([^ ]+).*/\1/' <<<"$routing_out")" \
+        -v out_lines="$(awk '$1 == "lines" && /median/ {print $4}' <<<"$output_out" | tr -d x)" \
+        -v out_nonewline="$(awk '$1 == "nonewline" && /median/ {print $4}' <<<"$output_out" | tr -d x)" \
+        -v out_ansi="$(awk '$1 == "ansi" && /median/ {print $4}' <<<"$output_out" | tr -d x)" \
+        -v cpu_on="$(cpu_median cmqhook-on own)" -v cpu_off="$(cpu_median cmqhook-off own)" \
+        -v cpu_piped="$(cpu_median bare-piped own)" \
+        -v rps_off="$(cpu_median cmqhook-off pushes/s)" -v rps_piped="$(cpu_median bare-piped pushes/s)" \
+        -v pg8="$(pg_ratio "$postgres_out" 8)" -v pg8_pinned="$(pg_ratio "$pinned_out" 8)" \
+        -v pg64_pinned="$(pg_ratio "$pinned_out" 64)" \
         -f bench/targets.awk "$results"
 }
 report | tee "$out"

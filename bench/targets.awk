@@ -1,7 +1,9 @@
 # bench/run.sh: the targets of the performance issue, checked against its figures.
 # Reads results.tsv (workload, concurrency, system, rps, p50 ms, p99 ms, peak RSS KiB) and
 # prints the issue's targets as a table. -v idle=KiB -v held=KiB -v emfile=N -v answered=N -v bad=N
-# -v load_ms=ms -v route=us
+# -v load_ms=ms -v route=us; issue 25's: -v out_lines, out_nonewline, out_ansi (serve/pipe),
+# cpu_on, cpu_off, cpu_piped (own CPU µs a push), rps_off, rps_piped, pg8, pg8_pinned, pg64_pinned
+# (PostgreSQL/SQLite throughput; empty without a PostgreSQL server)
 BEGIN { FS = "\t" }
 {
     rps[$1, $2, $3] = $4; p50[$1, $2, $3] = $5; p99[$1, $2, $3] = $6; rss[$1, $2, $3] = $7
@@ -67,4 +69,19 @@ END {
         answered >= 1000 && bad == 0 && held <= 65536 && emfile == 0 && held > 0)
     row("10,000 hooks: load ≤ 200 ms", sprintf("%.0f ms", load_ms), load_ms > 0 && load_ms <= 200)
     row("10,000 hooks: routing ≤ 5 µs a push", sprintf("%.2f µs", route), route > 0 && route <= 5)
+    # Issue 25: a chatty command at the speed of its pipe, a push costing what its command costs.
+    row("300 MB of short lines: ≤ 2 × the pipe", sprintf("%.2f ×", out_lines), out_lines > 0 && out_lines <= 2)
+    row("300 MB without a newline: ≤ 2 × the pipe", sprintf("%.2f ×", out_nonewline), out_nonewline > 0 && out_nonewline <= 2)
+    row("10 MB of ANSI-coloured output: ≤ 2 × the pipe", sprintf("%.2f ×", out_ansi), out_ansi > 0 && out_ansi <= 2)
+    r = ratio(cpu_off, cpu_piped)
+    row("`true`, c8, journal off: own CPU ≤ 1.15 × bare (piped)", sprintf("%.0f / %.0f µs, %.2f ×", cpu_off, cpu_piped, r), r > 0 && r <= 1.15)
+    r = ratio(cpu_on, cpu_off)
+    row("`true`, c8: own CPU journal on ≤ 1.1 × journal off", sprintf("%.0f / %.0f µs, %.2f ×", cpu_on, cpu_off, r), r > 0 && r <= 1.1)
+    d = p50["true", 1, "cmqhook"] - p50["true", 1, "bare actix handler"]
+    row("`true`, c1: p50 ≤ bare (piped) p50 + 0.1 ms", sprintf("%+.2f ms", d), p50["true", 1, "cmqhook"] > 0 && d <= 0.1)
+    if (pg8 != "") {
+        row("PostgreSQL/SQLite, `true`, c8, same CPUs: ≥ 0.75 ×", sprintf("%.2f", pg8), pg8 >= 0.75)
+        row("PostgreSQL/SQLite, `true`, c8, database on its own CPU: ≥ 0.95 ×", sprintf("%.2f", pg8_pinned), pg8_pinned >= 0.95)
+        row("PostgreSQL/SQLite, `true`, c64, database on its own CPU: ≥ 0.95 ×", sprintf("%.2f", pg64_pinned), pg64_pinned >= 0.95)
+    }
 }
