@@ -374,6 +374,8 @@ impl CliError {
 
 /// Parses the command line, runs the command, and maps its result to an exit status.
 pub fn main() -> ExitCode {
+    // Before any thread starts, so that every thread inherits it.
+    runner::block_sigchld();
     // The guard those commands start (`runner::guard`), as `cmqhook __guard LOG_FORMAT`: not
     // a command for people, so neither in `--help` nor in the completions.
     let mut args = std::env::args_os().skip(1);

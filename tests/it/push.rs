@@ -419,6 +419,43 @@ fn a_background_child_holding_stdout_does_not_delay_the_answer() {
         .status();
 }
 
+/// `serve` blocks SIGCHLD in all its threads (so that a child's exit wakes none of them); its
+/// commands, and the commands they start, must not inherit that.
+#[test]
+fn commands_start_with_no_signal_blocked() {
+    let dir = Dir::new();
+    let masks = dir.file("masks");
+    let server = Server::start(
+        &dir,
+        &config(
+            "",
+            &format!(
+                "[hooks.masks]\ncommand = 'grep ^SigBlk: /proc/self/status > {0}; sh -c \"grep ^SigBlk: /proc/self/status\" >> {0}'",
+                masks.display()
+            ),
+        ),
+    );
+    let response = server.post_seed("/", "masks1");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let masks = std::fs::read_to_string(&masks).expect("the command wrote its masks");
+    let blocked: Vec<&str> = masks.lines().collect();
+    assert_eq!(blocked, ["SigBlk:\t0000000000000000"; 2], "{masks}");
+    // And `serve` itself does block it: otherwise this test would not be testing anything.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("serve's status");
+    let serve_blocked = status
+        .lines()
+        .find(|line| line.starts_with("SigBlk:"))
+        .expect("SigBlk");
+    let mask =
+        u64::from_str_radix(serve_blocked.trim_start_matches("SigBlk:").trim(), 16).expect("hex");
+    assert_ne!(
+        mask & (1 << (17 - 1)),
+        0,
+        "SIGCHLD blocked in serve: {serve_blocked}"
+    );
+}
+
 #[test]
 fn a_body_larger_than_a_pipe_reaches_a_command_that_prints_before_it_reads() {
     let dir = Dir::new();
