@@ -7,9 +7,14 @@
 # User space only (the kernel's share of a push is not counted) and the server only (its
 # commands are not traced). A run with no push gives what starting and stopping cost; the
 # figure is (total − that) / pushes. Then the functions with the most instructions a push,
-# inclusive, for cmqhook with the journal off. Traffic to 127.0.0.1 only.
+# inclusive, for cmqhook with the journal off (and on PostgreSQL). Traffic to 127.0.0.1 only.
+#
+# `cmqhook-pg`: the journal on PostgreSQL, a database of its own created for the count (each
+# of its two runs) and dropped after; counted only when SYSTEMS names it.
 #
 # Usage: bench/instructions.sh [seconds]
+#   CMQHOOK_TEST_POSTGRES   for cmqhook-pg: a database URL that may create databases
+#                           (default postgres://root@127.0.0.1:5432/test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -19,10 +24,14 @@ for tool in wrk valgrind; do
 done
 cargo build --release --locked -q --bin cmqhook --example bare
 # CMQHOOK_BIN: another cmqhook binary to count (an earlier build, say); SYSTEMS: which of
-# cmqhook-off, cmqhook-on, bare and bare-piped to count (all by default)
+# cmqhook-off, cmqhook-on, cmqhook-pg, bare and bare-piped to count (all but cmqhook-pg by
+# default)
 bin=${CMQHOOK_BIN:-target/release/cmqhook}
 work=$(mktemp -d)
-trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+admin=${CMQHOOK_TEST_POSTGRES:-postgres://root@127.0.0.1:5432/test}
+db="cmqhook_instructions_$$"
+drop_db() { psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; }
+trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"; [[ " ${SYSTEMS:-} " != *" cmqhook-pg "* ]] || drop_db' EXIT
 printf '%s' '{"TopicOwner":100015036,"topicName":"MyTopic","subscriptionName":"mysubscription","msgId":"@ID@","msgBody":"test message","publishTime":11203432}' > "$work/push"
 
 # count NAME PUSHES? -> "instructions pushes" of one traced server, fed for $secs s or not at all
@@ -32,8 +41,16 @@ count() {
         bare|bare-piped)
             valgrind --tool=callgrind --callgrind-out-file="$out.cg" target/release/examples/bare \
                 $([ "$name" = bare-piped ] && echo --piped) 127.0.0.1:0 /bin/true >/dev/null 2>"$out.log" & ;;
-        *) printf '[server]\nlisten = "127.0.0.1:0"\njournal = "%s"\n[hooks.bench]\nargv = ["/bin/true"]\n' \
-               "$([ "$name" = cmqhook-on ] && echo "$out.db" || echo off)" > "$out.toml"
+        *) case $name in
+               cmqhook-on) journal=$out.db ;;
+               # A fresh database each run, as the bench's journal starts empty.
+               cmqhook-pg) drop_db
+                           psql "$admin" -qc "CREATE DATABASE $db" >/dev/null
+                           journal="${admin%/*}/$db?sslmode=disable" ;;
+               *) journal=off ;;
+           esac
+           printf '[server]\nlisten = "127.0.0.1:0"\njournal = "%s"\n[hooks.bench]\nargv = ["/bin/true"]\n' \
+               "$journal" > "$out.toml"
            RUST_LOG=cmqhook::service=info valgrind --tool=callgrind --callgrind-out-file="$out.cg" \
                "$bin" serve -c "$out.toml" >/dev/null 2>"$out.log" & ;;
     esac
@@ -58,7 +75,7 @@ for name in ${SYSTEMS:-cmqhook-off cmqhook-on bare bare-piped}; do
 done
 # KEEP=DIR: keep the callgrind files (NAME-fed.cg, NAME-idle.cg) there, for callgrind_annotate
 [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$work"/*.cg "$KEEP"/
-for name in cmqhook-off cmqhook-on; do
+for name in cmqhook-off cmqhook-on cmqhook-pg; do
     [ -f "$work/$name.pushes" ] || continue
     echo
     echo "$name: instructions a push, inclusive, in its own code, the runner's spawn, malloc and"

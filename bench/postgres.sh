@@ -15,6 +15,8 @@
 #                           (default postgres://root@127.0.0.1:5432/test)
 #   PG_OPTIONS              the journal URL's query (default sslmode=disable: the database is on
 #                           this machine; sslmode=require measures TLS too)
+#   CMQHOOK_BIN             the cmqhook binary to measure (default: target/release/cmqhook,
+#                           built first)
 #   PIN=1                   the database on a CPU of its own, as on a host of its own: every
 #                           local postgres process (and the backends it forks later) on the
 #                           last CPU, cmqhook, its commands and wrk on the others, for the
@@ -26,8 +28,12 @@ reps=${2:-3}
 admin=${CMQHOOK_TEST_POSTGRES:-postgres://root@127.0.0.1:5432/test}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 command -v psql >/dev/null || { echo "needs psql (apt-get install postgresql-client)" >&2; exit 1; }
-cargo build --release --locked -q --bin cmqhook
-bin=$PWD/target/release/cmqhook
+if [ -n "${CMQHOOK_BIN:-}" ]; then
+    bin=$(realpath "$CMQHOOK_BIN")
+else
+    cargo build --release --locked -q --bin cmqhook
+    bin=$PWD/target/release/cmqhook
+fi
 work=$(mktemp -d)
 db="cmqhook_bench_$$"
 base=${admin%/*}

@@ -183,7 +183,7 @@ impl State {
     /// each write, in `batch`'s order: whether it was a run's end superseded by another
     /// instance's claim.
     async fn write_batch(&self, batch: &[Write]) -> Result<Vec<bool>, String> {
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         // Only the statements the batch needs: preparing one on a connection that has not
         // yet costs a round trip, which a stored end about to free its slot waits for.
         let prepare = async |needed: bool, sql: &str| match needed {
@@ -258,21 +258,15 @@ impl State {
             })
             .collect();
         let mut tries = 1;
-        // [`State::bounded`], but the transaction needs the connection mutably.
+        // [`State::bounded`], with the batch's own statements.
         let written = loop {
             let write = async {
                 if let [(statement, params)] = params.as_slice() {
                     // One statement commits on its own: no BEGIN and COMMIT to send and parse.
                     return Ok(vec![client.query(*statement, params).await?]);
                 }
-                // One transaction, its statements pipelined: one commit for the whole batch.
-                let transaction = client.transaction().await?;
-                let statements = params
-                    .iter()
-                    .map(|(statement, params)| transaction.query(*statement, params));
-                let written = futures_util::future::try_join_all(statements).await?;
-                transaction.commit().await?;
-                Ok(written)
+                // One transaction: one commit for the whole batch.
+                in_one_transaction(&client, &params).await
             };
             let tried = tokio::time::timeout(STATEMENT_TIMEOUT, write).await;
             if let Some(done) = self.settle(tried, &mut tries).await {
@@ -360,6 +354,70 @@ impl State {
         .await
         .map(drop)
     }
+}
+
+/// Runs `statements` in one transaction whose BEGIN, statements and COMMIT are sent at once:
+/// one round trip for the batch, not three (BEGIN's, the statements', COMMIT's), each of which
+/// wakes both ends. The requests go out in order as their futures are first polled. A statement
+/// the server fails aborts the transaction (those after it fail too), and its COMMIT then rolls
+/// it back: nothing of the batch is written, and the first failure is the answer. A statement
+/// that could not be sent at all (its values would not encode) makes the end a ROLLBACK. Every
+/// answer is awaited, so that the connection goes back to the pool out of any transaction.
+/// For each statement, its rows.
+async fn in_one_transaction(
+    client: &tokio_postgres::Client,
+    statements: &[(
+        &tokio_postgres::Statement,
+        Vec<&(dyn tokio_postgres::types::ToSql + Sync)>,
+    )],
+) -> Result<Vec<Vec<tokio_postgres::Row>>, tokio_postgres::Error> {
+    use futures_util::future::{join_all, maybe_done};
+    use std::task::Poll;
+    let mut begin = std::pin::pin!(maybe_done(client.batch_execute("BEGIN")));
+    // BEGIN goes out first; if it cannot, nothing else may (the statements would commit alone).
+    std::future::poll_fn(|cx| {
+        let _ = begin.as_mut().poll(cx);
+        Poll::Ready(())
+    })
+    .await;
+    if matches!(begin.as_mut().output_mut(), Some(Err(_)))
+        && let Some(Err(err)) = begin.as_mut().take_output()
+    {
+        return Err(err);
+    }
+    let mut queries: Vec<_> = statements
+        .iter()
+        .map(|(statement, params)| Box::pin(maybe_done(client.query(*statement, params))))
+        .collect();
+    std::future::poll_fn(|cx| {
+        for query in &mut queries {
+            let _ = query.as_mut().poll(cx);
+        }
+        Poll::Ready(())
+    })
+    .await;
+    let unsent = queries
+        .iter_mut()
+        .any(|query| matches!(query.as_mut().output_mut(), Some(Err(_))));
+    let end = client.batch_execute(if unsent { "ROLLBACK" } else { "COMMIT" });
+    let ((), _, ended) =
+        futures_util::future::join3(begin.as_mut(), join_all(queries.iter_mut()), end).await;
+    if let Some(Err(err)) = begin.as_mut().take_output() {
+        return Err(err);
+    }
+    // The first failure in order is the cause; those after it only found the transaction
+    // aborted.
+    let written = queries
+        .iter_mut()
+        .map(|query| {
+            query
+                .as_mut()
+                .take_output()
+                .expect("every statement answered")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ended?;
+    Ok(written)
 }
 
 /// The statement that journals a run's end: the claim, if the run still holds it (its
