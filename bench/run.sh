@@ -18,6 +18,10 @@ cpus=$(nproc)
 
 missing=()
 for tool in wrk webhook sqlite3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+# bench/cpu.sh times wrk with /usr/bin/time (the shell's `time` builtin would hide it from
+# `command -v`); bench/output.sh sends its pushes with curl.
+[ -x /usr/bin/time ] || missing+=(time)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
