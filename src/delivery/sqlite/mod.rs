@@ -6,7 +6,7 @@
 //! waiters are told then: it survives a crash of the process from there, as a WAL commit with
 //! `synchronous = NORMAL` would. All records go to one writer thread that commits in groups,
 //! never on the HTTP workers: it sleeps while idle, is woken by the first record, gathers
-//! what comes within 10 ms while busy (at once after a pause, or for a record whose waiters
+//! what comes within 50 ms while busy (at once after a pause, or for a record whose waiters
 //! wait for its commit: a stored push), and commits it in one transaction. A commit that
 //! fails (locked by another process, disk full) is retried until it succeeds; meanwhile
 //! [`Journal::health`] says why, so that nothing new starts. The writer also notices when the
