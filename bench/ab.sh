@@ -48,7 +48,7 @@ serve() {
 
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v !~ /ms$/ && v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # the server's own CPU, 1/100 s
+ticks() { run_time_us "$1"; } # the server's own CPU, µs (its threads' run time: bench/lib.sh)
 
 # measure NAME WORKLOAD CONNS ROUND -> "NAME WORKLOAD CONNS rps p50 own-µs-a-push"
 measure() {
@@ -63,7 +63,7 @@ measure() {
     if grep -qE "Non-2xx|Socket errors" <<<"$out"; then echo "errors:" >&2; echo "$out" >&2; exit 1; fi
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     echo "$1 $2 $3 $(awk '/Requests\/sec/ {print $2}' <<<"$out") $(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")" \
-        "$(( (ticks1 - ticks0) * 10000 / n ))"
+        "$(( (ticks1 - ticks0) / n ))"
 }
 
 echo "before = $rev, after = the working tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo ', modified'))"

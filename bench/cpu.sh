@@ -3,7 +3,8 @@
 # on and off and for the bare actix handler (bench/bare.rs; `bare-piped`: its `--piped` variant,
 # which pipes and drains the command's stdout and stderr as cmqhook does), against the ceiling's own CPU a run
 # (bench/ceiling.rs). `argv = ["/bin/true"]` fed the CMQ example push; the systems alternate,
-# `rounds` times. Read from /proc/PID/stat (utime + stime; cutime + cstime for the children).
+# `rounds` times. Own: the threads' run time (/proc/PID/task/*/schedstat); children: cutime +
+# cstime of /proc/PID/stat.
 # Traffic to 127.0.0.1 only.
 #
 # Usage: bench/cpu.sh [connections] [seconds] [rounds]
@@ -20,7 +21,8 @@ work=$(mktemp -d)
 trap 'kill $(cat "$work"/*/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 printf '%s' '{"TopicOwner":100015036,"topicName":"MyTopic","subscriptionName":"mysubscription","msgId":"@ID@","msgBody":"test message","publishTime":11203432}' > "$work/push"
 printf '%s' 'test message' > "$work/message"
-ticks() { awk '{print $14 + $15, $16 + $17}' "/proc/$1/stat"; } # own, children (1/100 s)
+# own (µs, the threads' run time: bench/lib.sh), children (1/100 s, /proc/PID/stat)
+ticks() { echo "$(run_time_us "$1") $(awk '{print $16 + $17}' "/proc/$1/stat")"; }
 
 # serve NAME -> starts it (cmqhook-on, cmqhook-off, bare or bare-piped), sets $pid and $addr
 serve() {
@@ -52,7 +54,7 @@ measure() {
     awk -v name="$1" -v n="$n" -v own=$((own1 - own0)) -v kids=$((kids1 - kids0)) -v wrk="$wrk_cpu" \
         -v rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")" 'BEGIN {
         printf "%-12s %8.0f pushes/s  own %4.0f us  children %4.0f us  wrk %3.0f us  a push\n",
-            name, rps, own * 1e4 / n, kids * 1e4 / n, wrk / n }'
+            name, rps, own / n, kids * 1e4 / n, wrk / n }'
 }
 
 /usr/bin/time -V >/dev/null 2>&1 || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
