@@ -274,7 +274,16 @@ fn a_person_signs_in_reads_the_runs_and_replays_a_dead_letter_in_a_real_browser(
             .click()
             .await
             .expect("click");
-        let url = client.current_url().await.expect("url");
+        // The form's POST runs the replay before it answers with the redirect: under load the
+        // click returns while the browser still shows /dead.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let url = loop {
+            let url = client.current_url().await.expect("url");
+            if url.path().starts_with("/runs/") || std::time::Instant::now() > deadline {
+                break url;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         assert!(
             url.path().starts_with("/runs/"),
             "at the replay's run: {url}"
