@@ -104,6 +104,41 @@ async fn text_of(client: &Client, css: &str) -> String {
         .expect("text")
 }
 
+/// Clicks `css` and waits (30 s at most) until the browser is at a page whose path and query
+/// `arrived` accepts, which has loaded and shows `shows` (signing in stays at `/`). A click on
+/// a form's button returns once the form is submitted, not once its answer is shown: a POST
+/// that runs a replay before its redirect, or any page under CI's load, can leave the browser
+/// on the old page for a while.
+async fn click_to(client: &Client, css: &str, arrived: impl Fn(&str, &str) -> bool, shows: &str) {
+    let from = client.current_url().await.expect("url");
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("{css}: {err}"))
+        .click()
+        .await
+        .expect("click");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = client.current_url().await.expect("url");
+        let loaded = client
+            .execute("return document.readyState", vec![])
+            .await
+            .is_ok_and(|state| state == "complete");
+        if loaded
+            && arrived(url.path(), url.query().unwrap_or(""))
+            && client.find(Locator::Css(shows)).await.is_ok()
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after clicking {css} on {from}, at {url} (loaded: {loaded}) without {shows} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Asserts that no alert is open: the injected `<script>` did not run.
 async fn no_alert(client: &Client) {
     assert!(
@@ -138,7 +173,7 @@ fn a_person_signs_in_reads_the_runs_and_replays_a_dead_letter_in_a_real_browser(
     }
     assert_eq!(server.post_seed("/purge", SCRIPT_ID).status, 500);
     assert_eq!(server.post_seed("/import", "import-2026-12-07").status, 200);
-    assert!(wait_for(Duration::from_secs(10), || {
+    assert!(wait_for(Duration::from_secs(30), || {
         !console.json("/api/dead")["dead"]
             .as_array()
             .expect("dead")
@@ -168,17 +203,16 @@ fn a_person_signs_in_reads_the_runs_and_replays_a_dead_letter_in_a_real_browser(
             .await
             .expect("token field");
         token.send_keys(TOKEN).await.expect("type");
-        client
-            .find(Locator::Css("form[action='/login'] button"))
-            .await
-            .expect("sign in")
-            .click()
-            .await
-            .expect("click");
+        // Signed in: at the overview.
+        click_to(
+            &client,
+            "form[action='/login'] button",
+            |path, _| path == "/",
+            "table.hooks",
+        )
+        .await;
 
         // The overview: a row per hook, each with its 24-hour chart.
-        let url = client.current_url().await.expect("url");
-        assert_eq!(url.path(), "/", "signed in, at the overview");
         let hooks = text_of(&client, "table.hooks").await;
         for name in ["deploy-web", "cache-purge", "nightly-import"] {
             assert!(hooks.contains(name), "{hooks}");
@@ -218,18 +252,13 @@ fn a_person_signs_in_reads_the_runs_and_replays_a_dead_letter_in_a_real_browser(
             .select_by_value("cache-purge")
             .await
             .expect("select");
-        client
-            .find(Locator::Css("form.filters button"))
-            .await
-            .expect("filter")
-            .click()
-            .await
-            .expect("click");
-        let url = client.current_url().await.expect("url");
-        assert!(
-            url.query().is_some_and(|q| q.contains("hook=cache-purge")),
-            "{url}"
-        );
+        click_to(
+            &client,
+            "form.filters button",
+            |_, query| query.contains("hook=cache-purge"),
+            "table.runs",
+        )
+        .await;
         let rows = client
             .find_all(Locator::Css("table.runs tbody tr"))
             .await
@@ -241,13 +270,13 @@ fn a_person_signs_in_reads_the_runs_and_replays_a_dead_letter_in_a_real_browser(
         }
 
         // A run and its output.
-        client
-            .find(Locator::Css("table.runs tbody tr td a"))
-            .await
-            .expect("the newest run")
-            .click()
-            .await
-            .expect("click");
+        click_to(
+            &client,
+            "table.runs tbody tr td a",
+            |path, _| path.starts_with("/runs/"),
+            "pre.output",
+        )
+        .await;
         let output = text_of(&client, "pre.output").await;
         assert!(
             output.contains("purge failed: CDN timed out after 5s <edge-2>"),
@@ -265,29 +294,14 @@ fn a_person_signs_in_reads_the_runs_and_replays_a_dead_letter_in_a_real_browser(
         assert!(dead.contains("ERROR: upstream answered 503"), "{dead}");
         shoot(&client, "dead").await;
         std::fs::write(&flag, "").expect("upstream back");
-        client
-            .find(Locator::Css(
-                "table.dead form[action='/dead/replay'] button",
-            ))
-            .await
-            .expect("Replay")
-            .click()
-            .await
-            .expect("click");
-        // The form's POST runs the replay before it answers with the redirect: under load the
-        // click returns while the browser still shows /dead.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let url = loop {
-            let url = client.current_url().await.expect("url");
-            if url.path().starts_with("/runs/") || std::time::Instant::now() > deadline {
-                break url;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
-        assert!(
-            url.path().starts_with("/runs/"),
-            "at the replay's run: {url}"
-        );
+        // The form's POST runs the replay before it answers with the redirect.
+        click_to(
+            &client,
+            "table.dead form[action='/dead/replay'] button",
+            |path, _| path.starts_with("/runs/"),
+            "pre.output",
+        )
+        .await;
         let heading = text_of(&client, "h1").await;
         assert!(
             heading.contains("succeeded") && heading.contains("replay"),
