@@ -36,6 +36,9 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn server(listeners: Vec<TcpListener>, dispatcher: Arc<Dispatcher>) -> std::io::Result<Server> {
     let state = web::Data::from(dispatcher);
     let mut server = HttpServer::new(move || {
+        // Run once on each worker's thread as it starts: its pushes' claims and ends go to
+        // the shared database on connections of its own.
+        crate::delivery::postgres::host_lanes();
         App::new()
             .app_data(state.clone())
             .default_service(web::to(route))

@@ -303,6 +303,7 @@ pub struct ServerBuilder<'a> {
     listen: Option<SocketAddr>,
     keep_log: bool,
     open_files: Option<u64>,
+    one_worker: bool,
 }
 
 impl ServerBuilder<'_> {
@@ -353,6 +354,14 @@ impl ServerBuilder<'_> {
         self
     }
 
+    /// Starts the server on one CPU (`taskset`): actix then runs one HTTP worker, so that
+    /// every push is handled, and every claim and end of the shared database's journal is
+    /// written, by the same thread.
+    pub fn one_worker(mut self) -> Self {
+        self.one_worker = true;
+        self
+    }
+
     /// Starts `cmqhook serve` and waits until it listens; panics with its log if it does not
     /// within 30 s or exits first.
     pub fn start(self) -> Server {
@@ -361,16 +370,20 @@ impl ServerBuilder<'_> {
             Some(text) => dir.write_config(text),
             None => dir.config_file(),
         };
-        let mut command = match self.open_files {
-            Some(soft) => {
-                let mut command = Command::new("sh");
-                command
-                    .arg("-c")
-                    .arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""))
-                    .arg(BIN);
-                command
-            }
-            None => Command::new(BIN),
+        let mut wrapper = String::new();
+        if let Some(soft) = self.open_files {
+            wrapper.push_str(&format!("ulimit -Sn {soft} && "));
+        }
+        let mut command = if wrapper.is_empty() && !self.one_worker {
+            Command::new(BIN)
+        } else {
+            let taskset = if self.one_worker { "taskset -c 0 " } else { "" };
+            let mut command = Command::new("sh");
+            command
+                .arg("-c")
+                .arg(format!("{wrapper}exec {taskset}\"$0\" \"$@\""))
+                .arg(BIN);
+            command
         };
         command
             .arg("serve")
@@ -507,6 +520,7 @@ impl Server {
             listen: None,
             keep_log: true,
             open_files: None,
+            one_worker: false,
         }
     }
 

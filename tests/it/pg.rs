@@ -630,6 +630,8 @@ pub struct Spec {
     /// `RUST_LOG` (default `info`); `None` leaves it unset, e.g. for `-v`.
     pub rust_log: Option<String>,
     pub args: Vec<String>,
+    /// On one CPU: one HTTP worker (see [`ServerBuilder::one_worker`]).
+    pub one_worker: bool,
 }
 
 impl Spec {
@@ -640,7 +642,14 @@ impl Spec {
             env: Vec::new(),
             rust_log: Some("info".to_owned()),
             args: Vec::new(),
+            one_worker: false,
         }
+    }
+
+    /// On one CPU: one HTTP worker, whose lane writes every claim and end.
+    pub fn one_worker(mut self) -> Spec {
+        self.one_worker = true;
+        self
     }
 
     pub fn env(mut self, name: &str, value: &str) -> Spec {
@@ -668,6 +677,9 @@ impl Instance {
         }
         for arg in &spec.args {
             builder = builder.arg(arg);
+        }
+        if spec.one_worker {
+            builder = builder.one_worker();
         }
         let server = builder.start();
         Instance {

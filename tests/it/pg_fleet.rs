@@ -314,7 +314,7 @@ fn lock_body(msg_id: &str) -> String {
 fn waiting_for_locks(db: &TestDb) -> usize {
     db.sql(
         "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'cmqhook'
+         WHERE datname = current_database() AND application_name LIKE 'cmqhook%'
            AND wait_event_type = 'Lock'",
     )
     .trim()
@@ -340,18 +340,22 @@ fn keeping_bodies(db: &TestDb, ids: &[&str]) -> (Instance, Dir) {
         "if [ \"$CMQHOOK_ATTEMPT\" = 1 ]; then exit 1; fi; {}",
         shared.record(0)
     );
-    let instance = Instance::start(Spec::new(
-        "a",
-        config(
-            &server_keys(
-                &db.url(),
-                Some("a"),
-                "30s",
-                "respond_within = \"30s\"\nkeep_bodies = \"1d\"",
+    // One HTTP worker: its lane's writer is the one every body and end queues in.
+    let instance = Instance::start(
+        Spec::new(
+            "a",
+            config(
+                &server_keys(
+                    &db.url(),
+                    Some("a"),
+                    "30s",
+                    "respond_within = \"30s\"\nkeep_bodies = \"1d\"",
+                ),
+                &hook(&command),
             ),
-            &hook(&command),
-        ),
-    ));
+        )
+        .one_worker(),
+    );
     for msg_id in ids {
         let failed = instance.push(msg_id);
         assert_ne!(failed.status, 200, "{}", failed.text());
@@ -359,7 +363,7 @@ fn keeping_bodies(db: &TestDb, ids: &[&str]) -> (Instance, Dir) {
     (instance, shared)
 }
 
-/// Makes `instance`'s journal writer wait for the body of `blocker` (which `session` locks
+/// Makes `instance`'s journal writer (its one HTTP worker's lane) wait for the body of `blocker` (which `session` locks
 /// in the savepoint `s`), then pushes each of `ids` in that order, each once the one before
 /// ran: their bodies and ends queue behind the blocked batch. Returns the pushes waiting for
 /// their answers, `blocker`'s first.

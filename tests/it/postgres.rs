@@ -416,6 +416,40 @@ fn duplicates_sent_concurrently_to_three_instances_run_once_and_all_get_200() {
 
 #[test]
 #[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
+fn an_http_workers_pushes_are_claimed_and_ended_on_two_connections_of_its_own() {
+    let db = TestDb::create();
+    let shared = Dir::new();
+    // One HTTP worker: one lane.
+    let instance = Instance::start(
+        Spec::new(
+            "a",
+            config(
+                &server_keys(&db.url(), Some("a"), "30s", ""),
+                &hook(&shared.record(0)),
+            ),
+        )
+        .one_worker(),
+    );
+    for n in 1..=3 {
+        let response = instance.push(&format!("lane-{n}"));
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    assert_eq!(shared.recorded().len(), 3);
+    // The lane's claimer last sent the claim of a message seen for the first time, its writer
+    // a run's end; each on a connection named for the lane.
+    let lanes = db.sql(&format!(
+        "SELECT string_agg(CASE
+             WHEN query LIKE 'INSERT INTO cmqhook_claims%unnest%' THEN 'claim'
+             WHEN query LIKE 'WITH ended AS (%UPDATE cmqhook_claims%' THEN 'end'
+             ELSE query END, ',' ORDER BY query)
+         FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'cmqhook lane'",
+        db.name
+    ));
+    assert_eq!(lanes.trim(), "claim,end", "the lane's connections");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: CMQHOOK_TEST_POSTGRES"]
 fn a_success_on_one_instance_is_deduplicated_on_every_other() {
     let db = TestDb::create();
     let shared = Dir::new();

@@ -41,7 +41,12 @@ pub enum Acquired {
 }
 
 impl Postgres {
-    /// Claims (`hook`, `msg_id`) for a run as `run_id`, or says what holds it.
+    /// Claims (`hook`, `msg_id`) for a run as `run_id`, or says what holds it. A message
+    /// seen for the first time (nearly every push) is claimed by a plain insert, the cheapest
+    /// statement that takes the key, shared with the claims of other pushes that came
+    /// meanwhile ([`State::claimer`]): the claimer of this thread's lane if it has one, else
+    /// the journal's. A known message is judged by [`State::take_over`] on the journal's
+    /// runtime.
     pub async fn acquire(
         &self,
         hook: &str,
@@ -49,9 +54,29 @@ impl Postgres {
         run_id: i64,
         dedup_for: Duration,
     ) -> Acquired {
+        if let Err(reason) = self.state.health() {
+            return Acquired::Unavailable(reason);
+        }
+        let lane = self.state.lane();
+        let claims = lane
+            .as_ref()
+            .map_or(&self.state.claims, |lane| &lane.claims);
+        match self.state.claim_fresh(claims, hook, msg_id, run_id).await {
+            Ok(true) => {
+                self.state.hold(run_id);
+                return Acquired::Run {
+                    attempt: 1,
+                    took_over: None,
+                };
+            }
+            Ok(false) => {}
+            Err(reason) => return Acquired::Unavailable(reason),
+        }
         let (hook, msg_id) = (hook.to_owned(), msg_id.to_owned());
         self.on_runtime(async move |state| {
-            Ok(state.acquire(&hook, &msg_id, run_id, dedup_for).await)
+            Ok(state
+                .take_over(&hook, &msg_id, run_id, dedup_for, false)
+                .await)
         })
         .await
         .unwrap_or_else(Acquired::Unavailable)
@@ -84,42 +109,26 @@ impl Postgres {
 }
 
 impl State {
-    async fn acquire(
+    /// Claims (`hook`, `msg_id`) as a message seen for the first time, through the claimer
+    /// of `claims`: whether this run took the key (`false`: the message is known).
+    pub(super) async fn claim_fresh(
         &self,
+        claims: &tokio::sync::mpsc::UnboundedSender<FreshClaim>,
         hook: &str,
         msg_id: &str,
         run_id: i64,
-        dedup_for: Duration,
-    ) -> Acquired {
-        if let Err(reason) = self.health() {
-            return Acquired::Unavailable(reason);
-        }
-        // A message seen for the first time (nearly every push) is claimed by a plain insert,
-        // the cheapest statement that takes the key, shared with the claims of other pushes
-        // that came meanwhile ([`State::claimer`]).
+    ) -> Result<bool, String> {
+        let stopped = || "journal unreachable: stopped".to_owned();
         let (reply, inserted) = tokio::sync::oneshot::channel();
-        let asked = self.claims.send(FreshClaim {
-            hook: hook.to_owned(),
-            msg_id: msg_id.to_owned(),
-            run_id,
-            reply,
-        });
-        if asked.is_err() {
-            return Acquired::Unavailable("journal unreachable: stopped".to_owned());
-        }
-        match inserted.await {
-            Ok(Ok(true)) => {
-                self.hold(run_id);
-                return Acquired::Run {
-                    attempt: 1,
-                    took_over: None,
-                };
-            }
-            Ok(Ok(false)) => {}
-            Ok(Err(reason)) => return Acquired::Unavailable(reason),
-            Err(_) => return Acquired::Unavailable("journal unreachable: stopped".to_owned()),
-        }
-        self.take_over(hook, msg_id, run_id, dedup_for, false).await
+        claims
+            .send(FreshClaim {
+                hook: hook.to_owned(),
+                msg_id: msg_id.to_owned(),
+                run_id,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        inserted.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// One statement takes the claim of a known message if SPEC §5's table lets a push of an
@@ -273,6 +282,7 @@ impl State {
     pub(super) async fn claimer(
         self: Arc<Self>,
         mut claims: tokio::sync::mpsc::UnboundedReceiver<FreshClaim>,
+        pool: deadpool_postgres::Pool,
     ) {
         let mut batch: Vec<FreshClaim> = Vec::new();
         while self.gather(&mut claims, &mut batch).await {
@@ -283,7 +293,8 @@ impl State {
             let msg_ids: Vec<&str> = batch.iter().map(|claim| claim.msg_id.as_str()).collect();
             let run_ids: Vec<i64> = batch.iter().map(|claim| claim.run_id).collect();
             let inserted = self
-                .query(
+                .query_on(
+                    &pool,
                     "INSERT INTO cmqhook_claims
                         (hook, msg_id, attempt, outcome, instance, owner_boot, owner_host,
                          owner_pid, run_id, lease_until)

@@ -28,11 +28,13 @@
 //! message), `leases.rs` (the monitor: connecting, renewing leases, self-fencing, this host's
 //! orphans), `stored.rs` (`ack = "stored"` work), `writer.rs` (run ends, kept bodies, pushes
 //! that ran nothing, pruning), `history.rs` (what `history`, `replay` and the console read),
-//! `replays.rs` (replay requests), `tls.rs` (`sslmode`). This file holds [`Postgres`], its
+//! `replays.rs` (replay requests), `tls.rs` (`sslmode`), `lanes.rs` (an HTTP worker's own
+//! connections for its pushes' claims and ends). This file holds [`Postgres`], its
 //! runtime and connection pool, and how a statement is run (bounded, retried on a conflict).
 
 mod claims;
 mod history;
+mod lanes;
 mod leases;
 mod replays;
 mod schema;
@@ -57,16 +59,21 @@ use crate::secrets::Secrets;
 pub use claims::Acquired;
 use claims::FreshClaim;
 pub use history::{history, run};
+pub use lanes::host_lanes;
 pub use replays::{ReplayRequest, Requested, request_replay};
 pub use stored::{Stored, TakenWork};
 use writer::Write;
 
-/// Connections kept open to the database.
-const POOL_SIZE: usize = 16;
+/// Connections the journal's own tasks keep open to the database; lanes add two for each
+/// HTTP worker, for at most [`lanes::MAX_LANES`] of them: 16 connections an instance at most.
+const POOL_SIZE: usize = 8;
 
 /// How long one statement (or getting a connection for it) may take before the database counts
 /// as unreachable.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `application_name` of the journal's connections when the URL names none.
+const APPLICATION_NAME: &str = "cmqhook";
 
 /// How long `check` and `history` wait for the database.
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,6 +113,8 @@ pub struct Postgres {
 
 struct State {
     pool: Pool,
+    /// How to connect, for the connections of lanes.
+    connect: (tokio_postgres::Config, MakeRustlsConnect),
     owner: Owner,
     lease: Duration,
     keep: Duration,
@@ -168,7 +177,7 @@ pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect
         config.connect_timeout(STATEMENT_TIMEOUT);
     }
     if config.get_application_name().is_none() {
-        config.application_name("cmqhook");
+        config.application_name(APPLICATION_NAME);
     }
     Ok((config, tls.connector()?))
 }
@@ -206,6 +215,7 @@ impl Postgres {
             .map_err(|err| JournalError::Postgres {
                 reason: format!("cannot start its runtime: {err}"),
             })?;
+        let connect = (config.clone(), tls.clone());
         let manager = Manager::from_config(
             config,
             tls,
@@ -229,6 +239,7 @@ impl Postgres {
         let (pushes, pushes_rx) = tokio::sync::mpsc::channel(PUSHES_QUEUED);
         let state = Arc::new(State {
             pool,
+            connect,
             owner: Owner {
                 instance: instance.to_owned(),
                 boot: boot.to_owned(),
@@ -258,9 +269,10 @@ impl Postgres {
         let handle = runtime.handle().clone();
         handle.spawn(Arc::clone(&state).monitor());
         handle.spawn(Arc::clone(&state).fencer());
-        handle.spawn(Arc::clone(&state).writer(writes_rx));
-        handle.spawn(Arc::clone(&state).writer(urgent_rx));
-        handle.spawn(Arc::clone(&state).claimer(claims_rx));
+        let pool = || state.pool.clone();
+        handle.spawn(Arc::clone(&state).writer(writes_rx, pool(), None));
+        handle.spawn(Arc::clone(&state).writer(urgent_rx, pool(), None));
+        handle.spawn(Arc::clone(&state).claimer(claims_rx, pool()));
         handle.spawn(Arc::clone(&state).push_writer(pushes_rx));
         handle.spawn(Arc::clone(&state).pruner());
         Ok(Postgres {
@@ -412,19 +424,20 @@ impl State {
         reason
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, String> {
-        self.pool
-            .get()
+    /// A connection of `pool`: the journal's, or a lane's.
+    async fn client(&self, pool: &Pool) -> Result<deadpool_postgres::Object, String> {
+        pool.get()
             .await
             .map_err(|err| self.failed(&describe_pool(&err)))
     }
 
-    /// A pooled connection and `sql` prepared on it (cached per connection).
+    /// A connection of `pool` and `sql` prepared on it (cached per connection).
     async fn prepared(
         &self,
+        pool: &Pool,
         sql: &str,
     ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), String> {
-        let client = self.client().await?;
+        let client = self.client(pool).await?;
         let statement = client
             .prepare_cached(sql)
             .await
@@ -486,7 +499,7 @@ impl State {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, String> {
-        let (client, statement) = self.prepared(sql).await?;
+        let (client, statement) = self.prepared(&self.pool, sql).await?;
         let (client, statement) = (&client, &statement);
         self.bounded(move || client.execute(statement, params))
             .await
@@ -497,7 +510,17 @@ impl State {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, String> {
-        let (client, statement) = self.prepared(sql).await?;
+        self.query_on(&self.pool, sql, params).await
+    }
+
+    /// [`State::query`] on a connection of `pool`.
+    async fn query_on(
+        &self,
+        pool: &Pool,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, String> {
+        let (client, statement) = self.prepared(pool, sql).await?;
         let (client, statement) = (&client, &statement);
         self.bounded(move || client.query(statement, params)).await
     }

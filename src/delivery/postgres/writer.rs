@@ -19,29 +19,44 @@ impl Postgres {
     /// Journals a run's end and its claim's outcome in one statement; `on_commit` hears of
     /// the first failure and of the success. A record that cannot be written is tried again
     /// until it is (its outcome answers retries from memory meanwhile).
+    ///
+    /// The end of a run that answers a push goes to this thread's lane if it has one; stored
+    /// work's and replays' to a writer of their own on the journal's runtime.
     pub fn record_end(&self, ended: Ended) {
-        let writer = match ended.stored {
-            Some(_) => &self.state.urgent,
-            None => &self.state.writes,
+        let not_taken = match ended.stored {
+            Some(_) => self
+                .state
+                .urgent
+                .send(Write::End(ended))
+                .err()
+                .map(|err| err.0),
+            None => self.write(Write::End(ended)),
         };
-        if let Err(tokio::sync::mpsc::error::SendError(Write::End(ended))) =
-            writer.send(Write::End(ended))
-        {
+        if let Some(Write::End(ended)) = not_taken {
             tracing::error!("the journal writer has stopped; a run's end is not written");
             (ended.on_commit)(Written::Failed, ended.key.as_ref(), &ended.result);
         }
     }
 
-    /// Keeps the body of a push that matched a hook, committed with the runs' ends.
+    /// Keeps the body of a push that matched a hook, committed with the runs' ends (by this
+    /// thread's lane if it has one, as its runs' ends are, so never after them).
     pub fn keep(&self, push: KeptPush) {
-        if self
-            .state
-            .writes
-            .send(Write::Keep(SystemTime::now(), push))
-            .is_err()
-        {
+        if self.write(Write::Keep(SystemTime::now(), push)).is_some() {
             tracing::error!("the journal writer has stopped; a push's body is not kept");
         }
+    }
+
+    /// Hands `write` to this thread's lane, or to the journal's writer if the thread has no
+    /// lane or its lane's runtime stopped; gives it back if neither takes it.
+    fn write(&self, write: Write) -> Option<Write> {
+        let write = match self.state.lane() {
+            Some(lane) => match lane.writes.send(write) {
+                Ok(()) => return None,
+                Err(err) => err.0,
+            },
+            None => write,
+        };
+        self.state.writes.send(write).err().map(|err| err.0)
     }
 
     /// Journals a push that ran nothing; dropped (and logged) if the database cannot take it
@@ -54,6 +69,33 @@ impl Postgres {
             .is_err()
         {
             tracing::debug!("too many refused pushes waiting to be journaled: one is dropped");
+        }
+    }
+}
+
+/// A writer's queue and the batch it took from it.
+struct Queue {
+    writes: tokio::sync::mpsc::UnboundedReceiver<Write>,
+    batch: Vec<Write>,
+    /// Where what is left goes when the writer is dropped: a lane's runtime stopped with
+    /// ends not yet written.
+    handover: Option<tokio::sync::mpsc::UnboundedSender<Write>>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        let Some(handover) = &self.handover else {
+            return;
+        };
+        self.writes.close();
+        let left = std::iter::from_fn(|| self.writes.try_recv().ok());
+        for write in self.batch.drain(..).chain(left) {
+            if let Err(tokio::sync::mpsc::error::SendError(Write::End(ended))) =
+                handover.send(write)
+            {
+                tracing::error!("the journal writer has stopped; a run's end is not written");
+                (ended.on_commit)(Written::Failed, ended.key.as_ref(), &ended.result);
+            }
         }
     }
 }
@@ -109,18 +151,28 @@ impl State {
     /// (group commit without a linger, as the SQLite journal does): one commit for a burst,
     /// not one a run. A batch that fails stays and is tried again, with whatever came
     /// meanwhile.
+    ///
+    /// A lane's writer (`handover`: the journal's writer) that is dropped with its runtime
+    /// hands what it has not written to the journal's writer.
     pub(super) async fn writer(
         self: Arc<Self>,
-        mut writes: tokio::sync::mpsc::UnboundedReceiver<Write>,
+        writes: tokio::sync::mpsc::UnboundedReceiver<Write>,
+        pool: deadpool_postgres::Pool,
+        handover: Option<tokio::sync::mpsc::UnboundedSender<Write>>,
     ) {
-        let mut batch: Vec<Write> = Vec::new();
+        let mut queue = Queue {
+            writes,
+            batch: Vec::new(),
+            handover,
+        };
+        let Queue { writes, batch, .. } = &mut queue;
         let mut told = 0;
         // Until closing, when every run has ended and sent its end.
-        while self.gather(&mut writes, &mut batch).await {
+        while self.gather(writes, batch).await {
             if batch.is_empty() {
                 continue;
             }
-            match self.write_batch(&batch).await {
+            match self.write_batch(&pool, batch).await {
                 Ok(superseded) => {
                     for (write, superseded) in batch.drain(..).zip(superseded) {
                         if let Write::End(ended) = write {
@@ -182,8 +234,12 @@ impl State {
     /// rows in a cycle; a deadlock or serialization failure runs the whole batch again. For
     /// each write, in `batch`'s order: whether it was a run's end superseded by another
     /// instance's claim.
-    async fn write_batch(&self, batch: &[Write]) -> Result<Vec<bool>, String> {
-        let client = self.client().await?;
+    async fn write_batch(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        batch: &[Write],
+    ) -> Result<Vec<bool>, String> {
+        let client = self.client(pool).await?;
         // Only the statements the batch needs: preparing one on a connection that has not
         // yet costs a round trip, which a stored end about to free its slot waits for.
         let prepare = async |needed: bool, sql: &str| match needed {
