@@ -9,6 +9,7 @@
 //! `--include-ignored` (as `.ci/run` does, after installing them), it fails without them.
 
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -32,8 +33,11 @@ struct Driver {
 impl Driver {
     fn start() -> Driver {
         let addr = free_addr();
+        // A process group of its own, which the chromium it starts joins: a test that panics
+        // before closing its session leaves no browser behind.
         let child = Command::new("chromedriver")
             .arg(format!("--port={}", addr.port()))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -54,6 +58,12 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Ok(group) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(group),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
