@@ -582,6 +582,17 @@ fn after_sigkill_mid_run_the_message_runs_again_once_the_killed_command_is_gone(
     let id = standin.send("deploys", "killed mid-run", &[]);
     dir.wait_at_gate("held");
     let killed = wait_for_pid(&pids);
+    // Once its start is journaled (a run's start is written once it lasts 10 ms): the next
+    // serve then knows this attempt, and runs the message as the next one, which the hook
+    // lets through. Killed before, the next serve would run attempt 1 again, held again.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            dir.history(&["--msg-id", &id])
+                .iter()
+                .any(|row| row["outcome"] == "running")
+        }),
+        "the run's start was never journaled"
+    );
     server.signal("KILL");
     server.wait_exit(SETTLED_WITHIN);
     // The guard stops the run's group when its serve dies: nothing of it overlaps the next.
