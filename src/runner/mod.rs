@@ -17,6 +17,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -233,12 +234,21 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
     let ended = match quick {
         Some(status) => Ended::Exited(status),
         None => {
-            stdout.drain();
-            stderr.drain();
-            tokio::select! {
-                status = child.wait() => Ended::Exited(status),
-                () = tokio::time::sleep_until(deadline) => Ended::TimedOut,
-                () = interrupt.cancelled() => Ended::Interrupted,
+            // Read by this run itself, not by tasks of their own: a run waiting on a quiet
+            // command holds no more than its own future.
+            stdout.read_as_it_comes();
+            stderr.read_as_it_comes();
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    status = child.wait() => break Ended::Exited(status),
+                    () = tokio::time::sleep_until(deadline) => break Ended::TimedOut,
+                    () = interrupt.cancelled() => break Ended::Interrupted,
+                    () = std::future::poll_fn(|cx| {
+                        let (out, err) = (stdout.poll_read(cx), stderr.poll_read(cx));
+                        if out.is_ready() && err.is_ready() { Poll::Ready(()) } else { Poll::Pending }
+                    }), if reading => reading = false,
+                }
             }
         }
     };
@@ -270,13 +280,14 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         })
         .await;
     }
+    let record = record.lock().unwrap_or_else(PoisonError::into_inner);
     RunReport {
         outcome,
         duration,
         pid: Some(pid),
-        stdout_tail: stdout.tail(),
-        stderr_tail: stderr.tail(),
-        output: record.lock().unwrap_or_else(PoisonError::into_inner).kept(),
+        stdout_tail: record.stream_tail(Stream::Stdout),
+        stderr_tail: record.stream_tail(Stream::Stderr),
+        output: record.kept(),
         left_behind,
     }
 }
@@ -377,6 +388,35 @@ mod tests {
         let workdir = dir.path().canonicalize().expect("the directory exists");
         let expected = format!("{}\nbody\0bytes", workdir.display());
         assert_eq!(report.stdout_tail, expected.as_bytes());
+    }
+
+    /// The run reads its command's output itself while the command runs; output that ends
+    /// before the command does is read to its end, and then waited on no more.
+    #[tokio::test]
+    async fn output_closed_before_the_command_ends_is_kept_and_then_not_polled_again() {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let cpu = || {
+            let usage = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+            let micros = |t: nix::sys::time::TimeVal| t.tv_sec() * 1_000_000 + t.tv_usec();
+            Duration::from_micros(
+                u64::try_from(micros(usage.user_time()) + micros(usage.system_time())).unwrap_or(0),
+            )
+        };
+        let before = cpu();
+        let report = run(shell(
+            "sleep 0.05; echo early; echo oops >&2; exec >&- 2>&-; sleep 1",
+        ))
+        .await;
+        let used = cpu() - before;
+        assert!(report.outcome.succeeded(), "{:?}", report.outcome);
+        assert_eq!(report.stdout_tail, b"early\n");
+        assert_eq!(report.stderr_tail, b"oops\n");
+        assert_eq!(report.output, "out| early\nerr| oops\n");
+        // Polling ended streams again and again would take this thread's whole second.
+        assert!(
+            used < Duration::from_millis(300),
+            "{used:?} of CPU for a quiet second"
+        );
     }
 
     #[tokio::test]

@@ -81,8 +81,8 @@ impl Default for OutputPolicy {
 /// Which pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Stream {
-    Stdout,
-    Stderr,
+    Stdout = 0,
+    Stderr = 1,
 }
 
 impl Stream {
@@ -101,14 +101,23 @@ impl Stream {
     }
 }
 
-/// One output stream of a run. Read directly from the pipe once the command has exited, or
-/// handed to a drain task that reads it as it comes.
-pub(super) struct Output {
-    /// The pipe and where its bytes go, until it ends or is handed to the drain task.
-    reading: Option<(PipeReader, Sink)>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    tail: Arc<Mutex<Tail>>,
+/// One output stream of a run: read at once when its command has exited, or as it comes, by
+/// the run itself while its command runs ([`Output::poll_read`]), and by a task of its own
+/// when something still holds the pipe once the command has exited.
+pub(super) struct Output(Reading);
+
+enum Reading {
+    /// Not read yet.
+    Later(PipeReader, Sink),
+    /// Read as it comes by whoever polls [`Output::poll_read`].
+    AsItComes(tokio::net::unix::pipe::Receiver, Sink),
+    /// Read as it comes by a task of its own.
+    Task(tokio::task::JoinHandle<()>),
+    Ended,
 }
+
+/// The most chunks one [`Output::poll_read`] reads before it lets other work run.
+const READS_A_POLL: usize = 16;
 
 impl Output {
     pub(super) fn new(
@@ -117,28 +126,22 @@ impl Output {
         record: &Arc<Mutex<Record>>,
         secrets: &Secrets,
     ) -> Output {
-        let tail = Arc::new(Mutex::new(Tail::default()));
         let sink = Sink {
             stream,
             record: Arc::clone(record),
-            tail: Arc::clone(&tail),
             line: Vec::new(),
             secrets: secrets.clone(),
         };
-        Output {
-            reading: Some((pipe, sink)),
-            task: None,
-            tail,
-        }
+        Output(Reading::Later(pipe, sink))
     }
 
-    /// From now on a task reads the stream as it comes.
-    pub(super) fn drain(&mut self) {
-        let Some((pipe, sink)) = self.reading.take() else {
+    /// From now on the stream is read as it comes, by [`Output::poll_read`].
+    pub(super) fn read_as_it_comes(&mut self) {
+        let Reading::Later(pipe, sink) = std::mem::replace(&mut self.0, Reading::Ended) else {
             return;
         };
         match tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(OwnedFd::from(pipe)) {
-            Ok(pipe) => self.task = Some(tokio::spawn(drain(pipe, sink))),
+            Ok(pipe) => self.0 = Reading::AsItComes(pipe, sink),
             Err(err) => {
                 let label = sink.label();
                 tracing::warn!(
@@ -152,14 +155,38 @@ impl Output {
         }
     }
 
-    /// Reads what the pipe holds now; if something still holds it open, drains it as it comes.
-    pub(super) fn settle(&mut self) {
-        let Some((pipe, sink)) = self.reading.as_mut() else {
-            return;
+    /// Reads what has come; ready once the stream has ended (or is not read as it comes).
+    pub(super) fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let Reading::AsItComes(pipe, sink) = &mut self.0 else {
+            return Poll::Ready(());
         };
+        for _ in 0..READS_A_POLL {
+            match read_chunk(pipe, sink, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(true) => {}
+                Poll::Ready(false) => {
+                    sink.finish();
+                    self.0 = Reading::Ended;
+                    return Poll::Ready(());
+                }
+            }
+        }
+        // A command that writes as fast as it is read: the rest of the run's work comes first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Reads what the pipe holds now; if something still holds it open, a task drains it as it
+    /// comes.
+    pub(super) fn settle(&mut self) {
         let ended = SCRATCH.with_borrow_mut(|scratch| {
             loop {
-                match pipe.read(scratch) {
+                let (result, sink) = match &mut self.0 {
+                    Reading::Later(pipe, sink) => (pipe.read(scratch), sink),
+                    Reading::AsItComes(pipe, sink) => (pipe.try_read(scratch), sink),
+                    Reading::Task(_) | Reading::Ended => return false,
+                };
+                match result {
                     Ok(0) => return true,
                     Ok(n) => sink.consume(&scratch[..n]),
                     Err(err) if err.kind() == ErrorKind::Interrupted => {}
@@ -169,37 +196,31 @@ impl Output {
             }
         });
         if ended {
-            if let Some((_, mut sink)) = self.reading.take() {
+            if let Reading::Later(_, sink) | Reading::AsItComes(_, sink) = &mut self.0 {
                 sink.finish();
             }
-        } else {
-            self.drain();
+            self.0 = Reading::Ended;
+            return;
+        }
+        self.read_as_it_comes();
+        if let Reading::AsItComes(pipe, sink) = std::mem::replace(&mut self.0, Reading::Ended) {
+            self.0 = Reading::Task(tokio::spawn(drain(pipe, sink)));
         }
     }
 
     /// Waits for the drain task, if there is one. Dropping this future leaves it running.
     pub(super) async fn finished(&mut self) {
-        if let Some(task) = self.task.as_mut() {
+        if let Reading::Task(task) = &mut self.0 {
             let _ = task.await;
-            self.task = None;
+            self.0 = Reading::Ended;
         }
-    }
-
-    /// The stream's last [`TAIL_BYTES`], redacted.
-    pub(super) fn tail(&self) -> Vec<u8> {
-        self.tail
-            .lock()
-            .map(|tail| tail.last().to_vec())
-            .unwrap_or_default()
     }
 }
 
-/// Where a stream's bytes go, in whole lines: the run's [`Record`] and the stream's tail,
-/// secrets redacted in both.
+/// Where a stream's bytes go, in whole lines: the run's [`Record`], secrets redacted.
 struct Sink {
     stream: Stream,
     record: Arc<Mutex<Record>>,
-    tail: Arc<Mutex<Tail>>,
     /// The start of a line whose end has not come yet.
     line: Vec<u8>,
     secrets: Secrets,
@@ -257,9 +278,6 @@ impl Sink {
     /// Whole lines, or one piece of a line.
     fn emit(&mut self, lines: &[u8]) {
         let lines = self.secrets.redact_bytes(lines);
-        if let Ok(mut tail) = self.tail.lock() {
-            tail.push(&lines);
-        }
         self.record
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -315,6 +333,8 @@ pub(super) struct Record {
     bytes: u64,
     head: Head,
     tail: KeptTail,
+    /// The last [`TAIL_BYTES`] of stdout and of stderr.
+    tails: [Tail; 2],
 }
 
 impl Record {
@@ -351,6 +371,7 @@ impl Record {
                 cap: policy.keep_bytes - head,
                 ..KeptTail::default()
             },
+            tails: [Tail::default(), Tail::default()],
         }
     }
 
@@ -362,6 +383,12 @@ impl Record {
         self.log(stream, lines, count);
         let rest = self.head.fill(stream, lines);
         self.tail.push(stream, rest);
+        self.tails[stream as usize].push(lines);
+    }
+
+    /// The last [`TAIL_BYTES`] of `stream`, redacted.
+    pub(super) fn stream_tail(&self, stream: Stream) -> Vec<u8> {
+        self.tails[stream as usize].last().to_vec()
     }
 
     fn log(&mut self, stream: Stream, lines: &[u8], count: u64) {
@@ -612,23 +639,28 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
 }
 
-async fn drain(mut pipe: impl AsyncRead + Unpin, mut sink: Sink) {
-    // Reads once; false at the end of the stream.
-    let mut read = |cx: &mut std::task::Context<'_>| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            let mut buf = ReadBuf::new(scratch);
-            match Pin::new(&mut pipe).poll_read(cx, &mut buf) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                    sink.consume(buf.filled());
-                    Poll::Ready(true)
-                }
-                // The end, or an error that ends it.
-                Poll::Ready(_) => Poll::Ready(false),
+/// Reads one chunk of `pipe` into `sink`: ready with false at the end of the stream (or an
+/// error that ends it).
+fn read_chunk(
+    pipe: &mut tokio::net::unix::pipe::Receiver,
+    sink: &mut Sink,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<bool> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut buf = ReadBuf::new(scratch);
+        match Pin::new(pipe).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                sink.consume(buf.filled());
+                Poll::Ready(true)
             }
-        })
-    };
-    while std::future::poll_fn(&mut read).await {}
+            Poll::Ready(_) => Poll::Ready(false),
+        }
+    })
+}
+
+async fn drain(mut pipe: tokio::net::unix::pipe::Receiver, mut sink: Sink) {
+    while std::future::poll_fn(|cx| read_chunk(&mut pipe, &mut sink, cx)).await {}
     sink.finish();
 }
 
