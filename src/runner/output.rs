@@ -183,7 +183,13 @@ impl Output {
             loop {
                 let (result, sink) = match &mut self.0 {
                     Reading::Later(pipe, sink) => (pipe.read(scratch), sink),
-                    Reading::AsItComes(pipe, sink) => (pipe.try_read(scratch), sink),
+                    // Straight from the pipe: its `try_read` would not even try before
+                    // the runtime has seen it readable, and a pipe that has ended would then
+                    // get a task of its own only to read its end.
+                    Reading::AsItComes(pipe, sink) => (
+                        nix::unistd::read(&*pipe, scratch).map_err(std::io::Error::from),
+                        sink,
+                    ),
                     Reading::Task(_) | Reading::Ended => return false,
                 };
                 match result {
