@@ -238,28 +238,34 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
             // command holds no more than its own future.
             stdout.read_as_it_comes();
             stderr.read_as_it_comes();
-            let mut reading = true;
             loop {
                 tokio::select! {
                     status = child.wait() => break Ended::Exited(status),
                     () = tokio::time::sleep_until(deadline) => break Ended::TimedOut,
                     () = interrupt.cancelled() => break Ended::Interrupted,
-                    () = std::future::poll_fn(|cx| {
-                        let (out, err) = (stdout.poll_read(cx), stderr.poll_read(cx));
-                        if out.is_ready() && err.is_ready() { Poll::Ready(()) } else { Poll::Pending }
-                    }), if reading => reading = false,
+                    () = read_both(&mut stdout, &mut stderr), if !read_to_end(&stdout, &stderr) => {}
                 }
             }
         }
     };
     let outcome = match ended {
         Ended::Exited(status) => outcome_of(status),
-        Ended::TimedOut => RunOutcome::TimedOut {
-            signal: group.stop(&mut child, spec.kill_grace).await as i32,
-        },
-        Ended::Interrupted => RunOutcome::Interrupted {
-            signal: group.stop(&mut child, spec.kill_grace).await as i32,
-        },
+        Ended::TimedOut | Ended::Interrupted => {
+            // Read on while the group stops: a command that writes as it cleans up must not
+            // block on a full pipe until it is killed.
+            let stop = group.stop(&mut child, spec.kill_grace);
+            tokio::pin!(stop);
+            let signal = loop {
+                tokio::select! {
+                    signal = &mut stop => break signal as i32,
+                    () = read_both(&mut stdout, &mut stderr), if !read_to_end(&stdout, &stderr) => {}
+                }
+            };
+            match ended {
+                Ended::TimedOut => RunOutcome::TimedOut { signal },
+                _ => RunOutcome::Interrupted { signal },
+            }
+        }
     };
     let duration = started.elapsed();
     // Processes killed with the group may linger as zombies until whoever inherited them
@@ -290,6 +296,24 @@ pub async fn run_command(spec: CommandSpec, interrupt: CancellationToken) -> Run
         output: record.kept(),
         left_behind,
     }
+}
+
+/// Reads both streams as their output comes; ready once both have ended.
+async fn read_both(stdout: &mut Output, stderr: &mut Output) {
+    std::future::poll_fn(|cx| {
+        let (out, err) = (stdout.poll_read(cx), stderr.poll_read(cx));
+        if out.is_ready() && err.is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// Whether neither stream is left to read as it comes.
+fn read_to_end(stdout: &Output, stderr: &Output) -> bool {
+    !stdout.is_read_as_it_comes() && !stderr.is_read_as_it_comes()
 }
 
 /// A pipe for a command's stdin with as much of `body` already in it as fits without
@@ -416,6 +440,54 @@ mod tests {
         assert!(
             used < Duration::from_millis(300),
             "{used:?} of CPU for a quiet second"
+        );
+    }
+
+    /// A command that ran past EAGER and left a child holding its stdout: the pipe is still
+    /// read once the command has exited, so the child can go on writing (a closed pipe would
+    /// kill it with SIGPIPE at its next line).
+    #[tokio::test]
+    async fn a_child_left_behind_by_a_command_that_ran_a_while_can_still_write() {
+        let dir = tempfile::tempdir().expect("a temporary directory can be created");
+        let wrote = dir.path().join("wrote");
+        let report = run(shell(&format!(
+            "sleep 0.05; (sleep 0.3; echo later && touch '{}') & echo now",
+            wrote.display()
+        )))
+        .await;
+        assert!(report.outcome.succeeded(), "{:?}", report.outcome);
+        assert!(report.left_behind);
+        assert_eq!(report.stdout_tail, b"now\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !wrote.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the child left behind could not write its line"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A command that writes as it stops (a trap on SIGTERM) is read while its group stops:
+    /// it exits of its own within `kill_grace` rather than block on a full pipe until SIGKILL.
+    #[tokio::test]
+    async fn a_command_that_writes_as_it_stops_is_read_while_it_stops() {
+        let report = run(CommandSpec {
+            timeout: Duration::from_millis(200),
+            kill_grace: Duration::from_secs(20),
+            ..shell(r#"trap 'head -c 200000 /dev/zero | tr "\0" x; exit 3' TERM; sleep 30 & wait"#)
+        })
+        .await;
+        assert_eq!(report.outcome, RunOutcome::TimedOut { signal: 15 });
+        assert!(
+            report.stdout_tail.ends_with(b"xxxx"),
+            "{:?}",
+            report.stdout_tail.len()
+        );
+        assert!(
+            report.duration < Duration::from_secs(10),
+            "{:?}",
+            report.duration
         );
     }
 

@@ -137,8 +137,12 @@ impl Output {
 
     /// From now on the stream is read as it comes, by [`Output::poll_read`].
     pub(super) fn read_as_it_comes(&mut self) {
-        let Reading::Later(pipe, sink) = std::mem::replace(&mut self.0, Reading::Ended) else {
-            return;
+        let (pipe, sink) = match std::mem::replace(&mut self.0, Reading::Ended) {
+            Reading::Later(pipe, sink) => (pipe, sink),
+            other => {
+                self.0 = other;
+                return;
+            }
         };
         match tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(OwnedFd::from(pipe)) {
             Ok(pipe) => self.0 = Reading::AsItComes(pipe, sink),
@@ -153,6 +157,11 @@ impl Output {
                 );
             }
         }
+    }
+
+    /// Whether [`Output::poll_read`] has a stream to read.
+    pub(super) fn is_read_as_it_comes(&self) -> bool {
+        matches!(self.0, Reading::AsItComes(..))
     }
 
     /// Reads what has come; ready once the stream has ended (or is not read as it comes).
