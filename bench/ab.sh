@@ -16,22 +16,7 @@ cd "$(dirname "$0")/.."
 rev=$(git rev-parse --short "${1:?usage: bench/ab.sh REV [seconds] [rounds]}")
 secs=${2:-3}
 rounds=${3:-3}
-command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-tree=$PWD/target/ab/$rev
-before=$PWD/target/ab/$rev.cmqhook
-if [ ! -x "$before" ]; then
-    [ -d "$tree" ] || git worktree add --detach "$tree" "$rev" >/dev/null
-    CARGO_TARGET_DIR=$PWD/target cargo build --manifest-path "$tree/Cargo.toml" --release --locked -q --bin cmqhook
-    cp target/release/cmqhook "$before"
-fi
-cargo build --release --locked -q --bin cmqhook
-declare -A bins=([before]=$before [after]=$PWD/target/release/cmqhook)
-
-work=$(mktemp -d)
-trap 'kill $(cat "$work"/*/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-envelope() { printf '{"TopicOwner":100015036,"topicName":"MyTopic","subscriptionName":"mysubscription","msgId":"@ID@","msgBody":"%s","publishTime":11203432}' "$1"; }
-envelope 'test message' > "$work/push-true"
-envelope "$(head -c 65536 /dev/zero | tr '\0' x)" > "$work/push-cat"
+ab_setup "$rev"
 
 # serve NAME WORKLOAD -> sets $pid and $addr
 serve() {
