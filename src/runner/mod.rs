@@ -451,7 +451,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory can be created");
         let wrote = dir.path().join("wrote");
         let report = run(shell(&format!(
-            "sleep 0.05; (sleep 0.3; echo later && touch '{}') & echo now",
+            "sleep 0.05; (sleep 2; echo later && touch '{}') & echo now",
             wrote.display()
         )))
         .await;
@@ -468,12 +468,39 @@ mod tests {
         }
     }
 
+    /// A command that ran past EAGER and left a child writing without pause: the run
+    /// reports once the command has exited, not once the child stops writing (the pipe is
+    /// read at most so much at the exit, and then by a task).
+    #[tokio::test]
+    async fn a_child_left_behind_writing_without_pause_does_not_hold_the_run() {
+        let started = Instant::now();
+        // The child is writing when the command exits, and every byte it writes is a secret to
+        // redact, so that reading falls behind: read on for as long as there is something to
+        // read, the run would report only when the child stops, 8 s later.
+        let report = run(CommandSpec {
+            secrets: Secrets::new(vec![crate::secrets::Secret {
+                value: "y".to_owned(),
+                shown: "${Y}".to_owned(),
+            }]),
+            ..shell("timeout --foreground 8 yes & sleep 0.2")
+        })
+        .await;
+        assert!(report.outcome.succeeded(), "{:?}", report.outcome);
+        assert!(report.left_behind);
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "the run reported only {:?} after it started, when its child stopped writing",
+            started.elapsed()
+        );
+    }
+
     /// A command that writes as it stops (a trap on SIGTERM) is read while its group stops:
     /// it exits of its own within `kill_grace` rather than block on a full pipe until SIGKILL.
     #[tokio::test]
     async fn a_command_that_writes_as_it_stops_is_read_while_it_stops() {
         let report = run(CommandSpec {
-            timeout: Duration::from_millis(200),
+            // Time enough for the shell to set its trap, even on a loaded machine.
+            timeout: Duration::from_secs(1),
             kill_grace: Duration::from_secs(20),
             ..shell(r#"trap 'head -c 200000 /dev/zero | tr "\0" x; exit 3' TERM; sleep 30 & wait"#)
         })

@@ -188,8 +188,13 @@ impl Output {
     /// Reads what the pipe holds now; if something still holds it open, a task drains it as it
     /// comes.
     pub(super) fn settle(&mut self) {
+        if !matches!(self.0, Reading::Later(..) | Reading::AsItComes(..)) {
+            return;
+        }
         let ended = SCRATCH.with_borrow_mut(|scratch| {
-            loop {
+            // At most READS_A_POLL chunks: a child left behind that keeps the pipe full must
+            // not hold this thread; past them the stream goes to a task like any other.
+            for _ in 0..READS_A_POLL {
                 let (result, sink) = match &mut self.0 {
                     Reading::Later(pipe, sink) => (pipe.read(scratch), sink),
                     // Straight from the pipe: its `try_read` would not even try before
@@ -209,6 +214,7 @@ impl Output {
                     Err(_) => return true,
                 }
             }
+            false
         });
         if ended {
             if let Reading::Later(_, sink) | Reading::AsItComes(_, sink) = &mut self.0 {
